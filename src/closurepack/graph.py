@@ -1,0 +1,246 @@
+"""Store items and closures: the validated reference graph every strategy plans from."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from closurepack.errors import ClosureError
+
+__all__ = ["Closure", "StoreItem", "split_store_path"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreItem:
+    """One immutable store item: its full path, NAR size and direct references.
+
+    ``references`` holds full store paths, sorted, without the item itself (a self-reference is
+    normal in Nix and carries no layering information).
+    """
+
+    path: str
+    nar_size: int = 0
+    references: tuple[str, ...] = ()
+    nar_hash: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The base name, ``<hash>-<name>``."""
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def hash_part(self) -> str:
+        """The hash part of the base name (before the first ``-``), as Nix scans for it."""
+        return self.name.split("-", 1)[0]
+
+    @property
+    def package_name(self) -> str:
+        """The part of the base name after the hash, or the whole name when there is no hash."""
+        parts = self.name.split("-", 1)
+        return parts[1] if len(parts) == 2 else parts[0]
+
+
+def split_store_path(path: str, *, where: str) -> tuple[str, str]:
+    """Split ``/nix/store/abc-name`` into (store directory, base name), validating both.
+
+    ``where`` names the file or item for the error message.
+    """
+    if not isinstance(path, str) or not path:
+        raise ClosureError(f"{where}: empty store path")
+    if "\0" in path:
+        raise ClosureError(f"{where}: store path {path!r} contains a NUL byte")
+    if not path.startswith("/"):
+        raise ClosureError(f"{where}: store path {path!r} is not absolute")
+    store_dir, _, name = path.rstrip("/").rpartition("/")
+    if not name:
+        raise ClosureError(f"{where}: store path {path!r} has an empty name")
+    if name in (".", "..") or ".." in path.split("/") or "." in path.split("/")[1:]:
+        raise ClosureError(f"{where}: store path {path!r} contains '..' or '.'")
+    if path.endswith("/") or "//" in path:
+        raise ClosureError(f"{where}: store path {path!r} is not a direct child of a store")
+    if not store_dir:
+        raise ClosureError(f"{where}: store path {path!r} is not inside a store directory")
+    return store_dir, name
+
+
+@dataclass(frozen=True)
+class Closure:
+    """A validated, acyclic set of store items closed under references.
+
+    Build one with :meth:`from_items`, which checks every rule; the constructor itself trusts
+    its arguments. ``items`` is ordered by path; ``roots`` are the items no other item refers to
+    (or the items a user named, when given).
+    """
+
+    store_dir: str
+    items: Mapping[str, StoreItem]
+    roots: tuple[str, ...]
+    source: str = "<closure>"
+    _referrers: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_items(
+        cls,
+        items: Iterable[StoreItem],
+        *,
+        source: str,
+        roots: Sequence[str] | None = None,
+        store_dir: str | None = None,
+    ) -> Closure:
+        """Validate ``items`` and build a closure; ``source`` names the input in errors.
+
+        Checks: valid store paths all in one store directory, no duplicates, no negative size,
+        every reference inside the closure, no cycle between distinct items. Self-references are
+        dropped and references are sorted and deduplicated.
+        """
+        by_path: dict[str, StoreItem] = {}
+        for item in items:
+            item_dir, _ = split_store_path(item.path, where=source)
+            if store_dir is None:
+                store_dir = item_dir
+            elif item_dir != store_dir:
+                raise ClosureError(
+                    f"{source}: {item.path} is not a direct child of the store {store_dir}"
+                )
+            if item.path in by_path:
+                raise ClosureError(f"{source}: duplicate item {item.path}")
+            if not isinstance(item.nar_size, int) or item.nar_size < 0:
+                raise ClosureError(f"{source}: {item.path} has invalid size {item.nar_size!r}")
+            by_path[item.path] = item
+        if store_dir is None:
+            raise ClosureError(f"{source}: the closure is empty")
+
+        cleaned: dict[str, StoreItem] = {}
+        for path in sorted(by_path):
+            item = by_path[path]
+            refs = set(item.references)
+            refs.discard(path)
+            for ref in refs:
+                if ref not in by_path:
+                    raise ClosureError(
+                        f"{source}: {path} refers to {ref}, which is not in the closure"
+                    )
+            sorted_refs = tuple(sorted(refs))
+            if sorted_refs != item.references:
+                item = StoreItem(path, item.nar_size, sorted_refs, item.nar_hash)
+            cleaned[path] = item
+
+        _check_acyclic(cleaned, source)
+        referred = {ref for item in cleaned.values() for ref in item.references}
+        if roots is None:
+            root_paths = tuple(p for p in cleaned if p not in referred)
+        else:
+            for root in roots:
+                if root not in cleaned:
+                    raise ClosureError(f"{source}: root {root} is not in the closure")
+            root_paths = tuple(dict.fromkeys(roots))
+        return cls(store_dir=store_dir, items=cleaned, roots=root_paths, source=source)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[StoreItem]:
+        return iter(self.items.values())
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.items
+
+    @property
+    def total_size(self) -> int:
+        """Sum of every item's NAR size."""
+        return sum(item.nar_size for item in self.items.values())
+
+    def referrers(self, path: str) -> tuple[str, ...]:
+        """The items that refer directly to ``path``, sorted."""
+        if not self._referrers:
+            table: dict[str, list[str]] = {p: [] for p in self.items}
+            for item in self.items.values():
+                for ref in item.references:
+                    table[ref].append(item.path)
+            self._referrers.update({p: tuple(sorted(v)) for p, v in table.items()})
+        return self._referrers[path]
+
+    def topological_order(self) -> list[str]:
+        """Every path, dependencies before the items that refer to them; ties by path."""
+        return _topological_order(self.items)
+
+    def requisites(self, paths: Iterable[str]) -> set[str]:
+        """The closure of ``paths``: them and everything they reach."""
+        seen: set[str] = set()
+        stack = list(paths)
+        while stack:
+            path = stack.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            stack.extend(self.items[path].references)
+        return seen
+
+    def subclosure(self, roots: Sequence[str], *, source: str | None = None) -> Closure:
+        """The closure of ``roots`` within this one, with those roots."""
+        keep = self.requisites(roots)
+        items = {p: i for p, i in self.items.items() if p in keep}
+        return Closure(self.store_dir, items, tuple(roots), source or self.source)
+
+    @staticmethod
+    def union(closures: Sequence[Closure], *, source: str = "<union>") -> Closure:
+        """All items of several closures of one store; roots are the union's own roots."""
+        if not closures:
+            raise ClosureError(f"{source}: no closure given")
+        store_dirs = {c.store_dir for c in closures}
+        if len(store_dirs) > 1:
+            raise ClosureError(f"{source}: closures from different stores: {sorted(store_dirs)}")
+        merged: dict[str, StoreItem] = {}
+        for closure in closures:
+            for item in closure:
+                known = merged.get(item.path)
+                if known is not None and known.references != item.references:
+                    raise ClosureError(
+                        f"{closure.source}: {item.path} has other references than in another"
+                        " closure"
+                    )
+                merged[item.path] = item
+        ordered = {p: merged[p] for p in sorted(merged)}
+        referred = {ref for item in ordered.values() for ref in item.references}
+        roots = tuple(p for p in ordered if p not in referred)
+        return Closure(closures[0].store_dir, ordered, roots, source)
+
+
+def _topological_order(items: Mapping[str, StoreItem]) -> list[str]:
+    """Kahn's algorithm over sorted paths: dependencies first, deterministic."""
+    pending = {path: len(item.references) for path, item in items.items()}
+    referrers: dict[str, list[str]] = {path: [] for path in items}
+    for item in items.values():
+        for ref in item.references:
+            referrers[ref].append(item.path)
+    ready = [path for path, count in pending.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        path = heapq.heappop(ready)
+        order.append(path)
+        for referrer in referrers[path]:
+            pending[referrer] -= 1
+            if pending[referrer] == 0:
+                heapq.heappush(ready, referrer)
+    return order
+
+
+def _check_acyclic(items: Mapping[str, StoreItem], source: str) -> None:
+    """Raise ClosureError naming the items of one cycle, if the graph has any."""
+    order = _topological_order(items)
+    if len(order) == len(items):
+        return
+    placed = set(order)
+    # Walk references among the unplaced items until a path repeats: that is a cycle.
+    start = next(p for p in items if p not in placed)
+    seen: dict[str, int] = {}
+    trail: list[str] = []
+    path = start
+    while path not in seen:
+        seen[path] = len(trail)
+        trail.append(path)
+        path = next(r for r in items[path].references if r not in placed)
+    cycle = [*trail[seen[path] :], path]
+    raise ClosureError(f"{source}: reference cycle: {' -> '.join(cycle)}")

@@ -1,0 +1,97 @@
+"""Built layers: a compressed blob on disk with its digests, and its JSON descriptor.
+
+A :class:`BuiltLayer` is what the layer builder produces and what image assembly consumes;
+its JSON form is the descriptor ``closurepack build-layer`` writes beside the blob, so that a
+layer can be built in one process (or one Nix derivation) and assembled into an image in another.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from closurepack.digest import Digest
+from closurepack.errors import ImageError
+from closurepack.mediatypes import MediaType
+
+__all__ = ["DESCRIPTOR_FORMAT", "BuiltLayer"]
+
+DESCRIPTOR_FORMAT = "closurepack-layer"
+
+
+@dataclass(frozen=True)
+class BuiltLayer:
+    """A finished layer blob.
+
+    ``digest`` and ``size`` describe the compressed blob at ``blob_path``; ``diff_id`` is the
+    sha256 of the uncompressed tar. ``paths`` are the store items it holds (empty for a
+    customisation or base-image layer). ``media_type`` is always the OCI flavour; destinations
+    that want Docker media types translate it.
+    """
+
+    digest: Digest
+    diff_id: Digest
+    size: int
+    media_type: MediaType
+    blob_path: Path
+    paths: tuple[str, ...] = ()
+    #: Free text for the image history, e.g. "store items" or "customisation".
+    comment: str = ""
+
+    @property
+    def compression(self) -> str:
+        return self.media_type.compression
+
+    def open(self) -> BinaryIO:
+        """Open the compressed blob for reading."""
+        return self.blob_path.open("rb")
+
+    def to_json_obj(self, *, relative_to: Path | None = None) -> dict[str, Any]:
+        blob = self.blob_path
+        if relative_to is not None:
+            try:
+                blob = blob.relative_to(relative_to)
+            except ValueError:
+                blob = blob.resolve()
+        obj: dict[str, Any] = {
+            "format": DESCRIPTOR_FORMAT,
+            "digest": str(self.digest),
+            "diff_id": str(self.diff_id),
+            "size": self.size,
+            "mediaType": str(self.media_type),
+            "blob": str(blob),
+            "paths": list(self.paths),
+        }
+        if self.comment:
+            obj["comment"] = self.comment
+        return obj
+
+    def to_json(self, *, relative_to: Path | None = None) -> str:
+        return json.dumps(
+            self.to_json_obj(relative_to=relative_to), sort_keys=True, separators=(",", ":")
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: Path) -> BuiltLayer:
+        """Read a descriptor written by :meth:`to_json`; a relative blob path is taken relative
+        to the descriptor's directory."""
+        try:
+            obj = json.loads(text)
+            if obj.get("format") != DESCRIPTOR_FORMAT:
+                raise ValueError("not a closurepack layer descriptor")
+            blob = Path(obj["blob"])
+            if not blob.is_absolute():
+                blob = source.parent / blob
+            return cls(
+                digest=Digest.parse(obj["digest"]),
+                diff_id=Digest.parse(obj["diff_id"]),
+                size=int(obj["size"]),
+                media_type=MediaType(obj["mediaType"]),
+                blob_path=blob,
+                paths=tuple(obj.get("paths", ())),
+                comment=str(obj.get("comment", "")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, ImageError) as exc:
+            raise ImageError(f"{source}: invalid layer descriptor: {exc}") from exc

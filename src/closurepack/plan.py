@@ -1,0 +1,194 @@
+"""The layer plan: plain data saying which store items go in which layer, with a JSON round trip.
+
+The JSON form is a contract other tools rely on::
+
+    {"format": "closurepack-plan", "version": 1, "store_dir": "/nix/store",
+     "strategy": "auto", "max_layers": 100,
+     "images": [{"name": "app", "roots": ["/nix/store/...-app"],
+                 "layers": [{"paths": ["/nix/store/...-glibc"], "size": 123}, ...]}]}
+
+Only ``images[].layers[].paths`` is required when reading; everything else is metadata.
+Layers are listed bottom first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from closurepack.errors import ClosureError, PlanError
+from closurepack.graph import split_store_path
+
+__all__ = [
+    "MAX_LAYERS_LIMIT",
+    "PLAN_FORMAT",
+    "PLAN_VERSION",
+    "ImagePlan",
+    "LayerPlan",
+    "PlannedLayer",
+    "check_max_layers",
+    "layers_from_paths",
+]
+
+PLAN_FORMAT = "closurepack-plan"
+PLAN_VERSION = 1
+# overlayfs stacks at most 128 lower layers; Docker refuses images of more than 125 layers.
+MAX_LAYERS_LIMIT = 127
+
+
+def check_max_layers(value: int) -> int:
+    """Return ``value`` if it is a valid layer limit (1..127), else raise PlanError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LAYERS_LIMIT:
+        raise PlanError(
+            f"--max-layers must be between 1 and {MAX_LAYERS_LIMIT} (overlayfs stacks at most"
+            f" 128 layers), not {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One layer: the store items it holds (sorted) and their total NAR size."""
+
+    paths: tuple[str, ...]
+    size: int = 0
+    #: Where the layer came from: "" for a fresh layer, or a note such as "previous" when it
+    #: was reused as-is from an earlier plan or image.
+    origin: str = ""
+
+    def to_json_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"paths": list(self.paths), "size": self.size}
+        if self.origin:
+            obj["origin"] = self.origin
+        return obj
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """The layers of one image, bottom first, with the roots it was planned from."""
+
+    layers: tuple[PlannedLayer, ...]
+    name: str | None = None
+    roots: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every store path of the image, in layer order."""
+        return tuple(p for layer in self.layers for p in layer.paths)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"layers": [layer.to_json_obj() for layer in self.layers]}
+        if self.name is not None:
+            obj["name"] = self.name
+        if self.roots:
+            obj["roots"] = list(self.roots)
+        return obj
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """A whole plan: one :class:`ImagePlan` per closure, planned together."""
+
+    images: tuple[ImagePlan, ...]
+    store_dir: str = "/nix/store"
+    strategy: str = ""
+    max_layers: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "format": PLAN_FORMAT,
+            "version": PLAN_VERSION,
+            "store_dir": self.store_dir,
+            "strategy": self.strategy,
+            "max_layers": self.max_layers,
+            "images": [image.to_json_obj() for image in self.images],
+        }
+        if self.metadata:
+            obj["metadata"] = dict(self.metadata)
+        return obj
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """Serialise to JSON (sorted keys; compact unless ``indent``)."""
+        separators = (",", ":") if indent is None else (",", ": ")
+        return json.dumps(self.to_json_obj(), sort_keys=True, indent=indent, separators=separators)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str = "<plan>") -> LayerPlan:
+        """Parse and validate a plan; errors name ``source`` and the offending entry."""
+        try:
+            obj = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{source}: not valid JSON: {exc}") from exc
+        return cls.from_json_obj(obj, source=source)
+
+    @classmethod
+    def from_json_obj(cls, obj: Any, *, source: str = "<plan>") -> LayerPlan:
+        if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
+            raise PlanError(f"{source}: not a layer plan (expected an object with 'images')")
+        version = obj.get("version", PLAN_VERSION)
+        if version != PLAN_VERSION:
+            raise PlanError(f"{source}: unsupported plan version {version!r}")
+        images = tuple(
+            _image_from_json(image, source=f"{source}: images[{i}]")
+            for i, image in enumerate(obj["images"])
+        )
+        store_dirs = {split_store_path(p, where=source)[0] for image in images for p in image.paths}
+        store_dir = obj.get("store_dir")
+        if store_dir is None:
+            store_dir = next(iter(store_dirs), "/nix/store")
+        if not isinstance(store_dir, str) or any(d != store_dir for d in store_dirs):
+            raise PlanError(f"{source}: paths are not all in the store {store_dir!r}")
+        max_layers = obj.get("max_layers", 0)
+        strategy = obj.get("strategy", "")
+        if not isinstance(max_layers, int) or not isinstance(strategy, str):
+            raise PlanError(f"{source}: 'max_layers' must be a number and 'strategy' a string")
+        metadata = obj.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise PlanError(f"{source}: 'metadata' must be an object")
+        return cls(images, store_dir, strategy, max_layers, metadata)
+
+
+def _image_from_json(obj: Any, *, source: str) -> ImagePlan:
+    if not isinstance(obj, dict) or not isinstance(obj.get("layers"), list):
+        raise PlanError(f"{source}: expected an object with 'layers'")
+    layers: list[PlannedLayer] = []
+    seen: set[str] = set()
+    for i, layer in enumerate(obj["layers"]):
+        where = f"{source}.layers[{i}]"
+        if not isinstance(layer, dict) or not isinstance(layer.get("paths"), list):
+            raise PlanError(f"{where}: expected an object with 'paths'")
+        paths = layer["paths"]
+        if not paths:
+            raise PlanError(f"{where}: empty layer")
+        for path in paths:
+            try:
+                split_store_path(path, where=where)
+            except ClosureError as exc:
+                raise PlanError(str(exc)) from exc
+            if path in seen:
+                raise PlanError(f"{where}: {path} is in more than one layer")
+            seen.add(path)
+        size = layer.get("size", 0)
+        origin = layer.get("origin", "")
+        if not isinstance(size, int) or size < 0 or not isinstance(origin, str):
+            raise PlanError(f"{where}: invalid 'size' or 'origin'")
+        layers.append(PlannedLayer(tuple(sorted(paths)), size, origin))
+    name = obj.get("name")
+    roots = obj.get("roots", [])
+    if (name is not None and not isinstance(name, str)) or not isinstance(roots, list):
+        raise PlanError(f"{source}: invalid 'name' or 'roots'")
+    return ImagePlan(tuple(layers), name, tuple(roots))
+
+
+def layers_from_paths(
+    groups: Sequence[Sequence[str]], sizes: Mapping[str, int]
+) -> tuple[PlannedLayer, ...]:
+    """Make planned layers from groups of paths, dropping empty groups and summing sizes."""
+    return tuple(
+        PlannedLayer(tuple(sorted(group)), sum(sizes.get(p, 0) for p in group))
+        for group in groups
+        if group
+    )
