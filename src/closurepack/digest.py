@@ -42,7 +42,7 @@ class Digest:
 
 
 class Writable(Protocol):
-    def write(self, data: bytes, /) -> int: ...
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
 
 
 class HashingWriter:
