@@ -1,0 +1,26 @@
+"""Shared pytest fixtures: the real Nix closure fixture, and paths to tests/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nixfixture import NixClosure, NixUnavailableError, build_closure
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def nix_closure() -> NixClosure:
+    """The closure of tests/fixtures/nix/closure.nix, built with real Nix; skips without Nix."""
+    try:
+        return build_closure()
+    except NixUnavailableError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The directory of small real data files copied for the tests (tests/data)."""
+    return DATA_DIR
