@@ -1,0 +1,149 @@
+"""Plan -> layers (in parallel, through the cache) -> image: the build orchestration."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from closurepack.cache import LayerCache
+from closurepack.customisation import Customisation, build_customisation_layer
+from closurepack.errors import OptionError
+from closurepack.layer import BuiltLayer
+from closurepack.layerbuild import build_store_layer, layer_key
+from closurepack.plan import ImagePlan, PlannedLayer
+
+__all__ = ["BuildOptions", "LayerEvent", "build_layers", "default_mtime"]
+
+
+def default_mtime(created: int | None = None, environ: dict[str, str] | None = None) -> int:
+    """The entry mtime: ``--created``, else ``SOURCE_DATE_EPOCH``, else 1."""
+    if created is not None:
+        return created
+    value = (environ if environ is not None else os.environ).get("SOURCE_DATE_EPOCH")
+    if value:
+        try:
+            epoch = int(value)
+        except ValueError:
+            raise OptionError(f"SOURCE_DATE_EPOCH={value!r} is not an integer") from None
+        if epoch < 0:
+            raise OptionError(f"SOURCE_DATE_EPOCH={value!r} is negative")
+        return epoch
+    return 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """Everything that decides how layers are built (not what goes in them)."""
+
+    store_dir: str = "/nix/store"
+    store_root: Path | None = None
+    compression: str = "gzip"
+    level: int | None = None
+    mtime: int = 1
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: None builds into a throw-away directory without caching.
+    cache: LayerCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.compression not in ("gzip", "zstd", "none"):
+            raise OptionError(f"--compression must be gzip, zstd or none, not {self.compression!r}")
+        if self.jobs < 1:
+            raise OptionError(f"--jobs must be at least 1, not {self.jobs}")
+
+
+@dataclass(frozen=True)
+class LayerEvent:
+    """Reported to the progress callback after each layer is ready."""
+
+    index: int
+    total: int
+    layer: BuiltLayer
+    cached: bool
+    seconds: float
+    planned_size: int
+
+
+ProgressCallback = Callable[[LayerEvent], None]
+
+
+def build_layers(
+    image: ImagePlan,
+    *,
+    options: BuildOptions,
+    work_dir: Path,
+    customisation: Customisation | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[BuiltLayer]:
+    """Build every planned layer of ``image`` (``options.jobs`` at a time), bottom first, plus
+    the customisation layer on top when it has anything to add.
+
+    Layers come from ``options.cache`` when present there; otherwise they are built into the
+    cache (or into ``work_dir`` when there is no cache).
+    """
+    planned = list(image.layers)
+    total = len(planned) + (1 if customisation and not customisation.is_empty else 0)
+
+    def one(index: int, layer: PlannedLayer) -> BuiltLayer:
+        started = time.perf_counter()
+        key = layer_key(
+            layer.paths,
+            store_dir=options.store_dir,
+            compression=options.compression,
+            level=options.level,
+            mtime=options.mtime,
+        )
+
+        def build(dest_dir: Path) -> BuiltLayer:
+            return build_store_layer(
+                layer.paths,
+                store_root=options.store_root,
+                store_dir=options.store_dir,
+                compression=options.compression,
+                level=options.level,
+                mtime=options.mtime,
+                dest_dir=dest_dir,
+            )
+
+        cached = False
+        if options.cache is None:
+            built = build(work_dir)
+        else:
+            hit = options.cache.get(key)
+            cached = hit is not None
+            built = hit if hit is not None else options.cache.get_or_build(key, build)
+        if progress is not None:
+            progress(
+                LayerEvent(index, total, built, cached, time.perf_counter() - started, layer.size)
+            )
+        return built
+
+    jobs = max(1, min(options.jobs, len(planned) or 1))
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layer") as pool:
+        futures = [pool.submit(one, i, layer) for i, layer in enumerate(planned)]
+        layers = [future.result() for future in futures]
+
+    if customisation is not None and not customisation.is_empty:
+        started = time.perf_counter()
+        top = build_customisation_layer(
+            customisation,
+            compression=options.compression,
+            level=options.level,
+            mtime=options.mtime,
+            dest_dir=work_dir,
+        )
+        layers.append(top)
+        if progress is not None:
+            progress(
+                LayerEvent(total - 1, total, top, False, time.perf_counter() - started, top.size)
+            )
+    return layers
+
+
+def scratch_dir(parent: Path | None = None) -> tempfile.TemporaryDirectory[str]:
+    """A work directory for blobs that are not cached (customisation layer, no-cache builds)."""
+    return tempfile.TemporaryDirectory(prefix="closurepack-", dir=parent)

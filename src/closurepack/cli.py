@@ -1,0 +1,360 @@
+"""The ``closurepack`` command: thin commands over the library; errors become exit codes here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from closurepack import __version__
+from closurepack.errors import ClosurepackError, OptionError
+from closurepack.options import parse_command, parse_created, parse_key_values
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _closure_options(func: F) -> F:
+    """Options shared by every command that reads a closure."""
+    func = click.argument("store_paths", nargs=-1, metavar="[STORE_PATH]...")(func)
+    func = click.option(
+        "--closure",
+        "closure_files",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A graph file (nix path-info --json, exportReferencesGraph JSON or text). "
+        "Repeat for several images planned together.",
+    )(func)
+    func = click.option(
+        "--store-root",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Read store files from DIR/<store dir>/... (as Nix chroot stores do).",
+    )(func)
+    return func
+
+
+def _plan_options(func: F) -> F:
+    func = click.option(
+        "--strategy",
+        default=None,
+        help="Layering strategy name, a JSON pipeline, or @FILE holding one (default: auto).",
+    )(func)
+    func = click.option(
+        "--max-layers", type=int, default=100, show_default=True, help="At most N layers (1-127)."
+    )(func)
+    func = click.option(
+        "--previous",
+        multiple=True,
+        help="A plan file or image whose layers count as existing (reused as they are).",
+    )(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="closurepack")
+def cli() -> None:
+    """Turn a Nix or Guix store closure into reproducible multi-layer container images."""
+
+
+@cli.command("plan")
+@_closure_options
+@_plan_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON to FILE."
+)
+def plan_command(
+    store_paths: tuple[str, ...],
+    closure_files: tuple[Path, ...],
+    store_root: Path | None,
+    strategy: str | None,
+    max_layers: int,
+    previous: tuple[str, ...],
+    as_json: bool,
+    output: Path | None,
+) -> None:
+    """Compute a layer plan: which store items go in which layer."""
+    from closurepack._fs import atomic_write
+    from closurepack.planner import format_plan_table
+
+    from closurepack.workflow import load_closures, make_plan
+
+    closures = load_closures(
+        store_paths=store_paths, closure_files=closure_files, store_root=store_root
+    )
+    plan = make_plan(closures, strategy=strategy, max_layers=max_layers, previous=previous)
+    if output is not None:
+        with atomic_write(output) as handle:
+            handle.write(plan.to_json(indent=1).encode() + b"\n")
+    if as_json:
+        click.echo(plan.to_json(indent=1))
+    elif output is None:
+        click.echo(format_plan_table(plan, closures))
+
+
+def _image_config_options(func: F) -> F:
+    options = [
+        click.option("--entrypoint", help="Entrypoint: a JSON array or a shell-quoted string."),
+        click.option("--cmd", help="Cmd: a JSON array or a shell-quoted string."),
+        click.option("--env", multiple=True, help="K=V environment variable (repeatable)."),
+        click.option("--workdir", help="Working directory."),
+        click.option("--user", help="User (name, uid, name:group or uid:gid)."),
+        click.option("--label", multiple=True, help="K=V label (repeatable)."),
+        click.option("--expose", multiple=True, help="PORT[/PROTO] to expose (repeatable)."),
+        click.option("--volume", multiple=True, help="Volume directory (repeatable)."),
+        click.option("--stop-signal", help="Stop signal, e.g. SIGTERM."),
+        click.option(
+            "--created",
+            help="Creation time: seconds since the epoch, an RFC 3339 date, or 'now' "
+            "(default: SOURCE_DATE_EPOCH, else 1).",
+        ),
+        click.option("--arch", help="Architecture (default: the host's), e.g. amd64, arm64."),
+        click.option("--tag", help="NAME:TAG recorded in the image (docker-archive RepoTags)."),
+        click.option("--from", "from_image", help="Put this image's layers underneath."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _layer_options(func: F) -> F:
+    options = [
+        click.option(
+            "--compression",
+            type=click.Choice(["gzip", "zstd", "none"]),
+            default="gzip",
+            show_default=True,
+        ),
+        click.option("--level", type=int, help="Compression level (codec specific)."),
+        click.option("--jobs", type=int, help="Layers built at a time (default: CPU count)."),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Layer cache (default: $XDG_CACHE_HOME/closurepack).",
+        ),
+        click.option("--no-cache", is_flag=True, help="Build every layer; use no cache."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _customisation_options(func: F) -> F:
+    options = [
+        click.option(
+            "--symlink", multiple=True, help="LINK=TARGET symlink in the image (repeatable)."
+        ),
+        click.option(
+            "--extra",
+            multiple=True,
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Copy this directory's tree into the image root (repeatable).",
+        ),
+        click.option("--no-tmp", is_flag=True, help="Do not add /tmp (mode 1777)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command("build")
+@_closure_options
+@_plan_options
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Build this plan (from `closurepack plan --json`) instead of planning.",
+)
+@click.option("--image", "image_selector", help="Which image of the plan: index or name.")
+@click.option("-o", "--output", "dest", required=True, help="Destination, e.g. oci:DIR[:TAG].")
+@_layer_options
+@_image_config_options
+@_customisation_options
+def build_command(**kwargs: Any) -> None:
+    """Build an image from a closure (or a plan) and write it to a destination."""
+    from closurepack.workflow import build_image
+
+    options = _normalise_image_options(kwargs)
+    quiet = options.pop("quiet")
+    with _progress_reporter(enabled=not quiet) as progress:
+        digest = build_image(**options, progress=progress)
+    click.echo(digest)
+
+
+@cli.command("build-layer")
+@click.argument("store_paths", nargs=-1, metavar="[STORE_PATH]...")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--image", "image_selector", help="Which image of the plan: index or name.")
+@click.option("--layer", "layer_index", type=int, help="Which layer of the image (0 = bottom).")
+@click.option("--store-root", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip", show_default=True
+)
+@click.option("--level", type=int)
+@click.option("--created")
+def build_layer_command(
+    store_paths: tuple[str, ...],
+    plan_file: Path | None,
+    image_selector: str | None,
+    layer_index: int | None,
+    store_root: Path | None,
+    out_dir: Path,
+    compression: str,
+    level: int | None,
+    created: str | None,
+) -> None:
+    """Build one layer (blob + JSON descriptor) into a directory, for `assemble` to use."""
+    from closurepack.workflow import build_one_layer
+
+    descriptor = build_one_layer(
+        store_paths=store_paths,
+        plan_file=plan_file,
+        image_selector=image_selector,
+        layer_index=layer_index,
+        store_root=store_root,
+        out_dir=out_dir,
+        compression=compression,
+        level=level,
+        created=parse_created(created) if created else None,
+    )
+    click.echo(str(descriptor))
+
+
+@cli.command("assemble")
+@click.argument(
+    "descriptors", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
+)
+@click.option("-o", "--output", "dest", required=True, help="Destination, e.g. oci:DIR[:TAG].")
+@click.option(
+    "--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip", show_default=True
+)
+@click.option("--level", type=int)
+@click.option("-q", "--quiet", is_flag=True)
+@_image_config_options
+@_customisation_options
+def assemble_command(**kwargs: Any) -> None:
+    """Make an image from layer descriptors written by `build-layer` (bottom layer first)."""
+    from closurepack.workflow import assemble_from_descriptors
+
+    options = _normalise_image_options(kwargs)
+    options.pop("quiet")
+    click.echo(assemble_from_descriptors(**options))
+
+
+@cli.command("verify")
+@click.argument("image")
+def verify_command(image: str) -> None:
+    """Recompute every digest, diff_id and size of an image; list every mismatch."""
+    from closurepack.errors import ImageError
+    from closurepack.validate import verify_image
+
+    problems = verify_image(image)
+    for problem in problems:
+        click.echo(f"{image}: {problem}", err=True)
+    if problems:
+        raise ImageError(f"{image}: {len(problems)} problem(s) found")
+    click.echo(f"{image}: ok")
+
+
+@cli.command("inspect")
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect_command(image: str, as_json: bool) -> None:
+    """Show an image's layers, sizes and the store items in each."""
+    from closurepack.validate import format_inspection, inspect_image
+
+    info = inspect_image(image)
+    if as_json:
+        click.echo(json.dumps(info, indent=1, sort_keys=True))
+    else:
+        click.echo(format_inspection(info))
+
+
+def _normalise_image_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Parse the string options shared by build and assemble into typed values."""
+    out = dict(kwargs)
+    out["entrypoint"] = parse_command(kwargs["entrypoint"], option="--entrypoint")
+    out["cmd"] = parse_command(kwargs["cmd"], option="--cmd")
+    out["label"] = parse_key_values(kwargs["label"], option="--label")
+    out["symlink"] = parse_key_values(kwargs["symlink"], option="--symlink")
+    out["created"] = parse_created(kwargs["created"]) if kwargs["created"] else None
+    return out
+
+
+@contextlib.contextmanager
+def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | None]:
+    """A rich progress bar on stderr (per layer, bytes per second) when stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("layers {task.fields[done]}/{task.fields[layers]}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("build", total=None, done=0, layers="?")
+        finished = 0
+
+        def report(event: Any) -> None:
+            nonlocal finished
+            finished += 1
+            bar.update(task, advance=event.planned_size, done=finished, layers=event.total)
+            cached = " (cached)" if event.cached else ""
+            bar.console.print(
+                f"layer {event.index + 1}/{event.total}: {event.layer.digest.hex[:12]}"
+                f" {event.layer.size / 1e6:.1f} MB{cached} in {event.seconds:.1f}s",
+                highlight=False,
+            )
+
+        yield report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    try:
+        status = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except ClosurepackError as exc:
+        click.echo(f"closurepack: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("closurepack: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("closurepack: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `closurepack build -o - | head`): not our error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return status if isinstance(status, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Parsing of command-line option values (K=V pairs, commands, times) into typed values."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import time
+from collections.abc import Sequence
+
+from closurepack.errors import OptionError
+
+__all__ = ["parse_command", "parse_created", "parse_key_values"]
+
+
+def parse_key_values(values: Sequence[str], *, option: str) -> tuple[tuple[str, str], ...]:
+    """``["A=1", "B=x=y"]`` -> ``(("A", "1"), ("B", "x=y"))``; the key must be non-empty."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise OptionError(f"{option} {value!r}: expected KEY=VALUE")
+        pairs.append((key, rest))
+    return tuple(pairs)
+
+
+def parse_command(value: str | None, *, option: str) -> tuple[str, ...] | None:
+    """A JSON array of strings (``["/bin/app", "-v"]``) or a shell-quoted string."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise OptionError(f"{option} {value!r}: invalid JSON array: {exc}") from exc
+        if not isinstance(parsed, list) or not all(isinstance(a, str) for a in parsed):
+            raise OptionError(f"{option} {value!r}: expected a JSON array of strings")
+        return tuple(parsed)
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise OptionError(f"{option} {value!r}: {exc}") from exc
+
+
+def parse_created(value: str) -> int:
+    """Seconds since the epoch from an integer, an RFC 3339 / ISO 8601 date, or ``now``."""
+    text = value.strip()
+    if text == "now":
+        return int(time.time())
+    if text.lstrip("-").isdigit():
+        seconds = int(text)
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise OptionError(
+                f"--created {value!r}: expected seconds since the epoch, an RFC 3339 date or 'now'"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        seconds = int(moment.timestamp())
+    if seconds < 0:
+        raise OptionError(f"--created {value!r}: before 1970")
+    return seconds

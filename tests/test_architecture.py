@@ -1,0 +1,129 @@
+"""The one-way flow of STYLE.md, checked: imports only point backwards, click only in the CLI,
+and every module's ``__all__`` is sorted and complete."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import closurepack
+
+SRC = Path(closurepack.__file__).parent
+
+# Rank of each module along graph -> plan -> layers -> image -> destinations. A module may import
+# modules of its own rank or lower, never higher.
+RANKS: dict[str, int] = {
+    "errors": 0,
+    "digest": 1,
+    "mediatypes": 1,
+    "options": 1,
+    "_fs": 1,
+    "graph": 2,
+    "sources": 3,
+    "plan": 3,
+    "strategies": 4,
+    "planner": 4,
+    "compression": 5,
+    "tarstream": 5,
+    "layer": 5,
+    "layerbuild": 5,
+    "cache": 5,
+    "customisation": 5,
+    "build": 6,
+    "image": 7,
+    "readback": 8,
+    "validate": 8,
+    "destinations": 8,
+    "previous": 9,
+    "workflow": 9,
+    "cli": 10,
+    "__init__": 10,
+}
+
+
+def _modules() -> list[tuple[str, Path]]:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).with_suffix("")
+        found.append((".".join(rel.parts), path))
+    return found
+
+
+def _rank(module: str) -> int:
+    top = module.split(".")[0]
+    assert top in RANKS, f"module {module} has no rank in tests/test_architecture.py"
+    return RANKS[top]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_every_module_has_a_rank() -> None:
+    for module, _ in _modules():
+        _rank(module)
+
+
+def test_imports_point_backwards() -> None:
+    problems = []
+    for module, path in _modules():
+        if module == "__init__":
+            continue
+        for name in _imports(path):
+            if not name.startswith("closurepack."):
+                continue
+            target = name.removeprefix("closurepack.")
+            if _rank(target) > _rank(module):
+                problems.append(f"{module} imports {target}")
+    assert problems == []
+
+
+def test_only_the_cli_imports_click() -> None:
+    users = [m for m, p in _modules() if any(n.split(".")[0] == "click" for n in _imports(p))]
+    assert users == ["cli"]
+
+
+def test_library_never_prints() -> None:
+    offenders = []
+    for module, path in _modules():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "print"
+            ):
+                offenders.append(f"{module}:{node.lineno}")
+    assert offenders == []
+
+
+def test_all_is_sorted_and_complete() -> None:
+    problems = []
+    for info in pkgutil.walk_packages(closurepack.__path__, "closurepack."):
+        module = importlib.import_module(info.name)
+        exported = getattr(module, "__all__", None)
+        if exported is None:
+            problems.append(f"{info.name} has no __all__")
+            continue
+        if list(exported) != sorted(exported):
+            problems.append(f"{info.name}.__all__ is not sorted")
+        public = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and getattr(value, "__module__", None) == info.name
+            and (callable(value) or isinstance(value, type))
+        }
+        missing = public - set(exported)
+        if missing:
+            problems.append(f"{info.name}.__all__ lacks {sorted(missing)}")
+    assert problems == []
