@@ -1,0 +1,94 @@
+"""docker-archive destination: the ``docker save`` tar, with both manifest.json and V1 layout.
+
+Layout (one copy of each blob; ``manifest.json`` points into the V1 directories)::
+
+    <v1 id>/VERSION  <v1 id>/json  <v1 id>/layer.tar     one directory per layer, bottom first
+    <config hex>.json                                    the image config (its digest is the ID)
+    manifest.json                                        [{"Config", "RepoTags", "Layers"}]
+    repositories                                         {"name": {"tag": "<top v1 id>"}}
+
+``layer.tar`` holds the layer blob as is (gzip, zstd or plain): ``docker load`` and
+``podman load`` decompress it and check it against the config's ``diff_ids``. V1 ids are
+chained hashes (parent id, diff_id, digest), so the same image gives the same archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from closurepack.destinations._files import atomic_file
+from closurepack.destinations._tar import TarWriter
+from closurepack.destinations.reference import Destination, docker_repo_tag
+from closurepack.digest import Writable
+from closurepack.errors import DestinationError
+from closurepack.image import Image, canonical_json
+
+__all__ = ["v1_ids", "write_image", "write_stream"]
+
+
+def v1_ids(image: Image) -> list[str]:
+    """Deterministic V1 layer ids, bottom first: each hashes its parent's id and its blob."""
+    ids: list[str] = []
+    parent = ""
+    for layer in image.layers:
+        seed = canonical_json(
+            {"parent": parent, "diff_id": str(layer.diff_id), "digest": str(layer.digest)}
+        )
+        parent = hashlib.sha256(seed).hexdigest()
+        ids.append(parent)
+    return ids
+
+
+def _v1_json(image: Image, ids: list[str], index: int) -> bytes:
+    obj: dict[str, Any] = {"id": ids[index], "created": image.created, "container_config": {}}
+    if index:
+        obj["parent"] = ids[index - 1]
+    if index == len(ids) - 1:
+        obj["config"] = image.config.get("config", {})
+        obj["architecture"] = image.config.get("architecture", "")
+        obj["os"] = image.config.get("os", "linux")
+    return canonical_json(obj)
+
+
+def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tag: str) -> None:
+    """Stream ``image`` as a docker-archive to ``out`` in one pass, blobs copied in chunks."""
+    name, _, tag = repo_tag.rpartition(":")
+    ids = v1_ids(image)
+    tar = TarWriter(out, mtime=image.created_epoch)
+    layer_files = []
+    for index, layer in enumerate(image.layers):
+        tar.add_dir(ids[index])
+        tar.add_bytes(f"{ids[index]}/VERSION", b"1.0")
+        tar.add_bytes(f"{ids[index]}/json", _v1_json(image, ids, index))
+        try:
+            with layer.open() as blob:
+                tar.add_blob(f"{ids[index]}/layer.tar", blob, size=layer.size, digest=layer.digest)
+        except OSError as exc:
+            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        layer_files.append(f"{ids[index]}/layer.tar")
+    config_name = f"{image.config_digest.hex}.json"
+    tar.add_bytes(config_name, image.config_bytes)
+    manifest = [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_files}]
+    tar.add_bytes("manifest.json", canonical_json(manifest))
+    if ids:
+        tar.add_bytes("repositories", canonical_json({name: {tag: ids[-1]}}))
+    tar.close()
+
+
+def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
+    """Write ``image`` to ``dest.path`` atomically (temp file + rename)."""
+    path = dest.path
+    if path is None:
+        raise DestinationError(f"{dest}: docker-archive needs a path")
+    if path.is_dir():
+        raise DestinationError(f"{path}: is a directory, expected an archive file path")
+    repo_tag = docker_repo_tag(dest, tag)
+    try:
+        with atomic_file(Path(path)) as out:
+            write_stream(image, out, repo_tag=repo_tag)
+    except OSError as exc:
+        raise DestinationError(
+            f"{path}: cannot write docker-archive: {exc.strerror or exc}"
+        ) from exc

@@ -1,0 +1,56 @@
+"""oci-archive destination: an OCI image layout in one tar, written atomically and
+deterministically (fixed order: oci-layout, index.json, blobs by digest)."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from closurepack.destinations._files import atomic_file
+from closurepack.destinations._tar import TarWriter
+from closurepack.destinations.oci_layout import LAYOUT_FILE, index_with
+from closurepack.destinations.reference import Destination, oci_ref_name
+from closurepack.digest import Writable
+from closurepack.errors import DestinationError
+from closurepack.image import Image, canonical_json
+
+__all__ = ["write_image", "write_stream"]
+
+
+def write_stream(image: Image, out: Writable | BinaryIO, *, ref_name: str) -> None:
+    """Stream ``image`` as an oci-archive holding one tag."""
+    tar = TarWriter(out, mtime=image.created_epoch)
+    tar.add_bytes("oci-layout", LAYOUT_FILE)
+    tar.add_bytes("index.json", canonical_json(index_with(None, image, ref_name)))
+    tar.add_dir("blobs")
+    tar.add_dir("blobs/sha256")
+    blobs: dict[str, object] = {str(layer.digest): layer for layer in image.layers}
+    blobs[str(image.config_digest)] = image.config_bytes
+    blobs[str(image.manifest_digest)] = image.manifest_bytes
+    for digest in sorted(blobs):
+        name = f"blobs/sha256/{digest.partition(':')[2]}"
+        item = blobs[digest]
+        if isinstance(item, bytes):
+            tar.add_bytes(name, item)
+            continue
+        layer = next(la for la in image.layers if str(la.digest) == digest)
+        try:
+            with layer.open() as src:
+                tar.add_blob(name, src, size=layer.size, digest=layer.digest)
+        except OSError as exc:
+            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+    tar.close()
+
+
+def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
+    """Write ``image`` to the oci-archive ``dest.path`` (replacing any previous archive)."""
+    path = dest.path
+    if path is None:
+        raise DestinationError(f"{dest}: oci-archive needs a path")
+    if path.is_dir():
+        raise DestinationError(f"{path}: is a directory, expected an archive file path")
+    try:
+        with atomic_file(path) as out:
+            write_stream(image, out, ref_name=oci_ref_name(dest, tag))
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise DestinationError(f"{path}: cannot write oci-archive: {reason}") from exc

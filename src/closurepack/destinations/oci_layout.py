@@ -1,0 +1,135 @@
+"""oci destination: an OCI image layout directory, shared with other tags already in it.
+
+Blobs go in first (each written atomically, existing ones skipped), ``index.json`` is
+replaced atomically last, under an exclusive lock on the directory, so a failed or
+interrupted write leaves the previous tags as they were (at most some unreferenced blobs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from closurepack.destinations._files import atomic_file, put_blob
+from closurepack.destinations.reference import Destination, oci_ref_name
+from closurepack.errors import DestinationError
+from closurepack.image import Image, canonical_json
+from closurepack.mediatypes import MediaType
+
+__all__ = [
+    "LAYOUT_FILE",
+    "REF_NAME",
+    "index_with",
+    "manifest_descriptor",
+    "write_blobs",
+    "write_image",
+]
+
+REF_NAME = "org.opencontainers.image.ref.name"
+LAYOUT_FILE = canonical_json({"imageLayoutVersion": "1.0.0"})
+
+
+def manifest_descriptor(image: Image, ref_name: str) -> dict[str, Any]:
+    """The index entry for ``image`` tagged ``ref_name``."""
+    return {
+        "mediaType": str(MediaType.OCI_MANIFEST),
+        "digest": str(image.manifest_digest),
+        "size": len(image.manifest_bytes),
+        "annotations": {REF_NAME: ref_name},
+        "platform": image.platform,
+    }
+
+
+def index_with(index: dict[str, Any] | None, image: Image, ref_name: str) -> dict[str, Any]:
+    """``index`` with the entry tagged ``ref_name`` replaced by ``image`` (in place), or added
+    at the end; other entries are kept as they were."""
+    entry = manifest_descriptor(image, ref_name)
+    manifests = list((index or {}).get("manifests") or [])
+    for i, old in enumerate(manifests):
+        if isinstance(old, dict) and (old.get("annotations") or {}).get(REF_NAME) == ref_name:
+            manifests[i] = entry
+            break
+    else:
+        manifests.append(entry)
+    out = dict(index or {})
+    out.update(schemaVersion=2, mediaType=str(MediaType.OCI_INDEX), manifests=manifests)
+    return out
+
+
+def write_blobs(image: Image, root: Path) -> None:
+    """Store the layers, config and manifest of ``image`` under ``root/blobs/sha256``."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    for layer in image.layers:
+        try:
+            with layer.open() as src:
+                put_blob(blobs, layer.digest, src, size=layer.size)
+        except OSError as exc:
+            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+    put_blob(blobs, image.config_digest, image.config_bytes, size=len(image.config_bytes))
+    put_blob(blobs, image.manifest_digest, image.manifest_bytes, size=len(image.manifest_bytes))
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_index(root: Path) -> dict[str, Any] | None:
+    path = root / "index.json"
+    try:
+        index = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DestinationError(f"{path}: unreadable OCI index: {exc}") from exc
+    if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+        raise DestinationError(f"{path}: not an OCI image index")
+    return index
+
+
+def _check_layout(root: Path) -> bool:
+    """True if ``root`` already is an OCI layout; error if it is something else."""
+    layout = root / "oci-layout"
+    if layout.exists():
+        try:
+            version = json.loads(layout.read_bytes()).get("imageLayoutVersion")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise DestinationError(f"{layout}: unreadable: {exc}") from exc
+        if version != "1.0.0":
+            raise DestinationError(f"{layout}: unsupported imageLayoutVersion {version!r}")
+        return True
+    if any(root.iterdir()):
+        raise DestinationError(f"{root}: directory is not empty and not an OCI layout")
+    return False
+
+
+def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
+    """Add ``image`` to the OCI layout at ``dest.path`` under its tag, keeping other tags."""
+    root = dest.path
+    if root is None:
+        raise DestinationError(f"{dest}: oci needs a directory")
+    ref_name = oci_ref_name(dest, tag)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _locked(root):
+            is_layout = _check_layout(root)
+            write_blobs(image, root)
+            if not is_layout:
+                with atomic_file(root / "oci-layout") as out:
+                    out.write(LAYOUT_FILE)
+            index = index_with(_read_index(root), image, ref_name)
+            with atomic_file(root / "index.json") as out:
+                out.write(canonical_json(index))
+    except OSError as exc:
+        raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc

@@ -1,0 +1,107 @@
+"""Destination strings as skopeo users write them, and the image names and tags inside them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from closurepack.errors import OptionError
+
+__all__ = [
+    "DEFAULT_REPO_TAG",
+    "KINDS",
+    "Destination",
+    "docker_repo_tag",
+    "oci_ref_name",
+    "parse_destination",
+    "parse_repo_tag",
+]
+
+#: Kinds of destination, by transport prefix; ``stdout`` is spelt ``-``.
+KINDS = ("docker-archive", "oci", "oci-archive", "stdout")
+#: The name docker-archive images get when neither the destination nor ``--tag`` gives one.
+DEFAULT_REPO_TAG = "closurepack:latest"
+
+# Docker reference grammar (distribution/reference), without digests.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"  # noqa: E501
+_NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Destination:
+    """Where an image goes (or comes from).
+
+    ``reference`` is what followed the path: ``name:tag`` for docker-archive, the tag
+    (``org.opencontainers.image.ref.name``) for oci and oci-archive, ``None`` when absent.
+    """
+
+    kind: str
+    path: Path | None
+    reference: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "stdout":
+            return "-"
+        ref = f":{self.reference}" if self.reference else ""
+        return f"{self.kind}:{self.path}{ref}"
+
+
+def parse_repo_tag(text: str) -> tuple[str, str]:
+    """``name[:tag]`` -> (name, tag), tag defaulting to ``latest``; OptionError if invalid."""
+    slash = text.rfind("/")
+    colon = text.rfind(":")
+    if colon > slash:
+        name, tag = text[:colon], text[colon + 1 :]
+    else:
+        name, tag = text, "latest"
+    if not _NAME.fullmatch(name) or len(name) > 255:
+        raise OptionError(f"image name {text!r}: expected lower-case NAME[:TAG]")
+    if not _TAG.fullmatch(tag):
+        raise OptionError(f"image tag {tag!r} in {text!r}: expected [A-Za-z0-9_.-], max 128")
+    return name, tag
+
+
+def parse_destination(text: str) -> Destination:
+    """Parse ``docker-archive:PATH[:name:tag]``, ``oci:DIR[:TAG]``, ``oci-archive:PATH[:TAG]``
+    or ``-`` (a docker-archive on standard output)."""
+    if text == "-":
+        return Destination(kind="stdout", path=None)
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in KINDS or kind == "stdout":
+        raise OptionError(
+            f"destination {text!r}: expected docker-archive:PATH, oci:DIR, oci-archive:PATH or -"
+        )
+    path, _, reference = rest.partition(":")
+    if not path:
+        raise OptionError(f"destination {text!r}: missing path after {kind}:")
+    if kind == "docker-archive":
+        if reference:
+            name, tag = parse_repo_tag(reference)
+            reference = f"{name}:{tag}"
+    elif reference and not _TAG.fullmatch(reference):
+        raise OptionError(f"destination {text!r}: invalid tag {reference!r}")
+    return Destination(kind=kind, path=Path(path), reference=reference or None)
+
+
+def docker_repo_tag(dest: Destination, tag: str | None) -> str:
+    """The ``name:tag`` a docker-archive records: the destination's, else ``--tag``'s, else
+    :data:`DEFAULT_REPO_TAG`."""
+    if dest.reference and dest.kind in ("docker-archive", "stdout"):
+        return dest.reference
+    if tag:
+        name, tag_part = parse_repo_tag(tag)
+        return f"{name}:{tag_part}"
+    return DEFAULT_REPO_TAG
+
+
+def oci_ref_name(dest: Destination, tag: str | None) -> str:
+    """The ``org.opencontainers.image.ref.name`` for an OCI layout: the destination's tag,
+    else the tag part of ``--tag NAME:TAG``, else ``latest``."""
+    if dest.reference:
+        return dest.reference
+    if tag:
+        return parse_repo_tag(tag)[1]
+    return "latest"
