@@ -1,0 +1,267 @@
+"""Closure files: ``nix path-info --json``, exportReferencesGraph JSON and text, zstd or gzip.
+
+Formats, told apart by content (see docs/formats.md):
+
+* ``nix path-info --json --recursive``: a list of objects with ``path`` (Nix < 2.19), or an
+  object keyed by path (2.19+), whose values may carry ``storeDir`` and use base names for the
+  keys and ``references`` (``--json-format 2``/``3``);
+* structured-attrs ``exportReferencesGraph``: a list of objects, or an object whose single
+  value is that list (``{"closure": [...]}``);
+* text ``exportReferencesGraph`` (also Guix's ``#:references-graphs``): per item its path, its
+  deriver (may be empty), the number of references and that many reference lines.
+
+Items without a size (the text format) get the NAR size of their files when these exist under
+``store_root`` (or the real store directory), else 0.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from closurepack.errors import ClosureError, StoreError
+from closurepack.graph import Closure, StoreItem
+from closurepack.sources.narsize import nar_size
+
+__all__ = [
+    "DEFAULT_STORE_DIR",
+    "decompress",
+    "load_closure_file",
+    "parse_closure",
+    "store_file",
+]
+
+DEFAULT_STORE_DIR = "/nix/store"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def load_closure_file(path: Path, *, store_root: Path | None = None) -> Closure:
+    """Read a closure file in any supported format (optionally zstd- or gzip-compressed).
+
+    Raises ClosureError naming the file and line or item when it cannot be read or parsed, or
+    when the graph it describes is invalid.
+    """
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ClosureError(f"{source}: cannot read: {exc.strerror}") from exc
+    return parse_closure(data, source=source, store_root=store_root)
+
+
+def parse_closure(
+    data: bytes,
+    *,
+    source: str,
+    store_root: Path | None = None,
+    roots: Sequence[str] | None = None,
+) -> Closure:
+    """Parse the bytes of a closure file (see the module docstring); ``source`` names it.
+
+    ``roots`` are the closure's roots when known (a query); otherwise the items nothing refers to.
+    """
+    data = decompress(data, source=source)
+    start = data[:64].lstrip()
+    if start[:1] in (b"[", b"{"):
+        items = _items_from_json(data, source, store_root)
+    elif start[:1] == b"/":
+        items = _items_from_text(data, source, store_root)
+    elif not start:
+        raise ClosureError(f"{source}: the file is empty")
+    else:
+        raise ClosureError(
+            f"{source}:1: not a closure file (expected JSON or an exportReferencesGraph path line)"
+        )
+    return Closure.from_items(items, source=source, roots=roots)
+
+
+def decompress(data: bytes, *, source: str) -> bytes:
+    """Undo zstd or gzip compression, told by the magic number; other data is returned as is."""
+    try:
+        if data.startswith(_ZSTD_MAGIC):
+            dctx = zstandard.ZstdDecompressor()
+            size = zstandard.get_frame_parameters(data).content_size
+            if 0 < size < 1 << 34:
+                # One call when the frame records its size: several times faster than streaming.
+                out: bytes = dctx.decompress(data, max_output_size=size)
+                if len(out) == size:
+                    return out
+            chunks = []
+            with dctx.stream_reader(data, read_across_frames=True) as reader:
+                while chunk := reader.read(1 << 22):
+                    chunks.append(chunk)
+            return b"".join(chunks)
+        if data.startswith(_GZIP_MAGIC):
+            return gzip.decompress(data)
+    except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
+        raise ClosureError(f"{source}: cannot decompress: {exc}") from exc
+    return data
+
+
+def store_file(path: str, store_root: Path | None) -> Path:
+    """Where the files of store path ``path`` are: under ``store_root`` when given."""
+    return Path(store_root, path.lstrip("/")) if store_root is not None else Path(path)
+
+
+def _size_from_files(path: str, store_root: Path | None, where: str) -> int:
+    """The NAR size of an item's files when they exist, else 0 (a plan needs only the graph)."""
+    location = store_file(path, store_root)
+    if not os.path.lexists(location):
+        return 0
+    try:
+        return nar_size(location)
+    except StoreError as exc:
+        raise StoreError(f"{where}: {exc}") from exc
+
+
+# JSON ------------------------------------------------------------------------------------------
+
+
+def _items_from_json(data: bytes, source: str, store_root: Path | None) -> list[StoreItem]:
+    try:
+        doc = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ClosureError(f"{source}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise ClosureError(f"{source}: not UTF-8 text: {exc.reason}") from exc
+    if isinstance(doc, list):
+        return list(_entries_from_list(doc, source, store_root))
+    if isinstance(doc, dict):
+        if "references" in doc or "narSize" in doc:  # one path-info object, not keyed by path
+            if not isinstance(doc.get("path"), str):
+                raise ClosureError(
+                    f"{source}: a single path-info object without 'path' (expected a list of"
+                    " them, or an object keyed by store path)"
+                )
+            return [_item(doc["path"], doc, source, store_root)]
+        if len(doc) == 1:
+            ((key, value),) = doc.items()
+            if isinstance(value, list):
+                return list(_entries_from_list(value, f"{source}: {key!r}", store_root))
+        return list(_entries_from_mapping(doc, source, store_root))
+    raise ClosureError(f"{source}: expected a JSON list or object, not {_kind(doc)}")
+
+
+def _entries_from_list(
+    entries: list[Any], where: str, store_root: Path | None
+) -> Iterator[StoreItem]:
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ClosureError(f"{where}: item {index}: expected an object, not {_kind(entry)}")
+        path = entry.get("path")
+        if not isinstance(path, str):
+            raise ClosureError(f"{where}: item {index}: 'path' must be a string")
+        yield _item(path, entry, f"{where}: item {index} ({path})", store_root)
+
+
+def _entries_from_mapping(
+    doc: Mapping[str, Any], where: str, store_root: Path | None
+) -> Iterator[StoreItem]:
+    for key, entry in doc.items():
+        if entry is None:
+            raise ClosureError(f"{where}: {key} is not a valid store path (null entry)")
+        if not isinstance(entry, dict):
+            raise ClosureError(
+                f"{where}: {key}: expected an object keyed by store path, not {_kind(entry)}"
+            )
+        path = key if key.startswith("/") else _join(_store_dir_of(entry, where, key), key)
+        yield _item(path, entry, f"{where}: {key}", store_root)
+
+
+def _item(path: str, entry: Mapping[str, Any], where: str, store_root: Path | None) -> StoreItem:
+    refs = entry.get("references")
+    if not isinstance(refs, list):
+        raise ClosureError(f"{where}: 'references' must be a list of store paths")
+    store_dir: str | None = None
+    references = []
+    for ref in refs:
+        if not isinstance(ref, str) or not ref:
+            raise ClosureError(f"{where}: 'references' must hold non-empty strings, not {ref!r}")
+        if ref[0] == "/":
+            references.append(ref)
+        else:
+            store_dir = store_dir or _store_dir_of(entry, where, ref)
+            references.append(_join(store_dir, ref))
+    size = entry.get("narSize")
+    if size is None:
+        size = _size_from_files(path, store_root, where)
+    elif type(size) is not int or size < 0:
+        raise ClosureError(f"{where}: 'narSize' must be a non-negative integer, not {size!r}")
+    nar_hash = entry.get("narHash")
+    if nar_hash is not None and not isinstance(nar_hash, str):
+        raise ClosureError(f"{where}: 'narHash' must be a string, not {_kind(nar_hash)}")
+    return StoreItem(path, size, tuple(references), nar_hash)
+
+
+def _store_dir_of(entry: Mapping[str, Any], where: str, name: str) -> str:
+    store_dir = entry.get("storeDir", DEFAULT_STORE_DIR)
+    if not isinstance(store_dir, str) or not store_dir.startswith("/"):
+        raise ClosureError(f"{where}: 'storeDir' must be an absolute path, not {store_dir!r}")
+    if "/" in name:
+        raise ClosureError(f"{where}: {name!r} is neither a store path nor a base name")
+    return store_dir
+
+
+def _join(store_dir: str, name: str) -> str:
+    return f"{store_dir.rstrip('/')}/{name}"
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# Text exportReferencesGraph --------------------------------------------------------------------
+
+
+def _items_from_text(data: bytes, source: str, store_root: Path | None) -> list[StoreItem]:
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ClosureError(f"{source}:{line}: not UTF-8 text") from exc
+    return list(_parse_text(text.split("\n"), source, store_root))
+
+
+def _parse_text(lines: list[str], source: str, store_root: Path | None) -> Iterable[StoreItem]:
+    index, count = 0, len(lines)
+    while index < count:
+        path = lines[index]
+        if not path:  # blank lines between items and at the end
+            index += 1
+            continue
+        if not path.startswith("/"):
+            raise ClosureError(f"{source}:{index + 1}: expected a store path, got {path!r}")
+        if index + 2 >= count:
+            raise ClosureError(
+                f"{source}:{index + 1}: {path}: truncated item (expected a deriver line and a"
+                " reference count)"
+            )
+        number = lines[index + 2]
+        if not number.isascii() or not number.isdigit():
+            raise ClosureError(
+                f"{source}:{index + 3}: {path}: expected a reference count, got {number!r}"
+            )
+        first, end = index + 3, index + 3 + int(number)
+        if end > count:
+            raise ClosureError(
+                f"{source}:{index + 3}: {path}: {number} references announced, file ends first"
+            )
+        references = lines[first:end]
+        for offset, ref in enumerate(references):
+            if not ref.startswith("/"):
+                raise ClosureError(
+                    f"{source}:{first + offset + 1}: {path}: reference {ref!r} is not a path"
+                )
+        where = f"{source}:{index + 1}: {path}"
+        yield StoreItem(path, _size_from_files(path, store_root, where), tuple(references))
+        index = end

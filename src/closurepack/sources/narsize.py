@@ -1,0 +1,73 @@
+"""Exact NAR serialisation size of a file tree, computed from a walk without serialising."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from closurepack.errors import StoreError
+
+__all__ = ["NAR_DIRECTORY_ENTRY", "nar_size", "nar_string_size", "node_size"]
+
+
+def nar_string_size(length: int) -> int:
+    """Bytes a NAR string of ``length`` bytes takes: a 64-bit length, then the bytes padded to 8."""
+    return 8 + ((length + 7) & ~7)
+
+
+_S = nar_string_size
+# "nix-archive-1" magic; "(" "type" <type> ... ")" around every node.
+_MAGIC = _S(len(b"nix-archive-1"))
+_NODE_FRAME = _S(1) + _S(4) + _S(1)  # "(", "type", ")"
+_REGULAR = _S(len(b"regular")) + _S(len(b"contents"))
+_EXECUTABLE = _S(len(b"executable")) + _S(0)
+_SYMLINK = _S(len(b"symlink")) + _S(len(b"target"))
+_DIRECTORY = _S(len(b"directory"))
+#: Per directory entry, beside the name and the child node: "entry" "(" "name" <name> "node" ")".
+NAR_DIRECTORY_ENTRY = _S(5) + _S(1) + _S(4) + _S(4) + _S(1)
+
+
+def node_size(mode: int, *, size: int = 0, target_length: int = 0) -> int:
+    """NAR bytes of one node, without a directory's entries (see :data:`NAR_DIRECTORY_ENTRY`).
+
+    ``size`` is a regular file's length, ``target_length`` a symlink target's length in bytes.
+    Raises ValueError for file types NAR cannot hold.
+    """
+    if stat.S_ISREG(mode):
+        extra = _EXECUTABLE if mode & stat.S_IXUSR else 0
+        return _NODE_FRAME + _REGULAR + extra + _S(size)
+    if stat.S_ISLNK(mode):
+        return _NODE_FRAME + _SYMLINK + _S(target_length)
+    if stat.S_ISDIR(mode):
+        return _NODE_FRAME + _DIRECTORY
+    raise ValueError(f"file type {stat.S_IFMT(mode):o} cannot be stored in a NAR")
+
+
+def nar_size(path: Path | str | bytes) -> int:
+    """The size of ``nix-store --dump path``: the NAR of a file, symlink or directory tree.
+
+    Hard links count once per name, as in NAR. Raises StoreError for an unreadable tree or a
+    file that is not a regular file, directory or symlink.
+    """
+    top = os.fsencode(path)
+    try:
+        return _MAGIC + _tree_size(top, os.lstat(top))
+    except OSError as exc:
+        raise StoreError(f"{os.fsdecode(exc.filename or top)}: {exc.strerror}") from exc
+
+
+def _tree_size(path: bytes, st: os.stat_result) -> int:
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return node_size(mode, target_length=len(os.readlink(path)))
+    try:
+        total = node_size(mode, size=st.st_size)
+    except ValueError as exc:
+        raise StoreError(f"{os.fsdecode(path)}: {exc}") from None
+    if stat.S_ISDIR(mode):
+        with os.scandir(path) as entries:
+            children = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in entries]
+        for name, child, child_st in children:
+            total += NAR_DIRECTORY_ENTRY + _S(len(name)) + _tree_size(child, child_st)
+    return total
