@@ -1,0 +1,108 @@
+"""Layering strategies: pure functions from a closure and a layer budget to groups of paths.
+
+A strategy is called as ``strategy(closure, budget=n)`` and returns groups of store paths,
+bottom layer first: every item of the closure in exactly one group, no empty group, at most
+``budget`` groups. ``budget`` counts the layers available for store items only (the planner keeps
+one more for the image's customisation layer).
+
+==============  =========================================================================
+``auto``        nixpkgs' auto-layer (default): largest items anchor layers
+``popularity``  nixpkgs' ``referencesByPopularity``: most depended-upon items alone
+``size``        Guix ``--max-layers``: largest items alone
+``dominator``   Nixery: dominator-tree subtrees merged by popularity times size
+``single``      everything in one layer
+``per-item``    one layer per item (fails if the budget is too small)
+==============  =========================================================================
+
+A strategy *spec* (``--strategy``) is one of those names, a JSON layering pipeline (text starting
+with ``[``, see :mod:`closurepack.strategies.pipeline`) or ``@FILE`` holding one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from closurepack.errors import PlanError
+from closurepack.graph import Closure
+from closurepack.strategies.auto import auto
+from closurepack.strategies.dominator import dominator
+from closurepack.strategies.pipeline import Pipeline, load_pipeline, parse_pipeline
+from closurepack.strategies.popularity import popularity, popularity_order, popularity_scores
+from closurepack.strategies.simple import per_item, single
+from closurepack.strategies.size import size
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "Pipeline",
+    "Strategy",
+    "auto",
+    "check_groups",
+    "dominator",
+    "get_strategy",
+    "load_pipeline",
+    "parse_pipeline",
+    "per_item",
+    "popularity",
+    "popularity_order",
+    "popularity_scores",
+    "single",
+    "size",
+]
+
+
+class Strategy(Protocol):
+    """``(closure, *, budget) -> groups of paths``, bottom layer first."""
+
+    def __call__(self, closure: Closure, *, budget: int) -> list[tuple[str, ...]]: ...
+
+
+STRATEGIES: Mapping[str, Strategy] = {
+    "auto": auto,
+    "dominator": dominator,
+    "per-item": per_item,
+    "popularity": popularity,
+    "single": single,
+    "size": size,
+}
+
+DEFAULT_STRATEGY = "auto"
+
+
+def get_strategy(spec: str) -> Strategy:
+    """The strategy for a name, a JSON pipeline (``[...]``) or ``@FILE``; PlanError if unknown."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise PlanError(f"empty strategy; known: {', '.join(sorted(STRATEGIES))}")
+    text = spec.strip()
+    if text.startswith(("[", "@")):
+        return load_pipeline(text)
+    try:
+        return STRATEGIES[text]
+    except KeyError:
+        raise PlanError(
+            f"unknown strategy {text!r}; known: {', '.join(sorted(STRATEGIES))},"
+            " a JSON pipeline or @FILE"
+        ) from None
+
+
+def check_groups(
+    closure: Closure, groups: list[tuple[str, ...]], *, budget: int, name: str
+) -> list[tuple[str, ...]]:
+    """Check a strategy's result against the contract; PlanError naming the strategy if broken."""
+    if len(groups) > budget:
+        raise PlanError(f"strategy {name}: made {len(groups)} layers, more than {budget}")
+    seen: set[str] = set()
+    for number, group in enumerate(groups, 1):
+        if not group:
+            raise PlanError(f"strategy {name}: layer {number} is empty")
+        for path in group:
+            if path not in closure.items:
+                raise PlanError(f"strategy {name}: {path} is not in the closure")
+            if path in seen:
+                raise PlanError(f"strategy {name}: {path} is in more than one layer")
+            seen.add(path)
+    if len(seen) != len(closure):
+        missing = next(p for p in closure.items if p not in seen)
+        raise PlanError(f"strategy {name}: {missing} is in no layer")
+    return groups

@@ -1,0 +1,112 @@
+"""Index-based view of a closure shared by the strategies: topological order, edges, sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+
+from closurepack.graph import Closure, StoreItem
+
+__all__ = ["Dag", "nixpkgs_name_key", "restrict"]
+
+
+def nixpkgs_name_key(path: str) -> str:
+    """nixpkgs' tie-break key: the path with its leading ``<store>/<hash>`` moved to the end.
+
+    ``/nix/store/abc-foo-1.0`` becomes ``foo-1.0-/nix/store/abc`` (split on ``-``, first part
+    moved last, joined with ``-``), so equal names sort by hash and the order never depends on
+    anything but the path.
+    """
+    first, sep, rest = path.partition("-")
+    return f"{rest}{sep}{first}" if sep else first
+
+
+@dataclass(frozen=True)
+class Dag:
+    """A closure as integer-indexed adjacency lists, dependencies first.
+
+    ``paths[i]`` is the i-th item in :meth:`Closure.topological_order` (references before
+    referrers, ties by path), so every reference of ``i`` has an index below ``i``.
+    """
+
+    paths: tuple[str, ...]
+    refs: tuple[tuple[int, ...], ...]
+    referrers: tuple[tuple[int, ...], ...]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def from_closure(cls, closure: Closure) -> Dag:
+        order = closure.topological_order()
+        index = {path: i for i, path in enumerate(order)}
+        refs = tuple(tuple(sorted(index[r] for r in closure.items[p].references)) for p in order)
+        referrers: list[list[int]] = [[] for _ in order]
+        for i, rs in enumerate(refs):
+            for r in rs:
+                referrers[r].append(i)
+        sizes = tuple(closure.items[p].nar_size for p in order)
+        return cls(tuple(order), refs, tuple(tuple(r) for r in referrers), sizes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def graph_roots(self) -> list[int]:
+        """Items no other item refers to, in index order."""
+        return [i for i, rs in enumerate(self.referrers) if not rs]
+
+    def reach(self, start: Iterable[int], *, up: bool = False) -> set[int]:
+        """``start`` and everything it reaches (its referrers instead, when ``up``)."""
+        edges = self.referrers if up else self.refs
+        seen: set[int] = set()
+        stack = list(start)
+        while stack:
+            i = stack.pop()
+            if i not in seen:
+                seen.add(i)
+                stack.extend(edges[i])
+        return seen
+
+    def walk_closures(self, visit: Callable[[int, Collection[int]], None]) -> None:
+        """Call ``visit(i, closure_of_i)`` for every item, dependencies first.
+
+        ``closure_of_i`` holds ``i`` and every item it reaches. Sets are built by union from the
+        largest child's set and freed once their last referrer has used them, which keeps the
+        whole walk linear in the total closure size in practice (63k Debian packages: < 1 s).
+        """
+        remaining = [len(rs) for rs in self.referrers]
+        sets: list[set[int] | None] = [None] * len(self.paths)
+        for i, rs in enumerate(self.refs):
+            if rs:
+                children = [sets[r] for r in rs]
+                biggest = max(children, key=lambda s: len(s) if s is not None else 0)
+                current = set(biggest) if biggest is not None else set()
+                for child in children:
+                    if child is not biggest and child is not None:
+                        current.update(child)
+                current.add(i)
+            else:
+                current = {i}
+            for r in rs:
+                remaining[r] -= 1
+                if remaining[r] == 0:
+                    sets[r] = None
+            visit(i, current)
+            if remaining[i]:
+                sets[i] = current
+
+
+def restrict(closure: Closure, paths: Collection[str], *, source: str | None = None) -> Closure:
+    """The sub-graph of ``closure`` induced by ``paths``: references outside it are dropped.
+
+    Roots are recomputed (items of the subset no other item of the subset refers to).
+    """
+    keep = set(paths)
+    items: dict[str, StoreItem] = {}
+    for path in sorted(keep):
+        item = closure.items[path]
+        refs = tuple(r for r in item.references if r in keep)
+        items[path] = (
+            item if refs == item.references else StoreItem(path, item.nar_size, refs, item.nar_hash)
+        )
+    referred = {r for item in items.values() for r in item.references}
+    roots = tuple(p for p in items if p not in referred)
+    return Closure(closure.store_dir, items, roots, source or closure.source)

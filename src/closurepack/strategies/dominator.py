@@ -1,0 +1,102 @@
+"""Nixery's layering: top-level subtrees of the dominator tree, merged by popularity times size.
+
+Origin: ``layers/layers.go`` in Nixery (Vincent Ambo; reimplemented). A synthetic root points to
+the image's roots and to every item that is *big* (closure size above 100 MB) or *popular*; the
+dominator tree of that graph is computed and every child of the synthetic root, with everything
+it dominates, becomes a layer. Each layer gets a merge rating: the popularity of its top item
+times the summed closure sizes of its members (Nixery sums its ``closureSize`` field). Layers
+are sorted by rating, ascending, and while there are more than the budget the first layer is
+merged into the second (so all the lowest-rated layers end up in one); the result keeps that
+order, bottom first.
+
+Popularity. Nixery uses a precomputed percentile of how many nixpkgs packages refer to each
+package. We have only the closure, so the popularity of an item is the number of items in the
+closure that refer to it directly (at least 1), and *popular* means being among the top 1% of
+that count (and referred to by at least two items).
+
+Ties. Ratings are compared, then the layers' smallest paths. The dominator tree is computed
+with the Cooper-Harvey-Kennedy intersection in one pass over the topological order (on a DAG,
+every predecessor of an item is final before the item is visited).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from closurepack.graph import Closure
+from closurepack.strategies._dag import Dag
+
+__all__ = ["BIG_CLOSURE_SIZE", "dominator"]
+
+#: Nixery's size threshold: an item whose closure is larger gets its own subtree.
+BIG_CLOSURE_SIZE = 100 * 1000 * 1000
+
+
+def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
+    """Dominator-tree subtrees under a synthetic root, merged down to ``budget`` (docstring)."""
+    dag = Dag.from_closure(closure)
+    n = len(dag)
+    closure_size = [0] * n
+
+    def measure(i: int, reachable: Collection[int]) -> None:
+        closure_size[i] = sum(dag.sizes[j] for j in reachable)
+
+    dag.walk_closures(measure)
+    popularity = [max(len(rs), 1) for rs in dag.referrers]
+    ranked = sorted(len(rs) for rs in dag.referrers)
+    popular_count = max(ranked[(99 * n) // 100] if n else 0, 2)
+    index = {path: i for i, path in enumerate(dag.paths)}
+    roots = {index[p] for p in closure.roots}
+    from_root = [
+        i in roots
+        or not dag.referrers[i]
+        or closure_size[i] > BIG_CLOSURE_SIZE
+        or len(dag.referrers[i]) >= popular_count
+        for i in range(n)
+    ]
+
+    root = n  # the synthetic root
+    idom = [root] * (n + 1)
+    depth = [0] * (n + 1)
+    for i in range(n - 1, -1, -1):  # referrers before references
+        preds = list(dag.referrers[i])
+        if from_root[i] or not preds:
+            idom[i] = root
+            depth[i] = 1
+            continue
+        current = preds[0]
+        for p in preds[1:]:
+            current = _intersect(current, p, idom, depth)
+            if current == root:
+                break
+        idom[i] = current
+        depth[i] = depth[current] + 1
+
+    children: list[list[int]] = [[] for _ in range(n + 1)]
+    for i in range(n):
+        children[idom[i]].append(i)
+    layers: list[tuple[int, list[str]]] = []
+    for top in children[root]:
+        members = [top]
+        k = 0
+        while k < len(members):
+            members.extend(children[members[k]])
+            k += 1
+        rating = popularity[top] * sum(closure_size[m] for m in members)
+        layers.append((rating, sorted(dag.paths[m] for m in members)))
+    layers.sort(key=lambda layer: (layer[0], layer[1][0]))
+    while len(layers) > max(budget, 1):
+        (low_rating, low_paths), (next_rating, next_paths) = layers[0], layers[1]
+        layers[1] = (low_rating + next_rating, sorted(low_paths + next_paths))
+        del layers[0]
+    return [tuple(paths) for _, paths in layers]
+
+
+def _intersect(a: int, b: int, idom: list[int], depth: list[int]) -> int:
+    """The nearest common dominator of ``a`` and ``b`` (walk the deeper one up)."""
+    while a != b:
+        if depth[a] >= depth[b]:
+            a = idom[a]
+        else:
+            b = idom[b]
+    return a

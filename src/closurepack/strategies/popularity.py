@@ -1,0 +1,73 @@
+"""nixpkgs' ``referencesByPopularity`` ordering: the most depended-upon items get their own layers.
+
+Origin: ``pkgs/build-support/references-by-popularity/closure-graph.py`` in nixpkgs (Graham
+Christensen, 2018), used by ``dockerTools.buildLayeredImage`` / ``streamLayeredImage``. This is
+an independent reimplementation that produces exactly the same order (checked against the real
+script's output on real closures in ``tests/data/strategies/``).
+
+Score. nixpkgs expands the graph into a tree from the roots (items nothing refers to) and
+counts, for each item ``y``, every tree node that lies on a path to a copy of ``y``. That equals::
+
+    score(y) = sum of P(z) over every item z that reaches y, y itself included
+
+where ``P(z)`` is the number of distinct paths from the roots to ``z`` (``P(root) = 1``). ``P`` is a
+dynamic programme over the topological order (exact Python integers), and the sum uses one
+reachability walk (:meth:`Dag.walk_closures`), so a 63k-item closure takes well under a second
+where the original tree expansion runs out of memory.
+
+Roots are always the items no other item refers to, as in nixpkgs, even when the closure was
+given explicit roots.
+
+Order. Score descending; equal scores by :func:`nixpkgs_name_key` ascending (the path with the
+``<store>/<hash>`` prefix moved to the end, i.e. by name, then by hash), exactly as nixpkgs'
+``order_by_popularity``.
+
+Layers. With a budget of ``B`` layers, the first ``B - 1`` items of the order get a layer each
+and every other item shares the last one, most popular at the bottom. This is what
+``streamLayeredImage`` does with ``maxLayers = B + 1`` (``[["popularity_contest"],
+["limit_layers", B]]``): ``B - 1`` single layers, one shared layer, one customisation layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from closurepack.graph import Closure
+from closurepack.strategies._dag import Dag, nixpkgs_name_key
+
+__all__ = ["popularity", "popularity_order", "popularity_scores"]
+
+
+def popularity_scores(closure: Closure) -> dict[str, int]:
+    """nixpkgs' popularity score of every item (see the module docstring)."""
+    dag = Dag.from_closure(closure)
+    n = len(dag)
+    paths_to = [0] * n
+    for i in range(n - 1, -1, -1):
+        referrers = dag.referrers[i]
+        paths_to[i] = sum(paths_to[j] for j in referrers) if referrers else 1
+    scores = [0] * n
+
+    def add(i: int, reachable: Collection[int]) -> None:
+        weight = paths_to[i]
+        for j in reachable:
+            scores[j] += weight
+
+    dag.walk_closures(add)
+    return dict(zip(dag.paths, scores, strict=True))
+
+
+def popularity_order(closure: Closure) -> list[str]:
+    """Every path, most popular first, ties by name then hash (nixpkgs' exact order)."""
+    scores = popularity_scores(closure)
+    return sorted(scores, key=lambda p: (-scores[p], nixpkgs_name_key(p)))
+
+
+def popularity(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
+    """The first ``budget - 1`` items of :func:`popularity_order` alone, the rest together."""
+    order = popularity_order(closure)
+    singles = max(budget - 1, 0)
+    groups: list[tuple[str, ...]] = [(path,) for path in order[:singles]]
+    if order[singles:]:
+        groups.append(tuple(order[singles:]))
+    return groups
