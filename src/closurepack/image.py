@@ -28,6 +28,7 @@ __all__ = [
     "docker_media_type",
     "host_architecture",
     "layer_paths_from_config",
+    "manifest_for",
     "oci_media_type",
     "rfc3339",
 ]
@@ -310,7 +311,10 @@ def _descriptor(media_type: MediaType, digest: Digest, size: int) -> dict[str, A
     return {"mediaType": str(media_type), "digest": str(digest), "size": size}
 
 
-def _manifest(image_config: bytes, layers: Iterable[ImageLayer], *, docker: bool) -> bytes:
+def manifest_for(
+    image_config: bytes, layers: Iterable[ImageLayer], *, docker: bool = False
+) -> bytes:
+    """The canonical manifest (OCI, or Docker schema 2 with ``docker``) for a config and layers."""
     flavour = docker_media_type if docker else oci_media_type
     manifest = {
         "schemaVersion": 2,
@@ -325,7 +329,7 @@ def _manifest(image_config: bytes, layers: Iterable[ImageLayer], *, docker: bool
 
 def docker_manifest_bytes(image: Image) -> bytes:
     """The Docker schema 2 manifest of ``image`` (same config and blobs, Docker media types)."""
-    return _manifest(image.config_bytes, image.layers, docker=True)
+    return manifest_for(image.config_bytes, image.layers, docker=True)
 
 
 def _merge_env(base: Sequence[str], ours: Sequence[str]) -> list[str]:
@@ -432,5 +436,5 @@ def assemble_image(
     if config.variant:
         obj["variant"] = config.variant
     config_bytes = canonical_json(obj)
-    manifest_bytes = _manifest(config_bytes, all_layers, docker=False)
+    manifest_bytes = manifest_for(config_bytes, all_layers, docker=False)
     return Image(config_bytes=config_bytes, manifest_bytes=manifest_bytes, layers=all_layers)
