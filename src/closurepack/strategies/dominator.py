@@ -11,8 +11,10 @@ order, bottom first.
 
 Popularity. Nixery uses a precomputed percentile of how many nixpkgs packages refer to each
 package. We have only the closure, so the popularity of an item is the number of items in the
-closure that refer to it directly (at least 1), and *popular* means being among the top 1% of
-that count (and referred to by at least two items).
+closure that refer to it directly (at least 1), and *popular* means a count at least that of the
+item at the 90th percentile, and at least 2. (Nixery's cut is the top 1% of all nixpkgs; within
+one closure that would flag only one or two items, and the dominator tree would collapse into a
+single subtree for any image with one root.)
 
 Ties. Ratings are compared, then the layers' smallest paths. The dominator tree is computed
 with the Cooper-Harvey-Kennedy intersection in one pass over the topological order (on a DAG,
@@ -26,10 +28,12 @@ from collections.abc import Collection
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 
-__all__ = ["BIG_CLOSURE_SIZE", "dominator"]
+__all__ = ["BIG_CLOSURE_SIZE", "POPULAR_PERCENTILE", "dominator"]
 
 #: Nixery's size threshold: an item whose closure is larger gets its own subtree.
 BIG_CLOSURE_SIZE = 100 * 1000 * 1000
+#: Items referred to by at least as many items as the one at this percentile are "popular".
+POPULAR_PERCENTILE = 90
 
 
 def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
@@ -44,7 +48,7 @@ def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     dag.walk_closures(measure)
     popularity = [max(len(rs), 1) for rs in dag.referrers]
     ranked = sorted(len(rs) for rs in dag.referrers)
-    popular_count = max(ranked[(99 * n) // 100] if n else 0, 2)
+    popular_count = max(ranked[(POPULAR_PERCENTILE * n) // 100] if n else 0, 2)
     index = {path: i for i, path in enumerate(dag.paths)}
     roots = {index[p] for p in closure.roots}
     from_root = [

@@ -1,0 +1,167 @@
+"""Turn closures into a layer plan with a strategy, sharing layers between images and old plans.
+
+How :func:`plan_closures` decides, step by step:
+
+1. ``max_layers`` is checked (1..127). One layer of every image is kept for its customisation
+   layer (symlinks, /etc, extra files), so the store items get ``budget = max(1, max_layers - 1)``
+   layers. With ``max_layers = 1`` the budget is still 1: the image builder then has to merge the
+   customisation layer into that single store layer.
+2. All closures are planned together, as their union, so images can share layers.
+3. Layers of ``previous`` plans whose paths all lie in the union are reused unchanged (origin
+   ``"previous"``): the largest first (ties: the earlier plan, image and layer), skipping any that
+   overlaps one already taken, at most ``budget`` of them, and at most ``budget - 1`` while items
+   are left over, so the strategy always gets at least one layer. They stay at the bottom, in the
+   order they had in their plan.
+4. The strategy plans the remaining items (the union restricted to them) with the remaining
+   budget; its result is checked (every item once, no empty layer, within budget).
+5. Each image gets the union's layers restricted to its own items, in the same order, empty ones
+   dropped: a layer wholly inside an image's closure is byte-for-byte the same layer in every
+   image that contains it. Restriction never adds layers, so every image stays within budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from closurepack.errors import PlanError
+from closurepack.graph import Closure, StoreItem
+from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
+from closurepack.strategies import DEFAULT_STRATEGY, check_groups, get_strategy
+from closurepack.strategies._dag import restrict
+
+__all__ = ["format_plan_table", "human_size", "plan_closures", "store_budget"]
+
+PREVIOUS = "previous"
+
+
+def store_budget(max_layers: int) -> int:
+    """Layers left for store items when one is kept for customisation (at least 1)."""
+    return max(1, check_max_layers(max_layers) - 1)
+
+
+def plan_closures(
+    closures: Sequence[Closure],
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    max_layers: int = 100,
+    previous: Sequence[LayerPlan] = (),
+    names: Sequence[str | None] | None = None,
+) -> LayerPlan:
+    """Plan one image per closure, in order (see the module docstring for every rule)."""
+    budget = store_budget(max_layers)
+    if not closures:
+        raise PlanError("no closure to plan")
+    if names is not None and len(names) != len(closures):
+        raise PlanError(f"{len(names)} image names given for {len(closures)} closures")
+    chosen = get_strategy(strategy)
+    union = closures[0] if len(closures) == 1 else Closure.union(closures)
+    sizes = {path: item.nar_size for path, item in union.items.items()}
+
+    reused = _pick_previous(previous, union, budget)
+    covered = {p for layer in reused for p in layer.paths}
+    layers = list(reused)
+    remaining = [p for p in union.items if p not in covered]
+    if remaining:
+        rest = union if not covered else restrict(union, remaining)
+        room = budget - len(reused)
+        groups = check_groups(rest, chosen(rest, budget=room), budget=room, name=strategy)
+        layers.extend(_layer(group, sizes) for group in groups)
+
+    images = []
+    for index, closure in enumerate(closures):
+        own = []
+        for layer in layers:
+            if all(p in closure.items for p in layer.paths):
+                own.append(layer)
+                continue
+            kept = [p for p in layer.paths if p in closure.items]
+            if kept:
+                own.append(_layer(kept, sizes))
+        name = names[index] if names is not None else None
+        images.append(ImagePlan(tuple(own), name, tuple(closure.roots)))
+    return LayerPlan(tuple(images), union.store_dir, strategy, max_layers)
+
+
+def _layer(paths: Iterable[str], sizes: Mapping[str, int], origin: str = "") -> PlannedLayer:
+    ordered = tuple(sorted(paths))
+    return PlannedLayer(ordered, sum(sizes[p] for p in ordered), origin)
+
+
+def _pick_previous(
+    previous: Sequence[LayerPlan], union: Closure, budget: int
+) -> list[PlannedLayer]:
+    """The previous layers to reuse, in their original order (module docstring, step 3)."""
+    sizes = {path: item.nar_size for path, item in union.items.items()}
+    candidates: dict[tuple[str, ...], int] = {}  # paths -> first position seen
+    position = 0
+    for plan in previous:
+        for image in plan.images:
+            for layer in image.layers:
+                paths = tuple(sorted(layer.paths))
+                if paths and paths not in candidates and all(p in union.items for p in paths):
+                    candidates[paths] = position
+                position += 1
+    by_value = sorted(
+        candidates, key=lambda paths: (-sum(sizes[p] for p in paths), candidates[paths])
+    )
+    taken: list[tuple[str, ...]] = []
+    used: set[str] = set()
+    for paths in by_value:
+        if len(taken) == budget:
+            break
+        if used.isdisjoint(paths):
+            taken.append(paths)
+            used.update(paths)
+    if len(taken) == budget and len(used) < len(union):
+        used.difference_update(taken.pop())
+    taken.sort(key=lambda paths: candidates[paths])
+    return [_layer(paths, sizes, PREVIOUS) for paths in taken]
+
+
+def human_size(size: int) -> str:
+    """``1536`` -> ``1.5 KiB``; bytes below 1 KiB are shown as they are."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_plan_table(plan: LayerPlan, closures: Sequence[Closure], *, largest: int = 3) -> str:
+    """A human-readable table per image: layer number, items, size, the largest items' names."""
+    items = {path: item for closure in closures for path, item in closure.items.items()}
+    lines = [
+        f"strategy {plan.strategy or '?'}, max {plan.max_layers} layers"
+        " (one kept for the customisation layer)"
+    ]
+    for number, image in enumerate(plan.images):
+        total = sum(layer.size for layer in image.layers)
+        title = image.name or (image.roots[0].rsplit("/", 1)[-1] if image.roots else "")
+        lines.append("")
+        lines.append(
+            f"image {number}{f' {title}' if title else ''}: {len(image.layers)} store layers,"
+            f" {sum(len(layer.paths) for layer in image.layers)} items, {human_size(total)}"
+        )
+        lines.append(f"{'layer':>5}  {'items':>5}  {'size':>10}  largest items")
+        for index, layer in enumerate(image.layers, 1):
+            top = sorted(layer.paths, key=lambda p: (-_size(items, p), p))[:largest]
+            names = ", ".join(_package_name(items, p) for p in top)
+            if len(layer.paths) > largest:
+                names += ", ..."
+            if layer.origin:
+                names += f"  [{layer.origin}]"
+            lines.append(
+                f"{index:>5}  {len(layer.paths):>5}  {human_size(layer.size):>10}  {names}"
+            )
+    return "\n".join(lines)
+
+
+def _size(items: Mapping[str, StoreItem], path: str) -> int:
+    item = items.get(path)
+    return item.nar_size if item is not None else 0
+
+
+def _package_name(items: Mapping[str, StoreItem], path: str) -> str:
+    item = items.get(path)
+    return item.package_name if item is not None else path.rsplit("/", 1)[-1]
