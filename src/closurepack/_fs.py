@@ -1,0 +1,117 @@
+"""Atomic, idempotent file and blob writes: temp file in the target directory, fsync, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from closurepack.digest import Digest, HashingWriter
+
+__all__ = ["COPY_CHUNK", "atomic_write", "fsync_dir", "move_file", "put_blob"]
+
+#: Read size for streaming copies: large enough to keep syscalls rare, small enough to bound memory.
+COPY_CHUNK = 1 << 20
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (best effort: some filesystems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterator[BinaryIO]:
+    """Open a temp file beside ``dest``; on success flush, fsync and rename it to ``dest``.
+
+    On any exception the temp file is removed and ``dest`` is left as it was. An existing
+    ``dest`` is replaced (callers that write content-addressed names treat that as success).
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(dest.parent)
+
+
+def put_blob(
+    directory: Path,
+    source: BinaryIO | Iterable[bytes],
+    *,
+    expected: Digest | None = None,
+    fsync: bool = True,
+) -> tuple[Digest, int]:
+    """Store the bytes of ``source`` as ``directory/<sha256 hex>``, hashing while copying.
+
+    ``source`` is a readable binary stream or an iterable of byte chunks. When ``expected`` is
+    given and the content does not match, nothing is stored and ValueError is raised. A blob that
+    is already there is success (its name is its content).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".blob.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            writer = HashingWriter(handle)
+            if hasattr(source, "readinto"):
+                buf = bytearray(COPY_CHUNK)
+                view = memoryview(buf)
+                while n := source.readinto(view):
+                    writer.write(view[:n])
+            else:
+                for chunk in source:
+                    writer.write(chunk)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        digest = writer.digest
+        if expected is not None and digest != expected:
+            raise ValueError(f"blob content is {digest}, expected {expected}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / digest.hex)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(directory)
+    return digest, writer.size
+
+
+def move_file(source: Path, dest: Path) -> None:
+    """Put ``source``'s content at ``dest`` atomically: rename if possible, else copy.
+
+    The rename moves ``source`` away; a copy across filesystems leaves it in place.
+    """
+    try:
+        os.replace(source, dest)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:  # different filesystems: fall back to copying
+            raise
+    with source.open("rb") as src, atomic_write(dest) as out:
+        buf = bytearray(COPY_CHUNK)
+        view = memoryview(buf)
+        while n := src.readinto(view):
+            out.write(view[:n])

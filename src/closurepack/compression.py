@@ -1,0 +1,265 @@
+"""gzip, zstd and no compression behind one small streaming protocol, with deterministic output.
+
+Levels (``--level``) are given on each tool's own scale and mapped here:
+
+* ``gzip``: the usual 0-9 scale. ISA-L (``isal``) has only levels 0-3, so 0 -> 0, 1-3 -> 1,
+  4-5 -> 2 and 6-9 -> 3; the default is 6 (ISA-L 3), the only ISA-L level whose output stays
+  within ~12% of ``gzip -6`` while compressing several times faster. Output comes from
+  ISA-L's block-parallel writer (1 MiB blocks, each primed with the previous 32 KiB), which
+  is byte-identical for any thread count >= 1. The gzip header has no file name, mtime 0.
+* ``zstd``: levels -7..22, default 3 (well under ``gzip -6`` in size at a fraction of its
+  time). Always compressed in zstd's multi-threaded mode, whose output is identical for any
+  worker count >= 1 (single-threaded mode would produce different bytes).
+* ``none``: the level is ignored.
+
+:func:`codec_identity` names the library, its version, the mapped level and the mode: any of
+them may change the bytes, so it goes into layer cache keys.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO, BinaryIO, Protocol, cast
+
+import isal
+import isal.igzip
+import isal.igzip_threaded
+import zstandard
+
+from closurepack.digest import Writable
+from closurepack.errors import ImageError, OptionError
+
+__all__ = [
+    "COMPRESSIONS",
+    "Compressor",
+    "codec_identity",
+    "open_compressor",
+    "open_decompressed",
+    "resolve_level",
+]
+
+COMPRESSIONS = ("gzip", "zstd", "none")
+
+_GZIP_DEFAULT = 6
+_ZSTD_DEFAULT = 3
+_ZSTD_RANGE = (-7, 22)
+# ISA-L's block-parallel writer: the block size is part of the output format, keep it fixed.
+_GZIP_BLOCK = 1 << 20
+
+
+class Compressor(Protocol):
+    """A write-only stream: ``write`` compresses into the sink, ``close`` writes the trailer.
+
+    ``close`` flushes everything to the sink but never closes the sink itself.
+    """
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def resolve_level(compression: str, level: int | None) -> int:
+    """The library level used for ``compression`` at user ``level`` (see the module doc)."""
+    if compression == "gzip":
+        lvl = _GZIP_DEFAULT if level is None else level
+        if not 0 <= lvl <= 9:
+            raise OptionError(f"gzip level {lvl} is out of range 0-9")
+        if lvl == 0:
+            return 0
+        if lvl <= 3:
+            return 1
+        if lvl <= 5:
+            return 2
+        return 3
+    if compression == "zstd":
+        lvl = _ZSTD_DEFAULT if level is None else level
+        low, high = _ZSTD_RANGE
+        if not low <= lvl <= high or lvl == 0:
+            raise OptionError(f"zstd level {lvl} is out of range {low}..{high} (0 excluded)")
+        return lvl
+    if compression == "none":
+        return 0
+    raise OptionError(f"unknown compression {compression!r}; choose one of gzip, zstd, none")
+
+
+def codec_identity(compression: str, level: int | None) -> str:
+    """A string naming everything about the codec that can change the compressed bytes."""
+    lvl = resolve_level(compression, level)
+    if compression == "gzip":
+        return f"gzip/isal-{isal.__version__}/level-{lvl}/blocks-{_GZIP_BLOCK}"
+    if compression == "zstd":
+        return (
+            f"zstd/python-zstandard-{zstandard.__version__}/libzstd-{zstandard.ZSTD_VERSION}"
+            f"/level-{lvl}/mt"
+        )
+    return "none"
+
+
+def _thread_count(threads: int) -> int:
+    if threads > 0:
+        return threads
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+class _Passthrough:
+    def __init__(self, sink: Writable) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        self._sink.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        flush = getattr(self._sink, "flush", None)
+        if flush is not None:
+            flush()
+
+
+class _SinkFile:
+    """Adapts a bare ``Writable`` to the file object ISA-L's threaded writer expects."""
+
+    def __init__(self, sink: Writable) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        self._sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        flush = getattr(self._sink, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _Gzip:
+    def __init__(self, sink: Writable, level: int, threads: int) -> None:
+        # igzip_threaded closes the file object it is given; _SinkFile keeps the sink open.
+        self._file: IO[bytes] = isal.igzip_threaded.open(  # type: ignore[no-untyped-call]
+            _SinkFile(sink),
+            "wb",
+            compresslevel=level,
+            threads=threads,
+            block_size=_GZIP_BLOCK,
+        )
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        return self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Zstd:
+    def __init__(self, sink: Writable, level: int, threads: int) -> None:
+        self._sink = sink
+        cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=False)
+        self._obj = cctx.compressobj()
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        out = self._obj.compress(data)
+        if out:
+            self._sink.write(out)
+        return len(data)
+
+    def close(self) -> None:
+        out = self._obj.flush()
+        if out:
+            self._sink.write(out)
+        flush = getattr(self._sink, "flush", None)
+        if flush is not None:
+            flush()
+
+
+def open_compressor(
+    compression: str, sink: Writable, *, level: int | None = None, threads: int = 0
+) -> Compressor:
+    """A compressor writing to ``sink``; ``threads`` 0 means one per available CPU.
+
+    The output does not depend on ``threads``.
+    """
+    lvl = resolve_level(compression, level)
+    if compression == "gzip":
+        return _Gzip(sink, lvl, _thread_count(threads))
+    if compression == "zstd":
+        return _Zstd(sink, lvl, _thread_count(threads))
+    return _Passthrough(sink)
+
+
+class _Reader(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class _CheckedReader:
+    """A readable stream turning decoder errors into one-line ImageErrors."""
+
+    def __init__(self, inner: _Reader, what: str, compression: str) -> None:
+        self._inner = inner
+        self._what = what
+        self._compression = compression
+
+    def _fail(self, exc: Exception) -> ImageError:
+        return ImageError(f"{self._what}: corrupt {self._compression} stream: {exc}")
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._inner.read(size)
+        except (OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
+            raise self._fail(exc) from exc
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        try:
+            return self._inner.readinto(buffer)
+        except (OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
+            raise self._fail(exc) from exc
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> _CheckedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_decompressed(compression: str, source: BinaryIO) -> _CheckedReader:
+    """A readable stream of the decompressed bytes of ``source`` (which it does not close).
+
+    Reading raises ImageError naming ``source`` when the data is not valid ``compression``.
+    """
+    what = str(getattr(source, "name", "<stream>"))
+    inner: _Reader
+    if compression == "gzip":
+        inner = cast(_Reader, isal.igzip.IGzipFile(fileobj=source, mode="rb"))  # type: ignore[no-untyped-call]
+    elif compression == "zstd":
+        dctx = zstandard.ZstdDecompressor()
+        inner = cast(_Reader, dctx.stream_reader(source, read_across_frames=True, closefd=False))
+    elif compression == "none":
+        inner = _Unclosing(source)
+    else:
+        raise OptionError(f"unknown compression {compression!r}; choose one of gzip, zstd, none")
+    return _CheckedReader(inner, what, compression)
+
+
+class _Unclosing:
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._inner.read(size)
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        return cast(int, self._inner.readinto(buffer))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,242 @@
+"""Build one layer blob in a single pass: tar -> diff_id hash -> compress -> digest hash -> file.
+
+The tar is produced on the calling thread (reading store files and hashing the tar) while a
+second thread compresses, hashes and writes the blob, so reading and compressing overlap; the
+codecs add threads of their own (see :mod:`closurepack.compression`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from closurepack._fs import fsync_dir
+from closurepack.compression import Compressor, codec_identity, open_compressor, resolve_level
+from closurepack.digest import HashingWriter, Writable
+from closurepack.errors import OptionError, StoreError
+from closurepack.layer import BuiltLayer
+from closurepack.mediatypes import layer_media_type
+from closurepack.tarstream import TAR_FORMAT_VERSION, TreeEntry, write_store_tar, write_tree_tar
+
+__all__ = ["build_store_layer", "build_tree_layer", "layer_key"]
+
+_CHUNK = 1 << 20  # bytes handed to the compressing thread at a time
+_DIRECT = 1 << 18  # writes at least this big skip the coalescing buffer
+_QUEUE_DEPTH = 8  # chunks in flight: bounds memory to about _QUEUE_DEPTH MiB
+
+
+def layer_key(
+    paths: Sequence[str],
+    *,
+    store_dir: str,
+    compression: str,
+    level: int | None,
+    mtime: int,
+    nar_hashes: Mapping[str, str | None] | None = None,
+) -> str:
+    """A sha256 hex over canonical JSON of everything that determines a store layer's bytes.
+
+    Store items are immutable, so their paths stand for their content; ``nar_hashes`` (path ->
+    NAR hash, when the closure source knows them) are mixed in for stores where that is not
+    guaranteed, such as a scanned directory.
+    """
+    obj = {
+        "kind": "closurepack-store-layer",
+        "tar_format": TAR_FORMAT_VERSION,
+        "store_dir": store_dir,
+        "paths": sorted(set(paths)),
+        "codec": codec_identity(compression, level),
+        "mtime": mtime,
+    }
+    if nar_hashes:
+        obj["nar_hashes"] = {p: nar_hashes.get(p) for p in sorted(set(paths))}
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _Pipe:
+    """The tar side of the pipeline: coalesces writes into chunks, hashes them (diff_id) and
+    queues them for the compressing thread, which hashes the compressed bytes (digest)."""
+
+    def __init__(self, compress: Callable[[Writable], Compressor], blob: Writable) -> None:
+        self.tar_hash = HashingWriter()
+        self.blob_hash = HashingWriter(blob)
+        self._compressor = compress(self.blob_hash)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._buf = bytearray()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="closurepack-compress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not None:
+                if self._error is None:
+                    self._compressor.write(chunk)
+            if self._error is None:
+                self._compressor.close()
+        except BaseException as exc:
+            self._error = exc
+            # keep draining so the producer never blocks on a full queue
+            while self._queue.get() is not None:
+                pass
+
+    def _send(self, chunk: bytes) -> None:
+        if self._error is not None:
+            self._fail()
+        self.tar_hash.write(chunk)
+        self._queue.put(chunk)
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        n = len(data)
+        if n >= _DIRECT:
+            if self._buf:
+                self._send(bytes(self._buf))
+                self._buf.clear()
+            self._send(bytes(data))
+        else:
+            self._buf += data
+            if len(self._buf) >= _CHUNK:
+                self._send(bytes(self._buf))
+                self._buf.clear()
+        return n
+
+    def finish(self) -> None:
+        if self._buf:
+            self._send(bytes(self._buf))
+            self._buf.clear()
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            self._fail()
+
+    def abort(self) -> None:
+        self._error = self._error or RuntimeError("aborted")
+        self._queue.put(None)
+        self._thread.join()
+
+    def _fail(self) -> None:
+        error = self._error
+        if isinstance(error, OSError):
+            raise StoreError(f"cannot write layer: {error}") from error
+        raise RuntimeError("layer compression failed") from error
+
+
+def _build(
+    write_tar: Callable[[Writable], None],
+    *,
+    compression: str,
+    level: int | None,
+    dest_dir: Path,
+    paths: tuple[str, ...],
+    comment: str,
+    threads: int,
+    fsync: bool,
+) -> BuiltLayer:
+    resolve_level(compression, level)  # validate before doing any work
+    media_type = layer_media_type(compression)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".layer-", suffix=".tmp")
+    except OSError as exc:
+        raise StoreError(f"{dest_dir}: cannot write layers here: {exc.strerror}") from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb", buffering=_CHUNK) as blob:
+            pipe = _Pipe(
+                lambda sink: open_compressor(compression, sink, level=level, threads=threads),
+                blob,
+            )
+            try:
+                write_tar(pipe)
+            except BaseException:
+                pipe.abort()
+                raise
+            pipe.finish()
+            blob.flush()
+            if fsync:
+                os.fsync(blob.fileno())
+        digest = pipe.blob_hash.digest
+        final = dest_dir / digest.hex
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(dest_dir)
+    return BuiltLayer(
+        digest=digest,
+        diff_id=pipe.tar_hash.digest,
+        size=pipe.blob_hash.size,
+        media_type=media_type,
+        blob_path=final,
+        paths=paths,
+        comment=comment,
+    )
+
+
+def build_store_layer(
+    paths: Sequence[str],
+    *,
+    store_root: Path | None = None,
+    store_dir: str,
+    compression: str = "gzip",
+    level: int | None = None,
+    mtime: int = 1,
+    dest_dir: Path,
+    threads: int = 0,
+    comment: str = "store items",
+    fsync: bool = False,
+) -> BuiltLayer:
+    """Build the layer holding the store items ``paths`` as ``dest_dir/<digest hex>``.
+
+    ``store_dir`` is checked against every path. ``fsync`` makes the blob durable before it is
+    renamed into place; it is off by default because cache hits are verified anyway.
+    """
+    items = tuple(sorted(set(paths)))
+    prefix = store_dir.rstrip("/") + "/"
+    for path in items:
+        if not path.startswith(prefix) or "/" in path[len(prefix) :]:
+            raise OptionError(f"{path}: not an item of the store {store_dir}")
+    return _build(
+        lambda out: write_store_tar(out, items, store_root=store_root, mtime=mtime),
+        compression=compression,
+        level=level,
+        dest_dir=dest_dir,
+        paths=items,
+        comment=comment,
+        threads=threads,
+        fsync=fsync,
+    )
+
+
+def build_tree_layer(
+    entries: Iterable[TreeEntry],
+    *,
+    compression: str = "gzip",
+    level: int | None = None,
+    mtime: int = 1,
+    dest_dir: Path,
+    threads: int = 0,
+    comment: str = "customisation",
+    fsync: bool = False,
+) -> BuiltLayer:
+    """Build a layer from :class:`TreeEntry` values (e.g. ``/etc/passwd``, ``--extra DIR``)."""
+    entry_list = list(entries)
+    return _build(
+        lambda out: write_tree_tar(out, entry_list, mtime=mtime),
+        compression=compression,
+        level=level,
+        dest_dir=dest_dir,
+        paths=(),
+        comment=comment,
+        threads=threads,
+        fsync=fsync,
+    )
