@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import zstandard
 from isal import igzip
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
 
 from closurepack.digest import Digest
 from closurepack.image import Image, ImageConfig, assemble_image
 from closurepack.layer import BuiltLayer
 from closurepack.mediatypes import layer_media_type
 
-__all__ = ["BUSYBOX", "busybox_image", "make_layer", "tar_bytes"]
+__all__ = [
+    "BUSYBOX",
+    "SCHEMA_DIR",
+    "busybox_image",
+    "make_layer",
+    "oci_validator",
+    "tar_bytes",
+]
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -96,3 +108,28 @@ def busybox_image(
     )
     cfg = config or ImageConfig(cmd=("/bin/sh",), env=("PATH=/bin",))
     return assemble_image([bottom, top], config=cfg)
+
+
+SCHEMA_DIR = Path(__file__).parent / "data" / "oci-schema"
+
+
+def oci_validator(schema_file: str) -> jsonschema.Draft4Validator:
+    """A validator for one of the OCI image-spec schemas (copied into tests/data/oci-schema),
+    with every schema file registered so their relative ``$ref``s resolve."""
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.json")):
+        contents = json.loads(path.read_text())
+        resource = Resource.from_contents(contents, default_specification=DRAFT4)
+        uris = {
+            path.name,
+            f"https://opencontainers.org/schema/{path.name}",
+            f"https://opencontainers.org/schema/image/{path.name}",
+        }
+        if isinstance(contents.get("id"), str):
+            uris.add(contents["id"])
+        resources.extend((uri, resource) for uri in uris)
+    registry: Registry[Any] = Registry().with_resources(resources)
+    schema = json.loads((SCHEMA_DIR / schema_file).read_text())
+    return jsonschema.Draft4Validator(
+        schema, registry=registry, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER
+    )
