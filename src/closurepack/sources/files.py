@@ -142,12 +142,23 @@ def _items_from_json(data: bytes, source: str, store_root: Path | None) -> list[
                     " them, or an object keyed by store path)"
                 )
             return [_item(doc["path"], doc, source, store_root)]
-        if len(doc) == 1:
-            ((key, value),) = doc.items()
-            if isinstance(value, list):
-                return list(_entries_from_list(value, f"{source}: {key!r}", store_root))
+        lists = [key for key, value in doc.items() if isinstance(value, list)]
+        if lists:
+            # exportReferencesGraph with structured attrs: {"closure": [...]}, or the builder's
+            # whole .attrs.json, where the graph is the one list of objects with a "path".
+            graphs = [key for key in lists if _looks_like_graph(doc[key])]
+            key = lists[0] if len(lists) == 1 else graphs[0] if len(graphs) == 1 else None
+            if key is None:
+                raise ClosureError(
+                    f"{source}: expected one list of store items, found lists {sorted(lists)}"
+                )
+            return list(_entries_from_list(doc[key], f"{source}: {key!r}", store_root))
         return list(_entries_from_mapping(doc, source, store_root))
     raise ClosureError(f"{source}: expected a JSON list or object, not {_kind(doc)}")
+
+
+def _looks_like_graph(value: list[Any]) -> bool:
+    return bool(value) and all(isinstance(v, dict) and "path" in v for v in value)
 
 
 def _entries_from_list(
@@ -229,7 +240,10 @@ def _items_from_text(data: bytes, source: str, store_root: Path | None) -> list[
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ClosureError(f"{source}:{line}: not UTF-8 text") from exc
-    return list(_parse_text(text.split("\n"), source, store_root))
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line starts no line
+        lines.pop()
+    return list(_parse_text(lines, source, store_root))
 
 
 def _parse_text(lines: list[str], source: str, store_root: Path | None) -> Iterable[StoreItem]:
