@@ -1,0 +1,197 @@
+"""verify and inspect: every mismatch is found and reported; readback errors are one line."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from closurepack.destinations import write_image
+from closurepack.digest import Digest
+from closurepack.errors import DestinationError, ImageError, InputError
+from closurepack.image import Image, ImageConfig, assemble_image, canonical_json, manifest_for
+from closurepack.layer import BuiltLayer
+from closurepack.readback import read_base_image, read_image
+from closurepack.validate import format_inspection, inspect_image, verify_image
+from handmade import busybox_image, make_layer
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Image:
+    return busybox_image(tmp_path / "layers")
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _member_offset(archive: Path, name: str) -> tuple[int, int]:
+    with tarfile.open(archive) as tar:
+        info = tar.getmember(name)
+        return info.offset_data, info.size
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci", "oci-archive"])
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_sound_images_verify_clean(tmp_path: Path, kind: str, compression: str) -> None:
+    img = busybox_image(tmp_path / "layers", compression=compression)
+    target = f"{kind}:{tmp_path / 'img'}"
+    write_image(img, target)
+    assert verify_image(target) == []
+
+
+def test_oci_flipped_layer_and_config_bytes_are_both_reported(tmp_path: Path, image: Image) -> None:
+    root = tmp_path / "layout"
+    write_image(image, f"oci:{root}")
+    blobs = root / "blobs" / "sha256"
+    _flip(blobs / image.layers[0].digest.hex, image.layers[0].size // 2)
+    _flip(blobs / image.config_digest.hex, 10)
+    problems = verify_image(f"oci:{root}")
+    assert any(p.startswith("config: digest is") for p in problems), problems
+    assert any(
+        p.startswith("layer 0") and f"manifest says {image.layers[0].digest}" in p for p in problems
+    ), problems
+    assert not any(p.startswith("layer 1") for p in problems), problems
+
+
+def test_docker_archive_flipped_layer_and_config_are_both_reported(
+    tmp_path: Path, image: Image
+) -> None:
+    archive = tmp_path / "img.tar"
+    write_image(image, f"docker-archive:{archive}")
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))[0]  # type: ignore[arg-type]
+    offset, size = _member_offset(archive, manifest["Layers"][1])
+    _flip(archive, offset + size // 2)
+    offset, _ = _member_offset(archive, manifest["Config"])
+    _flip(archive, offset + 5)
+    problems = verify_image(f"docker-archive:{archive}")
+    assert any(p.startswith("config: digest is") and "file name" in p for p in problems), problems
+    assert any(p.startswith("layer 1") for p in problems), problems
+    assert not any(p.startswith("layer 0") for p in problems), problems
+
+
+def test_uncompressed_layer_change_is_a_diff_id_mismatch(tmp_path: Path) -> None:
+    img = busybox_image(tmp_path / "layers", compression="none")
+    root = tmp_path / "layout"
+    write_image(img, f"oci:{root}")
+    blob = root / "blobs" / "sha256" / img.layers[1].digest.hex
+    data = bytearray(blob.read_bytes())
+    at = data.index(b"hi from closurepack")
+    data[at] = ord("H")
+    blob.write_bytes(bytes(data))
+    problems = verify_image(f"oci:{root}")
+    assert len(problems) == 2, problems
+    assert "digest is" in problems[0]
+    assert f"config diff_id is {img.layers[1].diff_id}" in problems[1]
+
+
+def _write_raw(root: Path, config: dict[str, object], layers: list[BuiltLayer]) -> str:
+    """Write an image whose config we control (possibly inconsistent) to an OCI layout."""
+    config_bytes = canonical_json(config)
+    image = Image(
+        config_bytes=config_bytes,
+        manifest_bytes=manifest_for(config_bytes, layers),
+        layers=tuple(layers),
+    )
+    write_image(image, f"oci:{root}")
+    return f"oci:{root}"
+
+
+def test_layer_count_and_diff_id_mismatches_are_reported(tmp_path: Path) -> None:
+    a = make_layer(tmp_path, {"a": b"a"})
+    b = make_layer(tmp_path, {"b": b"b"}, compression="zstd")
+    good = assemble_image([a, b], config=ImageConfig())
+    config = json.loads(good.config_bytes)
+    config["rootfs"]["diff_ids"] = [str(b.diff_id)]  # one too few, and the wrong one
+    problems = verify_image(_write_raw(tmp_path / "l", config, [a, b]))
+    assert any("1 diff_ids but the manifest has 2 layers" in p for p in problems), problems
+    assert any(p.startswith("layer 0") and "diff_id" in p for p in problems), problems
+    with pytest.raises(ImageError, match="1 diff_ids for 2 layers"):
+        read_image(f"oci:{tmp_path / 'l'}")
+
+
+def test_wrong_sizes_and_missing_blobs_are_reported(tmp_path: Path, image: Image) -> None:
+    root = tmp_path / "layout"
+    write_image(image, f"oci:{root}")
+    manifest = json.loads(image.manifest_bytes)
+    manifest["layers"][1]["size"] += 1
+    manifest["config"]["size"] -= 1
+    new_manifest = canonical_json(manifest)
+    blobs = root / "blobs" / "sha256"
+    (blobs / Digest.of_bytes(new_manifest).hex).write_bytes(new_manifest)
+    index = json.loads((root / "index.json").read_bytes())
+    index["manifests"][0]["digest"] = str(Digest.of_bytes(new_manifest))
+    index["manifests"][0]["size"] = len(new_manifest) + 3
+    (root / "index.json").write_bytes(canonical_json(index))
+    (blobs / image.layers[0].digest.hex).unlink()
+    problems = verify_image(f"oci:{root}")
+    assert any(p.startswith("manifest: size is") for p in problems), problems
+    assert any(p.startswith("config: size is") for p in problems), problems
+    assert any(p.startswith("layer 0") and "missing" in p for p in problems), problems
+    assert any(p.startswith("layer 1") and "size is" in p for p in problems), problems
+
+
+def test_inspect_reports_layers_and_store_items(tmp_path: Path, image: Image) -> None:
+    for kind in ("docker-archive", "oci", "oci-archive"):
+        target = f"{kind}:{tmp_path / kind}"
+        write_image(image, target)
+        info = inspect_image(target)
+        assert info["config_digest"] == str(image.config_digest)
+        assert info["manifest_digest"] == str(image.manifest_digest)
+        assert info["config"]["Cmd"] == ["/bin/sh"]
+        assert "Labels" not in info["config"]  # only our own label was there
+        assert [la["paths"] for la in info["layers"]] == [
+            ["/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-busybox"],
+            [],
+        ]
+        assert [la["digest"] for la in info["layers"]] == [str(la.digest) for la in image.layers]
+        assert [la["comment"] for la in info["layers"]] == ["store items", "customisation"]
+        assert info["total_size"] == sum(la.size for la in image.layers)
+        text = format_inspection(info)
+        assert "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-busybox" in text
+        assert str(image.manifest_digest) in text
+
+
+def test_base_image_read_back_builds_on(tmp_path: Path, image: Image) -> None:
+    write_image(image, f"oci-archive:{tmp_path / 'base.tar'}")
+    base = read_base_image(f"oci-archive:{tmp_path / 'base.tar'}")
+    extra = make_layer(tmp_path, {"x": b"x"}, paths=("/nix/store/bbbb-x",))
+    top = assemble_image([extra], config=ImageConfig(env=["EXTRA=1"]), base=base)
+    assert top.config["config"]["Env"] == ["PATH=/bin", "EXTRA=1"]
+    paths = top.layer_paths()
+    assert paths[str(image.layers[0].diff_id)] == [
+        "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-busybox"
+    ]
+    assert paths[str(extra.diff_id)] == ["/nix/store/bbbb-x"]
+    write_image(top, f"docker-archive:{tmp_path / 'top.tar'}")
+    assert verify_image(f"docker-archive:{tmp_path / 'top.tar'}") == []
+
+
+@pytest.mark.parametrize(
+    ("make", "source", "error"),
+    [
+        (None, "oci:{tmp}/nothing", DestinationError),
+        ("garbage", "docker-archive:{tmp}/garbage", DestinationError),
+        ("garbage", "oci-archive:{tmp}/garbage", DestinationError),
+        ("layout", "oci:{tmp}/layout:nosuchtag", DestinationError),
+        (None, "-", InputError),
+        (None, "nonsense", InputError),
+    ],
+)
+def test_unreadable_sources_raise_one_line_errors(
+    tmp_path: Path, image: Image, make: str | None, source: str, error: type[Exception]
+) -> None:
+    if make == "garbage":
+        (tmp_path / "garbage").write_bytes(b"this is not a tar file" * 100)
+    elif make == "layout":
+        write_image(image, f"oci:{tmp_path / 'layout'}:sometag")
+    with pytest.raises(error) as info:
+        verify_image(source.format(tmp=tmp_path))
+    assert "\n" not in str(info.value)
+    if make == "layout":
+        assert "sometag" in str(info.value)
