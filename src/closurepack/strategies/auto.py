@@ -17,13 +17,16 @@ order nixpkgs pops them from its size-sorted input) becomes a primary:
 If the number of distinct labels would exceed the budget, that step is undone and the algorithm
 stops. Items with the same label form one layer.
 
-Order. Layers are sorted by the total NAR size of their closure (the layer's items and
-everything they reach), which puts every layer after the layers it depends on; equal sizes (which
-nixpkgs leaves to set iteration order) by their smallest path.
+Order. nixpkgs sorts layers by the total NAR size of their closure (the layer's items and
+everything they reach), meaning to put every layer after the layers it depends on; that is not
+always enough (a dependency layer can hold other, larger items), so we order the layers
+topologically (a layer after every layer it refers to) and break ties by that closure size, then
+by the layer's smallest path. The layers themselves are exactly nixpkgs'.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Collection
 
@@ -79,11 +82,48 @@ def auto(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
         groups.setdefault(label, []).append(i)
     layers = list(groups.values())
     closure_size = _closure_sizes_of_groups(dag, layers)
-    order = sorted(
-        range(len(layers)),
-        key=lambda g: (closure_size[g], min(dag.paths[i] for i in layers[g])),
-    )
+    keys = [(closure_size[g], min(dag.paths[i] for i in layers[g])) for g in range(len(layers))]
+    order = _dependencies_first(dag, labels, layers, keys)
     return [tuple(sorted(dag.paths[i] for i in layers[g])) for g in order]
+
+
+def _dependencies_first(
+    dag: Dag, labels: list[int], layers: list[list[int]], keys: list[tuple[int, str]]
+) -> list[int]:
+    """Layer indices so that a layer comes after every layer it refers to; ties by ``keys``.
+
+    Items with one label never form a cycle between two layers (an item's label is derived from
+    the primaries that reach it), but if one ever appeared the rest is appended by ``keys``.
+    """
+    layer_of = {label: g for g, label in enumerate(labels[layer[0]] for layer in layers)}
+    depends: list[set[int]] = [set() for _ in layers]
+    for g, layer in enumerate(layers):
+        for i in layer:
+            for r in dag.refs[i]:
+                other = layer_of[labels[r]]
+                if other != g:
+                    depends[g].add(other)
+    users: list[list[int]] = [[] for _ in layers]
+    for g, deps in enumerate(depends):
+        for d in deps:
+            users[d].append(g)
+    waiting = [len(deps) for deps in depends]
+    ready = [(keys[g], g) for g in range(len(layers)) if not waiting[g]]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        _, g = heapq.heappop(ready)
+        order.append(g)
+        for u in users[g]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, (keys[u], u))
+    if len(order) < len(layers):
+        placed = set(order)
+        order.extend(
+            sorted((g for g in range(len(layers)) if g not in placed), key=keys.__getitem__)
+        )
+    return order
 
 
 def _closure_sizes_of_groups(dag: Dag, groups: list[list[int]]) -> list[int]:
