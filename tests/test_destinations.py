@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import tracemalloc
 from pathlib import Path
@@ -160,6 +161,19 @@ def test_stdout_stream_equals_the_archive_file(tmp_path: Path, image: Image) -> 
     stream = io.BytesIO()
     write_image(image, "-", tag="a/b:c", stream=stream)
     assert stream.getvalue() == out.read_bytes()
+
+
+def test_stdout_refuses_a_terminal(image: Image) -> None:
+    leader, follower = os.openpty()
+    try:
+        with (
+            os.fdopen(follower, "wb", closefd=False) as tty,
+            pytest.raises(DestinationError, match="terminal"),
+        ):
+            write_image(image, "-", stream=tty)
+    finally:
+        os.close(leader)
+        os.close(follower)
 
 
 def test_stdout_memory_stays_bounded(tmp_path: Path) -> None:

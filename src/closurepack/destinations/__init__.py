@@ -48,6 +48,9 @@ def write_image(
         oci_archive.write_image(image, dest, tag=tag)
     elif dest.kind == "stdout":
         out = stream if stream is not None else sys.stdout.buffer
+        isatty = getattr(out, "isatty", None)
+        if isatty is not None and isatty():
+            raise DestinationError("standard output is a terminal: redirect the image archive")
         try:
             docker_archive.write_stream(image, out, repo_tag=docker_repo_tag(dest, tag))
             out.flush()
