@@ -9,7 +9,8 @@ Levels (``--level``) are given on each tool's own scale and mapped here:
   is byte-identical for any thread count >= 1. The gzip header has no file name, mtime 0.
 * ``zstd``: levels -7..22, default 3 (well under ``gzip -6`` in size at a fraction of its
   time). Always compressed in zstd's multi-threaded mode, whose output is identical for any
-  worker count >= 1 (single-threaded mode would produce different bytes).
+  worker count >= 1 (single-threaded mode would produce different bytes). Frames carry
+  zstd's content checksum, so corruption is caught while decompressing.
 * ``none``: the level is ignored.
 
 :func:`codec_identity` names the library, its version, the mapped level and the mode: any of
@@ -90,7 +91,7 @@ def codec_identity(compression: str, level: int | None) -> str:
     if compression == "zstd":
         return (
             f"zstd/python-zstandard-{zstandard.__version__}/libzstd-{zstandard.ZSTD_VERSION}"
-            f"/level-{lvl}/mt"
+            f"/level-{lvl}/mt/checksum"
         )
     return "none"
 
@@ -155,7 +156,7 @@ class _Gzip:
 class _Zstd:
     def __init__(self, sink: Writable, level: int, threads: int) -> None:
         self._sink = sink
-        cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=False)
+        cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
         self._obj = cctx.compressobj()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:

@@ -1,0 +1,126 @@
+"""Compressors: deterministic output, round trips, level mapping, corrupt input."""
+
+from __future__ import annotations
+
+import email
+import gzip
+import io
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from closurepack.compression import (
+    codec_identity,
+    open_compressor,
+    open_decompressed,
+    resolve_level,
+)
+from closurepack.errors import ImageError, OptionError
+
+# compressible but not trivial: text with some random bytes mixed in
+DATA = b"".join(b"line %d of the test data\n" % i + os.urandom(8) for i in range(200_000))
+
+
+def compress(compression: str, data: bytes, **kwargs: int) -> bytes:
+    out = io.BytesIO()
+    comp = open_compressor(compression, out, **kwargs)
+    view = memoryview(data)
+    for start in range(0, len(data), 100_000):
+        comp.write(view[start : start + 100_000])
+    comp.close()
+    return out.getvalue()
+
+
+def drain(compression: str, source: io.BytesIO) -> int:
+    total = 0
+    with open_decompressed(compression, source) as reader:
+        while chunk := reader.read(1 << 20):
+            total += len(chunk)
+    return total
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_round_trip(compression: str) -> None:
+    blob = compress(compression, DATA)
+    with open_decompressed(compression, io.BytesIO(blob)) as reader:
+        assert reader.read() == DATA
+    if compression != "none":
+        assert len(blob) < len(DATA) // 2
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_output_independent_of_threads(compression: str) -> None:
+    assert compress(compression, DATA, threads=1) == compress(compression, DATA, threads=3)
+
+
+def test_gzip_header_has_no_name_and_mtime_zero() -> None:
+    blob = compress("gzip", DATA)
+    assert blob[:3] == b"\x1f\x8b\x08"
+    flags = blob[3]
+    assert flags & 0x08 == 0  # FNAME
+    assert flags & 0x10 == 0  # FCOMMENT
+    assert blob[4:8] == b"\0\0\0\0"  # MTIME
+    assert gzip.decompress(blob) == DATA  # the standard library agrees
+
+
+def test_zstd_readable_by_reference_library() -> None:
+    blob = compress("zstd", DATA)
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob))
+    assert reader.read() == DATA
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("compression", "tool"), [("gzip", "gzip"), ("zstd", "zstd")])
+def test_command_line_tools_decompress(compression: str, tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    blob = compress(compression, DATA)
+    result = subprocess.run([tool, "-dc"], input=blob, capture_output=True, check=True)
+    assert result.stdout == DATA
+
+
+def test_levels_change_output_and_identity() -> None:
+    assert resolve_level("gzip", None) == 3
+    assert [resolve_level("gzip", lvl) for lvl in range(10)] == [0, 1, 1, 1, 2, 2, 3, 3, 3, 3]
+    assert resolve_level("zstd", None) == 3
+    assert codec_identity("gzip", 9) == codec_identity("gzip", 6)
+    assert codec_identity("gzip", 1) != codec_identity("gzip", 6)
+    assert codec_identity("zstd", 3) != codec_identity("zstd", 4)
+    assert zstandard.__version__ in codec_identity("zstd", None)
+    # real text: the standard library's email package sources
+    text = b"".join(p.read_bytes() for p in sorted(Path(email.__file__).parent.glob("*.py")))
+    assert len(text) > 100_000
+    assert len(compress("zstd", text, level=1)) > len(compress("zstd", text, level=19))
+    assert len(compress("gzip", text, level=1)) > len(compress("gzip", text, level=6))
+
+
+@pytest.mark.parametrize(
+    ("compression", "level"), [("gzip", 10), ("gzip", -1), ("zstd", 23), ("zstd", 0), ("lz4", 1)]
+)
+def test_bad_level_or_codec(compression: str, level: int) -> None:
+    with pytest.raises(OptionError):
+        open_compressor(compression, io.BytesIO(), level=level)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_corrupt_stream_is_an_image_error(compression: str) -> None:
+    blob = bytearray(compress(compression, DATA))
+    blob[len(blob) // 2 : len(blob) // 2 + 64] = bytes(64)
+    source = io.BytesIO(bytes(blob))
+    source.name = "layer.blob"  # type: ignore[misc]
+    with pytest.raises(ImageError, match=rf"layer.blob: corrupt {compression} stream"):
+        drain(compression, source)
+
+
+def test_truncated_gzip_is_an_image_error() -> None:
+    blob = compress("gzip", DATA)[:-100]
+    with pytest.raises(ImageError), open_decompressed("gzip", io.BytesIO(blob)) as reader:
+        reader.read()
+    # sanity: zlib itself also refuses it
+    with pytest.raises(zlib.error):
+        zlib.decompress(blob, 31)
