@@ -530,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     items_file.write_text("".join(p.lstrip("/") + "\n" for p in items))
     nar_total = sum(int(str(o.get("narSize", 0))) for o in closure)
 
+    load_before = os.getloadavg()[0]
     drop = False
     if args.page_cache in ("auto", "drop"):
         drop = drop_page_cache()
@@ -713,6 +714,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "jobs": args.jobs,
         "kernel": platform.release(),
+        "loadavg_1min_before_after": f"{load_before:.2f}/{os.getloadavg()[0]:.2f}",
         "page_cache": cache_note,
         "repeat": args.repeat,
         "plan_for_nixpkgs": plan_note,
