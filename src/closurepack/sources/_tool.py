@@ -26,7 +26,7 @@ def command_text(args: Sequence[str]) -> str:
 def run_tool(args: Sequence[str]) -> str:
     """Run ``args`` and return its standard output; ToolError when missing or failing.
 
-    The error names the command and the first ``error`` line of its stderr (else the first
+    The error names the command and the first error line of its stderr (else its first
     non-empty line).
     """
     executable = shutil.which(args[0])
@@ -41,7 +41,10 @@ def run_tool(args: Sequence[str]) -> str:
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines()]
         lines = [ln for ln in lines if ln]
-        errors = [ln for ln in lines if "error" in ln.lower()]
+        # "error: ..." (Nix) or "guix gc: error: ..." (Guix); not "warning: error: ..." lines.
+        errors = [
+            ln for ln in lines if ln.startswith("error") or ": error:" in ln.split("warning:")[0]
+        ]
         first = (errors or lines or ["no error message"])[0]
         raise ToolError(f"{command_text(args)}: failed (exit {proc.returncode}): {first}")
     try:

@@ -25,7 +25,10 @@ def query_nix(paths: Sequence[str]) -> Closure:
     is missing or refuses, then to per-item ``--references`` and ``--size`` for a Nix without
     ``--dump-db PATHS``. Raises ToolError naming the last command that failed.
     """
+    # No substituters: the items must be in the local store, and asking a binary cache about a
+    # missing path would only wait on the network before failing.
     args = ["nix", "--extra-experimental-features", "nix-command", "path-info", "--json"]
+    args += ["--option", "substituters", ""]
     try:
         output = run_tool([*args, "--recursive", *paths])
     except ToolError as exc:

@@ -48,24 +48,33 @@ def query_closure(paths: Sequence[str], *, store_root: Path | None = None) -> Cl
 
 
 def store_item_path(path: str, *, store_root: Path | None = None) -> str:
-    """The store item that ``path`` names: itself, the item a path inside it belongs to, or the
-    item a symlink outside the store (``./result``) resolves to.
+    """The store item that ``path`` names.
+
+    In ``/nix/store`` and ``/gnu/store``: the item itself, or the item a path inside it belongs
+    to. Without ``store_root``, a symlink to such a path (``./result``) stands for its target,
+    and a relative path is resolved. Any other absolute path names an item of its parent
+    directory, taken as the store.
     """
-    item = _item_of(path)
+    item = _known_store_item(path)
     if item is not None:
         return item
     if store_root is None and os.path.lexists(path):
-        item = _item_of(os.path.realpath(path))
+        resolved = os.path.realpath(path)
+        item = _known_store_item(resolved)
         if item is not None:
             return item
+        if not path.startswith("/"):
+            path = resolved
+    if path.startswith("/") and ".." not in path.split("/"):
+        return path.rstrip("/")
     raise ClosureError(f"{path}: not a store path (expected /nix/store/<hash>-<name> or similar)")
 
 
-def _item_of(path: str) -> str | None:
+def _known_store_item(path: str) -> str | None:
     for store_dir in _TOOLS:
-        if path.startswith(store_dir + "/"):
+        if path.startswith(store_dir + "/") or path == store_dir:
             name = path[len(store_dir) + 1 :].split("/", 1)[0]
-            return f"{store_dir}/{name}" if name else None
-    if path.startswith("/") and path.count("/") >= 2 and ".." not in path.split("/"):
-        return path.rstrip("/")
+            if not name or name in (".", ".."):
+                raise ClosureError(f"{path}: not a store path (no item name after {store_dir})")
+            return f"{store_dir}/{name}"
     return None
