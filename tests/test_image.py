@@ -68,6 +68,8 @@ def test_default_architecture_is_the_host_in_oci_names() -> None:
         ("arm/v6", "arm", "v6"),
         ("i686", "386", ""),
         ("riscv64", "riscv64", ""),
+        ("linux/arm64", "arm64", ""),
+        ("linux/arm/v7", "arm", "v7"),
     ],
 )
 def test_architecture_names_are_mapped(given_arch: str, arch: str, variant: str) -> None:

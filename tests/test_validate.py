@@ -16,6 +16,7 @@ from closurepack.layer import BuiltLayer
 from closurepack.readback import read_base_image, read_image
 from closurepack.validate import format_inspection, inspect_image, verify_image
 from handmade import busybox_image, make_layer
+from runtimes import DockerEngine, PodmanRunner, require_tool, run_tool
 
 
 @pytest.fixture
@@ -195,3 +196,55 @@ def test_unreadable_sources_raise_one_line_errors(
     assert "\n" not in str(info.value)
     if make == "layout":
         assert "sometag" in str(info.value)
+
+
+# --- images written by other tools read back ----------------------------------------------
+
+
+def _assert_same_image(source: str, image: Image) -> None:
+    assert verify_image(source) == []
+    back = read_image(source)
+    assert back.config["rootfs"] == image.config["rootfs"]
+    assert back.layer_paths() == image.layer_paths()
+    assert inspect_image(source)["layers"][0]["paths"] == list(image.layers[0].paths)
+
+
+@pytest.mark.integration
+def test_archives_written_by_skopeo_read_back(tmp_path: Path, image: Image) -> None:
+    require_tool("skopeo")
+    write_image(image, f"oci:{tmp_path / 'src'}:t")
+    for dest in (
+        f"docker-archive:{tmp_path / 'sk.tar'}:sk/copy:1",
+        f"oci-archive:{tmp_path / 'sk-oci.tar'}:t",
+        f"oci:{tmp_path / 'sk-oci'}:t",
+    ):
+        run_tool("skopeo", "copy", f"oci:{tmp_path / 'src'}:t", dest)
+        _assert_same_image(dest, image)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_docker_save_output_reads_back(
+    tmp_path: Path, image: Image, docker_engine: DockerEngine
+) -> None:
+    write_image(image, f"docker-archive:{tmp_path / 'in.tar'}:cp/saved:1")
+    docker_engine.load(tmp_path / "in.tar")
+    docker_engine.docker("save", "-o", tmp_path / "saved.tar", "cp/saved:1")
+    _assert_same_image(f"docker-archive:{tmp_path / 'saved.tar'}", image)
+    _assert_same_image(f"docker-archive:{tmp_path / 'saved.tar'}:cp/saved:1", image)
+    assert read_image(f"docker-archive:{tmp_path / 'saved.tar'}").config_digest == (
+        image.config_digest
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_podman_save_output_reads_back(
+    tmp_path: Path, image: Image, podman_runner: PodmanRunner
+) -> None:
+    write_image(image, f"oci-archive:{tmp_path / 'in.tar'}:1")
+    ref = podman_runner.load(tmp_path / "in.tar")
+    for fmt, kind in (("docker-archive", "docker-archive"), ("oci-archive", "oci-archive")):
+        out = tmp_path / f"saved-{fmt}.tar"
+        run_tool(*podman_runner.command("save", "--format", fmt, "-o", out, ref))
+        _assert_same_image(f"{kind}:{out}", image)

@@ -106,7 +106,9 @@ class ImageConfig:
     stop_signal: str | None = None
 
     def __post_init__(self) -> None:
-        arch, _, variant = self.architecture.partition("/")
+        # Accept platform spellings too: "linux/arm64/v8" -> "arm64/v8".
+        spelled = self.architecture.lower().removeprefix(f"{self.os}/")
+        arch, _, variant = spelled.partition("/")
         if arch in _ARCH_ALIASES and not variant:
             arch, variant = _ARCH_ALIASES[arch]
         if arch not in _OCI_ARCHES:

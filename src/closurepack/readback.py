@@ -42,6 +42,8 @@ __all__ = [
 
 _CHUNK = 1 << 20
 _REF_NAME = "org.opencontainers.image.ref.name"
+# Registries a short name may have been expanded with by docker save / podman save.
+_DEFAULT_DOMAINS = ("docker.io", "docker.io/library", "localhost")
 _INDEX_TYPES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
 
 
@@ -196,7 +198,8 @@ def _read_docker(source: Destination, path: Path, text: str) -> RawImage:
     if source.reference:
         for item in manifest:
             tags = (item.get("RepoTags") or []) if isinstance(item, dict) else []
-            if source.reference in tags or f"docker.io/{source.reference}" in tags:
+            wanted = {source.reference, *(f"{p}/{source.reference}" for p in _DEFAULT_DOMAINS)}
+            if wanted & set(tags):
                 entry = item
                 break
         if entry is None:
@@ -219,9 +222,13 @@ def _read_docker(source: Destination, path: Path, text: str) -> RawImage:
         except ImageError:
             declared = None
     layers = []
-    for name in entry.get("Layers") or []:
-        opener = tar.opener(str(name))
-        layers.append(RawBlob(name=str(name), media_type=sniff_media_type(opener), opener=opener))
+    for name in map(str, entry.get("Layers") or []):
+        if tar.has(name):
+            opener = tar.opener(name)
+            media_type = sniff_media_type(opener)
+        else:
+            opener, media_type = _missing(f"{path}: {name}"), MediaType.OCI_LAYER
+        layers.append(RawBlob(name=name, media_type=media_type, opener=opener))
     return RawImage(
         source=text,
         kind="docker-archive",

@@ -23,16 +23,17 @@ def write_stream(image: Image, out: Writable | BinaryIO, *, ref_name: str) -> No
     tar.add_bytes("index.json", canonical_json(index_with(None, image, ref_name)))
     tar.add_dir("blobs")
     tar.add_dir("blobs/sha256")
-    blobs: dict[str, object] = {str(layer.digest): layer for layer in image.layers}
-    blobs[str(image.config_digest)] = image.config_bytes
-    blobs[str(image.manifest_digest)] = image.manifest_bytes
-    for digest in sorted(blobs):
-        name = f"blobs/sha256/{digest.partition(':')[2]}"
-        item = blobs[digest]
-        if isinstance(item, bytes):
-            tar.add_bytes(name, item)
+    small = {
+        image.config_digest.hex: image.config_bytes,
+        image.manifest_digest.hex: image.manifest_bytes,
+    }
+    layers = {layer.digest.hex: layer for layer in image.layers}
+    for hex_digest in sorted(small.keys() | layers.keys()):
+        name = f"blobs/sha256/{hex_digest}"
+        if hex_digest in small:
+            tar.add_bytes(name, small[hex_digest])
             continue
-        layer = next(la for la in image.layers if str(la.digest) == digest)
+        layer = layers[hex_digest]
         try:
             with layer.open() as src:
                 tar.add_blob(name, src, size=layer.size, digest=layer.digest)
