@@ -40,6 +40,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_debian_store import nar_hash_and_size
+
 __all__ = [
     "RunResult",
     "Target",
@@ -341,9 +344,8 @@ def make_changed_store(
     new_closure = []
     for obj in closure:
         if obj["path"] == old_path:
-            changed = {**obj, "path": new_path, "narSize": _size(store / new_name)}
-            changed.pop("narHash", None)
-            new_closure.append(changed)
+            nar_hash, nar_size = nar_hash_and_size(store / new_name)
+            new_closure.append({**obj, "path": new_path, "narHash": nar_hash, "narSize": nar_size})
         else:
             new_closure.append(obj)
     closure_file = dest / "closure.json"
