@@ -1,0 +1,157 @@
+"""One-pass layer builds: digests match the bytes, builds are reproducible, keys are sound."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from closurepack.compression import open_decompressed
+from closurepack.errors import OptionError, StoreError
+from closurepack.layerbuild import build_store_layer, build_tree_layer, layer_key
+from closurepack.mediatypes import MediaType
+from closurepack.tarstream import TreeEntry
+
+APP = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-app-1.0"
+LIB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-lib-2.0"
+
+
+def make_store(root: Path) -> Path:
+    app = root / APP[1:]
+    (app / "bin").mkdir(parents=True)
+    (app / "bin" / "app").write_bytes(b"#!/bin/sh\n" + os.urandom(200_000))
+    (app / "bin" / "app").chmod(0o555)
+    (app / "lib").symlink_to(LIB + "/lib")
+    lib = root / LIB[1:]
+    (lib / "lib").mkdir(parents=True)
+    (lib / "lib" / "libfoo.so").write_bytes(b"ELF" * 300_000)
+    return root
+
+
+def build(root: Path, dest: Path, compression: str, **kwargs: object) -> object:
+    return build_store_layer(
+        [APP, LIB],
+        store_root=root,
+        store_dir="/nix/store",
+        compression=compression,
+        dest_dir=dest,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("compression", "media_type"),
+    [
+        ("gzip", MediaType.OCI_LAYER_GZIP),
+        ("zstd", MediaType.OCI_LAYER_ZSTD),
+        ("none", MediaType.OCI_LAYER),
+    ],
+)
+def test_digests_describe_the_blob(tmp_path: Path, compression: str, media_type: str) -> None:
+    root = make_store(tmp_path / "store")
+    layer = build_store_layer(
+        [LIB, APP, APP],
+        store_root=root,
+        store_dir="/nix/store",
+        compression=compression,
+        dest_dir=tmp_path / "out",
+    )
+    blob = layer.blob_path.read_bytes()
+    assert layer.blob_path == tmp_path / "out" / layer.digest.hex
+    assert layer.digest.hex == hashlib.sha256(blob).hexdigest()
+    assert layer.size == len(blob)
+    assert layer.media_type == media_type
+    assert layer.paths == (APP, LIB)
+    with open_decompressed(compression, io.BytesIO(blob)) as reader:
+        tar = reader.read()
+    assert layer.diff_id.hex == hashlib.sha256(tar).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        names = archive.getnames()
+    assert f"{APP[1:]}/bin/app" in names
+    assert f"{LIB[1:]}/lib/libfoo.so" in names
+    assert sorted(os.listdir(tmp_path / "out")) == [layer.digest.hex]  # no temp files left
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_reproducible_despite_host_metadata(tmp_path: Path, compression: str) -> None:
+    root = make_store(tmp_path / "store")
+    first = build_store_layer(
+        [APP, LIB], store_root=root, store_dir="/nix/store", compression=compression,
+        dest_dir=tmp_path / "a", threads=1,
+    )  # fmt: skip
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.utime(Path(dirpath, name), (1, 2), follow_symlinks=False)
+    second = build_store_layer(
+        [LIB, APP], store_root=root, store_dir="/nix/store", compression=compression,
+        dest_dir=tmp_path / "b", threads=4,
+    )  # fmt: skip
+    assert (first.digest, first.diff_id, first.size) == (second.digest, second.diff_id, second.size)
+    # The uncompressed tar is the same whatever the compression.
+    none = build_store_layer(
+        [APP, LIB], store_root=root, store_dir="/nix/store", compression="none",
+        dest_dir=tmp_path / "c",
+    )  # fmt: skip
+    assert none.diff_id == first.diff_id
+
+
+def test_mtime_changes_the_layer(tmp_path: Path) -> None:
+    root = make_store(tmp_path / "store")
+    a = build_store_layer(
+        [APP], store_root=root, store_dir="/nix/store", dest_dir=tmp_path, mtime=1
+    )
+    b = build_store_layer(
+        [APP], store_root=root, store_dir="/nix/store", dest_dir=tmp_path, mtime=2
+    )
+    assert a.diff_id != b.diff_id
+
+
+def test_errors_leave_nothing_behind(tmp_path: Path) -> None:
+    root = make_store(tmp_path / "store")
+    os.mkfifo(root / APP[1:] / "fifo")
+    out = tmp_path / "out"
+    with pytest.raises(StoreError, match="is a fifo"):
+        build_store_layer([APP], store_root=root, store_dir="/nix/store", dest_dir=out)
+    assert list(out.iterdir()) == []
+    with pytest.raises(OptionError, match="not an item of the store /gnu/store"):
+        build_store_layer([APP], store_root=root, store_dir="/gnu/store", dest_dir=out)
+    with pytest.raises(OptionError, match="level"):
+        build_store_layer([LIB], store_root=root, store_dir="/nix/store", dest_dir=out, level=42)
+
+
+def test_layer_key_covers_what_changes_the_bytes() -> None:
+    base = {"store_dir": "/nix/store", "compression": "gzip", "level": None, "mtime": 1}
+    key = layer_key([APP, LIB], **base)  # type: ignore[arg-type]
+    assert len(key) == 64
+    assert key == layer_key([LIB, APP, APP], **base)  # type: ignore[arg-type]
+    variants = [
+        layer_key([APP], **base),  # type: ignore[arg-type]
+        layer_key([APP, LIB], **{**base, "compression": "zstd"}),  # type: ignore[arg-type]
+        layer_key([APP, LIB], **{**base, "level": 1}),  # type: ignore[arg-type]
+        layer_key([APP, LIB], **{**base, "mtime": 2}),  # type: ignore[arg-type]
+        layer_key([APP, LIB], **{**base, "store_dir": "/gnu/store"}),  # type: ignore[arg-type]
+        layer_key([APP, LIB], **base, nar_hashes={APP: "sha256:x"}),  # type: ignore[arg-type]
+    ]
+    assert len({key, *variants}) == len(variants) + 1
+    # levels that map to the same library level build the same bytes, hence the same key
+    assert layer_key([APP], **{**base, "level": 9}) == layer_key([APP], **{**base, "level": 6})  # type: ignore[arg-type]
+
+
+def test_tree_layer(tmp_path: Path) -> None:
+    entries = [
+        TreeEntry("etc/passwd", "file", data=b"root:x:0:0::/root:/bin/sh\n"),
+        TreeEntry("bin/sh", "symlink", target=f"{APP}/bin/app"),
+    ]
+    layer = build_tree_layer(entries, compression="zstd", dest_dir=tmp_path, mtime=7)
+    again = build_tree_layer(reversed(entries), compression="zstd", dest_dir=tmp_path, mtime=7)
+    assert layer.digest == again.digest
+    assert layer.paths == ()
+    assert layer.comment == "customisation"
+    with layer.open() as blob, open_decompressed("zstd", blob) as reader:
+        tar = reader.read()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        assert archive.getnames() == ["bin", "bin/sh", "etc", "etc/passwd"]
