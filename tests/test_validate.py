@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -248,3 +249,80 @@ def test_podman_save_output_reads_back(
         out = tmp_path / f"saved-{fmt}.tar"
         run_tool(*podman_runner.command("save", "--format", fmt, "-o", out, ref))
         _assert_same_image(f"{kind}:{out}", image)
+
+
+# --- choosing an image in a layout or archive holding several ------------------------------
+
+
+def test_nested_index_picks_the_host_platform(tmp_path: Path) -> None:
+    root = tmp_path / "layout"
+    ours = busybox_image(tmp_path / "a")
+    other = busybox_image(tmp_path / "b", config=ImageConfig(architecture="s390x"))
+    if other.platform == ours.platform:
+        other = busybox_image(tmp_path / "b", config=ImageConfig(architecture="riscv64"))
+    write_image(other, f"oci:{root}:other")
+    write_image(ours, f"oci:{root}:ours")
+    index = json.loads((root / "index.json").read_bytes())
+    nested = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [  # the other platform first: choosing must not just take the first
+                {k: v for k, v in m.items() if k != "annotations"}
+                for m in reversed(index["manifests"])
+            ],
+        }
+    )
+    digest = Digest.of_bytes(nested)
+    (root / "blobs" / "sha256" / digest.hex).write_bytes(nested)
+    top = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": str(digest),
+                "size": len(nested),
+                "annotations": {"org.opencontainers.image.ref.name": "multi"},
+            }
+        ],
+    }
+    (root / "index.json").write_bytes(canonical_json(top))
+    assert read_image(f"oci:{root}:multi").config_digest == ours.config_digest
+    assert read_image(f"oci:{root}").config_digest == ours.config_digest
+    assert verify_image(f"oci:{root}:multi") == []
+
+
+def test_several_images_need_a_tag(tmp_path: Path) -> None:
+    first = busybox_image(tmp_path / "a")
+    second = busybox_image(tmp_path / "b", config=ImageConfig(cmd=["/bin/true"]))
+    write_image(first, f"oci:{tmp_path / 'layout'}:one")
+    write_image(second, f"oci:{tmp_path / 'layout'}:two")
+    with pytest.raises(DestinationError, match="2 images; name one with :TAG"):
+        read_image(f"oci:{tmp_path / 'layout'}")
+
+    # A docker-archive holding two images (as `docker save a b` writes): chosen by RepoTags.
+    write_image(first, f"docker-archive:{tmp_path / 'a.tar'}:cp/first:1")
+    write_image(second, f"docker-archive:{tmp_path / 'b.tar'}:cp/second:1")
+    both = tmp_path / "both.tar"
+    manifests = []
+    with tarfile.open(both, "w") as out:
+        seen: set[str] = set()
+        for part in ("a.tar", "b.tar"):
+            with tarfile.open(tmp_path / part) as src:
+                for member in src.getmembers():
+                    if member.name == "manifest.json":
+                        manifests.extend(json.load(src.extractfile(member)))  # type: ignore[arg-type]
+                    elif member.name not in seen and member.name != "repositories":
+                        seen.add(member.name)
+                        out.addfile(member, src.extractfile(member) if member.isfile() else None)
+        data = canonical_json(manifests)
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        out.addfile(info, io.BytesIO(data))
+    with pytest.raises(DestinationError, match="holds 2 images"):
+        read_image(f"docker-archive:{both}")
+    chosen = read_image(f"docker-archive:{both}:cp/second:1")
+    assert chosen.config_digest == second.config_digest
+    with pytest.raises(DestinationError, match="no image tagged cp/third:1"):
+        read_image(f"docker-archive:{both}:cp/third:1")
+    assert verify_image(f"docker-archive:{both}:cp/first:1") == []
