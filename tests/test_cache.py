@@ -1,0 +1,171 @@
+"""The layer cache: hits without the store, corruption detected, concurrency, LRU eviction."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from closurepack.cache import LayerCache, default_cache_dir
+from closurepack.errors import CacheError
+from closurepack.layer import BuiltLayer
+from closurepack.layerbuild import build_store_layer, layer_key
+
+STORE_DIR = "/nix/store"
+
+
+def item(n: int) -> str:
+    return f"{STORE_DIR}/{str(n) * 32}-item{n}"
+
+
+def make_item(root: Path, n: int, size: int = 50_000) -> str:
+    path = item(n)
+    directory = root / path[1:]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "data").write_bytes(os.urandom(size))  # incompressible: blob size ~ size
+    return path
+
+
+def key_of(path: str) -> str:
+    return layer_key([path], store_dir=STORE_DIR, compression="gzip", level=None, mtime=1)
+
+
+def builder(root: Path, path: str, calls: list[str] | None = None):  # type: ignore[no-untyped-def]
+    def build(dest: Path) -> BuiltLayer:
+        if calls is not None:
+            calls.append(path)
+        return build_store_layer([path], store_root=root, store_dir=STORE_DIR, dest_dir=dest)
+
+    return build
+
+
+def test_warm_hit_does_not_read_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    path = make_item(store, 1)
+    cache = LayerCache(tmp_path / "cache")
+    calls: list[str] = []
+    cold = cache.get_or_build(key_of(path), builder(store, path, calls))
+    assert calls == [path]
+    assert cold.blob_path == tmp_path / "cache" / "blobs" / "sha256" / cold.digest.hex
+    assert not list((tmp_path / "cache" / "tmp").iterdir())
+    shutil.rmtree(store)  # a hit must not need the store at all
+    fresh = LayerCache(tmp_path / "cache")  # another process, same directory
+    warm = fresh.get_or_build(key_of(path), builder(store, path, calls))
+    assert calls == [path]
+    assert warm == cold
+    entry = json.loads((tmp_path / "cache" / "keys" / f"{key_of(path)}.json").read_text())
+    assert entry["blob"] == f"../blobs/sha256/{cold.digest.hex}"
+    assert fresh.get("0" * 64) is None
+
+
+def test_corrupt_blob_is_detected_and_rebuilt(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    path = make_item(store, 2)
+    cache = LayerCache(tmp_path / "cache")
+    calls: list[str] = []
+    first = cache.get_or_build(key_of(path), builder(store, path, calls))
+    blob = bytearray(first.blob_path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # flip one byte, same size
+    first.blob_path.chmod(0o644)
+    first.blob_path.write_bytes(bytes(blob))
+    assert cache.get(key_of(path)) is None
+    assert not first.blob_path.exists()
+    second = cache.get_or_build(key_of(path), builder(store, path, calls))
+    assert calls == [path, path]
+    assert second.digest == first.digest
+    assert second.blob_path.read_bytes() != bytes(blob)
+
+
+def test_truncated_blob_and_bad_entry_are_misses(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    path = make_item(store, 3)
+    cache = LayerCache(tmp_path / "cache", verify=False)
+    layer = cache.get_or_build(key_of(path), builder(store, path))
+    with layer.blob_path.open("r+b") as handle:
+        handle.truncate(layer.size - 1)
+    assert cache.get(key_of(path)) is None  # size check even without rehashing
+    entry = tmp_path / "cache" / "keys" / f"{key_of(path)}.json"
+    cache.get_or_build(key_of(path), builder(store, path))
+    entry.write_text("{not json")
+    assert cache.get(key_of(path)) is None
+    assert not entry.exists()
+
+
+def _build_in_child(args: tuple[str, str, str]) -> str:
+    cache_dir, store, path = args
+    cache = LayerCache(Path(cache_dir))
+    layer = cache.get_or_build(key_of(path), builder(Path(store), path))
+    return str(layer.digest)
+
+
+def test_concurrent_processes_build_the_same_key(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    path = make_item(store, 4, size=2_000_000)
+    args = (str(tmp_path / "cache"), str(store), path)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        digests = pool.map(_build_in_child, [args] * 3)
+    assert len(set(digests)) == 1
+    blobs = list((tmp_path / "cache" / "blobs" / "sha256").iterdir())
+    assert [b.name for b in blobs] == [digests[0].split(":")[1]]
+    assert LayerCache(tmp_path / "cache").get(key_of(path)) is not None
+
+
+def test_eviction_removes_least_recently_used(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    paths = [make_item(store, n) for n in range(1, 5)]
+    root = tmp_path / "cache"
+    builder_cache = LayerCache(root)
+    layers = [builder_cache.get_or_build(key_of(p), builder(store, p)) for p in paths]
+    size = layers[0].size
+    # last use: item 2 oldest, then 1, 4, 3
+    for age, p in zip([300, 400, 100, 200], paths, strict=True):
+        stamp = time.time() - age
+        os.utime(root / "keys" / f"{key_of(p)}.json", (stamp, stamp))
+    cache = LayerCache(root, max_bytes=2 * size + size // 2)
+    assert cache.total_bytes() == sum(layer.size for layer in layers)
+    removed = cache.evict()
+    assert removed == [key_of(paths[1]), key_of(paths[0])]
+    assert cache.total_bytes() <= cache.max_bytes  # type: ignore[operator]
+    assert cache.get(key_of(paths[0])) is None
+    assert cache.get(key_of(paths[2])) is not None
+    assert cache.get(key_of(paths[3])) is not None
+
+
+def test_eviction_spares_layers_in_use(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    paths = [make_item(store, n) for n in range(5, 8)]
+    cache = LayerCache(tmp_path / "cache", max_bytes=1)  # smaller than any layer
+    for p in paths:
+        cache.get_or_build(key_of(p), builder(store, p))
+    # everything was handed out by this cache object: nothing may go
+    assert all(cache.get(key_of(p)) is not None for p in paths)
+    other = LayerCache(tmp_path / "cache", max_bytes=1)
+    assert len(other.evict()) == 3
+    assert other.total_bytes() == 0
+
+
+def test_unusable_cache_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CacheError, match="cannot use the layer cache"):
+        LayerCache(blocker / "cache")
+    with pytest.raises(CacheError, match="invalid cache key"):
+        LayerCache(tmp_path / "ok").get("../escape")
+
+
+def test_default_cache_dir_reads_environment_at_call_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "closurepack"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "closurepack"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "closurepack"
