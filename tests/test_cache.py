@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from closurepack._fs import atomic_write, put_blob
 from closurepack.cache import LayerCache, default_cache_dir
 from closurepack.errors import CacheError
 from closurepack.layer import BuiltLayer
@@ -169,3 +172,36 @@ def test_default_cache_dir_reads_environment_at_call_time(
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "closurepack"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "closurepack"
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    dest = tmp_path / "file.json"
+    dest.write_text("old")
+
+    def half_write() -> None:
+        with atomic_write(dest) as handle:
+            handle.write(b"new, half written")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        half_write()
+    assert dest.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.json"]
+    with atomic_write(dest, mode=0o600) as handle:
+        handle.write(b"new")
+    assert dest.read_text() == "new"
+    assert dest.stat().st_mode & 0o777 == 0o600
+
+
+def test_put_blob_is_content_addressed_and_idempotent(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    blobs = tmp_path / "blobs"
+    digest, size = put_blob(blobs, io.BytesIO(data))
+    assert (str(digest), size) == (f"sha256:{hashlib.sha256(data).hexdigest()}", len(data))
+    again = put_blob(blobs, [data[:10], data[10:]], expected=digest)  # chunks, already there
+    assert again == (digest, size)
+    assert [p.name for p in blobs.iterdir()] == [digest.hex]
+    with pytest.raises(ValueError, match="expected"):
+        put_blob(blobs, [b"other"], expected=digest)
+    assert [p.name for p in blobs.iterdir()] == [digest.hex]
+    assert (blobs / digest.hex).read_bytes() == data
