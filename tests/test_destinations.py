@@ -15,8 +15,9 @@ from closurepack.destinations import parse_destination, write_image
 from closurepack.destinations.docker_archive import v1_ids
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, OptionError
-from closurepack.image import Image, ImageConfig, ImageLayer, assemble_image
+from closurepack.image import BlobLayer, Image, ImageConfig, ImageLayer, assemble_image
 from closurepack.layer import BuiltLayer
+from closurepack.mediatypes import MediaType
 from closurepack.readback import read_image
 from closurepack.validate import verify_image
 from handmade import busybox_image, make_layer, oci_validator
@@ -223,6 +224,38 @@ def test_failed_archive_write_keeps_the_previous_file(
         write_image(bad, f"{kind}:{out}")
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["keep.tar"]
+
+
+class _Interrupting(io.BytesIO):
+    """A blob stream that is interrupted (as by Ctrl-C) after its first read."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.tell():
+            raise KeyboardInterrupt
+        return super().read(min(size or 4096, 4096))
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive", "oci"])
+def test_interrupted_write_leaves_no_partial_output(
+    tmp_path: Path, image: Image, kind: str
+) -> None:
+    target = tmp_path / "out"
+    write_image(image, f"{kind}:{target}:keep")
+    snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    data = bytes(range(256)) * 64
+    layer = BlobLayer(
+        digest=Digest.of_bytes(data),
+        diff_id=Digest.of_bytes(data),
+        size=len(data),
+        media_type=MediaType.OCI_LAYER,
+        opener=lambda: _Interrupting(data),
+    )
+    interrupted = assemble_image([*image.layers, layer], config=ImageConfig(cmd=["/x"]))
+    with pytest.raises(KeyboardInterrupt):
+        write_image(interrupted, f"{kind}:{target}:keep")
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == snapshot
+    assert verify_image(f"{kind}:{target}:keep") == []
 
 
 # --- oci layout ---------------------------------------------------------------------------
