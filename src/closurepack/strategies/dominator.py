@@ -79,7 +79,7 @@ def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     children: list[list[int]] = [[] for _ in range(n + 1)]
     for i in range(n):
         children[idom[i]].append(i)
-    layers: list[tuple[int, list[str]]] = []
+    layers: list[tuple[int, str, list[int]]] = []
     for top in children[root]:
         members = [top]
         k = 0
@@ -87,13 +87,15 @@ def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
             members.extend(children[members[k]])
             k += 1
         rating = popularity[top] * sum(closure_size[m] for m in members)
-        layers.append((rating, sorted(dag.paths[m] for m in members)))
-    layers.sort(key=lambda layer: (layer[0], layer[1][0]))
-    while len(layers) > max(budget, 1):
-        (low_rating, low_paths), (next_rating, next_paths) = layers[0], layers[1]
-        layers[1] = (low_rating + next_rating, sorted(low_paths + next_paths))
-        del layers[0]
-    return [tuple(paths) for _, paths in layers]
+        layers.append((rating, min(dag.paths[m] for m in members), members))
+    layers.sort(key=lambda layer: (layer[0], layer[1]))
+    if len(layers) > budget:
+        # Nixery merges the first layer into the second until the budget is met, without
+        # re-sorting: the lowest-rated ``len - budget + 1`` layers end up as one, at the bottom.
+        cut = len(layers) - max(budget, 1) + 1
+        merged = [m for layer in layers[:cut] for m in layer[2]]
+        layers[:cut] = [(sum(layer[0] for layer in layers[:cut]), "", merged)]
+    return [tuple(sorted(dag.paths[m] for m in members)) for _, _, members in layers]
 
 
 def _intersect(a: int, b: int, idom: list[int], depth: list[int]) -> int:
