@@ -265,6 +265,20 @@ def test_error_not_a_closure_file(tmp_path: Path) -> None:
     assert "empty" in _load_error(tmp_path, "  \n")
 
 
+def test_zstd_multi_frame_and_truncated(tmp_path: Path) -> None:
+    raw = (CLOSURES / "nginx.base.json").read_bytes()
+    compressor = zstandard.ZstdCompressor()
+    frames = tmp_path / "frames.zst"
+    frames.write_bytes(
+        b"".join(compressor.compress(raw[i : i + 999]) for i in range(0, len(raw), 999))
+    )
+    assert _graph(load_closure_file(frames)) == _raw_graph(CLOSURES / "nginx.base.json")
+    cut = tmp_path / "cut.zst"
+    cut.write_bytes(compressor.compress(raw)[:-10])
+    with pytest.raises(ClosureError, match="truncated zstd data"):
+        load_closure_file(cut)
+
+
 def test_error_bad_compressed_data(tmp_path: Path) -> None:
     path = tmp_path / "bad.zst"
     path.write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage" * 10)
@@ -302,6 +316,11 @@ def test_error_null_entry_in_object_form(tmp_path: Path) -> None:
     message = _load_error(tmp_path, {GOOD: None})
     assert GOOD in message
     assert "not a valid store path" in message
+
+
+def test_error_invalid_path_in_array_form(tmp_path: Path) -> None:
+    message = _load_error(tmp_path, [_entry(OTHER), {"path": GOOD, "valid": False}])
+    assert f"item 1 ({GOOD}) is not a valid store path" in message
 
 
 def test_error_single_path_info_without_path() -> None:

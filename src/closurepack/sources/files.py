@@ -87,17 +87,16 @@ def decompress(data: bytes, *, source: str) -> bytes:
     """Undo zstd or gzip compression, told by the magic number; other data is returned as is."""
     try:
         if data.startswith(_ZSTD_MAGIC):
+            # One decompressobj per frame: ZstdDecompressor.decompress would stop after the
+            # first frame of a multi-frame file without a word.
             dctx = zstandard.ZstdDecompressor()
-            size = zstandard.get_frame_parameters(data).content_size
-            if 0 < size < 1 << 34:
-                # One call when the frame records its size: several times faster than streaming.
-                out: bytes = dctx.decompress(data, max_output_size=size)
-                if len(out) == size:
-                    return out
-            chunks = []
-            with dctx.stream_reader(data, read_across_frames=True) as reader:
-                while chunk := reader.read(1 << 22):
-                    chunks.append(chunk)
+            chunks, rest = [], data
+            while rest:
+                frame = dctx.decompressobj()
+                chunks.append(frame.decompress(rest))
+                if not frame.eof:
+                    raise ClosureError(f"{source}: cannot decompress: truncated zstd data")
+                rest = frame.unused_data
             return b"".join(chunks)
         if data.startswith(_GZIP_MAGIC):
             return gzip.decompress(data)
@@ -170,6 +169,8 @@ def _entries_from_list(
         path = entry.get("path")
         if not isinstance(path, str):
             raise ClosureError(f"{where}: item {index}: 'path' must be a string")
+        if entry.get("valid") is False:  # how Nix < 2.19 lists a path it does not have
+            raise ClosureError(f"{where}: item {index} ({path}) is not a valid store path")
         yield _item(path, entry, f"{where}: item {index} ({path})", store_root)
 
 
