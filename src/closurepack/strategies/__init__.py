@@ -27,7 +27,7 @@ from closurepack.errors import PlanError
 from closurepack.graph import Closure
 from closurepack.strategies.auto import auto
 from closurepack.strategies.dominator import dominator
-from closurepack.strategies.pipeline import Pipeline, load_pipeline, parse_pipeline
+from closurepack.strategies.pipeline import load_pipeline, parse_pipeline
 from closurepack.strategies.popularity import popularity, popularity_order, popularity_scores
 from closurepack.strategies.simple import per_item, single
 from closurepack.strategies.size import size
@@ -35,7 +35,6 @@ from closurepack.strategies.size import size
 __all__ = [
     "DEFAULT_STRATEGY",
     "STRATEGIES",
-    "Pipeline",
     "Strategy",
     "auto",
     "check_groups",
