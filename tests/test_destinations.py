@@ -8,6 +8,7 @@ import os
 import tarfile
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -233,6 +234,11 @@ class _Interrupting(io.BytesIO):
         if self.tell():
             raise KeyboardInterrupt
         return super().read(min(size or 4096, 4096))
+
+    def readinto(self, buffer: Any, /) -> int:
+        if self.tell():
+            raise KeyboardInterrupt
+        return super().readinto(memoryview(buffer)[:4096])
 
 
 @pytest.mark.parametrize("kind", ["docker-archive", "oci-archive", "oci"])

@@ -1,56 +1,35 @@
-"""Atomic file writes and idempotent content-addressed blob writes for destinations."""
+"""Destination-side wrappers of :mod:`closurepack._fs`: errors become DestinationError, blobs
+already present are skipped, and copies into archives are checked against their digests."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from closurepack import _fs
 from closurepack.digest import Digest, HashingWriter, Writable
 from closurepack.errors import DestinationError
 
-__all__ = ["CHUNK", "atomic_file", "copy_verified", "fsync_dir", "put_blob"]
+__all__ = ["CHUNK", "atomic_file", "copy_verified", "put_blob"]
 
 #: Copy buffer size: memory stays bounded whatever the blob size.
-CHUNK = 1 << 20
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+CHUNK = _fs.COPY_CHUNK
 
 
 @contextlib.contextmanager
 def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a temp file beside ``path``; on success fsync it and rename it over ``path``.
+    """Yield a temp file beside ``path``; on success it replaces ``path`` (fsync + rename).
 
     On any exception (or interrupt) the temp file is removed and ``path`` is left as it was.
     """
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise DestinationError(f"{path}: cannot create a file here: {exc.strerror}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+        with _fs.atomic_write(path, mode=mode) as out:
             yield out
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.chmod(mode)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    except OSError as exc:
+        raise DestinationError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
 
 def copy_verified(src: BinaryIO, out: Writable, *, digest: Digest, size: int, what: str) -> None:
@@ -71,18 +50,17 @@ def copy_verified(src: BinaryIO, out: Writable, *, digest: Digest, size: int, wh
 
 
 def put_blob(blobs: Path, digest: Digest, data: bytes | BinaryIO, *, size: int) -> bool:
-    """Store a blob as ``blobs/<hex>`` atomically; an existing blob of that size is kept.
-
-    Returns True when the blob was written, False when it was already there.
-    """
+    """Store a blob as ``blobs/<hex>`` atomically, checking its digest; an existing blob of
+    that size is kept as it is (its name is its content). True when the blob was written."""
     target = blobs / digest.hex
     with contextlib.suppress(OSError):
         if target.stat().st_size == size:
             return False
     src: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with atomic_file(target) as out:
-            copy_verified(src, out, digest=digest, size=size, what=str(target))
+        _fs.put_blob(blobs, src, expected=digest)
+    except ValueError as exc:
+        raise DestinationError(f"{target}: {exc}") from exc
     except OSError as exc:
         raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
     return True
