@@ -71,20 +71,25 @@ class Dag:
         ``closure_of_i`` holds ``i`` and every item it reaches. Sets are built by union from the
         largest child's set and freed once their last referrer has used them, which keeps the
         whole walk linear in the total closure size in practice (63k Debian packages: < 1 s).
+        The set is reused afterwards: ``visit`` must not keep it or change it.
         """
         remaining = [len(rs) for rs in self.referrers]
         sets: list[set[int] | None] = [None] * len(self.paths)
         for i, rs in enumerate(self.refs):
+            current: set[int] = set()
             if rs:
-                children = [sets[r] for r in rs]
-                biggest = max(children, key=lambda s: len(s) if s is not None else 0)
-                current = set(biggest) if biggest is not None else set()
-                for child in children:
-                    if child is not biggest and child is not None:
+                biggest = max(rs, key=lambda r: len(sets[r] or ()))
+                if remaining[biggest] == 1:
+                    # This item is the last to need that set: take it over instead of copying.
+                    current = sets[biggest] or set()
+                    sets[biggest] = None
+                else:
+                    current = set(sets[biggest] or ())
+                for r in rs:
+                    child = sets[r]
+                    if r != biggest and child is not None:
                         current.update(child)
-                current.add(i)
-            else:
-                current = {i}
+            current.add(i)
             for r in rs:
                 remaining[r] -= 1
                 if remaining[r] == 0:
