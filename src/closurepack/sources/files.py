@@ -140,7 +140,7 @@ def _items_from_json(data: bytes, source: str, store_root: Path | None) -> list[
                     f"{source}: a single path-info object without 'path' (expected a list of"
                     " them, or an object keyed by store path)"
                 )
-            return [_item(doc["path"], doc, source, store_root)]
+            return [_item(doc["path"], doc, store_root, source)]
         lists = [key for key, value in doc.items() if isinstance(value, list)]
         if lists:
             # exportReferencesGraph with structured attrs: {"closure": [...]}, or the builder's
@@ -171,7 +171,7 @@ def _entries_from_list(
             raise ClosureError(f"{where}: item {index}: 'path' must be a string")
         if entry.get("valid") is False:  # how Nix < 2.19 lists a path it does not have
             raise ClosureError(f"{where}: item {index} ({path}) is not a valid store path")
-        yield _item(path, entry, f"{where}: item {index} ({path})", store_root)
+        yield _item(path, entry, store_root, where, index)
 
 
 def _entries_from_mapping(
@@ -185,32 +185,58 @@ def _entries_from_mapping(
                 f"{where}: {key}: expected an object keyed by store path, not {_kind(entry)}"
             )
         path = key if key.startswith("/") else _join(_store_dir_of(entry, where, key), key)
-        yield _item(path, entry, f"{where}: {key}", store_root)
+        yield _item(path, entry, store_root, where)
 
 
-def _item(path: str, entry: Mapping[str, Any], where: str, store_root: Path | None) -> StoreItem:
+def _item(
+    path: str,
+    entry: Mapping[str, Any],
+    store_root: Path | None,
+    source: str,
+    index: int | None = None,
+) -> StoreItem:
+    """One item from its JSON object; ``source`` and ``index`` are only for error messages."""
     refs = entry.get("references")
-    if not isinstance(refs, list):
-        raise ClosureError(f"{where}: 'references' must be a list of store paths")
-    store_dir: str | None = None
-    references = []
-    for ref in refs:
-        if not isinstance(ref, str) or not ref:
-            raise ClosureError(f"{where}: 'references' must hold non-empty strings, not {ref!r}")
-        if ref[0] == "/":
-            references.append(ref)
-        else:
-            store_dir = store_dir or _store_dir_of(entry, where, ref)
-            references.append(_join(store_dir, ref))
+    if type(refs) is not list:
+        raise ClosureError(f"{_where(source, index, path)}: 'references' must be a list")
+    try:
+        joined = "\n".join(refs)  # checks in C that every reference is a string
+    except TypeError:
+        joined = ""
+    if not refs or (joined[:1] == "/" and joined.count("\n/") == len(refs) - 1):
+        references = tuple(refs)  # the usual case: full paths
+    else:
+        store_dir: str | None = None
+        full = []
+        for ref in refs:
+            if not isinstance(ref, str) or not ref:
+                raise ClosureError(
+                    f"{_where(source, index, path)}: 'references' must hold non-empty strings,"
+                    f" not {ref!r}"
+                )
+            if ref[0] == "/":
+                full.append(ref)
+            else:
+                store_dir = store_dir or _store_dir_of(entry, _where(source, index, path), ref)
+                full.append(_join(store_dir, ref))
+        references = tuple(full)
     size = entry.get("narSize")
     if size is None:
-        size = _size_from_files(path, store_root, where)
+        size = _size_from_files(path, store_root, _where(source, index, path))
     elif type(size) is not int or size < 0:
-        raise ClosureError(f"{where}: 'narSize' must be a non-negative integer, not {size!r}")
+        raise ClosureError(
+            f"{_where(source, index, path)}: 'narSize' must be a non-negative integer, not {size!r}"
+        )
     nar_hash = entry.get("narHash")
-    if nar_hash is not None and not isinstance(nar_hash, str):
-        raise ClosureError(f"{where}: 'narHash' must be a string, not {_kind(nar_hash)}")
-    return StoreItem(path, size, tuple(references), nar_hash)
+    if nar_hash is not None and type(nar_hash) is not str:
+        raise ClosureError(
+            f"{_where(source, index, path)}: 'narHash' must be a string, not {_kind(nar_hash)}"
+        )
+    return StoreItem(path, size, references, nar_hash)
+
+
+def _where(source: str, index: int | None, path: str) -> str:
+    return f"{source}: {path}" if index is None else f"{source}: item {index} ({path})"
 
 
 def _store_dir_of(entry: Mapping[str, Any], where: str, name: str) -> str:
