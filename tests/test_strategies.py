@@ -278,3 +278,14 @@ def test_check_groups_rejects_broken_results() -> None:
         check_groups(closure, [(a,)], budget=2, name="x")
     with pytest.raises(PlanError, match="not in the closure"):
         check_groups(closure, [(a, b, "/nix/store/x-y")], budget=2, name="x")
+
+
+def test_dominator_gives_big_closures_their_own_subtree_ordered_by_rating() -> None:
+    root, app, big = (store_path(i, n) for i, n in enumerate(["root", "app", "big"]))
+    closure = make_closure({root: [app], app: [big], big: []}, {root: 2, app: 1, big: 2 * 10**8})
+    # Every closure here exceeds 100 MB, so each item hangs from the synthetic root; ratings
+    # (popularity 1 x summed closure sizes) grow from big to root.
+    assert dominator(closure, budget=5) == [(big,), (app,), (root,)]
+    assert dominator(closure, budget=2) == [tuple(sorted([big, app])), (root,)]
+    small = make_closure({root: [app], app: [big], big: []}, {root: 2, app: 1, big: 2})
+    assert dominator(small, budget=5) == [tuple(sorted([root, app, big]))]
