@@ -52,7 +52,7 @@ def _modules() -> list[tuple[str, Path]]:
 
 
 def _rank(module: str) -> int:
-    top = module.split(".")[0]
+    top = module.split(".", maxsplit=1)[0]
     assert top in RANKS, f"module {module} has no rank in tests/test_architecture.py"
     return RANKS[top]
 
@@ -106,6 +106,15 @@ def test_library_never_prints() -> None:
     assert offenders == []
 
 
+def _isort_key(name: str) -> tuple[int, str]:
+    """ruff's RUF022 order: CONSTANTS, then Classes, then functions, each alphabetical."""
+    if name.isupper() or (name.upper() == name and "_" in name):
+        return (0, name)
+    if name[:1].isupper():
+        return (1, name)
+    return (2, name)
+
+
 def test_all_is_sorted_and_complete() -> None:
     problems = []
     for info in pkgutil.walk_packages(closurepack.__path__, "closurepack."):
@@ -114,7 +123,7 @@ def test_all_is_sorted_and_complete() -> None:
         if exported is None:
             problems.append(f"{info.name} has no __all__")
             continue
-        if list(exported) != sorted(exported):
+        if list(exported) != sorted(exported, key=_isort_key):
             problems.append(f"{info.name}.__all__ is not sorted")
         public = {
             name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,14 @@ from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_store_layer, layer_key
 from closurepack.plan import ImagePlan, PlannedLayer
 
-__all__ = ["BuildOptions", "LayerEvent", "build_layers", "default_mtime"]
+__all__ = [
+    "BuildOptions",
+    "LayerEvent",
+    "ProgressCallback",
+    "build_layers",
+    "default_mtime",
+    "scratch_dir",
+]
 
 
 def default_mtime(created: int | None = None, environ: dict[str, str] | None = None) -> int:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from closurepack import __version__
-from closurepack.errors import ClosurepackError, OptionError
+from closurepack.errors import ClosurepackError
 from closurepack.options import parse_command, parse_created, parse_key_values
 
 __all__ = ["main"]
@@ -32,12 +32,11 @@ def _closure_options(func: F) -> F:
         help="A graph file (nix path-info --json, exportReferencesGraph JSON or text). "
         "Repeat for several images planned together.",
     )(func)
-    func = click.option(
+    return click.option(
         "--store-root",
         type=click.Path(file_okay=False, path_type=Path),
         help="Read store files from DIR/<store dir>/... (as Nix chroot stores do).",
     )(func)
-    return func
 
 
 def _plan_options(func: F) -> F:
@@ -49,12 +48,11 @@ def _plan_options(func: F) -> F:
     func = click.option(
         "--max-layers", type=int, default=100, show_default=True, help="At most N layers (1-127)."
     )(func)
-    func = click.option(
+    return click.option(
         "--previous",
         multiple=True,
         help="A plan file or image whose layers count as existing (reused as they are).",
     )(func)
-    return func
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,7 +81,6 @@ def plan_command(
     """Compute a layer plan: which store items go in which layer."""
     from closurepack._fs import atomic_write
     from closurepack.planner import format_plan_table
-
     from closurepack.workflow import load_closures, make_plan
 
     closures = load_closures(

@@ -13,7 +13,7 @@ from closurepack.build import (
     scratch_dir,
 )
 from closurepack.cache import LayerCache, default_cache_dir
-from closurepack.customisation import Customisation
+from closurepack.customisation import Customisation, build_customisation_layer
 from closurepack.destinations import parse_destination, write_image
 from closurepack.errors import OptionError, PlanError
 from closurepack.graph import Closure
@@ -300,8 +300,6 @@ def assemble_from_descriptors(
     from_image: str | None = None,
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer."""
-    from closurepack.customisation import build_customisation_layer
-
     parse_destination(dest)
     layers = []
     for path in descriptors:
