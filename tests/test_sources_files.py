@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -191,30 +190,20 @@ def test_zstd_without_content_size_and_gzip(tmp_path: Path) -> None:
     assert _graph(load_closure_file(gz)) == expected
 
 
-def _best_of_two(path: Path) -> tuple[Closure, float]:
-    """Load twice and keep the lower CPU time: the machine is shared (2 cores, parallel test
-    runs), and CPU time, unlike wall time, does not count the waits for a core."""
-    times = []
-    for _ in range(2):
-        start = time.process_time()
-        closure = load_closure_file(path)
-        times.append(time.process_time() - start)
-    return closure, min(times)
-
-
 @pytest.mark.slow
-def test_big_closure_loads_fast() -> None:
-    """The 63,436-item Debian closure: the plan budget is 3 s, loading must be well under 1.5."""
+def test_big_closure_loads() -> None:
+    """The 63,436-item Debian closure loads whole (its speed is measured by bench/plan_bench.py:
+    speed goals are benchmarks, never timed unit tests)."""
     if not SHARED_BIG.exists():
         pytest.skip(f"{SHARED_BIG} is not here")
-    closure, elapsed = _best_of_two(SHARED_BIG)
+    closure = load_closure_file(SHARED_BIG)
     assert len(closure) == 63436
-    assert elapsed < 1.5, f"load_closure_file took {elapsed:.2f} s"
+    assert sum(len(item.references) for item in closure) > 63436
 
 
 @pytest.mark.slow
-def test_generated_big_closure_loads_fast(tmp_path: Path) -> None:
-    """Same budget without /work/shared: 60,000 items, each referring to up to 5 earlier ones."""
+def test_generated_big_closure_loads(tmp_path: Path) -> None:
+    """Without /work/shared: 60,000 items, each referring to up to 5 earlier ones."""
     count = 60000
     paths = [f"/nix/store/{i:032d}-item-{i}" for i in range(count)]
     doc = [
@@ -228,9 +217,11 @@ def test_generated_big_closure_loads_fast(tmp_path: Path) -> None:
     ]
     path = tmp_path / "big.json.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(doc).encode()))
-    closure, elapsed = _best_of_two(path)
+    closure = load_closure_file(path)
     assert len(closure) == count
-    assert elapsed < 1.5, f"load_closure_file took {elapsed:.2f} s"
+    assert closure.items[paths[10]].references == tuple(
+        sorted({paths[(70 + k) % 10] for k in range(5)})
+    )
 
 
 # Errors ----------------------------------------------------------------------------------------
