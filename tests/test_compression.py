@@ -26,12 +26,12 @@ from closurepack.errors import ImageError, OptionError
 DATA = b"".join(b"line %d of the test data\n" % i + os.urandom(8) for i in range(200_000))
 
 
-def compress(compression: str, data: bytes, **kwargs: int) -> bytes:
+def compress(compression: str, data: bytes, *, chunk: int = 100_000, **kwargs: int) -> bytes:
     out = io.BytesIO()
     comp = open_compressor(compression, out, **kwargs)
     view = memoryview(data)
-    for start in range(0, len(data), 100_000):
-        comp.write(view[start : start + 100_000])
+    for start in range(0, len(data), chunk):
+        comp.write(view[start : start + chunk])
     comp.close()
     return out.getvalue()
 
@@ -56,6 +56,13 @@ def test_round_trip(compression: str) -> None:
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_output_independent_of_threads(compression: str) -> None:
     assert compress(compression, DATA, threads=1) == compress(compression, DATA, threads=3)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_output_independent_of_write_sizes(compression: str) -> None:
+    expected = compress(compression, DATA)
+    for chunk in (512, 4096 + 17, 1 << 20, 3 << 20, len(DATA)):
+        assert compress(compression, DATA, chunk=chunk) == expected, chunk
 
 
 def test_gzip_header_has_no_name_and_mtime_zero() -> None:

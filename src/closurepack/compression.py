@@ -145,11 +145,26 @@ class _Gzip:
             threads=threads,
             block_size=_GZIP_BLOCK,
         )
+        self._buf = bytearray()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        return self._file.write(data)
+        # ISA-L compresses each write as one block, so cut the stream into exact blocks here:
+        # the output must depend on the bytes only, not on how they were handed over.
+        n = len(data)
+        buf = self._buf
+        buf += data
+        if len(buf) >= _GZIP_BLOCK:
+            full = len(buf) - len(buf) % _GZIP_BLOCK
+            with memoryview(buf) as view:
+                for start in range(0, full, _GZIP_BLOCK):
+                    self._file.write(view[start : start + _GZIP_BLOCK])
+            del buf[:full]
+        return n
 
     def close(self) -> None:
+        if self._buf:
+            self._file.write(self._buf)
+            self._buf.clear()
         self._file.close()
 
 

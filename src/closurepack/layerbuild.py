@@ -61,8 +61,9 @@ def layer_key(
 
 
 class _Pipe:
-    """The tar side of the pipeline: coalesces writes into chunks, hashes them (diff_id) and
-    queues them for the compressing thread, which hashes the compressed bytes (digest)."""
+    """The tar side of the pipeline: coalesces writes into chunks and queues them for the
+    compressing thread, which hashes them (diff_id), compresses them and hashes the result
+    (digest) on its way to the blob."""
 
     def __init__(self, compress: Callable[[Writable], Compressor], blob: Writable) -> None:
         self.tar_hash = HashingWriter()
@@ -78,6 +79,7 @@ class _Pipe:
         try:
             while (chunk := self._queue.get()) is not None:
                 if self._error is None:
+                    self.tar_hash.write(chunk)
                     self._compressor.write(chunk)
             if self._error is None:
                 self._compressor.close()
@@ -90,7 +92,6 @@ class _Pipe:
     def _send(self, chunk: bytes) -> None:
         if self._error is not None:
             self._fail()
-        self.tar_hash.write(chunk)
         self._queue.put(chunk)
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:

@@ -96,6 +96,14 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return str(length).encode() + body
 
 
+# Fixed header fields: uid and gid (8 bytes each) and, after the link name, magic "ustar\0",
+# version "00", empty uname and gname (32 bytes each), devmajor and devminor (8 bytes each).
+_UID_GID = b"0000000\0" * 2
+_MAGIC_TO_DEV = b"ustar\x0000" + bytes(64) + b"0000000\0" * 2
+# Their checksum contribution, plus the checksum field itself counted as eight spaces.
+_CONST_SUM = sum(_UID_GID) + sum(_MAGIC_TO_DEV) + 8 * 0x20
+
+
 def _ustar_block(
     name: bytes,
     prefix: bytes,
@@ -106,24 +114,34 @@ def _ustar_block(
     typeflag: bytes,
     linkname: bytes,
 ) -> bytes:
-    header = bytearray(_BLOCK)
-    header[0 : len(name)] = name
-    header[100:108] = _octal(mode, 8)
-    header[108:116] = _octal(0, 8)  # uid
-    header[116:124] = _octal(0, 8)  # gid
-    header[124:136] = _octal(size, 12)
-    header[136:148] = _octal(mtime, 12)
-    header[148:156] = b" " * 8  # checksum placeholder while summing
-    header[156:157] = typeflag
-    header[157 : 157 + len(linkname)] = linkname
-    header[257:263] = b"ustar\0"
-    header[263:265] = b"00"
-    # uname 265:297 and gname 297:329 stay empty
-    header[329:337] = _octal(0, 8)  # devmajor
-    header[337:345] = _octal(0, 8)  # devminor
-    header[345 : 345 + len(prefix)] = prefix
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    mode_f = b"%07o\0" % mode
+    size_f = b"%011o\0" % size
+    mtime_f = b"%011o\0" % mtime
+    checksum = (
+        _CONST_SUM
+        + sum(name)
+        + sum(prefix)
+        + sum(linkname)
+        + sum(mode_f)
+        + sum(size_f)
+        + sum(mtime_f)
+        + typeflag[0]
+    )
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            mode_f,
+            _UID_GID,
+            size_f,
+            mtime_f,
+            b"%06o\0 " % checksum,
+            typeflag,
+            linkname.ljust(100, b"\0"),
+            _MAGIC_TO_DEV,
+            prefix.ljust(155, b"\0"),
+            bytes(12),
+        )
+    )
 
 
 def tar_header(
@@ -313,29 +331,33 @@ class _TarWriter:
 
     def _write_file(self, entry: _Entry, source: bytes) -> None:
         where = os.fsdecode(source)
+        size = entry.size
+        header = tar_header(
+            entry.name, mode=entry.mode, size=size, mtime=self._mtime, typeflag=_REGTYPE
+        )
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise StoreError(f"{where}: cannot open: {exc.strerror}") from exc
         try:
-            size = os.fstat(fd).st_size
-            if size != entry.size:
-                raise StoreError(f"{where}: changed size while being archived")
-            self._out.write(
-                tar_header(
-                    entry.name, mode=entry.mode, size=size, mtime=self._mtime, typeflag=_REGTYPE
-                )
-            )
+            if size <= _READ_CHUNK:
+                # small file: one read (one byte more to notice growth), one write
+                data = os.read(fd, size + 1)
+                if len(data) != size:
+                    raise StoreError(f"{where}: changed size while being archived")
+                self._out.write(header + data + _padding(size))
+                return
+            self._out.write(header)
             remaining = size
             view = self._view
-            with open(fd, "rb", buffering=0, closefd=False) as handle:
-                while remaining:
-                    want = min(remaining, _READ_CHUNK)
-                    n = handle.readinto(view[:want])
-                    if not n:
-                        raise StoreError(f"{where}: shrank while being archived")
-                    self._out.write(view[:n])
-                    remaining -= n
+            while remaining:
+                n = os.readv(fd, [view[: min(remaining, _READ_CHUNK)]])
+                if not n:
+                    raise StoreError(f"{where}: changed size while being archived")
+                self._out.write(view[:n])
+                remaining -= n
+            if os.read(fd, 1):
+                raise StoreError(f"{where}: changed size while being archived")
         except OSError as exc:
             raise StoreError(f"{where}: cannot read: {exc.strerror}") from exc
         finally:
