@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from closurepack.compression import open_decompressed
+from closurepack.compression import open_compressor, open_decompressed
 from closurepack.errors import OptionError, StoreError
 from closurepack.layerbuild import build_store_layer, build_tree_layer, layer_key
 from closurepack.mediatypes import MediaType
-from closurepack.tarstream import TreeEntry
+from closurepack.tarstream import TreeEntry, write_store_tar
 
 APP = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-app-1.0"
 LIB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-lib-2.0"
@@ -155,3 +155,22 @@ def test_tree_layer(tmp_path: Path) -> None:
         tar = reader.read()
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         assert archive.getnames() == ["bin", "bin/sh", "etc", "etc/passwd"]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_pipeline_matches_plain_tar_then_compress(tmp_path: Path, compression: str) -> None:
+    """The threaded one-pass build gives the bytes of the obvious two-step recipe."""
+    root = make_store(tmp_path / "store")
+    (root / APP[1:] / "big").write_bytes(os.urandom(3_500_000))  # spans several blocks
+    layer = build_store_layer(
+        [APP, LIB], store_root=root, store_dir="/nix/store", compression=compression,
+        dest_dir=tmp_path / "out",
+    )  # fmt: skip
+    tar = io.BytesIO()
+    write_store_tar(tar, [APP, LIB], store_root=root, mtime=1)
+    blob = io.BytesIO()
+    compressor = open_compressor(compression, blob, threads=1)
+    compressor.write(tar.getvalue())
+    compressor.close()
+    assert layer.blob_path.read_bytes() == blob.getvalue()
+    assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()
