@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from closurepack import __version__
-from closurepack.errors import ClosurepackError
+from closurepack.errors import ClosurepackError, DestinationError
 from closurepack.options import parse_command, parse_created, parse_key_values
 
 __all__ = ["main"]
@@ -46,7 +46,11 @@ def _plan_options(func: F) -> F:
         help="Layering strategy name, a JSON pipeline, or @FILE holding one (default: auto).",
     )(func)
     func = click.option(
-        "--max-layers", type=int, default=100, show_default=True, help="At most N layers (1-127)."
+        "--max-layers",
+        type=int,
+        default=None,
+        help="At most N layers in the image (1-127, default 100), counting the customisation"
+        " layer and the --from image's layers.",
     )(func)
     return click.option(
         "--previous",
@@ -73,7 +77,7 @@ def plan_command(
     closure_files: tuple[Path, ...],
     store_root: Path | None,
     strategy: str | None,
-    max_layers: int,
+    max_layers: int | None,
     previous: tuple[str, ...],
     as_json: bool,
     output: Path | None,
@@ -81,18 +85,24 @@ def plan_command(
     """Compute a layer plan: which store items go in which layer."""
     from closurepack._fs import atomic_write
     from closurepack.planner import format_plan_table
-    from closurepack.workflow import load_closures, make_plan
+    from closurepack.workflow import image_names, load_closures, make_plan
 
     closures = load_closures(
         store_paths=store_paths, closure_files=closure_files, store_root=store_root
     )
-    plan = make_plan(closures, strategy=strategy, max_layers=max_layers, previous=previous)
+    names = image_names(store_paths=store_paths, closure_files=closure_files)
+    plan = make_plan(
+        closures, strategy=strategy, max_layers=max_layers, previous=previous, names=names
+    )
     if output is not None:
-        with atomic_write(output) as handle:
-            handle.write(plan.to_json(indent=1).encode() + b"\n")
-    if as_json:
+        try:
+            with atomic_write(output) as handle:
+                handle.write(plan.to_json(indent=1).encode() + b"\n")
+        except OSError as exc:
+            raise DestinationError(f"{output}: cannot write the plan: {exc.strerror}") from exc
+    elif as_json:
         click.echo(plan.to_json(indent=1))
-    elif output is None:
+    else:
         click.echo(format_plan_table(plan, closures))
 
 
@@ -329,6 +339,15 @@ def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | Non
         yield report
 
 
+def _one_line(exc: click.ClickException) -> str:
+    """Click's usage errors as one line: the command, the message and where help is."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        return f"{ctx.command_path}: {message} (see {ctx.command_path} --help)"
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     try:
@@ -340,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("closurepack: interrupted", err=True)
         return 130
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"closurepack: error: {_one_line(exc)}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("closurepack: interrupted", err=True)

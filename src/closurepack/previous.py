@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 from closurepack.errors import InputError, PlanError
@@ -35,20 +36,31 @@ def plan_from_image_config(config: dict[str, object], *, source: str) -> LayerPl
 
 def load_previous(spec: str) -> LayerPlan:
     """Read ``spec``: a plan file (JSON from ``closurepack plan --json``), or an image
-    (``docker-archive:``, ``oci:``, ``oci-archive:``; a bare path to a tar is read as an archive).
+    (``docker-archive:``, ``oci:``, ``oci-archive:``; a bare path to a tar is read as a
+    docker-archive, a bare directory as an OCI layout).
+
+    A bare path that is neither, or does not exist, is a PlanError naming it.
     """
     path = Path(spec)
-    if path.is_file():
-        with path.open("rb") as handle:
-            head = handle.read(1).lstrip()
-        if head in (b"{", b"[", b" ", b"\n"):
+    bare = not spec.startswith(_TRANSPORTS)
+    if bare:
+        if path.is_dir():
+            spec = f"oci:{spec}"
+        elif path.is_file():
             try:
-                text = path.read_bytes()
+                with path.open("rb") as handle:
+                    head = handle.read(512).lstrip()
             except OSError as exc:
-                raise PlanError(f"{spec}: cannot read: {exc.strerror}") from exc
-            return LayerPlan.from_json(text, source=spec)
-        if ":" not in spec:
+                raise PlanError(f"--previous {spec}: cannot read: {exc.strerror}") from exc
+            if head[:1] in (b"{", b"["):
+                return _read_plan_file(path, spec)
+            if not _looks_like_tar(path):
+                raise PlanError(
+                    f"--previous {spec}: neither a plan (JSON) nor an image archive (tar)"
+                )
             spec = f"docker-archive:{spec}"
+        else:
+            raise PlanError(f"--previous {spec}: no such plan file or image")
     raw = read_raw(spec)
     try:
         config = json.loads(raw.config_bytes)
@@ -57,3 +69,21 @@ def load_previous(spec: str) -> LayerPlan:
     if not isinstance(config, dict):
         raise InputError(f"{spec}: the image config is not a JSON object")
     return plan_from_image_config(config, source=spec)
+
+
+_TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:")
+
+
+def _read_plan_file(path: Path, spec: str) -> LayerPlan:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(f"--previous {spec}: cannot read: {exc.strerror}") from exc
+    return LayerPlan.from_json(text, source=spec)
+
+
+def _looks_like_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False

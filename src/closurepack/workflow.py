@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from closurepack._fs import COPY_CHUNK, atomic_write
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
@@ -15,12 +20,12 @@ from closurepack.build import (
 from closurepack.cache import LayerCache, default_cache_dir
 from closurepack.customisation import Customisation, build_customisation_layer
 from closurepack.destinations import parse_destination, write_image
-from closurepack.errors import OptionError, PlanError
+from closurepack.errors import DestinationError, ImageError, OptionError, PlanError
 from closurepack.graph import Closure
 from closurepack.image import BaseImage, ImageConfig, assemble_image
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_store_layer
-from closurepack.plan import ImagePlan, LayerPlan
+from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_layers
 from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
 from closurepack.readback import read_base_image
@@ -28,13 +33,23 @@ from closurepack.sources import load_closure_file, query_closure
 from closurepack.strategies import DEFAULT_STRATEGY
 
 __all__ = [
+    "DEFAULT_MAX_LAYERS",
     "assemble_from_descriptors",
     "build_image",
     "build_one_layer",
+    "image_names",
     "load_closures",
     "make_plan",
+    "read_descriptors",
     "select_image",
 ]
+
+_log = logging.getLogger(__name__)
+
+#: ``--max-layers`` when none is given (and the plan file records none).
+DEFAULT_MAX_LAYERS = 100
+#: Suffixes dropped from a closure file's name to name its image (``app.json.zst`` -> ``app``).
+_NAME_SUFFIXES = (".zst", ".gz", ".json", ".txt", ".closure", ".graph")
 
 
 def load_closures(
@@ -49,19 +64,49 @@ def load_closures(
     return closures
 
 
+def image_names(*, store_paths: Sequence[str], closure_files: Sequence[Path]) -> list[str]:
+    """Names for the images :func:`load_closures` plans, in the same order: a closure file's
+    name without its suffixes (``app.json.zst`` -> ``app``), and the package name of the first
+    store path given; a name taken already gets ``-2``, ``-3``, ..."""
+    names = []
+    for path in closure_files:
+        name = path.name
+        while name.endswith(_NAME_SUFFIXES) and "." in name.strip("."):
+            name = name.rsplit(".", 1)[0]
+        names.append(name or path.name)
+    if store_paths:
+        base = store_paths[0].rstrip("/").rsplit("/", 1)[-1]
+        names.append(base.split("-", 1)[1] if "-" in base else base)
+    unique: list[str] = []
+    for name in names:
+        candidate, number = name, 1
+        while candidate in unique:
+            number += 1
+            candidate = f"{name}-{number}"
+        unique.append(candidate)
+    return unique
+
+
 def make_plan(
     closures: Sequence[Closure],
     *,
     strategy: str | None,
-    max_layers: int,
+    max_layers: int | None,
     previous: Sequence[str] = (),
+    names: Sequence[str] | None = None,
 ) -> LayerPlan:
-    """Plan ``closures`` together, counting the layers of ``previous`` plans/images as existing."""
+    """Plan ``closures`` together, counting the layers of ``previous`` plans/images as existing.
+
+    ``max_layers`` (default :data:`DEFAULT_MAX_LAYERS`) includes one layer kept for the
+    customisation layer; ``names`` name the images (see :func:`image_names`).
+    """
+    limit = check_max_layers(DEFAULT_MAX_LAYERS if max_layers is None else max_layers)
     return plan_closures(
         closures,
         strategy=strategy or DEFAULT_STRATEGY,
-        max_layers=max_layers,
+        max_layers=limit,
         previous=[load_previous(p) for p in previous],
+        names=names,
     )
 
 
@@ -73,12 +118,42 @@ def select_image(plan: LayerPlan, selector: str | None, *, source: str) -> Image
                 f"{source}: the plan has {len(plan.images)} images; choose one with --image"
             )
         return plan.images[0]
-    if selector.isdigit() and int(selector) < len(plan.images):
-        return plan.images[int(selector)]
+    if selector.isascii() and selector.isdigit():
+        if int(selector) < len(plan.images):
+            return plan.images[int(selector)]
+        raise PlanError(
+            f"{source}: no image {selector} in the plan (it has {len(plan.images)},"
+            " numbered from 0)"
+        )
     for image in plan.images:
         if image.name == selector:
             return image
-    raise PlanError(f"{source}: no image {selector!r} in the plan")
+    named = ", ".join(repr(image.name) for image in plan.images if image.name) or "none"
+    raise PlanError(f"{source}: no image named {selector!r} in the plan (names: {named})")
+
+
+def _fit_customisation(
+    customisation: Customisation, *, base: int, store: int, limit: int, source: str
+) -> Customisation:
+    """The customisation layer as it fits under ``limit`` layers with ``base`` + ``store``
+    layers below it: left out when nothing but the default ``/tmp`` would be in it and there is
+    no room; an OptionError when more was asked for, or when even the store layers do not fit.
+    """
+    total = base + store + (0 if customisation.is_empty else 1)
+    if total <= limit:
+        return customisation
+    parts = f"{store} store layers from {source}"
+    if base:
+        parts = f"{base} --from layers + {parts}"
+    if base + store > limit:
+        raise OptionError(f"--max-layers {limit}: the image would have {parts}")
+    if customisation.needs_layer_beyond_tmp:
+        raise OptionError(
+            f"--max-layers {limit} leaves no room for the customisation layer (--symlink,"
+            f" --extra, a named --user) above {parts}; raise --max-layers to {total}"
+        )
+    _log.info("--max-layers %d: no room for the customisation layer; leaving /tmp out", limit)
+    return dataclasses.replace(customisation, tmp=False)
 
 
 def _read_plan(plan_file: Path) -> LayerPlan:
@@ -141,7 +216,7 @@ def build_image(
     plan_file: Path | None = None,
     image_selector: str | None = None,
     strategy: str | None = None,
-    max_layers: int = 100,
+    max_layers: int | None = None,
     previous: Sequence[str] = (),
     dest: str,
     tag: str | None = None,
@@ -167,9 +242,15 @@ def build_image(
     from_image: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> str:
-    """The whole build: returns the manifest digest of the image written to ``dest``."""
-    destination = parse_destination(dest)  # fail on a bad destination before any work
-    del destination
+    """The whole build: returns the manifest digest of the image written to ``dest``.
+
+    ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
+    customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
+    Everything is checked before any layer is built; the destination is written last, atomically.
+    """
+    parse_destination(dest)  # fail on a bad destination before any work
+    if max_layers is not None:
+        check_max_layers(max_layers)
     mtime = default_mtime(created)
     config = _image_config(
         created=mtime,
@@ -193,23 +274,37 @@ def build_image(
     if plan_file is not None:
         if store_paths or closure_files:
             raise OptionError("give either --plan or a closure, not both")
+        if strategy is not None or previous:
+            raise OptionError("--strategy and --previous make a plan: not with --plan")
         plan = _read_plan(plan_file)
         source = str(plan_file)
+        if max_layers is not None:
+            limit = max_layers
+        elif 1 <= plan.max_layers <= MAX_LAYERS_LIMIT:
+            limit = plan.max_layers
+        else:
+            limit = MAX_LAYERS_LIMIT
     else:
-        budget = max_layers - base_count
+        limit = DEFAULT_MAX_LAYERS if max_layers is None else max_layers
+        budget = limit - base_count
         if budget < 1:
-            raise PlanError(
-                f"--max-layers {max_layers} leaves no room above the {base_count} layers of"
-                f" {from_image}"
+            raise OptionError(
+                f"--max-layers {limit} leaves no room above the {base_count} layers of {from_image}"
             )
         closures = load_closures(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
         if len(closures) != 1 and image_selector is None:
             raise OptionError("build makes one image: give one closure, or --image to choose")
-        plan = make_plan(closures, strategy=strategy, max_layers=budget, previous=previous)
+        names = image_names(store_paths=store_paths, closure_files=closure_files)
+        plan = make_plan(
+            closures, strategy=strategy, max_layers=budget, previous=previous, names=names
+        )
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
+    customisation = _fit_customisation(
+        customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
+    )
 
     cache = None if no_cache else LayerCache(cache_dir or default_cache_dir())
     options = BuildOptions(
@@ -261,19 +356,70 @@ def build_one_layer(
         store_dir = paths[0].rsplit("/", 1)[0]
     else:
         raise OptionError("give --plan FILE --layer N, or store paths")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    layer = build_store_layer(
-        paths,
-        store_root=store_root,
-        store_dir=store_dir,
-        compression=compression,
-        level=level,
-        mtime=default_mtime(created),
-        dest_dir=out_dir,
-    )
-    descriptor = out_dir / "layer.json"
-    descriptor.write_text(layer.to_json(relative_to=out_dir) + "\n")
+    mtime = default_mtime(created)
+    created_dir = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(f"{out_dir}: cannot create: {exc.strerror}") from exc
+    try:
+        layer = build_store_layer(
+            paths,
+            store_root=store_root,
+            store_dir=store_dir,
+            compression=compression,
+            level=level,
+            mtime=mtime,
+            dest_dir=out_dir,
+        )
+        descriptor = out_dir / "layer.json"
+        with atomic_write(descriptor) as handle:
+            handle.write(layer.to_json(relative_to=out_dir).encode() + b"\n")
+    except BaseException:
+        if created_dir:  # leave nothing behind for a failed build
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     return descriptor
+
+
+def read_descriptors(paths: Sequence[Path]) -> list[BuiltLayer]:
+    """The layers that ``build-layer`` descriptors (files, or directories holding
+    ``layer.json``) describe, each blob checked: it exists, has the size and the digest its
+    descriptor gives. Any mismatch is an ImageError naming the descriptor."""
+    layers = []
+    for path in paths:
+        descriptor = path / "layer.json" if path.is_dir() else path
+        try:
+            text = descriptor.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{descriptor}: cannot read: {exc.strerror}") from exc
+        layer = BuiltLayer.from_json(text, source=descriptor)
+        _check_blob(layer, descriptor)
+        layers.append(layer)
+    return layers
+
+
+def _check_blob(layer: BuiltLayer, descriptor: Path) -> None:
+    try:
+        size = layer.blob_path.stat().st_size
+        if size != layer.size:
+            raise ImageError(
+                f"{descriptor}: blob {layer.blob_path} is {size} bytes, the descriptor says"
+                f" {layer.size}"
+            )
+        sha = hashlib.sha256()
+        with layer.open() as blob:
+            while chunk := blob.read(COPY_CHUNK):
+                sha.update(chunk)
+    except OSError as exc:
+        raise ImageError(
+            f"{descriptor}: cannot read blob {layer.blob_path}: {exc.strerror}"
+        ) from exc
+    if sha.hexdigest() != layer.digest.hex:
+        raise ImageError(
+            f"{descriptor}: blob {layer.blob_path} has digest sha256:{sha.hexdigest()}, the"
+            f" descriptor says {layer.digest}"
+        )
 
 
 def assemble_from_descriptors(
@@ -301,10 +447,7 @@ def assemble_from_descriptors(
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer."""
     parse_destination(dest)
-    layers = []
-    for path in descriptors:
-        descriptor = path / "layer.json" if path.is_dir() else path
-        layers.append(BuiltLayer.from_json(descriptor.read_bytes(), source=descriptor))
+    layers = read_descriptors(descriptors)
     mtime = default_mtime(created)
     config = _image_config(
         created=mtime,
