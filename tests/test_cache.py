@@ -74,7 +74,7 @@ def test_corrupt_blob_is_detected_and_rebuilt(tmp_path: Path) -> None:
     first = cache.get_or_build(key_of(path), builder(store, path, calls))
     blob = bytearray(first.blob_path.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # flip one byte, same size
-    first.blob_path.chmod(0o644)
+    time.sleep(0.05)  # a later write: the file's mtime moves past the coarse kernel clock tick
     first.blob_path.write_bytes(bytes(blob))
     assert cache.get(key_of(path)) is None
     assert not first.blob_path.exists()
@@ -84,10 +84,42 @@ def test_corrupt_blob_is_detected_and_rebuilt(tmp_path: Path) -> None:
     assert second.blob_path.read_bytes() != bytes(blob)
 
 
+def test_full_verification_catches_corruption_that_keeps_mtime(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    path = make_item(store, 9)
+    layer = LayerCache(tmp_path / "cache").get_or_build(key_of(path), builder(store, path))
+    st = layer.blob_path.stat()
+    data = bytearray(layer.blob_path.read_bytes())
+    data[100] ^= 0x01
+    layer.blob_path.write_bytes(bytes(data))
+    os.utime(layer.blob_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the write
+    # "auto" trusts an unchanged size and mtime (the price of fast warm builds) ...
+    assert LayerCache(tmp_path / "cache").get(key_of(path)) is not None
+    # ... "full" rehashes every time
+    assert LayerCache(tmp_path / "cache", verify="full").get(key_of(path)) is None
+    assert not layer.blob_path.exists()
+
+
+def test_copied_cache_is_rehashed_once(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    path = make_item(store, 8)
+    LayerCache(tmp_path / "cache").get_or_build(key_of(path), builder(store, path))
+    shutil.copytree(tmp_path / "cache", tmp_path / "copy", copy_function=shutil.copyfile)
+    entry = tmp_path / "copy" / "keys" / f"{key_of(path)}.json"
+    stamp_before = json.loads(entry.read_text())["blob_stamp"]
+    copy = LayerCache(tmp_path / "copy")
+    hit = copy.get(key_of(path))
+    assert hit is not None
+    assert hit.blob_path == tmp_path / "copy" / "blobs" / "sha256" / hit.digest.hex
+    stamp_after = json.loads(entry.read_text())["blob_stamp"]
+    assert stamp_after != stamp_before  # new mtime: rehashed and re-stamped
+    assert stamp_after == [hit.size, hit.blob_path.stat().st_mtime_ns]
+
+
 def test_truncated_blob_and_bad_entry_are_misses(tmp_path: Path) -> None:
     store = tmp_path / "store"
     path = make_item(store, 3)
-    cache = LayerCache(tmp_path / "cache", verify=False)
+    cache = LayerCache(tmp_path / "cache", verify="size")
     layer = cache.get_or_build(key_of(path), builder(store, path))
     with layer.blob_path.open("r+b") as handle:
         handle.truncate(layer.size - 1)

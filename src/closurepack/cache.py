@@ -7,10 +7,15 @@ Layout under the cache root::
     locks/<key>.lock       fcntl locks so that two processes do not build one key twice
     tmp/                   build directories; blobs are renamed out of them
 
+Every hit checks the blob's size. With ``verify="auto"`` (the default) it rehashes the blob
+whenever its size and mtime differ from those recorded when it was last hashed (any rewrite
+of the file changes them; a copy that keeps mtimes, like ``cp -a``, does not need a rehash),
+so that warm builds stay fast; ``"full"`` rehashes on every hit, ``"size"`` never does. A
+missing, short or corrupt blob makes the entry a miss and removes it.
+
 An entry's mtime is its last use (touched on every hit); eviction removes the least recently
 used entries until the blobs fit ``max_bytes``, never an entry this cache object has handed
-out, and deletes a blob once no entry refers to it. A hit rehashes the blob (cheap next to a
-rebuild): a missing, short or corrupt blob makes the entry a miss and removes it.
+out, and deletes a blob once no entry refers to it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from closurepack._fs import COPY_CHUNK, atomic_write, move_file
 from closurepack.digest import Digest, HashingWriter
@@ -52,6 +58,11 @@ def default_cache_dir() -> Path:
     return base / "closurepack"
 
 
+def _stamp(st: os.stat_result) -> list[int]:
+    """What says a blob is unchanged since it was last hashed: its size and mtime in ns."""
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _hash_file(path: Path) -> tuple[Digest, int]:
     writer = HashingWriter()
     buf = bytearray(COPY_CHUNK)
@@ -65,9 +76,17 @@ def _hash_file(path: Path) -> tuple[Digest, int]:
 class LayerCache:
     """A layer cache rooted at ``root`` (created if missing); see the module doc."""
 
-    def __init__(self, root: Path, *, max_bytes: int | None = None, verify: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int | None = None,
+        verify: Literal["auto", "full", "size"] = "auto",
+    ) -> None:
         if max_bytes is not None and max_bytes < 0:
             raise CacheError(f"{root}: negative cache size limit {max_bytes}")
+        if verify not in ("auto", "full", "size"):
+            raise CacheError(f"{root}: unknown verification mode {verify!r}")
         self.root = root
         self.max_bytes = max_bytes
         self.verify = verify
@@ -100,7 +119,7 @@ class LayerCache:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _load(self, key: str) -> BuiltLayer | None:
+    def _load(self, key: str) -> tuple[BuiltLayer, list[int] | None] | None:
         entry = self._entry_path(key)
         try:
             text = entry.read_bytes()
@@ -110,25 +129,29 @@ class LayerCache:
             raise CacheError(f"{entry}: cannot read cache entry: {exc.strerror}") from exc
         try:
             layer = BuiltLayer.from_json(text, source=entry)
-        except ImageError as exc:
-            log.warning("%s; removing it", exc)
+            stamp = json.loads(text).get("blob_stamp")
+        except (ImageError, ValueError, AttributeError) as exc:
+            log.warning("%s: bad cache entry (%s); removing it", entry, exc)
             entry.unlink(missing_ok=True)
             return None
-        return replace(layer, blob_path=self.blob_path(layer.digest))
+        if not (isinstance(stamp, list) and all(isinstance(v, int) for v in stamp)):
+            stamp = None
+        return replace(layer, blob_path=self.blob_path(layer.digest)), stamp
 
-    def _check(self, layer: BuiltLayer) -> str | None:
-        """What is wrong with ``layer``'s blob, or None when it is good."""
+    def _check(self, layer: BuiltLayer, stamp: list[int] | None) -> tuple[str | None, bool]:
+        """(what is wrong with ``layer``'s blob or None, whether its stamp should be renewed)."""
         try:
-            size = layer.blob_path.stat().st_size
+            st = layer.blob_path.stat()
         except FileNotFoundError:
-            return "blob missing"
-        if size != layer.size:
-            return f"blob is {size} bytes, entry says {layer.size}"
-        if self.verify:
-            digest, _ = _hash_file(layer.blob_path)
-            if digest != layer.digest:
-                return f"blob hashes to {digest}, entry says {layer.digest}"
-        return None
+            return "blob missing", False
+        if st.st_size != layer.size:
+            return f"blob is {st.st_size} bytes, entry says {layer.size}", False
+        if self.verify == "size" or (self.verify == "auto" and stamp == _stamp(st)):
+            return None, False
+        digest, _ = _hash_file(layer.blob_path)
+        if digest != layer.digest:
+            return f"blob hashes to {digest}, entry says {layer.digest}", False
+        return None, stamp != _stamp(st)
 
     def get(self, key: str) -> BuiltLayer | None:
         """The layer cached under ``key``, checked against its blob; None on a miss.
@@ -136,16 +159,20 @@ class LayerCache:
         A bad entry (unreadable descriptor, missing, short or corrupt blob) is removed, logged
         and reported as a miss. A hit marks the entry as used now and in use by this object.
         """
-        layer = self._load(key)
-        if layer is None:
+        loaded = self._load(key)
+        if loaded is None:
             return None
-        problem = self._check(layer)
+        layer, stamp = loaded
+        problem, renew = self._check(layer, stamp)
         if problem is not None:
             log.warning("layer cache entry %s is bad (%s); rebuilding it", key, problem)
             self._entry_path(key).unlink(missing_ok=True)
             # the blob's name is its digest, so a blob of the wrong size or hash is garbage
             layer.blob_path.unlink(missing_ok=True)
             return None
+        if renew:
+            with contextlib.suppress(OSError):
+                self._write_entry(key, layer)
         self._mark_used(key)
         return layer
 
@@ -157,23 +184,27 @@ class LayerCache:
 
     # -- writing -------------------------------------------------------------------------
 
+    def _write_entry(self, key: str, layer: BuiltLayer) -> None:
+        obj = layer.to_json_obj()
+        obj["blob"] = f"../blobs/sha256/{layer.digest.hex}"
+        obj["blob_stamp"] = _stamp(layer.blob_path.stat())
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n"
+        with atomic_write(self._entry_path(key)) as handle:
+            handle.write(text.encode())
+
     def put(self, key: str, layer: BuiltLayer) -> BuiltLayer:
         """Move ``layer``'s blob into the cache and record it under ``key``; return the layer
-        as it now lives in the cache. A blob already there (same digest) is kept."""
+        as it now lives in the cache. A good blob already there (same digest) is kept."""
         entry = self._entry_path(key)
         dest = self.blob_path(layer.digest)
         try:
             if layer.blob_path != dest:
-                if dest.exists() and dest.stat().st_size == layer.size:
+                if dest.exists() and _hash_file(dest) == (layer.digest, layer.size):
                     layer.blob_path.unlink(missing_ok=True)
                 else:
                     move_file(layer.blob_path, dest)
             cached = replace(layer, blob_path=dest)
-            obj = cached.to_json_obj()
-            obj["blob"] = f"../blobs/sha256/{layer.digest.hex}"
-            text = json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n"
-            with atomic_write(entry) as handle:
-                handle.write(text.encode())
+            self._write_entry(key, cached)
         except OSError as exc:
             raise CacheError(f"{entry}: cannot write cache entry: {exc.strerror}") from exc
         self._mark_used(key)
