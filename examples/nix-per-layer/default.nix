@@ -1,0 +1,96 @@
+# Layers as independent build units: closurepack decides the layering once (the `plan`
+# derivation), then every layer is its own derivation (built in parallel, cached and substituted
+# one by one), and one last derivation assembles the image from them.
+#
+#   nix-build --option build-users-group "" examples/nix-per-layer \
+#     --argstr closurepack "$(command -v closurepack)"       # single-user Nix as root
+#
+# The layer list is read from the plan at evaluation time (import from derivation), so Nix
+# builds `plan` first while evaluating. The image is the default output; the attributes `plan`,
+# `layers` (a list, bottom first) and `app` are there to build or inspect on their own.
+{
+  # Absolute path of a closurepack executable that runs without PATH (here the host's, as there
+  # is no Nix package of closurepack; give the real script, not a pyenv shim).
+  closurepack,
+  # The closure to pack: by default the bundled example app.
+  app ? import ../hello,
+  entrypoint ? [ "${app}/bin/hello" ],
+  tag ? "hello:latest",
+  compression ? "gzip",
+  # Seconds since the epoch: file mtimes and the image's creation time.
+  created ? "1",
+  maxLayers ? 100,
+  strategy ? "auto",
+  # How the plan derivation gets the closure graph from exportReferencesGraph:
+  # "json" (structured attrs: Nix's own NAR sizes and hashes in .attrs.json; needs /bin/bash)
+  # or "text" (path, deriver, reference count, references; sizes read from the store files).
+  graphFormat ? "json",
+}:
+let
+  inherit (builtins) concatStringsSep elemAt fromJSON genList head length readFile toJSON;
+  system = builtins.currentSystem;
+
+  # A derivation whose builder is /bin/sh running `script` (no stdenv: there is no nixpkgs
+  # here). The builder starts with no PATH, so scripts call programs by absolute path.
+  run = name: attrs: script:
+    derivation ({
+      inherit name system;
+      builder = "/bin/sh";
+      args = [ "-eu" "-c" script ];
+      SOURCE_DATE_EPOCH = created;
+    } // attrs);
+
+  quote = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
+
+  planOptions = "--max-layers ${toString maxLayers} --strategy ${quote strategy} --json";
+
+  # The plan: closurepack reads the app's closure graph, which exportReferencesGraph puts in the
+  # build directory, and writes the plan as JSON.
+  plan =
+    if graphFormat == "json" then
+      derivation {
+        name = "closurepack-plan";
+        inherit system;
+        __structuredAttrs = true;
+        exportReferencesGraph.closure = [ app ];
+        SOURCE_DATE_EPOCH = created;
+        # With structured attrs the output path is only in .attrs.json/.attrs.sh (bash syntax).
+        builder = "/bin/bash";
+        args = [ "-eu" "-c" ''
+          source "$NIX_ATTRS_SH_FILE"
+          ${closurepack} plan --closure "$NIX_ATTRS_JSON_FILE" ${planOptions} -o "''${outputs[out]}"
+        '' ];
+      }
+    else if graphFormat == "text" then
+      run "closurepack-plan" { exportReferencesGraph = [ "graph" app ]; } ''
+        ${closurepack} plan --closure graph ${planOptions} -o "$out"
+      ''
+    else
+      throw "graphFormat must be \"json\" or \"text\", not ${toJSON graphFormat}";
+
+  # Import from derivation: the plan, read while evaluating. readFile gives the text the context
+  # of every store path the plan mentions, which fromJSON refuses; drop it here, and give each
+  # layer back exactly its own items with builtins.storePath below.
+  planData = fromJSON (builtins.unsafeDiscardStringContext (readFile plan));
+  image = head planData.images;
+
+  # Layer n: its inputs are exactly its store items, so Nix makes them present, and the
+  # derivation changes only when they (or closurepack and its options) change.
+  layer = n:
+    run "closurepack-layer-${toString n}" {
+      items = map builtins.storePath (elemAt image.layers n).paths;
+    } ''
+      ${closurepack} build-layer --plan ${plan} --layer ${toString n} \
+        --compression ${compression} --created ${created} -o "$out"
+    '';
+
+  layers = genList layer (length image.layers);
+
+  # The image as a docker-archive: one file, read by `docker load`, `podman load` and skopeo.
+  imageArchive = run "closurepack-image.tar" { } ''
+    ${closurepack} assemble ${concatStringsSep " " layers} \
+      --entrypoint ${quote (toJSON entrypoint)} --tag ${quote tag} \
+      --compression ${compression} --created ${created} -o "docker-archive:$out"
+  '';
+in
+imageArchive // { inherit app plan layers; }

@@ -1,0 +1,275 @@
+"""examples/nix-per-layer built with real Nix: one derivation per layer, then the image."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runtimes import PodmanRunner
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nix-per-layer"
+GREETING = "Hello from an image that closurepack built!"
+TAG = "hello:latest"
+# Single-user Nix as root, and no binary cache to ask (there is no network).
+NIX_OPTIONS = ("--option", "build-users-group", "", "--option", "substituters", "")
+
+
+def _closurepack_executable() -> str:
+    """The real closurepack script: a pyenv shim would need PATH and HOME, which builders lack."""
+    beside_python = Path(sysconfig.get_path("scripts")) / "closurepack"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    found = shutil.which("closurepack")
+    if found is None:
+        pytest.skip("the closurepack executable is not installed")
+    return found
+
+
+def _require_nix() -> None:
+    for tool in ("nix-build", "nix-instantiate", "nix-store"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    if not os.path.isfile("/bin/busybox"):
+        pytest.skip("/bin/busybox (Debian busybox-static) is not installed")
+
+
+def _run(argv: Sequence[str | Path], *, timeout: float = 300) -> str:
+    proc = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{shlex.join(map(str, argv))} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
+    return proc.stdout
+
+
+def _nix(tool: str, closurepack: str, *args: str) -> list[str]:
+    """Run nix-build or nix-instantiate on the example; return its stdout lines."""
+    argv = [tool, *NIX_OPTIONS, str(EXAMPLE), "--argstr", "closurepack", closurepack, *args]
+    if tool == "nix-build":
+        argv.insert(1, "--no-out-link")
+    return _run(argv).split()
+
+
+def _references(path: str) -> list[str]:
+    return _run(["nix-store", "--query", "--references", path]).split()
+
+
+def _layer_index(path: str) -> int:
+    match = re.fullmatch(r"/nix/store/[0-9a-z]{32}-closurepack-layer-(\d+)(\.drv)?", path)
+    assert match, f"not a layer derivation or output: {path}"
+    return int(match[1])
+
+
+@dataclass(frozen=True)
+class Built:
+    """The example built by nix-build: the image and the pieces it was made of."""
+
+    closurepack: str
+    image: Path
+    plan: Path
+    app: str
+    layers: tuple[Path, ...]  # outputs of the layer derivations, bottom first
+
+    @property
+    def plan_layers(self) -> list[list[str]]:
+        doc = json.loads(self.plan.read_text())
+        return [layer["paths"] for layer in doc["images"][0]["layers"]]
+
+
+@pytest.fixture(scope="module")
+def built() -> Built:
+    _require_nix()
+    closurepack = _closurepack_executable()
+    (image,) = _nix("nix-build", closurepack)
+    plan, app, *layers = _nix("nix-build", closurepack, "-A", "plan", "-A", "app", "-A", "layers")
+    assert plan.endswith("-closurepack-plan")
+    assert app.endswith("-hello")
+    return Built(
+        closurepack=closurepack,
+        image=Path(image),
+        plan=Path(plan),
+        app=app,
+        layers=tuple(Path(p) for p in sorted(layers, key=_layer_index)),
+    )
+
+
+def _inspect(closurepack: str, image: str) -> dict[str, object]:
+    info = json.loads(_run([closurepack, "inspect", "--json", image]))
+    assert isinstance(info, dict)
+    return info
+
+
+def test_plan_covers_the_closure_once(built: Built) -> None:
+    closure = sorted(_run(["nix-store", "--query", "--requisites", built.app]).split())
+    planned = [path for layer in built.plan_layers for path in layer]
+    assert sorted(planned) == closure
+    assert len(built.plan_layers) == len(built.layers) >= 2
+
+
+def test_one_derivation_per_layer(built: Built) -> None:
+    (image_drv,) = _nix("nix-instantiate", built.closurepack)
+    layer_drvs = sorted(
+        (p for p in _references(image_drv) if "-closurepack-layer-" in p), key=_layer_index
+    )
+    assert [_layer_index(p) for p in layer_drvs] == list(range(len(built.plan_layers)))
+    for index, drv in enumerate(layer_drvs):
+        # Built from the plan and exactly the store items of its layer, and nothing else:
+        # no other layer, so Nix may build the layers at the same time.
+        inputs = _references(drv)
+        assert [p for p in inputs if p.endswith(".drv")] == [
+            p for p in inputs if p.endswith("-closurepack-plan.drv")
+        ]
+        assert len([p for p in inputs if p.endswith(".drv")]) == 1
+        assert sorted(p for p in inputs if not p.endswith(".drv")) == sorted(
+            built.plan_layers[index]
+        )
+        (output,) = _run(["nix-store", "--query", "--outputs", drv]).split()
+        assert Path(output) == built.layers[index]
+
+
+def test_each_layer_output_holds_its_blob(built: Built) -> None:
+    for index, directory in enumerate(built.layers):
+        descriptor = json.loads((directory / "layer.json").read_text())
+        assert descriptor["paths"] == built.plan_layers[index]
+        blob = directory / descriptor["blob"]
+        digest = _run(["sha256sum", blob]).split()[0]
+        assert descriptor["digest"] == f"sha256:{digest}"
+        assert descriptor["size"] == blob.stat().st_size
+
+
+def test_image_verifies(built: Built) -> None:
+    out = _run([built.closurepack, "verify", f"docker-archive:{built.image}"])
+    assert out.strip().endswith(": ok")
+
+
+def test_image_equals_a_direct_build_of_the_same_plan(built: Built, tmp_path: Path) -> None:
+    direct = tmp_path / "direct.tar"
+    _run(
+        [
+            built.closurepack,
+            "build",
+            "--plan",
+            built.plan,
+            "--compression",
+            "gzip",
+            "--created",
+            "1",
+            "--no-cache",
+            "--quiet",
+            "--entrypoint",
+            json.dumps([f"{built.app}/bin/hello"]),
+            "--tag",
+            TAG,
+            "-o",
+            f"docker-archive:{direct}",
+        ]
+    )
+    from_nix = _inspect(built.closurepack, f"docker-archive:{built.image}")
+    from_build = _inspect(built.closurepack, f"docker-archive:{direct}")
+    nix_layers = from_nix["layers"]
+    build_layers = from_build["layers"]
+    assert isinstance(nix_layers, list)
+    assert isinstance(build_layers, list)
+    # The plan's layers, in order, then the customisation layer (/tmp) that both add.
+    assert [layer["paths"] for layer in nix_layers] == [*built.plan_layers, []]
+    assert [layer["digest"] for layer in nix_layers] == [layer["digest"] for layer in build_layers]
+    assert [layer["diff_id"] for layer in nix_layers] == [
+        layer["diff_id"] for layer in build_layers
+    ]
+    for layer, directory in zip(nix_layers, built.layers, strict=False):
+        assert layer["digest"] == json.loads((directory / "layer.json").read_text())["digest"]
+    assert from_nix["manifest_digest"] == from_build["manifest_digest"]
+
+
+def test_image_runs_in_podman(built: Built, podman_runner: PodmanRunner) -> None:
+    reference = podman_runner.load(built.image)
+    output = podman_runner.run(reference)
+    assert output.splitlines()[0] == GREETING
+    assert "running on Linux as uid 0" in output
+
+
+def test_text_graph_gives_the_same_plan(built: Built) -> None:
+    # The text graph has no sizes, so closurepack measures the store files; the structured-attrs
+    # JSON carries Nix's own NAR sizes. Both must lead to the same plan, byte for byte.
+    (text_plan,) = _nix(
+        "nix-build", built.closurepack, "--argstr", "graphFormat", "text", "-A", "plan"
+    )
+    assert Path(text_plan) != built.plan  # a different derivation
+    assert Path(text_plan).read_bytes() == built.plan.read_bytes()
+
+
+def test_unknown_graph_format_is_refused(built: Built) -> None:
+    argv = [
+        "nix-instantiate",
+        *NIX_OPTIONS,
+        str(EXAMPLE),
+        "--argstr",
+        "closurepack",
+        built.closurepack,
+        "--argstr",
+        "graphFormat",
+        "xml",
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0
+    assert 'graphFormat must be "json" or "text", not "xml"' in proc.stderr
+
+
+_WRAPPER = """\
+#!/bin/sh
+# closurepack, logging when each call starts and ends (builders have no PATH).
+log={log_dir}/$$
+echo "$1 start $(/bin/date +%s.%N)" > "$log"
+[ "$1" = build-layer ] && /bin/sleep 1
+{closurepack} "$@"
+status=$?
+echo "$1 end $(/bin/date +%s.%N)" >> "$log"
+exit $status
+"""
+
+
+def test_layers_build_in_parallel(built: Built, tmp_path: Path) -> None:
+    # A wrapper at a fresh path makes every derivation new, so Nix really builds them all now.
+    log_dir = tmp_path / "calls"
+    log_dir.mkdir()
+    wrapper = tmp_path / "closurepack"
+    wrapper.write_text(
+        _WRAPPER.format(
+            log_dir=shlex.quote(str(log_dir)), closurepack=shlex.quote(built.closurepack)
+        )
+    )
+    wrapper.chmod(0o755)
+    count = len(built.plan_layers)
+    (image,) = _nix("nix-build", str(wrapper), "--max-jobs", str(count))
+
+    calls: dict[str, list[tuple[float, float]]] = {}
+    for log in log_dir.iterdir():
+        (command, _, start), (_, _, end) = (line.split() for line in log.read_text().splitlines())
+        calls.setdefault(command, []).append((float(start), float(end)))
+    assert sorted(calls) == ["assemble", "build-layer", "plan"]
+    assert len(calls["plan"]) == len(calls["assemble"]) == 1
+    layer_calls = calls["build-layer"]
+    assert len(layer_calls) == count
+    (plan_call,) = calls["plan"]
+    (assemble_call,) = calls["assemble"]
+    # The plan comes first (Nix builds it while evaluating), every layer call runs at the same
+    # time as every other (each sleeps a second), and the image is assembled after them all.
+    assert plan_call[1] <= min(start for start, _ in layer_calls)
+    assert max(start for start, _ in layer_calls) < min(end for _, end in layer_calls)
+    assert assemble_call[0] >= max(end for _, end in layer_calls)
+    # Same plan, same options: the same image as the one built without the wrapper.
+    assert Path(image).read_bytes() == built.image.read_bytes()
