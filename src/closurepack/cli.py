@@ -351,7 +351,11 @@ def _one_line(exc: click.ClickException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     try:
-        status = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        status = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="closurepack",
+            standalone_mode=False,
+        )
     except ClosurepackError as exc:
         click.echo(f"closurepack: error: {exc}", err=True)
         return exc.exit_code
