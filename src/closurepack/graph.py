@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -78,6 +77,7 @@ class Closure:
     roots: tuple[str, ...]
     source: str = "<closure>"
     _referrers: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _order: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def from_items(
@@ -126,7 +126,7 @@ class Closure:
                 item = StoreItem(path, item.nar_size, sorted_refs, item.nar_hash)
             cleaned[path] = item
 
-        _check_acyclic(cleaned, source)
+        order = _topological_order(cleaned, source)
         referred = {ref for item in cleaned.values() for ref in item.references}
         if roots is None:
             root_paths = tuple(p for p in cleaned if p not in referred)
@@ -135,7 +135,9 @@ class Closure:
                 if root not in cleaned:
                     raise ClosureError(f"{source}: root {root} is not in the closure")
             root_paths = tuple(dict.fromkeys(roots))
-        return cls(store_dir=store_dir, items=cleaned, roots=root_paths, source=source)
+        closure = cls(store_dir=store_dir, items=cleaned, roots=root_paths, source=source)
+        closure._order.extend(order)
+        return closure
 
     def __len__(self) -> int:
         return len(self.items)
@@ -162,8 +164,11 @@ class Closure:
         return self._referrers[path]
 
     def topological_order(self) -> list[str]:
-        """Every path, dependencies before the items that refer to them; ties by path."""
-        return _topological_order(self.items)
+        """Every path, dependencies before the items that refer to them (a depth-first
+        post-order in path order: it depends only on the graph, not on the input order)."""
+        if len(self._order) != len(self.items):
+            self._order[:] = _topological_order(self.items, self.source)
+        return list(self._order)
 
     def requisites(self, paths: Iterable[str]) -> set[str]:
         """The closure of ``paths``: them and everything they reach."""
@@ -207,40 +212,33 @@ class Closure:
         return Closure(closures[0].store_dir, ordered, roots, source)
 
 
-def _topological_order(items: Mapping[str, StoreItem]) -> list[str]:
-    """Kahn's algorithm over sorted paths: dependencies first, deterministic."""
-    pending = {path: len(item.references) for path, item in items.items()}
-    referrers: dict[str, list[str]] = {path: [] for path in items}
-    for item in items.values():
-        for ref in item.references:
-            referrers[ref].append(item.path)
-    ready = [path for path, count in pending.items() if count == 0]
-    heapq.heapify(ready)
+def _topological_order(items: Mapping[str, StoreItem], source: str = "<closure>") -> list[str]:
+    """Every path, dependencies first: a depth-first post-order that starts from the items in
+    path order and follows references in path order, so it depends only on the graph.
+
+    Raises ClosureError naming the items of a cycle between distinct items, if there is one.
+    """
     order: list[str] = []
-    while ready:
-        path = heapq.heappop(ready)
-        order.append(path)
-        for referrer in referrers[path]:
-            pending[referrer] -= 1
-            if pending[referrer] == 0:
-                heapq.heappush(ready, referrer)
+    state: dict[str, bool] = {}  # False: on the current walk; True: placed in ``order``
+    for start in items:
+        if start in state:
+            continue
+        state[start] = False
+        stack = [(start, iter(items[start].references))]
+        while stack:
+            path, refs = stack[-1]
+            for ref in refs:
+                seen = state.get(ref)
+                if seen is None:
+                    state[ref] = False
+                    stack.append((ref, iter(items[ref].references)))
+                    break
+                if seen is False:
+                    trail = [p for p, _ in stack]
+                    cycle = [*trail[trail.index(ref) :], ref]
+                    raise ClosureError(f"{source}: reference cycle: {' -> '.join(cycle)}")
+            else:
+                stack.pop()
+                state[path] = True
+                order.append(path)
     return order
-
-
-def _check_acyclic(items: Mapping[str, StoreItem], source: str) -> None:
-    """Raise ClosureError naming the items of one cycle, if the graph has any."""
-    order = _topological_order(items)
-    if len(order) == len(items):
-        return
-    placed = set(order)
-    # Walk references among the unplaced items until a path repeats: that is a cycle.
-    start = next(p for p in items if p not in placed)
-    seen: dict[str, int] = {}
-    trail: list[str] = []
-    path = start
-    while path not in seen:
-        seen[path] = len(trail)
-        trail.append(path)
-        path = next(r for r in items[path].references if r not in placed)
-    cycle = [*trail[seen[path] :], path]
-    raise ClosureError(f"{source}: reference cycle: {' -> '.join(cycle)}")
