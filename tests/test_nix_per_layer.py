@@ -68,10 +68,20 @@ def _references(path: str) -> list[str]:
     return _run(["nix-store", "--query", "--references", path]).split()
 
 
-def _layer_index(path: str) -> int:
-    match = re.fullmatch(r"/nix/store/[0-9a-z]{32}-closurepack-layer-(\d+)(\.drv)?", path)
-    assert match, f"not a layer derivation or output: {path}"
-    return int(match[1])
+def _is_layer(path: str) -> bool:
+    return re.fullmatch(r"/nix/store/[0-9a-z]{32}-closurepack-layer-.+", path) is not None
+
+
+def _descriptor(directory: Path) -> dict[str, object]:
+    doc = json.loads((directory / "layer.json").read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _descriptor_paths(directory: Path) -> list[object]:
+    paths = _descriptor(directory)["paths"]
+    assert isinstance(paths, list)
+    return paths
 
 
 @dataclass(frozen=True)
@@ -98,12 +108,15 @@ def built() -> Built:
     plan, app, *layers = _nix("nix-build", closurepack, "-A", "plan", "-A", "app", "-A", "layers")
     assert plan.endswith("-closurepack-plan")
     assert app.endswith("-hello")
+    assert all(map(_is_layer, layers)), layers
+    by_items = {tuple(map(str, _descriptor_paths(Path(p)))): Path(p) for p in layers}
+    plan_layers = json.loads(Path(plan).read_text())["images"][0]["layers"]
     return Built(
         closurepack=closurepack,
         image=Path(image),
         plan=Path(plan),
         app=app,
-        layers=tuple(Path(p) for p in sorted(layers, key=_layer_index)),
+        layers=tuple(by_items[tuple(layer["paths"])] for layer in plan_layers),
     )
 
 
@@ -122,30 +135,48 @@ def test_plan_covers_the_closure_once(built: Built) -> None:
 
 def test_one_derivation_per_layer(built: Built) -> None:
     (image_drv,) = _nix("nix-instantiate", built.closurepack)
-    layer_drvs = sorted(
-        (p for p in _references(image_drv) if "-closurepack-layer-" in p), key=_layer_index
-    )
-    assert [_layer_index(p) for p in layer_drvs] == list(range(len(built.plan_layers)))
-    for index, drv in enumerate(layer_drvs):
-        # Built from the plan and exactly the store items of its layer, and nothing else:
-        # no other layer, so Nix may build the layers at the same time.
-        inputs = _references(drv)
-        assert [p for p in inputs if p.endswith(".drv")] == [
-            p for p in inputs if p.endswith("-closurepack-plan.drv")
-        ]
-        assert len([p for p in inputs if p.endswith(".drv")]) == 1
-        assert sorted(p for p in inputs if not p.endswith(".drv")) == sorted(
-            built.plan_layers[index]
-        )
-        (output,) = _run(["nix-store", "--query", "--outputs", drv]).split()
-        assert Path(output) == built.layers[index]
+    layer_drvs = [p for p in _references(image_drv) if p.endswith(".drv") and _is_layer(p[:-4])]
+    outputs = {
+        Path(_run(["nix-store", "--query", "--outputs", drv]).strip()): drv for drv in layer_drvs
+    }
+    assert len(layer_drvs) == len(built.plan_layers)
+    assert sorted(outputs) == sorted(built.layers)
+    for index, directory in enumerate(built.layers):
+        # Its inputs are exactly the store items of its layer: no other layer and not even the
+        # plan, so Nix may build the layers at the same time, and a layer whose items stay the
+        # same keeps its derivation when the rest of the closure changes.
+        assert sorted(_references(outputs[directory])) == sorted(built.plan_layers[index])
+
+
+def test_unchanged_layers_keep_their_derivations(built: Built) -> None:
+    # A new app on top of the old one: the old closure's layers should not need rebuilding.
+    new_app = f"""derivation {{
+      name = "hello-v2"; system = builtins.currentSystem; builder = "/bin/sh";
+      args = [ "-c" "echo ${{import {EXAMPLE.parent / "hello"}}} > $out" ];
+    }}"""
+
+    def layer_drvs(*args: str) -> set[str]:
+        return set(_nix("nix-instantiate", built.closurepack, "-A", "layers", *args))
+
+    for layer_input, kept in (("paths", len(built.plan_layers)), ("plan", 0)):
+        before = layer_drvs("--argstr", "layerInput", layer_input)
+        after = layer_drvs("--argstr", "layerInput", layer_input, "--arg", "app", new_app)
+        assert len(after) == len(before) + 1  # one more item, in a layer of its own
+        assert len(before & after) == kept, layer_input
+
+
+def test_layer_input_plan_gives_the_same_image(built: Built) -> None:
+    # build-layer --plan FILE --layer N makes the same blobs as build-layer STORE_PATH...
+    (image,) = _nix("nix-build", built.closurepack, "--argstr", "layerInput", "plan")
+    assert Path(image) != built.image
+    assert Path(image).read_bytes() == built.image.read_bytes()
 
 
 def test_each_layer_output_holds_its_blob(built: Built) -> None:
     for index, directory in enumerate(built.layers):
-        descriptor = json.loads((directory / "layer.json").read_text())
+        descriptor = _descriptor(directory)
         assert descriptor["paths"] == built.plan_layers[index]
-        blob = directory / descriptor["blob"]
+        blob = directory / str(descriptor["blob"])
         digest = _run(["sha256sum", blob]).split()[0]
         assert descriptor["digest"] == f"sha256:{digest}"
         assert descriptor["size"] == blob.stat().st_size
@@ -191,7 +222,7 @@ def test_image_equals_a_direct_build_of_the_same_plan(built: Built, tmp_path: Pa
         layer["diff_id"] for layer in build_layers
     ]
     for layer, directory in zip(nix_layers, built.layers, strict=False):
-        assert layer["digest"] == json.loads((directory / "layer.json").read_text())["digest"]
+        assert layer["digest"] == _descriptor(directory)["digest"]
     assert from_nix["manifest_digest"] == from_build["manifest_digest"]
 
 
@@ -212,7 +243,14 @@ def test_text_graph_gives_the_same_plan(built: Built) -> None:
     assert Path(text_plan).read_bytes() == built.plan.read_bytes()
 
 
-def test_unknown_graph_format_is_refused(built: Built) -> None:
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("graphFormat", 'graphFormat must be "json" or "text", not "xml"'),
+        ("layerInput", 'layerInput must be "paths" or "plan", not "xml"'),
+    ],
+)
+def test_unknown_choice_is_refused(built: Built, option: str, message: str) -> None:
     argv = [
         "nix-instantiate",
         *NIX_OPTIONS,
@@ -221,12 +259,12 @@ def test_unknown_graph_format_is_refused(built: Built) -> None:
         "closurepack",
         built.closurepack,
         "--argstr",
-        "graphFormat",
+        option,
         "xml",
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
-    assert 'graphFormat must be "json" or "text", not "xml"' in proc.stderr
+    assert message in proc.stderr
 
 
 _WRAPPER = """\

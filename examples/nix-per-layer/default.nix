@@ -25,6 +25,13 @@
   # "json" (structured attrs: Nix's own NAR sizes and hashes in .attrs.json; needs /bin/bash)
   # or "text" (path, deriver, reference count, references; sizes read from the store files).
   graphFormat ? "json",
+  # What a layer derivation hands to `closurepack build-layer`:
+  # "paths": the layer's store paths. The derivation then depends only on its items (and
+  #   closurepack and its options), so when the app changes, a layer whose items are the same
+  #   keeps its derivation and is not rebuilt.
+  # "plan": `--plan ${plan} --layer N`. Every layer then depends on the plan, which changes with
+  #   anything in the closure, so every change rebuilds every layer.
+  layerInput ? "paths",
 }:
 let
   inherit (builtins) concatStringsSep elemAt fromJSON genList head length readFile toJSON;
@@ -74,13 +81,22 @@ let
   planData = fromJSON (builtins.unsafeDiscardStringContext (readFile plan));
   image = head planData.images;
 
-  # Layer n: its inputs are exactly its store items, so Nix makes them present, and the
-  # derivation changes only when they (or closurepack and its options) change.
+  # Layer n: its inputs are exactly its store items, so Nix makes them present. It is named
+  # after its first item, not its position, so a layer that moves keeps its derivation.
   layer = n:
-    run "closurepack-layer-${toString n}" {
-      items = map builtins.storePath (elemAt image.layers n).paths;
-    } ''
-      ${closurepack} build-layer --plan ${plan} --layer ${toString n} \
+    let
+      items = (elemAt image.layers n).paths;
+      itemName = p: head (builtins.match "[^-]*-(.*)" (baseNameOf p));
+      more = length items - 1;
+      name = "closurepack-layer-" + builtins.substring 0 100 (itemName (head items))
+        + (if more > 0 then "-and-${toString more}" else "");
+      source =
+        if layerInput == "paths" then "$items"
+        else if layerInput == "plan" then "--plan ${plan} --layer ${toString n}"
+        else throw "layerInput must be \"paths\" or \"plan\", not ${toJSON layerInput}";
+    in
+    run name { items = map builtins.storePath items; } ''
+      ${closurepack} build-layer ${source} \
         --compression ${compression} --created ${created} -o "$out"
     '';
 
