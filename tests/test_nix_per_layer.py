@@ -187,16 +187,40 @@ def test_image_verifies(built: Built) -> None:
     assert out.strip().endswith(": ok")
 
 
-def test_image_equals_a_direct_build_of_the_same_plan(built: Built, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "compression"),
+    [
+        ((), "gzip"),
+        (("--arg", "maxLayers", "3", "--argstr", "compression", "zstd"), "zstd"),
+    ],
+    ids=["default", "merged-zstd"],
+)
+def test_image_equals_a_direct_build_of_the_same_plan(
+    built: Built, tmp_path: Path, args: tuple[str, ...], compression: str
+) -> None:
+    (image,) = _nix("nix-build", built.closurepack, *args)
+    (plan,) = _nix("nix-build", built.closurepack, *args, "-A", "plan")
+    layer_dirs = [Path(p) for p in _nix("nix-build", built.closurepack, *args, "-A", "layers")]
+    plan_layers = [
+        layer["paths"] for layer in json.loads(Path(plan).read_text())["images"][0]["layers"]
+    ]
+    if args:
+        # Three layers at most, one of them the customisation layer: items are merged, and
+        # a merged layer is named after its first item and how many more it holds.
+        assert len(plan_layers) == 2
+        assert any(len(paths) > 1 for paths in plan_layers)
+        assert any(re.search(r"-closurepack-layer-.+-and-\d+$", str(p)) for p in layer_dirs)
+    assert _run([built.closurepack, "verify", f"docker-archive:{image}"]).strip().endswith(": ok")
+
     direct = tmp_path / "direct.tar"
     _run(
         [
             built.closurepack,
             "build",
             "--plan",
-            built.plan,
+            plan,
             "--compression",
-            "gzip",
+            compression,
             "--created",
             "1",
             "--no-cache",
@@ -209,20 +233,24 @@ def test_image_equals_a_direct_build_of_the_same_plan(built: Built, tmp_path: Pa
             f"docker-archive:{direct}",
         ]
     )
-    from_nix = _inspect(built.closurepack, f"docker-archive:{built.image}")
+    from_nix = _inspect(built.closurepack, f"docker-archive:{image}")
     from_build = _inspect(built.closurepack, f"docker-archive:{direct}")
     nix_layers = from_nix["layers"]
     build_layers = from_build["layers"]
     assert isinstance(nix_layers, list)
     assert isinstance(build_layers, list)
     # The plan's layers, in order, then the customisation layer (/tmp) that both add.
-    assert [layer["paths"] for layer in nix_layers] == [*built.plan_layers, []]
+    assert [layer["paths"] for layer in nix_layers] == [*plan_layers, []]
+    assert {layer["media_type"] for layer in nix_layers} == {
+        f"application/vnd.oci.image.layer.v1.tar+{compression}"
+    }
     assert [layer["digest"] for layer in nix_layers] == [layer["digest"] for layer in build_layers]
     assert [layer["diff_id"] for layer in nix_layers] == [
         layer["diff_id"] for layer in build_layers
     ]
-    for layer, directory in zip(nix_layers, built.layers, strict=False):
-        assert layer["digest"] == _descriptor(directory)["digest"]
+    descriptors = {tuple(map(str, _descriptor_paths(d))): _descriptor(d) for d in layer_dirs}
+    for layer in nix_layers[:-1]:
+        assert layer["digest"] == descriptors[tuple(layer["paths"])]["digest"]
     assert from_nix["manifest_digest"] == from_build["manifest_digest"]
 
 
