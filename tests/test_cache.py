@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from closurepack._fs import atomic_write, put_blob
+from closurepack._fs import atomic_write, link_blob, put_blob
 from closurepack.cache import LayerCache, default_cache_dir
 from closurepack.errors import CacheError
 from closurepack.layer import BuiltLayer
@@ -75,6 +75,8 @@ def test_corrupt_blob_is_detected_and_rebuilt(tmp_path: Path) -> None:
     blob = bytearray(first.blob_path.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # flip one byte, same size
     time.sleep(0.05)  # a later write: the file's mtime moves past the coarse kernel clock tick
+    assert first.blob_path.stat().st_mode & 0o777 == 0o444
+    first.blob_path.chmod(0o644)
     first.blob_path.write_bytes(bytes(blob))
     assert cache.get(key_of(path)) is None
     assert not first.blob_path.exists()
@@ -91,6 +93,7 @@ def test_full_verification_catches_corruption_that_keeps_mtime(tmp_path: Path) -
     st = layer.blob_path.stat()
     data = bytearray(layer.blob_path.read_bytes())
     data[100] ^= 0x01
+    layer.blob_path.chmod(0o644)
     layer.blob_path.write_bytes(bytes(data))
     os.utime(layer.blob_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the write
     # "auto" trusts an unchanged size and mtime (the price of fast warm builds) ...
@@ -121,6 +124,7 @@ def test_truncated_blob_and_bad_entry_are_misses(tmp_path: Path) -> None:
     path = make_item(store, 3)
     cache = LayerCache(tmp_path / "cache", verify="size")
     layer = cache.get_or_build(key_of(path), builder(store, path))
+    layer.blob_path.chmod(0o644)
     with layer.blob_path.open("r+b") as handle:
         handle.truncate(layer.size - 1)
     assert cache.get(key_of(path)) is None  # size check even without rehashing
@@ -237,3 +241,17 @@ def test_put_blob_is_content_addressed_and_idempotent(tmp_path: Path) -> None:
         put_blob(blobs, [b"other"], expected=digest)
     assert [p.name for p in blobs.iterdir()] == [digest.hex]
     assert (blobs / digest.hex).read_bytes() == data
+
+
+def test_link_blob_shares_the_cached_file(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    path = make_item(store, 6)
+    layer = LayerCache(tmp_path / "cache").get_or_build(key_of(path), builder(store, path))
+    layout = tmp_path / "layout" / "blobs" / "sha256"
+    layout.mkdir(parents=True)
+    assert link_blob(layout, layer.blob_path, layer.digest)
+    assert link_blob(layout, layer.blob_path, layer.digest)  # again: still fine, no leftovers
+    linked = layout / layer.digest.hex
+    assert os.path.samefile(linked, layer.blob_path)
+    assert [p.name for p in layout.iterdir()] == [layer.digest.hex]
+    assert hashlib.sha256(linked.read_bytes()).hexdigest() == layer.digest.hex

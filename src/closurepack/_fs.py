@@ -6,13 +6,14 @@ import contextlib
 import errno
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from closurepack.digest import Digest, HashingWriter
 
-__all__ = ["COPY_CHUNK", "atomic_write", "fsync_dir", "move_file", "put_blob"]
+__all__ = ["COPY_CHUNK", "atomic_write", "fsync_dir", "link_blob", "move_file", "put_blob"]
 
 #: Read size for streaming copies: large enough to keep syscalls rare, small enough to bound memory.
 COPY_CHUNK = 1 << 20
@@ -115,3 +116,32 @@ def move_file(source: Path, dest: Path) -> None:
         view = memoryview(buf)
         while n := src.readinto(view):
             out.write(view[:n])
+
+
+# errno values meaning "no hard link possible here", as opposed to real failures
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def link_blob(directory: Path, source: Path, digest: Digest) -> bool:
+    """Hard-link ``source``, whose content is known to hash to ``digest`` (a verified cache
+    blob), as ``directory/<hex>``: no copy, no rehash, no fsync. An existing blob of that name
+    is replaced atomically. False when the filesystem cannot link it there (another device,
+    no hard links): the caller then copies, e.g. with :func:`put_blob`.
+    """
+    dest = directory / digest.hex
+    tmp = directory / f".{digest.hex}.{os.getpid()}.{threading.get_ident()}.link"
+    try:
+        os.link(source, tmp)
+    except FileExistsError:
+        tmp.unlink()
+        os.link(source, tmp)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    try:
+        os.replace(tmp, dest)
+    finally:
+        # rename() between two names of one inode does nothing and leaves the source name
+        tmp.unlink(missing_ok=True)
+    return True

@@ -203,6 +203,8 @@ class LayerCache:
                     layer.blob_path.unlink(missing_ok=True)
                 else:
                     move_file(layer.blob_path, dest)
+                    # read-only: destinations may hard-link it (see _fs.link_blob)
+                    dest.chmod(0o444)
             cached = replace(layer, blob_path=dest)
             self._write_entry(key, cached)
         except OSError as exc:
