@@ -131,6 +131,8 @@ def test_plan_covers_the_closure_once(built: Built) -> None:
     planned = [path for layer in built.plan_layers for path in layer]
     assert sorted(planned) == closure
     assert len(built.plan_layers) == len(built.layers) >= 2
+    # The graph file is named after the app, and so is the plan's image.
+    assert json.loads(built.plan.read_text())["images"][0].get("name") == "hello"
 
 
 def test_one_derivation_per_layer(built: Built) -> None:

@@ -49,10 +49,13 @@ let
 
   quote = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
 
+  cp = quote closurepack;
   planOptions = "--max-layers ${toString maxLayers} --strategy ${quote strategy} --json";
 
   # The plan: closurepack reads the app's closure graph, which exportReferencesGraph puts in the
-  # build directory, and writes the plan as JSON.
+  # build directory, and writes the plan as JSON. The plan names the image after the graph
+  # file, so in both formats that file is named after the app.
+  graphName = app.name or "app";
   plan =
     if graphFormat == "json" then
       derivation {
@@ -65,12 +68,13 @@ let
         builder = "/bin/bash";
         args = [ "-eu" "-c" ''
           source "$NIX_ATTRS_SH_FILE"
-          ${closurepack} plan --closure "$NIX_ATTRS_JSON_FILE" ${planOptions} -o "''${outputs[out]}"
+          /bin/ln -s "$NIX_ATTRS_JSON_FILE" ${quote "${graphName}.json"}
+          ${cp} plan --closure ${quote "${graphName}.json"} ${planOptions} -o "''${outputs[out]}"
         '' ];
       }
     else if graphFormat == "text" then
-      run "closurepack-plan" { exportReferencesGraph = [ "graph" app ]; } ''
-        ${closurepack} plan --closure graph ${planOptions} -o "$out"
+      run "closurepack-plan" { exportReferencesGraph = [ graphName app ]; } ''
+        ${cp} plan --closure ${quote graphName} ${planOptions} -o "$out"
       ''
     else
       throw "graphFormat must be \"json\" or \"text\", not ${toJSON graphFormat}";
@@ -96,17 +100,17 @@ let
         else throw "layerInput must be \"paths\" or \"plan\", not ${toJSON layerInput}";
     in
     run name { items = map builtins.storePath items; } ''
-      ${closurepack} build-layer ${source} \
-        --compression ${compression} --created ${created} -o "$out"
+      ${cp} build-layer ${source} \
+        --compression ${quote compression} --created ${quote created} -o "$out"
     '';
 
   layers = genList layer (length image.layers);
 
   # The image as a docker-archive: one file, read by `docker load`, `podman load` and skopeo.
   imageArchive = run "closurepack-image.tar" { } ''
-    ${closurepack} assemble ${concatStringsSep " " layers} \
+    ${cp} assemble ${concatStringsSep " " layers} \
       --entrypoint ${quote (toJSON entrypoint)} --tag ${quote tag} \
-      --compression ${compression} --created ${created} -o "docker-archive:$out"
+      --compression ${quote compression} --created ${quote created} -o "docker-archive:$out"
   '';
 in
 imageArchive // { inherit app plan layers; }
