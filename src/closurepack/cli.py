@@ -194,7 +194,10 @@ def build_command(**kwargs: Any) -> None:
     quiet = options.pop("quiet")
     with _progress_reporter(enabled=not quiet) as progress:
         digest = build_image(**options, progress=progress)
-    click.echo(digest)
+    if options["dest"] != "-":
+        click.echo(digest)
+    elif not quiet:  # standard output holds the archive: the digest must not follow it there
+        click.echo(digest, err=True)
 
 
 @cli.command("build-layer")

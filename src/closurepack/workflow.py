@@ -18,8 +18,12 @@ from closurepack.build import (
     scratch_dir,
 )
 from closurepack.cache import LayerCache, default_cache_dir
-from closurepack.customisation import Customisation, build_customisation_layer
-from closurepack.destinations import parse_destination, write_image
+from closurepack.customisation import (
+    Customisation,
+    build_customisation_layer,
+    customisation_entries,
+)
+from closurepack.destinations import parse_destination, parse_repo_tag, write_image
 from closurepack.errors import DestinationError, ImageError, OptionError, PlanError
 from closurepack.graph import Closure
 from closurepack.image import BaseImage, ImageConfig, assemble_image
@@ -248,7 +252,11 @@ def build_image(
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
     Everything is checked before any layer is built; the destination is written last, atomically.
     """
-    parse_destination(dest)  # fail on a bad destination before any work
+    parse_destination(dest)  # fail on a bad destination or tag before any work
+    if tag is not None:
+        parse_repo_tag(tag)
+    if jobs is not None and jobs < 1:
+        raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
         check_max_layers(max_layers)
     mtime = default_mtime(created)
@@ -305,6 +313,7 @@ def build_image(
     customisation = _fit_customisation(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
     )
+    customisation_entries(customisation)  # a bad --symlink or --extra fails before any work
 
     cache = None if no_cache else LayerCache(cache_dir or default_cache_dir())
     options = BuildOptions(
@@ -313,7 +322,7 @@ def build_image(
         compression=compression,
         level=level,
         mtime=mtime,
-        jobs=jobs or BuildOptions().jobs,
+        jobs=BuildOptions().jobs if jobs is None else jobs,
         cache=cache,
     )
     with scratch_dir() as work:
@@ -447,6 +456,8 @@ def assemble_from_descriptors(
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer."""
     parse_destination(dest)
+    if tag is not None:
+        parse_repo_tag(tag)
     layers = read_descriptors(descriptors)
     mtime = default_mtime(created)
     config = _image_config(
@@ -465,7 +476,14 @@ def assemble_from_descriptors(
     customisation = Customisation(
         symlinks=tuple(symlink), extra_dirs=tuple(extra), tmp=not no_tmp, user=user
     )
+    customisation_entries(customisation)  # a bad --symlink or --extra fails before any work
     base = read_base_image(from_image) if from_image else None
+    total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
+    if total > MAX_LAYERS_LIMIT:
+        raise OptionError(
+            f"the image would have {total} layers, more than {MAX_LAYERS_LIMIT} (overlayfs stacks"
+            " at most 128)"
+        )
     with scratch_dir() as work:
         if not customisation.is_empty:
             layers.append(

@@ -1,0 +1,1013 @@
+"""`closurepack build` through ``cli.main``: plans from files, image selection, compression,
+determinism across jobs and cache states, image config, the customisation layer, --from,
+--max-layers, stdout, and failures that leave every destination and the cache as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from clistore import (
+    APP,
+    GLIBC,
+    LIBFOO,
+    TOOL,
+    ZLIB,
+    Store,
+    make_store,
+    read_docker_archive,
+    read_oci,
+    run,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return make_store(tmp_path / "root")
+
+
+@pytest.fixture
+def app_closure(store: Store, tmp_path: Path) -> Path:
+    return store.closure_file(tmp_path / "app.json", [APP])
+
+
+def _build(
+    argv: list[object], capsys: pytest.CaptureFixture[str], *, status: int = 0
+) -> tuple[str, str]:
+    code, out, err = run(["build", *argv], capsys)
+    assert code == status, err
+    return out, err
+
+
+def _base_argv(store: Store, closure: Path) -> list[object]:
+    return ["--closure", closure, "--store-root", store.root]
+
+
+def _one_line_error(err: str, *must_say: str) -> None:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("closurepack: error: ")
+    assert "Traceback" not in err
+    for text in must_say:
+        assert text in lines[0], (text, lines[0])
+
+
+# plans, images, compression --------------------------------------------------------------------
+
+
+def test_plan_file_built_elsewhere_needs_only_the_store_root(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.json"
+    assert (
+        run(["plan", "--closure", app_closure, "--strategy", "popularity", "-o", plan], capsys)[0]
+        == 0
+    )
+    direct = tmp_path / "direct"
+    out, _ = _build(
+        [
+            *_base_argv(store, app_closure),
+            "--strategy",
+            "popularity",
+            "--no-cache",
+            "-o",
+            f"oci:{direct}",
+        ],
+        capsys,
+    )
+    # "another machine": only the plan and the store files, no closure file
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(plan, elsewhere / "plan.json")
+    app_closure.unlink()
+    from_plan = tmp_path / "from-plan"
+    out2, _ = _build(
+        [
+            "--plan",
+            elsewhere / "plan.json",
+            "--store-root",
+            store.root,
+            "--no-cache",
+            "-o",
+            f"oci:{from_plan}",
+        ],
+        capsys,
+    )
+    assert out == out2
+    assert out.strip().startswith("sha256:")
+    image = read_oci(from_plan)
+    planned = json.loads(plan.read_text())["images"][0]["layers"]
+    recorded = json.loads(image.config["config"]["Labels"]["dev.closurepack.layers"])
+    diff_ids = image.config["rootfs"]["diff_ids"]
+    assert [recorded[d] for d in diff_ids[: len(planned)]] == [layer["paths"] for layer in planned]
+    assert len(diff_ids) == len(planned) + 1  # and the customisation layer (/tmp)
+
+
+def test_image_by_index_and_by_name(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = store.closure_file(tmp_path / "app.json", [APP])
+    tool = store.closure_file(tmp_path / "tool.json", [TOOL])
+    plan = tmp_path / "plan.json"
+    status, _, err = run(["plan", "--closure", app, "--closure", tool, "-o", plan], capsys)
+    assert status == 0, err
+    digests = {}
+    for selector in ("0", "1", "app", "tool"):
+        dest = tmp_path / f"img-{selector}"
+        out, _ = _build(
+            [
+                "--plan",
+                plan,
+                "--image",
+                selector,
+                "--store-root",
+                store.root,
+                "--no-cache",
+                "--no-tmp",
+                "-o",
+                f"oci:{dest}",
+            ],
+            capsys,
+        )
+        digests[selector] = out.strip()
+        paths = {
+            p
+            for ps in json.loads(
+                read_oci(dest).config["config"]["Labels"]["dev.closurepack.layers"]
+            ).values()
+            for p in ps
+        }
+        assert sorted(paths) == store.closure_of([APP if selector in ("0", "app") else TOOL])
+    assert digests["0"] == digests["app"]
+    assert digests["1"] == digests["tool"]
+    assert digests["0"] != digests["1"]
+    # from the closures directly, --image picks one of the images planned together
+    dest = tmp_path / "direct"
+    out, _ = _build(
+        [
+            "--closure",
+            app,
+            "--closure",
+            tool,
+            "--store-root",
+            store.root,
+            "--image",
+            "tool",
+            "--no-cache",
+            "--no-tmp",
+            "-o",
+            f"oci:{dest}",
+        ],
+        capsys,
+    )
+    assert out.strip() == digests["tool"]
+    # without --image a two-image plan is refused, naming the plan
+    _, err = _build(
+        ["--plan", plan, "--store-root", store.root, "-o", f"oci:{dest}"], capsys, status=2
+    )
+    _one_line_error(err, str(plan), "2 images", "--image")
+    for selector, text in (("2", "no image 2"), ("nope", "no image named 'nope'")):
+        _, err = _build(
+            [
+                "--plan",
+                plan,
+                "--image",
+                selector,
+                "--store-root",
+                store.root,
+                "-o",
+                f"oci:{tmp_path / 'x'}",
+            ],
+            capsys,
+            status=2,
+        )
+        _one_line_error(err, str(plan), text)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("compression", "media_type"),
+    [
+        ("gzip", "application/vnd.oci.image.layer.v1.tar+gzip"),
+        ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
+        ("none", "application/vnd.oci.image.layer.v1.tar"),
+    ],
+)
+def test_compression_media_types(
+    compression: str,
+    *,
+    media_type: str,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dest = tmp_path / "layout"
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--compression",
+            compression,
+            "--cache-dir",
+            tmp_path / "cache",
+            "-o",
+            f"oci:{dest}",
+        ],
+        capsys,
+    )
+    image = read_oci(dest)
+    assert {layer["mediaType"] for layer in image.manifest["layers"]} == {media_type}
+    magic = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}.get(compression)
+    for digest in image.layer_digests:
+        blob = image.blob(digest)
+        if magic:
+            assert blob.startswith(magic)
+        else:
+            assert tarfile.is_tarfile(image.layout / "blobs" / "sha256" / digest[7:])
+    members = image.layer_members(0)
+    assert any(name.startswith("nix/store/") for name in members)
+    # docker-archive: Docker's own media types in the manifest
+    archive = tmp_path / "image.tar"
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--compression",
+            compression,
+            "--cache-dir",
+            tmp_path / "cache",
+            "-o",
+            f"docker-archive:{archive}",
+        ],
+        capsys,
+    )
+    assert run(["verify", f"docker-archive:{archive}"], capsys)[0] == 0
+
+
+def test_jobs_and_cache_states_give_identical_archives(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    both = store.closure_file(tmp_path / "both.json", [APP, TOOL])
+    argv = [*_base_argv(store, both), "--strategy", "per-item", "--symlink", "/bin=" + APP + "/bin"]
+    cache = tmp_path / "cache"
+    outputs = {}
+    for name, extra in {
+        "cold-1": ["--jobs", "1", "--cache-dir", cache],
+        "warm-4": ["--jobs", "4", "--cache-dir", cache],
+        "warm-1": ["--jobs", "1", "--cache-dir", cache],
+        "nocache-4": ["--jobs", "4", "--no-cache"],
+        "cold-4": ["--jobs", "4", "--cache-dir", tmp_path / "cache2"],
+    }.items():
+        dest = tmp_path / f"{name}.tar"
+        out, _ = _build([*argv, *extra, "-o", f"docker-archive:{dest}"], capsys)
+        outputs[name] = (out, dest.read_bytes())
+    first = outputs["cold-1"]
+    for name, value in outputs.items():
+        assert value == first, name
+    # the warm builds read the store no more: they work with the store files gone
+    shutil.rmtree(store.root)
+    dest = tmp_path / "warm-no-store.tar"
+    out, _ = _build([*argv, "--cache-dir", cache, "-o", f"docker-archive:{dest}"], capsys)
+    assert (out, dest.read_bytes()) == first
+
+
+def test_no_cache_writes_no_cache(
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home_cache = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home_cache))
+    _build([*_base_argv(store, app_closure), "--no-cache", "-o", f"oci:{tmp_path / 'a'}"], capsys)
+    assert not home_cache.exists()
+    _build([*_base_argv(store, app_closure), "-o", f"oci:{tmp_path / 'b'}"], capsys)
+    assert home_cache.exists()  # the default cache is used without --no-cache
+    assert read_oci(tmp_path / "a").manifest == read_oci(tmp_path / "b").manifest
+
+
+# the image config -------------------------------------------------------------------------------
+
+
+def test_image_config_fields(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "layout"
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--entrypoint", f'["{APP}/bin/app", "--serve"]',
+            "--cmd", "--port 8080 'two words'",
+            "--env", "PATH=/bin",
+            "--env", "EMPTY=",
+            "--env", "EQ=a=b",
+            "--workdir", "/srv",
+            "--user", "1000:1000",
+            "--label", "org.example.team=core",
+            "--label", "note=x=y",
+            "--expose", "8080",
+            "--expose", "53/udp",
+            "--volume", "/data",
+            "--stop-signal", "SIGINT",
+            "--created", "1700000000",
+            "--arch", "arm64",
+            "-o", f"oci:{dest}",
+        ],
+        capsys,
+    )  # fmt: skip
+    image = read_oci(dest)
+    config = image.config["config"]
+    assert config["Entrypoint"] == [f"{APP}/bin/app", "--serve"]
+    assert config["Cmd"] == ["--port", "8080", "two words"]
+    assert config["Env"] == ["PATH=/bin", "EMPTY=", "EQ=a=b"]
+    assert config["WorkingDir"] == "/srv"
+    assert config["User"] == "1000:1000"
+    assert config["Labels"]["org.example.team"] == "core"
+    assert config["Labels"]["note"] == "x=y"
+    assert config["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}}
+    assert config["Volumes"] == {"/data": {}}
+    assert config["StopSignal"] == "SIGINT"
+    assert image.config["created"] == "2023-11-14T22:13:20Z"
+    assert image.config["architecture"] == "arm64"
+    assert image.config["os"] == "linux"
+    assert image.manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    # file mtimes follow --created too
+    assert {m.mtime for m in image.layer_members(0).values()} == {1700000000}
+
+
+@pytest.mark.parametrize(
+    ("created", "env", "expected"),
+    [
+        (None, None, "1970-01-01T00:00:01Z"),
+        ("0", None, "1970-01-01T00:00:00Z"),
+        ("2024-02-29T12:00:00Z", None, "2024-02-29T12:00:00Z"),
+        ("2024-02-29T13:00:00+01:00", None, "2024-02-29T12:00:00Z"),
+        ("2024-02-29", None, "2024-02-29T00:00:00Z"),
+        (None, "1234567890", "2009-02-13T23:31:30Z"),
+        ("5", "1234567890", "1970-01-01T00:00:05Z"),  # --created wins
+    ],
+)
+def test_created_time(
+    created: str | None,
+    *,
+    env: str | None,
+    expected: str,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", env)
+    dest = tmp_path / "layout"
+    argv = [*_base_argv(store, app_closure), "--no-cache", "-o", f"oci:{dest}"]
+    if created is not None:
+        argv += ["--created", created]
+    _build(argv, capsys)
+    image = read_oci(dest)
+    assert image.config["created"] == expected
+    assert {h["created"] for h in image.config["history"]} == {expected}
+
+
+def test_created_now_is_the_current_time(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime
+    import time
+
+    before = int(time.time())
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--created",
+            "now",
+            "-o",
+            f"oci:{tmp_path / 'l'}",
+        ],
+        capsys,
+    )
+    created = read_oci(tmp_path / "l").config["created"]
+    moment = datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    assert before <= moment <= time.time() + 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "must_say"),
+    [
+        ("--env", "NOEQUALS", ("--env", "NOEQUALS", "KEY=VALUE")),
+        ("--env", "=x", ("--env", "KEY=VALUE")),
+        ("--label", "novalue", ("--label", "novalue", "KEY=VALUE")),
+        ("--expose", "http", ("--expose", "http")),
+        ("--expose", "70000", ("--expose", "70000")),
+        ("--expose", "80/icmp", ("--expose", "80/icmp")),
+        ("--created", "yesterday", ("--created", "yesterday")),
+        ("--created", "-5", ("--created", "-5")),
+        ("--symlink", "/bin", ("--symlink", "/bin", "KEY=VALUE")),
+        ("--symlink", "bin=/x", ("--symlink", "bin=/x", "absolute")),
+        ("--entrypoint", '["a", 1]', ("--entrypoint", "array of strings")),
+        ("--entrypoint", "[oops", ("--entrypoint", "JSON")),
+        ("--cmd", "'unclosed", ("--cmd", "quotation")),
+        ("--workdir", "relative", ("--workdir", "relative", "absolute")),
+        ("--volume", "data", ("--volume", "data", "absolute")),
+        ("--arch", "z80", ("--arch", "z80")),
+        ("--user", "a b", ("--user", "a b")),
+        ("--jobs", "0", ("--jobs", "0")),
+        ("--tag", "Bad:Name", ("Bad:Name",)),
+        ("--compression", "lz4", ("--compression", "lz4")),
+    ],
+)
+def test_bad_option_values(
+    option: str,
+    *,
+    value: str,
+    must_say: tuple[str, ...],
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dest = tmp_path / "out.tar"
+    cache = tmp_path / "cache"
+    _, err = _build(
+        [
+            *_base_argv(store, app_closure),
+            f"{option}={value}",
+            "--cache-dir",
+            cache,
+            "-o",
+            f"docker-archive:{dest}",
+        ],
+        capsys,
+        status=2,
+    )
+    _one_line_error(err, *must_say)
+    assert not dest.exists()
+    assert not cache.exists() or not any((cache / "blobs").rglob("*"))
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["app.json", "root", *(["cache"] if cache.exists() else [])]
+    )
+
+
+# the customisation layer ------------------------------------------------------------------------
+
+
+def test_customisation_layer_contents(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra"
+    (extra / "etc" / "app").mkdir(parents=True)
+    (extra / "etc" / "app" / "config.toml").write_text("port = 8080\n")
+    (extra / "run.sh").write_text("#!/bin/sh\n")
+    (extra / "run.sh").chmod(0o755)
+    (extra / "current").symlink_to(APP)
+    os.utime(extra / "run.sh", (12345, 12345))
+    dest = tmp_path / "layout"
+    argv = [
+        *_base_argv(store, app_closure),
+        "--no-cache",
+        "--symlink", f"/bin={APP}/bin",
+        "--symlink", f"/usr/lib/libfoo={LIBFOO}/lib",
+        "--extra", extra,
+        "--user", "app",
+        "-o", f"oci:{dest}",
+    ]  # fmt: skip
+    digest, _ = _build(argv, capsys)
+    image = read_oci(dest)
+    top = len(image.manifest["layers"]) - 1
+    members = image.layer_members(top)
+    assert image.config["history"][-1]["comment"] == "customisation"
+    assert members["bin"].issym()
+    assert members["bin"].linkname == f"{APP}/bin"
+    assert members["usr/lib/libfoo"].linkname == f"{LIBFOO}/lib"
+    assert members["usr"].isdir()
+    assert members["usr/lib"].isdir()
+    assert members["tmp"].isdir()
+    assert members["tmp"].mode == 0o1777
+    assert members["run.sh"].mode == 0o755
+    assert members["etc/app/config.toml"].mode == 0o644
+    assert image.layer_file(top, "etc/app/config.toml") == b"port = 8080\n"
+    assert members["current"].linkname == APP
+    for member in members.values():  # deterministic: owner root, fixed mtime
+        assert (member.uid, member.gid, member.mtime) == (0, 0, 1), member.name
+        assert (member.uname, member.gname) == ("", "") or (member.uname, member.gname) == (
+            "root",
+            "root",
+        )
+    passwd = image.layer_file(top, "etc/passwd").decode().splitlines()
+    group = image.layer_file(top, "etc/group").decode().splitlines()
+    assert passwd[0].startswith("root:x:0:0:")
+    assert any(line.startswith("app:x:1000:1000:") for line in passwd)
+    assert any(line.startswith("app:x:1000:") for line in group)
+    assert image.config["config"]["User"] == "app"
+    # the same inputs give the same image, whatever the host's mtimes of the extra tree
+    os.utime(extra / "run.sh", (99999, 99999))
+    again, _ = _build([*argv[:-2], "-o", f"oci:{tmp_path / 'again'}"], capsys)
+    assert again == digest
+
+
+def test_numeric_user_adds_no_passwd_and_no_tmp_means_no_layer(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = tmp_path / "plain"
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--strategy",
+            "single",
+            "-o",
+            f"oci:{plain}",
+        ],
+        capsys,
+    )
+    image = read_oci(plain)
+    assert len(image.manifest["layers"]) == 2
+    assert sorted(image.layer_members(1)) == ["tmp"]
+    numeric = tmp_path / "numeric"
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--strategy",
+            "single",
+            "--user",
+            "1000",
+            "-o",
+            f"oci:{numeric}",
+        ],
+        capsys,
+    )
+    assert sorted(read_oci(numeric).layer_members(1)) == ["tmp"]
+    bare = tmp_path / "bare"
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--strategy",
+            "single",
+            "--no-tmp",
+            "--user",
+            "0:0",
+            "-o",
+            f"oci:{bare}",
+        ],
+        capsys,
+    )
+    image = read_oci(bare)
+    assert len(image.manifest["layers"]) == 1
+    assert len(image.config["history"]) == 1
+    assert image.config["history"][0]["comment"] == "store items"
+
+
+def test_customisation_conflicts(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra"
+    (extra / "bin").mkdir(parents=True)
+    dest = tmp_path / "out"
+    _, err = _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--extra",
+            extra,
+            "--symlink",
+            "/bin=/x",
+            "-o",
+            f"oci:{dest}",
+        ],
+        capsys,
+        status=2,
+    )
+    _one_line_error(err, "--symlink /bin")
+    _, err = _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--symlink",
+            "/a=/x",
+            "--symlink",
+            "/a=/y",
+            "-o",
+            f"oci:{dest}",
+        ],
+        capsys,
+        status=2,
+    )
+    _one_line_error(err, "/a", "twice")
+    _, err = _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--extra",
+            tmp_path / "missing",
+            "-o",
+            f"oci:{dest}",
+        ],
+        capsys,
+        status=2,
+    )
+    _one_line_error(err, "--extra", "missing")
+    assert not dest.exists()
+
+
+def test_fifo_in_extra_tree_is_refused(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    os.mkfifo(extra / "pipe")
+    dest = tmp_path / "out.tar"
+    code, out, err = run(
+        [
+            "build",
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--extra",
+            extra,
+            "-o",
+            f"docker-archive:{dest}",
+        ],
+        capsys,
+    )
+    assert code in (2, 3)
+    assert out == ""
+    _one_line_error(err, "pipe", "fifo")
+    assert not dest.exists()
+
+
+# --from -----------------------------------------------------------------------------------------
+
+
+def _base_image(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A two-store-layer image (glibc, zlib) with Env and a label, as a docker-archive."""
+    base_closure = store.closure_file(tmp_path / "base.json", [ZLIB])
+    archive = tmp_path / "base.tar"
+    _build(
+        [*_base_argv(store, base_closure), "--strategy", "per-item", "--no-cache", "--no-tmp",
+         "--env", "PATH=/base/bin", "--env", "LANG=C", "--label", "from=base",
+         "-o", f"docker-archive:{archive}"],
+        capsys,
+    )  # fmt: skip
+    return archive
+
+
+def test_from_puts_the_base_layers_underneath_and_merges_env(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = _base_image(store, tmp_path, capsys)
+    base_manifest, base_config = read_docker_archive(base)
+    dest = tmp_path / "layout"
+    _build(
+        [*_base_argv(store, app_closure), "--no-cache", "--strategy", "per-item",
+         "--from", f"docker-archive:{base}", "--env", "PATH=/app/bin", "--env", "MODE=prod",
+         "-o", f"oci:{dest}"],
+        capsys,
+    )  # fmt: skip
+    image = read_oci(dest)
+    diff_ids = image.config["rootfs"]["diff_ids"]
+    assert diff_ids[:2] == base_config["rootfs"]["diff_ids"]
+    assert len(diff_ids) == 2 + 4 + 1  # base, four store layers of app, customisation
+    env = image.config["config"]["Env"]
+    assert sorted(env) == sorted(["PATH=/app/bin", "LANG=C", "MODE=prod"])
+    assert image.config["config"]["Labels"]["from"] == "base"
+    assert run(["verify", f"oci:{dest}"], capsys)[0] == 0
+    assert len(base_manifest[0]["Layers"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("max_layers", "extra", "status", "layers"),
+    [
+        ("5", [], 0, 5),  # base 2 + 2 store layers + /tmp
+        ("4", [], 0, 4),  # base 2 + 1 store layer + /tmp
+        ("4", ["--symlink", "/bin=/x"], 0, 4),
+        ("3", [], 0, 3),  # base 2 + 1 store layer, /tmp left out
+        ("3", ["--symlink", "/bin=/x"], 2, 0),
+        ("2", [], 2, 0),  # no room for any store layer
+    ],
+)
+def test_max_layers_counts_from_and_customisation_layers(
+    max_layers: str,
+    *,
+    extra: list[str],
+    status: int,
+    layers: int,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = _base_image(store, tmp_path, capsys)
+    dest = tmp_path / "layout"
+    _, err = _build(
+        [*_base_argv(store, app_closure), "--no-cache", "--from", f"docker-archive:{base}",
+         "--max-layers", max_layers, *extra, "-o", f"oci:{dest}"],
+        capsys,
+        status=status,
+    )  # fmt: skip
+    if status:
+        _one_line_error(err, f"--max-layers {max_layers}")
+        assert not dest.exists()
+    else:
+        assert len(read_oci(dest).manifest["layers"]) == layers
+
+
+def test_max_layers_one(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "one"
+    _build(
+        [*_base_argv(store, app_closure), "--no-cache", "--max-layers", "1", "-o", f"oci:{dest}"],
+        capsys,
+    )
+    image = read_oci(dest)
+    assert len(image.manifest["layers"]) == 1
+    assert "tmp" not in image.layer_members(0)
+    for extra in (["--symlink", "/bin=/x"], ["--extra", str(tmp_path)], ["--user", "app"]):
+        _, err = _build(
+            [
+                *_base_argv(store, app_closure),
+                "--no-cache",
+                "--max-layers",
+                "1",
+                *extra,
+                "-o",
+                f"oci:{tmp_path / 'no'}",
+            ],
+            capsys,
+            status=2,
+        )
+        _one_line_error(err, "--max-layers 1", "customisation layer", "--max-layers to 2")
+    assert not (tmp_path / "no").exists()
+    two = tmp_path / "two"
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--max-layers",
+            "2",
+            "--symlink",
+            "/bin=/x",
+            "-o",
+            f"oci:{two}",
+        ],
+        capsys,
+    )
+    assert len(read_oci(two).manifest["layers"]) == 2
+
+
+def test_max_layers_with_a_plan_file(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.json"
+    run(["plan", "--closure", app_closure, "--strategy", "per-item", "-o", plan], capsys)
+    argv: list[object] = ["--plan", plan, "--store-root", store.root, "--no-cache"]
+    _, err = _build([*argv, "--max-layers", "3", "-o", f"oci:{tmp_path / 'x'}"], capsys, status=2)
+    _one_line_error(err, "--max-layers 3", "4 store layers", str(plan))
+    _build([*argv, "--max-layers", "4", "-o", f"oci:{tmp_path / 'four'}"], capsys)
+    assert len(read_oci(tmp_path / "four").manifest["layers"]) == 4  # /tmp left out
+    _build([*argv, "-o", f"oci:{tmp_path / 'five'}"], capsys)  # the plan's own limit (100)
+    assert len(read_oci(tmp_path / "five").manifest["layers"]) == 5
+    _, err = _build(
+        [*argv, "--strategy", "single", "-o", f"oci:{tmp_path / 'x'}"], capsys, status=2
+    )
+    _one_line_error(err, "--strategy", "--plan")
+
+
+# stdout -----------------------------------------------------------------------------------------
+
+
+def test_stdout_is_the_same_docker_archive(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "file.tar"
+    digest, _ = _build(
+        [
+            *_base_argv(store, app_closure),
+            "--cache-dir",
+            tmp_path / "cache",
+            "--tag",
+            "app:1",
+            "-o",
+            f"docker-archive:{archive}",
+        ],
+        capsys,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "closurepack.cli", "build",
+         *map(str, _base_argv(store, app_closure)), "--cache-dir", str(tmp_path / "cache"),
+         "--tag", "app:1", "-q", "-o", "-"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    assert result.stdout == archive.read_bytes()
+    assert digest.startswith("sha256:")
+
+
+# failures leave everything as it was ----------------------------------------------------------
+
+
+def _missing_item_closure(store: Store, tmp_path: Path) -> Path:
+    """A closure whose LIBFOO files are gone from the store root (found out mid-build)."""
+    broken = make_store(tmp_path / "broken-root")
+    shutil.rmtree(broken.files(LIBFOO))
+    return broken.closure_file(tmp_path / "broken.json", [APP])
+
+
+def test_failed_build_keeps_an_existing_docker_archive(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    archive = out_dir / "image.tar"
+    _build(
+        [*_base_argv(store, app_closure), "--no-cache", "-o", f"docker-archive:{archive}"], capsys
+    )
+    before = archive.read_bytes()
+    broken = _missing_item_closure(store, tmp_path)
+    cache = tmp_path / "cache"
+    for jobs in ("1", "3"):
+        _, err = _build(
+            ["--closure", broken, "--store-root", tmp_path / "broken-root",
+             "--strategy", "per-item", "--jobs", jobs, "--cache-dir", cache, "--env", "A=1",
+             "-o", f"docker-archive:{archive}"],
+            capsys,
+            status=3,
+        )  # fmt: skip
+        _one_line_error(err, LIBFOO, "not found")
+        assert archive.read_bytes() == before
+        assert os.listdir(out_dir) == ["image.tar"]
+    # the cache holds only complete, valid layers: the next good build from it verifies
+    good = tmp_path / "good.tar"
+    _build(
+        [
+            "--closure",
+            broken,
+            "--store-root",
+            store.root,
+            "--strategy",
+            "per-item",
+            "--cache-dir",
+            cache,
+            "-o",
+            f"docker-archive:{good}",
+        ],
+        capsys,
+    )
+    assert run(["verify", f"docker-archive:{good}"], capsys)[0] == 0
+    assert not list(cache.rglob("*.tmp"))
+
+
+def test_failed_build_keeps_an_existing_oci_tag(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout"
+    _build([*_base_argv(store, app_closure), "--no-cache", "-o", f"oci:{layout}:v1"], capsys)
+    snapshot = {p.relative_to(layout): p.read_bytes() for p in layout.rglob("*") if p.is_file()}
+    broken = _missing_item_closure(store, tmp_path)
+    _, err = _build(
+        [
+            "--closure",
+            broken,
+            "--store-root",
+            tmp_path / "broken-root",
+            "--no-cache",
+            "-o",
+            f"oci:{layout}:v1",
+        ],
+        capsys,
+        status=3,
+    )
+    _one_line_error(err, LIBFOO)
+    after = {p.relative_to(layout): p.read_bytes() for p in layout.rglob("*") if p.is_file()}
+    assert after == snapshot
+    assert run(["verify", f"oci:{layout}:v1"], capsys)[0] == 0
+
+
+def test_fifo_in_a_store_item(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.mkfifo(store.files(GLIBC) / "lib" / "control")
+    archive = tmp_path / "image.tar"
+    cache = tmp_path / "cache"
+    _, err = _build(
+        [*_base_argv(store, app_closure), "--cache-dir", cache, "-o", f"docker-archive:{archive}"],
+        capsys,
+        status=3,
+    )
+    _one_line_error(err, "control", "fifo")
+    assert not archive.exists()
+    # other layers may have been cached, each complete and valid; the failed one is not there
+    for blob in (p for p in (cache / "blobs").rglob("*") if p.is_file()):
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    os.unlink(store.files(GLIBC) / "lib" / "control")
+    _build(
+        [*_base_argv(store, app_closure), "--cache-dir", cache, "-o", f"docker-archive:{archive}"],
+        capsys,
+    )
+    assert run(["verify", f"docker-archive:{archive}"], capsys)[0] == 0
+    assert not list(cache.rglob("*.tmp"))
+
+
+def test_bad_destinations(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        ("foo:bar", 2, ("foo:bar",)),
+        ("docker-archive:", 2, ("missing path",)),
+        ("oci:/tmp/x:bad tag", 2, ("bad tag",)),
+        ("docker-archive:x.tar:UPPER:case", 2, ("UPPER",)),
+        (f"docker-archive:{tmp_path / 'a-file' / 'x.tar'}", 5, ("a-file",)),
+        (f"oci:{tmp_path / 'a-file'}", 5, ("a-file",)),
+        (f"docker-archive:{tmp_path / 'no' / 'dir' / 'x.tar'}", 5, ("x.tar",)),
+    ]
+    for dest, status, must_say in cases:
+        _, err = _build(
+            [*_base_argv(store, app_closure), "--cache-dir", tmp_path / "cache", "-o", dest],
+            capsys,
+            status=status,
+        )
+        _one_line_error(err, *must_say)
+    assert (tmp_path / "a-file").read_text() == "x"
+    assert not (tmp_path / "no").exists()
+
+
+def test_bad_plan_files(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = {
+        "garbage.json": ("{nope", "not valid JSON"),
+        "noimages.json": ('{"layers": []}', "not a layer plan"),
+        "empty-layer.json": ('{"images": [{"layers": [{"paths": []}]}]}', "empty layer"),
+        "twice.json": (
+            json.dumps({"images": [{"layers": [{"paths": [APP]}, {"paths": [APP]}]}]}),
+            "more than one layer",
+        ),
+        "dotdot.json": (
+            json.dumps({"images": [{"layers": [{"paths": ["/nix/store/../x"]}]}]}),
+            "'..'",
+        ),
+        "version.json": ('{"version": 9, "images": []}', "version 9"),
+    }
+    for name, (text, must_say) in cases.items():
+        plan = tmp_path / name
+        plan.write_text(text)
+        dest = tmp_path / "out.tar"
+        _, err = _build(
+            ["--plan", plan, "--store-root", store.root, "-o", f"docker-archive:{dest}"],
+            capsys,
+            status=2,
+        )
+        _one_line_error(err, str(plan), must_say)
+        assert not dest.exists()
+    _, err = _build(["--plan", tmp_path / "absent.json", "-o", "-"], capsys, status=2)
+    _one_line_error(err, "absent.json", "cannot read")
+
+
+def test_plan_and_closure_together_is_refused(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.json"
+    run(["plan", "--closure", app_closure, "-o", plan], capsys)
+    _, err = _build(
+        ["--plan", plan, "--closure", app_closure, "-o", f"oci:{tmp_path / 'x'}"], capsys, status=2
+    )
+    _one_line_error(err, "--plan", "not both")
+    _, err = _build(["-o", f"oci:{tmp_path / 'x'}"], capsys, status=2)
+    _one_line_error(err, "--closure")
+    assert not (tmp_path / "x").exists()
+
+
+def test_store_root_missing_item_from_plan_file(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.json"
+    run(["plan", "--closure", app_closure, "-o", plan], capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _, err = _build(
+        ["--plan", plan, "--store-root", empty, "--no-cache", "-o", f"oci:{tmp_path / 'x'}"],
+        capsys,
+        status=3,
+    )
+    _one_line_error(err, str(empty), "not found")
+    assert not (tmp_path / "x").exists()
+    assert GLIBC in err or ZLIB in err or LIBFOO in err or APP in err
