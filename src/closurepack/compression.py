@@ -6,7 +6,11 @@ Levels (``--level``) are given on each tool's own scale and mapped here:
   4-5 -> 2 and 6-9 -> 3; the default is 6 (ISA-L 3), the only ISA-L level whose output stays
   within ~12% of ``gzip -6`` while compressing several times faster. Output comes from
   ISA-L's block-parallel writer (1 MiB blocks, each primed with the previous 32 KiB), which
-  is byte-identical for any thread count >= 1. The gzip header has no file name, mtime 0.
+  is byte-identical for any thread count >= 1 and any way the input is split into writes.
+  The gzip header has no file name, mtime 0. ISA-L picks SIMD kernels at run time; its output
+  is reported identical across x86-64 hosts with SSE4.2 or newer, but another architecture
+  (or a very old CPU) may produce different, equally valid gzip bytes for the same tar, so the
+  machine type is part of the codec identity. diff_ids never depend on it.
 * ``zstd``: levels -7..22, default 3 (well under ``gzip -6`` in size at a fraction of its
   time). Always compressed in zstd's multi-threaded mode, whose output is identical for any
   worker count >= 1 (single-threaded mode would produce different bytes). Frames carry
@@ -20,6 +24,7 @@ them may change the bytes, so it goes into layer cache keys.
 from __future__ import annotations
 
 import os
+import platform
 from typing import IO, BinaryIO, Protocol, cast
 
 import isal
@@ -87,7 +92,10 @@ def codec_identity(compression: str, level: int | None) -> str:
     """A string naming everything about the codec that can change the compressed bytes."""
     lvl = resolve_level(compression, level)
     if compression == "gzip":
-        return f"gzip/isal-{isal.__version__}/level-{lvl}/blocks-{_GZIP_BLOCK}"
+        return (
+            f"gzip/isal-{isal.__version__}/level-{lvl}/blocks-{_GZIP_BLOCK}"
+            f"/{platform.machine() or 'unknown'}"
+        )
     if compression == "zstd":
         return (
             f"zstd/python-zstandard-{zstandard.__version__}/libzstd-{zstandard.ZSTD_VERSION}"
