@@ -1011,3 +1011,66 @@ def test_store_root_missing_item_from_plan_file(
     _one_line_error(err, str(empty), "not found")
     assert not (tmp_path / "x").exists()
     assert GLIBC in err or ZLIB in err or LIBFOO in err or APP in err
+
+
+def test_previous_image_layers_are_rebuilt_byte_identical(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lib = store.closure_file(tmp_path / "lib.json", [LIBFOO])
+    old = tmp_path / "old"
+    _build(
+        [*_base_argv(store, lib), "--strategy", "single", "--no-cache", "-o", f"oci:{old}"], capsys
+    )
+    both = store.closure_file(tmp_path / "both.json", [APP, TOOL])
+    new = tmp_path / "new"
+    _build(
+        [*_base_argv(store, both), "--previous", f"oci:{old}", "--no-cache", "-o", f"oci:{new}"],
+        capsys,
+    )
+    old_image, new_image = read_oci(old), read_oci(new)
+    assert new_image.layer_digests[0] == old_image.layer_digests[0]
+    assert len(new_image.layer_digests) >= 3
+
+
+def _big_store(tmp_path: Path) -> tuple[Store, Path]:
+    store = make_store(tmp_path / "big-root")
+    (store.files(APP) / "payload").write_bytes(os.urandom(1 << 20))
+    return store, store.closure_file(tmp_path / "big.json", [APP])
+
+
+def test_stdout_reader_going_away_is_quiet(tmp_path: Path) -> None:
+    store, closure = _big_store(tmp_path)
+    argv = [sys.executable, "-m", "closurepack.cli", "build", "--closure", str(closure),
+            "--store-root", str(store.root), "--no-cache", "--compression", "none",
+            "-o", "-"]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert len(proc.stdout.read(1000)) == 1000
+        proc.stdout.close()
+        status = proc.wait(timeout=60)
+        err = proc.stderr.read()
+    assert status == 141
+    assert err == b""
+
+
+def test_stdout_terminal_is_refused(store: Store, app_closure: Path, tmp_path: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "closurepack.cli", "build",
+             *map(str, _base_argv(store, app_closure)), "--no-cache", "-o", "-"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 5
+    assert result.stderr.decode().splitlines() == [
+        "closurepack: error: standard output is a terminal: redirect the image archive"
+    ]

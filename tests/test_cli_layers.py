@@ -309,3 +309,24 @@ def test_verify_and_inspect_docker_archive_and_oci_archive(
         infos.append([(layer["diff_id"], layer["paths"]) for layer in info["layers"]])
     assert infos[0] == infos[1]
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_build_layer_store_paths_name_items(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = tmp_path / "whole"
+    _ok(["build-layer", GLIBC, "--store-root", store.root, "-o", whole], capsys)
+    inside = tmp_path / "inside"
+    _ok(["build-layer", f"{GLIBC}/lib/deep", "--store-root", store.root, "-o", inside], capsys)
+    one = json.loads((whole / "layer.json").read_text())
+    assert one == json.loads((inside / "layer.json").read_text())
+    assert one["paths"] == [GLIBC]
+    out = tmp_path / "out"
+    gnu = "/gnu/store/" + "9" * 32 + "-bash"
+    _fails(["build-layer", GLIBC, gnu, "--store-root", store.root, "-o", out], capsys, 2,
+           "different stores", "/gnu/store", "/nix/store")  # fmt: skip
+    _fails(["build-layer", "relative", "--store-root", store.root, "-o", out], capsys, 2,
+           "relative", "not a store path")  # fmt: skip
+    _fails(["build-layer", "/nix/store/../etc", "--store-root", store.root, "-o", out], capsys, 2,
+           "/nix/store/../etc")  # fmt: skip
+    assert not out.exists()

@@ -360,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             standalone_mode=False,
         )
     except ClosurepackError as exc:
+        if isinstance(exc.__cause__, BrokenPipeError):
+            return _broken_pipe()
         click.echo(f"closurepack: error: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
@@ -372,11 +374,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("closurepack: interrupted", err=True)
         return 130
     except BrokenPipeError:
-        # The reader went away (e.g. `closurepack build -o - | head`): not our error.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
+        return _broken_pipe()
     return status if isinstance(status, int) else 0
+
+
+def _broken_pipe() -> int:
+    """The reader went away (``closurepack build -o - | head``): not our error. Quietly give
+    the status a shell reports for SIGPIPE; stdout goes to /dev/null so that Python's final
+    flush cannot complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,8 +24,14 @@ from closurepack.customisation import (
     customisation_entries,
 )
 from closurepack.destinations import parse_destination, parse_repo_tag, write_image
-from closurepack.errors import DestinationError, ImageError, OptionError, PlanError
-from closurepack.graph import Closure
+from closurepack.errors import (
+    ClosureError,
+    DestinationError,
+    ImageError,
+    OptionError,
+    PlanError,
+)
+from closurepack.graph import Closure, split_store_path
 from closurepack.image import BaseImage, ImageConfig, assemble_image
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_store_layer
@@ -34,6 +40,7 @@ from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
 from closurepack.readback import read_base_image
 from closurepack.sources import load_closure_file, query_closure
+from closurepack.sources.query import store_item_path
 from closurepack.strategies import DEFAULT_STRATEGY
 
 __all__ = [
@@ -361,8 +368,12 @@ def build_one_layer(
         paths = image.layers[layer_index].paths
         store_dir = plan.store_dir
     elif store_paths:
-        paths = tuple(sorted(set(store_paths)))
-        store_dir = paths[0].rsplit("/", 1)[0]
+        # a path inside an item, or a ./result symlink, stands for the item, as in queries
+        paths = tuple(sorted({store_item_path(p, store_root=store_root) for p in store_paths}))
+        store_dirs = sorted({split_store_path(p, where="build-layer")[0] for p in paths})
+        if len(store_dirs) != 1:
+            raise ClosureError(f"build-layer: paths from different stores: {', '.join(store_dirs)}")
+        store_dir = store_dirs[0]
     else:
         raise OptionError("give --plan FILE --layer N, or store paths")
     mtime = default_mtime(created)
