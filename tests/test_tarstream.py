@@ -321,3 +321,14 @@ def test_tree_tar_rejects_duplicates_and_escapes() -> None:
         TreeEntry("../etc/passwd", "file")
     with pytest.raises(OptionError, match="without a target"):
         TreeEntry("bin/sh", "symlink")
+
+
+def test_tree_tar_refuses_entries_below_a_file_or_symlink() -> None:
+    with pytest.raises(OptionError, match="bin: is a symlink but other entries are below it"):
+        write_tree_tar(
+            io.BytesIO(),
+            [
+                TreeEntry("bin", "symlink", target="/nix/store/x-busybox/bin"),
+                TreeEntry("bin/sh", "file", data=b"#!"),
+            ],
+        )

@@ -482,6 +482,12 @@ def write_tree_tar(out: Writable, entries: Iterable[TreeEntry], *, mtime: int = 
                 continue
             seen_dirs.add(entry.name)
         raw.append(entry)
-    given = {e.name for e in raw}
-    raw.extend(_Entry(p, "dir", _DIR_MODE) for p in sorted(_parents(given) - given))
+    kinds = {e.name: e.kind for e in raw}
+    parents = _parents(kinds)
+    for parent in sorted(parents):
+        kind = kinds.get(parent, "dir")
+        if kind != "dir":
+            # a file or symlink with entries below it: extraction would write through it
+            raise OptionError(f"{os.fsdecode(parent)}: is a {kind} but other entries are below it")
+    raw.extend(_Entry(p, "dir", _DIR_MODE) for p in sorted(parents - kinds.keys()))
     _TarWriter(out, mtime).write_all(raw)
