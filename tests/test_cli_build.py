@@ -941,6 +941,11 @@ def test_bad_destinations(
         (f"oci:{tmp_path / 'a-file'}", 5, ("a-file",)),
         (f"docker-archive:{tmp_path / 'no' / 'dir' / 'x.tar'}", 5, ("x.tar",)),
     ]
+    if os.path.ismount("/sys"):  # sysfs never lets anyone, root included, create a file
+        cases.append(
+            ("docker-archive:/sys/closurepack-test.tar", 5, ("/sys/closurepack-test.tar",))
+        )
+        cases.append(("oci:/sys/closurepack-test", 5, ("/sys/closurepack-test",)))
     for dest, status, must_say in cases:
         _, err = _build(
             [*_base_argv(store, app_closure), "--cache-dir", tmp_path / "cache", "-o", dest],
@@ -1074,3 +1079,52 @@ def test_stdout_terminal_is_refused(store: Store, app_closure: Path, tmp_path: P
     assert result.stderr.decode().splitlines() == [
         "closurepack: error: standard output is a terminal: redirect the image archive"
     ]
+
+
+def _run_with_terminal_stderr(argv: list[str]) -> tuple[int, bytes, str]:
+    """Run the CLI with stderr on a pseudo-terminal; return (status, stdout, terminal text)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "closurepack.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", "TERM": "dumb"},
+    ) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO once the child has closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        status = proc.wait(timeout=60)
+    os.close(leader)
+    return status, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_and_quiet(store: Store, app_closure: Path, tmp_path: Path) -> None:
+    argv = [*map(str, _base_argv(store, app_closure)), "--strategy", "per-item",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    status, out, terminal = _run_with_terminal_stderr(
+        ["build", *argv, "-o", f"oci:{tmp_path / 'a'}"]
+    )
+    assert status == 0, terminal
+    assert out.startswith(b"sha256:")
+    for number in range(1, 6):
+        assert f"layer {number}/5: " in terminal
+    assert "(cached)" not in terminal
+    status, _, terminal = _run_with_terminal_stderr(["build", *argv, "-o", f"oci:{tmp_path / 'b'}"])
+    assert status == 0
+    assert terminal.count("(cached)") == 4  # the store layers; the customisation layer is new
+    status, _, terminal = _run_with_terminal_stderr(
+        ["build", *argv, "-q", "-o", f"oci:{tmp_path / 'c'}"]
+    )
+    assert status == 0
+    assert "layer" not in terminal

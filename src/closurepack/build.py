@@ -73,6 +73,8 @@ class LayerEvent:
     cached: bool
     seconds: float
     planned_size: int
+    #: The planned size of every layer of the image together (for a progress bar's total).
+    total_size: int = 0
 
 
 ProgressCallback = Callable[[LayerEvent], None]
@@ -94,6 +96,7 @@ def build_layers(
     """
     planned = list(image.layers)
     total = len(planned) + (1 if customisation and not customisation.is_empty else 0)
+    total_size = sum(layer.size for layer in planned)
 
     def one(index: int, layer: PlannedLayer) -> BuiltLayer:
         started = time.perf_counter()
@@ -125,7 +128,15 @@ def build_layers(
             built = hit if hit is not None else options.cache.get_or_build(key, build)
         if progress is not None:
             progress(
-                LayerEvent(index, total, built, cached, time.perf_counter() - started, layer.size)
+                LayerEvent(
+                    index,
+                    total,
+                    built,
+                    cached,
+                    time.perf_counter() - started,
+                    layer.size,
+                    total_size,
+                )
             )
         return built
 
@@ -146,7 +157,15 @@ def build_layers(
         layers.append(top)
         if progress is not None:
             progress(
-                LayerEvent(total - 1, total, top, False, time.perf_counter() - started, top.size)
+                LayerEvent(
+                    total - 1,
+                    total,
+                    top,
+                    False,
+                    time.perf_counter() - started,
+                    top.size,
+                    total_size + top.size,
+                )
             )
     return layers
 

@@ -331,7 +331,13 @@ def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | Non
         def report(event: Any) -> None:
             nonlocal finished
             finished += 1
-            bar.update(task, advance=event.planned_size, done=finished, layers=event.total)
+            bar.update(
+                task,
+                total=event.total_size or None,
+                advance=event.planned_size,
+                done=finished,
+                layers=event.total,
+            )
             cached = " (cached)" if event.cached else ""
             bar.console.print(
                 f"layer {event.index + 1}/{event.total}: {event.layer.digest.hex[:12]}"
