@@ -420,6 +420,10 @@ def test_created_now_is_the_current_time(
         ("--created", "-5", ("--created", "-5")),
         ("--symlink", "/bin", ("--symlink", "/bin", "KEY=VALUE")),
         ("--symlink", "bin=/x", ("--symlink", "bin=/x", "absolute")),
+        ("--symlink", "/=/x", ("--symlink", "/=/x")),
+        ("--symlink", "/a/../b=/x", ("--symlink", "/a/../b=/x")),
+        ("--symlink", "/a=", ("--symlink", "/a=", "empty target")),
+        ("--created", "99999999999999", ("--created", "9999")),
         ("--entrypoint", '["a", 1]', ("--entrypoint", "array of strings")),
         ("--entrypoint", "[oops", ("--entrypoint", "JSON")),
         ("--cmd", "'unclosed", ("--cmd", "quotation")),
@@ -1128,3 +1132,79 @@ def test_progress_on_a_terminal_and_quiet(store: Store, app_closure: Path, tmp_p
     )
     assert status == 0
     assert "layer" not in terminal
+
+
+@pytest.mark.parametrize(
+    ("user", "passwd", "group"),
+    [
+        ("app", ["app:x:1000:1000:app:/tmp:/bin/sh"], ["app:x:1000:"]),
+        ("app:staff", ["app:x:1000:1000:app:/tmp:/bin/sh"], ["staff:x:1000:"]),
+        ("app:100", ["app:x:1000:100:app:/tmp:/bin/sh"], []),
+        ("1000:app", [], ["app:x:1000:"]),
+        ("root", [], []),
+        ("1000", None, None),
+        ("0:0", None, None),
+    ],
+)
+def test_passwd_and_group_for_named_users(
+    user: str,
+    *,
+    passwd: list[str] | None,
+    group: list[str] | None,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dest = tmp_path / "layout"
+    _build(
+        [*_base_argv(store, app_closure), "--no-cache", "--user", user, "-o", f"oci:{dest}"], capsys
+    )
+    image = read_oci(dest)
+    top = len(image.layer_digests) - 1
+    members = image.layer_members(top)
+    assert image.config["config"]["User"] == user
+    if passwd is None:
+        assert sorted(members) == ["tmp"]
+        return
+    lines = image.layer_file(top, "etc/passwd").decode().splitlines()
+    assert lines == [
+        "root:x:0:0:root:/root:/bin/sh",
+        *passwd,
+        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false",
+    ]
+    lines = image.layer_file(top, "etc/group").decode().splitlines()
+    assert lines == ["root:x:0:", *group, "nogroup:x:65534:"]
+    assert members["etc/passwd"].mode == 0o644
+
+
+def test_symlink_or_extra_tmp_replaces_the_default_tmp(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "link"
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--symlink",
+            "/tmp=/var/tmp",
+            "-o",
+            f"oci:{dest}",
+        ],
+        capsys,
+    )
+    image = read_oci(dest)
+    members = image.layer_members(len(image.layer_digests) - 1)
+    assert members["tmp"].issym()
+    assert members["tmp"].linkname == "/var/tmp"
+    extra = tmp_path / "extra"
+    (extra / "tmp").mkdir(parents=True)
+    (extra / "tmp").chmod(0o700)
+    dest = tmp_path / "extra-tmp"
+    _build(
+        [*_base_argv(store, app_closure), "--no-cache", "--extra", extra, "-o", f"oci:{dest}"],
+        capsys,
+    )
+    image = read_oci(dest)
+    members = image.layer_members(len(image.layer_digests) - 1)
+    assert members["tmp"].mode == 0o700

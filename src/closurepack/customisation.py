@@ -33,14 +33,18 @@ class Customisation:
     user: str | None = None
 
     @property
-    def named_user(self) -> tuple[str, str] | None:
-        """(user name, group name) when ``user`` names a user, else None."""
+    def named_user(self) -> tuple[str | None, str | None] | None:
+        """(user name, group name) when ``user`` names a user or a group rather than numbers
+        only (each None when given as a number), else None. A named user without a group gets
+        the group of the same name."""
         if not self.user:
             return None
         name, _, group = self.user.partition(":")
-        if name.isdigit():
+        user_name = None if name.isdigit() else name
+        group_name = None if group.isdigit() else (group or user_name)
+        if user_name is None and group_name is None:
             return None
-        return name, (group if group and not group.isdigit() else name)
+        return user_name, group_name
 
     @property
     def is_empty(self) -> bool:
@@ -52,22 +56,38 @@ class Customisation:
         return bool(self.symlinks or self.extra_dirs or self.named_user)
 
 
-def _passwd_entries(user: str, group: str) -> list[TreeEntry]:
-    passwd = [
-        "root:x:0:0:root:/root:/bin/sh",
-        f"{user}:x:{DEFAULT_UID}:{DEFAULT_UID}:{user}:/tmp:/bin/sh",
-        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false",
-    ]
-    groups = ["root:x:0:", f"{group}:x:{DEFAULT_UID}:", "nogroup:x:65534:"]
-    if user == "root":
-        passwd.pop(1)
-    if group == "root":
-        groups.pop(1)
+def _passwd_entries(user: str | None, group: str | None, user_spec: str) -> list[TreeEntry]:
+    """Minimal /etc/passwd and /etc/group so that ``--user NAME[:GROUP]`` resolves: a named user
+    gets uid :data:`DEFAULT_UID`, a named group gid :data:`DEFAULT_UID`; numbers given in
+    ``user_spec`` are used as they are."""
+    _, _, group_part = user_spec.partition(":")
+    gid = int(group_part) if group_part.isdigit() else DEFAULT_UID
+    passwd = ["root:x:0:0:root:/root:/bin/sh"]
+    if user is not None and user != "root":
+        passwd.append(f"{user}:x:{DEFAULT_UID}:{gid}:{user}:/tmp:/bin/sh")
+    passwd.append("nobody:x:65534:65534:nobody:/nonexistent:/bin/false")
+    groups = ["root:x:0:"]
+    if group is not None and group != "root":
+        groups.append(f"{group}:x:{DEFAULT_UID}:")
+    groups.append("nogroup:x:65534:")
     return [
         TreeEntry("etc", "dir", 0o755),
         TreeEntry("etc/passwd", "file", 0o644, data=("\n".join(passwd) + "\n").encode()),
         TreeEntry("etc/group", "file", 0o644, data=("\n".join(groups) + "\n").encode()),
     ]
+
+
+def _check_link(link: str, target: str) -> str:
+    """The link's name in the image (no leading slash); an OptionError naming --symlink when
+    it is not an absolute path of plain parts, or the target is empty."""
+    if not link.startswith("/"):
+        raise OptionError(f"--symlink {link}={target}: the link must be an absolute path")
+    parts = [part for part in link.split("/") if part]
+    if not parts or any(part in (".", "..") for part in parts):
+        raise OptionError(f"--symlink {link}={target}: the link must not be / or hold . or ..")
+    if not target or "\0" in target or "\0" in link:
+        raise OptionError(f"--symlink {link}={target}: empty target or NUL byte")
+    return "/".join(parts)
 
 
 def customisation_entries(customisation: Customisation) -> list[TreeEntry]:
@@ -80,17 +100,17 @@ def customisation_entries(customisation: Customisation) -> list[TreeEntry]:
     for directory in customisation.extra_dirs:
         entries.extend(scan_host_tree(directory))
     names = {entry.name.strip("/") for entry in entries}
-    if customisation.tmp and "tmp" not in names:
+    links = [(_check_link(link, target), link, target) for link, target in customisation.symlinks]
+    for name, link, _target in links:
+        if name in names:
+            raise OptionError(f"--symlink {link}: an --extra tree already has /{name}")
+    # a --symlink /tmp=... or an --extra tree's tmp takes the place of the default /tmp
+    if customisation.tmp and "tmp" not in names and all(name != "tmp" for name, _, _ in links):
         entries.append(TreeEntry("tmp", "dir", 0o1777))
     named = customisation.named_user
-    if named and "etc/passwd" not in names:
-        entries.extend(_passwd_entries(*named))
-    for link, target in customisation.symlinks:
-        if not link.startswith("/"):
-            raise OptionError(f"--symlink {link}={target}: the link must be an absolute path")
-        if link.strip("/") in names:
-            raise OptionError(f"--symlink {link}: an --extra tree already has {link}")
-        entries.append(TreeEntry(link, "symlink", target=target))
+    if named and customisation.user and "etc/passwd" not in names:
+        entries.extend(_passwd_entries(*named, customisation.user))
+    entries.extend(TreeEntry(name, "symlink", target=target) for name, _, target in links)
     _check_unique(entries)
     return entries
 

@@ -53,7 +53,7 @@ def parse_created(value: str) -> int:
     else:
         try:
             moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise OptionError(
                 f"--created {value!r}: expected seconds since the epoch, an RFC 3339 date or 'now'"
             ) from None
@@ -62,4 +62,10 @@ def parse_created(value: str) -> int:
         seconds = int(moment.timestamp())
     if seconds < 0:
         raise OptionError(f"--created {value!r}: before 1970")
+    if seconds > _MAX_CREATED:
+        raise OptionError(f"--created {value!r}: after the year 9999")
     return seconds
+
+
+#: 9999-12-31T23:59:59Z, the last moment an RFC 3339 date can name.
+_MAX_CREATED = 253402300799
