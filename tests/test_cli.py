@@ -111,6 +111,23 @@ def test_plan_output_file_holds_the_json(
     assert sorted(os.listdir(tmp_path)) == ["app.json", "plan.json", "root"]
 
 
+def test_plan_output_file_that_cannot_be_written(
+    app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing_dir = tmp_path / "no" / "plan.json"
+    _expect_error(
+        ["plan", "--closure", app_closure, "-o", missing_dir],
+        capsys,
+        str(missing_dir),
+        "cannot write",
+        status=5,
+    )
+    _expect_error(
+        ["plan", "--closure", app_closure, "-o", tmp_path], capsys, str(tmp_path), "directory"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["app.json", "root"]
+
+
 def test_several_closures_one_image_each_in_order_sharing_layers(
     store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

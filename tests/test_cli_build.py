@@ -837,15 +837,14 @@ def _missing_item_closure(store: Store, tmp_path: Path) -> Path:
     return broken.closure_file(tmp_path / "broken.json", [APP])
 
 
-def test_failed_build_keeps_an_existing_docker_archive(
-    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive"])
+def test_failed_build_keeps_an_existing_archive(
+    kind: str, store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     archive = out_dir / "image.tar"
-    _build(
-        [*_base_argv(store, app_closure), "--no-cache", "-o", f"docker-archive:{archive}"], capsys
-    )
+    _build([*_base_argv(store, app_closure), "--no-cache", "-o", f"{kind}:{archive}"], capsys)
     before = archive.read_bytes()
     broken = _missing_item_closure(store, tmp_path)
     cache = tmp_path / "cache"
@@ -853,7 +852,7 @@ def test_failed_build_keeps_an_existing_docker_archive(
         _, err = _build(
             ["--closure", broken, "--store-root", tmp_path / "broken-root",
              "--strategy", "per-item", "--jobs", jobs, "--cache-dir", cache, "--env", "A=1",
-             "-o", f"docker-archive:{archive}"],
+             "-o", f"{kind}:{archive}"],
             capsys,
             status=3,
         )  # fmt: skip
@@ -944,6 +943,8 @@ def test_bad_destinations(
         (f"docker-archive:{tmp_path / 'a-file' / 'x.tar'}", 5, ("a-file",)),
         (f"oci:{tmp_path / 'a-file'}", 5, ("a-file",)),
         (f"docker-archive:{tmp_path / 'no' / 'dir' / 'x.tar'}", 5, ("x.tar",)),
+        (f"docker-archive:{tmp_path}", 5, ("is a directory",)),
+        (f"oci:{tmp_path}", 5, ("not an OCI layout",)),
     ]
     if os.path.ismount("/sys"):  # sysfs never lets anyone, root included, create a file
         cases.append(
