@@ -1209,3 +1209,30 @@ def test_symlink_or_extra_tmp_replaces_the_default_tmp(
     image = read_oci(dest)
     members = image.layer_members(len(image.layer_digests) - 1)
     assert members["tmp"].mode == 0o700
+
+
+def test_wrong_destination_fails_before_any_layer_is_built(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the store files gone, a build would fail (exit 3) on its first layer: an obviously
+    wrong destination must be reported first."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("x")
+    for dest, says in [
+        (f"docker-archive:{tmp_path / 'no' / 'x.tar'}", "no directory"),
+        (f"oci-archive:{tmp_path}", "is a directory"),
+        (f"oci:{tmp_path / 'foreign'}", "not an OCI layout"),
+        (f"oci:{tmp_path / 'a-file'}", "not a directory"),
+    ]:
+        _, err = _build(
+            ["--closure", app_closure, "--store-root", empty, "--cache-dir", tmp_path / "cache",
+             "-o", dest],
+            capsys,
+            status=5,
+        )  # fmt: skip
+        _one_line_error(err, says)
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "cache").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -205,6 +206,35 @@ def _image_config(
     )
 
 
+def _check_destination(dest: str, tag: str | None) -> None:
+    """Cheap checks of ``dest`` (and ``--tag``) before any layer is built, so that an obviously
+    wrong destination fails at once rather than after a long build. The destination writers
+    check again (and everything else) when they write."""
+    destination = parse_destination(dest)
+    if tag is not None:
+        parse_repo_tag(tag)
+    path = destination.path
+    if path is None:
+        return
+    if destination.kind in ("docker-archive", "oci-archive"):
+        if path.is_dir():
+            raise DestinationError(f"{path}: is a directory, expected an archive file path")
+        _check_writable_dir(path.parent, path)
+    elif path.exists():
+        if not path.is_dir():
+            raise DestinationError(f"{path}: not a directory (an OCI layout is one)")
+        if not (path / "oci-layout").exists() and any(path.iterdir()):
+            raise DestinationError(f"{path}: directory is not empty and not an OCI layout")
+        _check_writable_dir(path, path)
+
+
+def _check_writable_dir(directory: Path, dest: Path) -> None:
+    if not directory.is_dir():
+        raise DestinationError(f"{dest}: cannot write: no directory {directory}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DestinationError(f"{dest}: cannot write: permission denied on {directory}")
+
+
 def _finish(
     layers: list[BuiltLayer],
     *,
@@ -259,9 +289,7 @@ def build_image(
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
     Everything is checked before any layer is built; the destination is written last, atomically.
     """
-    parse_destination(dest)  # fail on a bad destination or tag before any work
-    if tag is not None:
-        parse_repo_tag(tag)
+    _check_destination(dest, tag)  # fail on a bad destination or tag before any work
     if jobs is not None and jobs < 1:
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
@@ -466,9 +494,7 @@ def assemble_from_descriptors(
     from_image: str | None = None,
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer."""
-    parse_destination(dest)
-    if tag is not None:
-        parse_repo_tag(tag)
+    _check_destination(dest, tag)
     layers = read_descriptors(descriptors)
     mtime = default_mtime(created)
     config = _image_config(
