@@ -30,6 +30,9 @@ _CHUNK = 1 << 20  # bytes handed to the compressing thread at a time
 _DIRECT = 1 << 18  # writes at least this big skip the coalescing buffer
 _QUEUE_DEPTH = 8  # chunks in flight: bounds memory to about _QUEUE_DEPTH MiB
 
+_active = 0  # layer builds running in this process (threads=0 shares the CPUs among them)
+_active_lock = threading.Lock()
+
 
 def layer_key(
     paths: Sequence[str],
@@ -140,7 +143,45 @@ def _build(
     threads: int,
     fsync: bool,
 ) -> BuiltLayer:
+    global _active  # noqa: PLW0603 - a process-wide count of builds in flight
     resolve_level(compression, level)  # validate before doing any work
+    with _active_lock:
+        _active += 1
+    try:
+        return _build_one(
+            write_tar,
+            compression=compression,
+            level=level,
+            dest_dir=dest_dir,
+            paths=paths,
+            comment=comment,
+            threads=threads,
+            fsync=fsync,
+        )
+    finally:
+        with _active_lock:
+            _active -= 1
+
+
+def _fair_share() -> int:
+    """Codec threads for one build: the CPUs divided among the builds running right now
+    (the codecs' output does not depend on it)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with _active_lock:
+        return max(1, (cpus or 1) // max(1, _active))
+
+
+def _build_one(
+    write_tar: Callable[[Writable], None],
+    *,
+    compression: str,
+    level: int | None,
+    dest_dir: Path,
+    paths: tuple[str, ...],
+    comment: str,
+    threads: int,
+    fsync: bool,
+) -> BuiltLayer:
     media_type = layer_media_type(compression)
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +192,9 @@ def _build(
     try:
         with os.fdopen(fd, "wb", buffering=_CHUNK) as blob:
             pipe = _Pipe(
-                lambda sink: open_compressor(compression, sink, level=level, threads=threads),
+                lambda sink: open_compressor(
+                    compression, sink, level=level, threads=threads or _fair_share()
+                ),
                 blob,
             )
             try:
