@@ -8,13 +8,16 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from closurepack import __version__
 from closurepack.errors import ClosurepackError, DestinationError
 from closurepack.options import parse_command, parse_created, parse_key_values
+
+if TYPE_CHECKING:
+    from closurepack.workflow import ImageOptions
 
 __all__ = ["main"]
 
@@ -190,10 +193,10 @@ def build_command(**kwargs: Any) -> None:
     """Build an image from a closure (or a plan) and write it to a destination."""
     from closurepack.workflow import build_image
 
-    options = _normalise_image_options(kwargs)
+    image, options = _split_image_options(kwargs)
     quiet = options.pop("quiet")
     with _progress_reporter(enabled=not quiet) as progress:
-        digest = build_image(**options, progress=progress)
+        digest = build_image(**options, image=image, progress=progress)
     if options["dest"] != "-":
         click.echo(digest)
     elif not quiet:  # standard output holds the archive: the digest must not follow it there
@@ -256,9 +259,9 @@ def assemble_command(**kwargs: Any) -> None:
     """Make an image from layer descriptors written by `build-layer` (bottom layer first)."""
     from closurepack.workflow import assemble_from_descriptors
 
-    options = _normalise_image_options(kwargs)
+    image, options = _split_image_options(kwargs)
     options.pop("quiet")
-    click.echo(assemble_from_descriptors(**options))
+    click.echo(assemble_from_descriptors(**options, image=image))
 
 
 @cli.command("verify")
@@ -290,15 +293,36 @@ def inspect_command(image: str, as_json: bool) -> None:
         click.echo(format_inspection(info))
 
 
-def _normalise_image_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Parse the string options shared by build and assemble into typed values."""
-    out = dict(kwargs)
-    out["entrypoint"] = parse_command(kwargs["entrypoint"], option="--entrypoint")
-    out["cmd"] = parse_command(kwargs["cmd"], option="--cmd")
-    out["label"] = parse_key_values(kwargs["label"], option="--label")
-    out["symlink"] = parse_key_values(kwargs["symlink"], option="--symlink")
-    out["created"] = parse_created(kwargs["created"]) if kwargs["created"] else None
-    return out
+_IMAGE_OPTIONS = (
+    "tag", "created", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label", "expose",
+    "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
+)  # fmt: skip
+
+
+def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str, Any]]:
+    """Take the options shared by build and assemble out of ``kwargs``, parsed and typed."""
+    from closurepack.workflow import ImageOptions
+
+    rest = {k: v for k, v in kwargs.items() if k not in _IMAGE_OPTIONS}
+    options = ImageOptions(
+        tag=kwargs["tag"],
+        created=parse_created(kwargs["created"]) if kwargs["created"] else None,
+        arch=kwargs["arch"],
+        entrypoint=parse_command(kwargs["entrypoint"], option="--entrypoint"),
+        cmd=parse_command(kwargs["cmd"], option="--cmd"),
+        env=tuple(kwargs["env"]),
+        workdir=kwargs["workdir"],
+        user=kwargs["user"],
+        labels=parse_key_values(kwargs["label"], option="--label"),
+        expose=tuple(kwargs["expose"]),
+        volumes=tuple(kwargs["volume"]),
+        stop_signal=kwargs["stop_signal"],
+        symlinks=parse_key_values(kwargs["symlink"], option="--symlink"),
+        extra_dirs=tuple(kwargs["extra"]),
+        tmp=not kwargs["no_tmp"],
+        from_image=kwargs["from_image"],
+    )
+    return options, rest
 
 
 @contextlib.contextmanager

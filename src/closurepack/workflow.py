@@ -46,6 +46,7 @@ from closurepack.strategies import DEFAULT_STRATEGY
 
 __all__ = [
     "DEFAULT_MAX_LAYERS",
+    "ImageOptions",
     "assemble_from_descriptors",
     "build_image",
     "build_one_layer",
@@ -176,34 +177,57 @@ def _read_plan(plan_file: Path) -> LayerPlan:
     return LayerPlan.from_json(text, source=str(plan_file))
 
 
-def _image_config(
-    *,
-    created: int,
-    arch: str | None,
-    entrypoint: Sequence[str] | None,
-    cmd: Sequence[str] | None,
-    env: Sequence[str],
-    workdir: str | None,
-    user: str | None,
-    label: Sequence[tuple[str, str]],
-    expose: Sequence[str],
-    volume: Sequence[str],
-    stop_signal: str | None,
-) -> ImageConfig:
-    extra = {"architecture": arch} if arch else {}
-    return ImageConfig(
-        created=created,
-        entrypoint=entrypoint,
-        cmd=cmd,
-        env=tuple(env),
-        working_dir=workdir,
-        user=user,
-        labels=dict(label),
-        exposed_ports=tuple(expose),
-        volumes=tuple(volume),
-        stop_signal=stop_signal,
-        **extra,
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageOptions:
+    """Everything an image gets beyond its store layers: config fields (``None``/empty: unset,
+    or inherited from ``from_image``), the customisation layer, the base image and a tag.
+
+    ``created`` is seconds since the epoch (default: ``SOURCE_DATE_EPOCH``, else 1); it is also
+    the mtime of every file in the layers.
+    """
+
+    tag: str | None = None
+    created: int | None = None
+    arch: str | None = None
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    expose: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    stop_signal: str | None = None
+    symlinks: tuple[tuple[str, str], ...] = ()
+    extra_dirs: tuple[Path, ...] = ()
+    tmp: bool = True
+    from_image: str | None = None
+
+    @property
+    def mtime(self) -> int:
+        return default_mtime(self.created)
+
+    def config(self) -> ImageConfig:
+        """The image config (validated: an OptionError names a bad value)."""
+        arch = {"architecture": self.arch} if self.arch else {}
+        return ImageConfig(
+            created=self.mtime,
+            entrypoint=self.entrypoint,
+            cmd=self.cmd,
+            env=self.env,
+            working_dir=self.workdir,
+            user=self.user,
+            labels=dict(self.labels),
+            exposed_ports=self.expose,
+            volumes=self.volumes,
+            stop_signal=self.stop_signal,
+            **arch,
+        )
+
+    def customisation(self) -> Customisation:
+        return Customisation(
+            symlinks=self.symlinks, extra_dirs=self.extra_dirs, tmp=self.tmp, user=self.user
+        )
 
 
 def _check_destination(dest: str, tag: str | None) -> None:
@@ -260,27 +284,12 @@ def build_image(
     max_layers: int | None = None,
     previous: Sequence[str] = (),
     dest: str,
-    tag: str | None = None,
     compression: str = "gzip",
     level: int | None = None,
     jobs: int | None = None,
     cache_dir: Path | None = None,
     no_cache: bool = False,
-    created: int | None = None,
-    arch: str | None = None,
-    entrypoint: Sequence[str] | None = None,
-    cmd: Sequence[str] | None = None,
-    env: Sequence[str] = (),
-    workdir: str | None = None,
-    user: str | None = None,
-    label: Sequence[tuple[str, str]] = (),
-    expose: Sequence[str] = (),
-    volume: Sequence[str] = (),
-    stop_signal: str | None = None,
-    symlink: Sequence[tuple[str, str]] = (),
-    extra: Sequence[Path] = (),
-    no_tmp: bool = False,
-    from_image: str | None = None,
+    image: ImageOptions = ImageOptions(),
     progress: ProgressCallback | None = None,
 ) -> str:
     """The whole build: returns the manifest digest of the image written to ``dest``.
@@ -289,28 +298,15 @@ def build_image(
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
     Everything is checked before any layer is built; the destination is written last, atomically.
     """
-    _check_destination(dest, tag)  # fail on a bad destination or tag before any work
+    _check_destination(dest, image.tag)  # fail on a bad destination or tag before any work
     if jobs is not None and jobs < 1:
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
         check_max_layers(max_layers)
-    mtime = default_mtime(created)
-    config = _image_config(
-        created=mtime,
-        arch=arch,
-        entrypoint=entrypoint,
-        cmd=cmd,
-        env=env,
-        workdir=workdir,
-        user=user,
-        label=label,
-        expose=expose,
-        volume=volume,
-        stop_signal=stop_signal,
-    )
-    customisation = Customisation(
-        symlinks=tuple(symlink), extra_dirs=tuple(extra), tmp=not no_tmp, user=user
-    )
+    mtime = image.mtime
+    config = image.config()
+    customisation = image.customisation()
+    from_image = image.from_image
     base = read_base_image(from_image) if from_image else None
     base_count = len(base.layers) if base else 0
 
@@ -368,7 +364,7 @@ def build_image(
             customisation=customisation,
             progress=progress,
         )
-        return _finish(layers, base=base, config=config, dest=dest, tag=tag)
+        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
 
 
 def build_one_layer(
@@ -474,47 +470,19 @@ def assemble_from_descriptors(
     *,
     descriptors: Sequence[Path],
     dest: str,
-    tag: str | None = None,
     compression: str = "gzip",
     level: int | None = None,
-    created: int | None = None,
-    arch: str | None = None,
-    entrypoint: Sequence[str] | None = None,
-    cmd: Sequence[str] | None = None,
-    env: Sequence[str] = (),
-    workdir: str | None = None,
-    user: str | None = None,
-    label: Sequence[tuple[str, str]] = (),
-    expose: Sequence[str] = (),
-    volume: Sequence[str] = (),
-    stop_signal: str | None = None,
-    symlink: Sequence[tuple[str, str]] = (),
-    extra: Sequence[Path] = (),
-    no_tmp: bool = False,
-    from_image: str | None = None,
+    image: ImageOptions = ImageOptions(),
 ) -> str:
-    """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer."""
-    _check_destination(dest, tag)
+    """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
+    ``compression`` and ``level`` are for the customisation layer."""
+    _check_destination(dest, image.tag)
     layers = read_descriptors(descriptors)
-    mtime = default_mtime(created)
-    config = _image_config(
-        created=mtime,
-        arch=arch,
-        entrypoint=entrypoint,
-        cmd=cmd,
-        env=env,
-        workdir=workdir,
-        user=user,
-        label=label,
-        expose=expose,
-        volume=volume,
-        stop_signal=stop_signal,
-    )
-    customisation = Customisation(
-        symlinks=tuple(symlink), extra_dirs=tuple(extra), tmp=not no_tmp, user=user
-    )
+    mtime = image.mtime
+    config = image.config()
+    customisation = image.customisation()
     customisation_entries(customisation)  # a bad --symlink or --extra fails before any work
-    base = read_base_image(from_image) if from_image else None
+    base = read_base_image(image.from_image) if image.from_image else None
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:
         raise OptionError(
@@ -532,4 +500,4 @@ def assemble_from_descriptors(
                     dest_dir=Path(work),
                 )
             )
-        return _finish(layers, base=base, config=config, dest=dest, tag=tag)
+        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
