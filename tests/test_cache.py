@@ -184,9 +184,16 @@ def test_eviction_spares_layers_in_use(tmp_path: Path) -> None:
         cache.get_or_build(key_of(p), builder(store, p))
     # everything was handed out by this cache object: nothing may go
     assert all(cache.get(key_of(p)) is not None for p in paths)
+    stale = tmp_path / "cache" / "tmp" / "crashed-build"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / "cache" / "tmp" / "running-build"
+    fresh.mkdir()
     other = LayerCache(tmp_path / "cache", max_bytes=1)
     assert len(other.evict()) == 3
     assert other.total_bytes() == 0
+    assert not stale.exists()
+    assert fresh.exists()
 
 
 def test_unusable_cache_dir(tmp_path: Path) -> None:

@@ -49,6 +49,8 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 #: A blob no entry refers to is removed by eviction only when older than this (a concurrent
 #: ``put`` moves the blob in before it writes the entry).
 _ORPHAN_AGE = 3600.0
+#: A build directory this old belongs to a process that died.
+_STALE_TMP_AGE = 86400.0
 
 
 def default_cache_dir() -> Path:
@@ -291,6 +293,11 @@ class LayerCache:
             refcount[blob] = refcount.get(blob, 0) + 1
         with self._mutex:
             in_use = set(self._in_use)
+        for work in self._tmp.iterdir():
+            # build directories of crashed processes (live ones are renamed away in seconds)
+            with contextlib.suppress(OSError):
+                if now - work.stat().st_mtime > _STALE_TMP_AGE:
+                    shutil.rmtree(work, ignore_errors=True)
         removed: list[str] = []
         for _, key, blob in entries:
             if total <= limit:
