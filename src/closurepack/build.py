@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from closurepack._fs import COPY_CHUNK
 from closurepack.cache import LayerCache
 from closurepack.customisation import Customisation, build_customisation_layer
-from closurepack.errors import OptionError
+from closurepack.errors import ImageError, OptionError
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_store_layer, layer_key
 from closurepack.plan import ImagePlan, PlannedLayer
@@ -23,6 +25,7 @@ __all__ = [
     "ProgressCallback",
     "build_layers",
     "default_mtime",
+    "read_descriptors",
     "scratch_dir",
 ]
 
@@ -173,3 +176,43 @@ def build_layers(
 def scratch_dir(parent: Path | None = None) -> tempfile.TemporaryDirectory[str]:
     """A work directory for blobs that are not cached (customisation layer, no-cache builds)."""
     return tempfile.TemporaryDirectory(prefix="closurepack-", dir=parent)
+
+
+def read_descriptors(paths: Sequence[Path]) -> list[BuiltLayer]:
+    """The layers that ``build-layer`` descriptors (files, or directories holding
+    ``layer.json``) describe, each blob checked: it exists, has the size and the digest its
+    descriptor gives. Any mismatch is an ImageError naming the descriptor."""
+    layers = []
+    for path in paths:
+        descriptor = path / "layer.json" if path.is_dir() else path
+        try:
+            text = descriptor.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{descriptor}: cannot read: {exc.strerror}") from exc
+        layer = BuiltLayer.from_json(text, source=descriptor)
+        _check_blob(layer, descriptor)
+        layers.append(layer)
+    return layers
+
+
+def _check_blob(layer: BuiltLayer, descriptor: Path) -> None:
+    try:
+        size = layer.blob_path.stat().st_size
+        if size != layer.size:
+            raise ImageError(
+                f"{descriptor}: blob {layer.blob_path} is {size} bytes, the descriptor says"
+                f" {layer.size}"
+            )
+        sha = hashlib.sha256()
+        with layer.open() as blob:
+            while chunk := blob.read(COPY_CHUNK):
+                sha.update(chunk)
+    except OSError as exc:
+        raise ImageError(
+            f"{descriptor}: cannot read blob {layer.blob_path}: {exc.strerror}"
+        ) from exc
+    if sha.hexdigest() != layer.digest.hex:
+        raise ImageError(
+            f"{descriptor}: blob {layer.blob_path} has digest sha256:{sha.hexdigest()}, the"
+            f" descriptor says {layer.digest}"
+        )

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from closurepack._fs import COPY_CHUNK, atomic_write
+from closurepack._fs import atomic_write
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
     build_layers,
     default_mtime,
+    read_descriptors,
     scratch_dir,
 )
 from closurepack.cache import LayerCache, default_cache_dir
@@ -28,7 +28,6 @@ from closurepack.destinations import parse_destination, parse_repo_tag, write_im
 from closurepack.errors import (
     ClosureError,
     DestinationError,
-    ImageError,
     OptionError,
     PlanError,
 )
@@ -53,7 +52,6 @@ __all__ = [
     "image_names",
     "load_closures",
     "make_plan",
-    "read_descriptors",
     "select_image",
 ]
 
@@ -424,46 +422,6 @@ def build_one_layer(
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return descriptor
-
-
-def read_descriptors(paths: Sequence[Path]) -> list[BuiltLayer]:
-    """The layers that ``build-layer`` descriptors (files, or directories holding
-    ``layer.json``) describe, each blob checked: it exists, has the size and the digest its
-    descriptor gives. Any mismatch is an ImageError naming the descriptor."""
-    layers = []
-    for path in paths:
-        descriptor = path / "layer.json" if path.is_dir() else path
-        try:
-            text = descriptor.read_bytes()
-        except OSError as exc:
-            raise ImageError(f"{descriptor}: cannot read: {exc.strerror}") from exc
-        layer = BuiltLayer.from_json(text, source=descriptor)
-        _check_blob(layer, descriptor)
-        layers.append(layer)
-    return layers
-
-
-def _check_blob(layer: BuiltLayer, descriptor: Path) -> None:
-    try:
-        size = layer.blob_path.stat().st_size
-        if size != layer.size:
-            raise ImageError(
-                f"{descriptor}: blob {layer.blob_path} is {size} bytes, the descriptor says"
-                f" {layer.size}"
-            )
-        sha = hashlib.sha256()
-        with layer.open() as blob:
-            while chunk := blob.read(COPY_CHUNK):
-                sha.update(chunk)
-    except OSError as exc:
-        raise ImageError(
-            f"{descriptor}: cannot read blob {layer.blob_path}: {exc.strerror}"
-        ) from exc
-    if sha.hexdigest() != layer.digest.hex:
-        raise ImageError(
-            f"{descriptor}: blob {layer.blob_path} has digest sha256:{sha.hexdigest()}, the"
-            f" descriptor says {layer.digest}"
-        )
 
 
 def assemble_from_descriptors(
