@@ -41,7 +41,16 @@ def node_size(mode: int, *, size: int = 0, target_length: int = 0) -> int:
         return _NODE_FRAME + _SYMLINK + _S(target_length)
     if stat.S_ISDIR(mode):
         return _NODE_FRAME + _DIRECTORY
-    raise ValueError(f"file type {stat.S_IFMT(mode):o} cannot be stored in a NAR")
+    kind = _KINDS.get(stat.S_IFMT(mode), f"file type {stat.S_IFMT(mode):o}")
+    raise ValueError(f"is a {kind}, which cannot be stored in a NAR")
+
+
+_KINDS = {
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 
 
 def nar_size(path: Path | str | bytes) -> int:
