@@ -545,3 +545,11 @@ def test_other_store_items_are_named_in_plan_table(
     assert "bash" in out
     plan = _plan_json(["--closure", closure], capsys)
     assert plan["store_dir"] == "/gnu/store"
+
+
+def test_fifo_in_a_scanned_store_item(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = store.files(ZLIB) / "lib" / "pipe"
+    os.mkfifo(fifo)
+    _expect_error(
+        ["plan", "--store-root", store.root, APP], capsys, str(fifo), "is a fifo", status=3
+    )
