@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from closurepack._fs import atomic_write, link_blob, put_blob
+from closurepack._fs import atomic_write, link_blob, move_file, put_blob
 from closurepack.cache import LayerCache, default_cache_dir
 from closurepack.errors import CacheError
 from closurepack.layer import BuiltLayer
@@ -262,3 +262,16 @@ def test_link_blob_shares_the_cached_file(tmp_path: Path) -> None:
     assert os.path.samefile(linked, layer.blob_path)
     assert [p.name for p in layout.iterdir()] == [layer.digest.hex]
     assert hashlib.sha256(linked.read_bytes()).hexdigest() == layer.digest.hex
+
+
+def test_move_file_across_filesystems(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem to move from")
+    source = shm / f"closurepack-test-{os.getpid()}"
+    source.write_bytes(b"blob bytes")
+    try:
+        move_file(source, tmp_path / "dest")
+    finally:
+        source.unlink(missing_ok=True)
+    assert (tmp_path / "dest").read_bytes() == b"blob bytes"
