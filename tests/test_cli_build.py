@@ -1236,3 +1236,22 @@ def test_wrong_destination_fails_before_any_layer_is_built(
         _one_line_error(err, says)
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "cache").exists()
+
+
+def test_first_failing_layer_stops_the_build(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With one job, the bottom layer fails first and the layers queued above it never start:
+    the cache holds nothing afterwards."""
+    shutil.rmtree(store.files(GLIBC))
+    both = store.closure_file(tmp_path / "both.json", [APP, TOOL])
+    cache = tmp_path / "cache"
+    _, err = _build(
+        [*_base_argv(store, both), "--strategy", "per-item", "--jobs", "1", "--cache-dir", cache,
+         "-o", f"oci:{tmp_path / 'out'}"],
+        capsys,
+        status=3,
+    )  # fmt: skip
+    _one_line_error(err, GLIBC, "not found")
+    assert not [p for p in cache.rglob("*") if p.is_file() and "blobs" in p.parts]
+    assert not (tmp_path / "out").exists()

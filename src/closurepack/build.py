@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,10 +144,33 @@ def build_layers(
             )
         return built
 
+    # The first failure stops the build: layers not started by then never start.
+    failed = threading.Event()
+
+    def guarded(index: int, layer: PlannedLayer) -> BuiltLayer:
+        if failed.is_set():
+            raise CancelledError
+        try:
+            return one(index, layer)
+        except BaseException:
+            failed.set()
+            raise
+
     jobs = max(1, min(options.jobs, len(planned) or 1))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layer") as pool:
-        futures = [pool.submit(one, i, layer) for i, layer in enumerate(planned)]
-        layers = [future.result() for future in futures]
+        futures = [pool.submit(guarded, i, layer) for i, layer in enumerate(planned)]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                if future.done() and not future.cancelled():
+                    error = future.exception()
+                    if error is not None and not isinstance(error, CancelledError):
+                        raise error
+            layers = [future.result() for future in futures]
+        finally:
+            failed.set()
+            for future in futures:
+                future.cancel()
 
     if customisation is not None and not customisation.is_empty:
         started = time.perf_counter()
