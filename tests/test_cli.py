@@ -553,3 +553,28 @@ def test_fifo_in_a_scanned_store_item(store: Store, capsys: pytest.CaptureFixtur
     _expect_error(
         ["plan", "--store-root", store.root, APP], capsys, str(fifo), "is a fifo", status=3
     )
+
+
+def test_interrupt_is_one_line_and_status_130(tmp_path: Path) -> None:
+    """Ctrl-C while the closure is being read (here: a fifo nobody writes to)."""
+    import signal
+    import time
+
+    fifo = tmp_path / "closure.json"
+    os.mkfifo(fifo)
+    dest = tmp_path / "image.tar"
+    with subprocess.Popen(
+        [sys.executable, "-m", "closurepack.cli", "build", "--closure", str(fifo), "--no-cache",
+         "-o", f"docker-archive:{dest}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:  # fmt: skip
+        time.sleep(1.0)  # let it start and block opening the fifo
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert out == ""
+    # click ends the terminal's "^C" line first, so the message starts on a line of its own
+    assert err.strip("\n").splitlines() == ["closurepack: interrupted"]
+    assert sorted(os.listdir(tmp_path)) == ["closure.json"]
