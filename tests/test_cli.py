@@ -578,3 +578,18 @@ def test_interrupt_is_one_line_and_status_130(tmp_path: Path) -> None:
     # click ends the terminal's "^C" line first, so the message starts on a line of its own
     assert err.strip("\n").splitlines() == ["closurepack: interrupted"]
     assert sorted(os.listdir(tmp_path)) == ["closure.json"]
+
+
+def test_every_option_has_help_text() -> None:
+    import click
+
+    from closurepack.cli import cli
+
+    missing = [
+        f"{name} {param.opts[0]}"
+        for name, command in cli.commands.items()
+        for param in command.params
+        if isinstance(param, click.Option) and not param.help
+    ]
+    assert missing == []
+    assert sorted(cli.commands) == sorted(COMMANDS)

@@ -141,6 +141,7 @@ def _layer_options(func: F) -> F:
             type=click.Choice(["gzip", "zstd", "none"]),
             default="gzip",
             show_default=True,
+            help="Layer compression.",
         ),
         click.option("--level", type=int, help="Compression level (codec specific)."),
         click.option("--jobs", type=int, help="Layers built at a time (default: CPU count)."),
@@ -205,16 +206,40 @@ def build_command(**kwargs: Any) -> None:
 
 @cli.command("build-layer")
 @click.argument("store_paths", nargs=-1, metavar="[STORE_PATH]...")
-@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A plan from `closurepack plan --json`; give --layer too.",
+)
 @click.option("--image", "image_selector", help="Which image of the plan: index or name.")
 @click.option("--layer", "layer_index", type=int, help="Which layer of the image (0 = bottom).")
-@click.option("--store-root", type=click.Path(file_okay=False, path_type=Path))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip", show_default=True
+    "--store-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read store files from DIR/<store dir>/... (as Nix chroot stores do).",
 )
-@click.option("--level", type=int)
-@click.option("--created")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for the blob and layer.json (created if missing).",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["gzip", "zstd", "none"]),
+    default="gzip",
+    show_default=True,
+    help="Layer compression.",
+)
+@click.option("--level", type=int, help="Compression level (codec specific).")
+@click.option(
+    "--created",
+    help="File mtimes: seconds since the epoch or an RFC 3339 date (default: SOURCE_DATE_EPOCH,"
+    " else 1).",
+)
 def build_layer_command(
     store_paths: tuple[str, ...],
     plan_file: Path | None,
@@ -249,10 +274,16 @@ def build_layer_command(
 )
 @click.option("-o", "--output", "dest", required=True, help="Destination, e.g. oci:DIR[:TAG].")
 @click.option(
-    "--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip", show_default=True
+    "--compression",
+    type=click.Choice(["gzip", "zstd", "none"]),
+    default="gzip",
+    show_default=True,
+    help="Compression of the customisation layer (the others are as built).",
 )
-@click.option("--level", type=int)
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("--level", type=int, help="Compression level (codec specific).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Accepted as in build (assemble shows no progress)."
+)
 @_image_config_options
 @_customisation_options
 def assemble_command(**kwargs: Any) -> None:
