@@ -1255,3 +1255,62 @@ def test_first_failing_layer_stops_the_build(
     _one_line_error(err, GLIBC, "not found")
     assert not [p for p in cache.rglob("*") if p.is_file() and "blobs" in p.parts]
     assert not (tmp_path / "out").exists()
+
+
+def test_tags(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*_base_argv(store, app_closure), "--cache-dir", tmp_path / "cache"]
+    cases = [
+        ([], f"docker-archive:{tmp_path / 'a.tar'}", "closurepack:latest"),
+        (["--tag", "app:1.0"], f"docker-archive:{tmp_path / 'b.tar'}", "app:1.0"),
+        (["--tag", "app"], f"docker-archive:{tmp_path / 'c.tar'}", "app:latest"),
+        (["--tag", "ignored:x"], f"docker-archive:{tmp_path / 'd.tar'}:reg.io/team/app:2",
+         "reg.io/team/app:2"),
+    ]  # fmt: skip
+    for extra, dest, repo_tag in cases:
+        _build([*argv, *extra, "-o", dest], capsys)
+        manifest, _ = read_docker_archive(Path(dest.split(":")[1]))
+        assert manifest[0]["RepoTags"] == [repo_tag]
+    layout = tmp_path / "layout"
+    _build([*argv, "--tag", "app:v3", "-o", f"oci:{layout}"], capsys)
+    _build([*argv, "--env", "X=1", "-o", f"oci:{layout}:v4"], capsys)
+    _build([*argv, "-o", f"oci:{layout}"], capsys)
+    refs = sorted(
+        m["annotations"]["org.opencontainers.image.ref.name"]
+        for m in read_oci(layout, tag="v3").index["manifests"]
+    )
+    assert refs == ["latest", "v3", "v4"]
+    assert read_oci(layout, tag="v4").config["config"]["Env"] == ["X=1"]
+    assert "Env" not in read_oci(layout, tag="v3").config["config"]
+
+
+def test_bad_source_date_epoch(
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for value in ("yesterday", "-1"):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+        _, err = _build(
+            [*_base_argv(store, app_closure), "--no-cache", "-o", f"oci:{tmp_path / 'x'}"],
+            capsys,
+            status=2,
+        )
+        _one_line_error(err, "SOURCE_DATE_EPOCH", value)
+    assert not (tmp_path / "x").exists()
+    # --created wins over a bad SOURCE_DATE_EPOCH, which is then not read at all
+    _build(
+        [
+            *_base_argv(store, app_closure),
+            "--no-cache",
+            "--created",
+            "3",
+            "-o",
+            f"oci:{tmp_path / 'y'}",
+        ],
+        capsys,
+    )
+    assert read_oci(tmp_path / "y").config["created"] == "1970-01-01T00:00:03Z"
