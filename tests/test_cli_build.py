@@ -1314,3 +1314,34 @@ def test_bad_source_date_epoch(
         capsys,
     )
     assert read_oci(tmp_path / "y").config["created"] == "1970-01-01T00:00:03Z"
+
+
+def test_failed_build_leaves_existing_cache_entries_intact(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    both = store.closure_file(tmp_path / "both.json", [APP, TOOL])
+    cache = tmp_path / "cache"
+    argv = [*_base_argv(store, both), "--strategy", "per-item", "--cache-dir", cache]
+    first = tmp_path / "first.tar"
+    _build([*argv, "-o", f"docker-archive:{first}"], capsys)
+    entries = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file() and "blobs" in p.parts}
+    assert len(entries) == 5
+    # the same layers again, one of them now unreadable: a fifo appears in TOOL
+    os.mkfifo(store.files(TOOL) / "lib" / "fifo")
+    _, err = _build([*argv, "--no-tmp", "-o", f"docker-archive:{tmp_path / 'x.tar'}"], capsys)
+    assert err == ""  # all five come from the cache: the store is not read at all
+    shutil.rmtree(store.files(ZLIB))
+    moved = store.closure_file(tmp_path / "zlib.json", [ZLIB])  # a layer the cache lacks
+    _, err = _build(
+        [*_base_argv(store, moved), "--cache-dir", cache, "--strategy", "single",
+         "-o", f"docker-archive:{tmp_path / 'y.tar'}"],
+        capsys,
+        status=3,
+    )  # fmt: skip
+    _one_line_error(err, ZLIB)
+    after = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file() and "blobs" in p.parts}
+    assert after == entries
+    shutil.rmtree(store.root)
+    again = tmp_path / "again.tar"
+    _build([*argv, "-o", f"docker-archive:{again}"], capsys)
+    assert again.read_bytes() == first.read_bytes()
