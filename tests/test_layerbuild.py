@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,13 +111,18 @@ def test_mtime_changes_the_layer(tmp_path: Path) -> None:
     assert a.diff_id != b.diff_id
 
 
-def test_errors_leave_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_errors_leave_nothing_behind(tmp_path: Path, compression: str) -> None:
     root = make_store(tmp_path / "store")
     os.mkfifo(root / APP[1:] / "fifo")
     out = tmp_path / "out"
+    threads_before = set(threading.enumerate())
     with pytest.raises(StoreError, match="is a fifo"):
-        build_store_layer([APP], store_root=root, store_dir="/nix/store", dest_dir=out)
+        build_store_layer(
+            [APP], store_root=root, store_dir="/nix/store", dest_dir=out, compression=compression
+        )
     assert list(out.iterdir()) == []
+    assert set(threading.enumerate()) <= threads_before  # no codec thread left running
     with pytest.raises(OptionError, match="not an item of the store /gnu/store"):
         build_store_layer([APP], store_root=root, store_dir="/gnu/store", dest_dir=out)
     with pytest.raises(OptionError, match="level"):
@@ -174,3 +180,19 @@ def test_pipeline_matches_plain_tar_then_compress(tmp_path: Path, compression: s
     compressor.close()
     assert layer.blob_path.read_bytes() == blob.getvalue()
     assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str) -> None:
+    threads_before = set(threading.enumerate())
+    entries = [
+        TreeEntry("a-big", "file", data=os.urandom(3_000_000)),  # codec threads get busy
+        TreeEntry("b-bad", "file", source=tmp_path),  # a directory: reading it fails
+    ]
+    with pytest.raises(StoreError, match="cannot read") as failure:
+        build_tree_layer(entries, compression=compression, dest_dir=tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    # the traceback keeps the build's frames (and its compressor) alive: the threads must
+    # have been stopped explicitly, not by garbage collection
+    assert failure.traceback
+    assert set(threading.enumerate()) <= threads_before

@@ -79,18 +79,25 @@ class _Pipe:
         self._thread.start()
 
     def _run(self) -> None:
+        drained = False
         try:
             while (chunk := self._queue.get()) is not None:
                 if self._error is None:
                     self.tar_hash.write(chunk)
                     self._compressor.write(chunk)
-            if self._error is None:
-                self._compressor.close()
+            drained = True
         except BaseException as exc:
             self._error = exc
+        if not drained:
             # keep draining so the producer never blocks on a full queue
             while self._queue.get() is not None:
                 pass
+        try:
+            # always, even after an error: the codecs' own threads must stop
+            self._compressor.close()
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
 
     def _send(self, chunk: bytes) -> None:
         if self._error is not None:
