@@ -68,7 +68,10 @@ class _Pipe:
     compressing thread, which hashes them (diff_id), compresses them and hashes the result
     (digest) on its way to the blob."""
 
-    def __init__(self, compress: Callable[[Writable], Compressor], blob: Writable) -> None:
+    def __init__(
+        self, compress: Callable[[Writable], Compressor], blob: Writable, *, where: str
+    ) -> None:
+        self._where = where
         self.tar_hash = HashingWriter()
         self.blob_hash = HashingWriter(blob)
         self._compressor = compress(self.blob_hash)
@@ -135,8 +138,8 @@ class _Pipe:
     def _fail(self) -> None:
         error = self._error
         if isinstance(error, OSError):
-            raise StoreError(f"cannot write layer: {error}") from error
-        raise RuntimeError("layer compression failed") from error
+            raise StoreError(f"{self._where}: cannot write the layer: {error}") from error
+        raise StoreError(f"{self._where}: compressing the layer failed: {error!r}") from error
 
 
 def _build(
@@ -203,6 +206,7 @@ def _build_one(
                     compression, sink, level=level, threads=threads or _fair_share()
                 ),
                 blob,
+                where=str(dest_dir),
             )
             try:
                 write_tar(pipe)
@@ -217,8 +221,10 @@ def _build_one(
         final = dest_dir / digest.hex
         os.chmod(tmp, 0o644)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # the blob file itself: disk full, permissions, ...
+            raise StoreError(f"{dest_dir}: cannot write the layer: {exc.strerror}") from exc
         raise
     if fsync:
         fsync_dir(dest_dir)
