@@ -825,6 +825,18 @@ def test_stdout_is_the_same_docker_archive(
     assert result.stderr == b""
     assert result.stdout == archive.read_bytes()
     assert digest.startswith("sha256:")
+    # without -q the digest goes to stderr: stdout holds nothing but the archive
+    loud = subprocess.run(
+        [sys.executable, "-m", "closurepack.cli", "build",
+         *map(str, _base_argv(store, app_closure)), "--cache-dir", str(tmp_path / "cache"),
+         "--tag", "app:1", "-o", "-"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )  # fmt: skip
+    assert loud.returncode == 0
+    assert loud.stdout == result.stdout
+    assert loud.stderr.decode() == digest
 
 
 # failures leave everything as it was ----------------------------------------------------------
