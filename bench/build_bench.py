@@ -58,6 +58,16 @@ DEFAULT_STORE = Path(os.environ.get("CLOSUREPACK_BENCH_STORE", "/tmp/cp-bench/st
 STREAM_SCRIPT_ENV = "CLOSUREPACK_BENCH_NIXPKGS_STREAM_SCRIPT"
 MIB = 2**20
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+ROW_ORDER = (
+    "floor",
+    "tar|gzip -6",
+    "tar|pigz -6",
+    "tar|zstd -3",
+    "nixpkgs stream_layered_image",
+    "closurepack zstd",
+    "closurepack gzip",
+    "closurepack warm zstd",
+)
 TAR_FLAGS = "--sort=name --owner=0 --group=0 --numeric-owner --mtime=@1 --format=posix"
 
 
@@ -458,6 +468,18 @@ def _runner(
     return go
 
 
+def _pick(results: list[RunResult], stat: str) -> RunResult:
+    """The run to report: the fastest (``min``) or the median of the good runs."""
+    good = [r for r in results if r.ok]
+    if not good:
+        return results[-1]
+    walls = [r.wall_s for r in good]
+    wanted = min(walls) if stat == "min" else statistics.median_low(walls)
+    chosen = next(r for r in good if r.wall_s == wanted)
+    chosen.walls = walls
+    return chosen
+
+
 def _closurepack_exe(given: str | None) -> list[str] | None:
     if given:
         return shlex.split(given)
@@ -497,7 +519,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", action="store_true", help="JSON on stdout; table on stderr")
     parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per row; median wall kept")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every row")
+    parser.add_argument(
+        "--stat",
+        choices=["min", "median"],
+        default="min",
+        help="which run of --repeat to report: the fastest (least disturbed) or the median",
+    )
     parser.add_argument(
         "--nixpkgs-stream-script",
         type=Path,
@@ -553,22 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def want(name: str) -> bool:
         return not selected or any(name.startswith(s) for s in selected)
 
-    def run(name: str, make: Callable[[int], RunResult]) -> RunResult:
-        results = [make(i) for i in range(max(1, args.repeat))]
-        good = [r for r in results if r.ok]
-        if not good:
-            rows[name] = results[-1]
-        else:
-            walls = [r.wall_s for r in good]
-            med = statistics.median_low(walls)
-            chosen = next(r for r in good if r.wall_s == med)
-            chosen.walls = walls
-            rows[name] = chosen
-        r = rows[name]
-        status = f"{r.wall_s:.2f} s, {r.output_mib:.1f} MiB" if r.ok else r.note
-        print(f"  {name}: {status}", file=sys.stderr)
-        return r
-
+    specs: list[tuple[str, Callable[[int], RunResult]]] = []
+    history: dict[str, list[RunResult]] = {}
     q = shlex.quote
     tar = f"tar {TAR_FLAGS} -C {q(str(root))} -cf - -T {q(str(items_file))}"
     print(
@@ -578,16 +592,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if want("floor"):
         totals = work / "floor-size.txt"
-        run(
-            "floor",
-            lambda i: measure(
+
+        def floor(_: int) -> RunResult:
+            return measure(
                 "floor",
                 f"{tar} --totals 2> {q(str(totals))} | sha256sum",
                 workdir=work,
                 size_of=lambda: int(totals.read_text().split(":")[1].split()[0]),
                 before=before,
-            ),
-        )
+            )
+
+        specs.append(("floor", floor))
     for name, compressor, suffix in (
         ("tar|gzip -6", "gzip -6 -n", "tar.gz"),
         ("tar|pigz -6", f"pigz -6 -n -p {args.jobs}", "tar.gz"),
@@ -601,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows[name] = RunResult(tool=name, note=f"{exe} not installed")
             continue
         cmd = f"{tar} | {compressor} > {q(str(target))}"
-        run(name, _runner(name, cmd, work=work, output=target, before=before))
+        specs.append((name, _runner(name, cmd, work=work, output=target, before=before)))
 
     cp = _closurepack_exe(args.closurepack)
     layers, plan_note = (
@@ -611,18 +626,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"  plan for nixpkgs: {plan_note}", file=sys.stderr)
 
-    name = "nixpkgs stream_layered_image"
+    nix_name = "nixpkgs stream_layered_image"
     script = args.nixpkgs_stream_script
     if want("nixpkgs"):
         if not script or not Path(script).is_file():
-            rows[name] = RunResult(
-                tool=name,
+            rows[nix_name] = RunResult(
+                tool=nix_name,
                 note=f"no script (give --nixpkgs-stream-script or ${STREAM_SCRIPT_ENV})",
             )
         else:
             conf = work / "nixpkgs-conf.json"
             conf.write_text(json.dumps(nixpkgs_config(layers, _empty_layer_dir(work / "custom"))))
-            target = out / "nixpkgs.tar"
+            nix_target = out / "nixpkgs.tar"
             # The script reads /nix/store/... itself: bind the bench store there in a private
             # mount namespace (nothing outside this one command sees it).
             inner = (
@@ -630,16 +645,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" && exec {q(sys.executable)} {q(str(Path(script).resolve()))} {q(str(conf))}"
             )
             mkdir = "" if Path("/nix/store").is_dir() else "mkdir -p /nix/store && "
-            cmd = f"{mkdir}unshare -m bash -c {q(inner)} > {q(str(target))}"
-            r = run(
-                name,
-                lambda i: measure(name, cmd, workdir=work, output=target, before=before),
-            )
-            r.layers = len(layers) + 1
-            r.note = f"{plan_note}; uncompressed docker-archive"
+            nix_cmd = f"{mkdir}unshare -m bash -c {q(inner)} > {q(str(nix_target))}"
 
+            def nixpkgs(_: int) -> RunResult:
+                r = measure(nix_name, nix_cmd, workdir=work, output=nix_target, before=before)
+                r.layers = len(layers) + 1
+                r.note = f"{plan_note}; uncompressed docker-archive"
+                return r
+
+            specs.append((nix_name, nixpkgs))
+
+    warm_name = "closurepack warm zstd"
     if cp is None:
-        for n in ("closurepack zstd", "closurepack gzip", "closurepack warm zstd"):
+        for n in ("closurepack zstd", "closurepack gzip", warm_name):
             rows[n] = RunResult(tool=n, note="closurepack command not found")
     else:
         base = " ".join(q(a) for a in cp)
@@ -670,16 +688,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for n, codec in (("closurepack zstd", "zstd"), ("closurepack gzip", "gzip")):
             if want(n):
-                run(n, cold(n, codec))
-        n = "closurepack warm zstd"
-        zrow = rows.get("closurepack zstd")
-        if want(n) and zrow is not None and zrow.ok:
+                specs.append((n, cold(n, codec)))
+        if want(warm_name) and want("closurepack zstd"):
             root2, closure2, old, new = make_changed_store(
                 root, closure, work / "store-changed", args.change_item
             )
-            cold_dest, cold_cache = Path(zrow.artifacts["output"]), Path(zrow.artifacts["cache"])
 
             def warm(i: int) -> RunResult:
+                zrow = history.get("closurepack zstd", [RunResult(tool="")])[-1]
+                if not zrow.ok:
+                    return RunResult(tool=warm_name, note="needs a successful cold zstd build")
+                cold_dest, cold_cache = Path(zrow.artifacts["output"]), zrow.artifacts["cache"]
                 cache = work / f"cache-warm-{i}"
                 shutil.rmtree(cache, ignore_errors=True)
                 shutil.copytree(cold_cache, cache, symlinks=True)
@@ -689,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f" -o oci:{q(str(dest))} --compression zstd --jobs {args.jobs}"
                     f" --cache-dir {q(str(cache))} --quiet"
                 )
-                r = measure(n, cmd, workdir=work, output=dest, before=before)
+                r = measure(warm_name, cmd, workdir=work, output=dest, before=before)
                 if r.ok:
                     try:
                         sizes = oci_layer_sizes(dest)
@@ -701,11 +720,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                     except (OSError, ValueError, KeyError, IndexError) as exc:
                         r.note = f"could not read the OCI layout ({exc})"
+                shutil.rmtree(cache, ignore_errors=True)
                 return r
 
-            run(n, warm)
-        elif want(n):
-            rows[n] = RunResult(tool=n, note="needs a successful cold zstd build first")
+            specs.append((warm_name, warm))
+        elif want(warm_name):
+            rows[warm_name] = RunResult(tool=warm_name, note="needs the cold zstd row")
+
+    # Rounds, not runs in a row: a burst of load from elsewhere then hits every tool alike.
+    for i in range(max(1, args.repeat)):
+        for name, make in specs:
+            r = make(i)
+            history.setdefault(name, []).append(r)
+            status = f"{r.wall_s:.2f} s, {r.output_mib:.1f} MiB" if r.ok else r.note
+            print(f"  round {i + 1} {name}: {status}", file=sys.stderr)
+    for name, _ in specs:
+        rows[name] = _pick(history[name], args.stat)
+    rows = {n: rows[n] for n in ROW_ORDER if n in rows}
 
     targets = check_targets(rows)
     table = render_table(rows)
@@ -719,6 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loadavg_1min_before_after": f"{load_before:.2f}/{os.getloadavg()[0]:.2f}",
         "page_cache": cache_note,
         "repeat": args.repeat,
+        "stat": args.stat,
         "plan_for_nixpkgs": plan_note,
         **_tool_versions(),
     }
