@@ -593,3 +593,30 @@ def test_every_option_has_help_text() -> None:
     ]
     assert missing == []
     assert sorted(cli.commands) == sorted(COMMANDS)
+
+
+def test_the_installed_console_script(app_closure: Path, tmp_path: Path) -> None:
+    import shutil
+
+    script = shutil.which("closurepack")
+    if script is None:
+        pytest.skip("the closurepack script is not on PATH")
+    result = subprocess.run(
+        [script, "plan", "--closure", str(app_closure), "--strategy", "single", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["images"][0]["name"] == "app"
+    result = subprocess.run(
+        [script, "plan", "--closure", str(tmp_path / "missing.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "missing.json" in result.stderr

@@ -277,7 +277,8 @@ def test_inspect_text_shows_layers_sizes_and_items(
     for path in (GLIBC, ZLIB, LIBFOO, APP, TOOL):
         assert path in out
     assert "customisation" in out
-    assert "6, " in out  # "layers 6, <size> compressed"
+    summary = next(line.split() for line in out.splitlines() if line.startswith("layers"))
+    assert summary[:2] == ["layers", "6,"]
 
 
 def test_inspect_json(layout: Path, capsys: pytest.CaptureFixture[str]) -> None:
