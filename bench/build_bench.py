@@ -468,6 +468,24 @@ def _runner(
     return go
 
 
+def _verify(exe: list[str], layout: Path) -> str:
+    """Untimed check that an output is a valid image: ``closurepack verify oci:DIR``."""
+    try:
+        proc = subprocess.run(
+            [*exe, "verify", f"oci:{layout}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"verify could not run ({exc})"
+    if proc.returncode == 0:
+        return "verify OK"
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return f"verify FAILED (exit {proc.returncode}): {lines[-1] if lines else ''}"
+
+
 def _pick(results: list[RunResult], stat: str) -> RunResult:
     """The run to report: the fastest (``min``) or the median of the good runs."""
     good = [r for r in results if r.ok]
@@ -679,7 +697,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     try:
                         sizes = oci_layer_sizes(dest)
                         r.output_bytes, r.layers = sum(sizes), len(sizes)
-                        r.note = f"output = layer blobs; whole layout {_size(dest) / MIB:.1f} MiB"
+                        r.note = (
+                            f"output = layer blobs; whole layout {_size(dest) / MIB:.1f} MiB;"
+                            f" {_verify(cp, dest)}"
+                        )
                     except (OSError, ValueError, KeyError, IndexError) as exc:
                         r.note = f"could not read the OCI layout ({exc}); size = whole dir"
                 return r
@@ -716,7 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         fresh = set(oci_layer_digests(dest)) - set(oci_layer_digests(cold_dest))
                         r.note = (
                             f"changed {old.rsplit('/', 1)[1][33:]} ->"
-                            f" {new.rsplit('/', 1)[1][:8]}...; {len(fresh)} layer(s) new"
+                            f" {new.rsplit('/', 1)[1][:8]}...; {len(fresh)} layer(s) new;"
+                            f" {_verify(cp, dest)}"
                         )
                     except (OSError, ValueError, KeyError, IndexError) as exc:
                         r.note = f"could not read the OCI layout ({exc})"
