@@ -330,4 +330,11 @@ def test_build_layer_store_paths_name_items(
            "relative", "not a store path")  # fmt: skip
     _fails(["build-layer", "/nix/store/../etc", "--store-root", store.root, "-o", out], capsys, 2,
            "/nix/store/../etc")  # fmt: skip
+    _fails(["build-layer", GLIBC, "--layer", "0", "--store-root", store.root, "-o", out], capsys,
+           2, "--layer", "--plan")  # fmt: skip
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    _fails(["build-layer", GLIBC, "--store-root", store.root, "-o", a_file], capsys, 5,
+           str(a_file), "cannot create")  # fmt: skip
+    assert a_file.read_text() == "x"
     assert not out.exists()

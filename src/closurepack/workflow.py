@@ -390,6 +390,10 @@ def build_one_layer(
         paths = image.layers[layer_index].paths
         store_dir = plan.store_dir
     elif store_paths:
+        if layer_index is not None or image_selector is not None:
+            raise OptionError(
+                "--layer and --image choose a layer of a --plan: not with store paths"
+            )
         # a path inside an item, or a ./result symlink, stands for the item, as in queries
         paths = tuple(sorted({store_item_path(p, store_root=store_root) for p in store_paths}))
         store_dirs = sorted({split_store_path(p, where="build-layer")[0] for p in paths})
