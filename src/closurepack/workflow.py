@@ -304,6 +304,7 @@ def build_image(
     mtime = image.mtime
     config = image.config()
     customisation = image.customisation()
+    customisation_entries(customisation)  # a bad --symlink or --extra fails before any work
     from_image = image.from_image
     base = read_base_image(from_image) if from_image else None
     base_count = len(base.layers) if base else 0
@@ -342,7 +343,6 @@ def build_image(
     customisation = _fit_customisation(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
     )
-    customisation_entries(customisation)  # a bad --symlink or --extra fails before any work
 
     cache = None if no_cache else LayerCache(cache_dir or default_cache_dir())
     options = BuildOptions(
