@@ -240,7 +240,7 @@ def plan_items(roots: Sequence[str], packages: Mapping[str, DebPackage]) -> list
     """The store items for the closure of ``roots``, references before referrers."""
     missing = [r for r in roots if r not in packages]
     if missing:
-        raise SystemExit(f"make_debian_store: not installed: {', '.join(missing)}")
+        raise SystemExit(f"make_debian_store: not installed: {', '.join(missing)} (try --install)")
     order, kept = closure_of(roots, dependency_edges(packages))
     paths: dict[str, str] = {}
     entries = []
@@ -353,13 +353,24 @@ def nar_hash_and_size(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 
 def make_store(
-    outdir: Path, *, packages: Sequence[str], status_file: Path, log: bool = True
+    outdir: Path,
+    *,
+    packages: Sequence[str],
+    status_file: Path,
+    log: bool = True,
+    install: bool = False,
 ) -> list[dict[str, object]]:
     """Write the store and closure.json under ``outdir``; return the closure.json entries."""
     _NATIVE_ARCH[0] = subprocess.run(
         ["dpkg", "--print-architecture"], check=True, capture_output=True, text=True
     ).stdout.strip()
     installed = parse_status(status_file.read_text(encoding="utf-8", errors="replace"))
+    missing = [p for p in packages if p not in installed]
+    if missing and install:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", *missing], check=True, env=env)
+        installed = parse_status(status_file.read_text(encoding="utf-8", errors="replace"))
     entries = plan_items(packages, installed)
     store = outdir / STORE_DIR.lstrip("/")
     store.mkdir(parents=True, exist_ok=True)
@@ -401,9 +412,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES))
     parser.add_argument("--status-file", type=Path, default=Path("/var/lib/dpkg/status"))
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--install", action="store_true", help="apt-get install the named packages if missing"
+    )
     args = parser.parse_args(argv)
     closure = make_store(
-        args.outdir, packages=args.packages, status_file=args.status_file, log=not args.quiet
+        args.outdir,
+        packages=args.packages,
+        status_file=args.status_file,
+        log=not args.quiet,
+        install=args.install,
     )
     total = sum(int(str(obj["narSize"])) for obj in closure)
     print(
