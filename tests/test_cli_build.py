@@ -434,6 +434,8 @@ def test_created_now_is_the_current_time(
         ("--jobs", "0", ("--jobs", "0")),
         ("--tag", "Bad:Name", ("Bad:Name",)),
         ("--compression", "lz4", ("--compression", "lz4")),
+        ("--level", "10", ("--level 10", "gzip")),
+        ("--level", "-8", ("--level -8", "gzip")),
     ],
 )
 def test_bad_option_values(

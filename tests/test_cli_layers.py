@@ -332,6 +332,8 @@ def test_build_layer_store_paths_name_items(
            "/nix/store/../etc")  # fmt: skip
     _fails(["build-layer", GLIBC, "--layer", "0", "--store-root", store.root, "-o", out], capsys,
            2, "--layer", "--plan")  # fmt: skip
+    _fails(["build-layer", GLIBC, "--store-root", store.root, "--compression", "zstd",
+            "--level", "0", "-o", out], capsys, 2, "--level 0", "zstd")  # fmt: skip
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     _fails(["build-layer", GLIBC, "--store-root", store.root, "-o", a_file], capsys, 5,

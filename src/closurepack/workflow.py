@@ -19,6 +19,7 @@ from closurepack.build import (
     scratch_dir,
 )
 from closurepack.cache import LayerCache, default_cache_dir
+from closurepack.compression import resolve_level
 from closurepack.customisation import (
     Customisation,
     build_customisation_layer,
@@ -250,6 +251,15 @@ def _check_destination(dest: str, tag: str | None) -> None:
         _check_writable_dir(path, path)
 
 
+def _check_level(compression: str, level: int | None) -> None:
+    if level is None:
+        return
+    try:
+        resolve_level(compression, level)
+    except OptionError as exc:
+        raise OptionError(f"--level {level}: {exc}") from exc
+
+
 def _check_writable_dir(directory: Path, dest: Path) -> None:
     if not directory.is_dir():
         raise DestinationError(f"{dest}: cannot write: no directory {directory}")
@@ -301,6 +311,7 @@ def build_image(
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
         check_max_layers(max_layers)
+    _check_level(compression, level)
     mtime = image.mtime
     config = image.config()
     customisation = image.customisation()
@@ -402,6 +413,7 @@ def build_one_layer(
         store_dir = store_dirs[0]
     else:
         raise OptionError("give --plan FILE --layer N, or store paths")
+    _check_level(compression, level)
     mtime = default_mtime(created)
     created_dir = not out_dir.exists()
     try:
@@ -439,6 +451,7 @@ def assemble_from_descriptors(
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
     ``compression`` and ``level`` are for the customisation layer."""
     _check_destination(dest, image.tag)
+    _check_level(compression, level)
     layers = read_descriptors(descriptors)
     mtime = image.mtime
     config = image.config()
