@@ -620,3 +620,10 @@ def test_the_installed_console_script(app_closure: Path, tmp_path: Path) -> None
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "missing.json" in result.stderr
+
+
+def test_messages_stay_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A name holding a newline (here a reference to a missing item) still gives one line."""
+    odd = "/nix/store/" + "2" * 32 + "-b\nsecond line"
+    closure = _write(tmp_path / "odd.json", [_entry(APP, [odd])])
+    _expect_error(["plan", "--closure", closure], capsys, str(closure), "second line")

@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClosurepackError as exc:
         if isinstance(exc.__cause__, BrokenPipeError):
             return _broken_pipe()
-        click.echo(f"closurepack: error: {exc}", err=True)
+        click.echo(f"closurepack: error: {_single_line(str(exc))}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("closurepack: interrupted", err=True)
@@ -436,7 +436,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _broken_pipe()
+    except OSError as exc:
+        # A safety net: the library wraps the OSErrors it expects; any other one is still a
+        # problem of the machine or the input (a full disk, a vanished file), not a crash.
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"closurepack: error: {where}{exc.strerror or exc}", err=True)
+        return 1
     return status if isinstance(status, int) else 0
+
+
+def _single_line(message: str) -> str:
+    """Messages quoting a tool's output may span lines: join them with '; '."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _broken_pipe() -> int:
