@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -130,6 +131,8 @@ def build_layers(
             hit = options.cache.get(key)
             cached = hit is not None
             built = hit if hit is not None else options.cache.get_or_build(key, build)
+        # Built here, or checked by the cache before reuse: destinations may link the blob.
+        built = dataclasses.replace(built, verified=True)
         if progress is not None:
             progress(
                 LayerEvent(

@@ -8,7 +8,7 @@ layer can be built in one process (or one Nix derivation) and assembled into an 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,6 +39,10 @@ class BuiltLayer:
     paths: tuple[str, ...] = ()
     #: Free text for the image history, e.g. "store items" or "customisation".
     comment: str = ""
+    #: True when this process built the blob or checked it against ``digest`` and ``size``
+    #: (a cache hit); destinations may then link it instead of copying and rehashing it.
+    #: Never serialised: a descriptor read from a file is not trusted.
+    verified: bool = field(default=False, compare=False)
 
     @property
     def compression(self) -> str:

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from closurepack._fs import link_blob
 from closurepack.destinations._files import atomic_file, put_blob
 from closurepack.destinations.reference import Destination, oci_ref_name
 from closurepack.errors import DestinationError
-from closurepack.image import Image, canonical_json
+from closurepack.image import Image, ImageLayer, canonical_json
 from closurepack.mediatypes import MediaType
 
 __all__ = [
@@ -67,12 +68,29 @@ def write_blobs(image: Image, root: Path) -> None:
     blobs.mkdir(parents=True, exist_ok=True)
     for layer in image.layers:
         try:
+            if _link_verified(layer, blobs):
+                continue
             with layer.open() as src:
                 put_blob(blobs, layer.digest, src, size=layer.size)
         except OSError as exc:
             raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
     put_blob(blobs, image.config_digest, image.config_bytes, size=len(image.config_bytes))
     put_blob(blobs, image.manifest_digest, image.manifest_bytes, size=len(image.manifest_bytes))
+
+
+def _link_verified(layer: ImageLayer, blobs: Path) -> bool:
+    """Hard-link a blob this process built or verified (see ``BuiltLayer.verified``) instead of
+    copying and rehashing it; False when the layer is not verified or cannot be linked."""
+    source = getattr(layer, "blob_path", None)
+    if not getattr(layer, "verified", False) or not isinstance(source, Path):
+        return False
+    target = blobs / layer.digest.hex
+    with contextlib.suppress(OSError):
+        if target.stat().st_size == layer.size:
+            return True  # already there: its name is its content
+    if source.stat().st_size != layer.size:
+        return False
+    return link_blob(blobs, source, layer.digest)
 
 
 @contextlib.contextmanager
