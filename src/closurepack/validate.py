@@ -218,29 +218,31 @@ def format_inspection(info: dict[str, Any]) -> str:
     if platform.get("variant"):
         arch += "/" + platform["variant"]
     lines = [
-        f"image     {info['source']}",
-        f"manifest  {info['manifest_digest']}",
-        f"config    {info['config_digest']}",
-        f"platform  {platform.get('os', '?')}/{arch}   created {info.get('created', '')}",
+        f"image      {info['source']}",
+        f"manifest   {info['manifest_digest']}",
+        f"config     {info['config_digest']}",
+        f"platform   {platform.get('os', '?')}/{arch}   created {info.get('created', '')}",
     ]
     config = info.get("config") or {}
     for key in ("Entrypoint", "Cmd", "WorkingDir", "User", "StopSignal"):
         if key in config:
-            lines.append(f"{key:<10}{json.dumps(config[key])}")
+            lines.append(f"{key:<11}{json.dumps(config[key])}")
     for item in config.get("Env") or []:
-        lines.append(f"Env       {item}")
+        lines.append(f"Env        {item}")
     for key in ("ExposedPorts", "Volumes"):
         if config.get(key):
-            lines.append(f"{key:<10}{' '.join(sorted(config[key]))}")
+            lines.append(f"{key:<11}{' '.join(sorted(config[key]))}")
     for key, value in sorted((config.get("Labels") or {}).items()):
-        lines.append(f"Label     {key}={value}")
+        lines.append(f"Label      {key}={value}")
     layers = info.get("layers") or []
-    lines.append(f"layers    {len(layers)}, {_human(int(info.get('total_size', 0)))} compressed")
+    lines.append(f"layers     {len(layers)}, {_human(int(info.get('total_size', 0)))} compressed")
     for index, layer in enumerate(layers):
-        comment = f"  {layer['comment']}" if layer.get("comment") else ""
+        shown = layer.get("comment") not in (None, "", "store items")
+        comment = f"  ({layer['comment']})" if shown else ""
+        count = len(layer["paths"])
+        items = f"{count} store item{'' if count == 1 else 's'}" if count else "no store items"
         lines.append(
-            f"  {index:>3}  {layer['digest'][:19]}  {_human(layer['size']):>10}"
-            f"  {len(layer['paths'])} store items{comment}"
+            f"  {index:>3}  {layer['digest'][:19]}  {_human(layer['size']):>10}  {items}{comment}"
         )
         lines.extend(f"         {path}" for path in layer["paths"])
     return "\n".join(lines)
