@@ -27,6 +27,7 @@ from clistore import (
     read_oci,
     run,
 )
+from closurepack.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -1359,3 +1360,36 @@ def test_failed_build_leaves_existing_cache_entries_intact(
     again = tmp_path / "again.tar"
     _build([*argv, "-o", f"docker-archive:{again}"], capsys)
     assert again.read_bytes() == first.read_bytes()
+
+
+def test_cache_max_size_evicts_least_recently_used_layers(tmp_path: Path) -> None:
+    """--cache-max-size bounds the cache: the layers of an older build are evicted first, the
+    ones this build uses are kept."""
+    store = make_store(tmp_path / "store")
+    for index, path in enumerate(store.graph):
+        (store.files(path) / "lib" / "blob.bin").write_bytes(os.urandom(100_000 + index))
+    closure = store.closure_file(tmp_path / "closure.json", [APP, TOOL])
+    cache = tmp_path / "cache"
+    blobs = cache / "blobs" / "sha256"
+    common = ["build", "--closure", closure, "--store-root", store.root, "-q"]
+    common += ["--compression", "none", "--cache-dir", cache, "--no-tmp"]
+    args = [*common, "--strategy", "per-item", "-o", f"oci:{tmp_path / 'a'}"]
+    assert main([str(a) for a in [*args, "--cache-max-size", "none"]]) == 0
+    assert sum(p.stat().st_size for p in blobs.iterdir()) > 500_000
+
+    args = [*common, "--strategy", "single", "-o", f"oci:{tmp_path / 'b'}"]
+    assert main([str(a) for a in [*args, "--cache-max-size", "600K"]]) == 0
+    sizes = {p.name: p.stat().st_size for p in blobs.iterdir()}
+    assert 500_000 < sum(sizes.values()) <= 600 * 1024
+    single = read_oci(tmp_path / "b").layer_digests
+    assert [d.split(":")[1] for d in single] == list(sizes)
+
+
+def test_cache_max_size_must_be_a_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = make_store(tmp_path / "store")
+    closure = store.closure_file(tmp_path / "closure.json", [APP])
+    argv = ["build", "--closure", closure, "--store-root", store.root, "--cache-max-size", "lots"]
+    status, _, err = run([*argv, "-o", f"oci:{tmp_path / 'x'}"], capsys)
+    assert status == 2
+    assert "--cache-max-size 'lots'" in err
+    assert not (tmp_path / "x").exists()

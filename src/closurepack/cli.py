@@ -150,6 +150,13 @@ def _layer_options(func: F) -> F:
             type=click.Path(file_okay=False, path_type=Path),
             help="Layer cache (default: $XDG_CACHE_HOME/closurepack).",
         ),
+        click.option(
+            "--cache-max-size",
+            default="20G",
+            show_default=True,
+            help="Evict least recently used cache entries beyond SIZE (e.g. 500M, 20G; "
+            "'none' for no limit).",
+        ),
         click.option("--no-cache", is_flag=True, help="Build every layer; use no cache."),
         click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
     ]

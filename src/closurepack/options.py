@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from closurepack.errors import OptionError
 
-__all__ = ["parse_command", "parse_created", "parse_key_values"]
+__all__ = ["parse_command", "parse_created", "parse_key_values", "parse_size"]
 
 
 def parse_key_values(values: Sequence[str], *, option: str) -> tuple[tuple[str, str], ...]:
@@ -69,3 +69,25 @@ def parse_created(value: str) -> int:
 
 #: 9999-12-31T23:59:59Z, the last moment an RFC 3339 date can name.
 _MAX_CREATED = 253402300799
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: str | int | None, *, option: str = "--cache-max-size") -> int | None:
+    """Bytes from ``500M``, ``20G``, ``1.5T`` or a plain number (binary units, an optional
+    ``B``/``iB``); ``None`` or ``none`` means no limit."""
+    if value is None or isinstance(value, int):
+        return value
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    if text in ("NONE", "UNLIMITED"):
+        return None
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    number = text[: len(text) - len(unit)]
+    try:
+        amount = float(number)
+    except ValueError:
+        raise OptionError(f"{option} {value!r}: expected a size such as 500M or 20G") from None
+    if amount < 0:
+        raise OptionError(f"{option} {value!r}: negative size")
+    return int(amount * _SIZE_UNITS[unit])

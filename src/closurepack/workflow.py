@@ -36,6 +36,7 @@ from closurepack.graph import Closure, split_store_path
 from closurepack.image import BaseImage, ImageConfig, assemble_image
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_store_layer
+from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_layers
 from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
@@ -296,6 +297,7 @@ def build_image(
     level: int | None = None,
     jobs: int | None = None,
     cache_dir: Path | None = None,
+    cache_max_size: str | int | None = None,
     no_cache: bool = False,
     image: ImageOptions = ImageOptions(),
     progress: ProgressCallback | None = None,
@@ -312,6 +314,7 @@ def build_image(
     if max_layers is not None:
         check_max_layers(max_layers)
     _check_level(compression, level)
+    cache_limit = parse_size(cache_max_size)
     mtime = image.mtime
     config = image.config()
     customisation = image.customisation()
@@ -355,7 +358,9 @@ def build_image(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
     )
 
-    cache = None if no_cache else LayerCache(cache_dir or default_cache_dir())
+    cache = (
+        None if no_cache else LayerCache(cache_dir or default_cache_dir(), max_bytes=cache_limit)
+    )
     options = BuildOptions(
         store_dir=plan.store_dir,
         store_root=store_root,
