@@ -690,7 +690,11 @@ def test_from_puts_the_base_layers_underneath_and_merges_env(
     image = read_oci(dest)
     diff_ids = image.config["rootfs"]["diff_ids"]
     assert diff_ids[:2] == base_config["rootfs"]["diff_ids"]
-    assert len(diff_ids) == 2 + 4 + 1  # base, four store layers of app, customisation
+    # base (glibc, zlib), then only the app's own items (libfoo, app): what the base image
+    # records it holds is not added again; then the customisation layer
+    assert len(diff_ids) == 2 + 2 + 1
+    recorded = json.loads(image.config["config"]["Labels"]["dev.closurepack.layers"])
+    assert [recorded.get(d) for d in diff_ids] == [[GLIBC], [ZLIB], [LIBFOO], [APP], None]
     env = image.config["config"]["Env"]
     assert sorted(env) == sorted(["PATH=/app/bin", "LANG=C", "MODE=prod"])
     assert image.config["config"]["Labels"]["from"] == "base"

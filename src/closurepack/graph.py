@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from closurepack.errors import ClosureError
@@ -187,6 +187,29 @@ class Closure:
         keep = self.requisites(roots)
         items = {p: i for p, i in self.items.items() if p in keep}
         return Closure(self.store_dir, items, tuple(roots), source or self.source)
+
+    def without(self, paths: Collection[str]) -> Closure:
+        """This closure less ``paths`` (items an image underneath already holds): references to
+        them are dropped, and roots that remain stay roots. May be empty."""
+        drop = set(paths)
+        if not drop & self.items.keys():
+            return self
+        items = {
+            path: (
+                StoreItem(
+                    path,
+                    item.nar_size,
+                    tuple(r for r in item.references if r not in drop),
+                    item.nar_hash,
+                )
+                if drop.intersection(item.references)
+                else item
+            )
+            for path, item in self.items.items()
+            if path not in drop
+        }
+        roots = tuple(r for r in self.roots if r in items)
+        return Closure(self.store_dir, items, roots, self.source)
 
     @staticmethod
     def union(closures: Sequence[Closure], *, source: str = "<union>") -> Closure:

@@ -33,7 +33,7 @@ from closurepack.errors import (
     PlanError,
 )
 from closurepack.graph import Closure, split_store_path
-from closurepack.image import BaseImage, ImageConfig, assemble_image
+from closurepack.image import BaseImage, ImageConfig, assemble_image, layer_paths_from_config
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_store_layer
 from closurepack.options import parse_size
@@ -348,6 +348,11 @@ def build_image(
         )
         if len(closures) != 1 and image_selector is None:
             raise OptionError("build makes one image: give one closure, or --image to choose")
+        if base is not None:
+            # Store items the --from image already holds (as it records them) are not added
+            # again on top of it.
+            provided = {p for ps in layer_paths_from_config(base.config).values() for p in ps}
+            closures = [closure.without(provided) for closure in closures]
         names = image_names(store_paths=store_paths, closure_files=closure_files)
         plan = make_plan(
             closures, strategy=strategy, max_layers=budget, previous=previous, names=names
