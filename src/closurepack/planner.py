@@ -131,10 +131,12 @@ def human_size(size: int) -> str:
 def format_plan_table(plan: LayerPlan, closures: Sequence[Closure], *, largest: int = 3) -> str:
     """A human-readable table per image: layer number, items, size, the largest items' names."""
     items = {path: item for closure in closures for path, item in closure.items.items()}
-    lines = [
-        f"strategy {plan.strategy or '?'}, max {plan.max_layers} layers"
+    kept = (
         " (one kept for the customisation layer)"
-    ]
+        if plan.max_layers > 1
+        else " (no room for a customisation layer)"
+    )
+    lines = [f"strategy {plan.strategy or '?'}, max {plan.max_layers} layers{kept}"]
     for number, image in enumerate(plan.images):
         total = sum(layer.size for layer in image.layers)
         title = image.name or (image.roots[0].rsplit("/", 1)[-1] if image.roots else "")
