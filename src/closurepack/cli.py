@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -134,16 +135,21 @@ def _image_config_options(func: F) -> F:
     return func
 
 
+def _codec_options(func: F, *, what: str = "Layer compression.") -> F:
+    """--compression and --level, shared by every command that compresses a layer."""
+    func = click.option("--level", type=int, help="Compression level (codec specific).")(func)
+    return click.option(
+        "--compression",
+        type=click.Choice(["gzip", "zstd", "none"]),
+        default="gzip",
+        show_default=True,
+        help=what,
+    )(func)
+
+
 def _layer_options(func: F) -> F:
+    func = _codec_options(func)
     options = [
-        click.option(
-            "--compression",
-            type=click.Choice(["gzip", "zstd", "none"]),
-            default="gzip",
-            show_default=True,
-            help="Layer compression.",
-        ),
-        click.option("--level", type=int, help="Compression level (codec specific)."),
         click.option("--jobs", type=int, help="Layers built at a time (default: CPU count)."),
         click.option(
             "--cache-dir",
@@ -234,14 +240,7 @@ def build_command(**kwargs: Any) -> None:
     type=click.Path(path_type=Path),
     help="Directory for the blob and layer.json (created if missing).",
 )
-@click.option(
-    "--compression",
-    type=click.Choice(["gzip", "zstd", "none"]),
-    default="gzip",
-    show_default=True,
-    help="Layer compression.",
-)
-@click.option("--level", type=int, help="Compression level (codec specific).")
+@_codec_options
 @click.option(
     "--created",
     help="File mtimes: seconds since the epoch or an RFC 3339 date (default: SOURCE_DATE_EPOCH,"
@@ -280,14 +279,9 @@ def build_layer_command(
     "descriptors", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
 )
 @click.option("-o", "--output", "dest", required=True, help="Destination, e.g. oci:DIR[:TAG].")
-@click.option(
-    "--compression",
-    type=click.Choice(["gzip", "zstd", "none"]),
-    default="gzip",
-    show_default=True,
-    help="Compression of the customisation layer (the others are as built).",
+@functools.partial(
+    _codec_options, what="Compression of the customisation layer (the others are as built)."
 )
-@click.option("--level", type=int, help="Compression level (codec specific).")
 @click.option(
     "-q", "--quiet", is_flag=True, help="Accepted as in build (assemble shows no progress)."
 )
