@@ -579,7 +579,9 @@ def test_numeric_user_adds_no_passwd_and_no_tmp_means_no_layer(
     image = read_oci(bare)
     assert len(image.manifest["layers"]) == 1
     assert len(image.config["history"]) == 1
-    assert image.config["history"][0]["comment"] == "store items"
+    assert image.config["history"][0]["comment"] == (
+        "4 store items: glibc-2.39, zlib-1.3, libfoo-1.0, app-1.0"
+    )
 
 
 def test_customisation_conflicts(

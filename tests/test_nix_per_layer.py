@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import closurepack as closurepack_package
 from runtimes import PodmanRunner
 
 pytestmark = pytest.mark.integration
@@ -56,9 +58,19 @@ def _run(argv: Sequence[str | Path], *, timeout: float = 300) -> str:
     return proc.stdout
 
 
+def _closurepack_id() -> str:
+    """A hash of the code of the closurepack under test, so that Nix rebuilds the example's
+    layers whenever that code changes (it cannot see into the host path it is given)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(closurepack_package.__file__).parent.rglob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _nix(tool: str, closurepack: str, *args: str) -> list[str]:
     """Run nix-build or nix-instantiate on the example; return its stdout lines."""
-    argv = [tool, *NIX_OPTIONS, str(EXAMPLE), "--argstr", "closurepack", closurepack, *args]
+    argv = [tool, *NIX_OPTIONS, str(EXAMPLE), "--argstr", "closurepack", closurepack]
+    argv += ["--argstr", "closurepackId", _closurepack_id(), *args]
     if tool == "nix-build":
         argv.insert(1, "--no-out-link")
     return _run(argv).split()

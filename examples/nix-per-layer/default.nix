@@ -12,6 +12,10 @@
   # Absolute path of a closurepack executable that runs without PATH (here the host's, as there
   # is no Nix package of closurepack; give the real script, not a pyenv shim).
   closurepack,
+  # Anything that changes when that closurepack changes (e.g. a hash of its code): Nix cannot see
+  # into a host path, so without it, layers built by an older closurepack are reused as they are.
+  # A packaged closurepack (`${closurepack}/bin/closurepack`) makes this unnecessary.
+  closurepackId ? "",
   # The closure to pack: by default the bundled example app.
   app ? import ../hello,
   entrypoint ? [ "${app}/bin/hello" ],
@@ -45,6 +49,7 @@ let
       builder = "/bin/sh";
       args = [ "-eu" "-c" script ];
       SOURCE_DATE_EPOCH = created;
+      CLOSUREPACK_ID = closurepackId;
     } // attrs);
 
   quote = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
@@ -64,6 +69,7 @@ let
         __structuredAttrs = true;
         exportReferencesGraph.closure = [ app ];
         SOURCE_DATE_EPOCH = created;
+        CLOSUREPACK_ID = closurepackId;
         # With structured attrs the output path is only in .attrs.json/.attrs.sh (bash syntax).
         builder = "/bin/bash";
         args = [ "-eu" "-c" ''

@@ -17,7 +17,7 @@ from closurepack._fs import COPY_CHUNK
 from closurepack.cache import LayerCache
 from closurepack.customisation import Customisation, build_customisation_layer
 from closurepack.errors import ImageError, OptionError
-from closurepack.layer import BuiltLayer
+from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer, layer_key
 from closurepack.plan import ImagePlan, PlannedLayer
 
@@ -132,7 +132,7 @@ def build_layers(
             cached = hit is not None
             built = hit if hit is not None else options.cache.get_or_build(key, build)
         # Built here, or checked by the cache before reuse: destinations may link the blob.
-        built = dataclasses.replace(built, verified=True)
+        built = dataclasses.replace(built, verified=True, comment=store_layer_comment(layer.paths))
         if progress is not None:
             progress(
                 LayerEvent(

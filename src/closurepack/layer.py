@@ -16,7 +16,7 @@ from closurepack.digest import Digest
 from closurepack.errors import ImageError
 from closurepack.mediatypes import MediaType
 
-__all__ = ["DESCRIPTOR_FORMAT", "BuiltLayer"]
+__all__ = ["DESCRIPTOR_FORMAT", "BuiltLayer", "store_layer_comment"]
 
 DESCRIPTOR_FORMAT = "closurepack-layer"
 
@@ -99,3 +99,14 @@ class BuiltLayer:
             )
         except (ValueError, KeyError, TypeError, AttributeError, ImageError) as exc:
             raise ImageError(f"{source}: invalid layer descriptor: {exc}") from exc
+
+
+def store_layer_comment(paths: tuple[str, ...] | list[str], *, limit: int = 200) -> str:
+    """The image history comment of a store layer: its item count and names (without the hash
+    parts), largest first is not known here, so in path order, cut at about ``limit`` chars."""
+    names = [p.rsplit("/", 1)[-1].split("-", 1)[-1] for p in paths]
+    head = f"{len(names)} store item{'' if len(names) == 1 else 's'}: "
+    text = head + ", ".join(names)
+    if len(text) > limit:
+        text = text[: limit - 4].rsplit(", ", 1)[0] + ", ..."
+    return text

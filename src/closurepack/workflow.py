@@ -34,7 +34,7 @@ from closurepack.errors import (
 )
 from closurepack.graph import Closure, split_store_path
 from closurepack.image import BaseImage, ImageConfig, assemble_image, layer_paths_from_config
-from closurepack.layer import BuiltLayer
+from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer
 from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_layers
@@ -439,6 +439,7 @@ def build_one_layer(
             level=level,
             mtime=mtime,
             dest_dir=out_dir,
+            comment=store_layer_comment(paths),
         )
         descriptor = out_dir / "layer.json"
         with atomic_write(descriptor) as handle:
