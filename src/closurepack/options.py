@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
+import re
 import shlex
 import time
 from collections.abc import Sequence
@@ -48,7 +50,7 @@ def parse_created(value: str) -> int:
     text = value.strip()
     if text == "now":
         return int(time.time())
-    if text.lstrip("-").isdigit():
+    if _INTEGER.fullmatch(text):
         seconds = int(text)
     else:
         try:
@@ -67,6 +69,7 @@ def parse_created(value: str) -> int:
     return seconds
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
 #: 9999-12-31T23:59:59Z, the last moment an RFC 3339 date can name.
 _MAX_CREATED = 253402300799
 
@@ -88,6 +91,8 @@ def parse_size(value: str | int | None, *, option: str = "--cache-max-size") -> 
         amount = float(number)
     except ValueError:
         raise OptionError(f"{option} {value!r}: expected a size such as 500M or 20G") from None
+    if not math.isfinite(amount):
+        raise OptionError(f"{option} {value!r}: expected a finite size such as 500M or 20G")
     if amount < 0:
         raise OptionError(f"{option} {value!r}: negative size")
     return int(amount * _SIZE_UNITS[unit])
