@@ -57,7 +57,7 @@ def plan_closures(
     union = closures[0] if len(closures) == 1 else Closure.union(closures)
     sizes = {path: item.nar_size for path, item in union.items.items()}
 
-    reused = _pick_previous(previous, union, budget)
+    reused = _pick_previous(previous, sizes, budget)
     covered = {p for layer in reused for p in layer.paths}
     layers = list(reused)
     remaining = [p for p in union.items if p not in covered]
@@ -71,11 +71,10 @@ def plan_closures(
     for index, closure in enumerate(closures):
         own = []
         for layer in layers:
-            if all(p in closure.items for p in layer.paths):
-                own.append(layer)
-                continue
             kept = [p for p in layer.paths if p in closure.items]
-            if kept:
+            if len(kept) == len(layer.paths):
+                own.append(layer)
+            elif kept:
                 own.append(_layer(kept, sizes))
         name = names[index] if names is not None else None
         images.append(ImagePlan(tuple(own), name, tuple(closure.roots)))
@@ -88,17 +87,19 @@ def _layer(paths: Iterable[str], sizes: Mapping[str, int], origin: str = "") -> 
 
 
 def _pick_previous(
-    previous: Sequence[LayerPlan], union: Closure, budget: int
+    previous: Sequence[LayerPlan], sizes: Mapping[str, int], budget: int
 ) -> list[PlannedLayer]:
-    """The previous layers to reuse, in their original order (module docstring, step 3)."""
-    sizes = {path: item.nar_size for path, item in union.items.items()}
+    """The previous layers to reuse, in their original order (module docstring, step 3).
+
+    ``sizes`` holds the NAR size of every item of the union, and only those.
+    """
     candidates: dict[tuple[str, ...], int] = {}  # paths -> first position seen
     position = 0
     for plan in previous:
         for image in plan.images:
             for layer in image.layers:
                 paths = tuple(sorted(layer.paths))
-                if paths and paths not in candidates and all(p in union.items for p in paths):
+                if paths and paths not in candidates and all(p in sizes for p in paths):
                     candidates[paths] = position
                 position += 1
     by_value = sorted(
@@ -112,8 +113,8 @@ def _pick_previous(
         if used.isdisjoint(paths):
             taken.append(paths)
             used.update(paths)
-    if len(taken) == budget and len(used) < len(union):
-        used.difference_update(taken.pop())
+    if len(taken) == budget and len(used) < len(sizes):
+        taken.pop()  # leave the strategy a layer for the items no reused layer holds
     taken.sort(key=lambda paths: candidates[paths])
     return [_layer(paths, sizes, PREVIOUS) for paths in taken]
 
