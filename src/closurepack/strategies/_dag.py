@@ -1,13 +1,14 @@
-"""Index-based view of a closure shared by the strategies: topological order, edges, sizes."""
+"""What the strategies share: an index-based view of a closure (topological order, edges, sizes),
+sub-graphs, and the "first items alone, the rest together" grouping."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from closurepack.graph import Closure, StoreItem
 
-__all__ = ["Dag", "nixpkgs_name_key", "restrict"]
+__all__ = ["Dag", "nixpkgs_name_key", "restrict", "singles_then_rest"]
 
 
 def nixpkgs_name_key(path: str) -> str:
@@ -115,3 +116,13 @@ def restrict(closure: Closure, paths: Collection[str], *, source: str | None = N
     referred = {r for item in items.values() for r in item.references}
     roots = tuple(p for p in items if p not in referred)
     return Closure(closure.store_dir, items, roots, source or closure.source)
+
+
+def singles_then_rest(order: Sequence[str], budget: int) -> list[tuple[str, ...]]:
+    """The first ``budget - 1`` paths of ``order`` alone, bottom first, and the rest in one last
+    group (so every path has a group of its own when ``budget`` is at least ``len(order)``)."""
+    singles = max(budget - 1, 0)
+    groups: list[tuple[str, ...]] = [(path,) for path in order[:singles]]
+    if order[singles:]:
+        groups.append(tuple(order[singles:]))
+    return groups

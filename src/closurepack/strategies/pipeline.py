@@ -96,11 +96,7 @@ class Pipeline:
         value: _Value = _Graph(frozenset(closure.items))
         for step in self.steps:
             value = step(closure, value)
-        graphs = [g for g in _flatten(value) if g.paths]
-        if len(graphs) > budget:
-            keep = max(budget - 1, 0)
-            merged = frozenset().union(*(g.paths for g in graphs[keep:]))
-            graphs = [*graphs[:keep], _Graph(merged)]
+        graphs = _limit([g for g in _flatten(value) if g.paths], max(budget, 1))
         return [tuple(sorted(g.paths)) for g in graphs]
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from closurepack.graph import Closure
-from closurepack.strategies._dag import Dag, nixpkgs_name_key
+from closurepack.strategies._dag import Dag, nixpkgs_name_key, singles_then_rest
 
 __all__ = ["popularity", "popularity_order", "popularity_scores"]
 
@@ -65,9 +65,4 @@ def popularity_order(closure: Closure) -> list[str]:
 
 def popularity(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     """The first ``budget - 1`` items of :func:`popularity_order` alone, the rest together."""
-    order = popularity_order(closure)
-    singles = max(budget - 1, 0)
-    groups: list[tuple[str, ...]] = [(path,) for path in order[:singles]]
-    if order[singles:]:
-        groups.append(tuple(order[singles:]))
-    return groups
+    return singles_then_rest(popularity_order(closure), budget)

@@ -13,6 +13,7 @@ size; Guix's sort is stable over its input, ours breaks ties by path (ascending)
 from __future__ import annotations
 
 from closurepack.graph import Closure
+from closurepack.strategies._dag import singles_then_rest
 
 __all__ = ["size"]
 
@@ -20,8 +21,4 @@ __all__ = ["size"]
 def size(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     """Largest items first, one layer each, the rest together in the last layer."""
     order = sorted(closure.items, key=lambda p: (-closure.items[p].nar_size, p))
-    singles = max(min(budget, len(order)) - 1, 0)
-    groups: list[tuple[str, ...]] = [(path,) for path in order[:singles]]
-    if order[singles:]:
-        groups.append(tuple(order[singles:]))
-    return groups
+    return singles_then_rest(order, budget)
