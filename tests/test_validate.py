@@ -117,6 +117,31 @@ def test_layer_count_and_diff_id_mismatches_are_reported(tmp_path: Path) -> None
         read_image(f"oci:{tmp_path / 'l'}")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("config", "oops", "'config' is not a JSON object"),
+        ("rootfs", ["layers"], "'rootfs' is not a JSON object"),
+        ("history", 7, "'history' is not a JSON array"),
+    ],
+)
+def test_config_fields_of_the_wrong_json_type_are_one_line_errors(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    # A config that is JSON but not shaped like one: verify reports, reading refuses, and
+    # neither lets an AttributeError or TypeError out.
+    config = json.loads(assemble_image([], config=ImageConfig(), base=None).config_bytes)
+    config[field] = value
+    source = _write_raw(tmp_path / "l", config, [])
+    problems = verify_image(source)
+    if field == "rootfs":
+        assert any("rootfs.type" in p for p in problems), problems
+    for read in (read_image, read_base_image, inspect_image):
+        with pytest.raises(ImageError, match=message) as info:
+            read(source)
+        assert "\n" not in str(info.value)
+
+
 def test_wrong_sizes_and_missing_blobs_are_reported(tmp_path: Path, image: Image) -> None:
     root = tmp_path / "layout"
     write_image(image, f"oci:{root}")
@@ -290,6 +315,19 @@ def test_nested_index_picks_the_host_platform(tmp_path: Path) -> None:
     assert read_image(f"oci:{root}:multi").config_digest == ours.config_digest
     assert read_image(f"oci:{root}").config_digest == ours.config_digest
     assert verify_image(f"oci:{root}:multi") == []
+
+    # A nested index that is not an object, or an entry whose platform is not one: one-line
+    # errors or a skipped entry, never an AttributeError.
+    weird = json.loads(nested)
+    weird["manifests"][0]["platform"] = "linux/amd64"
+    weird_bytes = canonical_json(weird)
+    (root / "blobs" / "sha256" / Digest.of_bytes(weird_bytes).hex).write_bytes(weird_bytes)
+    top["manifests"][0].update(digest=str(Digest.of_bytes(weird_bytes)), size=len(weird_bytes))
+    (root / "index.json").write_bytes(canonical_json(top))
+    assert read_image(f"oci:{root}:multi").config_digest == ours.config_digest
+    (root / "blobs" / "sha256" / Digest.of_bytes(weird_bytes).hex).write_bytes(b'["a list"]')
+    with pytest.raises(ImageError, match="nested index lists no image"):
+        read_image(f"oci:{root}:multi")
 
 
 def test_several_images_need_a_tag(tmp_path: Path) -> None:

@@ -265,7 +265,8 @@ class Image:
 
 def layer_paths_from_config(config: Mapping[str, Any]) -> dict[str, list[str]]:
     """Parse the ``dev.closurepack.layers`` label of a config; ``{}`` when absent or invalid."""
-    labels = (config.get("config") or {}).get("Labels") or {}
+    container = config.get("config")
+    labels = container.get("Labels") if isinstance(container, dict) else None
     raw = labels.get(LAYERS_LABEL) if isinstance(labels, dict) else None
     if not isinstance(raw, str):
         return {}

@@ -270,7 +270,9 @@ def _platform_pick(manifests: list[Any], where: str) -> dict[str, Any]:
         raise ImageError(f"{where}: nested index lists no image")
     arch, _ = host_architecture()
     for entry in entries:
-        platform = entry.get("platform") or {}
+        platform = entry.get("platform")
+        if not isinstance(platform, dict):
+            continue
         if platform.get("architecture") == arch and platform.get("os", "linux") == "linux":
             return entry
     return entries[0]
@@ -294,7 +296,8 @@ def _read_oci(source: Destination, path: Path, text: str) -> RawImage:
             break
         _, name = _blob_name(entry.get("digest"), where)
         nested = _json(store.read(name), f"{where}: {name}")
-        entry = _platform_pick(nested.get("manifests") or [], f"{where}: {name}")
+        listed = nested.get("manifests") if isinstance(nested, dict) else None
+        entry = _platform_pick(listed if isinstance(listed, list) else [], f"{where}: {name}")
     manifest_digest, manifest_name = _blob_name(entry.get("digest"), where)
     manifest_bytes = store.read(manifest_name)
     manifest = _json(manifest_bytes, f"{where}: manifest {manifest_digest}")
@@ -374,9 +377,18 @@ def read_image(source: str) -> Image:
     """
     raw = read_raw(source)
     config = _json(raw.config_bytes, f"{source}: config")
-    diff_ids = (
-        ((config.get("rootfs") or {}).get("diff_ids") or []) if isinstance(config, dict) else []
-    )
+    if not isinstance(config, dict):
+        raise ImageError(f"{source}: config is not a JSON object")
+    for key, kind, name in (
+        ("config", dict, "object"),
+        ("rootfs", dict, "object"),
+        ("history", list, "array"),
+    ):
+        if not isinstance(config.get(key) or kind(), kind):
+            raise ImageError(f"{source}: config: {key!r} is not a JSON {name}")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    if not isinstance(diff_ids, list):
+        raise ImageError(f"{source}: config: rootfs.diff_ids is not a list")
     if len(diff_ids) != len(raw.layers):
         raise ImageError(
             f"{source}: config lists {len(diff_ids)} diff_ids for {len(raw.layers)} layers"
