@@ -14,7 +14,7 @@ Layers are listed bottom first.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,6 @@ __all__ = [
     "LayerPlan",
     "PlannedLayer",
     "check_max_layers",
-    "layers_from_paths",
 ]
 
 PLAN_FORMAT = "closurepack-plan"
@@ -135,7 +134,8 @@ class LayerPlan:
             _image_from_json(image, source=f"{source}: images[{i}]")
             for i, image in enumerate(obj["images"])
         )
-        store_dirs = {split_store_path(p, where=source)[0] for image in images for p in image.paths}
+        # The paths are valid store paths by now: the store directory is what precedes the name.
+        store_dirs = {p.rpartition("/")[0] for image in images for p in image.paths}
         store_dir = obj.get("store_dir")
         if store_dir is None:
             store_dir = next(iter(store_dirs), "/nix/store")
@@ -178,17 +178,8 @@ def _image_from_json(obj: Any, *, source: str) -> ImagePlan:
         layers.append(PlannedLayer(tuple(sorted(paths)), size, origin))
     name = obj.get("name")
     roots = obj.get("roots", [])
-    if (name is not None and not isinstance(name, str)) or not isinstance(roots, list):
-        raise PlanError(f"{source}: invalid 'name' or 'roots'")
+    if name is not None and not isinstance(name, str):
+        raise PlanError(f"{source}: 'name' must be a string")
+    if not isinstance(roots, list) or not all(isinstance(root, str) for root in roots):
+        raise PlanError(f"{source}: 'roots' must be a list of store paths")
     return ImagePlan(tuple(layers), name, tuple(roots))
-
-
-def layers_from_paths(
-    groups: Sequence[Sequence[str]], sizes: Mapping[str, int]
-) -> tuple[PlannedLayer, ...]:
-    """Make planned layers from groups of paths, dropping empty groups and summing sizes."""
-    return tuple(
-        PlannedLayer(tuple(sorted(group)), sum(sizes.get(p, 0) for p in group))
-        for group in groups
-        if group
-    )
