@@ -35,6 +35,7 @@ __all__ = [
     "decompress",
     "load_closure_file",
     "parse_closure",
+    "size_from_files",
     "store_file",
 ]
 
@@ -47,7 +48,8 @@ def load_closure_file(path: Path, *, store_root: Path | None = None) -> Closure:
     """Read a closure file in any supported format (optionally zstd- or gzip-compressed).
 
     Raises ClosureError naming the file and line or item when it cannot be read or parsed, or
-    when the graph it describes is invalid.
+    when the graph it describes is invalid; StoreError when the files of an item without a size
+    cannot be read.
     """
     source = str(path)
     try:
@@ -110,7 +112,7 @@ def store_file(path: str, store_root: Path | None) -> Path:
     return Path(store_root, path.lstrip("/")) if store_root is not None else Path(path)
 
 
-def _size_from_files(path: str, store_root: Path | None, where: str) -> int:
+def size_from_files(path: str, store_root: Path | None, where: str) -> int:
     """The NAR size of an item's files when they exist, else 0 (a plan needs only the graph)."""
     location = store_file(path, store_root)
     if not os.path.lexists(location):
@@ -222,7 +224,7 @@ def _item(
         references = tuple(full)
     size = entry.get("narSize")
     if size is None:
-        size = _size_from_files(path, store_root, _where(source, index, path))
+        size = size_from_files(path, store_root, _where(source, index, path))
     elif type(size) is not int or size < 0:
         raise ClosureError(
             f"{_where(source, index, path)}: 'narSize' must be a non-negative integer, not {size!r}"
@@ -304,5 +306,5 @@ def _parse_text(lines: list[str], source: str, store_root: Path | None) -> Itera
                     f"{source}:{first + offset + 1}: {path}: reference {ref!r} is not a path"
                 )
         where = f"{source}:{index + 1}: {path}"
-        yield StoreItem(path, _size_from_files(path, store_root, where), tuple(references))
+        yield StoreItem(path, size_from_files(path, store_root, where), tuple(references))
         index = end

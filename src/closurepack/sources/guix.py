@@ -8,15 +8,13 @@ once per item (a few at a time).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from closurepack.graph import Closure, StoreItem
 from closurepack.sources._tool import run_tool
-from closurepack.sources.files import store_file
-from closurepack.sources.narsize import nar_size
+from closurepack.sources.files import size_from_files
 
 __all__ = ["GUIX_STORE_DIR", "query_guix"]
 
@@ -34,8 +32,7 @@ def query_guix(paths: Sequence[str], *, store_root: Path | None = None) -> Closu
 
     def item(path: str) -> StoreItem:
         references = run_tool(["guix", "gc", "--references", path]).split()
-        location = store_file(path, store_root)
-        size = nar_size(location) if os.path.lexists(location) else 0
+        size = size_from_files(path, store_root, f"guix gc: {path}")
         return StoreItem(path, size, tuple(references))
 
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
