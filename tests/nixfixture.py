@@ -60,6 +60,19 @@ class NixClosure:
         """The command to run in an image: ``<app>/bin/app``."""
         return f"{self.app}/bin/app"
 
+    def copy_under(self, root: Path) -> Path:
+        """Copy every item to ``root/nix/store`` (a store root for ``--store-root``); returns
+        that store directory."""
+        store = root / "nix" / "store"
+        store.mkdir(parents=True)
+        for path in self.paths:
+            target = store / path.rsplit("/", 1)[1]
+            if os.path.isdir(path):
+                shutil.copytree(path, target, symlinks=True)
+            else:
+                shutil.copy2(path, target)
+        return store
+
     def item(self, name: str) -> str:
         """The closure path whose name (after the hash) is ``name``: busybox, data, note.txt."""
         found = [p for p in self.paths if p.rsplit("/", 1)[-1].split("-", 1)[-1] == name]

@@ -111,14 +111,7 @@ def test_query_names_inside_items_and_result_symlinks(
 
 @pytest.mark.integration
 def test_query_with_store_root_scans_the_copy(nix_closure: NixClosure, tmp_path: Path) -> None:
-    store = tmp_path / "nix" / "store"
-    store.mkdir(parents=True)
-    for path in nix_closure.paths:
-        target = store / path.rsplit("/", 1)[1]
-        if os.path.isdir(path):
-            shutil.copytree(path, target, symlinks=True)
-        else:
-            shutil.copy2(path, target)
+    store = nix_closure.copy_under(tmp_path)
     closure = query_closure([nix_closure.app], store_root=tmp_path)
     assert closure.source == str(store)
     assert _graph(closure) == _nix_truth(nix_closure.paths)

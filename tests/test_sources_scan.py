@@ -240,14 +240,7 @@ NIX_PATH_INFO = ["nix", "--extra-experimental-features", "nix-command", "path-in
 
 @pytest.mark.integration
 def test_scan_of_copied_fixture_equals_nix(nix_closure: NixClosure, tmp_path: Path) -> None:
-    store = tmp_path / "nix" / "store"
-    store.mkdir(parents=True)
-    for path in nix_closure.paths:
-        target = store / path.rsplit("/", 1)[1]
-        if os.path.isdir(path):
-            shutil.copytree(path, target, symlinks=True)
-        else:
-            shutil.copy2(path, target)
+    nix_closure.copy_under(tmp_path)
     out = subprocess.run(
         [*NIX_PATH_INFO, nix_closure.app],
         capture_output=True,
