@@ -44,6 +44,8 @@ def test_self_references_are_dropped_and_references_sorted() -> None:
     ("items", "message"),
     [
         ([StoreItem(A, 1, (B,))], "refers to " + B),
+        ([StoreItem(A, 1, (D, B))], f"refers to {B}, which"),  # the first missing, by path
+        ([StoreItem(5, 1)], "store path 5 is not a string"),  # type: ignore[arg-type]
         ([StoreItem(A, 1), StoreItem(A, 2)], "duplicate item " + A),
         ([StoreItem(A, -1)], "invalid size -1"),
         ([StoreItem("/nix/store/../etc", 1)], "'..'"),

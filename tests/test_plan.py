@@ -35,6 +35,7 @@ def test_round_trip_and_store_dir_from_the_paths() -> None:
         ({"layers": [{"paths": [A]}], "name": 2}, "'name' must be a string"),
         ({"layers": [{"paths": [A], "size": -1}]}, "invalid 'size' or 'origin'"),
         ({"layers": [{"paths": ["gnu/store/x-y"]}]}, "not absolute"),
+        ({"layers": [{"paths": [5]}]}, "store path 5 is not a string"),
     ],
 )
 def test_bad_images_are_one_line_plan_errors(image: object, message: str) -> None:

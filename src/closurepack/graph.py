@@ -45,7 +45,9 @@ def split_store_path(path: str, *, where: str) -> tuple[str, str]:
 
     ``where`` names the file or item for the error message.
     """
-    if not isinstance(path, str) or not path:
+    if not isinstance(path, str):
+        raise ClosureError(f"{where}: store path {path!r} is not a string")
+    if not path:
         raise ClosureError(f"{where}: empty store path")
     if "\0" in path:
         raise ClosureError(f"{where}: store path {path!r} contains a NUL byte")
@@ -54,7 +56,8 @@ def split_store_path(path: str, *, where: str) -> tuple[str, str]:
     store_dir, _, name = path.rstrip("/").rpartition("/")
     if not name:
         raise ClosureError(f"{where}: store path {path!r} has an empty name")
-    if name in (".", "..") or ".." in path.split("/") or "." in path.split("/")[1:]:
+    parts = path.split("/")
+    if ".." in parts or "." in parts:
         raise ClosureError(f"{where}: store path {path!r} contains '..' or '.'")
     if path.endswith("/") or "//" in path:
         raise ClosureError(f"{where}: store path {path!r} is not a direct child of a store")
@@ -116,11 +119,11 @@ class Closure:
             item = by_path[path]
             refs = set(item.references)
             refs.discard(path)
-            for ref in refs:
-                if ref not in by_path:
-                    raise ClosureError(
-                        f"{source}: {path} refers to {ref}, which is not in the closure"
-                    )
+            if not by_path.keys() >= refs:
+                missing = min(refs - by_path.keys())
+                raise ClosureError(
+                    f"{source}: {path} refers to {missing}, which is not in the closure"
+                )
             sorted_refs = tuple(sorted(refs))
             if sorted_refs != item.references:
                 item = StoreItem(path, item.nar_size, sorted_refs, item.nar_hash)
