@@ -4,8 +4,9 @@ How :func:`plan_closures` decides, step by step:
 
 1. ``max_layers`` is checked (1..127). One layer of every image is kept for its customisation
    layer (symlinks, /etc, extra files), so the store items get ``budget = max(1, max_layers - 1)``
-   layers. With ``max_layers = 1`` the budget is still 1: the image builder then has to merge the
-   customisation layer into that single store layer.
+   layers. With ``max_layers = 1`` the budget is still 1, which leaves no room for a
+   customisation layer: a build then leaves it out when it would hold only ``/tmp``, and refuses
+   with an OptionError when more was asked for.
 2. All closures are planned together, as their union, so images can share layers.
 3. Layers of ``previous`` plans whose paths all lie in the union are reused unchanged (origin
    ``"previous"``): the largest first (ties: the earlier plan, image and layer), skipping any that
