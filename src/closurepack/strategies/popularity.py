@@ -12,7 +12,7 @@ counts, for each item ``y``, every tree node that lies on a path to a copy of ``
 
 where ``P(z)`` is the number of distinct paths from the roots to ``z`` (``P(root) = 1``). ``P`` is a
 dynamic programme over the topological order (exact Python integers), and the sum uses one
-reachability walk (:meth:`Dag.walk_closures`), so a 63k-item closure takes well under a second
+reachability walk (:meth:`Dag.walk_closures`), so a 63k-item closure takes about a second
 where the original tree expansion runs out of memory.
 
 Roots are always the items no other item refers to, as in nixpkgs, even when the closure was
