@@ -9,11 +9,21 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-from closurepack.digest import Digest, HashingWriter
+from closurepack.digest import Digest, HashingWriter, Writable
 
-__all__ = ["COPY_CHUNK", "atomic_write", "fsync_dir", "link_blob", "move_file", "put_blob"]
+__all__ = [
+    "COPY_CHUNK",
+    "atomic_write",
+    "blob_writer",
+    "copy_stream",
+    "fsync_dir",
+    "hash_stream",
+    "link_blob",
+    "move_file",
+    "put_blob",
+]
 
 #: Read size for streaming copies: large enough to keep syscalls rare, small enough to bound memory.
 COPY_CHUNK = 1 << 20
@@ -57,6 +67,51 @@ def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterat
         fsync_dir(dest.parent)
 
 
+@contextlib.contextmanager
+def blob_writer(
+    directory: Path, *, fsync: bool = True, buffering: int = -1
+) -> Iterator[HashingWriter]:
+    """A :class:`HashingWriter` over a temp file in ``directory`` (created if missing).
+
+    When the block ends without an exception the file is flushed, fsynced, made 0o644 and
+    renamed to ``directory/<sha256 hex of what was written>``; a blob of that name already
+    there is replaced, which is success (its name is its content). On any exception the temp
+    file is removed. The writer's ``digest`` and ``size`` stay readable afterwards.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".blob.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb", buffering=buffering) as handle:
+            writer = HashingWriter(handle)
+            yield writer
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / writer.digest.hex)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(directory)
+
+
+def copy_stream(source: BinaryIO, out: Writable) -> None:
+    """Copy what remains of ``source`` to ``out`` in :data:`COPY_CHUNK` pieces."""
+    buf = bytearray(COPY_CHUNK)
+    view = memoryview(buf)
+    while n := source.readinto(view):  # type: ignore[attr-defined]
+        out.write(view[:n])
+
+
+def hash_stream(source: BinaryIO) -> tuple[Digest, int]:
+    """The sha256 and length of what remains of ``source``."""
+    writer = HashingWriter()
+    copy_stream(source, writer)
+    return writer.digest, writer.size
+
+
 def put_blob(
     directory: Path,
     source: BinaryIO | Iterable[bytes],
@@ -70,34 +125,15 @@ def put_blob(
     given and the content does not match, nothing is stored and ValueError is raised. A blob that
     is already there is success (its name is its content).
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".blob.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer = HashingWriter(handle)
-            if hasattr(source, "readinto"):
-                buf = bytearray(COPY_CHUNK)
-                view = memoryview(buf)
-                while n := source.readinto(view):
-                    writer.write(view[:n])
-            else:
-                for chunk in source:
-                    writer.write(chunk)
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        digest = writer.digest
-        if expected is not None and digest != expected:
-            raise ValueError(f"blob content is {digest}, expected {expected}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / digest.hex)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        fsync_dir(directory)
-    return digest, writer.size
+    with blob_writer(directory, fsync=fsync) as writer:
+        if hasattr(source, "readinto"):
+            copy_stream(cast(BinaryIO, source), writer)
+        else:
+            for chunk in source:
+                writer.write(chunk)
+        if expected is not None and writer.digest != expected:
+            raise ValueError(f"blob content is {writer.digest}, expected {expected}")
+    return writer.digest, writer.size
 
 
 def move_file(source: Path, dest: Path) -> None:
@@ -112,10 +148,7 @@ def move_file(source: Path, dest: Path) -> None:
         if exc.errno != errno.EXDEV:  # different filesystems: fall back to copying
             raise
     with source.open("rb") as src, atomic_write(dest) as out:
-        buf = bytearray(COPY_CHUNK)
-        view = memoryview(buf)
-        while n := src.readinto(view):
-            out.write(view[:n])
+        copy_stream(src, out)
 
 
 # errno values meaning "no hard link possible here", as opposed to real failures

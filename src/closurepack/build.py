@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 import threading
@@ -13,7 +12,7 @@ from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecut
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from closurepack._fs import COPY_CHUNK
+from closurepack._fs import hash_stream
 from closurepack.cache import LayerCache
 from closurepack.customisation import Customisation, build_customisation_layer
 from closurepack.errors import ImageError, OptionError
@@ -230,16 +229,14 @@ def _check_blob(layer: BuiltLayer, descriptor: Path) -> None:
                 f"{descriptor}: blob {layer.blob_path} is {size} bytes, the descriptor says"
                 f" {layer.size}"
             )
-        sha = hashlib.sha256()
         with layer.open() as blob:
-            while chunk := blob.read(COPY_CHUNK):
-                sha.update(chunk)
+            digest, _ = hash_stream(blob)
     except OSError as exc:
         raise ImageError(
             f"{descriptor}: cannot read blob {layer.blob_path}: {exc.strerror}"
         ) from exc
-    if sha.hexdigest() != layer.digest.hex:
+    if digest != layer.digest:
         raise ImageError(
-            f"{descriptor}: blob {layer.blob_path} has digest sha256:{sha.hexdigest()}, the"
+            f"{descriptor}: blob {layer.blob_path} has digest {digest}, the"
             f" descriptor says {layer.digest}"
         )

@@ -35,8 +35,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from closurepack._fs import COPY_CHUNK, atomic_write, move_file
-from closurepack.digest import Digest, HashingWriter
+from closurepack._fs import atomic_write, hash_stream, move_file
+from closurepack.digest import Digest
 from closurepack.errors import CacheError, ImageError
 from closurepack.layer import BuiltLayer
 
@@ -66,13 +66,8 @@ def _stamp(st: os.stat_result) -> list[int]:
 
 
 def _hash_file(path: Path) -> tuple[Digest, int]:
-    writer = HashingWriter()
-    buf = bytearray(COPY_CHUNK)
-    view = memoryview(buf)
     with path.open("rb", buffering=0) as handle:
-        while n := handle.readinto(view):
-            writer.write(view[:n])
-    return writer.digest, writer.size
+        return hash_stream(handle)
 
 
 class LayerCache:

@@ -7,16 +7,16 @@ codecs add threads of their own (see :mod:`closurepack.compression`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import queue
-import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from closurepack._fs import fsync_dir
+from closurepack._fs import blob_writer
 from closurepack.compression import Compressor, codec_identity, open_compressor, resolve_level
 from closurepack.digest import HashingWriter, Writable
 from closurepack.errors import OptionError, StoreError
@@ -65,16 +65,15 @@ def layer_key(
 
 class _Pipe:
     """The tar side of the pipeline: coalesces writes into chunks and queues them for the
-    compressing thread, which hashes them (diff_id), compresses them and hashes the result
-    (digest) on its way to the blob."""
+    compressing thread, which hashes them (diff_id) and compresses them into ``blob`` (a
+    :func:`~closurepack._fs.blob_writer`, which hashes the result for the digest)."""
 
     def __init__(
         self, compress: Callable[[Writable], Compressor], blob: Writable, *, where: str
     ) -> None:
         self._where = where
         self.tar_hash = HashingWriter()
-        self.blob_hash = HashingWriter(blob)
-        self._compressor = compress(self.blob_hash)
+        self._compressor = compress(blob)
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
         self._buf = bytearray()
         self._error: BaseException | None = None
@@ -142,32 +141,14 @@ class _Pipe:
         raise StoreError(f"{self._where}: compressing the layer failed: {error!r}") from error
 
 
-def _build(
-    write_tar: Callable[[Writable], None],
-    *,
-    compression: str,
-    level: int | None,
-    dest_dir: Path,
-    paths: tuple[str, ...],
-    comment: str,
-    threads: int,
-    fsync: bool,
-) -> BuiltLayer:
+@contextlib.contextmanager
+def _counted() -> Iterator[None]:
+    """Count this build among those in flight for the duration of the block."""
     global _active  # noqa: PLW0603 - a process-wide count of builds in flight
-    resolve_level(compression, level)  # validate before doing any work
     with _active_lock:
         _active += 1
     try:
-        return _build_one(
-            write_tar,
-            compression=compression,
-            level=level,
-            dest_dir=dest_dir,
-            paths=paths,
-            comment=comment,
-            threads=threads,
-            fsync=fsync,
-        )
+        yield
     finally:
         with _active_lock:
             _active -= 1
@@ -181,7 +162,7 @@ def _fair_share() -> int:
         return max(1, (cpus or 1) // max(1, _active))
 
 
-def _build_one(
+def _build(
     write_tar: Callable[[Writable], None],
     *,
     compression: str,
@@ -192,15 +173,10 @@ def _build_one(
     threads: int,
     fsync: bool,
 ) -> BuiltLayer:
+    resolve_level(compression, level)  # validate before doing any work
     media_type = layer_media_type(compression)
     try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".layer-", suffix=".tmp")
-    except OSError as exc:
-        raise StoreError(f"{dest_dir}: cannot write layers here: {exc.strerror}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb", buffering=_CHUNK) as blob:
+        with _counted(), blob_writer(dest_dir, fsync=fsync, buffering=_CHUNK) as blob:
             pipe = _Pipe(
                 lambda sink: open_compressor(
                     compression, sink, level=level, threads=threads or _fair_share()
@@ -214,26 +190,14 @@ def _build_one(
                 pipe.abort()
                 raise
             pipe.finish()
-            blob.flush()
-            if fsync:
-                os.fsync(blob.fileno())
-        digest = pipe.blob_hash.digest
-        final = dest_dir / digest.hex
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # the blob file itself: disk full, permissions, ...
-            raise StoreError(f"{dest_dir}: cannot write the layer: {exc.strerror}") from exc
-        raise
-    if fsync:
-        fsync_dir(dest_dir)
+    except OSError as exc:  # the blob file itself: disk full, permissions, ...
+        raise StoreError(f"{dest_dir}: cannot write the layer: {exc.strerror}") from exc
     return BuiltLayer(
-        digest=digest,
+        digest=blob.digest,
         diff_id=pipe.tar_hash.digest,
-        size=pipe.blob_hash.size,
+        size=blob.size,
         media_type=media_type,
-        blob_path=final,
+        blob_path=dest_dir / blob.digest.hex,
         paths=paths,
         comment=comment,
     )

@@ -7,7 +7,6 @@ anything (for :mod:`closurepack.validate`); :func:`read_image` turns that into a
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import posixpath
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from closurepack._fs import hash_stream
 from closurepack.destinations.reference import Destination, parse_destination
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError, InputError
@@ -359,16 +359,6 @@ def read_raw(source: str) -> RawImage:
     return _read_oci(where, path, source)
 
 
-def _hash_blob(opener: Callable[[], BinaryIO]) -> tuple[Digest, int]:
-    sha = hashlib.sha256()
-    size = 0
-    with opener() as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return Digest(sha.hexdigest()), size
-
-
 def read_image(source: str) -> Image:
     """The image at ``source`` as an :class:`Image` whose layers open their stored blobs.
 
@@ -402,7 +392,8 @@ def read_image(source: str) -> Image:
             digest, size = blob.digest, blob.size
         else:
             try:
-                digest, size = _hash_blob(blob.opener)
+                with blob.opener() as stream:
+                    digest, size = hash_stream(stream)
             except OSError as exc:
                 raise DestinationError(f"{source}: {blob.name}: cannot read: {exc}") from exc
         layers.append(
