@@ -80,6 +80,16 @@ def test_without_drops_items_and_the_references_to_them() -> None:
     assert len(_diamond().without(set(_diamond().items))) == 0
 
 
+def test_restrict_keeps_the_induced_graph_and_recomputes_the_roots() -> None:
+    part = _diamond().restrict([A, C, D], source="part")
+    assert sorted(part.items) == [A, C, D]
+    assert part.items[A].references == (D,)
+    assert part.items[D].references == (C,)
+    assert part.roots == (A,)
+    assert part.source == "part"
+    assert _diamond().restrict([B, D]).roots == (B, D)
+
+
 def test_union_and_subclosure() -> None:
     closure = _diamond()
     sub = closure.subclosure([B])

@@ -191,28 +191,30 @@ class Closure:
         items = {p: i for p, i in self.items.items() if p in keep}
         return Closure(self.store_dir, items, tuple(roots), source or self.source)
 
+    def restrict(self, paths: Collection[str], *, source: str | None = None) -> Closure:
+        """The sub-graph induced by ``paths`` (items of this closure): references to other
+        items are dropped, and the roots are the kept items no kept item refers to."""
+        keep = set(paths)
+        items: dict[str, StoreItem] = {}
+        for path in sorted(keep):
+            item = self.items[path]
+            refs = tuple(r for r in item.references if r in keep)
+            if len(refs) != len(item.references):
+                item = StoreItem(path, item.nar_size, refs, item.nar_hash)
+            items[path] = item
+        referred = {r for item in items.values() for r in item.references}
+        roots = tuple(p for p in items if p not in referred)
+        return Closure(self.store_dir, items, roots, source or self.source)
+
     def without(self, paths: Collection[str]) -> Closure:
         """This closure less ``paths`` (items an image underneath already holds): references to
         them are dropped, and roots that remain stay roots. May be empty."""
         drop = set(paths)
         if not drop & self.items.keys():
             return self
-        items = {
-            path: (
-                StoreItem(
-                    path,
-                    item.nar_size,
-                    tuple(r for r in item.references if r not in drop),
-                    item.nar_hash,
-                )
-                if drop.intersection(item.references)
-                else item
-            )
-            for path, item in self.items.items()
-            if path not in drop
-        }
-        roots = tuple(r for r in self.roots if r in items)
-        return Closure(self.store_dir, items, roots, self.source)
+        rest = self.restrict(self.items.keys() - drop)
+        roots = tuple(r for r in self.roots if r in rest.items)
+        return Closure(self.store_dir, rest.items, roots, self.source)
 
     @staticmethod
     def union(closures: Sequence[Closure], *, source: str = "<union>") -> Closure:

@@ -28,7 +28,6 @@ from closurepack.errors import PlanError
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
 from closurepack.strategies import DEFAULT_STRATEGY, check_groups, get_strategy
-from closurepack.strategies._dag import restrict
 
 __all__ = ["format_plan_table", "human_size", "plan_closures", "store_budget"]
 
@@ -63,7 +62,7 @@ def plan_closures(
     layers = list(reused)
     remaining = [p for p in union.items if p not in covered]
     if remaining:
-        rest = union if not covered else restrict(union, remaining)
+        rest = union if not covered else union.restrict(remaining)
         room = budget - len(reused)
         groups = check_groups(rest, chosen(rest, budget=room), budget=room, name=strategy)
         layers.extend(_layer(group, sizes) for group in groups)

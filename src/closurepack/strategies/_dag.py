@@ -1,14 +1,13 @@
-"""What the strategies share: an index-based view of a closure (topological order, edges, sizes),
-sub-graphs, and the "first items alone, the rest together" grouping."""
+"""Shared by the strategies: an index-based view of a closure, and the "singles, then the rest"."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from closurepack.graph import Closure, StoreItem
+from closurepack.graph import Closure
 
-__all__ = ["Dag", "nixpkgs_name_key", "restrict", "singles_then_rest"]
+__all__ = ["Dag", "nixpkgs_name_key", "singles_then_rest"]
 
 
 def nixpkgs_name_key(path: str) -> str:
@@ -98,24 +97,6 @@ class Dag:
             visit(i, current)
             if remaining[i]:
                 sets[i] = current
-
-
-def restrict(closure: Closure, paths: Collection[str], *, source: str | None = None) -> Closure:
-    """The sub-graph of ``closure`` induced by ``paths``: references outside it are dropped.
-
-    Roots are recomputed (items of the subset no other item of the subset refers to).
-    """
-    keep = set(paths)
-    items: dict[str, StoreItem] = {}
-    for path in sorted(keep):
-        item = closure.items[path]
-        refs = tuple(r for r in item.references if r in keep)
-        items[path] = (
-            item if refs == item.references else StoreItem(path, item.nar_size, refs, item.nar_hash)
-        )
-    referred = {r for item in items.values() for r in item.references}
-    roots = tuple(p for p in items if p not in referred)
-    return Closure(closure.store_dir, items, roots, source or closure.source)
 
 
 def singles_then_rest(order: Sequence[str], budget: int) -> list[tuple[str, ...]]:

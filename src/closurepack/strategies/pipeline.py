@@ -40,7 +40,6 @@ from typing import Any
 
 from closurepack.errors import PlanError
 from closurepack.graph import Closure
-from closurepack.strategies._dag import restrict
 from closurepack.strategies.popularity import popularity_order
 
 __all__ = ["Pipeline", "load_pipeline", "parse_pipeline"]
@@ -289,7 +288,7 @@ def _split_paths(
 def _popularity(closure: Closure, graph: _Graph) -> list[Any]:
     if not graph.paths:
         return []
-    sub = restrict(closure, graph.paths)
+    sub = closure.restrict(graph.paths)
     return [_Graph(frozenset((p,))) for p in popularity_order(sub)]
 
 
