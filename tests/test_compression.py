@@ -6,6 +6,7 @@ import email
 import gzip
 import io
 import os
+import random
 import shutil
 import subprocess
 import zlib
@@ -122,6 +123,23 @@ def test_corrupt_stream_is_an_image_error(compression: str) -> None:
     source.name = "layer.blob"  # type: ignore[misc]
     with pytest.raises(ImageError, match=rf"layer.blob: corrupt {compression} stream"):
         drain(compression, source)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_any_damaged_byte_is_an_image_error(compression: str) -> None:
+    # Flip each byte of a small blob in turn: whatever the decoder notices (a bad header, a bad
+    # deflate distance, a checksum) must come out as ImageError, never as the codec's own error.
+    data = random.Random(0).randbytes(2000) + b"some text, repeated " * 500
+    blob = compress(compression, data)
+    failures = 0
+    for offset in range(len(blob)):
+        damaged = bytearray(blob)
+        damaged[offset] ^= 0xFF
+        try:
+            drain(compression, io.BytesIO(bytes(damaged)))
+        except ImageError:
+            failures += 1
+    assert failures > len(blob) // 2
 
 
 def test_truncated_gzip_is_an_image_error() -> None:

@@ -30,6 +30,7 @@ from typing import IO, BinaryIO, Protocol, cast
 import isal
 import isal.igzip
 import isal.igzip_threaded
+import isal.isal_zlib
 import zstandard
 
 from closurepack.digest import Writable
@@ -220,6 +221,13 @@ class _Reader(Protocol):
     def close(self) -> None: ...
 
 
+# What decoding bad data may raise: gzip's own checks (BadGzipFile is an OSError), EOFError
+# when cut short, ISA-L's inflate errors (IsalError is no OSError) and zstd's.
+# (isal's stubs declare its error class as an instance, hence the cast)
+_ISAL_ERROR = cast(type[Exception], isal.isal_zlib.error)
+_DECODE_ERRORS = (OSError, EOFError, ValueError, _ISAL_ERROR, zstandard.ZstdError)
+
+
 class _CheckedReader:
     """A readable stream turning decoder errors into one-line ImageErrors."""
 
@@ -234,13 +242,13 @@ class _CheckedReader:
     def read(self, size: int = -1, /) -> bytes:
         try:
             return self._inner.read(size)
-        except (OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
+        except _DECODE_ERRORS as exc:
             raise self._fail(exc) from exc
 
     def readinto(self, buffer: bytearray | memoryview, /) -> int:
         try:
             return self._inner.readinto(buffer)
-        except (OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
+        except _DECODE_ERRORS as exc:
             raise self._fail(exc) from exc
 
     def readable(self) -> bool:
