@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -58,6 +59,32 @@ def test_oci_flipped_layer_and_config_bytes_are_both_reported(tmp_path: Path, im
         p.startswith("layer 0") and f"manifest says {image.layers[0].digest}" in p for p in problems
     ), problems
     assert not any(p.startswith("layer 1") for p in problems), problems
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_damage_anywhere_in_a_layer_is_reported_not_raised(
+    tmp_path: Path, compression: str
+) -> None:
+    # Wherever a byte is damaged, the decoder's complaint (bad header, bad deflate data,
+    # checksum) becomes a problem naming the layer, on one line.
+    layer = make_layer(
+        tmp_path / "l", {"data": random.Random(1).randbytes(3000) * 3}, compression=compression
+    )
+    img = assemble_image([layer], config=ImageConfig())
+    root = tmp_path / "layout"
+    write_image(img, f"oci:{root}")
+    blob = root / "blobs" / "sha256" / layer.digest.hex
+    good = blob.read_bytes()
+    for offset in range(0, len(good), max(1, len(good) // 97)):
+        damaged = bytearray(good)
+        damaged[offset] ^= 0xFF
+        blob.write_bytes(bytes(damaged))
+        problems = verify_image(f"oci:{root}")
+        assert problems, offset
+        assert all(p.startswith("layer 0") for p in problems), (offset, problems)
+        assert not any("\n" in p for p in problems)
+    blob.write_bytes(good)
+    assert verify_image(f"oci:{root}") == []
 
 
 def test_docker_archive_flipped_layer_and_config_are_both_reported(
