@@ -49,11 +49,13 @@ def load_previous(spec: str) -> LayerPlan:
         elif path.is_file():
             try:
                 with path.open("rb") as handle:
-                    head = handle.read(512).lstrip()
+                    head = handle.read(512)
+                    is_json = head.lstrip()[:1] in (b"{", b"[")
+                    text = head + handle.read() if is_json else b""
             except OSError as exc:
                 raise PlanError(f"--previous {spec}: cannot read: {exc.strerror}") from exc
-            if head[:1] in (b"{", b"["):
-                return _read_plan_file(path, spec)
+            if is_json:
+                return LayerPlan.from_json(text, source=spec)
             if not _looks_like_tar(path):
                 raise PlanError(
                     f"--previous {spec}: neither a plan (JSON) nor an image archive (tar)"
@@ -72,14 +74,6 @@ def load_previous(spec: str) -> LayerPlan:
 
 
 _TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:")
-
-
-def _read_plan_file(path: Path, spec: str) -> LayerPlan:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise PlanError(f"--previous {spec}: cannot read: {exc.strerror}") from exc
-    return LayerPlan.from_json(text, source=spec)
 
 
 def _looks_like_tar(path: Path) -> bool:
