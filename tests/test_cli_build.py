@@ -1313,7 +1313,7 @@ def test_bad_source_date_epoch(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for value in ("yesterday", "-1"):
+    for value in ("yesterday", "-1", "99999999999"):  # the last one: too late for tar
         monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
         _, err = _build(
             [*_base_argv(store, app_closure), "--no-cache", "-o", f"oci:{tmp_path / 'x'}"],
@@ -1335,6 +1335,21 @@ def test_bad_source_date_epoch(
         capsys,
     )
     assert read_oci(tmp_path / "y").config["created"] == "1970-01-01T00:00:03Z"
+
+
+def test_created_after_what_tar_holds_is_refused_before_any_work(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Tar headers hold mtimes up to 8**11 - 1 seconds (2242-03-16); --created accepts dates up
+    # to 9999, so a later one is refused, naming --created, before any layer or cache is made.
+    cache = tmp_path / "cache"
+    argv = [*_base_argv(store, app_closure), "--cache-dir", cache, "-o", f"oci:{tmp_path / 'x'}"]
+    _, err = _build([*argv, "--created", "2300-01-01"], capsys, status=2)
+    _one_line_error(err, "--created 10413792000", "2242-03-16")
+    assert not (tmp_path / "x").exists()
+    assert not cache.exists()
+    _build([*argv, "--created", str(8**11 - 1)], capsys)  # the last second that fits
+    assert read_oci(tmp_path / "x").config["created"] == "2242-03-16T12:56:31Z"
 
 
 def test_failed_build_leaves_existing_cache_entries_intact(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from closurepack._fs import hash_stream
@@ -19,6 +20,7 @@ from closurepack.errors import ImageError, OptionError
 from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer, layer_key
 from closurepack.plan import ImagePlan, PlannedLayer
+from closurepack.tarstream import MAX_MTIME
 
 __all__ = [
     "BuildOptions",
@@ -32,9 +34,10 @@ __all__ = [
 
 
 def default_mtime(created: int | None = None, environ: dict[str, str] | None = None) -> int:
-    """The entry mtime: ``--created``, else ``SOURCE_DATE_EPOCH``, else 1."""
+    """The entry mtime: ``--created``, else ``SOURCE_DATE_EPOCH``, else 1; an OptionError
+    naming the one given when a tar header cannot hold it (after :data:`MAX_MTIME`)."""
     if created is not None:
-        return created
+        return _fits_tar(created, f"--created {created}")
     value = (environ if environ is not None else os.environ).get("SOURCE_DATE_EPOCH")
     if value:
         try:
@@ -43,8 +46,15 @@ def default_mtime(created: int | None = None, environ: dict[str, str] | None = N
             raise OptionError(f"SOURCE_DATE_EPOCH={value!r} is not an integer") from None
         if epoch < 0:
             raise OptionError(f"SOURCE_DATE_EPOCH={value!r} is negative")
-        return epoch
+        return _fits_tar(epoch, f"SOURCE_DATE_EPOCH={value!r}")
     return 1
+
+
+def _fits_tar(mtime: int, what: str) -> int:
+    if mtime > MAX_MTIME:
+        latest = datetime.fromtimestamp(MAX_MTIME, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise OptionError(f"{what}: file times after {latest} do not fit in a tar header")
+    return mtime
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,6 +37,7 @@ from closurepack.errors import OptionError, StoreError
 from closurepack.graph import split_store_path
 
 __all__ = [
+    "MAX_MTIME",
     "TAR_FORMAT_VERSION",
     "TreeEntry",
     "scan_host_tree",
@@ -52,6 +53,8 @@ _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _READ_CHUNK = 1 << 20
 _MAX_OCTAL_11 = 8**11 - 1  # largest value of a 12-byte octal field (size, mtime)
+#: The latest entry mtime a tar header holds here (2242-03-16T12:56:31Z).
+MAX_MTIME = _MAX_OCTAL_11
 _PAX_NAME = b"././@PaxHeader"
 _DIR_MODE = 0o755
 
