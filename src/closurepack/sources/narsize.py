@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Protocol
 
 from closurepack.errors import StoreError
 
-__all__ = ["NAR_DIRECTORY_ENTRY", "nar_size", "nar_string_size", "node_size"]
+__all__ = ["NAR_DIRECTORY_ENTRY", "NarVisitor", "nar_size", "nar_string_size", "node_size"]
 
 
 def nar_string_size(length: int) -> int:
@@ -53,30 +54,51 @@ _KINDS = {
 }
 
 
-def nar_size(path: Path | str | bytes) -> int:
+class NarVisitor(Protocol):
+    """Shown, during a :func:`nar_size` walk, the parts of the NAR that hold other bytes than
+    its framing (what Nix scans for references)."""
+
+    def data(self, data: bytes) -> None:
+        """A symlink's target, or a directory's entry names joined by ``/``."""
+
+    def file(self, path: bytes) -> None:
+        """A regular file of at least one byte, whose contents are for the visitor to read."""
+
+
+def nar_size(path: Path | str | bytes, visitor: NarVisitor | None = None) -> int:
     """The size of ``nix-store --dump path``: the NAR of a file, symlink or directory tree.
 
-    Hard links count once per name, as in NAR. Raises StoreError for an unreadable tree or a
-    file that is not a regular file, directory or symlink.
+    Hard links count once per name, as in NAR. ``visitor``, when given, is shown every symlink
+    target, directory listing and file on the way. Raises StoreError for an unreadable tree or
+    a file that is not a regular file, directory or symlink.
     """
     top = os.fsencode(path)
     try:
-        return _MAGIC + _tree_size(top, os.lstat(top))
+        return _MAGIC + _tree_size(top, os.lstat(top), visitor)
     except OSError as exc:
         raise StoreError(f"{os.fsdecode(exc.filename or top)}: {exc.strerror}") from exc
 
 
-def _tree_size(path: bytes, st: os.stat_result) -> int:
+def _tree_size(path: bytes, st: os.stat_result, visitor: NarVisitor | None) -> int:
     mode = st.st_mode
     if stat.S_ISLNK(mode):
-        return node_size(mode, target_length=len(os.readlink(path)))
+        target = os.readlink(path)
+        if visitor is not None:
+            visitor.data(target)
+        return node_size(mode, target_length=len(target))
     try:
         total = node_size(mode, size=st.st_size)
     except ValueError as exc:
         raise StoreError(f"{os.fsdecode(path)}: {exc}") from None
-    if stat.S_ISDIR(mode):
-        with os.scandir(path) as entries:
-            children = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in entries]
-        for name, child, child_st in children:
-            total += NAR_DIRECTORY_ENTRY + _S(len(name)) + _tree_size(child, child_st)
+    if stat.S_ISREG(mode):
+        if visitor is not None and st.st_size:
+            visitor.file(path)
+        return total
+    with os.scandir(path) as entries:
+        children = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in entries]
+    if visitor is not None:
+        # Separated by "/", which no name holds, so that no hash spans two names.
+        visitor.data(b"/".join(name for name, _, _ in children))
+    for name, child, child_st in children:
+        total += NAR_DIRECTORY_ENTRY + _S(len(name)) + _tree_size(child, child_st, visitor)
     return total

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack.errors import ClosureError, StoreError
 from closurepack.graph import Closure, StoreItem, split_store_path
-from closurepack.sources.narsize import NAR_DIRECTORY_ENTRY, nar_string_size, node_size
+from closurepack.sources.narsize import nar_size
 
 __all__ = [
     "NIX_BASE32",
@@ -112,37 +111,23 @@ def scan_item(location: Path | str, scanner: ReferenceScanner) -> ScannedItem:
 
     Raises StoreError when it cannot be read or holds a file NAR cannot represent.
     """
-    top = os.fsencode(location)
-    found: set[bytes] = set()
-    try:
-        size = nar_string_size(len(b"nix-archive-1")) + _walk(top, os.lstat(top), scanner, found)
-    except OSError as exc:
-        raise StoreError(f"{os.fsdecode(exc.filename or top)}: {exc.strerror}") from exc
-    return ScannedItem(size, frozenset(found))
+    collector = _Collector(scanner)
+    size = nar_size(location, collector)
+    return ScannedItem(size, frozenset(collector.found))
 
 
-def _walk(path: bytes, st: os.stat_result, scanner: ReferenceScanner, found: set[bytes]) -> int:
-    mode = st.st_mode
-    if stat.S_ISLNK(mode):
-        target = os.readlink(path)
-        scanner.scan(target, found)
-        return node_size(mode, target_length=len(target))
-    try:
-        total = node_size(mode, size=st.st_size)
-    except ValueError as exc:
-        raise StoreError(f"{os.fsdecode(path)}: {exc}") from None
-    if stat.S_ISREG(mode):
-        if st.st_size:
-            scanner.scan_file(path, found)
-        return total
-    with os.scandir(path) as entries:
-        children = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in entries]
-    # Names are part of the NAR that Nix scans; separate them so no hash spans two names.
-    scanner.scan(b"/".join(name for name, _, _ in children), found)
-    for name, child, child_st in children:
-        total += NAR_DIRECTORY_ENTRY + nar_string_size(len(name))
-        total += _walk(child, child_st, scanner, found)
-    return total
+class _Collector:
+    """A :class:`~closurepack.sources.narsize.NarVisitor` that scans what it is shown."""
+
+    def __init__(self, scanner: ReferenceScanner) -> None:
+        self.scanner = scanner
+        self.found: set[bytes] = set()
+
+    def data(self, data: bytes) -> None:
+        self.scanner.scan(data, self.found)
+
+    def file(self, path: bytes) -> None:
+        self.scanner.scan_file(path, self.found)
 
 
 def store_directory(store_root: Path, store_dir: str) -> Path:
