@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tarfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from closurepack.build import BuildOptions
 from closurepack.compression import open_compressor, open_decompressed
 from closurepack.errors import OptionError, StoreError
 from closurepack.layerbuild import build_store_layer, build_tree_layer, layer_key
@@ -196,3 +199,17 @@ def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str
     # have been stopped explicitly, not by garbage collection
     assert failure.traceback
     assert set(threading.enumerate()) <= threads_before
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"compression": "lz4"}, "unknown compression 'lz4'; choose one of gzip, zstd, none"),
+        ({"compression": "gzip", "level": 12}, "gzip level 12 is out of range"),
+        ({"compression": "zstd", "level": 0}, "zstd level 0 is out of range"),
+        ({"jobs": 0}, "--jobs must be at least 1"),
+    ],
+)
+def test_build_options_are_checked_when_made(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(OptionError, match=re.escape(message)):
+        BuildOptions(**options)

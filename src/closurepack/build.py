@@ -15,6 +15,7 @@ from pathlib import Path
 
 from closurepack._fs import hash_stream
 from closurepack.cache import LayerCache
+from closurepack.compression import resolve_level
 from closurepack.customisation import Customisation, build_customisation_layer
 from closurepack.errors import ImageError, OptionError
 from closurepack.layer import BuiltLayer, store_layer_comment
@@ -71,8 +72,7 @@ class BuildOptions:
     cache: LayerCache | None = None
 
     def __post_init__(self) -> None:
-        if self.compression not in ("gzip", "zstd", "none"):
-            raise OptionError(f"--compression must be gzip, zstd or none, not {self.compression!r}")
+        resolve_level(self.compression, self.level)  # an OptionError for either
         if self.jobs < 1:
             raise OptionError(f"--jobs must be at least 1, not {self.jobs}")
 

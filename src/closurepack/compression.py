@@ -86,7 +86,13 @@ def resolve_level(compression: str, level: int | None) -> int:
         return lvl
     if compression == "none":
         return 0
-    raise OptionError(f"unknown compression {compression!r}; choose one of gzip, zstd, none")
+    raise _unknown(compression)
+
+
+def _unknown(compression: str) -> OptionError:
+    return OptionError(
+        f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}"
+    )
 
 
 def codec_identity(compression: str, level: int | None) -> str:
@@ -279,7 +285,7 @@ def open_decompressed(compression: str, source: BinaryIO) -> _CheckedReader:
     elif compression == "none":
         inner = _Unclosing(source)
     else:
-        raise OptionError(f"unknown compression {compression!r}; choose one of gzip, zstd, none")
+        raise _unknown(compression)
     return _CheckedReader(inner, what, compression)
 
 
