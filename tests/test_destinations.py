@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import tracemalloc
 from pathlib import Path
@@ -225,6 +227,40 @@ def test_failed_archive_write_keeps_the_previous_file(
         write_image(bad, f"{kind}:{out}")
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["keep.tar"]
+
+
+_WRITE_UNDER_A_SIZE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from closurepack.destinations import write_image
+from closurepack.errors import DestinationError
+from handmade import busybox_image
+
+image = busybox_image(Path(sys.argv[1]))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+try:
+    write_image(image, sys.argv[2])
+except DestinationError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive"])
+def test_a_failed_archive_write_is_blamed_on_the_archive(tmp_path: Path, kind: str) -> None:
+    # A full disk (here: a file size limit, in a child process) while a layer is copied into
+    # the archive is a write error naming the archive, not a read error of the layer.
+    out = tmp_path / "out.tar"
+    result = subprocess.run(
+        [sys.executable, "-c", _WRITE_UNDER_A_SIZE_LIMIT, tmp_path / "layers", f"{kind}:{out}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert result.stdout.strip() == f"{out}: cannot write: File too large", result.stdout
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["layers"]
 
 
 class _Interrupting(io.BytesIO):

@@ -12,8 +12,9 @@ from typing import BinaryIO
 from closurepack import _fs
 from closurepack.digest import Digest, HashingWriter, Writable
 from closurepack.errors import DestinationError
+from closurepack.image import ImageLayer
 
-__all__ = ["CHUNK", "atomic_file", "copy_verified", "put_blob"]
+__all__ = ["CHUNK", "atomic_file", "copy_verified", "open_layer", "put_blob"]
 
 #: Copy buffer size: memory stays bounded whatever the blob size.
 CHUNK = _fs.COPY_CHUNK
@@ -32,13 +33,25 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
         raise DestinationError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
 
+def open_layer(layer: ImageLayer) -> BinaryIO:
+    """``layer.open()``, a failure being a DestinationError naming the layer."""
+    try:
+        return layer.open()
+    except OSError as exc:
+        raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+
+
 def copy_verified(src: BinaryIO, out: Writable, *, digest: Digest, size: int, what: str) -> None:
     """Copy exactly ``size`` bytes of ``src`` to ``out`` in chunks, checking they hash to
-    ``digest`` and that ``src`` holds no more and no less."""
+    ``digest`` and that ``src`` holds no more and no less; a read error is a DestinationError
+    naming ``what``."""
     writer = HashingWriter(out)
     remaining = size
     while remaining > 0:
-        chunk = src.read(min(CHUNK, remaining))
+        try:
+            chunk = src.read(min(CHUNK, remaining))
+        except OSError as exc:  # (errors writing to ``out`` are the caller's to name)
+            raise DestinationError(f"{what}: cannot read blob: {exc.strerror or exc}") from exc
         if not chunk:
             break
         writer.write(chunk)

@@ -36,7 +36,7 @@ class TarWriter:
         info.uname = info.gname = ""
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes | bytearray | memoryview) -> None:
         self._out.write(data)
         self._written += len(data)
 
@@ -56,12 +56,11 @@ class TarWriter:
     def add_blob(self, name: str, src: BinaryIO, *, size: int, digest: Digest) -> None:
         """Copy a blob in chunks, checking its size and digest on the way."""
         self._emit(self._info(name, kind=tarfile.REGTYPE, size=size, mode=0o644))
-        copy_verified(src, self, digest=digest, size=size, what=name)
+        copy_verified(src, self, digest=digest, size=size, what=f"layer {digest}")
         self._pad(size)
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        self._out.write(data)
-        self._written += len(data)
+        self._emit(data)
         return len(data)
 
     def close(self) -> None:

@@ -15,10 +15,9 @@ chained hashes (parent id, diff_id, digest), so the same image gives the same ar
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any, BinaryIO
 
-from closurepack.destinations._files import atomic_file
+from closurepack.destinations._files import atomic_file, open_layer
 from closurepack.destinations._tar import TarWriter
 from closurepack.destinations.reference import Destination, docker_repo_tag
 from closurepack.digest import Writable
@@ -62,11 +61,8 @@ def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tag: str) -> No
         tar.add_dir(ids[index])
         tar.add_bytes(f"{ids[index]}/VERSION", b"1.0")
         tar.add_bytes(f"{ids[index]}/json", _v1_json(image, ids, index))
-        try:
-            with layer.open() as blob:
-                tar.add_blob(f"{ids[index]}/layer.tar", blob, size=layer.size, digest=layer.digest)
-        except OSError as exc:
-            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        with open_layer(layer) as blob:
+            tar.add_blob(f"{ids[index]}/layer.tar", blob, size=layer.size, digest=layer.digest)
         layer_files.append(f"{ids[index]}/layer.tar")
     config_name = f"{image.config_digest.hex}.json"
     tar.add_bytes(config_name, image.config_bytes)
@@ -85,10 +81,5 @@ def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> N
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
     repo_tag = docker_repo_tag(dest, tag)
-    try:
-        with atomic_file(Path(path)) as out:
-            write_stream(image, out, repo_tag=repo_tag)
-    except OSError as exc:
-        raise DestinationError(
-            f"{path}: cannot write docker-archive: {exc.strerror or exc}"
-        ) from exc
+    with atomic_file(path) as out:  # write errors: a DestinationError naming ``path``
+        write_stream(image, out, repo_tag=repo_tag)

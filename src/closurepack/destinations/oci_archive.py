@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from closurepack.destinations._files import atomic_file
+from closurepack.destinations._files import atomic_file, open_layer
 from closurepack.destinations._tar import TarWriter
 from closurepack.destinations.oci_layout import LAYOUT_FILE, index_with
 from closurepack.destinations.reference import Destination, oci_ref_name
@@ -34,11 +34,8 @@ def write_stream(image: Image, out: Writable | BinaryIO, *, ref_name: str) -> No
             tar.add_bytes(name, small[hex_digest])
             continue
         layer = layers[hex_digest]
-        try:
-            with layer.open() as src:
-                tar.add_blob(name, src, size=layer.size, digest=layer.digest)
-        except OSError as exc:
-            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        with open_layer(layer) as src:
+            tar.add_blob(name, src, size=layer.size, digest=layer.digest)
     tar.close()
 
 
@@ -49,9 +46,5 @@ def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> N
         raise DestinationError(f"{dest}: oci-archive needs a path")
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
-    try:
-        with atomic_file(path) as out:
-            write_stream(image, out, ref_name=oci_ref_name(dest, tag))
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise DestinationError(f"{path}: cannot write oci-archive: {reason}") from exc
+    with atomic_file(path) as out:  # write errors: a DestinationError naming ``path``
+        write_stream(image, out, ref_name=oci_ref_name(dest, tag))
