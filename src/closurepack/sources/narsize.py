@@ -9,15 +9,15 @@ from typing import Protocol
 
 from closurepack.errors import StoreError
 
-__all__ = ["NAR_DIRECTORY_ENTRY", "NarVisitor", "nar_size", "nar_string_size", "node_size"]
+__all__ = ["NarVisitor", "nar_size"]
 
 
-def nar_string_size(length: int) -> int:
+def _string_size(length: int) -> int:
     """Bytes a NAR string of ``length`` bytes takes: a 64-bit length, then the bytes padded to 8."""
     return 8 + ((length + 7) & ~7)
 
 
-_S = nar_string_size
+_S = _string_size
 # "nix-archive-1" magic; "(" "type" <type> ... ")" around every node.
 _MAGIC = _S(len(b"nix-archive-1"))
 _NODE_FRAME = _S(1) + _S(4) + _S(1)  # "(", "type", ")"
@@ -26,11 +26,11 @@ _EXECUTABLE = _S(len(b"executable")) + _S(0)
 _SYMLINK = _S(len(b"symlink")) + _S(len(b"target"))
 _DIRECTORY = _S(len(b"directory"))
 #: Per directory entry, beside the name and the child node: "entry" "(" "name" <name> "node" ")".
-NAR_DIRECTORY_ENTRY = _S(5) + _S(1) + _S(4) + _S(4) + _S(1)
+_DIRECTORY_ENTRY = _S(5) + _S(1) + _S(4) + _S(4) + _S(1)
 
 
-def node_size(mode: int, *, size: int = 0, target_length: int = 0) -> int:
-    """NAR bytes of one node, without a directory's entries (see :data:`NAR_DIRECTORY_ENTRY`).
+def _node_size(mode: int, *, size: int = 0, target_length: int = 0) -> int:
+    """NAR bytes of one node, without a directory's entries (see :data:`_DIRECTORY_ENTRY`).
 
     ``size`` is a regular file's length, ``target_length`` a symlink target's length in bytes.
     Raises ValueError for file types NAR cannot hold.
@@ -85,9 +85,9 @@ def _tree_size(path: bytes, st: os.stat_result, visitor: NarVisitor | None) -> i
         target = os.readlink(path)
         if visitor is not None:
             visitor.data(target)
-        return node_size(mode, target_length=len(target))
+        return _node_size(mode, target_length=len(target))
     try:
-        total = node_size(mode, size=st.st_size)
+        total = _node_size(mode, size=st.st_size)
     except ValueError as exc:
         raise StoreError(f"{os.fsdecode(path)}: {exc}") from None
     if stat.S_ISREG(mode):
@@ -100,5 +100,5 @@ def _tree_size(path: bytes, st: os.stat_result, visitor: NarVisitor | None) -> i
         # Separated by "/", which no name holds, so that no hash spans two names.
         visitor.data(b"/".join(name for name, _, _ in children))
     for name, child, child_st in children:
-        total += NAR_DIRECTORY_ENTRY + _S(len(name)) + _tree_size(child, child_st, visitor)
+        total += _DIRECTORY_ENTRY + _S(len(name)) + _tree_size(child, child_st, visitor)
     return total
