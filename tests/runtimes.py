@@ -42,13 +42,19 @@ def require_tool(name: str) -> str:
     return path
 
 
-def run_tool(*argv: str | Path, timeout: float = 300, stdin: bytes | None = None) -> str:
+def run_tool(
+    *argv: str | Path,
+    timeout: float = 300,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run a command; return its stdout; fail the test with its stderr if it fails."""
     proc = subprocess.run(
         [str(a) for a in argv],
         input=stdin,
         capture_output=True,
         timeout=timeout,
+        env=env,
         check=False,
     )
     if proc.returncode != 0:
@@ -113,19 +119,7 @@ class DockerEngine:
         return {**os.environ, "DOCKER_HOST": f"unix://{self.directory}/sock"}
 
     def docker(self, *args: str | Path, timeout: float = 300) -> str:
-        proc = subprocess.run(
-            ["docker", *map(str, args)],
-            capture_output=True,
-            timeout=timeout,
-            env=self.env,
-            check=False,
-        )
-        if proc.returncode != 0:
-            pytest.fail(
-                f"docker {' '.join(map(str, args))} exited {proc.returncode}:\n"
-                f"{proc.stderr.decode(errors='replace')[-3000:]}"
-            )
-        return proc.stdout.decode(errors="replace")
+        return run_tool("docker", *args, timeout=timeout, env=self.env)
 
     def load(self, archive: Path) -> str:
         """``docker load`` an archive; return the image reference (name:tag or ID)."""
