@@ -117,22 +117,9 @@ def _thread_count(threads: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
-class _Passthrough:
-    def __init__(self, sink: Writable) -> None:
-        self._sink = sink
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        self._sink.write(data)
-        return len(data)
-
-    def close(self) -> None:
-        flush = getattr(self._sink, "flush", None)
-        if flush is not None:
-            flush()
-
-
 class _SinkFile:
-    """Adapts a bare ``Writable`` to the file object ISA-L's threaded writer expects."""
+    """A bare ``Writable`` as a file object whose ``close`` only flushes it: what ISA-L's
+    threaded writer expects, and the whole of ``none`` compression."""
 
     def __init__(self, sink: Writable) -> None:
         self._sink = sink
@@ -216,7 +203,7 @@ def open_compressor(
         return _Gzip(sink, lvl, _thread_count(threads))
     if compression == "zstd":
         return _Zstd(sink, lvl, _thread_count(threads))
-    return _Passthrough(sink)
+    return _SinkFile(sink)
 
 
 class _Reader(Protocol):
