@@ -43,6 +43,8 @@ def test_commands_and_key_values() -> None:
     assert parse_command(None, option="--cmd") is None
     with pytest.raises(OptionError, match="JSON array of strings"):
         parse_command("[1]", option="--cmd")
+    with pytest.raises(OptionError, match="invalid JSON array"):
+        parse_command("[" * 100_000, option="--cmd")
     assert parse_key_values(["A=1", "B=x=y"], option="--env") == (("A", "1"), ("B", "x=y"))
     with pytest.raises(OptionError, match="expected KEY=VALUE"):
         parse_key_values(["=1"], option="--env")

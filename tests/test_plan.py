@@ -49,3 +49,8 @@ def test_paths_outside_the_named_store_are_refused() -> None:
     text = json.dumps({"store_dir": "/nix/store", "images": [{"layers": [{"paths": [A]}]}]})
     with pytest.raises(PlanError, match="not all in the store '/nix/store'"):
         LayerPlan.from_json(text, source="p.json")
+
+
+def test_deeply_nested_json_is_a_plan_error() -> None:
+    with pytest.raises(PlanError, match=r"^p\.json: not valid JSON: .*recursion"):
+        LayerPlan.from_json("[" * 100_000, source="p.json")

@@ -251,6 +251,10 @@ def test_error_unparsable_json_names_the_line(tmp_path: Path) -> None:
     assert "invalid JSON" in message
 
 
+def test_error_json_nested_too_deeply(tmp_path: Path) -> None:
+    assert "invalid JSON: nested too deeply" in _load_error(tmp_path, "[" * 100_000)
+
+
 def test_error_not_a_closure_file(tmp_path: Path) -> None:
     assert "not a closure file" in _load_error(tmp_path, "hello\n")
     assert "empty" in _load_error(tmp_path, "  \n")

@@ -91,6 +91,13 @@ def test_pipeline_from_file(tmp_path: Path, closure: Closure) -> None:
         get_strategy(f"@{tmp_path / 'missing.json'}")
 
 
+def _nested(depth: int) -> list[object]:
+    step: list[object] = ["reverse"]
+    for _ in range(depth):
+        step = ["pipe", [step]]
+    return step
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -127,3 +134,17 @@ def test_steps_applied_to_the_wrong_kind_of_value(
 ) -> None:
     with pytest.raises(PlanError, match=message):
         run(spec, closure)
+
+
+def test_deep_nesting_is_a_plan_error_not_a_recursion_error() -> None:
+    with pytest.raises(PlanError, match="not valid JSON"):
+        parse_pipeline("[" * 100_000)
+    # Valid JSON, but near the stack limit when walked (600 levels raised RecursionError).
+    text = "[" + '["pipe", [' * 400 + '["reverse"]' + "]]" * 400 + "]"
+    with pytest.raises(PlanError, match="nested more than 50 deep"):
+        parse_pipeline(text)
+
+
+def test_nesting_up_to_the_limit_runs(closure: Closure) -> None:
+    spec = [["popularity_contest"], _nested(50)]
+    assert run(spec, closure) == [{p} for p in reversed(popularity_order(closure))]

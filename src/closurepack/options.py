@@ -34,7 +34,7 @@ def parse_command(value: str | None, *, option: str) -> tuple[str, ...] | None:
     if text.startswith("["):
         try:
             parsed = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise OptionError(f"{option} {value!r}: invalid JSON array: {exc}") from exc
         if not isinstance(parsed, list) or not all(isinstance(a, str) for a in parsed):
             raise OptionError(f"{option} {value!r}: expected a JSON array of strings")

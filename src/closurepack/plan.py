@@ -119,7 +119,7 @@ class LayerPlan:
         """Parse and validate a plan; errors name ``source`` and the offending entry."""
         try:
             obj = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise PlanError(f"{source}: not valid JSON: {exc}") from exc
         return cls.from_json_obj(obj, source=source)
 

@@ -66,7 +66,7 @@ def load_previous(spec: str) -> LayerPlan:
     raw = read_raw(spec)
     try:
         config = json.loads(raw.config_bytes)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"{spec}: the image config is not JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise InputError(f"{spec}: the image config is not a JSON object")

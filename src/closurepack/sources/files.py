@@ -133,6 +133,8 @@ def _items_from_json(data: bytes, source: str, store_root: Path | None) -> list[
         raise ClosureError(f"{source}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from exc
     except UnicodeDecodeError as exc:
         raise ClosureError(f"{source}: not UTF-8 text: {exc.reason}") from exc
+    except RecursionError as exc:
+        raise ClosureError(f"{source}: invalid JSON: nested too deeply") from exc
     if isinstance(doc, list):
         return list(_entries_from_list(doc, source, store_root))
     if isinstance(doc, dict):

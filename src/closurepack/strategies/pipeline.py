@@ -55,6 +55,8 @@ class _Graph:
 _Value = _Graph | list[Any] | dict[str, Any]
 _Step = Callable[[Closure, _Value], _Value]
 
+#: How deep "over", "map" and "pipe" may nest (each level costs a few stack frames when run).
+_MAX_DEPTH = 50
 _GRAPH_STEPS = ("subcomponent_out", "subcomponent_in", "split_paths")
 _OTHER_STEPS: tuple[str, ...] = ("popularity_contest", "limit_layers", "split_every", "reverse")
 _OTHER_STEPS += ("flatten", "over", "map", "pipe")
@@ -76,7 +78,7 @@ def parse_pipeline(text: str, *, source: str = "<pipeline>") -> Pipeline:
     """Parse and validate a JSON pipeline; errors name ``source`` and the step at fault."""
     try:
         obj = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise PlanError(f"{source}: the layering pipeline is not valid JSON: {exc}") from exc
     if not isinstance(obj, list) or not obj:
         raise PlanError(f"{source}: a layering pipeline must be a non-empty JSON list of steps")
@@ -99,11 +101,13 @@ class Pipeline:
         return [tuple(sorted(g.paths)) for g in graphs]
 
 
-def _parse_step(step: Any, *, where: str) -> _Step:
+def _parse_step(step: Any, *, where: str, depth: int = 0) -> _Step:
     if not isinstance(step, list) or not step or not isinstance(step[0], str):
         raise PlanError(f"{where}: a step must be a list starting with its name, not {step!r}")
     name, args = step[0], step[1:]
     where = f"{where} ({name!r})"
+    if depth > _MAX_DEPTH:
+        raise PlanError(f"{where}: steps nested more than {_MAX_DEPTH} deep")
 
     def arity(count: int) -> None:
         if len(args) != count:
@@ -137,17 +141,20 @@ def _parse_step(step: Any, *, where: str) -> _Step:
         arity(2)
         if not isinstance(args[0], str):
             raise PlanError(f"{where}: the key must be a string, not {args[0]!r}")
-        key, inner = args[0], _parse_step(args[1], where=f"{where} step")
+        key, inner = args[0], _parse_step(args[1], where=f"{where} step", depth=depth + 1)
         return lambda closure, value: _over(closure, _object(value, where), key, inner)
     if name == "map":
         arity(1)
-        inner = _parse_step(args[0], where=f"{where} step")
+        inner = _parse_step(args[0], where=f"{where} step", depth=depth + 1)
         return lambda closure, value: _map(closure, value, inner, where)
     if name == "pipe":
         arity(1)
         if not isinstance(args[0], list):
             raise PlanError(f"{where}: takes a list of steps, not {args[0]!r}")
-        inners = [_parse_step(s, where=f"{where} step {i + 1}") for i, s in enumerate(args[0])]
+        inners = [
+            _parse_step(s, where=f"{where} step {i + 1}", depth=depth + 1)
+            for i, s in enumerate(args[0])
+        ]
         return lambda closure, value: _pipe(closure, value, inners)
     if name == "remove_paths":
         raise PlanError(f"{where}: not supported: closurepack puts every closure item in the image")
