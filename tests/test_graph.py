@@ -94,6 +94,8 @@ def test_union_and_subclosure() -> None:
     closure = _diamond()
     sub = closure.subclosure([B])
     assert sorted(sub.items) == [B, C]
+    with pytest.raises(ClosureError, match=f"^test.json: root {A}x is not in the closure$"):
+        closure.subclosure([B, A + "x"])
     other = _closure(StoreItem(D, 5, (C,)), StoreItem(C, 30, ()))
     union = Closure.union([sub, other])
     assert sorted(union.items) == [B, C, D]

@@ -187,6 +187,9 @@ class Closure:
 
     def subclosure(self, roots: Sequence[str], *, source: str | None = None) -> Closure:
         """The closure of ``roots`` within this one, with those roots."""
+        for root in roots:
+            if root not in self.items:
+                raise ClosureError(f"{source or self.source}: root {root} is not in the closure")
         keep = self.requisites(roots)
         items = {p: i for p, i in self.items.items() if p in keep}
         return Closure(self.store_dir, items, tuple(roots), source or self.source)
