@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -410,3 +411,17 @@ def test_unreadable_size_source_is_skipped_not_guessed(tmp_path: Path) -> None:
     os.makedirs(tmp_path / "nix/store")
     closure = load_closure_file(_write(tmp_path, text, "g"), store_root=tmp_path)
     assert closure.items[GOOD].nar_size == 0
+
+
+def test_parsing_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    assert gc.isenabled()
+    load_closure_file(CLOSURES / "nginx.base.json")
+    assert gc.isenabled()
+    _load_error(tmp_path, [_entry(GOOD, [OTHER])])  # fails inside the paused section
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_closure_file(CLOSURES / "nginx.base.json")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
