@@ -62,7 +62,7 @@ def test_output_independent_of_threads(compression: str) -> None:
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
 def test_output_independent_of_write_sizes(compression: str) -> None:
     expected = compress(compression, DATA)
-    for chunk in (512, 4096 + 17, 1 << 20, 3 << 20, len(DATA)):
+    for chunk in (512, 4096 + 17, 1 << 20, (1 << 20) + 1, 3 << 20, len(DATA)):
         assert compress(compression, DATA, chunk=chunk) == expected, chunk
 
 

@@ -150,17 +150,24 @@ class _Gzip:
         self._buf = bytearray()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        # ISA-L compresses each write as one block, so cut the stream into exact blocks here:
-        # the output must depend on the bytes only, not on how they were handed over.
+        # ISA-L compresses each write as one block (cutting longer ones into blocks), so hand
+        # it whole blocks only: the output must depend on the bytes, not on how they arrived.
+        # Whole blocks of ``data`` go straight through; only the pieces between are buffered.
         n = len(data)
         buf = self._buf
-        buf += data
-        if len(buf) >= _GZIP_BLOCK:
-            full = len(buf) - len(buf) % _GZIP_BLOCK
-            with memoryview(buf) as view:
-                for start in range(0, full, _GZIP_BLOCK):
-                    self._file.write(view[start : start + _GZIP_BLOCK])
-            del buf[:full]
+        with memoryview(data) as view:
+            start = 0
+            if buf:
+                start = min(n, _GZIP_BLOCK - len(buf))
+                buf += view[:start]
+                if len(buf) < _GZIP_BLOCK:
+                    return n
+                self._file.write(buf)
+                buf.clear()
+            end = start + (n - start) // _GZIP_BLOCK * _GZIP_BLOCK
+            if end > start:
+                self._file.write(view[start:end])
+            buf += view[end:]
         return n
 
     def close(self) -> None:
