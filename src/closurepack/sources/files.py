@@ -91,7 +91,7 @@ def parse_closure(
 @contextlib.contextmanager
 def _collection_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector: building a big graph creates only acyclic objects,
-    and the collections it would trigger take a fifth of the time (63k items: 0.6 s -> 0.5 s)."""
+    and the collections it would trigger cost a tenth of the load (63k items: ~0.6 s -> ~0.55 s)."""
     if not gc.isenabled():
         yield
         return
