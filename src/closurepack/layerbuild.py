@@ -74,7 +74,7 @@ class _Pipe:
         self._where = where
         self.tar_hash = HashingWriter()
         self._compressor = compress(blob)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
         self._buf = bytearray()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="closurepack-compress", daemon=True)
@@ -101,7 +101,7 @@ class _Pipe:
             if self._error is None:
                 self._error = exc
 
-    def _send(self, chunk: bytes) -> None:
+    def _send(self, chunk: bytes | bytearray) -> None:
         if self._error is not None:
             self._fail()
         self._queue.put(chunk)
@@ -109,21 +109,22 @@ class _Pipe:
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         n = len(data)
         if n >= _DIRECT:
-            if self._buf:
-                self._send(bytes(self._buf))
-                self._buf.clear()
-            self._send(bytes(data))
+            self._flush_buf()
+            self._send(bytes(data))  # a copy: the caller may reuse its buffer
         else:
             self._buf += data
             if len(self._buf) >= _CHUNK:
-                self._send(bytes(self._buf))
-                self._buf.clear()
+                self._flush_buf()
         return n
 
-    def finish(self) -> None:
+    def _flush_buf(self) -> None:
+        """Queue the coalescing buffer itself (no copy) and start a new one."""
         if self._buf:
-            self._send(bytes(self._buf))
-            self._buf.clear()
+            chunk, self._buf = self._buf, bytearray()
+            self._send(chunk)
+
+    def finish(self) -> None:
+        self._flush_buf()
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
