@@ -196,6 +196,35 @@ def test_eviction_spares_layers_in_use(tmp_path: Path) -> None:
     assert fresh.exists()
 
 
+def test_builds_keep_a_running_total_and_trim_when_it_goes_over(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    old = [make_item(store, n) for n in range(10, 13)]
+    new = [make_item(store, n) for n in range(13, 15)]
+    root = tmp_path / "cache"
+    earlier = [LayerCache(root).get_or_build(key_of(p), builder(store, p)) for p in old]
+    size = earlier[0].size
+    for age, p in zip([300, 200, 100], old, strict=True):
+        stamp = time.time() - age
+        os.utime(root / "keys" / f"{key_of(p)}.json", (stamp, stamp))
+    stale = root / "tmp" / "crashed-build"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    cache = LayerCache(root, max_bytes=2 * size + size // 2)
+    # the first build counts the blobs (3 + 1 layers: over) and trims the oldest two
+    cache.get_or_build(key_of(new[0]), builder(store, new[0]))
+    assert not stale.exists()
+    assert len(list((root / "blobs" / "sha256").iterdir())) == 2
+    assert cache.total_bytes() <= 2 * size + size // 2
+    entry = root / "keys" / f"{key_of(old[2])}.json"
+    assert entry.exists()  # (not cache.get: that would mark it in use)
+    # the second is counted in without a recount: over again, so the last old one goes
+    cache.get_or_build(key_of(new[1]), builder(store, new[1]))
+    assert len(list((root / "blobs" / "sha256").iterdir())) == 2
+    assert cache.total_bytes() <= 2 * size + size // 2
+    assert not entry.exists()
+    assert all(cache.get(key_of(p)) is not None for p in new)
+
+
 def test_unusable_cache_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -89,6 +89,9 @@ class LayerCache:
         self.verify = verify
         self._in_use: set[str] = set()
         self._mutex = threading.Lock()
+        #: The blobs' total size as last counted, plus the blobs this object has put since
+        #: (None: not counted yet). Other processes' puts are seen at the next count.
+        self._blob_bytes: int | None = None
         self._blobs = root / "blobs" / "sha256"
         self._keys = root / "keys"
         self._locks = root / "locks"
@@ -202,6 +205,9 @@ class LayerCache:
                     move_file(layer.blob_path, dest)
                     # read-only: destinations may hard-link it (see _fs.link_blob)
                     dest.chmod(0o444)
+                    with self._mutex:
+                        if self._blob_bytes is not None:
+                            self._blob_bytes += layer.size
             cached = replace(layer, blob_path=dest)
             self._write_entry(key, cached)
         except OSError as exc:
@@ -226,7 +232,8 @@ class LayerCache:
         """The cached layer for ``key``, or ``build(tmp_dir)``'s result moved into the cache.
 
         Concurrent callers (threads or processes) of one key wait for each other: one builds,
-        the others find its entry. Afterwards the cache is trimmed to ``max_bytes``.
+        the others find its entry. Afterwards the cache is trimmed to ``max_bytes`` if its
+        blobs (as counted once, plus those put since) exceed it.
         """
         layer = self.get(key)
         if layer is not None:
@@ -239,9 +246,33 @@ class LayerCache:
                     layer = self.put(key, build(work))
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
-        if self.max_bytes is not None:
+        if self.max_bytes is not None and self._counted_bytes() > self.max_bytes:
             self.evict()
         return layer
+
+    def _counted_bytes(self) -> int:
+        """The running total of the blobs' sizes; the first call counts them (and sweeps the
+        build directories of crashed processes), so that a build does not rescan every entry
+        after every layer it adds."""
+        with self._mutex:
+            known = self._blob_bytes
+        if known is None:
+            self._sweep_tmp()
+            known = self.total_bytes()
+            with self._mutex:
+                if self._blob_bytes is None:
+                    self._blob_bytes = known
+                known = self._blob_bytes
+        return known
+
+    def _sweep_tmp(self) -> None:
+        """Remove build directories of crashed processes (live ones are renamed away in
+        seconds)."""
+        now = time.time()
+        for work in self._tmp.iterdir():
+            with contextlib.suppress(OSError):
+                if now - work.stat().st_mtime > _STALE_TMP_AGE:
+                    shutil.rmtree(work, ignore_errors=True)
 
     # -- eviction ------------------------------------------------------------------------
 
@@ -288,11 +319,7 @@ class LayerCache:
             refcount[blob] = refcount.get(blob, 0) + 1
         with self._mutex:
             in_use = set(self._in_use)
-        for work in self._tmp.iterdir():
-            # build directories of crashed processes (live ones are renamed away in seconds)
-            with contextlib.suppress(OSError):
-                if now - work.stat().st_mtime > _STALE_TMP_AGE:
-                    shutil.rmtree(work, ignore_errors=True)
+        self._sweep_tmp()
         removed: list[str] = []
         for _, key, blob in entries:
             if total <= limit:
@@ -306,4 +333,6 @@ class LayerCache:
             if refcount[blob] == 0 and blob in sizes:
                 (self._blobs / blob).unlink(missing_ok=True)
                 total -= sizes.pop(blob)
+        with self._mutex:
+            self._blob_bytes = total
         return removed
