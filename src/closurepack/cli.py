@@ -25,6 +25,13 @@ __all__ = ["main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_store_root_option = click.option(
+    "--store-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read store files from DIR/<store dir>/... (as Nix chroot stores do).",
+)
+
+
 def _closure_options(func: F) -> F:
     """Options shared by every command that reads a closure."""
     func = click.argument("store_paths", nargs=-1, metavar="[STORE_PATH]...")(func)
@@ -36,11 +43,7 @@ def _closure_options(func: F) -> F:
         help="A graph file (nix path-info --json, exportReferencesGraph JSON or text). "
         "Repeat for several images planned together.",
     )(func)
-    return click.option(
-        "--store-root",
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Read store files from DIR/<store dir>/... (as Nix chroot stores do).",
-    )(func)
+    return _store_root_option(func)
 
 
 def _plan_options(func: F) -> F:
@@ -227,11 +230,7 @@ def build_command(**kwargs: Any) -> None:
 )
 @click.option("--image", "image_selector", help="Which image of the plan: index or name.")
 @click.option("--layer", "layer_index", type=int, help="Which layer of the image (0 = bottom).")
-@click.option(
-    "--store-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Read store files from DIR/<store dir>/... (as Nix chroot stores do).",
-)
+@_store_root_option
 @click.option(
     "-o",
     "--output",
