@@ -150,15 +150,24 @@ def test_layer_count_and_diff_id_mismatches_are_reported(tmp_path: Path) -> None
         ("config", "oops", "'config' is not a JSON object"),
         ("rootfs", ["layers"], "'rootfs' is not a JSON object"),
         ("history", 7, "'history' is not a JSON array"),
+        ("config.Env", 5, "config.Env is not an array of strings"),
+        ("config.Cmd", ["/bin/sh", 1], "config.Cmd is not an array of strings"),
+        ("config.Labels", "a=b", "config.Labels is not an object"),
+        ("config.ExposedPorts", 80, "config.ExposedPorts is not an object"),
+        ("config.User", 0, "config.User is not a string"),
     ],
 )
 def test_config_fields_of_the_wrong_json_type_are_one_line_errors(
     tmp_path: Path, field: str, value: object, message: str
 ) -> None:
     # A config that is JSON but not shaped like one: verify reports, reading refuses, and
-    # neither lets an AttributeError or TypeError out.
+    # neither lets an AttributeError or TypeError out (nor does a build --from it later).
     config = json.loads(assemble_image([], config=ImageConfig(), base=None).config_bytes)
-    config[field] = value
+    top, _, inner = field.partition(".")
+    if inner:
+        config[top][inner] = value
+    else:
+        config[field] = value
     source = _write_raw(tmp_path / "l", config, [])
     problems = verify_image(source)
     if field == "rootfs":

@@ -376,6 +376,7 @@ def read_image(source: str) -> Image:
     ):
         if not isinstance(config.get(key) or kind(), kind):
             raise ImageError(f"{source}: config: {key!r} is not a JSON {name}")
+    _check_container_config(config.get("config") or {}, source)
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     if not isinstance(diff_ids, list):
         raise ImageError(f"{source}: config: rootfs.diff_ids is not a list")
@@ -411,6 +412,34 @@ def read_image(source: str) -> Image:
     if manifest_bytes is None:
         manifest_bytes = manifest_for(raw.config_bytes, layers)
     return Image(config_bytes=raw.config_bytes, manifest_bytes=manifest_bytes, layers=tuple(layers))
+
+
+# The JSON types of the container config fields an image built on this one inherits.
+_CONTAINER_FIELDS = {
+    "Env": list,
+    "Entrypoint": list,
+    "Cmd": list,
+    "Labels": dict,
+    "ExposedPorts": dict,
+    "Volumes": dict,
+    "WorkingDir": str,
+    "User": str,
+    "StopSignal": str,
+}
+_JSON_NAMES = {list: "an array of strings", dict: "an object", str: "a string"}
+
+
+def _check_container_config(container: dict[str, Any], source: str) -> None:
+    """An ImageError naming the first field of ``container`` that is not of its JSON type
+    (null is fine: unset); lists must hold strings."""
+    for key, kind in _CONTAINER_FIELDS.items():
+        value = container.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (
+            kind is list and not all(isinstance(item, str) for item in value)
+        ):
+            raise ImageError(f"{source}: config: config.{key} is not {_JSON_NAMES[kind]}")
 
 
 def read_base_image(source: str) -> BaseImage:
