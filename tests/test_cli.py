@@ -627,3 +627,17 @@ def test_messages_stay_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     odd = "/nix/store/" + "2" * 32 + "-b\nsecond line"
     closure = _write(tmp_path / "odd.json", [_entry(APP, [odd])])
     _expect_error(["plan", "--closure", closure], capsys, str(closure), "second line")
+
+
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_absurdly_nested_image_json_is_one_line_of_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    layout = tmp_path / "deep"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text('{"manifests":' + "[" * 100_000)
+    status, _, err = run([command, f"oci:{layout}"], capsys)
+    assert status == 2
+    assert err.count("\n") == 1
+    assert "nested too deeply" in err

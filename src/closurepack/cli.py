@@ -442,6 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         click.echo(f"closurepack: error: {where}{exc.strerror or exc}", err=True)
         return 1
+    except RecursionError:
+        # Only absurdly nested JSON gets here (the parsers of closures, plans and pipelines
+        # name their file themselves): still bad input, not a crash.
+        click.echo("closurepack: error: an input is nested too deeply to read", err=True)
+        return 2
     return status if isinstance(status, int) else 0
 
 
