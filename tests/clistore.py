@@ -23,11 +23,13 @@ __all__ = [
     "ZLIB",
     "OciImage",
     "Store",
+    "app_closure",
     "item",
     "make_store",
     "read_docker_archive",
     "read_oci",
     "run",
+    "store",
 ]
 
 STORE_DIR = "/nix/store"
@@ -103,6 +105,18 @@ def make_store(root: Path, graph: dict[str, tuple[tuple[str, ...], int]] | None 
         (top / "lib" / "deep" / "data.txt").write_bytes(path.encode() * 20)
         (top / "lib" / "link").symlink_to("deep/data.txt")
     return store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A small store (the items of :data:`GRAPH`) under ``tmp_path/root``."""
+    return make_store(tmp_path / "root")
+
+
+@pytest.fixture
+def app_closure(store: Store, tmp_path: Path) -> Path:
+    """The closure file of :data:`APP` in ``store``."""
+    return store.closure_file(tmp_path / "app.json", [APP])
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -10,8 +10,9 @@ from nixfixture import NixClosure, NixUnavailableError, build_closure
 
 DATA_DIR = Path(__file__).parent / "data"
 
-# podman_runner and docker_engine: real runtimes for end-to-end tests (tests/runtimes.py).
-pytest_plugins = ["runtimes"]
+# store and app_closure: small stores for CLI tests (tests/clistore.py); podman_runner and
+# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py).
+pytest_plugins = ["clistore", "runtimes"]
 
 
 @pytest.fixture(scope="session")

@@ -17,16 +17,6 @@ COMMANDS = ["plan", "build", "build-layer", "assemble", "verify", "inspect"]
 STRATEGIES = ["auto", "popularity", "size", "dominator", "single", "per-item"]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return make_store(tmp_path / "root")
-
-
-@pytest.fixture
-def app_closure(store: Store, tmp_path: Path) -> Path:
-    return store.closure_file(tmp_path / "app.json", [APP])
-
-
 def _plan_json(argv: list[object], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
     status, out, err = run(["plan", *argv, "--json"], capsys)
     assert status == 0, err

@@ -35,16 +35,6 @@ def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return make_store(tmp_path / "root")
-
-
-@pytest.fixture
-def app_closure(store: Store, tmp_path: Path) -> Path:
-    return store.closure_file(tmp_path / "app.json", [APP])
-
-
 def _build(
     argv: list[object], capsys: pytest.CaptureFixture[str], *, status: int = 0
 ) -> tuple[str, str]:

@@ -11,17 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from clistore import APP, GLIBC, LIBFOO, TOOL, ZLIB, Store, make_store, read_oci, run
+from clistore import APP, GLIBC, LIBFOO, TOOL, ZLIB, Store, read_oci, run
 
 
 @pytest.fixture(autouse=True)
 def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return make_store(tmp_path / "root")
 
 
 @pytest.fixture
