@@ -1404,3 +1404,29 @@ def test_cache_max_size_must_be_a_size(tmp_path: Path, capsys: pytest.CaptureFix
     assert status == 2
     assert "--cache-max-size 'lots'" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_cache_verify_full_rehashes_a_blob_whose_mtime_was_kept(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cache-verify full catches a cached blob changed in place with its mtime restored
+    (which the default check, by size and mtime, cannot see) and rebuilds the layer."""
+    cache = tmp_path / "cache"
+    args = ["build", "--closure", app_closure, "--store-root", store.root, "-q"]
+    args += ["--cache-dir", cache, "--strategy", "per-item", "--compression", "none"]
+    status, first, _ = run([*args, "-o", f"oci:{tmp_path / 'a'}"], capsys)
+    assert status == 0
+    blob = max((cache / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    before = blob.stat()
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    status, second, _ = run(
+        [*args, "--cache-verify", "full", "-o", f"oci:{tmp_path / 'b'}"], capsys
+    )
+    assert status == 0
+    assert second == first
+    assert run(["verify", f"oci:{tmp_path / 'b'}"], capsys)[0] == 0

@@ -166,6 +166,14 @@ def _layer_options(func: F) -> F:
             help="Evict least recently used cache entries beyond SIZE (e.g. 500M, 20G; "
             "'none' for no limit).",
         ),
+        click.option(
+            "--cache-verify",
+            type=click.Choice(["auto", "full"]),
+            default="auto",
+            show_default=True,
+            help="How cached layers are checked before reuse: size, and the digest when the "
+            "blob changed since it was last hashed (auto); or the digest every time (full).",
+        ),
         click.option("--no-cache", is_flag=True, help="Build every layer; use no cache."),
         click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
     ]

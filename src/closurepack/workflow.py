@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from closurepack._fs import atomic_write
 from closurepack.build import (
@@ -298,6 +299,7 @@ def build_image(
     jobs: int | None = None,
     cache_dir: Path | None = None,
     cache_max_size: str | int | None = None,
+    cache_verify: Literal["auto", "full"] = "auto",
     no_cache: bool = False,
     image: ImageOptions = ImageOptions(),
     progress: ProgressCallback | None = None,
@@ -364,7 +366,11 @@ def build_image(
     )
 
     cache = (
-        None if no_cache else LayerCache(cache_dir or default_cache_dir(), max_bytes=cache_limit)
+        None
+        if no_cache
+        else LayerCache(
+            cache_dir or default_cache_dir(), max_bytes=cache_limit, verify=cache_verify
+        )
     )
     options = BuildOptions(
         store_dir=plan.store_dir,
