@@ -498,3 +498,49 @@ def test_docker_loads_the_v1_layout_alone(tmp_path: Path, docker_engine: DockerE
     inspect = json.loads(docker_engine.docker("image", "inspect", "cp/v1only:1"))[0]
     assert inspect["Config"]["Cmd"] == ["/bin/sh", "-c", "echo v1 layout"]
     assert inspect["RootFS"]["Layers"] == img.config["rootfs"]["diff_ids"]
+
+
+def _blob_names(path: Path) -> set[str]:
+    return {m.name.rsplit("/", 1)[1] for m in _members(path) if m.name.startswith("blobs/sha256/")}
+
+
+def test_oci_archive_adds_a_tag_and_keeps_the_others(tmp_path: Path, image: Image) -> None:
+    out = tmp_path / "img.tar"
+    write_image(image, f"oci-archive:{out}:base")
+    extra = make_layer(tmp_path / "extra", {"etc/app.conf": b"v1"})
+    first = assemble_image([*image.layers, extra], config=ImageConfig(env=("V=1",)))
+    write_image(first, f"oci-archive:{out}:app")
+    index = json.loads(_read_member(out, "index.json"))
+    tags = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+    assert tags == ["base", "app"]
+    assert verify_image(f"oci-archive:{out}:base") == []
+    assert verify_image(f"oci-archive:{out}:app") == []
+    assert extra.digest.hex in _blob_names(out)
+
+    # Replacing the tag drops the blobs only the old "app" reached, and keeps "base" whole.
+    newer = make_layer(tmp_path / "newer", {"etc/app.conf": b"v2"})
+    second = assemble_image([*image.layers, newer], config=ImageConfig(env=("V=2",)))
+    write_image(second, f"oci-archive:{out}:app")
+    blobs = _blob_names(out)
+    assert extra.digest.hex not in blobs
+    assert first.manifest_digest.hex not in blobs
+    assert {newer.digest.hex, second.manifest_digest.hex, image.manifest_digest.hex} <= blobs
+    assert read_image(f"oci-archive:{out}:app").manifest_digest == second.manifest_digest
+    assert read_image(f"oci-archive:{out}:base").manifest_digest == image.manifest_digest
+    assert verify_image(f"oci-archive:{out}:base") == []
+
+
+def test_oci_archive_refuses_to_replace_a_file_that_is_not_one(
+    tmp_path: Path, image: Image
+) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("precious")
+    with pytest.raises(DestinationError, match="not an OCI archive"):
+        write_image(image, f"oci-archive:{out}")
+    assert out.read_text() == "precious"
+    docker = tmp_path / "docker.tar"
+    write_image(image, f"docker-archive:{docker}")
+    before = docker.read_bytes()
+    with pytest.raises(DestinationError, match="not an OCI archive"):
+        write_image(image, f"oci-archive:{docker}")
+    assert docker.read_bytes() == before

@@ -1,50 +1,168 @@
 """oci-archive destination: an OCI image layout in one tar, written atomically and
-deterministically (fixed order: oci-layout, index.json, blobs by digest)."""
+deterministically (fixed order: oci-layout, index.json, blobs by digest).
+
+Writing to an existing oci-archive adds the tag to it, as ``oci:`` does for a directory: the
+entry with the same ``org.opencontainers.image.ref.name`` is replaced, other tags and the blobs
+they reach are kept, and blobs nothing reaches any more are dropped.
+"""
 
 from __future__ import annotations
 
-from typing import BinaryIO
+import contextlib
+import json
+import tarfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from closurepack.destinations._files import atomic_file, open_layer
 from closurepack.destinations._tar import TarWriter
 from closurepack.destinations.oci_layout import LAYOUT_FILE, index_with
 from closurepack.destinations.reference import Destination, oci_ref_name
-from closurepack.digest import Writable
+from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
+from closurepack.mediatypes import MediaType
 
 __all__ = ["write_image", "write_stream"]
 
+_BLOBS = "blobs/sha256/"
+_INDEXES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
+_MANIFESTS = {MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value}
 
-def write_stream(image: Image, out: Writable | BinaryIO, *, ref_name: str) -> None:
-    """Stream ``image`` as an oci-archive holding one tag."""
-    tar = TarWriter(out, mtime=image.created_epoch)
-    tar.add_bytes("oci-layout", LAYOUT_FILE)
-    tar.add_bytes("index.json", canonical_json(index_with(None, image, ref_name)))
-    tar.add_dir("blobs")
-    tar.add_dir("blobs/sha256")
+
+def write_stream(
+    image: Image,
+    out: Writable | BinaryIO,
+    *,
+    ref_name: str,
+    existing: tarfile.TarFile | None = None,
+) -> None:
+    """Stream ``image`` as an oci-archive tagged ``ref_name``; with ``existing`` (an open
+    oci-archive), its other tags and the blobs they reach are carried over."""
+    old_index = _read_index(existing) if existing is not None else None
+    index = index_with(old_index, image, ref_name)
     small = {
         image.config_digest.hex: image.config_bytes,
         image.manifest_digest.hex: image.manifest_bytes,
     }
     layers = {layer.digest.hex: layer for layer in image.layers}
-    for hex_digest in sorted(small.keys() | layers.keys()):
-        name = f"blobs/sha256/{hex_digest}"
+    carried = _reachable(existing, index, skip=small.keys() | layers.keys()) if existing else {}
+
+    tar = TarWriter(out, mtime=image.created_epoch)
+    tar.add_bytes("oci-layout", LAYOUT_FILE)
+    tar.add_bytes("index.json", canonical_json(index))
+    tar.add_dir("blobs")
+    tar.add_dir("blobs/sha256")
+    for hex_digest in sorted(small.keys() | layers.keys() | carried.keys()):
+        name = f"{_BLOBS}{hex_digest}"
         if hex_digest in small:
             tar.add_bytes(name, small[hex_digest])
-            continue
-        layer = layers[hex_digest]
-        with open_layer(layer) as src:
-            tar.add_blob(name, src, size=layer.size, digest=layer.digest)
+        elif hex_digest in layers:
+            layer = layers[hex_digest]
+            with open_layer(layer) as src:
+                tar.add_blob(name, src, size=layer.size, digest=layer.digest)
+        else:
+            assert existing is not None
+            member = carried[hex_digest]
+            with _member(existing, member) as src:
+                tar.add_blob(name, src, size=member.size, digest=Digest(hex_digest))
     tar.close()
 
 
+def _where(archive: tarfile.TarFile) -> str:
+    name = archive.name
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
+def _member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> contextlib.closing[Any]:
+    handle = archive.extractfile(member)
+    if handle is None:
+        raise DestinationError(f"{_where(archive)}: {member.name} is not a regular file")
+    return contextlib.closing(handle)
+
+
+def _read_index(archive: tarfile.TarFile) -> dict[str, Any]:
+    try:
+        member = archive.getmember("index.json")
+        with _member(archive, member) as handle:
+            index = json.loads(handle.read())
+    except (KeyError, ValueError, RecursionError) as exc:
+        raise DestinationError(
+            f"{_where(archive)}: not an OCI archive (no readable index.json)"
+        ) from exc
+    if not isinstance(index, dict):
+        raise DestinationError(f"{_where(archive)}: index.json is not a JSON object")
+    return index
+
+
+def _reachable(
+    archive: tarfile.TarFile, index: dict[str, Any], *, skip: set[str] | Any
+) -> dict[str, tarfile.TarInfo]:
+    """The blobs of ``archive`` that ``index`` reaches (through nested indexes and manifests),
+    except those in ``skip`` (the new image's own)."""
+    members = {
+        m.name[len(_BLOBS) :]: m
+        for m in archive.getmembers()
+        if m.isfile() and m.name.startswith(_BLOBS)
+    }
+    found: dict[str, tarfile.TarInfo] = {}
+    todo: list[Any] = list(index.get("manifests") or [])
+    while todo:
+        descriptor = todo.pop()
+        if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str):
+            continue
+        hex_digest = descriptor["digest"].partition(":")[2]
+        if hex_digest in found or hex_digest in skip:
+            continue
+        member = members.get(hex_digest)
+        if member is None:
+            raise DestinationError(
+                f"{_where(archive)}: blob {descriptor['digest']} of another tag is missing"
+            )
+        found[hex_digest] = member
+        media_type = descriptor.get("mediaType")
+        if media_type in _INDEXES or media_type in _MANIFESTS:
+            with _member(archive, member) as handle:
+                try:
+                    inner = json.loads(handle.read())
+                except (ValueError, RecursionError) as exc:
+                    raise DestinationError(
+                        f"{_where(archive)}: {descriptor['digest']} is not valid JSON"
+                    ) from exc
+            if isinstance(inner, dict):
+                todo.extend(inner.get("manifests") or [])
+                todo.append(inner.get("config"))
+                todo.extend(inner.get("layers") or [])
+    return found
+
+
+@contextlib.contextmanager
+def _existing_archive(dest: Destination) -> Iterator[tarfile.TarFile | None]:
+    path = dest.path
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        yield None
+        return
+    try:
+        archive = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the with below
+    except (tarfile.TarError, OSError) as exc:
+        raise DestinationError(
+            f"{path}: exists and is not an OCI archive; remove it or choose another path"
+        ) from exc
+    with archive:
+        names = set(archive.getnames())
+        if not {"oci-layout", "index.json"} <= names:
+            raise DestinationError(
+                f"{path}: exists and is not an OCI archive; remove it or choose another path"
+            )
+        yield archive
+
+
 def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
-    """Write ``image`` to the oci-archive ``dest.path`` (replacing any previous archive)."""
+    """Write ``image`` to the oci-archive ``dest.path``, adding its tag to an existing one."""
     path = dest.path
     if path is None:
         raise DestinationError(f"{dest}: oci-archive needs a path")
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
-    with atomic_file(path) as out:  # write errors: a DestinationError naming ``path``
-        write_stream(image, out, ref_name=oci_ref_name(dest, tag))
+    with _existing_archive(dest) as existing, atomic_file(path) as out:
+        write_stream(image, out, ref_name=oci_ref_name(dest, tag), existing=existing)
