@@ -1430,3 +1430,19 @@ def test_cache_verify_full_rehashes_a_blob_whose_mtime_was_kept(
     assert status == 0
     assert second == first
     assert run(["verify", f"oci:{tmp_path / 'b'}"], capsys)[0] == 0
+
+
+def test_an_oci_archive_path_holding_something_else_fails_before_any_layer_is_built(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "notes.txt"
+    dest.write_text("precious")
+    cache = tmp_path / "cache"
+    argv = ["build", "--closure", app_closure, "--store-root", store.root]
+    status, out, err = run([*argv, "--cache-dir", cache, "-o", f"oci-archive:{dest}"], capsys)
+    assert status == 5
+    assert out == ""
+    assert "not an OCI archive" in err
+    assert err.count("\n") == 1
+    assert dest.read_text() == "precious"
+    assert not (cache / "keys").exists() or not any((cache / "keys").iterdir())

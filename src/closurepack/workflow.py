@@ -26,7 +26,7 @@ from closurepack.customisation import (
     build_customisation_layer,
     customisation_entries,
 )
-from closurepack.destinations import parse_destination, parse_repo_tag, write_image
+from closurepack.destinations import oci_archive, parse_destination, parse_repo_tag, write_image
 from closurepack.errors import (
     ClosureError,
     DestinationError,
@@ -245,6 +245,8 @@ def _check_destination(dest: str, tag: str | None) -> None:
         if path.is_dir():
             raise DestinationError(f"{path}: is a directory, expected an archive file path")
         _check_writable_dir(path.parent, path)
+        if destination.kind == "oci-archive":
+            oci_archive.check_existing(destination)  # tags are added to an existing archive
     elif path.exists():
         if not path.is_dir():
             raise DestinationError(f"{path}: not a directory (an OCI layout is one)")

@@ -23,7 +23,7 @@ from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
 from closurepack.mediatypes import MediaType
 
-__all__ = ["write_image", "write_stream"]
+__all__ = ["check_existing", "write_image", "write_stream"]
 
 _BLOBS = "blobs/sha256/"
 _INDEXES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
@@ -155,6 +155,13 @@ def _existing_archive(dest: Destination) -> Iterator[tarfile.TarFile | None]:
                 f"{path}: exists and is not an OCI archive; remove it or choose another path"
             )
         yield archive
+
+
+def check_existing(dest: Destination) -> None:
+    """Raise DestinationError if ``dest.path`` exists but is not an OCI archive (cheap: reads
+    the tar's member list, no blob)."""
+    with _existing_archive(dest):
+        pass
 
 
 def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
