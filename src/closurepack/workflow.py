@@ -271,6 +271,21 @@ def _check_writable_dir(directory: Path, dest: Path) -> None:
         raise DestinationError(f"{dest}: cannot write: permission denied on {directory}")
 
 
+def _prepare(
+    image: ImageOptions, *, dest: str, compression: str, level: int | None
+) -> tuple[ImageConfig, Customisation, BaseImage | None]:
+    """Check everything about the image that can be checked before any layer is built (the
+    destination and tag, the level, the config fields, --symlink/--extra) and read the --from
+    image; return its config, customisation and base image."""
+    _check_destination(dest, image.tag)
+    _check_level(compression, level)
+    config = image.config()
+    customisation = image.customisation()
+    customisation_entries(customisation)  # a bad --symlink or --extra fails here
+    base = read_base_image(image.from_image) if image.from_image else None
+    return config, customisation, base
+
+
 def _finish(
     layers: list[BuiltLayer],
     *,
@@ -312,19 +327,14 @@ def build_image(
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
     Everything is checked before any layer is built; the destination is written last, atomically.
     """
-    _check_destination(dest, image.tag)  # fail on a bad destination or tag before any work
     if jobs is not None and jobs < 1:
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
         check_max_layers(max_layers)
-    _check_level(compression, level)
     cache_limit = parse_size(cache_max_size)
+    config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
     mtime = image.mtime
-    config = image.config()
-    customisation = image.customisation()
-    customisation_entries(customisation)  # a bad --symlink or --extra fails before any work
     from_image = image.from_image
-    base = read_base_image(from_image) if from_image else None
     base_count = len(base.layers) if base else 0
 
     if plan_file is not None:
@@ -469,14 +479,9 @@ def assemble_from_descriptors(
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
     ``compression`` and ``level`` are for the customisation layer."""
-    _check_destination(dest, image.tag)
-    _check_level(compression, level)
+    config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
     layers = read_descriptors(descriptors)
     mtime = image.mtime
-    config = image.config()
-    customisation = image.customisation()
-    customisation_entries(customisation)  # a bad --symlink or --extra fails before any work
-    base = read_base_image(image.from_image) if image.from_image else None
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:
         raise OptionError(
