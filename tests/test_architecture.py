@@ -36,6 +36,7 @@ RANKS: dict[str, int] = {
     "readback": 8,
     "validate": 8,
     "destinations": 8,
+    "registry": 8,
     "previous": 9,
     "workflow": 9,
     "cli": 10,

@@ -11,7 +11,9 @@
     ├── ToolError                    an external tool (nix, guix) failed or is missing (3)
     ├── CacheError                   the layer cache cannot be used (3)
     ├── ImageError                   an image is malformed or fails verification (4)
-    └── DestinationError             an image cannot be read from / written to a destination (5)
+    ├── DestinationError             an image cannot be read from / written to a destination (5)
+    │   └── RegistryError            a registry refused, failed or answered nonsense (5)
+    │       └── RegistryAuthError    credentials missing, wrong or unusable for a registry (5)
 
 Every message is one line that names the file, line or item at fault.
 """
@@ -27,6 +29,8 @@ __all__ = [
     "InputError",
     "OptionError",
     "PlanError",
+    "RegistryAuthError",
+    "RegistryError",
     "StoreError",
     "ToolError",
 ]
@@ -84,3 +88,11 @@ class DestinationError(ClosurepackError):
     """An image cannot be written to, or read from, a destination."""
 
     exit_code = 5
+
+
+class RegistryError(DestinationError):
+    """A registry refused a request, failed after retries, or answered something invalid."""
+
+
+class RegistryAuthError(RegistryError):
+    """Credentials for a registry are missing, wrong, or cannot be used."""
