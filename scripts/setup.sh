@@ -12,6 +12,7 @@ packages=(
   nix-bin busybox-static
   podman skopeo umoci runc uidmap docker.io docker-registry
   tar gzip pigz zstd
+  apache2-utils
 )
 missing=()
 for p in "${packages[@]}"; do
