@@ -11,8 +11,10 @@ from nixfixture import NixClosure, NixUnavailableError, build_closure
 DATA_DIR = Path(__file__).parent / "data"
 
 # store and app_closure: small stores for CLI tests (tests/clistore.py); podman_runner and
-# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py).
-pytest_plugins = ["clistore", "runtimes"]
+# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py); htpasswd_registry,
+# token_registry, token_server: registries that demand authentication
+# (tests/registry_auth_fixtures.py).
+pytest_plugins = ["clistore", "runtimes", "registry_auth_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -42,10 +42,10 @@ _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 
 @dataclass(frozen=True)
 class _Step:
-    """A request the flow wants sent; ``token``: read its (bounded) answer for the flow."""
+    """A request the flow wants sent; ``token``: read its (bounded) answer, naming it so."""
 
     request: httpx.Request
-    token: bool = False
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,9 @@ class RegistryAuth(httpx.Auth):
         step = next(flow)
         while True:
             response = yield step.request
-            if step.token:
+            if step.token is not None:
                 if isinstance(response.stream, httpx.SyncByteStream):
-                    response.stream = _LimitedStream(response.stream, _realm_name(step.request))
+                    response.stream = _LimitedStream(response.stream, step.token)
                 response.read()
             try:
                 step = flow.send(response)
@@ -145,11 +145,9 @@ class RegistryAuth(httpx.Auth):
         step = next(flow)
         while True:
             response = yield step.request
-            if step.token:
+            if step.token is not None:
                 if isinstance(response.stream, httpx.AsyncByteStream):
-                    response.stream = _AsyncLimitedStream(
-                        response.stream, _realm_name(step.request)
-                    )
+                    response.stream = _AsyncLimitedStream(response.stream, step.token)
                 await response.aread()
             try:
                 step = flow.send(response)
@@ -266,7 +264,7 @@ class RegistryAuth(httpx.Auth):
         token_request = httpx.Request("GET", url, params=params, headers=headers)
         asked_at = time.monotonic()
         asked_wall = time.time()
-        response = yield _Step(token_request, token=True)
+        response = yield _Step(token_request, token=f"{origin}: the token server {realm.url}")
         if response.status_code in {401, 403}:
             if self._credentials is None:
                 raise _no_credentials(origin)
@@ -381,7 +379,3 @@ def _origin(url: httpx.URL) -> str:
 
 def _origin_key(url: httpx.URL) -> str:
     return f"{url.scheme}://{_origin(url)}"
-
-
-def _realm_name(request: httpx.Request) -> str:
-    return f"the token server {str(request.url).partition('?')[0]}"
