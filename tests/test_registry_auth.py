@@ -4,8 +4,10 @@ auth (a token server run by the test), through httpx; and the WWW-Authenticate p
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import logging
 import time
 import traceback
 from collections.abc import Iterator
@@ -80,6 +82,10 @@ def _push_and_read_back(client: httpx.Client, base: str, repo: str = "app") -> N
         read = client.get(f"{base}/v2/{repo}/blobs/{_digest(blob)}")
         assert read.status_code == 200
         assert read.content == blob
+
+
+def _base64_pair() -> str:
+    return base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 
 def _assert_secret_free(exc: BaseException, *secrets: str) -> None:
@@ -194,8 +200,9 @@ def test_a_one_shot_body_meeting_a_401_is_a_clear_error(htpasswd_registry: AuthR
 
 @pytest.mark.integration
 def test_token_auth_pushes_and_reads_back_with_one_token(
-    token_registry: AuthRegistry, token_server: TokenServer
+    token_registry: AuthRegistry, token_server: TokenServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     seen: list[tuple[str, str, int]] = []
     auth = RegistryAuth(Credentials(USER, PASSWORD), PUSH_PULL)
     with _client(auth, seen) as client:
@@ -210,6 +217,10 @@ def test_token_auth_pushes_and_reads_back_with_one_token(
     registry_statuses = [s for _, path, s in seen if path.startswith("/v2/")]
     assert registry_statuses.count(401) == 1
     assert registry_statuses[0] == 401
+    # Every log line (ours, httpx's, httpcore's) is free of the password and the token.
+    assert "token from" in caplog.text
+    assert PASSWORD not in caplog.text
+    assert _base64_pair() not in caplog.text
 
 
 @pytest.mark.integration

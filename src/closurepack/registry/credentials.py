@@ -262,9 +262,9 @@ def _entry_credentials(entry: Any, *, where: str) -> Credentials | None:
     username: object = entry.get("username")
     password: object = entry.get("password")
     if username or password:
-        if not isinstance(username, str) or not isinstance(password, str):
-            raise RegistryAuthError(f"{where}: username and password must both be strings")
         if not username or not password:
             raise RegistryAuthError(f"{where}: has a username or a password, not both")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise RegistryAuthError(f"{where}: username and password must both be strings")
         return Credentials(username, password)
     return None

@@ -43,7 +43,11 @@ def run_helper(
     hold the secret.
     """
     if not _NAME.fullmatch(name):
-        raise RegistryAuthError(f"{where}: credential helper {name!r} is not a plain program name")
+        # Not quoted: a mangled file may hold anything there.
+        raise RegistryAuthError(
+            f"{where}: credential helper name is not a plain program name "
+            "(letters, digits, '.', '_', '-')"
+        )
     program_name = f"docker-credential-{name}"
     program = shutil.which(program_name, path=environ.get("PATH", os.defpath))
     if program is None:
