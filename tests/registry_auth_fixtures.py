@@ -146,8 +146,10 @@ def htpasswd_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auth
 class TokenServer:
     """The test's token server: ``url`` is the realm; ``requests`` what it was asked.
 
-    Knobs tests may set: ``expires_in`` (None: leave it out), ``oversize`` (answer with more
-    than closurepack's limit), ``token_field`` (``token`` or ``access_token``).
+    Knobs tests may set: ``expires_in`` (None: leave it out, and ``issued_at`` too),
+    ``issued_ago`` (seconds to date ``issued_at`` back), ``oversize`` (answer with more than
+    closurepack's limit), ``stall`` (seconds to wait before answering), ``token_field``
+    (``token`` or ``access_token``).
     """
 
     url: str
@@ -157,6 +159,8 @@ class TokenServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     expires_in: int | None = 300
     oversize: bool = False
+    stall: float = 0.0
+    issued_ago: float = 0.0
     token_field: str = "token"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -165,6 +169,8 @@ class TokenServer:
             self.requests.clear()
         self.expires_in = 300
         self.oversize = False
+        self.stall = 0.0
+        self.issued_ago = 0.0
         self.token_field = "token"
 
     def count(self) -> int:
@@ -265,8 +271,13 @@ def _handler(server: TokenServer) -> type[http.server.BaseHTTPRequestHandler]:
             answer: dict[str, Any] = {server.token_field: token}
             if server.expires_in is not None:
                 answer["expires_in"] = server.expires_in
-                answer["issued_at"] = datetime.datetime.now(datetime.UTC).isoformat()
+                issued = time.time() - server.issued_ago
+                answer["issued_at"] = datetime.datetime.fromtimestamp(
+                    issued, datetime.UTC
+                ).isoformat()
             body = json.dumps(answer).encode()
+            if server.stall:
+                time.sleep(server.stall)
             if server.oversize:
                 body = json.dumps({**answer, "padding": "x" * (2 << 20)}).encode()
             self._answer(200, body)

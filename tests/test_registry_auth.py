@@ -11,6 +11,7 @@ import logging
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -261,6 +262,55 @@ def test_an_expired_token_is_renewed_before_the_next_request(
     assert token_server.count() == 2
     # The renewal came before the request: the registry answered 401 only the first time.
     assert [s for _, path, s in seen if path == "/v2/"] == [401, 200, 200, 200]
+
+
+@pytest.mark.integration
+def test_a_token_issued_earlier_lives_less(
+    token_registry: AuthRegistry, token_server: TokenServer
+) -> None:
+    token_server.expires_in = 4
+    token_server.issued_ago = 2  # handed out again, say by a cache: 2 s of its 4 are gone
+    with httpx.Client(auth=RegistryAuth(Credentials(USER, PASSWORD), PUSH_PULL)) as client:
+        assert client.get(f"{token_registry.url}/v2/").status_code == 200
+        time.sleep(2)
+        assert client.get(f"{token_registry.url}/v2/").status_code == 200
+    assert token_server.count() == 2
+
+
+@pytest.mark.integration
+def test_a_token_server_clock_far_behind_does_not_expire_tokens_on_arrival(
+    token_registry: AuthRegistry, token_server: TokenServer
+) -> None:
+    token_server.issued_ago = 3600
+    with httpx.Client(auth=RegistryAuth(Credentials(USER, PASSWORD), PUSH_PULL)) as client:
+        for _ in range(3):
+            assert client.get(f"{token_registry.url}/v2/").status_code == 200
+    assert token_server.count() == 1
+
+
+@pytest.mark.integration
+def test_the_token_request_keeps_the_client_timeout(
+    token_registry: AuthRegistry, token_server: TokenServer
+) -> None:
+    token_server.stall = 3
+    auth = RegistryAuth(Credentials(USER, PASSWORD), PUSH_PULL)
+    with httpx.Client(auth=auth, timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):
+        client.get(f"{token_registry.url}/v2/")
+
+
+@pytest.mark.integration
+def test_one_auth_shared_by_threads(
+    token_registry: AuthRegistry, token_server: TokenServer
+) -> None:
+    auth = RegistryAuth(Credentials(USER, PASSWORD), PUSH_PULL)
+    with httpx.Client(auth=auth) as client:
+        assert client.get(f"{token_registry.url}/v2/").status_code == 200
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            statuses = list(
+                pool.map(lambda _: client.get(f"{token_registry.url}/v2/").status_code, range(30))
+            )
+    assert statuses == [200] * 30
+    assert token_server.count() == 1
 
 
 @pytest.mark.integration

@@ -261,7 +261,14 @@ class RegistryAuth(httpx.Auth):
                 )
             params.append(("account", self._credentials.username))
             headers["Authorization"] = _basic_header(self._credentials)
-        token_request = httpx.Request("GET", url, params=params, headers=headers)
+        # httpx gives only the request it was handed its timeouts: the token request takes the
+        # same, or a stalled token server would hang the client for ever.
+        extensions = (
+            {"timeout": request.extensions["timeout"]} if "timeout" in request.extensions else {}
+        )
+        token_request = httpx.Request(
+            "GET", url, params=params, headers=headers, extensions=extensions
+        )
         asked_at = time.monotonic()
         asked_wall = time.time()
         response = yield _Step(token_request, token=f"{origin}: the token server {realm.url}")
