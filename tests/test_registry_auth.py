@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http.server
 import json
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
@@ -408,3 +411,135 @@ def test_token_auth_works_with_an_async_client(
     # One token for app; a second one when the challenge asked for nothing-here too.
     assert token_server.count() == 2
     assert token_server.requests[-1]["scopes"] == [*PUSH_PULL, "repository:nothing-here:pull"]
+
+
+# --- registries and token servers that answer nonsense ----------------------------------------
+
+
+@dataclass
+class _Scripted:
+    """A tiny HTTP server on 127.0.0.1 answering each path as scripted: (status, headers, body),
+    from ``with_token`` for requests that carry a Bearer token; ``hits``: the paths asked."""
+
+    url: str = ""
+    answers: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
+    with_token: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
+    hits: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def scripted() -> Iterator[_Scripted]:
+    state = _Scripted()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            del format, args
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            state.hits.append(path)
+            answers = state.answers
+            if self.headers.get("Authorization", "").startswith("Bearer "):
+                answers = {**answers, **state.with_token}
+            status, headers, body = answers.get(path, (404, {}, b""))
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+def _challenge(scripted: _Scripted, header: str | None) -> None:
+    headers = {} if header is None else {"WWW-Authenticate": header}
+    scripted.answers["/v2/"] = (401, headers, b"")
+
+
+def _token_answer(scripted: _Scripted, status: int, body: bytes) -> None:
+    _challenge(scripted, f'Bearer realm="{scripted.url}/token",service="s"')
+    scripted.answers["/token"] = (status, {"Content-Type": "application/json"}, body)
+
+
+def _error(scripted: _Scripted, credentials: Credentials | None = None) -> str:
+    auth = RegistryAuth(credentials, PUSH_PULL)
+    with httpx.Client(auth=auth, timeout=10) as client, pytest.raises(RegistryAuthError) as info:
+        client.get(f"{scripted.url}/v2/")
+    _assert_secret_free(info.value, PASSWORD)
+    message = str(info.value)
+    host = scripted.url.removeprefix("http://")
+    assert message.startswith(f"{host}: ")
+    return message.removeprefix(f"{host}: ")
+
+
+def test_a_401_without_a_usable_challenge(scripted: _Scripted) -> None:
+    _challenge(scripted, None)
+    assert (
+        _error(scripted) == "401 Unauthorized without a Basic or Bearer challenge (offered: none)"
+    )
+    _challenge(scripted, "Negotiate abc==")
+    assert _error(scripted).endswith("(offered: negotiate)")
+
+
+def test_a_broken_challenge_header(scripted: _Scripted) -> None:
+    _challenge(scripted, 'Bearer realm="x", =oops')
+    assert _error(scripted) == (
+        "cannot read the registry's WWW-Authenticate header: unexpected '=' at position 18"
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ('Bearer service="s"', "the registry's Bearer challenge names no realm"),
+        ('Bearer realm="ftp://x/token"', "the token realm 'ftp://x/token' is not an http(s) URL"),
+        ('Bearer realm="http:///token"', "the token realm 'http:///token' is not an http(s) URL"),
+        ('Bearer realm="https://[::1/"', "the token realm 'https://[::1/' is not an http(s) URL"),
+    ],
+)
+def test_a_bearer_challenge_without_a_usable_realm(
+    scripted: _Scripted, header: str, message: str
+) -> None:
+    _challenge(scripted, header)
+    assert _error(scripted, Credentials(USER, PASSWORD)) == message
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (500, b"{}", "answered 500 Internal Server Error"),
+        (200, b"<html>", "answered something that is not JSON"),
+        (200, b'["token"]', "answered JSON that is not an object"),
+        (200, b'{"expires_in": 60}', "answered no usable token (neither token nor access_token)"),
+        (200, b'{"token": "has a space"}', "answered no usable token"),
+    ],
+)
+def test_a_token_server_answering_nonsense(
+    scripted: _Scripted, status: int, body: bytes, message: str
+) -> None:
+    _token_answer(scripted, status, body)
+    got = _error(scripted, Credentials(USER, PASSWORD))
+    assert got.startswith(f"the token server {scripted.url}/token {message}")
+
+
+def test_a_token_refused_without_credentials_asks_for_them(scripted: _Scripted) -> None:
+    _token_answer(scripted, 401, b"{}")
+    assert _error(scripted).startswith("authentication required: no credentials found")
+
+
+def test_odd_expiry_fields_fall_back_to_the_default(scripted: _Scripted) -> None:
+    body = json.dumps({"token": "t0k", "expires_in": "soon", "issued_at": "yesterday"}).encode()
+    _token_answer(scripted, 200, body)
+    scripted.with_token["/v2/"] = (200, {}, b"{}")
+    with httpx.Client(auth=RegistryAuth(None, PUSH_PULL), timeout=10) as client:
+        for _ in range(3):
+            assert client.get(f"{scripted.url}/v2/").status_code == 200
+    assert scripted.hits == ["/v2/", "/token", "/v2/", "/v2/", "/v2/"]
