@@ -110,6 +110,9 @@ def test_explicit_authfile_must_exist(env: dict[str, str], tmp_path: Path) -> No
     with pytest.raises(RegistryAuthError) as info:
         lookup_credentials(HOST, authfile=missing, environ=env)
     assert str(info.value) == f"{missing}: no such auth file (given with --authfile)"
+    with pytest.raises(RegistryAuthError) as info:
+        lookup_credentials(HOST, authfile=tmp_path, environ=env)
+    assert str(info.value) == f"{tmp_path}: is not a file (given with --authfile)"
 
 
 def test_explicit_authfile_is_the_only_file_read(env: dict[str, str], tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ def lookup_credentials(
     keys = registry_keys(registry)
     if authfile is not None:
         if not authfile.is_file():
-            raise RegistryAuthError(f"{authfile}: no such auth file (given with --authfile)")
+            what = "is not a file" if authfile.exists() else "no such auth file"
+            raise RegistryAuthError(f"{authfile}: {what} (given with --authfile)")
         return _lookup_in_file(authfile, keys, env)
     for path in auth_file_paths(env, use_home_fallback=environ is None):
         if path.is_file():
