@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import logging
+import re
 import threading
 import time
 import traceback
@@ -328,10 +329,10 @@ def test_a_token_refused_later_is_refreshed_with_the_new_scope(
         started = client.post(f"{token_registry.url}/v2/app/blobs/uploads/")
         assert started.status_code == 202
         assert token_server.count() == 2
-        assert token_server.requests[-1]["scopes"] == [
-            "repository:app:pull",
-            "repository:app:pull,push",
-        ]
+        # The challenge's scope is added (the registry names the actions in either order).
+        first, added = token_server.requests[-1]["scopes"]
+        assert first == "repository:app:pull"
+        assert added in {"repository:app:pull,push", "repository:app:push,pull"}
         # The refreshed token is then reused.
         client.post(f"{token_registry.url}/v2/app/blobs/uploads/")
     assert token_server.count() == 2
@@ -376,7 +377,7 @@ def test_token_without_the_granted_scope_is_access_denied(
         client.post(f"{token_registry.url}/v2/app/blobs/uploads/")
     message = str(info.value)
     assert message.startswith(f"{token_registry.host}: access denied for user {READER}: 401")
-    assert "does not grant access for repository:app:pull,push" in message
+    assert re.search(r"does not grant access for repository:app:(pull,push|push,pull)$", message)
     assert "\n" not in message
     _assert_secret_free(info.value, READER_PASSWORD)
 
