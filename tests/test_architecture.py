@@ -30,6 +30,7 @@ RANKS: dict[str, int] = {
     "layer": 5,
     "layerbuild": 5,
     "cache": 5,
+    "cachegc": 5,
     "customisation": 5,
     "build": 6,
     "image": 7,
@@ -38,6 +39,7 @@ RANKS: dict[str, int] = {
     "destinations": 8,
     "previous": 9,
     "workflow": 9,
+    "cacheadmin": 9,
     "cli": 10,
     "__init__": 10,
 }
