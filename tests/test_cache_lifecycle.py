@@ -332,3 +332,116 @@ def test_cache_commands_on_a_missing_cache_and_bad_input(
         assert err.startswith("closurepack: error: ")
         assert message in err
     assert sorted(p.name for p in not_a_cache.iterdir()) == ["notes.txt"]
+
+
+# -- no usable default cache (a Nix build: HOME=/homeless-shelter, no XDG_CACHE_HOME) ------------
+
+
+@pytest.mark.parametrize("case", ["missing-home", "home-under-a-file", "xdg-under-a-file"])
+def test_unusable_default_cache_is_one_warning_and_nothing_written_elsewhere(
+    store: Store, app_closure: Path, tmp_path: Path, case: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    build_dir = tmp_path / "build"
+    (build_dir / "tmp").mkdir(parents=True)
+    env = _env(build_dir / "tmp")
+    env.pop("XDG_CACHE_HOME", None)
+    # As root nothing is unwritable by permissions: a home that does not exist must not be
+    # made (Nix's /homeless-shelter), and one below a file cannot be.
+    env["HOME"] = str(tmp_path / "homeless-shelter" if case == "missing-home" else blocker / "h")
+    if case == "xdg-under-a-file":
+        env["XDG_CACHE_HOME"] = str(blocker / "cache")
+    argv = ["build", "--closure", app_closure, "--store-root", store.root]
+    result = _cli(*argv, "-o", f"docker-archive:{build_dir / 'out.tar'}", env=env, cwd=build_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("sha256:")
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("closurepack: warning: ")
+    assert "cannot use the layer cache" in line
+    assert line.endswith("; building without a cache (--cache-dir DIR or --no-cache)")
+    assert not (tmp_path / "homeless-shelter").exists()
+    assert blocker.read_text() == "not a directory"
+    assert sorted(p.name for p in build_dir.iterdir()) == ["out.tar", "tmp"]
+    assert list((build_dir / "tmp").iterdir()) == []
+    verify = _cli("verify", f"docker-archive:{build_dir / 'out.tar'}", env=env, cwd=build_dir)
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_an_unusable_cache_dir_given_is_still_an_error(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    argv = ["build", "--closure", app_closure, "--store-root", store.root]
+    code, out, err = run(
+        [*argv, "--cache-dir", blocker / "cache", "-o", f"oci:{tmp_path / 'o'}"], capsys
+    )
+    assert (code, out) == (3, "")
+    assert err.count("\n") == 1
+    assert err.startswith(f"closurepack: error: {blocker / 'cache'}")
+    assert not (tmp_path / "o").exists()
+
+
+_NIX_BUILD = """\
+let
+  system = builtins.currentSystem;
+  item = derivation {{
+    name = "closurepack-nocache-item"; inherit system; builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir -p $out/bin && echo hello > $out/bin/data" ];
+  }};
+in
+derivation {{
+  name = "closurepack-nocache-image"; inherit system; builder = "/bin/sh";
+  exportReferencesGraph = [ "graph" item ];
+  args = [ "-c" ''
+    /bin/mkdir $out
+    {closurepack} build --closure graph --created 1 -o docker-archive:$out/image.tar \\
+      2> $out/stderr || {{ /bin/cat $out/stderr >&2; exit 1; }}
+    /bin/ls -A . > $out/build-dir
+    /bin/ls -A "$TMPDIR" > $out/tmp-dir
+    echo "$HOME" > $out/home
+  '' ];
+}}
+"""
+
+
+@pytest.mark.integration
+def test_inside_a_real_nix_build_the_cache_falls_back_with_one_warning(tmp_path: Path) -> None:
+    import shlex
+    import shutil
+    import sysconfig
+
+    for tool in ("nix-build", "nix-store"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    script = Path(sysconfig.get_path("scripts")) / "closurepack"
+    if not script.is_file():
+        pytest.skip("the closurepack script is not installed")
+    # a fresh path every run, so Nix builds the image now instead of reusing an earlier one
+    wrapper = tmp_path / "closurepack"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(str(script))} "$@"\n')
+    wrapper.chmod(0o755)
+    expression = tmp_path / "image.nix"
+    expression.write_text(_NIX_BUILD.format(closurepack=shlex.quote(str(wrapper))))
+    assert not Path("/homeless-shelter").exists()
+    nix_options = ["--option", "build-users-group", "", "--option", "substituters", ""]
+    result = subprocess.run(
+        ["nix-build", "--no-out-link", *nix_options, str(expression)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = Path(result.stdout.strip())
+    assert (out / "home").read_text().strip() == "/homeless-shelter"
+    (line,) = (out / "stderr").read_text().splitlines()
+    assert line.startswith("closurepack: warning: /homeless-shelter/.cache/closurepack: ")
+    assert "building without a cache" in line
+    # nothing written outside the build directory and $out: no cache, no scratch left behind
+    assert not Path("/homeless-shelter").exists()
+    assert (out / "build-dir").read_text().split() == ["graph"]
+    assert (out / "tmp-dir").read_text().split() == ["graph"]  # Nix's TMPDIR is the build dir
+    verify = _cli("verify", f"docker-archive:{out / 'image.tar'}", env=_env(tmp_path), cwd=tmp_path)
+    assert verify.returncode == 0, verify.stderr
