@@ -25,6 +25,7 @@ out or another process is using, and deletes a blob once no entry refers to it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -49,7 +50,7 @@ from closurepack._fs import (
 )
 from closurepack.cachegc import KEY, CacheUsage, blob_sizes, lock_file, remove_entries
 from closurepack.digest import Digest
-from closurepack.errors import CacheError, ImageError
+from closurepack.errors import CacheError, ImageError, StoreError
 from closurepack.layer import BuiltLayer
 
 __all__ = ["DEFAULT_MAX_SIZE", "CacheUsage", "LayerCache", "default_cache_dir"]
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 #: A build directory of an older closurepack (not flock-held) this old belongs to a process
 #: that died.
 _STALE_TMP_AGE = 86400.0
+#: Why a write runs out of room: disk full, quota, file size limit.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: The prefix of the work directories under tmp/ (see :func:`closurepack._fs.locked_temp_dir`).
 _WORK = "work-"
 #: The limit builds keep the cache under unless told otherwise (``--cache-max-size``).
@@ -339,8 +342,7 @@ class LayerCache:
                 with self._locked(key):
                     layer = self._lookup(key)
                     if layer is None:
-                        with locked_temp_dir(self._tmp, _WORK) as work:
-                            layer = self.put(key, build(work))
+                        layer = self._build_into_cache(key, build)
         except BaseException:
             if not held:
                 self._release(key)
@@ -348,6 +350,23 @@ class LayerCache:
         if self.max_bytes is not None and self._counted_bytes() > self.max_bytes:
             self.evict()
         return layer
+
+    def _build_into_cache(self, key: str, build: Callable[[Path], BuiltLayer]) -> BuiltLayer:
+        try:
+            with locked_temp_dir(self._tmp, _WORK) as work:
+                return self.put(key, build(work))
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in _NO_ROOM:
+                raise CacheError(
+                    f"{self.root}: cannot write a layer into the cache: {cause.strerror} (make"
+                    " room, e.g. closurepack cache prune, or build with --no-cache)"
+                ) from exc
+            raise
+        except OSError as exc:  # the work directory itself
+            raise CacheError(
+                f"{self.root}: cannot write a layer into the cache: {exc.strerror}"
+            ) from exc
 
     def trim(self) -> list[str]:
         """What a build does when it is done with the cache, even when every layer was a hit:
