@@ -58,10 +58,10 @@ def _root(cache_dir: Path | None) -> Path:
     return root
 
 
-def cache_usage(cache_dir: Path | None, *, max_size: str | None = None) -> CacheReport:
-    """What the cache in ``cache_dir`` (default: the default one) holds; reads only (a missing
-    cache holds nothing). ``max_size`` is the limit reported (default: the builds' default)."""
-    limit = parse_size(max_size or DEFAULT_MAX_SIZE, option="--max-size")
+def cache_usage(cache_dir: Path | None) -> CacheReport:
+    """What the cache in ``cache_dir`` (default: the default one) holds, and the limit builds
+    keep it under by default; reads only (a missing cache holds nothing)."""
+    limit = parse_size(DEFAULT_MAX_SIZE)
     root = _root(cache_dir)
     if not root.exists():
         return CacheReport(root, 0, 0, limit)
