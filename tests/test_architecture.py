@@ -30,6 +30,7 @@ RANKS: dict[str, int] = {
     "layer": 5,
     "layerbuild": 5,
     "cache": 5,
+    "cachegc": 5,
     "customisation": 5,
     "build": 6,
     "image": 7,
@@ -39,6 +40,7 @@ RANKS: dict[str, int] = {
     "registry": 8,
     "previous": 9,
     "workflow": 9,
+    "cacheadmin": 9,
     "cli": 10,
     "__init__": 10,
 }

@@ -159,8 +159,8 @@ def test_eviction_removes_least_recently_used(tmp_path: Path) -> None:
     store = tmp_path / "store"
     paths = [make_item(store, n) for n in range(1, 5)]
     root = tmp_path / "cache"
-    builder_cache = LayerCache(root)
-    layers = [builder_cache.get_or_build(key_of(p), builder(store, p)) for p in paths]
+    with LayerCache(root) as builder_cache:  # closed: its layers are no longer in use
+        layers = [builder_cache.get_or_build(key_of(p), builder(store, p)) for p in paths]
     size = layers[0].size
     # last use: item 2 oldest, then 1, 4, 3
     for age, p in zip([300, 400, 100, 200], paths, strict=True):
@@ -184,6 +184,9 @@ def test_eviction_spares_layers_in_use(tmp_path: Path) -> None:
         cache.get_or_build(key_of(p), builder(store, p))
     # everything was handed out by this cache object: nothing may go
     assert all(cache.get(key_of(p)) is not None for p in paths)
+    # nor may another process (here: object) take what this one still uses
+    assert LayerCache(tmp_path / "cache", max_bytes=1).evict() == []
+    cache.close()
     stale = tmp_path / "cache" / "tmp" / "crashed-build"
     stale.mkdir()
     os.utime(stale, (0, 0))

@@ -13,7 +13,7 @@ import pytest
 
 from clistore import APP, GLIBC, GRAPH, LIBFOO, TOOL, ZLIB, Store, item, make_store, run
 
-COMMANDS = ["plan", "build", "build-layer", "assemble", "verify", "inspect"]
+COMMANDS = ["plan", "build", "build-layer", "assemble", "verify", "inspect", "cache"]
 STRATEGIES = ["auto", "popularity", "size", "dominator", "single", "per-item"]
 
 
@@ -575,9 +575,13 @@ def test_every_option_has_help_text() -> None:
 
     from closurepack.cli import cli
 
+    commands = dict(cli.commands)
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            commands.update({f"{name} {sub}": c for sub, c in command.commands.items()})
     missing = [
         f"{name} {param.opts[0]}"
-        for name, command in cli.commands.items()
+        for name, command in commands.items()
         for param in command.params
         if isinstance(param, click.Option) and not param.help
     ]

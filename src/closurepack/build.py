@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from closurepack._fs import hash_stream
+from closurepack._fs import fs_now, hash_stream, locked_temp_dir, sweep_stale_temps
 from closurepack.cache import LayerCache
 from closurepack.compression import resolve_level
 from closurepack.customisation import Customisation, build_customisation_layer
@@ -183,6 +184,9 @@ def build_layers(
             failed.set()
             for future in futures:
                 future.cancel()
+    if options.cache is not None:
+        # also after a build that was all hits: the limit may have shrunk, or others filled it
+        options.cache.trim()
 
     if customisation is not None and not customisation.is_empty:
         started = time.perf_counter()
@@ -209,9 +213,20 @@ def build_layers(
     return layers
 
 
-def scratch_dir(parent: Path | None = None) -> tempfile.TemporaryDirectory[str]:
-    """A work directory for blobs that are not cached (customisation layer, no-cache builds)."""
-    return tempfile.TemporaryDirectory(prefix="closurepack-", dir=parent)
+#: The name of scratch directories: ``$TMPDIR/closurepack-<pid>-<random>``.
+_SCRATCH = "closurepack-"
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path | None = None) -> Iterator[Path]:
+    """A work directory for blobs that are not cached (customisation layer, no-cache builds),
+    in ``parent`` (default: ``$TMPDIR``), flock-held while it exists and removed afterwards.
+    First the scratch directories that killed runs left there are swept (see
+    :func:`closurepack._fs.sweep_stale_temps`)."""
+    where = parent if parent is not None else Path(tempfile.gettempdir())
+    sweep_stale_temps(where, _SCRATCH, before=fs_now())
+    with locked_temp_dir(where, _SCRATCH) as work:
+        yield work
 
 
 def read_descriptors(paths: Sequence[Path]) -> list[BuiltLayer]:

@@ -4,8 +4,12 @@ Layout under the cache root::
 
     blobs/sha256/<hex>     compressed layer blobs, named by their digest
     keys/<key>.json        a BuiltLayer descriptor whose blob is "../blobs/sha256/<hex>"
-    locks/<key>.lock       fcntl locks so that two processes do not build one key twice
-    tmp/                   build directories; blobs are renamed out of them
+    locks/<key>.lock       an flock so that two processes do not build one key twice
+    locks/<key>.use        shared flocks of the builds using the entry (until the cache object
+                           is closed); eviction and clearing take it exclusively or skip the entry
+    tmp/work-<pid>-*       flock-held work directories (layer builds, entry writes); blobs and
+                           entries are renamed out of them. Those of killed processes are swept
+                           by later runs; they never count as cache content.
 
 Every hit checks the blob's size. With ``verify="auto"`` (the default) it rehashes the blob
 whenever its size and mtime differ from those recorded when it was last hashed (any rewrite
@@ -15,42 +19,53 @@ missing, short or corrupt blob makes the entry a miss and removes it.
 
 An entry's mtime is its last use (touched on every hit); eviction removes the least recently
 used entries until the blobs fit ``max_bytes``, never an entry this cache object has handed
-out, and deletes a blob once no entry refers to it.
+out or another process is using, and deletes a blob once no entry refers to it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
-import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import TracebackType
 from typing import Literal
 
-from closurepack._fs import atomic_write, hash_stream, move_file
+from closurepack._fs import (
+    atomic_write,
+    fs_now,
+    fsync_dir,
+    hash_stream,
+    locked_temp_dir,
+    move_file,
+    sweep_stale_temps,
+)
+from closurepack.cachegc import KEY, CacheUsage, blob_sizes, lock_file, remove_entries
 from closurepack.digest import Digest
-from closurepack.errors import CacheError, ImageError
+from closurepack.errors import CacheError, ImageError, StoreError
 from closurepack.layer import BuiltLayer
 
-__all__ = ["LayerCache", "default_cache_dir"]
+__all__ = ["DEFAULT_MAX_SIZE", "CacheUsage", "LayerCache", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
-_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-_HEX = re.compile(r"[0-9a-f]{64}")
-#: A blob no entry refers to is removed by eviction only when older than this (a concurrent
-#: ``put`` moves the blob in before it writes the entry).
-_ORPHAN_AGE = 3600.0
-#: A build directory this old belongs to a process that died.
+#: A build directory of an older closurepack (not flock-held) this old belongs to a process
+#: that died.
 _STALE_TMP_AGE = 86400.0
+#: Why a write runs out of room: disk full, quota, file size limit.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: The prefix of the work directories under tmp/ (see :func:`closurepack._fs.locked_temp_dir`).
+_WORK = "work-"
+#: The limit builds keep the cache under unless told otherwise (``--cache-max-size``).
+DEFAULT_MAX_SIZE = "20G"
 
 
 def default_cache_dir() -> Path:
@@ -87,7 +102,11 @@ class LayerCache:
         self.root = root
         self.max_bytes = max_bytes
         self.verify = verify
+        #: The start of the running command: temp directories changed since are never swept.
+        self._started = fs_now()
         self._in_use: set[str] = set()
+        #: key -> fd holding a shared flock on locks/<key>.use, released by :meth:`close`.
+        self._held: dict[str, int] = {}
         self._mutex = threading.Lock()
         #: The blobs' total size as last counted, plus the blobs this object has put since
         #: (None: not counted yet). Other processes' puts are seen at the next count.
@@ -106,10 +125,52 @@ class LayerCache:
         if not os.access(root, os.W_OK):
             raise CacheError(f"{root}: cannot use the layer cache: not writable")
 
+    @classmethod
+    def open_default(
+        cls,
+        *,
+        max_bytes: int | None = None,
+        verify: Literal["auto", "full", "size"] = "auto",
+    ) -> LayerCache:
+        """The cache in :func:`default_cache_dir`; a CacheError when it cannot be used, or when
+        it would lie under a home directory that does not exist (as in a Nix build, where
+        HOME=/homeless-shelter): that directory is never created."""
+        root = default_cache_dir()
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        if not (xdg and Path(xdg).is_absolute()):
+            home = root.parent.parent
+            if not home.is_dir():
+                raise CacheError(
+                    f"{root}: cannot use the layer cache: the home directory {home} does not exist"
+                )
+        return cls(root, max_bytes=max_bytes, verify=verify)
+
+    def close(self) -> None:
+        """Let other processes evict the entries this object has handed out."""
+        with self._mutex:
+            held, self._held = list(self._held.values()), {}
+        for fd in held:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(AttributeError):  # __init__ may have failed before _held
+            self.close()
+
+    def __enter__(self) -> LayerCache:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     # -- paths ---------------------------------------------------------------------------
 
     def _entry_path(self, key: str) -> Path:
-        if not _KEY.fullmatch(key):
+        if not KEY.fullmatch(key):
             raise CacheError(f"{self.root}: invalid cache key {key!r}")
         return self._keys / f"{key}.json"
 
@@ -157,8 +218,22 @@ class LayerCache:
         """The layer cached under ``key``, checked against its blob; None on a miss.
 
         A bad entry (unreadable descriptor, missing, short or corrupt blob) is removed, logged
-        and reported as a miss. A hit marks the entry as used now and in use by this object.
+        and reported as a miss. A hit marks the entry as used now and in use by this object
+        (no process evicts it until :meth:`close`).
         """
+        self._entry_path(key)  # a bad key fails before any lock file is made for it
+        held = self._hold(key)
+        try:
+            layer = self._lookup(key)
+        except BaseException:
+            if not held:
+                self._release(key)
+            raise
+        if layer is None and not held:
+            self._release(key)
+        return layer
+
+    def _lookup(self, key: str) -> BuiltLayer | None:
         loaded = self._load(key)
         if loaded is None:
             return None
@@ -189,8 +264,14 @@ class LayerCache:
         obj["blob"] = f"../blobs/sha256/{layer.digest.hex}"
         obj["blob_stamp"] = _stamp(layer.blob_path.stat())
         text = json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n"
-        with atomic_write(self._entry_path(key)) as handle:
-            handle.write(text.encode())
+        entry = self._entry_path(key)
+        # written in a work directory, not beside the entry, so a kill leaves nothing in keys/
+        with locked_temp_dir(self._tmp, _WORK) as work:
+            staged = work / "entry.json"
+            with atomic_write(staged) as handle:
+                handle.write(text.encode())
+            os.replace(staged, entry)
+        fsync_dir(self._keys)
 
     def put(self, key: str, layer: BuiltLayer) -> BuiltLayer:
         """Move ``layer``'s blob into the cache and record it under ``key``; return the layer
@@ -215,18 +296,36 @@ class LayerCache:
         self._mark_used(key)
         return cached
 
+    # -- locks ---------------------------------------------------------------------------
+
+    def _hold(self, key: str) -> bool:
+        """Hold a shared lock on ``key``'s use lock (once per object); True if already held."""
+        with self._mutex:
+            if key in self._held:
+                return True
+        fd = lock_file(self._locks / f"{key}.use", fcntl.LOCK_SH)
+        assert fd is not None  # a waiting lock always returns an fd
+        with self._mutex:
+            if key in self._held:  # another thread of ours got there first
+                os.close(fd)
+                return True
+            self._held[key] = fd
+        return False
+
+    def _release(self, key: str) -> None:
+        with self._mutex:
+            fd = self._held.pop(key, None)
+        if fd is not None:
+            os.close(fd)
+
     @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
-        lock_path = self._locks / f"{key}.lock"
+        fd = lock_file(self._locks / f"{key}.lock", fcntl.LOCK_EX)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise CacheError(f"{lock_path}: cannot lock cache entry: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing releases the lock
+            if fd is not None:
+                os.close(fd)  # closing releases the lock
 
     def get_or_build(self, key: str, build: Callable[[Path], BuiltLayer]) -> BuiltLayer:
         """The cached layer for ``key``, or ``build(tmp_dir)``'s result moved into the cache.
@@ -235,20 +334,48 @@ class LayerCache:
         the others find its entry. Afterwards the cache is trimmed to ``max_bytes`` if its
         blobs (as counted once, plus those put since) exceed it.
         """
-        layer = self.get(key)
-        if layer is not None:
-            return layer
-        with self._locked(key):
-            layer = self.get(key)
+        self._entry_path(key)
+        held = self._hold(key)
+        try:
+            layer = self._lookup(key)
             if layer is None:
-                work = Path(tempfile.mkdtemp(dir=self._tmp, prefix=f"{key[:16]}-"))
-                try:
-                    layer = self.put(key, build(work))
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
+                with self._locked(key):
+                    layer = self._lookup(key)
+                    if layer is None:
+                        layer = self._build_into_cache(key, build)
+        except BaseException:
+            if not held:
+                self._release(key)
+            raise
         if self.max_bytes is not None and self._counted_bytes() > self.max_bytes:
             self.evict()
         return layer
+
+    def _build_into_cache(self, key: str, build: Callable[[Path], BuiltLayer]) -> BuiltLayer:
+        try:
+            with locked_temp_dir(self._tmp, _WORK) as work:
+                return self.put(key, build(work))
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in _NO_ROOM:
+                raise CacheError(
+                    f"{self.root}: cannot write a layer into the cache: {cause.strerror} (make"
+                    " room, e.g. closurepack cache prune, or build with --no-cache)"
+                ) from exc
+            raise
+        except OSError as exc:  # the work directory itself
+            raise CacheError(
+                f"{self.root}: cannot write a layer into the cache: {exc.strerror}"
+            ) from exc
+
+    def trim(self) -> list[str]:
+        """What a build does when it is done with the cache, even when every layer was a hit:
+        sweep the work directories of killed processes, and evict down to ``max_bytes`` when
+        the blobs exceed it. Return the keys evicted."""
+        self._sweep_tmp()
+        if self.max_bytes is not None and self._counted_bytes() > self.max_bytes:
+            return self.evict()
+        return []
 
     def _counted_bytes(self) -> int:
         """The running total of the blobs' sizes; the first call counts them (and sweeps the
@@ -266,10 +393,14 @@ class LayerCache:
         return known
 
     def _sweep_tmp(self) -> None:
-        """Remove build directories of crashed processes (live ones are renamed away in
-        seconds)."""
+        """Remove the work directories of killed processes: flock-held ones whose lock is free
+        and that are older than this object, and (from older closurepacks) any other entry
+        of tmp/ older than a day."""
+        sweep_stale_temps(self._tmp, _WORK, before=self._started)
         now = time.time()
         for work in self._tmp.iterdir():
+            if work.name.startswith((_WORK, f".{_WORK}")):
+                continue
             with contextlib.suppress(OSError):
                 if now - work.stat().st_mtime > _STALE_TMP_AGE:
                     shutil.rmtree(work, ignore_errors=True)
@@ -278,61 +409,29 @@ class LayerCache:
 
     def total_bytes(self) -> int:
         """The total size of the blobs in the cache."""
-        total = 0
-        for blob in self._blobs.iterdir():
-            with contextlib.suppress(OSError):
-                total += blob.stat().st_size
-        return total
+        return sum(blob_sizes(self._blobs).values())
+
+    def usage(self) -> CacheUsage:
+        """How many entries the cache holds and the total size of its blobs."""
+        entries = sum(1 for path in self._keys.glob("*.json") if KEY.fullmatch(path.stem))
+        return CacheUsage(entries=entries, bytes=self.total_bytes())
 
     def evict(self, max_bytes: int | None = None) -> list[str]:
         """Remove least recently used entries until the blobs total at most ``max_bytes``
-        (default: the cache's limit); return the keys removed, oldest first."""
+        (default: the cache's limit); return the keys removed, oldest first. Entries in use
+        (by this object, or by a running build in another process) stay."""
         limit = self.max_bytes if max_bytes is None else max_bytes
         if limit is None:
             return []
-        entries: list[tuple[float, str, str]] = []  # (last use, key, blob hex)
-        for path in self._keys.glob("*.json"):
-            try:
-                mtime = path.stat().st_mtime
-                blob = str(json.loads(path.read_bytes())["blob"]).rsplit("/", 1)[-1]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if not _HEX.fullmatch(blob):
-                continue
-            entries.append((mtime, path.name[: -len(".json")], blob))
-        entries.sort()
-        sizes: dict[str, int] = {}
-        now = time.time()
-        referenced = {blob for _, _, blob in entries}
-        for blob_path in self._blobs.iterdir():
-            try:
-                st = blob_path.stat()
-            except OSError:
-                continue
-            if blob_path.name not in referenced and now - st.st_mtime > _ORPHAN_AGE:
-                blob_path.unlink(missing_ok=True)
-                continue
-            sizes[blob_path.name] = st.st_size
-        total = sum(sizes.values())
-        refcount: dict[str, int] = {}
-        for _, _, blob in entries:
-            refcount[blob] = refcount.get(blob, 0) + 1
-        with self._mutex:
-            in_use = set(self._in_use)
+        return self.prune(limit)[0]
+
+    def prune(self, max_bytes: int | None) -> tuple[list[str], int]:
+        """Like :meth:`evict` down to ``max_bytes``, or every entry when None (clearing the
+        cache); return the keys removed and how many entries stayed because they are in use."""
         self._sweep_tmp()
-        removed: list[str] = []
-        for _, key, blob in entries:
-            if total <= limit:
-                break
-            if key in in_use:
-                continue
-            (self._keys / f"{key}.json").unlink(missing_ok=True)
-            (self._locks / f"{key}.lock").unlink(missing_ok=True)
-            removed.append(key)
-            refcount[blob] -= 1
-            if refcount[blob] == 0 and blob in sizes:
-                (self._blobs / blob).unlink(missing_ok=True)
-                total -= sizes.pop(blob)
+        with self._mutex:
+            in_use = self._in_use | set(self._held)
+        removed, total, busy = remove_entries(self.root, limit=max_bytes, in_use=in_use)
         with self._mutex:
             self._blob_bytes = total
-        return removed
+        return removed, busy

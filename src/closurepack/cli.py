@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -161,7 +162,7 @@ def _layer_options(func: F) -> F:
         ),
         click.option(
             "--cache-max-size",
-            default="20G",
+            default="20G",  # closurepack.cache.DEFAULT_MAX_SIZE (not imported: --help stays fast)
             show_default=True,
             help="Evict least recently used cache entries beyond SIZE (e.g. 500M, 20G; "
             "'none' for no limit).",
@@ -332,6 +333,60 @@ def inspect_command(image: str, as_json: bool) -> None:
         click.echo(format_inspection(info))
 
 
+@cli.group("cache")
+def cache_group() -> None:
+    """Show, prune or clear the layer cache (safe while builds use it)."""
+
+
+_cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Layer cache (default: $XDG_CACHE_HOME/closurepack).",
+)
+
+
+def _echo_report(report: Any, *, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_json_obj(), sort_keys=True, separators=(",", ":")))
+    else:
+        click.echo(report.summary())
+
+
+@cache_group.command("du")
+@_cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one line of JSON.")
+def cache_du_command(cache_dir: Path | None, as_json: bool) -> None:
+    """Entries, total size and the size limit of the cache."""
+    from closurepack.cacheadmin import cache_usage
+
+    _echo_report(cache_usage(cache_dir), as_json=as_json)
+
+
+@cache_group.command("prune")
+@_cache_dir_option
+@click.option(
+    "--max-size",
+    help="Evict least recently used entries down to SIZE (e.g. 500M; default: 20G, the"
+    " builds' default --cache-max-size).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one line of JSON.")
+def cache_prune_command(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
+    """Evict least recently used entries until the cache fits a size."""
+    from closurepack.cacheadmin import prune_cache
+
+    _echo_report(prune_cache(cache_dir, max_size=max_size), as_json=as_json)
+
+
+@cache_group.command("clear")
+@_cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one line of JSON.")
+def cache_clear_command(cache_dir: Path | None, as_json: bool) -> None:
+    """Remove every entry (those running builds use stay)."""
+    from closurepack.cacheadmin import clear_cache
+
+    _echo_report(clear_cache(cache_dir), as_json=as_json)
+
+
 _IMAGE_OPTIONS = (
     "tag", "created", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label", "expose",
     "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
@@ -420,8 +475,23 @@ def _one_line(exc: click.ClickException) -> str:
     return message
 
 
+class _WarningLine(logging.Handler):
+    """The library's warnings as one ``closurepack: warning: ...`` line each on stderr (the
+    stream of the moment, so that redirections made after setup are honoured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"closurepack: warning: {_single_line(record.getMessage())}", err=True)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("closurepack")
+    if not any(isinstance(h, _WarningLine) for h in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    _show_warnings()
     try:
         status = cli.main(
             args=list(argv) if argv is not None else None,

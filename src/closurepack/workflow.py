@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,7 +20,7 @@ from closurepack.build import (
     read_descriptors,
     scratch_dir,
 )
-from closurepack.cache import LayerCache, default_cache_dir
+from closurepack.cache import LayerCache
 from closurepack.compression import resolve_level
 from closurepack.customisation import (
     Customisation,
@@ -28,6 +29,7 @@ from closurepack.customisation import (
 )
 from closurepack.destinations import oci_archive, parse_destination, parse_repo_tag, write_image
 from closurepack.errors import (
+    CacheError,
     ClosureError,
     DestinationError,
     OptionError,
@@ -377,13 +379,7 @@ def build_image(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
     )
 
-    cache = (
-        None
-        if no_cache
-        else LayerCache(
-            cache_dir or default_cache_dir(), max_bytes=cache_limit, verify=cache_verify
-        )
-    )
+    cache = None if no_cache else _open_cache(cache_dir, max_bytes=cache_limit, verify=cache_verify)
     options = BuildOptions(
         store_dir=plan.store_dir,
         store_root=store_root,
@@ -393,7 +389,9 @@ def build_image(
         jobs=BuildOptions().jobs if jobs is None else jobs,
         cache=cache,
     )
-    with scratch_dir() as work:
+    # The cache is closed after the destination is written: until then no other process
+    # evicts the layers it is linking or copying.
+    with cache or contextlib.nullcontext(), scratch_dir() as work:
         layers = build_layers(
             image_plan,
             options=options,
@@ -402,6 +400,22 @@ def build_image(
             progress=progress,
         )
         return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
+
+
+def _open_cache(
+    cache_dir: Path | None, *, max_bytes: int | None, verify: Literal["auto", "full"]
+) -> LayerCache | None:
+    """The cache in ``cache_dir`` (an error if unusable), else the default one; when that
+    cannot be used (no home directory, as in a Nix build; read-only), one warning and None:
+    the build goes on without a cache and writes nothing outside its temp directory and
+    destination."""
+    if cache_dir is not None:
+        return LayerCache(cache_dir, max_bytes=max_bytes, verify=verify)
+    try:
+        return LayerCache.open_default(max_bytes=max_bytes, verify=verify)
+    except CacheError as exc:
+        _log.warning("%s; building without a cache (--cache-dir DIR or --no-cache)", exc)
+        return None
 
 
 def build_one_layer(
