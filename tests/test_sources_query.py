@@ -217,13 +217,15 @@ def test_query_guix_missing_tool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 # Path handling ---------------------------------------------------------------------------------
 
 
-def test_query_other_store_is_scanned(tmp_path: Path) -> None:
+def test_query_other_store_under_store_root_is_scanned(tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "aaaa-app").mkdir(parents=True)
     (store / "aaaa-app" / "run").write_text(f"exec {store}/bbbb-lib/x\n")
     (store / "bbbb-lib").mkdir()
     (store / "cccc-unrelated").mkdir()
-    closure = query_closure([f"{store}/aaaa-app"])
+    with pytest.raises(ClosureError, match="not a store path .*/nix/store or /gnu/store"):
+        query_closure([f"{store}/aaaa-app"])  # not a store without --store-root
+    closure = query_closure([f"{store}/aaaa-app"], store_root=store)
     assert closure.store_dir == str(store)
     assert sorted(closure.items) == [f"{store}/aaaa-app", f"{store}/bbbb-lib"]
     assert closure.roots == (f"{store}/aaaa-app",)

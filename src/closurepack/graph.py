@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 
 from closurepack.errors import ClosureError
 
-__all__ = ["Closure", "StoreItem", "split_store_path"]
+__all__ = ["STORE_DIRS", "Closure", "StoreItem", "split_store_path"]
+
+#: The store directories of Nix and Guix: the only places a store path may name without
+#: ``--store-root`` (any other directory would put host files in an image).
+STORE_DIRS = ("/nix/store", "/gnu/store")
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,10 +69,14 @@ _NAME_SUFFIXES = (".zst", ".gz", ".json", ".txt", ".closure", ".graph")
 def load_closures(
     *, store_paths: Sequence[str], closure_files: Sequence[Path], store_root: Path | None
 ) -> list[Closure]:
-    """One closure per graph file, in order, then one for the store paths given, if any."""
+    """One closure per graph file, in order, then one for the store paths given, if any.
+
+    The store paths are checked first: one in no store directory fails before anything is read.
+    """
+    items = [store_item_path(p, store_root=store_root) for p in store_paths]
     closures = [load_closure_file(f, store_root=store_root) for f in closure_files]
-    if store_paths:
-        closures.append(query_closure(list(store_paths), store_root=store_root))
+    if items:
+        closures.append(query_closure(items, store_root=store_root))
     if not closures:
         raise OptionError("give store paths or at least one --closure FILE")
     return closures
