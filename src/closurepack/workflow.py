@@ -82,10 +82,16 @@ def load_closures(
     return closures
 
 
-def image_names(*, store_paths: Sequence[str], closure_files: Sequence[Path]) -> list[str]:
+def image_names(
+    *,
+    store_paths: Sequence[str],
+    closure_files: Sequence[Path],
+    store_root: Path | None = None,
+) -> list[str]:
     """Names for the images :func:`load_closures` plans, in the same order: a closure file's
-    name without its suffixes (``app.json.zst`` -> ``app``), and the package name of the first
-    store path given; a name taken already gets ``-2``, ``-3``, ..."""
+    name without its suffixes (``app.json.zst`` -> ``app``), and the package name of the store
+    item the first store path names (``./result`` -> ``/nix/store/<hash>-hello-2.12`` ->
+    ``hello-2.12``); a name taken already gets ``-2``, ``-3``, ..."""
     names = []
     for path in closure_files:
         name = path.name
@@ -93,7 +99,7 @@ def image_names(*, store_paths: Sequence[str], closure_files: Sequence[Path]) ->
             name = name.rsplit(".", 1)[0]
         names.append(name or path.name)
     if store_paths:
-        base = store_paths[0].rstrip("/").rsplit("/", 1)[-1]
+        base = store_item_path(store_paths[0], store_root=store_root).rsplit("/", 1)[-1]
         names.append(base.split("-", 1)[1] if "-" in base else base)
     unique: list[str] = []
     for name in names:
@@ -371,7 +377,9 @@ def build_image(
             # again on top of it.
             provided = {p for ps in layer_paths_from_config(base.config).values() for p in ps}
             closures = [closure.without(provided) for closure in closures]
-        names = image_names(store_paths=store_paths, closure_files=closure_files)
+        names = image_names(
+            store_paths=store_paths, closure_files=closure_files, store_root=store_root
+        )
         plan = make_plan(
             closures, strategy=strategy, max_layers=budget, previous=previous, names=names
         )
