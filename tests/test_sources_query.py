@@ -226,7 +226,7 @@ def test_query_other_store_under_store_root_is_scanned(tmp_path: Path) -> None:
     (store / "aaaa-app" / "run").write_text(f"exec {store}/bbbb-lib/x\n")
     (store / "bbbb-lib").mkdir()
     (store / "cccc-unrelated").mkdir()
-    with pytest.raises(ClosureError, match="not a store path .*/nix/store or /gnu/store"):
+    with pytest.raises(ClosureError, match=r"not a store path .*/nix/store or /gnu/store"):
         query_closure([f"{store}/aaaa-app"])  # not a store without --store-root
     closure = query_closure([f"{store}/aaaa-app"], store_root=store)
     assert closure.store_dir == str(store)

@@ -97,9 +97,7 @@ def plan_command(
     closures = load_closures(
         store_paths=store_paths, closure_files=closure_files, store_root=store_root
     )
-    names = image_names(
-        store_paths=store_paths, closure_files=closure_files, store_root=store_root
-    )
+    names = image_names(store_paths=store_paths, closure_files=closure_files, store_root=store_root)
     plan = make_plan(
         closures, strategy=strategy, max_layers=max_layers, previous=previous, names=names
     )

@@ -33,7 +33,7 @@ from closurepack.errors import (
     OptionError,
     PlanError,
 )
-from closurepack.graph import Closure, split_store_path
+from closurepack.graph import Closure, check_readable_store, split_store_path
 from closurepack.image import BaseImage, ImageConfig, assemble_image, layer_paths_from_config
 from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer
@@ -354,6 +354,7 @@ def build_image(
             raise OptionError("--strategy and --previous make a plan: not with --plan")
         plan = _read_plan(plan_file)
         source = str(plan_file)
+        check_readable_store(plan.store_dir, store_root=store_root, where=source)
         if max_layers is not None:
             limit = max_layers
         elif 1 <= plan.max_layers <= MAX_LAYERS_LIMIT:
@@ -370,6 +371,8 @@ def build_image(
         closures = load_closures(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
+        for closure in closures:
+            check_readable_store(closure.store_dir, store_root=store_root, where=closure.source)
         if len(closures) != 1 and image_selector is None:
             raise OptionError("build makes one image: give one closure, or --image to choose")
         if base is not None:
@@ -433,6 +436,7 @@ def build_one_layer(
         if store_paths:
             raise OptionError("give either --plan with --layer, or store paths, not both")
         plan = _read_plan(plan_file)
+        check_readable_store(plan.store_dir, store_root=store_root, where=str(plan_file))
         image = select_image(plan, image_selector, source=str(plan_file))
         if layer_index is None or not 0 <= layer_index < len(image.layers):
             raise OptionError(
