@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -43,11 +44,13 @@ from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
 from closurepack.readback import read_base_image
 from closurepack.sources import load_closure_file, query_closure
+from closurepack.sources.files import parse_closure
 from closurepack.sources.query import store_item_path
 from closurepack.strategies import DEFAULT_STRATEGY
 
 __all__ = [
     "DEFAULT_MAX_LAYERS",
+    "STDIN",
     "ImageOptions",
     "assemble_from_descriptors",
     "build_image",
@@ -62,6 +65,9 @@ _log = logging.getLogger(__name__)
 
 #: ``--max-layers`` when none is given (and the plan file records none).
 DEFAULT_MAX_LAYERS = 100
+#: The file name that stands for standard input (``--closure -``, ``--plan -``); a file really
+#: named ``-`` needs a longer path (``$PWD/-``: pathlib makes ``./-`` plain ``-``).
+STDIN = Path("-")
 #: Suffixes dropped from a closure file's name to name its image (``app.json.zst`` -> ``app``).
 _NAME_SUFFIXES = (".zst", ".gz", ".json", ".txt", ".closure", ".graph")
 
@@ -69,17 +75,30 @@ _NAME_SUFFIXES = (".zst", ".gz", ".json", ".txt", ".closure", ".graph")
 def load_closures(
     *, store_paths: Sequence[str], closure_files: Sequence[Path], store_root: Path | None
 ) -> list[Closure]:
-    """One closure per graph file, in order, then one for the store paths given, if any.
+    """One closure per graph file (:data:`STDIN` is standard input), in order, then one for the
+    store paths given, if any.
 
     The store paths are checked first: one in no store directory fails before anything is read.
     """
+    if list(closure_files).count(STDIN) > 1:
+        raise OptionError("--closure -: standard input can be read only once")
     items = [store_item_path(p, store_root=store_root) for p in store_paths]
-    closures = [load_closure_file(f, store_root=store_root) for f in closure_files]
+    closures = [_load_closure(f, store_root=store_root) for f in closure_files]
     if items:
         closures.append(query_closure(items, store_root=store_root))
     if not closures:
         raise OptionError("give store paths or at least one --closure FILE")
     return closures
+
+
+def _load_closure(path: Path, *, store_root: Path | None) -> Closure:
+    if path != STDIN:
+        return load_closure_file(path, store_root=store_root)
+    try:
+        data = _read_input(path)
+    except OSError as exc:
+        raise ClosureError(f"<stdin>: cannot read: {exc.strerror}") from exc
+    return parse_closure(data, source=_source_name(path), store_root=store_root)
 
 
 def image_names(
@@ -89,12 +108,13 @@ def image_names(
     store_root: Path | None = None,
 ) -> list[str]:
     """Names for the images :func:`load_closures` plans, in the same order: a closure file's
-    name without its suffixes (``app.json.zst`` -> ``app``), and the package name of the store
+    name without its suffixes (``app.json.zst`` -> ``app``; ``stdin`` for :data:`STDIN`), and
+    the package name of the store
     item the first store path names (``./result`` -> ``/nix/store/<hash>-hello-2.12`` ->
     ``hello-2.12``); a name taken already gets ``-2``, ``-3``, ..."""
     names = []
     for path in closure_files:
-        name = path.name
+        name = "stdin" if path == STDIN else path.name
         while name.endswith(_NAME_SUFFIXES) and "." in name.strip("."):
             name = name.rsplit(".", 1)[0]
         names.append(name or path.name)
@@ -180,12 +200,25 @@ def _fit_customisation(
     return dataclasses.replace(customisation, tmp=False)
 
 
+def _source_name(path: Path) -> str:
+    """How messages name an input file: ``<stdin>`` for :data:`STDIN`."""
+    return "<stdin>" if path == STDIN else str(path)
+
+
+def _read_input(path: Path) -> bytes:
+    """The bytes of ``path``, or of standard input for :data:`STDIN` (raises OSError)."""
+    if path == STDIN:
+        return sys.stdin.buffer.read()
+    return path.read_bytes()
+
+
 def _read_plan(plan_file: Path) -> LayerPlan:
+    source = _source_name(plan_file)
     try:
-        text = plan_file.read_bytes()
+        text = _read_input(plan_file)
     except OSError as exc:
-        raise PlanError(f"{plan_file}: cannot read: {exc.strerror}") from exc
-    return LayerPlan.from_json(text, source=str(plan_file))
+        raise PlanError(f"{source}: cannot read: {exc.strerror}") from exc
+    return LayerPlan.from_json(text, source=source)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -353,7 +386,7 @@ def build_image(
         if strategy is not None or previous:
             raise OptionError("--strategy and --previous make a plan: not with --plan")
         plan = _read_plan(plan_file)
-        source = str(plan_file)
+        source = _source_name(plan_file)
         check_readable_store(plan.store_dir, store_root=store_root, where=source)
         if max_layers is not None:
             limit = max_layers
@@ -436,12 +469,11 @@ def build_one_layer(
         if store_paths:
             raise OptionError("give either --plan with --layer, or store paths, not both")
         plan = _read_plan(plan_file)
-        check_readable_store(plan.store_dir, store_root=store_root, where=str(plan_file))
-        image = select_image(plan, image_selector, source=str(plan_file))
+        source = _source_name(plan_file)
+        check_readable_store(plan.store_dir, store_root=store_root, where=source)
+        image = select_image(plan, image_selector, source=source)
         if layer_index is None or not 0 <= layer_index < len(image.layers):
-            raise OptionError(
-                f"--layer must be between 0 and {len(image.layers) - 1} for {plan_file}"
-            )
+            raise OptionError(f"--layer must be between 0 and {len(image.layers) - 1} for {source}")
         paths = image.layers[layer_index].paths
         store_dir = plan.store_dir
     elif store_paths:
