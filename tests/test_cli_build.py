@@ -977,13 +977,26 @@ def test_bad_plan_files(store: Store, tmp_path: Path, capsys: pytest.CaptureFixt
     cases = {
         "garbage.json": ("{nope", "not valid JSON"),
         "noimages.json": ('{"layers": []}', "not a layer plan"),
-        "empty-layer.json": ('{"images": [{"layers": [{"paths": []}]}]}', "empty layer"),
+        "empty-layer.json": (
+            '{"store_dir": "/nix/store", "images": [{"layers": [{"paths": []}]}]}',
+            "empty layer",
+        ),
         "twice.json": (
-            json.dumps({"images": [{"layers": [{"paths": [APP]}, {"paths": [APP]}]}]}),
+            json.dumps(
+                {
+                    "store_dir": "/nix/store",
+                    "images": [{"layers": [{"paths": [APP]}, {"paths": [APP]}]}],
+                }
+            ),
             "more than one layer",
         ),
         "dotdot.json": (
-            json.dumps({"images": [{"layers": [{"paths": ["/nix/store/../x"]}]}]}),
+            json.dumps(
+                {
+                    "store_dir": "/nix/store",
+                    "images": [{"layers": [{"paths": ["/nix/store/../x"]}]}],
+                }
+            ),
             "'..'",
         ),
         "version.json": ('{"version": 9, "images": []}', "version 9"),

@@ -16,6 +16,7 @@ from closurepack.sources import load_closure_file, nar_size, query_closure
 from closurepack.sources.guix import query_guix
 from closurepack.sources.nix import _parse_dump_db, _query_each, _query_nix_store
 from closurepack.sources.query import store_item_path
+from closurepack.workflow import image_names
 from nixfixture import NixClosure
 
 DATA = Path(__file__).parent / "data"
@@ -103,6 +104,8 @@ def test_query_names_inside_items_and_result_symlinks(
 ) -> None:
     (tmp_path / "result").symlink_to(nix_closure.app)
     assert store_item_path(str(tmp_path / "result")) == nix_closure.app
+    package = nix_closure.app.rsplit("/", 1)[1].split("-", 1)[1]
+    assert image_names(store_paths=[str(tmp_path / "result")], closure_files=[]) == [package]
     assert store_item_path(nix_closure.entrypoint) == nix_closure.app
     inside = query_closure([nix_closure.entrypoint, str(tmp_path / "result")])
     assert inside.roots == (nix_closure.app,)
@@ -217,13 +220,15 @@ def test_query_guix_missing_tool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 # Path handling ---------------------------------------------------------------------------------
 
 
-def test_query_other_store_is_scanned(tmp_path: Path) -> None:
+def test_query_other_store_under_store_root_is_scanned(tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "aaaa-app").mkdir(parents=True)
     (store / "aaaa-app" / "run").write_text(f"exec {store}/bbbb-lib/x\n")
     (store / "bbbb-lib").mkdir()
     (store / "cccc-unrelated").mkdir()
-    closure = query_closure([f"{store}/aaaa-app"])
+    with pytest.raises(ClosureError, match=r"not a store path .*/nix/store or /gnu/store"):
+        query_closure([f"{store}/aaaa-app"])  # not a store without --store-root
+    closure = query_closure([f"{store}/aaaa-app"], store_root=store)
     assert closure.store_dir == str(store)
     assert sorted(closure.items) == [f"{store}/aaaa-app", f"{store}/bbbb-lib"]
     assert closure.roots == (f"{store}/aaaa-app",)

@@ -18,7 +18,8 @@ from closurepack._fs import fs_now, hash_stream, locked_temp_dir, sweep_stale_te
 from closurepack.cache import LayerCache
 from closurepack.compression import resolve_level
 from closurepack.customisation import Customisation, build_customisation_layer
-from closurepack.errors import ImageError, OptionError
+from closurepack.errors import ClosureError, ImageError, OptionError
+from closurepack.graph import check_readable_store, split_store_path
 from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer, layer_key
 from closurepack.plan import ImagePlan, PlannedLayer
@@ -107,9 +108,16 @@ def build_layers(
     the customisation layer on top when it has anything to add.
 
     Layers come from ``options.cache`` when present there; otherwise they are built into the
-    cache (or into ``work_dir`` when there is no cache).
+    cache (or into ``work_dir`` when there is no cache). Every planned path must be an item of
+    ``options.store_dir``, a store directory the files may be read from (checked before the
+    cache is asked, so that not even a cached layer holds anything else).
     """
     planned = list(image.layers)
+    check_readable_store(options.store_dir, store_root=options.store_root, where="build")
+    for layer in planned:
+        for path in layer.paths:
+            if split_store_path(path, where="build")[0] != options.store_dir:
+                raise ClosureError(f"build: {path} is not an item of the store {options.store_dir}")
     total = len(planned) + (1 if customisation and not customisation.is_empty else 0)
     total_size = sum(layer.size for layer in planned)
 

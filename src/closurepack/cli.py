@@ -40,9 +40,9 @@ def _closure_options(func: F) -> F:
         "--closure",
         "closure_files",
         multiple=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="A graph file (nix path-info --json, exportReferencesGraph JSON or text). "
-        "Repeat for several images planned together.",
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        help="A graph file (nix path-info --json, exportReferencesGraph JSON or text), '-' for"
+        " standard input. Repeat for several images planned together.",
     )(func)
     return _store_root_option(func)
 
@@ -78,7 +78,10 @@ def cli() -> None:
 @_plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON to FILE."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write the JSON plan to FILE ('-': standard output).",
 )
 def plan_command(
     store_paths: tuple[str, ...],
@@ -98,17 +101,17 @@ def plan_command(
     closures = load_closures(
         store_paths=store_paths, closure_files=closure_files, store_root=store_root
     )
-    names = image_names(store_paths=store_paths, closure_files=closure_files)
+    names = image_names(store_paths=store_paths, closure_files=closure_files, store_root=store_root)
     plan = make_plan(
         closures, strategy=strategy, max_layers=max_layers, previous=previous, names=names
     )
-    if output is not None:
+    if output is not None and output != Path("-"):
         try:
             with atomic_write(output) as handle:
                 handle.write(plan.to_json(indent=1).encode() + b"\n")
         except OSError as exc:
             raise DestinationError(f"{output}: cannot write the plan: {exc.strerror}") from exc
-    elif as_json:
+    elif as_json or output is not None:
         click.echo(plan.to_json(indent=1))
     else:
         click.echo(format_plan_table(plan, closures))
@@ -207,8 +210,9 @@ def _customisation_options(func: F) -> F:
 @click.option(
     "--plan",
     "plan_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Build this plan (from `closurepack plan --json`) instead of planning.",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Build this plan (from `closurepack plan --json`; '-': standard input) instead of"
+    " planning.",
 )
 @click.option("--image", "image_selector", help="Which image of the plan: index or name.")
 @click.option("-o", "--output", "dest", required=True, help="Destination, e.g. oci:DIR[:TAG].")
@@ -234,8 +238,8 @@ def build_command(**kwargs: Any) -> None:
 @click.option(
     "--plan",
     "plan_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="A plan from `closurepack plan --json`; give --layer too.",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="A plan from `closurepack plan --json` ('-': standard input); give --layer too.",
 )
 @click.option("--image", "image_selector", help="Which image of the plan: index or name.")
 @click.option("--layer", "layer_index", type=int, help="Which layer of the image (0 = bottom).")

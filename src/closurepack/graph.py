@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 
 from closurepack.errors import ClosureError
 
-__all__ = ["Closure", "StoreItem", "split_store_path"]
+__all__ = ["STORE_DIRS", "Closure", "StoreItem", "check_readable_store", "split_store_path"]
+
+#: The store directories of Nix and Guix: the only places a store path may name without
+#: ``--store-root`` (any other directory would put host files in an image).
+STORE_DIRS = ("/nix/store", "/gnu/store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,19 @@ def split_store_path(path: str, *, where: str) -> tuple[str, str]:
     if not store_dir:
         raise ClosureError(f"{where}: store path {path!r} is not inside a store directory")
     return store_dir, name
+
+
+def check_readable_store(store_dir: str, *, store_root: object | None, where: str) -> None:
+    """ClosureError unless the files of ``store_dir``'s items may go in an image: from the host
+    only when it is one of :data:`STORE_DIRS`; any store directory under a ``store_root``.
+
+    ``where`` names the plan, closure or item for the error message.
+    """
+    if store_root is None and store_dir not in STORE_DIRS:
+        raise ClosureError(
+            f"{where}: {store_dir} is not a store directory ({' or '.join(STORE_DIRS)}); give"
+            " --store-root DIR to read a store elsewhere"
+        )
 
 
 @dataclass(frozen=True)

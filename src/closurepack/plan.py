@@ -7,8 +7,10 @@ The JSON form is a contract other tools rely on::
      "images": [{"name": "app", "roots": ["/nix/store/...-app"],
                  "layers": [{"paths": ["/nix/store/...-glibc"], "size": 123}, ...]}]}
 
-Only ``images[].layers[].paths`` is required when reading; everything else is metadata.
-Layers are listed bottom first.
+Only ``store_dir`` and ``images[].layers[].paths`` are required when reading; everything else
+is metadata. Every path (and root) must be an item directly in ``store_dir``
+(``<store_dir>/<name>``): a plan names store items, never other files. Layers are listed
+bottom first.
 """
 
 from __future__ import annotations
@@ -130,17 +132,14 @@ class LayerPlan:
         version = obj.get("version", PLAN_VERSION)
         if version != PLAN_VERSION:
             raise PlanError(f"{source}: unsupported plan version {version!r}")
-        images = tuple(
-            _image_from_json(image, source=f"{source}: images[{i}]")
-            for i, image in enumerate(obj["images"])
-        )
-        # The paths are valid store paths by now: the store directory is what precedes the name.
-        store_dirs = {p.rpartition("/")[0] for image in images for p in image.paths}
         store_dir = obj.get("store_dir")
         if store_dir is None:
-            store_dir = next(iter(store_dirs), "/nix/store")
-        if not isinstance(store_dir, str) or any(d != store_dir for d in store_dirs):
-            raise PlanError(f"{source}: paths are not all in the store {store_dir!r}")
+            raise PlanError(f"{source}: no 'store_dir' (the store directory of its paths)")
+        _check_store_dir(store_dir, source=source)
+        images = tuple(
+            _image_from_json(image, store_dir=store_dir, source=f"{source}: images[{i}]")
+            for i, image in enumerate(obj["images"])
+        )
         max_layers = obj.get("max_layers", 0)
         strategy = obj.get("strategy", "")
         if not isinstance(max_layers, int) or not isinstance(strategy, str):
@@ -151,7 +150,31 @@ class LayerPlan:
         return cls(images, store_dir, strategy, max_layers, metadata)
 
 
-def _image_from_json(obj: Any, *, source: str) -> ImagePlan:
+def _check_store_dir(store_dir: object, *, source: str) -> None:
+    """PlanError unless ``store_dir`` is an absolute, normalised directory (not ``/``)."""
+    parts = store_dir.split("/") if isinstance(store_dir, str) else []
+    if (
+        len(parts) < 2
+        or parts[0] != ""
+        or any(part in ("", ".", "..") or "\0" in part for part in parts[1:])
+    ):
+        raise PlanError(
+            f"{source}: 'store_dir' must be an absolute directory such as /nix/store,"
+            f" not {store_dir!r}"
+        )
+
+
+def _check_item(path: Any, *, store_dir: str, where: str) -> None:
+    """PlanError unless ``path`` is an item directly in ``store_dir``."""
+    try:
+        item_dir, _ = split_store_path(path, where=where)
+    except ClosureError as exc:
+        raise PlanError(str(exc)) from exc
+    if item_dir != store_dir:
+        raise PlanError(f"{where}: {path} is not an item of the store {store_dir}")
+
+
+def _image_from_json(obj: Any, *, store_dir: str, source: str) -> ImagePlan:
     if not isinstance(obj, dict) or not isinstance(obj.get("layers"), list):
         raise PlanError(f"{source}: expected an object with 'layers'")
     layers: list[PlannedLayer] = []
@@ -164,10 +187,7 @@ def _image_from_json(obj: Any, *, source: str) -> ImagePlan:
         if not paths:
             raise PlanError(f"{where}: empty layer")
         for path in paths:
-            try:
-                split_store_path(path, where=where)
-            except ClosureError as exc:
-                raise PlanError(str(exc)) from exc
+            _check_item(path, store_dir=store_dir, where=where)
             if path in seen:
                 raise PlanError(f"{where}: {path} is in more than one layer")
             seen.add(path)
@@ -182,4 +202,6 @@ def _image_from_json(obj: Any, *, source: str) -> ImagePlan:
         raise PlanError(f"{source}: 'name' must be a string")
     if not isinstance(roots, list) or not all(isinstance(root, str) for root in roots):
         raise PlanError(f"{source}: 'roots' must be a list of store paths")
+    for root in roots:
+        _check_item(root, store_dir=store_dir, where=f"{source}.roots")
     return ImagePlan(tuple(layers), name, tuple(roots))

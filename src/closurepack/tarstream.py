@@ -34,7 +34,7 @@ from typing import Literal
 
 from closurepack.digest import Writable
 from closurepack.errors import OptionError, StoreError
-from closurepack.graph import split_store_path
+from closurepack.graph import check_readable_store, split_store_path
 
 __all__ = [
     "MAX_MTIME",
@@ -260,6 +260,14 @@ def _parents(names: Iterable[bytes]) -> set[bytes]:
     return parents
 
 
+def _check_entry_name(name: bytes) -> None:
+    """StoreError unless ``name`` stays inside the image root: relative, no empty, ``.`` or
+    ``..`` part, no NUL. Store paths and :class:`TreeEntry` names are checked before they get
+    here; this is the last line of defence against a tar entry written outside the root."""
+    if not name or any(part in (b"", b".", b"..") for part in name.split(b"/")) or b"\0" in name:
+        raise StoreError(f"{os.fsdecode(name)!r}: a tar entry must stay inside the image root")
+
+
 class _TarWriter:
     def __init__(self, out: Writable, mtime: int) -> None:
         if not 0 <= mtime <= _MAX_OCTAL_11:
@@ -277,6 +285,7 @@ class _TarWriter:
             if entry.name == previous:
                 raise OptionError(f"{os.fsdecode(entry.name)}: given twice in one layer")
             previous = entry.name
+            _check_entry_name(entry.name)
             self._write(entry)
         self._out.write(_ZERO_BLOCK * 2)
 
@@ -374,13 +383,16 @@ def write_store_tar(
     """Write a deterministic tar of the store items ``paths`` (absolute store paths) to ``out``.
 
     Item ``/nix/store/x`` is read from ``store_root/nix/store/x`` when ``store_root`` is given,
-    else from ``/nix/store/x``; it is named ``nix/store/x`` in the tar.
+    else from ``/nix/store/x``; it is named ``nix/store/x`` in the tar. Without ``store_root``
+    only items of ``/nix/store`` and ``/gnu/store`` are read (ClosureError for any other path:
+    no other file of the host goes in a layer). Symlinks are stored as links, never followed.
     """
     root = os.fsencode(store_root) if store_root is not None else b""
     entries: list[_Entry] = []
     names: list[bytes] = []
     for path in sorted(set(paths)):
-        split_store_path(path, where="layer")
+        store_dir, _ = split_store_path(path, where="layer")
+        check_readable_store(store_dir, store_root=store_root, where=f"layer: {path}")
         name = os.fsencode(path).lstrip(b"/")
         host = root.rstrip(b"/") + b"/" + name
         if not os.path.lexists(host):

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -35,7 +36,7 @@ from closurepack.errors import (
     OptionError,
     PlanError,
 )
-from closurepack.graph import Closure, split_store_path
+from closurepack.graph import Closure, check_readable_store, split_store_path
 from closurepack.image import BaseImage, ImageConfig, assemble_image, layer_paths_from_config
 from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer
@@ -45,11 +46,13 @@ from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
 from closurepack.readback import read_base_image
 from closurepack.sources import load_closure_file, query_closure
+from closurepack.sources.files import parse_closure
 from closurepack.sources.query import store_item_path
 from closurepack.strategies import DEFAULT_STRATEGY
 
 __all__ = [
     "DEFAULT_MAX_LAYERS",
+    "STDIN",
     "ImageOptions",
     "assemble_from_descriptors",
     "build_image",
@@ -64,6 +67,9 @@ _log = logging.getLogger(__name__)
 
 #: ``--max-layers`` when none is given (and the plan file records none).
 DEFAULT_MAX_LAYERS = 100
+#: The file name that stands for standard input (``--closure -``, ``--plan -``); a file really
+#: named ``-`` needs a longer path (``$PWD/-``: pathlib makes ``./-`` plain ``-``).
+STDIN = Path("-")
 #: Suffixes dropped from a closure file's name to name its image (``app.json.zst`` -> ``app``).
 _NAME_SUFFIXES = (".zst", ".gz", ".json", ".txt", ".closure", ".graph")
 
@@ -71,27 +77,51 @@ _NAME_SUFFIXES = (".zst", ".gz", ".json", ".txt", ".closure", ".graph")
 def load_closures(
     *, store_paths: Sequence[str], closure_files: Sequence[Path], store_root: Path | None
 ) -> list[Closure]:
-    """One closure per graph file, in order, then one for the store paths given, if any."""
-    closures = [load_closure_file(f, store_root=store_root) for f in closure_files]
-    if store_paths:
-        closures.append(query_closure(list(store_paths), store_root=store_root))
+    """One closure per graph file (:data:`STDIN` is standard input), in order, then one for the
+    store paths given, if any.
+
+    The store paths are checked first: one in no store directory fails before anything is read.
+    """
+    if list(closure_files).count(STDIN) > 1:
+        raise OptionError("--closure -: standard input can be read only once")
+    items = [store_item_path(p, store_root=store_root) for p in store_paths]
+    closures = [_load_closure(f, store_root=store_root) for f in closure_files]
+    if items:
+        closures.append(query_closure(items, store_root=store_root))
     if not closures:
         raise OptionError("give store paths or at least one --closure FILE")
     return closures
 
 
-def image_names(*, store_paths: Sequence[str], closure_files: Sequence[Path]) -> list[str]:
+def _load_closure(path: Path, *, store_root: Path | None) -> Closure:
+    if path != STDIN:
+        return load_closure_file(path, store_root=store_root)
+    try:
+        data = _read_input(path)
+    except OSError as exc:
+        raise ClosureError(f"<stdin>: cannot read: {exc.strerror}") from exc
+    return parse_closure(data, source=_source_name(path), store_root=store_root)
+
+
+def image_names(
+    *,
+    store_paths: Sequence[str],
+    closure_files: Sequence[Path],
+    store_root: Path | None = None,
+) -> list[str]:
     """Names for the images :func:`load_closures` plans, in the same order: a closure file's
-    name without its suffixes (``app.json.zst`` -> ``app``), and the package name of the first
-    store path given; a name taken already gets ``-2``, ``-3``, ..."""
+    name without its suffixes (``app.json.zst`` -> ``app``; ``stdin`` for :data:`STDIN`), and
+    the package name of the store
+    item the first store path names (``./result`` -> ``/nix/store/<hash>-hello-2.12`` ->
+    ``hello-2.12``); a name taken already gets ``-2``, ``-3``, ..."""
     names = []
     for path in closure_files:
-        name = path.name
+        name = "stdin" if path == STDIN else path.name
         while name.endswith(_NAME_SUFFIXES) and "." in name.strip("."):
             name = name.rsplit(".", 1)[0]
         names.append(name or path.name)
     if store_paths:
-        base = store_paths[0].rstrip("/").rsplit("/", 1)[-1]
+        base = store_item_path(store_paths[0], store_root=store_root).rsplit("/", 1)[-1]
         names.append(base.split("-", 1)[1] if "-" in base else base)
     unique: list[str] = []
     for name in names:
@@ -172,12 +202,25 @@ def _fit_customisation(
     return dataclasses.replace(customisation, tmp=False)
 
 
+def _source_name(path: Path) -> str:
+    """How messages name an input file: ``<stdin>`` for :data:`STDIN`."""
+    return "<stdin>" if path == STDIN else str(path)
+
+
+def _read_input(path: Path) -> bytes:
+    """The bytes of ``path``, or of standard input for :data:`STDIN` (raises OSError)."""
+    if path == STDIN:
+        return sys.stdin.buffer.read()
+    return path.read_bytes()
+
+
 def _read_plan(plan_file: Path) -> LayerPlan:
+    source = _source_name(plan_file)
     try:
-        text = plan_file.read_bytes()
+        text = _read_input(plan_file)
     except OSError as exc:
-        raise PlanError(f"{plan_file}: cannot read: {exc.strerror}") from exc
-    return LayerPlan.from_json(text, source=str(plan_file))
+        raise PlanError(f"{source}: cannot read: {exc.strerror}") from exc
+    return LayerPlan.from_json(text, source=source)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -345,7 +388,8 @@ def build_image(
         if strategy is not None or previous:
             raise OptionError("--strategy and --previous make a plan: not with --plan")
         plan = _read_plan(plan_file)
-        source = str(plan_file)
+        source = _source_name(plan_file)
+        check_readable_store(plan.store_dir, store_root=store_root, where=source)
         if max_layers is not None:
             limit = max_layers
         elif 1 <= plan.max_layers <= MAX_LAYERS_LIMIT:
@@ -362,6 +406,8 @@ def build_image(
         closures = load_closures(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
+        for closure in closures:
+            check_readable_store(closure.store_dir, store_root=store_root, where=closure.source)
         if len(closures) != 1 and image_selector is None:
             raise OptionError("build makes one image: give one closure, or --image to choose")
         if base is not None:
@@ -369,7 +415,9 @@ def build_image(
             # again on top of it.
             provided = {p for ps in layer_paths_from_config(base.config).values() for p in ps}
             closures = [closure.without(provided) for closure in closures]
-        names = image_names(store_paths=store_paths, closure_files=closure_files)
+        names = image_names(
+            store_paths=store_paths, closure_files=closure_files, store_root=store_root
+        )
         plan = make_plan(
             closures, strategy=strategy, max_layers=budget, previous=previous, names=names
         )
@@ -435,11 +483,11 @@ def build_one_layer(
         if store_paths:
             raise OptionError("give either --plan with --layer, or store paths, not both")
         plan = _read_plan(plan_file)
-        image = select_image(plan, image_selector, source=str(plan_file))
+        source = _source_name(plan_file)
+        check_readable_store(plan.store_dir, store_root=store_root, where=source)
+        image = select_image(plan, image_selector, source=source)
         if layer_index is None or not 0 <= layer_index < len(image.layers):
-            raise OptionError(
-                f"--layer must be between 0 and {len(image.layers) - 1} for {plan_file}"
-            )
+            raise OptionError(f"--layer must be between 0 and {len(image.layers) - 1} for {source}")
         paths = image.layers[layer_index].paths
         store_dir = plan.store_dir
     elif store_paths:

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from closurepack.errors import ClosureError
-from closurepack.graph import Closure, split_store_path
+from closurepack.graph import STORE_DIRS, Closure, split_store_path
 from closurepack.sources._tool import have_tool
 from closurepack.sources.guix import GUIX_STORE_DIR, query_guix
 from closurepack.sources.nix import NIX_STORE_DIR, query_nix
-from closurepack.sources.scan import scan_closure
+from closurepack.sources.scan import scan_closure, store_directory
 
 __all__ = ["query_closure", "store_item_path"]
 
@@ -27,7 +27,8 @@ def query_closure(paths: Sequence[str], *, store_root: Path | None = None) -> Cl
     instead (see :func:`~closurepack.sources.scan.scan_closure`) when ``store_root`` is given
     (``/nix/store/x`` is then read from ``store_root/nix/store/x``), when the store is neither
     Nix's nor Guix's, or when the tool is not installed but the files exist. A path inside an
-    item, or a symlink to one (``./result``), stands for that item.
+    item, or a symlink to one (``./result``), stands for that item; a path in no store is a
+    ClosureError (see :func:`store_item_path`).
     """
     if not paths:
         raise ClosureError("query: no store path given")
@@ -48,33 +49,51 @@ def query_closure(paths: Sequence[str], *, store_root: Path | None = None) -> Cl
 
 
 def store_item_path(path: str, *, store_root: Path | None = None) -> str:
-    """The store item that ``path`` names.
+    """The store item that ``path`` names, or a ClosureError naming the store directories tried.
 
-    In ``/nix/store`` and ``/gnu/store``: the item itself, or the item a path inside it belongs
-    to. Without ``store_root``, a symlink to such a path (``./result``) stands for its target,
-    and a relative path is resolved. Any other absolute path names an item of its parent
-    directory, taken as the store.
+    A store path is ``DIR/<item>`` directly in a store directory: ``/nix/store`` or
+    ``/gnu/store``. A path deeper inside such an item stands for the item, and a symlink to one
+    (``./result``) for its target. With ``store_root``, any other absolute ``DIR/<item>`` whose
+    files are there (``store_root/DIR/<item>``, or ``store_root/<item>`` when ``store_root``
+    itself is the store, see :func:`~closurepack.sources.scan.store_directory`) is a store path
+    too; in such a store only the item itself can be named, not a path inside it. Everything
+    else (``/usr/bin/ls``, ``/etc/passwd``) is refused before anything is read.
     """
+    if "\0" in path or ".." in path.split("/"):
+        raise ClosureError(f"{path}: not a store path (it contains '..' or a NUL byte)")
     item = _known_store_item(path)
     if item is not None:
         return item
-    if store_root is None and os.path.lexists(path):
+    if os.path.lexists(path):
         resolved = os.path.realpath(path)
         item = _known_store_item(resolved)
+        if item is None and store_root is not None:
+            # a symlink into the store root's copy of a store: the item of that store
+            root = os.path.realpath(store_root)
+            if resolved.startswith(root.rstrip("/") + "/"):
+                item = _known_store_item(resolved[len(root.rstrip("/")) :])
         if item is not None:
             return item
-        if not path.startswith("/"):
-            path = resolved
-    if path.startswith("/") and ".." not in path.split("/"):
-        return path.rstrip("/")
-    raise ClosureError(f"{path}: not a store path (expected /nix/store/<hash>-<name> or similar)")
+    tried = " or ".join(STORE_DIRS)
+    if store_root is None:
+        raise ClosureError(
+            f"{path}: not a store path (not in a store directory: {tried}; for a store elsewhere"
+            " give --store-root)"
+        )
+    if path.startswith("/") and path.strip("/"):
+        store_dir, name = split_store_path(path.rstrip("/"), where=path)
+        directory = store_directory(store_root, store_dir)
+        if os.path.lexists(directory / name):
+            return f"{store_dir}/{name}"
+        tried = f"{tried}, nor an item of {directory}"
+    raise ClosureError(f"{path}: not a store path (not in a store directory: {tried})")
 
 
 def _known_store_item(path: str) -> str | None:
-    for store_dir in _TOOLS:
+    for store_dir in STORE_DIRS:
         if path.startswith(store_dir + "/") or path == store_dir:
             name = path[len(store_dir) + 1 :].split("/", 1)[0]
-            if not name or name in (".", ".."):
+            if not name or name == ".":
                 raise ClosureError(f"{path}: not a store path (no item name after {store_dir})")
             return f"{store_dir}/{name}"
     return None
