@@ -336,8 +336,8 @@ def test_image_config_fields(
     assert image.config["architecture"] == "arm64"
     assert image.config["os"] == "linux"
     assert image.manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
-    # file mtimes follow --created too
-    assert {m.mtime for m in image.layer_members(0).values()} == {1700000000}
+    # --created is the image's time, not its files': they keep the store's mtime 1
+    assert {m.mtime for m in image.layer_members(0).values()} == {1}
 
 
 @pytest.mark.parametrize(
@@ -373,6 +373,41 @@ def test_created_time(
     image = read_oci(dest)
     assert image.config["created"] == expected
     assert {h["created"] for h in image.config["history"]} == {expected}
+
+
+def test_created_and_source_date_epoch_change_no_layer_and_mtime_does(
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A CI that sets SOURCE_DATE_EPOCH to the commit time must get the same layers every commit.
+    cache = tmp_path / "cache"
+    argv = [*_base_argv(store, app_closure), "--strategy", "per-item", "--cache-dir", cache]
+    images = {}
+    for name, created, epoch in (("a", "1700000000", None), ("b", None, "1234567890")):
+        if epoch is None:
+            monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+        else:
+            monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+        dest = tmp_path / name
+        _build([*argv, *(["--created", created] if created else []), "-o", f"oci:{dest}"], capsys)
+        images[name] = read_oci(dest)
+    a, b = images["a"], images["b"]
+    assert a.config["created"] != b.config["created"]
+    assert len(a.layer_digests) == 5  # 4 store layers and /tmp
+    assert a.layer_digests == b.layer_digests
+    assert a.config["rootfs"] == b.config["rootfs"]
+    for number in range(5):
+        assert {m.mtime for m in a.layer_members(number).values()} == {1}
+    # --mtime sets the files' mtime (and so the layer key: no stale cache hit)
+    dest = tmp_path / "m"
+    _build([*argv, "--mtime", "1700000000", "-o", f"oci:{dest}"], capsys)
+    m = read_oci(dest)
+    assert not set(m.layer_digests) & set(a.layer_digests)
+    for number in range(5):
+        assert {mem.mtime for mem in m.layer_members(number).values()} == {1700000000}
 
 
 def test_created_now_is_the_current_time(

@@ -67,7 +67,7 @@ def test_layers_built_one_by_one_assemble_to_the_direct_build(
         out_dir = tmp_path / "layers" / str(number)
         printed = _ok(
             ["build-layer", "--plan", plan, "--layer", number, "--store-root", store.root,
-             "--compression", compression, "--created", "7", "-o", out_dir],
+             "--compression", compression, "--mtime", "7", "-o", out_dir],
             capsys,
         )  # fmt: skip
         assert printed.strip() == str(out_dir / "layer.json")
@@ -75,7 +75,8 @@ def test_layers_built_one_by_one_assemble_to_the_direct_build(
         assert descriptor["paths"] == layers[number]
         assert (out_dir / descriptor["blob"]).stat().st_size == descriptor["size"]
         dirs.append(out_dir)
-    common = ["--compression", compression, "--created", "7", "--entrypoint", f"{APP}/bin/app"]
+    common = ["--compression", compression, "--created", "7", "--mtime", "7",
+              "--entrypoint", f"{APP}/bin/app"]  # fmt: skip
     assembled = tmp_path / "assembled"
     digest = _ok(["assemble", *dirs, *common, "-o", f"oci:{assembled}"], capsys)
     direct = tmp_path / "direct"
@@ -111,6 +112,23 @@ def test_build_layer_from_store_paths_equals_the_plan_layer(
     two = json.loads((from_paths / "layer.json").read_text())
     assert one == two
     assert (from_plan / one["blob"]).read_bytes() == (from_paths / two["blob"]).read_bytes()
+
+
+def test_build_layer_ignores_source_date_epoch_and_takes_mtime(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ok(["build-layer", GLIBC, "--store-root", store.root, "-o", tmp_path / "plain"], capsys)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    _ok(["build-layer", GLIBC, "--store-root", store.root, "-o", tmp_path / "sde"], capsys)
+    _ok(["build-layer", GLIBC, "--store-root", store.root, "--mtime", "5",
+         "-o", tmp_path / "mtime"], capsys)  # fmt: skip
+    plain, sde, mtime = (
+        json.loads((tmp_path / name / "layer.json").read_text())
+        for name in ("plain", "sde", "mtime")
+    )
+    assert plain["digest"] == sde["digest"]
+    assert mtime["digest"] != plain["digest"]
+    _fails(["build-layer", GLIBC, "--mtime", "", "-o", tmp_path / "x"], capsys, 2, "--mtime ''")
 
 
 def test_build_layer_bad_input(

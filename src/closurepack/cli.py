@@ -113,6 +113,13 @@ def plan_command(
         click.echo(format_plan_table(plan, closures))
 
 
+_MTIME_OPTION = click.option(
+    "--mtime",
+    help="The mtime of every file in the layers: seconds since the epoch or an RFC 3339 date"
+    " (default 1, as in a real store; SOURCE_DATE_EPOCH does not change it).",
+)
+
+
 def _image_config_options(func: F) -> F:
     options = [
         click.option("--entrypoint", help="Entrypoint: a JSON array or a shell-quoted string."),
@@ -126,9 +133,10 @@ def _image_config_options(func: F) -> F:
         click.option("--stop-signal", help="Stop signal, e.g. SIGTERM."),
         click.option(
             "--created",
-            help="Creation time: seconds since the epoch, an RFC 3339 date, or 'now' "
-            "(default: SOURCE_DATE_EPOCH, else 1).",
+            help="Creation time of the image and its history: seconds since the epoch, an RFC"
+            " 3339 date, or 'now' (default: SOURCE_DATE_EPOCH, else 1). Changes no layer.",
         ),
+        _MTIME_OPTION,
         click.option("--arch", help="Architecture (default: the host's), e.g. amd64, arm64."),
         click.option("--tag", help="NAME:TAG recorded in the image (docker-archive RepoTags)."),
         click.option("--from", "from_image", help="Put this image's layers underneath."),
@@ -248,11 +256,7 @@ def build_command(**kwargs: Any) -> None:
     help="Directory for the blob and layer.json (created if missing).",
 )
 @_codec_options
-@click.option(
-    "--created",
-    help="File mtimes: seconds since the epoch or an RFC 3339 date (default: SOURCE_DATE_EPOCH,"
-    " else 1).",
-)
+@_MTIME_OPTION
 def build_layer_command(
     store_paths: tuple[str, ...],
     plan_file: Path | None,
@@ -262,7 +266,7 @@ def build_layer_command(
     out_dir: Path,
     compression: str,
     level: int | None,
-    created: str | None,
+    mtime: str | None,
 ) -> None:
     """Build one layer (blob + JSON descriptor) into a directory, for `assemble` to use."""
     from closurepack.workflow import build_one_layer
@@ -276,7 +280,7 @@ def build_layer_command(
         out_dir=out_dir,
         compression=compression,
         level=level,
-        created=parse_created(created) if created else None,
+        mtime=_parse_time(mtime, option="--mtime"),
     )
     click.echo(str(descriptor))
 
@@ -333,7 +337,7 @@ def inspect_command(image: str, as_json: bool) -> None:
 
 
 _IMAGE_OPTIONS = (
-    "tag", "created", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label", "expose",
+    "tag", "created", "mtime", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label", "expose",
     "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
 )  # fmt: skip
 
@@ -345,7 +349,8 @@ def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str
     rest = {k: v for k, v in kwargs.items() if k not in _IMAGE_OPTIONS}
     options = ImageOptions(
         tag=kwargs["tag"],
-        created=parse_created(kwargs["created"]) if kwargs["created"] else None,
+        created=_parse_time(kwargs["created"], option="--created"),
+        mtime=_parse_time(kwargs["mtime"], option="--mtime"),
         arch=kwargs["arch"],
         entrypoint=parse_command(kwargs["entrypoint"], option="--entrypoint"),
         cmd=parse_command(kwargs["cmd"], option="--cmd"),
@@ -362,6 +367,11 @@ def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str
         from_image=kwargs["from_image"],
     )
     return options, rest
+
+
+def _parse_time(value: str | None, *, option: str) -> int | None:
+    """``--created``/``--mtime``: None when not given; an empty value is refused."""
+    return None if value is None else parse_created(value, option=option)
 
 
 @contextlib.contextmanager

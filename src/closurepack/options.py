@@ -45,7 +45,7 @@ def parse_command(value: str | None, *, option: str) -> tuple[str, ...] | None:
         raise OptionError(f"{option} {value!r}: {exc}") from exc
 
 
-def parse_created(value: str) -> int:
+def parse_created(value: str, *, option: str = "--created") -> int:
     """Seconds since the epoch from an integer, an RFC 3339 / ISO 8601 date, or ``now``."""
     text = value.strip()
     if text == "now":
@@ -57,15 +57,15 @@ def parse_created(value: str) -> int:
             moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except (ValueError, OverflowError):
             raise OptionError(
-                f"--created {value!r}: expected seconds since the epoch, an RFC 3339 date or 'now'"
+                f"{option} {value!r}: expected seconds since the epoch, an RFC 3339 date or 'now'"
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.UTC)
         seconds = int(moment.timestamp())
     if seconds < 0:
-        raise OptionError(f"--created {value!r}: before 1970")
+        raise OptionError(f"{option} {value!r}: before 1970")
     if seconds > _MAX_CREATED:
-        raise OptionError(f"--created {value!r}: after the year 9999")
+        raise OptionError(f"{option} {value!r}: after the year 9999")
     return seconds
 
 

@@ -15,6 +15,7 @@ from closurepack.build import (
     BuildOptions,
     ProgressCallback,
     build_layers,
+    check_mtime,
     default_mtime,
     read_descriptors,
     scratch_dir,
@@ -183,12 +184,15 @@ class ImageOptions:
     """Everything an image gets beyond its store layers: config fields (``None``/empty: unset,
     or inherited from ``from_image``), the customisation layer, the base image and a tag.
 
-    ``created`` is seconds since the epoch (default: ``SOURCE_DATE_EPOCH``, else 1); it is also
-    the mtime of every file in the layers.
+    ``created`` is seconds since the epoch (default: ``SOURCE_DATE_EPOCH``, else 1): the image's
+    creation time and its history's, never a file's. ``mtime`` is the mtime of every file in the
+    layers, store layers and the customisation layer alike (default 1, what a real store has),
+    so that a new creation time alone makes no new layer.
     """
 
     tag: str | None = None
     created: int | None = None
+    mtime: int | None = None
     arch: str | None = None
     entrypoint: tuple[str, ...] | None = None
     cmd: tuple[str, ...] | None = None
@@ -205,14 +209,18 @@ class ImageOptions:
     from_image: str | None = None
 
     @property
-    def mtime(self) -> int:
+    def created_time(self) -> int:
         return default_mtime(self.created)
+
+    @property
+    def layer_mtime(self) -> int:
+        return check_mtime(self.mtime)
 
     def config(self) -> ImageConfig:
         """The image config (validated: an OptionError names a bad value)."""
         arch = {"architecture": self.arch} if self.arch else {}
         return ImageConfig(
-            created=self.mtime,
+            created=self.created_time,
             entrypoint=self.entrypoint,
             cmd=self.cmd,
             env=self.env,
@@ -280,6 +288,7 @@ def _prepare(
     _check_destination(dest, image.tag)
     _check_level(compression, level)
     config = image.config()
+    check_mtime(image.mtime)  # a bad --mtime fails here
     customisation = image.customisation()
     customisation_entries(customisation)  # a bad --symlink or --extra fails here
     base = read_base_image(image.from_image) if image.from_image else None
@@ -333,7 +342,7 @@ def build_image(
         check_max_layers(max_layers)
     cache_limit = parse_size(cache_max_size)
     config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
-    mtime = image.mtime
+    mtime = image.layer_mtime
     from_image = image.from_image
     base_count = len(base.layers) if base else 0
 
@@ -414,9 +423,11 @@ def build_one_layer(
     out_dir: Path,
     compression: str,
     level: int | None,
-    created: int | None,
+    mtime: int | None,
 ) -> Path:
-    """Build one layer into ``out_dir`` (blob + ``layer.json``); return the descriptor's path."""
+    """Build one layer into ``out_dir`` (blob + ``layer.json``); return the descriptor's path.
+
+    Its files' mtime is ``mtime`` (default 1, never ``SOURCE_DATE_EPOCH``)."""
     if plan_file is not None:
         if store_paths:
             raise OptionError("give either --plan with --layer, or store paths, not both")
@@ -442,7 +453,7 @@ def build_one_layer(
     else:
         raise OptionError("give --plan FILE --layer N, or store paths")
     _check_level(compression, level)
-    mtime = default_mtime(created)
+    layer_mtime = check_mtime(mtime)
     created_dir = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -455,7 +466,7 @@ def build_one_layer(
             store_dir=store_dir,
             compression=compression,
             level=level,
-            mtime=mtime,
+            mtime=layer_mtime,
             dest_dir=out_dir,
             comment=store_layer_comment(paths),
         )
@@ -481,7 +492,7 @@ def assemble_from_descriptors(
     ``compression`` and ``level`` are for the customisation layer."""
     config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
     layers = read_descriptors(descriptors)
-    mtime = image.mtime
+    mtime = image.layer_mtime
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:
         raise OptionError(
