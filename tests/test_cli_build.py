@@ -729,6 +729,34 @@ def test_from_puts_the_base_layers_underneath_and_merges_env(
     assert len(base_manifest[0]["Layers"]) == 2
 
 
+def test_from_a_closurepack_image_adds_no_second_identical_customisation_layer(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base_closure = store.closure_file(tmp_path / "base.json", [ZLIB])
+    base = tmp_path / "base"
+    _build([*_base_argv(store, base_closure), "--no-cache", "--strategy", "single",
+            "-o", f"oci:{base}"], capsys)  # fmt: skip
+    base_ids = read_oci(base).config["rootfs"]["diff_ids"]
+    assert len(base_ids) == 2  # glibc + zlib, then /tmp
+    dest = tmp_path / "layout"
+    argv = [*_base_argv(store, app_closure), "--no-cache", "--strategy", "single"]
+    _build([*argv, "--from", f"oci:{base}", "-o", f"oci:{dest}"], capsys)
+    image = read_oci(dest)
+    diff_ids = image.config["rootfs"]["diff_ids"]
+    # the base's layers, then one store layer (libfoo, app): no second /tmp layer
+    assert diff_ids[:2] == base_ids
+    assert len(diff_ids) == 3
+    assert len(set(diff_ids)) == 3
+    assert {name.split("/")[0] for name in image.layer_members(2)} == {"nix"}
+    assert len(image.config["history"]) == 3
+    assert run(["verify", f"oci:{dest}"], capsys)[0] == 0
+    # a customisation layer that does add something is still added
+    _build([*argv, "--from", f"oci:{base}", "--symlink", "/bin=/x", "-o", f"oci:{dest}:s"], capsys)
+    with_link = read_oci(dest, tag="s")
+    assert len(with_link.config["rootfs"]["diff_ids"]) == 4
+    assert "bin" in with_link.layer_members(3)
+
+
 @pytest.mark.parametrize(
     ("max_layers", "extra", "status", "layers"),
     [

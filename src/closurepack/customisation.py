@@ -6,12 +6,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import OptionError
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_tree_layer
-from closurepack.tarstream import TreeEntry, scan_host_tree
+from closurepack.tarstream import TreeEntry, scan_host_tree, write_tree_tar
 
-__all__ = ["Customisation", "build_customisation_layer", "customisation_entries"]
+__all__ = [
+    "Customisation",
+    "build_customisation_layer",
+    "customisation_diff_id",
+    "customisation_entries",
+]
 
 #: uid/gid given to a user named by ``--user NAME`` (no number given), as most base images do.
 DEFAULT_UID = 1000
@@ -123,6 +129,14 @@ def _check_unique(entries: Sequence[TreeEntry]) -> None:
         if kind is not None and not (kind == "dir" and entry.kind == "dir"):
             raise OptionError(f"/{name} is given twice in the customisation layer")
         seen[name] = entry.kind
+
+
+def customisation_diff_id(customisation: Customisation, *, mtime: int) -> Digest:
+    """The diff_id the customisation layer would have (its tar hashed, nothing written), to
+    tell whether it adds anything to a base image whose top layer may be the very same."""
+    sink = HashingWriter()
+    write_tree_tar(sink, customisation_entries(customisation), mtime=mtime)
+    return sink.digest
 
 
 def build_customisation_layer(

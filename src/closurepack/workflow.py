@@ -25,6 +25,7 @@ from closurepack.compression import resolve_level
 from closurepack.customisation import (
     Customisation,
     build_customisation_layer,
+    customisation_diff_id,
     customisation_entries,
 )
 from closurepack.destinations import oci_archive, parse_destination, parse_repo_tag, write_image
@@ -169,6 +170,20 @@ def _fit_customisation(
         )
     _log.info("--max-layers %d: no room for the customisation layer; leaving /tmp out", limit)
     return dataclasses.replace(customisation, tmp=False)
+
+
+def _drop_if_nothing_new(
+    customisation: Customisation, *, base: BaseImage | None, mtime: int
+) -> Customisation:
+    """No customisation layer when it would be the base image's top layer again, byte for byte
+    (``--from`` an image closurepack built, with the same /tmp): applied on top of it, it would
+    add nothing. Only the store layers, which touch nothing outside the store, come between."""
+    if base is None or not base.layers or customisation.is_empty:
+        return customisation
+    if customisation_diff_id(customisation, mtime=mtime) != base.layers[-1].diff_id:
+        return customisation
+    _log.info("the customisation layer would repeat the --from image's top layer: left out")
+    return Customisation(tmp=False)
 
 
 def _read_plan(plan_file: Path) -> LayerPlan:
@@ -382,6 +397,7 @@ def build_image(
         )
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
+    customisation = _drop_if_nothing_new(customisation, base=base, mtime=mtime)
     customisation = _fit_customisation(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
     )
@@ -493,6 +509,7 @@ def assemble_from_descriptors(
     config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
     layers = read_descriptors(descriptors)
     mtime = image.layer_mtime
+    customisation = _drop_if_nothing_new(customisation, base=base, mtime=mtime)
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:
         raise OptionError(
