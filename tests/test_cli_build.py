@@ -535,8 +535,10 @@ def test_customisation_layer_contents(
     assert members["etc/app/config.toml"].mode == 0o644
     assert image.layer_file(top, "etc/app/config.toml") == b"port = 8080\n"
     assert members["current"].linkname == APP
-    for member in members.values():  # deterministic: owner root, fixed mtime
-        assert (member.uid, member.gid, member.mtime) == (0, 0, 1), member.name
+    assert (members["home/app"].uid, members["home/app"].gid) == (1000, 1000)
+    for member in members.values():  # deterministic: owner root (but app's home), fixed mtime
+        owner = (1000, 1000) if member.name == "home/app" else (0, 0)
+        assert (member.uid, member.gid, member.mtime) == (*owner, 1), member.name
         assert (member.uname, member.gname) == ("", "") or (member.uname, member.gname) == (
             "root",
             "root",
@@ -659,6 +661,75 @@ def test_customisation_conflicts(
     )
     _one_line_error(err, "--extra", "missing")
     assert not dest.exists()
+
+
+@pytest.mark.parametrize(
+    ("tree", "options", "must_say"),
+    [
+        ({"etc/passwd": "x:x:0:0::/:/bin/sh\n"}, ["--user", "app"], ("/etc/passwd", "--user app")),
+        ({"etc/group": "x:x:0:\n"}, ["--user", "1000:staff"], ("/etc/group", "--user 1000:staff")),
+        ({"nix/store/evil": "x"}, [], ("--extra", "/nix/store", "store")),
+        ({f"{APP.lstrip('/')}/bin/app": "x"}, [], ("--extra", APP)),
+        ({"nix/var/x": "x"}, [], ("--extra", "/nix ")),
+        ({}, ["--symlink", "/nix=/elsewhere"], ("--symlink /nix=/elsewhere",)),
+        ({}, ["--symlink", "/nix/store=/elsewhere"], ("--symlink /nix/store=",)),
+        ({}, ["--symlink", f"{GLIBC}=/elsewhere"], ("--symlink", GLIBC)),
+        ({}, ["--symlink", f"{GLIBC}/lib/x=/elsewhere"], ("--symlink", GLIBC)),
+    ],
+)
+def test_extra_and_symlink_may_not_replace_generated_files_or_cover_the_store(
+    tree: dict[str, str],
+    *,
+    options: list[str],
+    must_say: tuple[str, ...],
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name, text in tree.items():
+        (extra / name).parent.mkdir(parents=True, exist_ok=True)
+        (extra / name).write_text(text)
+    dest = tmp_path / "out"
+    cache = tmp_path / "cache"
+    _, err = _build(
+        [*_base_argv(store, app_closure), "--cache-dir", cache, "--extra", extra, *options,
+         "-o", f"oci:{dest}"],
+        capsys,
+        status=2,
+    )  # fmt: skip
+    _one_line_error(err, *must_say)
+    assert not dest.exists()
+    assert not cache.exists()
+
+
+def test_extra_tree_owner(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra"
+    (extra / "srv" / "data").mkdir(parents=True)
+    (extra / "srv" / "data" / "run.sh").write_text("#!/bin/sh\n")
+    (extra / "srv" / "data" / "run.sh").chmod(0o750)
+    (extra / "srv" / "link").symlink_to("data/run.sh")
+    plain = tmp_path / "plain"
+    (plain / "etc").mkdir(parents=True)
+    (plain / "etc" / "motd").write_text("hi\n")
+    dest = tmp_path / "layout"
+    _build([*_base_argv(store, app_closure), "--no-cache", "--extra", f"{extra}:1000:100",
+            "--extra", plain, "-o", f"oci:{dest}"], capsys)  # fmt: skip
+    image = read_oci(dest)
+    members = image.layer_members(len(image.layer_digests) - 1)
+    for name in ("srv", "srv/data", "srv/data/run.sh", "srv/link"):
+        assert (members[name].uid, members[name].gid) == (1000, 100), name
+    assert members["srv/data/run.sh"].mode == 0o750
+    assert (members["etc/motd"].uid, members["etc/motd"].gid) == (0, 0)
+    assert (members["tmp"].uid, members["tmp"].gid) == (0, 0)
+    for value, says in ((f"{extra}:1000", "no such directory"), (f"{extra}:1:99999999", "at most")):
+        _, err = _build([*_base_argv(store, app_closure), "--no-cache", "--extra", value,
+                         "-o", f"oci:{tmp_path / 'x'}"], capsys, status=2)  # fmt: skip
+        _one_line_error(err, "--extra", says)
 
 
 def test_fifo_in_extra_tree_is_refused(
@@ -1212,11 +1283,14 @@ def test_progress_on_a_terminal_and_quiet(store: Store, app_closure: Path, tmp_p
 @pytest.mark.parametrize(
     ("user", "passwd", "group"),
     [
-        ("app", ["app:x:1000:1000:app:/tmp:/bin/sh"], ["app:x:1000:"]),
-        ("app:staff", ["app:x:1000:1000:app:/tmp:/bin/sh"], ["staff:x:1000:"]),
-        ("app:100", ["app:x:1000:100:app:/tmp:/bin/sh"], []),
+        ("app", ["app:x:1000:1000:app:/home/app:/bin/sh"], ["app:x:1000:"]),
+        ("app:staff", ["app:x:1000:1000:app:/home/app:/bin/sh"], ["staff:x:1000:"]),
+        ("app:100", ["app:x:1000:100:app:/home/app:/bin/sh"], []),
         ("1000:app", [], ["app:x:1000:"]),
+        ("1000:users", [], ["users:x:1000:"]),  # a uid and a group name, no user named 1000
         ("root", [], []),
+        ("nobody", [], []),  # the standard entry, not a second nobody
+        ("nobody:nogroup", [], []),
         ("1000", None, None),
         ("0:0", None, None),
     ],
@@ -1245,12 +1319,71 @@ def test_passwd_and_group_for_named_users(
     lines = image.layer_file(top, "etc/passwd").decode().splitlines()
     assert lines == [
         "root:x:0:0:root:/root:/bin/sh",
-        *passwd,
         "nobody:x:65534:65534:nobody:/nonexistent:/bin/false",
+        *passwd,
     ]
     lines = image.layer_file(top, "etc/group").decode().splitlines()
-    assert lines == ["root:x:0:", *group, "nogroup:x:65534:"]
+    assert lines == ["root:x:0:", "nogroup:x:65534:", *group]
     assert members["etc/passwd"].mode == 0o644
+    # the home the user's entry names exists, owned by the user; none for nobody's /nonexistent
+    homes = {m.name: (m.uid, m.gid, m.mode) for m in members.values() if m.isdir()}
+    homes = {name: owner for name, owner in homes.items() if name not in ("tmp", "etc")}
+    expected = {
+        "app": {"home": (0, 0, 0o755), "home/app": (1000, int(passwd[0].split(":")[3]), 0o755)}
+        if passwd
+        else {},
+        "root": {"root": (0, 0, 0o700)},
+    }
+    assert homes == expected.get(user.partition(":")[0], {})
+    assert "nonexistent" not in members
+
+
+def test_user_on_a_from_image_uses_and_extends_its_passwd(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "accounts"
+    (extra / "etc").mkdir(parents=True)
+    (extra / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+        "svc:x:1000:1000:svc:/srv:/bin/sh\n"
+    )
+    (extra / "etc" / "group").write_text("root:x:0:\nsvc:x:1000:\nusers:x:100:\n")
+    base_closure = store.closure_file(tmp_path / "base.json", [ZLIB])
+    base = tmp_path / "base.tar"
+    _build([*_base_argv(store, base_closure), "--no-cache", "--extra", extra,
+            "-o", f"docker-archive:{base}"], capsys)  # fmt: skip
+    argv = [*_base_argv(store, app_closure), "--no-cache", "--from", f"docker-archive:{base}"]
+
+    def top(user: str, name: str) -> dict[str, tarfile.TarInfo]:
+        _build([*argv, "--user", user, "-o", f"oci:{tmp_path / 'out'}:{name}"], capsys)
+        image = read_oci(tmp_path / "out", tag=name)
+        members = image.layer_members(len(image.layer_digests) - 1)
+        if "etc/passwd" in members:
+            files[name] = image.layer_file(len(image.layer_digests) - 1, "etc/passwd").decode()
+        if "etc/group" in members:
+            groups[name] = image.layer_file(len(image.layer_digests) - 1, "etc/group").decode()
+        return members
+
+    files: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    # users and groups the base has: nothing to add (the base's files stay as they are)
+    for number, user in enumerate(["nobody", "svc", "svc:users", "1000:users", "root"]):
+        members = top(user, f"t{number}")
+        assert "etc/passwd" not in members, user
+        assert "etc/group" not in members, user
+    # a new user: the base's lines and one more, with the first free uid, its home owned by it
+    members = top("app", "new")
+    assert files["new"].splitlines() == [
+        "root:x:0:0:root:/root:/bin/sh",
+        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false",
+        "svc:x:1000:1000:svc:/srv:/bin/sh",
+        "app:x:1001:1001:app:/home/app:/bin/sh",
+    ]
+    assert groups["new"].splitlines() == ["root:x:0:", "svc:x:1000:", "users:x:100:", "app:x:1001:"]
+    assert (members["home/app"].uid, members["home/app"].gid) == (1001, 1001)
+    members = top("app:users", "grouped")
+    assert files["grouped"].splitlines()[-1] == "app:x:1001:100:app:/home/app:/bin/sh"
+    assert "etc/group" not in members
 
 
 def test_symlink_or_extra_tmp_replaces_the_default_tmp(

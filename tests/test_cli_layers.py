@@ -115,7 +115,10 @@ def test_build_layer_from_store_paths_equals_the_plan_layer(
 
 
 def test_build_layer_ignores_source_date_epoch_and_takes_mtime(
-    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _ok(["build-layer", GLIBC, "--store-root", store.root, "-o", tmp_path / "plain"], capsys)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")

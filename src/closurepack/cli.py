@@ -15,7 +15,7 @@ import click
 
 from closurepack import __version__
 from closurepack.errors import ClosurepackError, DestinationError
-from closurepack.options import parse_command, parse_created, parse_key_values
+from closurepack.options import parse_command, parse_created, parse_extra, parse_key_values
 
 if TYPE_CHECKING:
     from closurepack.workflow import ImageOptions
@@ -198,8 +198,9 @@ def _customisation_options(func: F) -> F:
         click.option(
             "--extra",
             multiple=True,
-            type=click.Path(exists=True, file_okay=False, path_type=Path),
-            help="Copy this directory's tree into the image root (repeatable).",
+            metavar="DIR[:UID:GID]",
+            help="Copy this directory's tree into the image root, modes kept, every entry owned"
+            " by UID:GID (default 0:0) (repeatable).",
         ),
         click.option("--no-tmp", is_flag=True, help="Do not add /tmp (mode 1777)."),
     ]
@@ -337,13 +338,14 @@ def inspect_command(image: str, as_json: bool) -> None:
 
 
 _IMAGE_OPTIONS = (
-    "tag", "created", "mtime", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label", "expose",
-    "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
+    "tag", "created", "mtime", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label",
+    "expose", "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
 )  # fmt: skip
 
 
 def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str, Any]]:
     """Take the options shared by build and assemble out of ``kwargs``, parsed and typed."""
+    from closurepack.customisation import ExtraTree
     from closurepack.workflow import ImageOptions
 
     rest = {k: v for k, v in kwargs.items() if k not in _IMAGE_OPTIONS}
@@ -362,7 +364,7 @@ def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str
         volumes=tuple(kwargs["volume"]),
         stop_signal=kwargs["stop_signal"],
         symlinks=parse_key_values(kwargs["symlink"], option="--symlink"),
-        extra_dirs=tuple(kwargs["extra"]),
+        extra_dirs=tuple(ExtraTree(*parse_extra(value)) for value in kwargs["extra"]),
         tmp=not kwargs["no_tmp"],
         from_image=kwargs["from_image"],
     )

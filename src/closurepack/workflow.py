@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from closurepack._fs import atomic_write
+from closurepack.basefiles import read_base_files
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
@@ -24,6 +25,7 @@ from closurepack.cache import LayerCache, default_cache_dir
 from closurepack.compression import resolve_level
 from closurepack.customisation import (
     Customisation,
+    ExtraTree,
     build_customisation_layer,
     customisation_diff_id,
     customisation_entries,
@@ -219,7 +221,7 @@ class ImageOptions:
     volumes: tuple[str, ...] = ()
     stop_signal: str | None = None
     symlinks: tuple[tuple[str, str], ...] = ()
-    extra_dirs: tuple[Path, ...] = ()
+    extra_dirs: tuple[ExtraTree, ...] = ()
     tmp: bool = True
     from_image: str | None = None
 
@@ -281,6 +283,8 @@ def _check_destination(dest: str, tag: str | None) -> None:
 def _check_level(compression: str, level: int | None) -> None:
     if level is None:
         return
+    if compression == "none":
+        raise OptionError(f"--level {level}: --compression none takes no level")
     try:
         resolve_level(compression, level)
     except OptionError as exc:
@@ -307,7 +311,25 @@ def _prepare(
     customisation = image.customisation()
     customisation_entries(customisation)  # a bad --symlink or --extra fails here
     base = read_base_image(image.from_image) if image.from_image else None
+    if base is not None:
+        customisation = _with_base_accounts(customisation, base, str(image.from_image))
     return config, customisation, base
+
+
+def _with_base_accounts(
+    customisation: Customisation, base: BaseImage, source: str
+) -> Customisation:
+    """``--user NAME`` on a ``--from`` image: its /etc/passwd and /etc/group are the ones to
+    look the name up in and to add to (read from its layers, top down, only when needed)."""
+    customisation = dataclasses.replace(customisation, from_base=True)
+    if not customisation.named_user:
+        return customisation
+    files = read_base_files(base.layers, ["etc/passwd", "etc/group"], where=source)
+    customisation = dataclasses.replace(
+        customisation, base_passwd=files["etc/passwd"], base_group=files["etc/group"]
+    )
+    customisation_entries(customisation)  # an --extra /etc/passwd the user now needs fails here
+    return customisation
 
 
 def _finish(
@@ -397,6 +419,8 @@ def build_image(
         )
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
+    customisation = dataclasses.replace(customisation, store_dir=plan.store_dir)
+    customisation_entries(customisation)  # nothing over the store in use
     customisation = _drop_if_nothing_new(customisation, base=base, mtime=mtime)
     customisation = _fit_customisation(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
@@ -509,6 +533,10 @@ def assemble_from_descriptors(
     config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
     layers = read_descriptors(descriptors)
     mtime = image.layer_mtime
+    store_dirs = {split_store_path(p, where="assemble")[0] for la in layers for p in la.paths}
+    if len(store_dirs) == 1:
+        customisation = dataclasses.replace(customisation, store_dir=store_dirs.pop())
+        customisation_entries(customisation)  # nothing over the store in use
     customisation = _drop_if_nothing_new(customisation, base=base, mtime=mtime)
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:
