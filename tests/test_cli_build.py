@@ -312,6 +312,8 @@ def test_image_config_fields(
             "--label", "note=x=y",
             "--expose", "8080",
             "--expose", "53/udp",
+            "--expose", "80/UDP",
+            "--expose", "9/Sctp",
             "--volume", "/data",
             "--stop-signal", "SIGINT",
             "--created", "1700000000",
@@ -329,7 +331,7 @@ def test_image_config_fields(
     assert config["User"] == "1000:1000"
     assert config["Labels"]["org.example.team"] == "core"
     assert config["Labels"]["note"] == "x=y"
-    assert config["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}}
+    assert config["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}, "80/udp": {}, "9/sctp": {}}
     assert config["Volumes"] == {"/data": {}}
     assert config["StopSignal"] == "SIGINT"
     assert image.config["created"] == "2023-11-14T22:13:20Z"
@@ -451,6 +453,13 @@ def test_created_now_is_the_current_time(
         ("--symlink", "/a=", ("--symlink", "/a=", "empty target")),
         ("--created", "99999999999999", ("--created", "9999")),
         ("--entrypoint", '["a", 1]', ("--entrypoint", "array of strings")),
+        ("--entrypoint", '{"a":1}', ("--entrypoint", '{"a":1}', "array of strings")),
+        ("--cmd", ' {"a": [1]}', ("--cmd", "array of strings")),
+        ("--env", "FO O=x", ("--env", "FO O=x", "KEY")),
+        ("--env", "\tX=1", ("--env", "KEY")),
+        ("--created", "", ("--created ''", "expected")),
+        ("--mtime", "", ("--mtime ''", "expected")),
+        ("--mtime", "soon", ("--mtime 'soon'",)),
         ("--entrypoint", "[oops", ("--entrypoint", "JSON")),
         ("--cmd", "'unclosed", ("--cmd", "quotation")),
         ("--workdir", "relative", ("--workdir", "relative", "absolute")),
@@ -497,6 +506,26 @@ def test_bad_option_values(
 
 
 # the customisation layer ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["build", "build-layer", "assemble"])
+def test_level_with_compression_none_is_refused(
+    command: str,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dest = tmp_path / "out"
+    inputs = {
+        "build": [*_base_argv(store, app_closure), "--no-cache", "-o", f"oci:{dest}"],
+        "build-layer": [GLIBC, "--store-root", store.root, "-o", dest],
+        "assemble": [tmp_path, "-o", f"oci:{dest}"],
+    }[command]
+    code, out, err = run([command, *inputs, "--compression", "none", "--level", "3"], capsys)
+    assert (code, out) == (2, "")
+    _one_line_error(err, "--level 3", "--compression none")
+    assert not dest.exists()
 
 
 def test_customisation_layer_contents(

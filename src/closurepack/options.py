@@ -32,6 +32,8 @@ def parse_command(value: str | None, *, option: str) -> tuple[str, ...] | None:
     if value is None:
         return None
     text = value.strip()
+    if text.startswith("{"):  # JSON, but not an array: not a command either
+        raise OptionError(f"{option} {value!r}: expected a JSON array of strings")
     if text.startswith("["):
         try:
             parsed = json.loads(text)
