@@ -276,10 +276,14 @@ def test_verify_and_inspect_of_something_that_is_no_image(
 ) -> None:
     (tmp_path / "file.txt").write_text("hello")
     for command in ("verify", "inspect"):
-        _fails([command, f"docker-archive:{tmp_path / 'file.txt'}"], capsys, 5, "file.txt")
-        _fails([command, f"oci:{tmp_path / 'none'}"], capsys, 5, "none")
+        # sources: bad input (2), never the destination status (5), never called a destination
+        err = _fails([command, f"docker-archive:{tmp_path / 'file.txt'}"], capsys, 2, "file.txt")
+        assert "destination" not in err
+        err = _fails([command, f"oci:{tmp_path / 'none'}"], capsys, 2, "none", "no such image")
+        assert "destination" not in err
         _fails([command, "-"], capsys, 2, "standard output")
-        _fails([command, "http://example"], capsys, 2, "http://example")
+        err = _fails([command, "http://example"], capsys, 2, "image 'http://example'")
+        assert "destination" not in err
 
 
 def test_inspect_text_shows_layers_sizes_and_items(

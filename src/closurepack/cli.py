@@ -319,7 +319,7 @@ def verify_command(image: str) -> None:
     for problem in problems:
         click.echo(f"{image}: {problem}", err=True)
     if problems:
-        raise ImageError(f"{image}: {len(problems)} problem(s) found")
+        raise ImageError(f"{image}: {_count(len(problems), 'problem')} found")
     click.echo(f"{image}: ok")
 
 
@@ -448,6 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("closurepack: interrupted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # plain `closurepack` (or a group without its command): the usage, as --help shows it
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         click.echo(f"closurepack: error: {_one_line(exc)}", err=True)
         return exc.exit_code
@@ -468,6 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("closurepack: error: an input is nested too deeply to read", err=True)
         return 2
     return status if isinstance(status, int) else 0
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 layer``, ``2 layers``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _single_line(message: str) -> str:
