@@ -1309,6 +1309,34 @@ def test_progress_on_a_terminal_and_quiet(store: Store, app_closure: Path, tmp_p
     assert "layer" not in terminal
 
 
+def test_progress_without_a_terminal_is_plain_lines(
+    store: Store, app_closure: Path, tmp_path: Path
+) -> None:
+    # A Nix build or a CI log: stderr is a pipe. Progress is one plain line per layer.
+    argv = [sys.executable, "-m", "closurepack.cli", "build",
+            *map(str, _base_argv(store, app_closure)), "--strategy", "per-item",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    env = {**os.environ, "TERM": "xterm-256color", "FORCE_COLOR": "1"}
+    env.pop("SOURCE_DATE_EPOCH", None)
+    result = subprocess.run(
+        [*argv, "-o", f"oci:{tmp_path / 'a'}"], capture_output=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"sha256:")
+    assert b"\x1b" not in result.stderr
+    assert b"\r" not in result.stderr
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 5, lines
+    for number, line in enumerate(sorted(lines, key=lambda x: int(x.split()[1].split("/")[0]))):
+        assert line.startswith(f"layer {number + 1}/5: "), line
+        assert line.split()[4] in ("B", "KiB", "MiB"), line
+    quiet = subprocess.run(
+        [*argv, "-q", "-o", f"oci:{tmp_path / 'b'}"], capture_output=True, env=env, check=False
+    )
+    assert quiet.returncode == 0
+    assert quiet.stderr == b""
+
+
 @pytest.mark.parametrize(
     ("user", "passwd", "group"),
     [

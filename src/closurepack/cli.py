@@ -376,11 +376,30 @@ def _parse_time(value: str | None, *, option: str) -> int | None:
     return None if value is None else parse_created(value, option=option)
 
 
+def _layer_line(event: Any) -> str:
+    """One layer's progress line: ``layer 2/5: 0123456789ab 1.2 MiB (cached) in 0.0s``."""
+    from closurepack.planner import human_size
+
+    cached = " (cached)" if event.cached else ""
+    return (
+        f"layer {event.index + 1}/{event.total}: {event.layer.digest.hex[:12]}"
+        f" {human_size(event.layer.size)}{cached} in {event.seconds:.1f}s"
+    )
+
+
 @contextlib.contextmanager
 def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | None]:
-    """A rich progress bar on stderr (per layer, bytes per second) when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
+    """A rich progress bar on stderr (per layer, bytes per second) when stderr is a terminal;
+    otherwise (a CI log, a Nix build) one plain line per layer, never an escape code."""
+    if not enabled:
         yield None
+        return
+    if not sys.stderr.isatty():
+
+        def plain(event: Any) -> None:
+            click.echo(_layer_line(event), err=True)
+
+        yield plain
         return
     from rich.console import Console
     from rich.progress import (
@@ -395,7 +414,7 @@ def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | Non
     columns = (
         TextColumn("layers {task.fields[done]}/{task.fields[layers]}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeElapsedColumn(),
     )
@@ -413,12 +432,7 @@ def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | Non
                 done=finished,
                 layers=event.total,
             )
-            cached = " (cached)" if event.cached else ""
-            bar.console.print(
-                f"layer {event.index + 1}/{event.total}: {event.layer.digest.hex[:12]}"
-                f" {event.layer.size / 1e6:.1f} MB{cached} in {event.seconds:.1f}s",
-                highlight=False,
-            )
+            bar.console.print(_layer_line(event), highlight=False)
 
         yield report
 
