@@ -297,8 +297,35 @@ def test_inspect_text_shows_layers_sizes_and_items(
     for path in (GLIBC, ZLIB, LIBFOO, APP, TOOL):
         assert path in out
     assert "customisation" in out
-    summary = next(line.split() for line in out.splitlines() if line.startswith("layers"))
-    assert summary[:2] == ["layers", "6,"]
+    summary = next(line.split() for line in out.splitlines() if line.startswith("total"))
+    assert summary[:3] == ["total", "6", "layers,"]
+    assert summary[4:] in (["KiB", "compressed"], ["B", "compressed"])
+
+
+def test_inspect_text_config_fields_units_and_counts(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = store.files(GLIBC) / "lib" / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))  # incompressible: the layer is about 3 MiB
+    dest = tmp_path / "one"
+    _ok(["build", GLIBC, "--store-root", store.root, "--no-cache", "--no-tmp",
+         "--expose", "8080", "--expose", "53/udp", "--volume", "/data", "-o", f"oci:{dest}"],
+        capsys)  # fmt: skip
+    out = _ok(["inspect", f"oci:{dest}"], capsys)
+    lines = out.splitlines()
+    assert "ExposedPorts 53/udp 8080/tcp" in lines
+    assert "Volumes      /data" in lines
+    assert "{" not in out  # no dict repr anywhere
+    total = next(line for line in lines if line.startswith("total"))
+    assert total.split()[1:3] == ["1", "layer,"]
+    assert total.split()[4:] == ["MiB", "compressed"]
+    assert float(total.split()[3]) == pytest.approx(3.0, abs=0.1)
+    row = next(line for line in lines if line.startswith("    0  "))
+    assert row.split()[2:6] == [total.split()[3], "MiB", "1", "store"]
+    assert row.split()[6] == "item"
+    plan = _ok(["plan", GLIBC, "--store-root", store.root, "--max-layers", "1"], capsys)
+    assert "max 1 layer " in plan
+    assert "1 store layer, 1 item, " in plan
 
 
 def test_inspect_json(layout: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -313,13 +313,14 @@ def assemble_command(**kwargs: Any) -> None:
 def verify_command(image: str) -> None:
     """Recompute every digest, diff_id and size of an image; list every mismatch."""
     from closurepack.errors import ImageError
+    from closurepack.planner import plural
     from closurepack.validate import verify_image
 
     problems = verify_image(image)
     for problem in problems:
         click.echo(f"{image}: {problem}", err=True)
     if problems:
-        raise ImageError(f"{image}: {_count(len(problems), 'problem')} found")
+        raise ImageError(f"{image}: {plural(len(problems), 'problem')} found")
     click.echo(f"{image}: ok")
 
 
@@ -486,11 +487,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("closurepack: error: an input is nested too deeply to read", err=True)
         return 2
     return status if isinstance(status, int) else 0
-
-
-def _count(number: int, noun: str) -> str:
-    """``1 layer``, ``2 layers``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _single_line(message: str) -> str:
