@@ -38,7 +38,8 @@ def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
 def _build(
     argv: list[object], capsys: pytest.CaptureFixture[str], *, status: int = 0
 ) -> tuple[str, str]:
-    code, out, err = run(["build", *argv], capsys)
+    """Build quietly (progress lines are tested on their own) and expect ``status``."""
+    code, out, err = run(["build", "--quiet", *argv], capsys)
     assert code == status, err
     return out, err
 
@@ -410,6 +411,27 @@ def test_created_and_source_date_epoch_change_no_layer_and_mtime_does(
     assert not set(m.layer_digests) & set(a.layer_digests)
     for number in range(5):
         assert {mem.mtime for mem in m.layer_members(number).values()} == {1700000000}
+
+
+def test_an_image_without_entrypoint_or_cmd_gets_a_warning(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*_base_argv(store, app_closure), "--no-cache"]
+    out, err = _build([*argv, "-o", f"oci:{tmp_path / 'bare'}"], capsys)
+    assert out.startswith("sha256:")
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("closurepack: warning: ")
+    assert "no Entrypoint and no Cmd" in lines[0]
+    assert str(tmp_path / "bare") in lines[0]
+    for given in (["--entrypoint", "/bin/app"], ["--cmd", "/bin/app"]):
+        _, err = _build([*argv, *given, "-o", f"oci:{tmp_path / given[0][2:]}"], capsys)
+        assert err == ""
+    # an Entrypoint the --from image has counts too
+    _, err = _build(
+        [*argv, "--from", f"oci:{tmp_path / 'cmd'}", "-o", f"oci:{tmp_path / 'derived'}"], capsys
+    )
+    assert err == ""
 
 
 def test_created_now_is_the_current_time(
@@ -970,6 +992,8 @@ def test_stdout_is_the_same_docker_archive(
             tmp_path / "cache",
             "--tag",
             "app:1",
+            "--cmd",
+            "/bin/app",
             "-o",
             f"docker-archive:{archive}",
         ],
@@ -978,7 +1002,7 @@ def test_stdout_is_the_same_docker_archive(
     result = subprocess.run(
         [sys.executable, "-m", "closurepack.cli", "build",
          *map(str, _base_argv(store, app_closure)), "--cache-dir", str(tmp_path / "cache"),
-         "--tag", "app:1", "-q", "-o", "-"],
+         "--tag", "app:1", "--cmd", "/bin/app", "-q", "-o", "-"],
         capture_output=True,
         check=False,
         timeout=60,
@@ -991,14 +1015,17 @@ def test_stdout_is_the_same_docker_archive(
     loud = subprocess.run(
         [sys.executable, "-m", "closurepack.cli", "build",
          *map(str, _base_argv(store, app_closure)), "--cache-dir", str(tmp_path / "cache"),
-         "--tag", "app:1", "-o", "-"],
+         "--tag", "app:1", "--cmd", "/bin/app", "-o", "-"],
         capture_output=True,
         check=False,
         timeout=60,
     )  # fmt: skip
     assert loud.returncode == 0
     assert loud.stdout == result.stdout
-    assert loud.stderr.decode() == digest
+    *progress, last = loud.stderr.decode().splitlines()
+    assert last == digest.strip()
+    assert len(progress) == 5
+    assert all(line.startswith("layer ") for line in progress)
 
 
 # failures leave everything as it was ----------------------------------------------------------
@@ -1235,7 +1262,7 @@ def test_stdout_reader_going_away_is_quiet(tmp_path: Path) -> None:
         status = proc.wait(timeout=60)
         err = proc.stderr.read()
     assert status == 141
-    assert err == b""
+    assert all(line.startswith(b"layer ") for line in err.splitlines())  # progress, no error
 
 
 def test_stdout_terminal_is_refused(store: Store, app_closure: Path, tmp_path: Path) -> None:
@@ -1255,7 +1282,8 @@ def test_stdout_terminal_is_refused(store: Store, app_closure: Path, tmp_path: P
         os.close(follower)
         os.close(leader)
     assert result.returncode == 5
-    assert result.stderr.decode().splitlines() == [
+    lines = result.stderr.decode().splitlines()
+    assert [line for line in lines if not line.startswith("layer ")] == [
         "closurepack: error: standard output is a terminal: redirect the image archive"
     ]
 
@@ -1315,7 +1343,7 @@ def test_progress_without_a_terminal_is_plain_lines(
     # A Nix build or a CI log: stderr is a pipe. Progress is one plain line per layer.
     argv = [sys.executable, "-m", "closurepack.cli", "build",
             *map(str, _base_argv(store, app_closure)), "--strategy", "per-item",
-            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+            "--cache-dir", str(tmp_path / "cache"), "--cmd", "/bin/app"]  # fmt: skip
     env = {**os.environ, "TERM": "xterm-256color", "FORCE_COLOR": "1"}
     env.pop("SOURCE_DATE_EPOCH", None)
     result = subprocess.run(
@@ -1600,7 +1628,8 @@ def test_failed_build_leaves_existing_cache_entries_intact(
 ) -> None:
     both = store.closure_file(tmp_path / "both.json", [APP, TOOL])
     cache = tmp_path / "cache"
-    argv = [*_base_argv(store, both), "--strategy", "per-item", "--cache-dir", cache]
+    argv = [*_base_argv(store, both), "--strategy", "per-item", "--cache-dir", cache,
+            "--cmd", "/bin/app"]  # fmt: skip
     first = tmp_path / "first.tar"
     _build([*argv, "-o", f"docker-archive:{first}"], capsys)
     entries = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file() and "blobs" in p.parts}

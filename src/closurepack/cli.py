@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -447,8 +448,22 @@ def _one_line(exc: click.ClickException) -> str:
     return message
 
 
+class _WarningsToStderr(logging.Handler):
+    """The library's warnings (it never prints), one line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"closurepack: warning: {_single_line(record.getMessage())}", err=True)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("closurepack")
+    if not any(isinstance(handler, _WarningsToStderr) for handler in logger.handlers):
+        logger.addHandler(_WarningsToStderr(logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    _show_warnings()
     try:
         status = cli.main(
             args=list(argv) if argv is not None else None,

@@ -343,6 +343,13 @@ def _finish(
     destination = parse_destination(dest)
     image = assemble_image(layers, config=config, base=base)
     write_image(image, destination, tag=tag)
+    container = image.config.get("config") or {}
+    if not container.get("Entrypoint") and not container.get("Cmd"):
+        _log.warning(
+            "%s: the image has no Entrypoint and no Cmd: it runs only when given a command"
+            " (--entrypoint or --cmd set one)",
+            dest,
+        )
     return str(image.manifest_digest)
 
 
