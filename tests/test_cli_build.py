@@ -1372,7 +1372,7 @@ def test_progress_without_a_terminal_is_plain_lines(
         ("app:staff", ["app:x:1000:1000:app:/home/app:/bin/sh"], ["staff:x:1000:"]),
         ("app:100", ["app:x:1000:100:app:/home/app:/bin/sh"], []),
         ("1000:app", [], ["app:x:1000:"]),
-        ("1000:users", [], ["users:x:1000:"]),  # a uid and a group name, no user named 1000
+        ("1000:users", [], []),  # a uid and the standard group users (100), no user named 1000
         ("root", [], []),
         ("nobody", [], []),  # the standard entry, not a second nobody
         ("nobody:nogroup", [], []),
@@ -1408,7 +1408,7 @@ def test_passwd_and_group_for_named_users(
         *passwd,
     ]
     lines = image.layer_file(top, "etc/group").decode().splitlines()
-    assert lines == ["root:x:0:", "nogroup:x:65534:", *group]
+    assert lines == ["root:x:0:", "users:x:100:", "nogroup:x:65534:", *group]
     assert members["etc/passwd"].mode == 0o644
     # the home the user's entry names exists, owned by the user; none for nobody's /nonexistent
     homes = {m.name: (m.uid, m.gid, m.mode) for m in members.values() if m.isdir()}

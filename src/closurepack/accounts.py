@@ -17,7 +17,7 @@ STANDARD_PASSWD = (
     "root:x:0:0:root:/root:/bin/sh",
     "nobody:x:65534:65534:nobody:/nonexistent:/bin/false",
 )
-STANDARD_GROUP = ("root:x:0:", "nogroup:x:65534:")
+STANDARD_GROUP = ("root:x:0:", "users:x:100:", "nogroup:x:65534:")
 #: Homes that are meant not to exist.
 _NO_HOME = ("", "/", "/nonexistent")
 
@@ -127,5 +127,5 @@ def account_entries(
     if home is not None:
         directory, owner, owner_group = home
         mode = 0o700 if directory == "/root" else 0o755
-        entries.append(TreeEntry(directory, "dir", mode, uid=owner, gid=owner_group))
+        entries.append(TreeEntry(directory.lstrip("/"), "dir", mode, uid=owner, gid=owner_group))
     return entries

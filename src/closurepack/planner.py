@@ -142,10 +142,11 @@ def format_plan_table(plan: LayerPlan, closures: Sequence[Closure], *, largest: 
         total = sum(layer.size for layer in image.layers)
         title = image.name or (image.roots[0].rsplit("/", 1)[-1] if image.roots else "")
         lines.append("")
+        items_count = sum(len(layer.paths) for layer in image.layers)
         lines.append(
             f"image {number}{f' {title}' if title else ''}:"
-            f" {plural(len(image.layers), 'store layer')},"
-            f" {plural(sum(len(layer.paths) for layer in image.layers), 'item')}, {human_size(total)}"
+            f" {plural(len(image.layers), 'store layer')}, {plural(items_count, 'item')},"
+            f" {human_size(total)}"
         )
         lines.append(f"{'layer':>5}  {'items':>5}  {'size':>10}  largest items")
         for index, layer in enumerate(image.layers, 1):

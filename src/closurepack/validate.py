@@ -224,8 +224,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         comment = f"  ({layer['comment']})" if shown else ""
         count = len(layer["paths"])
         items = plural(count, "store item") if count else "no store items"
-        lines.append(
-            f"  {index:>3}  {layer['digest'][:19]}  {human_size(layer['size']):>10}  {items}{comment}"
-        )
+        size = human_size(layer["size"])
+        lines.append(f"  {index:>3}  {layer['digest'][:19]}  {size:>10}  {items}{comment}")
         lines.extend(f"         {path}" for path in layer["paths"])
     return "\n".join(lines)
