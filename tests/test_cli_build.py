@@ -1469,6 +1469,15 @@ def test_user_on_a_from_image_uses_and_extends_its_passwd(
     members = top("app:users", "grouped")
     assert files["grouped"].splitlines()[-1] == "app:x:1001:100:app:/home/app:/bin/sh"
     assert "etc/group" not in members
+    # an --extra /etc/passwd is fine when --user needs none written (svc is the base's), and
+    # refused when it would replace the one written for a new user
+    _build([*argv, "--user", "svc", "--extra", extra, "-o", f"oci:{tmp_path / 'out'}:e"], capsys)
+    _, err = _build(
+        [*argv, "--user", "app", "--extra", extra, "-o", f"oci:{tmp_path / 'out'}:f"],
+        capsys,
+        status=2,
+    )
+    _one_line_error(err, "/etc/passwd", "--user app")
 
 
 def test_symlink_or_extra_tmp_replaces_the_default_tmp(

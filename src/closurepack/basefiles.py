@@ -4,15 +4,17 @@ whiteout, decides."""
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import tarfile
 from collections.abc import Iterable, Sequence
 
 from closurepack.compression import open_decompressed
+from closurepack.customisation import Customisation
 from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import ImageLayer
 
-__all__ = ["read_base_files"]
+__all__ = ["read_base_files", "with_base_accounts"]
 
 #: Files larger than this are not plausible account databases: they are not read.
 _LIMIT = 16 << 20
@@ -83,3 +85,17 @@ def read_base_files(
     for name in todo:
         result[name] = None
     return result
+
+
+def with_base_accounts(
+    customisation: Customisation, layers: Sequence[ImageLayer], *, where: str
+) -> Customisation:
+    """``customisation`` on the ``--from`` image of ``layers``: ``--user NAME`` is looked up in
+    (and added to) that image's /etc/passwd and /etc/group, which are read only when needed."""
+    customisation = dataclasses.replace(customisation, from_base=True)
+    if not customisation.named_user:
+        return customisation
+    files = read_base_files(layers, ["etc/passwd", "etc/group"], where=where)
+    return dataclasses.replace(
+        customisation, base_passwd=files["etc/passwd"], base_group=files["etc/group"]
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,10 @@ __all__ = [
     "build_customisation_layer",
     "customisation_diff_id",
     "customisation_entries",
+    "drop_if_repeated",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: The store directories no --extra or --symlink entry may cover when the store in use is not
 #: known yet (checked again with the plan's own store directory before the layer is built).
@@ -171,6 +175,21 @@ def customisation_diff_id(customisation: Customisation, *, mtime: int) -> Digest
     sink = HashingWriter()
     write_tree_tar(sink, customisation_entries(customisation), mtime=mtime)
     return sink.digest
+
+
+def drop_if_repeated(
+    customisation: Customisation, *, top_diff_id: Digest | None, mtime: int
+) -> Customisation:
+    """No customisation layer when it would be the base image's top layer (``top_diff_id``)
+    again, byte for byte (``--from`` an image closurepack built, with the same /tmp): applied
+    on top of it, it adds nothing. Only store layers, which touch nothing outside the store
+    (see :func:`customisation_entries`), come between the two."""
+    if top_diff_id is None or customisation.is_empty:
+        return customisation
+    if customisation_diff_id(customisation, mtime=mtime) != top_diff_id:
+        return customisation
+    _log.info("the customisation layer would repeat the --from image's top layer: left out")
+    return Customisation(tmp=False)
 
 
 def build_customisation_layer(

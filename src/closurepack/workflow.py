@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from closurepack._fs import atomic_write
-from closurepack.basefiles import read_base_files
+from closurepack.basefiles import with_base_accounts
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
@@ -27,8 +27,8 @@ from closurepack.customisation import (
     Customisation,
     ExtraTree,
     build_customisation_layer,
-    customisation_diff_id,
     customisation_entries,
+    drop_if_repeated,
 )
 from closurepack.destinations import oci_archive, parse_destination, parse_repo_tag, write_image
 from closurepack.errors import (
@@ -174,18 +174,11 @@ def _fit_customisation(
     return dataclasses.replace(customisation, tmp=False)
 
 
-def _drop_if_nothing_new(
+def _drop_if_repeated(
     customisation: Customisation, *, base: BaseImage | None, mtime: int
 ) -> Customisation:
-    """No customisation layer when it would be the base image's top layer again, byte for byte
-    (``--from`` an image closurepack built, with the same /tmp): applied on top of it, it would
-    add nothing. Only the store layers, which touch nothing outside the store, come between."""
-    if base is None or not base.layers or customisation.is_empty:
-        return customisation
-    if customisation_diff_id(customisation, mtime=mtime) != base.layers[-1].diff_id:
-        return customisation
-    _log.info("the customisation layer would repeat the --from image's top layer: left out")
-    return Customisation(tmp=False)
+    top = base.layers[-1].diff_id if base is not None and base.layers else None
+    return drop_if_repeated(customisation, top_diff_id=top, mtime=mtime)
 
 
 def _read_plan(plan_file: Path) -> LayerPlan:
@@ -309,27 +302,15 @@ def _prepare(
     config = image.config()
     check_mtime(image.mtime)  # a bad --mtime fails here
     customisation = image.customisation()
-    customisation_entries(customisation)  # a bad --symlink or --extra fails here
+    # a bad --symlink or --extra fails here (--user's files wait for the --from image's)
+    customisation_entries(
+        dataclasses.replace(customisation, user=None) if image.from_image else customisation
+    )
     base = read_base_image(image.from_image) if image.from_image else None
     if base is not None:
-        customisation = _with_base_accounts(customisation, base, str(image.from_image))
+        customisation = with_base_accounts(customisation, base.layers, where=str(image.from_image))
+        customisation_entries(customisation)  # an --extra /etc/passwd --user now needs fails here
     return config, customisation, base
-
-
-def _with_base_accounts(
-    customisation: Customisation, base: BaseImage, source: str
-) -> Customisation:
-    """``--user NAME`` on a ``--from`` image: its /etc/passwd and /etc/group are the ones to
-    look the name up in and to add to (read from its layers, top down, only when needed)."""
-    customisation = dataclasses.replace(customisation, from_base=True)
-    if not customisation.named_user:
-        return customisation
-    files = read_base_files(base.layers, ["etc/passwd", "etc/group"], where=source)
-    customisation = dataclasses.replace(
-        customisation, base_passwd=files["etc/passwd"], base_group=files["etc/group"]
-    )
-    customisation_entries(customisation)  # an --extra /etc/passwd the user now needs fails here
-    return customisation
 
 
 def _finish(
@@ -428,7 +409,7 @@ def build_image(
     image_plan = select_image(plan, image_selector, source=source)
     customisation = dataclasses.replace(customisation, store_dir=plan.store_dir)
     customisation_entries(customisation)  # nothing over the store in use
-    customisation = _drop_if_nothing_new(customisation, base=base, mtime=mtime)
+    customisation = _drop_if_repeated(customisation, base=base, mtime=mtime)
     customisation = _fit_customisation(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
     )
@@ -544,7 +525,7 @@ def assemble_from_descriptors(
     if len(store_dirs) == 1:
         customisation = dataclasses.replace(customisation, store_dir=store_dirs.pop())
         customisation_entries(customisation)  # nothing over the store in use
-    customisation = _drop_if_nothing_new(customisation, base=base, mtime=mtime)
+    customisation = _drop_if_repeated(customisation, base=base, mtime=mtime)
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:
         raise OptionError(
