@@ -417,11 +417,41 @@ def test_bad_previous(
     code, out, err = run(
         ["plan", "--closure", app_closure, "--previous", previous.format(tmp=tmp_path)], capsys
     )
-    assert code in (2, 5)
+    assert code == 2  # bad input, never the destination status 5
     assert out == ""
     assert len(err.splitlines()) == 1
+    assert "destination" not in err
     for text in must_say:
         assert text in err
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["oci:{tmp}/nolayout", "docker-archive:{tmp}/missing.tar", "oci-archive:{tmp}/x", "ftp:x"],
+)
+def test_missing_from_image_is_bad_input_not_a_destination_problem(
+    source: str, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "out"
+    line = _expect_error(
+        ["build", "--closure", app_closure, "--from", source.format(tmp=tmp_path),
+         "-o", f"oci:{dest}"],
+        capsys,
+    )  # fmt: skip
+    assert "destination" not in line
+    assert "image" in line
+    assert not dest.exists()
+
+
+def test_plain_closurepack_prints_its_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run([], capsys)
+    assert status == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0] == "Usage: closurepack [OPTIONS] COMMAND [ARGS]..."
+    assert len(lines) > 5
+    for command in COMMANDS:
+        assert any(line.split()[:1] == [command] for line in lines), command
 
 
 def test_previous_image_not_built_by_closurepack(
@@ -501,8 +531,9 @@ def test_subprocess_errors_never_show_a_traceback(store: Store, tmp_path: Path) 
             ),
             3,
         ),
-        (("verify", f"oci:{tmp_path / 'nothing'}"), 5),
-        (("inspect", f"docker-archive:{tmp_path / 'cycle.json'}"), 5),
+        # a source that is not there or not of its kind is bad input, not a destination's 5
+        (("verify", f"oci:{tmp_path / 'nothing'}"), 2),
+        (("inspect", f"docker-archive:{tmp_path / 'cycle.json'}"), 2),
     ]
     for argv, status in cases:
         result = _subprocess(*argv, cwd=tmp_path)

@@ -38,7 +38,8 @@ def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
 def _build(
     argv: list[object], capsys: pytest.CaptureFixture[str], *, status: int = 0
 ) -> tuple[str, str]:
-    code, out, err = run(["build", *argv], capsys)
+    """Build quietly (progress lines are tested on their own) and expect ``status``."""
+    code, out, err = run(["build", "--quiet", *argv], capsys)
     assert code == status, err
     return out, err
 
@@ -312,6 +313,8 @@ def test_image_config_fields(
             "--label", "note=x=y",
             "--expose", "8080",
             "--expose", "53/udp",
+            "--expose", "80/UDP",
+            "--expose", "9/Sctp",
             "--volume", "/data",
             "--stop-signal", "SIGINT",
             "--created", "1700000000",
@@ -329,15 +332,15 @@ def test_image_config_fields(
     assert config["User"] == "1000:1000"
     assert config["Labels"]["org.example.team"] == "core"
     assert config["Labels"]["note"] == "x=y"
-    assert config["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}}
+    assert config["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}, "80/udp": {}, "9/sctp": {}}
     assert config["Volumes"] == {"/data": {}}
     assert config["StopSignal"] == "SIGINT"
     assert image.config["created"] == "2023-11-14T22:13:20Z"
     assert image.config["architecture"] == "arm64"
     assert image.config["os"] == "linux"
     assert image.manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
-    # file mtimes follow --created too
-    assert {m.mtime for m in image.layer_members(0).values()} == {1700000000}
+    # --created is the image's time, not its files': they keep the store's mtime 1
+    assert {m.mtime for m in image.layer_members(0).values()} == {1}
 
 
 @pytest.mark.parametrize(
@@ -373,6 +376,62 @@ def test_created_time(
     image = read_oci(dest)
     assert image.config["created"] == expected
     assert {h["created"] for h in image.config["history"]} == {expected}
+
+
+def test_created_and_source_date_epoch_change_no_layer_and_mtime_does(
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A CI that sets SOURCE_DATE_EPOCH to the commit time must get the same layers every commit.
+    cache = tmp_path / "cache"
+    argv = [*_base_argv(store, app_closure), "--strategy", "per-item", "--cache-dir", cache]
+    images = {}
+    for name, created, epoch in (("a", "1700000000", None), ("b", None, "1234567890")):
+        if epoch is None:
+            monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+        else:
+            monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+        dest = tmp_path / name
+        _build([*argv, *(["--created", created] if created else []), "-o", f"oci:{dest}"], capsys)
+        images[name] = read_oci(dest)
+    a, b = images["a"], images["b"]
+    assert a.config["created"] != b.config["created"]
+    assert len(a.layer_digests) == 5  # 4 store layers and /tmp
+    assert a.layer_digests == b.layer_digests
+    assert a.config["rootfs"] == b.config["rootfs"]
+    for number in range(5):
+        assert {m.mtime for m in a.layer_members(number).values()} == {1}
+    # --mtime sets the files' mtime (and so the layer key: no stale cache hit)
+    dest = tmp_path / "m"
+    _build([*argv, "--mtime", "1700000000", "-o", f"oci:{dest}"], capsys)
+    m = read_oci(dest)
+    assert not set(m.layer_digests) & set(a.layer_digests)
+    for number in range(5):
+        assert {mem.mtime for mem in m.layer_members(number).values()} == {1700000000}
+
+
+def test_an_image_without_entrypoint_or_cmd_gets_a_warning(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*_base_argv(store, app_closure), "--no-cache"]
+    out, err = _build([*argv, "-o", f"oci:{tmp_path / 'bare'}"], capsys)
+    assert out.startswith("sha256:")
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("closurepack: warning: ")
+    assert "no Entrypoint and no Cmd" in lines[0]
+    assert str(tmp_path / "bare") in lines[0]
+    for given in (["--entrypoint", "/bin/app"], ["--cmd", "/bin/app"]):
+        _, err = _build([*argv, *given, "-o", f"oci:{tmp_path / given[0][2:]}"], capsys)
+        assert err == ""
+    # an Entrypoint the --from image has counts too
+    _, err = _build(
+        [*argv, "--from", f"oci:{tmp_path / 'cmd'}", "-o", f"oci:{tmp_path / 'derived'}"], capsys
+    )
+    assert err == ""
 
 
 def test_created_now_is_the_current_time(
@@ -416,6 +475,13 @@ def test_created_now_is_the_current_time(
         ("--symlink", "/a=", ("--symlink", "/a=", "empty target")),
         ("--created", "99999999999999", ("--created", "9999")),
         ("--entrypoint", '["a", 1]', ("--entrypoint", "array of strings")),
+        ("--entrypoint", '{"a":1}', ("--entrypoint", '{"a":1}', "array of strings")),
+        ("--cmd", ' {"a": [1]}', ("--cmd", "array of strings")),
+        ("--env", "FO O=x", ("--env", "FO O=x", "KEY")),
+        ("--env", "\tX=1", ("--env", "KEY")),
+        ("--created", "", ("--created ''", "expected")),
+        ("--mtime", "", ("--mtime ''", "expected")),
+        ("--mtime", "soon", ("--mtime 'soon'",)),
         ("--entrypoint", "[oops", ("--entrypoint", "JSON")),
         ("--cmd", "'unclosed", ("--cmd", "quotation")),
         ("--workdir", "relative", ("--workdir", "relative", "absolute")),
@@ -464,6 +530,26 @@ def test_bad_option_values(
 # the customisation layer ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["build", "build-layer", "assemble"])
+def test_level_with_compression_none_is_refused(
+    command: str,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dest = tmp_path / "out"
+    inputs = {
+        "build": [*_base_argv(store, app_closure), "--no-cache", "-o", f"oci:{dest}"],
+        "build-layer": [GLIBC, "--store-root", store.root, "-o", dest],
+        "assemble": [tmp_path, "-o", f"oci:{dest}"],
+    }[command]
+    code, out, err = run([command, *inputs, "--compression", "none", "--level", "3"], capsys)
+    assert (code, out) == (2, "")
+    _one_line_error(err, "--level 3", "--compression none")
+    assert not dest.exists()
+
+
 def test_customisation_layer_contents(
     store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -500,8 +586,10 @@ def test_customisation_layer_contents(
     assert members["etc/app/config.toml"].mode == 0o644
     assert image.layer_file(top, "etc/app/config.toml") == b"port = 8080\n"
     assert members["current"].linkname == APP
-    for member in members.values():  # deterministic: owner root, fixed mtime
-        assert (member.uid, member.gid, member.mtime) == (0, 0, 1), member.name
+    assert (members["home/app"].uid, members["home/app"].gid) == (1000, 1000)
+    for member in members.values():  # deterministic: owner root (but app's home), fixed mtime
+        owner = (1000, 1000) if member.name == "home/app" else (0, 0)
+        assert (member.uid, member.gid, member.mtime) == (*owner, 1), member.name
         assert (member.uname, member.gname) == ("", "") or (member.uname, member.gname) == (
             "root",
             "root",
@@ -626,6 +714,75 @@ def test_customisation_conflicts(
     assert not dest.exists()
 
 
+@pytest.mark.parametrize(
+    ("tree", "options", "must_say"),
+    [
+        ({"etc/passwd": "x:x:0:0::/:/bin/sh\n"}, ["--user", "app"], ("/etc/passwd", "--user app")),
+        ({"etc/group": "x:x:0:\n"}, ["--user", "1000:staff"], ("/etc/group", "--user 1000:staff")),
+        ({"nix/store/evil": "x"}, [], ("--extra", "/nix/store", "store")),
+        ({f"{APP.lstrip('/')}/bin/app": "x"}, [], ("--extra", APP)),
+        ({"nix/var/x": "x"}, [], ("--extra", "/nix ")),
+        ({}, ["--symlink", "/nix=/elsewhere"], ("--symlink /nix=/elsewhere",)),
+        ({}, ["--symlink", "/nix/store=/elsewhere"], ("--symlink /nix/store=",)),
+        ({}, ["--symlink", f"{GLIBC}=/elsewhere"], ("--symlink", GLIBC)),
+        ({}, ["--symlink", f"{GLIBC}/lib/x=/elsewhere"], ("--symlink", GLIBC)),
+    ],
+)
+def test_extra_and_symlink_may_not_replace_generated_files_or_cover_the_store(
+    tree: dict[str, str],
+    *,
+    options: list[str],
+    must_say: tuple[str, ...],
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name, text in tree.items():
+        (extra / name).parent.mkdir(parents=True, exist_ok=True)
+        (extra / name).write_text(text)
+    dest = tmp_path / "out"
+    cache = tmp_path / "cache"
+    _, err = _build(
+        [*_base_argv(store, app_closure), "--cache-dir", cache, "--extra", extra, *options,
+         "-o", f"oci:{dest}"],
+        capsys,
+        status=2,
+    )  # fmt: skip
+    _one_line_error(err, *must_say)
+    assert not dest.exists()
+    assert not cache.exists()
+
+
+def test_extra_tree_owner(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra"
+    (extra / "srv" / "data").mkdir(parents=True)
+    (extra / "srv" / "data" / "run.sh").write_text("#!/bin/sh\n")
+    (extra / "srv" / "data" / "run.sh").chmod(0o750)
+    (extra / "srv" / "link").symlink_to("data/run.sh")
+    plain = tmp_path / "plain"
+    (plain / "etc").mkdir(parents=True)
+    (plain / "etc" / "motd").write_text("hi\n")
+    dest = tmp_path / "layout"
+    _build([*_base_argv(store, app_closure), "--no-cache", "--extra", f"{extra}:1000:100",
+            "--extra", plain, "-o", f"oci:{dest}"], capsys)  # fmt: skip
+    image = read_oci(dest)
+    members = image.layer_members(len(image.layer_digests) - 1)
+    for name in ("srv", "srv/data", "srv/data/run.sh", "srv/link"):
+        assert (members[name].uid, members[name].gid) == (1000, 100), name
+    assert members["srv/data/run.sh"].mode == 0o750
+    assert (members["etc/motd"].uid, members["etc/motd"].gid) == (0, 0)
+    assert (members["tmp"].uid, members["tmp"].gid) == (0, 0)
+    for value, says in ((f"{extra}:1000", "no such directory"), (f"{extra}:1:99999999", "at most")):
+        _, err = _build([*_base_argv(store, app_closure), "--no-cache", "--extra", value,
+                         "-o", f"oci:{tmp_path / 'x'}"], capsys, status=2)  # fmt: skip
+        _one_line_error(err, "--extra", says)
+
+
 def test_fifo_in_extra_tree_is_refused(
     store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -692,6 +849,34 @@ def test_from_puts_the_base_layers_underneath_and_merges_env(
     assert image.config["config"]["Labels"]["from"] == "base"
     assert run(["verify", f"oci:{dest}"], capsys)[0] == 0
     assert len(base_manifest[0]["Layers"]) == 2
+
+
+def test_from_a_closurepack_image_adds_no_second_identical_customisation_layer(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base_closure = store.closure_file(tmp_path / "base.json", [ZLIB])
+    base = tmp_path / "base"
+    _build([*_base_argv(store, base_closure), "--no-cache", "--strategy", "single",
+            "-o", f"oci:{base}"], capsys)  # fmt: skip
+    base_ids = read_oci(base).config["rootfs"]["diff_ids"]
+    assert len(base_ids) == 2  # glibc + zlib, then /tmp
+    dest = tmp_path / "layout"
+    argv = [*_base_argv(store, app_closure), "--no-cache", "--strategy", "single"]
+    _build([*argv, "--from", f"oci:{base}", "-o", f"oci:{dest}"], capsys)
+    image = read_oci(dest)
+    diff_ids = image.config["rootfs"]["diff_ids"]
+    # the base's layers, then one store layer (libfoo, app): no second /tmp layer
+    assert diff_ids[:2] == base_ids
+    assert len(diff_ids) == 3
+    assert len(set(diff_ids)) == 3
+    assert {name.split("/")[0] for name in image.layer_members(2)} == {"nix"}
+    assert len(image.config["history"]) == 3
+    assert run(["verify", f"oci:{dest}"], capsys)[0] == 0
+    # a customisation layer that does add something is still added
+    _build([*argv, "--from", f"oci:{base}", "--symlink", "/bin=/x", "-o", f"oci:{dest}:s"], capsys)
+    with_link = read_oci(dest, tag="s")
+    assert len(with_link.config["rootfs"]["diff_ids"]) == 4
+    assert "bin" in with_link.layer_members(3)
 
 
 @pytest.mark.parametrize(
@@ -807,6 +992,8 @@ def test_stdout_is_the_same_docker_archive(
             tmp_path / "cache",
             "--tag",
             "app:1",
+            "--cmd",
+            "/bin/app",
             "-o",
             f"docker-archive:{archive}",
         ],
@@ -815,7 +1002,7 @@ def test_stdout_is_the_same_docker_archive(
     result = subprocess.run(
         [sys.executable, "-m", "closurepack.cli", "build",
          *map(str, _base_argv(store, app_closure)), "--cache-dir", str(tmp_path / "cache"),
-         "--tag", "app:1", "-q", "-o", "-"],
+         "--tag", "app:1", "--cmd", "/bin/app", "-q", "-o", "-"],
         capture_output=True,
         check=False,
         timeout=60,
@@ -828,14 +1015,17 @@ def test_stdout_is_the_same_docker_archive(
     loud = subprocess.run(
         [sys.executable, "-m", "closurepack.cli", "build",
          *map(str, _base_argv(store, app_closure)), "--cache-dir", str(tmp_path / "cache"),
-         "--tag", "app:1", "-o", "-"],
+         "--tag", "app:1", "--cmd", "/bin/app", "-o", "-"],
         capture_output=True,
         check=False,
         timeout=60,
     )  # fmt: skip
     assert loud.returncode == 0
     assert loud.stdout == result.stdout
-    assert loud.stderr.decode() == digest
+    *progress, last = loud.stderr.decode().splitlines()
+    assert last == digest.strip()
+    assert len(progress) == 5
+    assert all(line.startswith("layer ") for line in progress)
 
 
 # failures leave everything as it was ----------------------------------------------------------
@@ -1085,7 +1275,7 @@ def test_stdout_reader_going_away_is_quiet(tmp_path: Path) -> None:
         status = proc.wait(timeout=60)
         err = proc.stderr.read()
     assert status == 141
-    assert err == b""
+    assert all(line.startswith(b"layer ") for line in err.splitlines())  # progress, no error
 
 
 def test_stdout_terminal_is_refused(store: Store, app_closure: Path, tmp_path: Path) -> None:
@@ -1105,7 +1295,8 @@ def test_stdout_terminal_is_refused(store: Store, app_closure: Path, tmp_path: P
         os.close(follower)
         os.close(leader)
     assert result.returncode == 5
-    assert result.stderr.decode().splitlines() == [
+    lines = result.stderr.decode().splitlines()
+    assert [line for line in lines if not line.startswith("layer ")] == [
         "closurepack: error: standard output is a terminal: redirect the image archive"
     ]
 
@@ -1159,14 +1350,45 @@ def test_progress_on_a_terminal_and_quiet(store: Store, app_closure: Path, tmp_p
     assert "layer" not in terminal
 
 
+def test_progress_without_a_terminal_is_plain_lines(
+    store: Store, app_closure: Path, tmp_path: Path
+) -> None:
+    # A Nix build or a CI log: stderr is a pipe. Progress is one plain line per layer.
+    argv = [sys.executable, "-m", "closurepack.cli", "build",
+            *map(str, _base_argv(store, app_closure)), "--strategy", "per-item",
+            "--cache-dir", str(tmp_path / "cache"), "--cmd", "/bin/app"]  # fmt: skip
+    env = {**os.environ, "TERM": "xterm-256color", "FORCE_COLOR": "1"}
+    env.pop("SOURCE_DATE_EPOCH", None)
+    result = subprocess.run(
+        [*argv, "-o", f"oci:{tmp_path / 'a'}"], capture_output=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"sha256:")
+    assert b"\x1b" not in result.stderr
+    assert b"\r" not in result.stderr
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 5, lines
+    for number, line in enumerate(sorted(lines, key=lambda x: int(x.split()[1].split("/")[0]))):
+        assert line.startswith(f"layer {number + 1}/5: "), line
+        assert line.split()[4] in ("B", "KiB", "MiB"), line
+    quiet = subprocess.run(
+        [*argv, "-q", "-o", f"oci:{tmp_path / 'b'}"], capture_output=True, env=env, check=False
+    )
+    assert quiet.returncode == 0
+    assert quiet.stderr == b""
+
+
 @pytest.mark.parametrize(
     ("user", "passwd", "group"),
     [
-        ("app", ["app:x:1000:1000:app:/tmp:/bin/sh"], ["app:x:1000:"]),
-        ("app:staff", ["app:x:1000:1000:app:/tmp:/bin/sh"], ["staff:x:1000:"]),
-        ("app:100", ["app:x:1000:100:app:/tmp:/bin/sh"], []),
+        ("app", ["app:x:1000:1000:app:/home/app:/bin/sh"], ["app:x:1000:"]),
+        ("app:staff", ["app:x:1000:1000:app:/home/app:/bin/sh"], ["staff:x:1000:"]),
+        ("app:100", ["app:x:1000:100:app:/home/app:/bin/sh"], []),
         ("1000:app", [], ["app:x:1000:"]),
+        ("1000:users", [], []),  # a uid and the standard group users (100), no user named 1000
         ("root", [], []),
+        ("nobody", [], []),  # the standard entry, not a second nobody
+        ("nobody:nogroup", [], []),
         ("1000", None, None),
         ("0:0", None, None),
     ],
@@ -1195,12 +1417,80 @@ def test_passwd_and_group_for_named_users(
     lines = image.layer_file(top, "etc/passwd").decode().splitlines()
     assert lines == [
         "root:x:0:0:root:/root:/bin/sh",
-        *passwd,
         "nobody:x:65534:65534:nobody:/nonexistent:/bin/false",
+        *passwd,
     ]
     lines = image.layer_file(top, "etc/group").decode().splitlines()
-    assert lines == ["root:x:0:", *group, "nogroup:x:65534:"]
+    assert lines == ["root:x:0:", "users:x:100:", "nogroup:x:65534:", *group]
     assert members["etc/passwd"].mode == 0o644
+    # the home the user's entry names exists, owned by the user; none for nobody's /nonexistent
+    homes = {m.name: (m.uid, m.gid, m.mode) for m in members.values() if m.isdir()}
+    homes = {name: owner for name, owner in homes.items() if name not in ("tmp", "etc")}
+    expected = {
+        "app": {"home": (0, 0, 0o755), "home/app": (1000, int(passwd[0].split(":")[3]), 0o755)}
+        if passwd
+        else {},
+        "root": {"root": (0, 0, 0o700)},
+    }
+    assert homes == expected.get(user.partition(":")[0], {})
+    assert "nonexistent" not in members
+
+
+def test_user_on_a_from_image_uses_and_extends_its_passwd(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "accounts"
+    (extra / "etc").mkdir(parents=True)
+    (extra / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+        "svc:x:1000:1000:svc:/srv:/bin/sh\n"
+    )
+    (extra / "etc" / "group").write_text("root:x:0:\nsvc:x:1000:\nusers:x:100:\n")
+    base_closure = store.closure_file(tmp_path / "base.json", [ZLIB])
+    base = tmp_path / "base.tar"
+    _build([*_base_argv(store, base_closure), "--no-cache", "--extra", extra,
+            "-o", f"docker-archive:{base}"], capsys)  # fmt: skip
+    argv = [*_base_argv(store, app_closure), "--no-cache", "--from", f"docker-archive:{base}"]
+
+    def top(user: str, name: str) -> dict[str, tarfile.TarInfo]:
+        _build([*argv, "--user", user, "-o", f"oci:{tmp_path / 'out'}:{name}"], capsys)
+        image = read_oci(tmp_path / "out", tag=name)
+        members = image.layer_members(len(image.layer_digests) - 1)
+        if "etc/passwd" in members:
+            files[name] = image.layer_file(len(image.layer_digests) - 1, "etc/passwd").decode()
+        if "etc/group" in members:
+            groups[name] = image.layer_file(len(image.layer_digests) - 1, "etc/group").decode()
+        return members
+
+    files: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    # users and groups the base has: nothing to add (the base's files stay as they are)
+    for number, user in enumerate(["nobody", "svc", "svc:users", "1000:users", "root"]):
+        members = top(user, f"t{number}")
+        assert "etc/passwd" not in members, user
+        assert "etc/group" not in members, user
+    # a new user: the base's lines and one more, with the first free uid, its home owned by it
+    members = top("app", "new")
+    assert files["new"].splitlines() == [
+        "root:x:0:0:root:/root:/bin/sh",
+        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false",
+        "svc:x:1000:1000:svc:/srv:/bin/sh",
+        "app:x:1001:1001:app:/home/app:/bin/sh",
+    ]
+    assert groups["new"].splitlines() == ["root:x:0:", "svc:x:1000:", "users:x:100:", "app:x:1001:"]
+    assert (members["home/app"].uid, members["home/app"].gid) == (1001, 1001)
+    members = top("app:users", "grouped")
+    assert files["grouped"].splitlines()[-1] == "app:x:1001:100:app:/home/app:/bin/sh"
+    assert "etc/group" not in members
+    # an --extra /etc/passwd is fine when --user needs none written (svc is the base's), and
+    # refused when it would replace the one written for a new user
+    _build([*argv, "--user", "svc", "--extra", extra, "-o", f"oci:{tmp_path / 'out'}:e"], capsys)
+    _, err = _build(
+        [*argv, "--user", "app", "--extra", extra, "-o", f"oci:{tmp_path / 'out'}:f"],
+        capsys,
+        status=2,
+    )
+    _one_line_error(err, "/etc/passwd", "--user app")
 
 
 def test_symlink_or_extra_tmp_replaces_the_default_tmp(
@@ -1360,7 +1650,8 @@ def test_failed_build_leaves_existing_cache_entries_intact(
 ) -> None:
     both = store.closure_file(tmp_path / "both.json", [APP, TOOL])
     cache = tmp_path / "cache"
-    argv = [*_base_argv(store, both), "--strategy", "per-item", "--cache-dir", cache]
+    argv = [*_base_argv(store, both), "--strategy", "per-item", "--cache-dir", cache,
+            "--cmd", "/bin/app"]  # fmt: skip
     first = tmp_path / "first.tar"
     _build([*argv, "-o", f"docker-archive:{first}"], capsys)
     entries = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file() and "blobs" in p.parts}

@@ -67,7 +67,7 @@ def test_layers_built_one_by_one_assemble_to_the_direct_build(
         out_dir = tmp_path / "layers" / str(number)
         printed = _ok(
             ["build-layer", "--plan", plan, "--layer", number, "--store-root", store.root,
-             "--compression", compression, "--created", "7", "-o", out_dir],
+             "--compression", compression, "--mtime", "7", "-o", out_dir],
             capsys,
         )  # fmt: skip
         assert printed.strip() == str(out_dir / "layer.json")
@@ -75,7 +75,8 @@ def test_layers_built_one_by_one_assemble_to_the_direct_build(
         assert descriptor["paths"] == layers[number]
         assert (out_dir / descriptor["blob"]).stat().st_size == descriptor["size"]
         dirs.append(out_dir)
-    common = ["--compression", compression, "--created", "7", "--entrypoint", f"{APP}/bin/app"]
+    common = ["--compression", compression, "--created", "7", "--mtime", "7",
+              "--entrypoint", f"{APP}/bin/app"]  # fmt: skip
     assembled = tmp_path / "assembled"
     digest = _ok(["assemble", *dirs, *common, "-o", f"oci:{assembled}"], capsys)
     direct = tmp_path / "direct"
@@ -111,6 +112,26 @@ def test_build_layer_from_store_paths_equals_the_plan_layer(
     two = json.loads((from_paths / "layer.json").read_text())
     assert one == two
     assert (from_plan / one["blob"]).read_bytes() == (from_paths / two["blob"]).read_bytes()
+
+
+def test_build_layer_ignores_source_date_epoch_and_takes_mtime(
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _ok(["build-layer", GLIBC, "--store-root", store.root, "-o", tmp_path / "plain"], capsys)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    _ok(["build-layer", GLIBC, "--store-root", store.root, "-o", tmp_path / "sde"], capsys)
+    _ok(["build-layer", GLIBC, "--store-root", store.root, "--mtime", "5",
+         "-o", tmp_path / "mtime"], capsys)  # fmt: skip
+    plain, sde, mtime = (
+        json.loads((tmp_path / name / "layer.json").read_text())
+        for name in ("plain", "sde", "mtime")
+    )
+    assert plain["digest"] == sde["digest"]
+    assert mtime["digest"] != plain["digest"]
+    _fails(["build-layer", GLIBC, "--mtime", "", "-o", tmp_path / "x"], capsys, 2, "--mtime ''")
 
 
 def test_build_layer_bad_input(
@@ -255,10 +276,14 @@ def test_verify_and_inspect_of_something_that_is_no_image(
 ) -> None:
     (tmp_path / "file.txt").write_text("hello")
     for command in ("verify", "inspect"):
-        _fails([command, f"docker-archive:{tmp_path / 'file.txt'}"], capsys, 5, "file.txt")
-        _fails([command, f"oci:{tmp_path / 'none'}"], capsys, 5, "none")
+        # sources: bad input (2), never the destination status (5), never called a destination
+        err = _fails([command, f"docker-archive:{tmp_path / 'file.txt'}"], capsys, 2, "file.txt")
+        assert "destination" not in err
+        err = _fails([command, f"oci:{tmp_path / 'none'}"], capsys, 2, "none", "no such image")
+        assert "destination" not in err
         _fails([command, "-"], capsys, 2, "standard output")
-        _fails([command, "http://example"], capsys, 2, "http://example")
+        err = _fails([command, "http://example"], capsys, 2, "image 'http://example'")
+        assert "destination" not in err
 
 
 def test_inspect_text_shows_layers_sizes_and_items(
@@ -272,8 +297,35 @@ def test_inspect_text_shows_layers_sizes_and_items(
     for path in (GLIBC, ZLIB, LIBFOO, APP, TOOL):
         assert path in out
     assert "customisation" in out
-    summary = next(line.split() for line in out.splitlines() if line.startswith("layers"))
-    assert summary[:2] == ["layers", "6,"]
+    summary = next(line.split() for line in out.splitlines() if line.startswith("total"))
+    assert summary[:3] == ["total", "6", "layers,"]
+    assert summary[4:] in (["KiB", "compressed"], ["B", "compressed"])
+
+
+def test_inspect_text_config_fields_units_and_counts(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = store.files(GLIBC) / "lib" / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))  # incompressible: the layer is about 3 MiB
+    dest = tmp_path / "one"
+    _ok(["build", GLIBC, "--store-root", store.root, "--no-cache", "--no-tmp",
+         "--expose", "8080", "--expose", "53/udp", "--volume", "/data", "-o", f"oci:{dest}"],
+        capsys)  # fmt: skip
+    out = _ok(["inspect", f"oci:{dest}"], capsys)
+    lines = out.splitlines()
+    assert "ExposedPorts 53/udp 8080/tcp" in lines
+    assert "Volumes      /data" in lines
+    assert "{" not in out  # no dict repr anywhere
+    total = next(line for line in lines if line.startswith("total"))
+    assert total.split()[1:3] == ["1", "layer,"]
+    assert total.split()[4:] == ["MiB", "compressed"]
+    assert float(total.split()[3]) == pytest.approx(3.0, abs=0.1)
+    row = next(line for line in lines if line.startswith("    0  "))
+    assert row.split()[2:6] == [total.split()[3], "MiB", "1", "store"]
+    assert row.split()[6] == "item"
+    plan = _ok(["plan", GLIBC, "--store-root", store.root, "--max-layers", "1"], capsys)
+    assert "max 1 layer " in plan
+    assert "1 store layer, 1 item, " in plan
 
 
 def test_inspect_json(layout: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from closurepack.destinations import write_image
 from closurepack.digest import Digest
-from closurepack.errors import DestinationError, ImageError, InputError
+from closurepack.errors import ImageError, InputError, SourceError
 from closurepack.image import Image, ImageConfig, assemble_image, canonical_json, manifest_for
 from closurepack.layer import BuiltLayer
 from closurepack.readback import read_base_image, read_image
@@ -238,10 +238,10 @@ def test_base_image_read_back_builds_on(tmp_path: Path, image: Image) -> None:
 @pytest.mark.parametrize(
     ("make", "source", "error"),
     [
-        (None, "oci:{tmp}/nothing", DestinationError),
-        ("garbage", "docker-archive:{tmp}/garbage", DestinationError),
-        ("garbage", "oci-archive:{tmp}/garbage", DestinationError),
-        ("layout", "oci:{tmp}/layout:nosuchtag", DestinationError),
+        (None, "oci:{tmp}/nothing", SourceError),
+        ("garbage", "docker-archive:{tmp}/garbage", SourceError),
+        ("garbage", "oci-archive:{tmp}/garbage", SourceError),
+        ("layout", "oci:{tmp}/layout:nosuchtag", SourceError),
         (None, "-", InputError),
         (None, "nonsense", InputError),
     ],
@@ -371,7 +371,7 @@ def test_several_images_need_a_tag(tmp_path: Path) -> None:
     second = busybox_image(tmp_path / "b", config=ImageConfig(cmd=["/bin/true"]))
     write_image(first, f"oci:{tmp_path / 'layout'}:one")
     write_image(second, f"oci:{tmp_path / 'layout'}:two")
-    with pytest.raises(DestinationError, match="2 images; name one with :TAG"):
+    with pytest.raises(SourceError, match="2 images; name one with :TAG"):
         read_image(f"oci:{tmp_path / 'layout'}")
 
     # A docker-archive holding two images (as `docker save a b` writes): chosen by RepoTags.
@@ -393,10 +393,10 @@ def test_several_images_need_a_tag(tmp_path: Path) -> None:
         info = tarfile.TarInfo("manifest.json")
         info.size = len(data)
         out.addfile(info, io.BytesIO(data))
-    with pytest.raises(DestinationError, match="holds 2 images"):
+    with pytest.raises(SourceError, match="holds 2 images"):
         read_image(f"docker-archive:{both}")
     chosen = read_image(f"docker-archive:{both}:cp/second:1")
     assert chosen.config_digest == second.config_digest
-    with pytest.raises(DestinationError, match="no image tagged cp/third:1"):
+    with pytest.raises(SourceError, match="no image tagged cp/third:1"):
         read_image(f"docker-archive:{both}:cp/third:1")
     assert verify_image(f"docker-archive:{both}:cp/first:1") == []

@@ -21,7 +21,8 @@
   entrypoint ? [ "${app}/bin/hello" ],
   tag ? "hello:latest",
   compression ? "gzip",
-  # Seconds since the epoch: file mtimes and the image's creation time.
+  # Seconds since the epoch: the image's creation time (no layer depends on it: files keep
+  # mtime 1, as in the store).
   created ? "1",
   maxLayers ? 100,
   strategy ? "auto",
@@ -48,7 +49,6 @@ let
       inherit name system;
       builder = "/bin/sh";
       args = [ "-eu" "-c" script ];
-      SOURCE_DATE_EPOCH = created;
       CLOSUREPACK_ID = closurepackId;
     } // attrs);
 
@@ -68,7 +68,6 @@ let
         inherit system;
         __structuredAttrs = true;
         exportReferencesGraph.closure = [ app ];
-        SOURCE_DATE_EPOCH = created;
         CLOSUREPACK_ID = closurepackId;
         # With structured attrs the output path is only in .attrs.json/.attrs.sh (bash syntax).
         builder = "/bin/bash";
@@ -107,7 +106,7 @@ let
     in
     run name { items = map builtins.storePath items; } ''
       ${cp} build-layer ${source} \
-        --compression ${quote compression} --created ${quote created} -o "$out"
+        --compression ${quote compression} -o "$out"
     '';
 
   layers = genList layer (length image.layers);

@@ -30,6 +30,7 @@ __all__ = [
     "LayerEvent",
     "ProgressCallback",
     "build_layers",
+    "check_mtime",
     "default_mtime",
     "read_descriptors",
     "scratch_dir",
@@ -37,8 +38,9 @@ __all__ = [
 
 
 def default_mtime(created: int | None = None, environ: dict[str, str] | None = None) -> int:
-    """The entry mtime: ``--created``, else ``SOURCE_DATE_EPOCH``, else 1; an OptionError
-    naming the one given when a tar header cannot hold it (after :data:`MAX_MTIME`)."""
+    """The image's creation time: ``--created``, else ``SOURCE_DATE_EPOCH``, else 1; an
+    OptionError naming the one given when a tar header cannot hold it (after
+    :data:`MAX_MTIME`: docker-archive members carry it). It is never a layer's file mtime."""
     if created is not None:
         return _fits_tar(created, f"--created {created}")
     value = (environ if environ is not None else os.environ).get("SOURCE_DATE_EPOCH")
@@ -51,6 +53,13 @@ def default_mtime(created: int | None = None, environ: dict[str, str] | None = N
             raise OptionError(f"SOURCE_DATE_EPOCH={value!r} is negative")
         return _fits_tar(epoch, f"SOURCE_DATE_EPOCH={value!r}")
     return 1
+
+
+def check_mtime(mtime: int | None) -> int:
+    """The file mtime of layers: ``--mtime``, else 1 (what every file in a real store has, so
+    store layers stay the same whatever the image's creation time); an OptionError when a tar
+    header cannot hold it."""
+    return 1 if mtime is None else _fits_tar(mtime, f"--mtime {mtime}")
 
 
 def _fits_tar(mtime: int, what: str) -> int:

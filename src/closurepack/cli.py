@@ -16,7 +16,7 @@ import click
 
 from closurepack import __version__
 from closurepack.errors import ClosurepackError, DestinationError
-from closurepack.options import parse_command, parse_created, parse_key_values
+from closurepack.options import parse_command, parse_created, parse_extra, parse_key_values
 
 if TYPE_CHECKING:
     from closurepack.workflow import ImageOptions
@@ -117,6 +117,13 @@ def plan_command(
         click.echo(format_plan_table(plan, closures))
 
 
+_MTIME_OPTION = click.option(
+    "--mtime",
+    help="The mtime of every file in the layers: seconds since the epoch or an RFC 3339 date"
+    " (default 1, as in a real store; SOURCE_DATE_EPOCH does not change it).",
+)
+
+
 def _image_config_options(func: F) -> F:
     options = [
         click.option("--entrypoint", help="Entrypoint: a JSON array or a shell-quoted string."),
@@ -130,9 +137,10 @@ def _image_config_options(func: F) -> F:
         click.option("--stop-signal", help="Stop signal, e.g. SIGTERM."),
         click.option(
             "--created",
-            help="Creation time: seconds since the epoch, an RFC 3339 date, or 'now' "
-            "(default: SOURCE_DATE_EPOCH, else 1).",
+            help="Creation time of the image and its history: seconds since the epoch, an RFC"
+            " 3339 date, or 'now' (default: SOURCE_DATE_EPOCH, else 1). Changes no layer.",
         ),
+        _MTIME_OPTION,
         click.option("--arch", help="Architecture (default: the host's), e.g. amd64, arm64."),
         click.option("--tag", help="NAME:TAG recorded in the image (docker-archive RepoTags)."),
         click.option("--from", "from_image", help="Put this image's layers underneath."),
@@ -194,8 +202,9 @@ def _customisation_options(func: F) -> F:
         click.option(
             "--extra",
             multiple=True,
-            type=click.Path(exists=True, file_okay=False, path_type=Path),
-            help="Copy this directory's tree into the image root (repeatable).",
+            metavar="DIR[:UID:GID]",
+            help="Copy this directory's tree into the image root, modes kept, every entry owned"
+            " by UID:GID (default 0:0) (repeatable).",
         ),
         click.option("--no-tmp", is_flag=True, help="Do not add /tmp (mode 1777)."),
     ]
@@ -253,11 +262,7 @@ def build_command(**kwargs: Any) -> None:
     help="Directory for the blob and layer.json (created if missing).",
 )
 @_codec_options
-@click.option(
-    "--created",
-    help="File mtimes: seconds since the epoch or an RFC 3339 date (default: SOURCE_DATE_EPOCH,"
-    " else 1).",
-)
+@_MTIME_OPTION
 def build_layer_command(
     store_paths: tuple[str, ...],
     plan_file: Path | None,
@@ -267,7 +272,7 @@ def build_layer_command(
     out_dir: Path,
     compression: str,
     level: int | None,
-    created: str | None,
+    mtime: str | None,
 ) -> None:
     """Build one layer (blob + JSON descriptor) into a directory, for `assemble` to use."""
     from closurepack.workflow import build_one_layer
@@ -281,7 +286,7 @@ def build_layer_command(
         out_dir=out_dir,
         compression=compression,
         level=level,
-        created=parse_created(created) if created else None,
+        mtime=_parse_time(mtime, option="--mtime"),
     )
     click.echo(str(descriptor))
 
@@ -313,13 +318,14 @@ def assemble_command(**kwargs: Any) -> None:
 def verify_command(image: str) -> None:
     """Recompute every digest, diff_id and size of an image; list every mismatch."""
     from closurepack.errors import ImageError
+    from closurepack.planner import plural
     from closurepack.validate import verify_image
 
     problems = verify_image(image)
     for problem in problems:
         click.echo(f"{image}: {problem}", err=True)
     if problems:
-        raise ImageError(f"{image}: {len(problems)} problem(s) found")
+        raise ImageError(f"{image}: {plural(len(problems), 'problem')} found")
     click.echo(f"{image}: ok")
 
 
@@ -392,19 +398,21 @@ def cache_clear_command(cache_dir: Path | None, as_json: bool) -> None:
 
 
 _IMAGE_OPTIONS = (
-    "tag", "created", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label", "expose",
-    "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
+    "tag", "created", "mtime", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label",
+    "expose", "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
 )  # fmt: skip
 
 
 def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str, Any]]:
     """Take the options shared by build and assemble out of ``kwargs``, parsed and typed."""
+    from closurepack.customisation import ExtraTree
     from closurepack.workflow import ImageOptions
 
     rest = {k: v for k, v in kwargs.items() if k not in _IMAGE_OPTIONS}
     options = ImageOptions(
         tag=kwargs["tag"],
-        created=parse_created(kwargs["created"]) if kwargs["created"] else None,
+        created=_parse_time(kwargs["created"], option="--created"),
+        mtime=_parse_time(kwargs["mtime"], option="--mtime"),
         arch=kwargs["arch"],
         entrypoint=parse_command(kwargs["entrypoint"], option="--entrypoint"),
         cmd=parse_command(kwargs["cmd"], option="--cmd"),
@@ -416,18 +424,42 @@ def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str
         volumes=tuple(kwargs["volume"]),
         stop_signal=kwargs["stop_signal"],
         symlinks=parse_key_values(kwargs["symlink"], option="--symlink"),
-        extra_dirs=tuple(kwargs["extra"]),
+        extra_dirs=tuple(ExtraTree(*parse_extra(value)) for value in kwargs["extra"]),
         tmp=not kwargs["no_tmp"],
         from_image=kwargs["from_image"],
     )
     return options, rest
 
 
+def _parse_time(value: str | None, *, option: str) -> int | None:
+    """``--created``/``--mtime``: None when not given; an empty value is refused."""
+    return None if value is None else parse_created(value, option=option)
+
+
+def _layer_line(event: Any) -> str:
+    """One layer's progress line: ``layer 2/5: 0123456789ab 1.2 MiB (cached) in 0.0s``."""
+    from closurepack.planner import human_size
+
+    cached = " (cached)" if event.cached else ""
+    return (
+        f"layer {event.index + 1}/{event.total}: {event.layer.digest.hex[:12]}"
+        f" {human_size(event.layer.size)}{cached} in {event.seconds:.1f}s"
+    )
+
+
 @contextlib.contextmanager
 def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | None]:
-    """A rich progress bar on stderr (per layer, bytes per second) when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
+    """A rich progress bar on stderr (per layer, bytes per second) when stderr is a terminal;
+    otherwise (a CI log, a Nix build) one plain line per layer, never an escape code."""
+    if not enabled:
         yield None
+        return
+    if not sys.stderr.isatty():
+
+        def plain(event: Any) -> None:
+            click.echo(_layer_line(event), err=True)
+
+        yield plain
         return
     from rich.console import Console
     from rich.progress import (
@@ -442,7 +474,7 @@ def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | Non
     columns = (
         TextColumn("layers {task.fields[done]}/{task.fields[layers]}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeElapsedColumn(),
     )
@@ -460,12 +492,7 @@ def _progress_reporter(*, enabled: bool) -> Iterator[Callable[[Any], None] | Non
                 done=finished,
                 layers=event.total,
             )
-            cached = " (cached)" if event.cached else ""
-            bar.console.print(
-                f"layer {event.index + 1}/{event.total}: {event.layer.digest.hex[:12]}"
-                f" {event.layer.size / 1e6:.1f} MB{cached} in {event.seconds:.1f}s",
-                highlight=False,
-            )
+            bar.console.print(_layer_line(event), highlight=False)
 
         yield report
 
@@ -510,6 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("closurepack: interrupted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # plain `closurepack` (or a group without its command): the usage, as --help shows it
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         click.echo(f"closurepack: error: {_one_line(exc)}", err=True)
         return exc.exit_code

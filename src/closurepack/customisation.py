@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from closurepack.accounts import account_entries, split_user
+from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import OptionError
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_tree_layer
-from closurepack.tarstream import TreeEntry, scan_host_tree
+from closurepack.tarstream import TreeEntry, scan_host_tree, write_tree_tar
 
-__all__ = ["Customisation", "build_customisation_layer", "customisation_entries"]
+__all__ = [
+    "Customisation",
+    "ExtraTree",
+    "build_customisation_layer",
+    "customisation_diff_id",
+    "customisation_entries",
+    "drop_if_repeated",
+]
 
-#: uid/gid given to a user named by ``--user NAME`` (no number given), as most base images do.
-DEFAULT_UID = 1000
+_log = logging.getLogger(__name__)
+
+#: The store directories no --extra or --symlink entry may cover when the store in use is not
+#: known yet (checked again with the plan's own store directory before the layer is built).
+_STORE_DIRS = ("/nix/store", "/gnu/store")
+
+
+@dataclass(frozen=True)
+class ExtraTree:
+    """``--extra DIR[:UID:GID]``: a host tree copied into the image root, every entry owned
+    by ``uid``:``gid`` (default root), modes kept."""
+
+    path: Path
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,59 +45,53 @@ class Customisation:
     """What goes in the customisation layer.
 
     ``symlinks`` are (link, target) pairs (``/bin`` -> ``/nix/store/...-busybox/bin``);
-    ``extra_dirs`` are host trees copied into the image root in order; ``tmp`` adds ``/tmp``
-    (mode 1777); ``user`` adds a minimal ``/etc/passwd`` and ``/etc/group`` when it names a user
-    rather than a numeric uid (and no extra tree brings its own).
+    ``extra_dirs`` are host trees (:class:`ExtraTree`, or a plain path for one owned by root)
+    copied into the image root in order; ``tmp`` adds ``/tmp`` (mode 1777); ``user`` adds what
+    :func:`~closurepack.accounts.account_entries` gives for it, from ``base_passwd`` and
+    ``base_group`` (the ``--from`` image's files; ``from_base`` says there is one) or the
+    standard files. No entry may cover ``store_dir`` (None: /nix/store and /gnu/store), a parent
+    of it or anything in it.
     """
 
     symlinks: tuple[tuple[str, str], ...] = ()
-    extra_dirs: tuple[Path, ...] = ()
+    extra_dirs: tuple[ExtraTree | Path, ...] = ()
     tmp: bool = True
     user: str | None = None
+    store_dir: str | None = None
+    from_base: bool = False
+    base_passwd: bytes | None = None
+    base_group: bytes | None = None
+
+    def __post_init__(self) -> None:
+        trees = tuple(
+            t if isinstance(t, ExtraTree) else ExtraTree(Path(t)) for t in self.extra_dirs
+        )
+        object.__setattr__(self, "extra_dirs", trees)
 
     @property
-    def named_user(self) -> tuple[str | None, str | None] | None:
-        """(user name, group name) when ``user`` names a user or a group rather than numbers
-        only (each None when given as a number), else None. A named user without a group gets
-        the group of the same name."""
-        if not self.user:
-            return None
-        name, _, group = self.user.partition(":")
-        user_name = None if name.isdigit() else name
-        group_name = None if group.isdigit() else (group or user_name)
-        if user_name is None and group_name is None:
-            return None
-        return user_name, group_name
+    def trees(self) -> tuple[ExtraTree, ...]:
+        return tuple(t for t in self.extra_dirs if isinstance(t, ExtraTree))
+
+    @property
+    def named_user(self) -> bool:
+        """True when ``user`` names a user or a group (not numbers only)."""
+        name, group, _, _ = split_user(self.user)
+        return name is not None or group is not None
+
+    def accounts(self) -> list[TreeEntry]:
+        """The /etc/passwd, /etc/group and home directory entries ``user`` needs."""
+        if not self.from_base:
+            return account_entries(self.user)
+        return account_entries(self.user, base_passwd=self.base_passwd, base_group=self.base_group)
 
     @property
     def is_empty(self) -> bool:
-        return not (self.symlinks or self.extra_dirs or self.tmp or self.named_user)
+        return not (self.symlinks or self.extra_dirs or self.tmp or self.accounts())
 
     @property
     def needs_layer_beyond_tmp(self) -> bool:
         """True when anything but ``/tmp`` is asked for."""
-        return bool(self.symlinks or self.extra_dirs or self.named_user)
-
-
-def _passwd_entries(user: str | None, group: str | None, user_spec: str) -> list[TreeEntry]:
-    """Minimal /etc/passwd and /etc/group so that ``--user NAME[:GROUP]`` resolves: a named user
-    gets uid :data:`DEFAULT_UID`, a named group gid :data:`DEFAULT_UID`; numbers given in
-    ``user_spec`` are used as they are."""
-    _, _, group_part = user_spec.partition(":")
-    gid = int(group_part) if group_part.isdigit() else DEFAULT_UID
-    passwd = ["root:x:0:0:root:/root:/bin/sh"]
-    if user is not None and user != "root":
-        passwd.append(f"{user}:x:{DEFAULT_UID}:{gid}:{user}:/tmp:/bin/sh")
-    passwd.append("nobody:x:65534:65534:nobody:/nonexistent:/bin/false")
-    groups = ["root:x:0:"]
-    if group is not None and group != "root":
-        groups.append(f"{group}:x:{DEFAULT_UID}:")
-    groups.append("nogroup:x:65534:")
-    return [
-        TreeEntry("etc", "dir", 0o755),
-        TreeEntry("etc/passwd", "file", 0o644, data=("\n".join(passwd) + "\n").encode()),
-        TreeEntry("etc/group", "file", 0o644, data=("\n".join(groups) + "\n").encode()),
-    ]
+        return bool(self.symlinks or self.extra_dirs or self.accounts())
 
 
 def _check_link(link: str, target: str) -> str:
@@ -90,26 +107,53 @@ def _check_link(link: str, target: str) -> str:
     return "/".join(parts)
 
 
+def _check_store(names: Sequence[str], stores: tuple[str, ...], what: str) -> None:
+    """An OptionError when an image path of ``names`` is a store directory, a parent of one
+    (/nix) or in one (a store item, or something posing as one); it names the deepest."""
+    for store in stores:
+        inner = store.strip("/")
+        over = [
+            name
+            for name in names
+            if name == inner or inner.startswith(name + "/") or name.startswith(inner + "/")
+        ]
+        if over:
+            name = max(over, key=len)
+            raise OptionError(f"{what}: /{name} would cover the store {store} or its items")
+
+
 def customisation_entries(customisation: Customisation) -> list[TreeEntry]:
     """The tree entries of the layer: extra trees first, then generated files and links.
 
-    A generated ``/etc/passwd`` is left out when an extra tree brings one; any other name given
-    twice is an OptionError naming it.
+    An OptionError names an extra tree that would replace a generated ``/etc/passwd`` or
+    ``/etc/group``, any entry over the store, and any other name given twice.
     """
+    stores = (customisation.store_dir,) if customisation.store_dir else _STORE_DIRS
     entries: list[TreeEntry] = []
-    for directory in customisation.extra_dirs:
-        entries.extend(scan_host_tree(directory))
-    names = {entry.name.strip("/") for entry in entries}
+    brought: dict[str, Path] = {}
+    for tree in customisation.trees:
+        found = scan_host_tree(tree.path, owner=(tree.uid, tree.gid))
+        names = [entry.name.strip("/") for entry in found]
+        _check_store(names, stores, f"--extra {tree.path}")
+        for name in names:
+            brought.setdefault(name, tree.path)
+        entries.extend(found)
     links = [(_check_link(link, target), link, target) for link, target in customisation.symlinks]
-    for name, link, _target in links:
-        if name in names:
+    for name, link, target in links:
+        _check_store([name], stores, f"--symlink {link}={target}")
+        if name in brought:
             raise OptionError(f"--symlink {link}: an --extra tree already has /{name}")
     # a --symlink /tmp=... or an --extra tree's tmp takes the place of the default /tmp
-    if customisation.tmp and "tmp" not in names and all(name != "tmp" for name, _, _ in links):
+    if customisation.tmp and "tmp" not in brought and all(name != "tmp" for name, _, _ in links):
         entries.append(TreeEntry("tmp", "dir", 0o1777))
-    named = customisation.named_user
-    if named and customisation.user and "etc/passwd" not in names:
-        entries.extend(_passwd_entries(*named, customisation.user))
+    for entry in customisation.accounts():
+        name = entry.name.strip("/")
+        if entry.kind == "file" and name in brought:
+            raise OptionError(
+                f"--extra {brought[name]}: its /{name} would replace the one --user"
+                f" {customisation.user} needs; give a numeric --user or leave it out of the tree"
+            )
+        entries.append(entry)
     entries.extend(TreeEntry(name, "symlink", target=target) for name, _, target in links)
     _check_unique(entries)
     return entries
@@ -123,6 +167,29 @@ def _check_unique(entries: Sequence[TreeEntry]) -> None:
         if kind is not None and not (kind == "dir" and entry.kind == "dir"):
             raise OptionError(f"/{name} is given twice in the customisation layer")
         seen[name] = entry.kind
+
+
+def customisation_diff_id(customisation: Customisation, *, mtime: int) -> Digest:
+    """The diff_id the customisation layer would have (its tar hashed, nothing written), to
+    tell whether it adds anything to a base image whose top layer may be the very same."""
+    sink = HashingWriter()
+    write_tree_tar(sink, customisation_entries(customisation), mtime=mtime)
+    return sink.digest
+
+
+def drop_if_repeated(
+    customisation: Customisation, *, top_diff_id: Digest | None, mtime: int
+) -> Customisation:
+    """No customisation layer when it would be the base image's top layer (``top_diff_id``)
+    again, byte for byte (``--from`` an image closurepack built, with the same /tmp): applied
+    on top of it, it adds nothing. Only store layers, which touch nothing outside the store
+    (see :func:`customisation_entries`), come between the two."""
+    if top_diff_id is None or customisation.is_empty:
+        return customisation
+    if customisation_diff_id(customisation, mtime=mtime) != top_diff_id:
+        return customisation
+    _log.info("the customisation layer would repeat the --from image's top layer: left out")
+    return Customisation(tmp=False)
 
 
 def build_customisation_layer(

@@ -6,14 +6,16 @@
     ├── InputError                   bad input from the user (exit 2)
     │   ├── ClosureError             unparsable or invalid closure / graph file, bad store path
     │   ├── PlanError                invalid plan file or strategy, bad --max-layers
-    │   └── OptionError              invalid command-line option value (--env, --expose, ...)
+    │   ├── OptionError              invalid command-line option value (--env, --expose, ...)
+    │   └── SourceError              an image to read (--from, --previous, inspect, verify) is
+    │                                missing, unreadable or not of the kind named
     ├── StoreError                   a store item cannot be read or holds an unsupported file (3)
     ├── ToolError                    an external tool (nix, guix) failed or is missing (3)
     ├── CacheError                   the layer cache cannot be used (3)
     ├── ImageError                   an image is malformed or fails verification (4)
-    ├── DestinationError             an image cannot be read from / written to a destination (5)
-    │   └── RegistryError            a registry refused, failed or answered nonsense (5)
-    │       └── RegistryAuthError    credentials missing, wrong or unusable for a registry (5)
+    └── DestinationError             an image cannot be written to a destination (5)
+        └── RegistryError            a registry refused, failed or answered nonsense (5)
+            └── RegistryAuthError    credentials missing, wrong or unusable for a registry (5)
 
 Every message is one line that names the file, line or item at fault.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "PlanError",
     "RegistryAuthError",
     "RegistryError",
+    "SourceError",
     "StoreError",
     "ToolError",
 ]
@@ -60,6 +63,11 @@ class OptionError(InputError):
     """A command-line option has an invalid value."""
 
 
+class SourceError(InputError):
+    """An image to read (``--from``, ``--previous``, ``inspect``, ``verify``) is missing,
+    unreadable, or not of the kind its name says; a malformed one is an ImageError."""
+
+
 class StoreError(ClosurepackError):
     """A store item cannot be read, or contains a file that cannot go in an image."""
 
@@ -85,7 +93,7 @@ class ImageError(ClosurepackError):
 
 
 class DestinationError(ClosurepackError):
-    """An image cannot be written to, or read from, a destination."""
+    """An image cannot be written to a destination (reading one is a SourceError)."""
 
     exit_code = 5
 

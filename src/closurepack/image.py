@@ -58,8 +58,9 @@ _ARCH_ALIASES: dict[str, tuple[str, str]] = {
 }
 _OCI_ARCHES = {a for a, _ in _ARCH_ALIASES.values()} | {"arm", "mips", "mipsle", "mips64le", "wasm"}
 
-_ENV_KEY = re.compile(r"[^=\0]+")
-_PORT = re.compile(r"(\d{1,5})(?:/(tcp|udp|sctp))?")
+# Docker refuses only '=' and whitespace in a name (and NUL cannot be stored).
+_ENV_KEY = re.compile(r"[^=\s\0]+")
+_PORT = re.compile(r"(\d{1,5})(?:/(tcp|udp|sctp))?", re.IGNORECASE)
 _SIGNAL = re.compile(r"SIG[A-Z0-9+-]+|[0-9]{1,2}")
 
 
@@ -129,7 +130,9 @@ class ImageConfig:
         for item in self.env:
             key, sep, _ = item.partition("=")
             if not sep or not _ENV_KEY.fullmatch(key):
-                raise OptionError(f"--env {item!r}: expected KEY=VALUE")
+                raise OptionError(
+                    f"--env {item!r}: expected KEY=VALUE, the KEY without spaces or '='"
+                )
         object.__setattr__(self, "env", tuple(self.env))
         if self.working_dir is not None and not self.working_dir.startswith("/"):
             raise OptionError(f"--workdir {self.working_dir!r}: must be an absolute path")
@@ -162,7 +165,7 @@ def _port(text: str) -> str:
     match = _PORT.fullmatch(text)
     if not match or not 1 <= int(match.group(1)) <= 65535:
         raise OptionError(f"--expose {text!r}: expected PORT or PORT/tcp|udp|sctp (1-65535)")
-    return f"{int(match.group(1))}/{match.group(2) or 'tcp'}"
+    return f"{int(match.group(1))}/{(match.group(2) or 'tcp').lower()}"  # 80/UDP, as Docker
 
 
 class ImageLayer(Protocol):

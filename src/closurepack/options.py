@@ -9,10 +9,11 @@ import re
 import shlex
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from closurepack.errors import OptionError
 
-__all__ = ["parse_command", "parse_created", "parse_key_values", "parse_size"]
+__all__ = ["parse_command", "parse_created", "parse_extra", "parse_key_values", "parse_size"]
 
 
 def parse_key_values(values: Sequence[str], *, option: str) -> tuple[tuple[str, str], ...]:
@@ -31,6 +32,8 @@ def parse_command(value: str | None, *, option: str) -> tuple[str, ...] | None:
     if value is None:
         return None
     text = value.strip()
+    if text.startswith("{"):  # JSON, but not an array: not a command either
+        raise OptionError(f"{option} {value!r}: expected a JSON array of strings")
     if text.startswith("["):
         try:
             parsed = json.loads(text)
@@ -45,7 +48,7 @@ def parse_command(value: str | None, *, option: str) -> tuple[str, ...] | None:
         raise OptionError(f"{option} {value!r}: {exc}") from exc
 
 
-def parse_created(value: str) -> int:
+def parse_created(value: str, *, option: str = "--created") -> int:
     """Seconds since the epoch from an integer, an RFC 3339 / ISO 8601 date, or ``now``."""
     text = value.strip()
     if text == "now":
@@ -57,21 +60,42 @@ def parse_created(value: str) -> int:
             moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except (ValueError, OverflowError):
             raise OptionError(
-                f"--created {value!r}: expected seconds since the epoch, an RFC 3339 date or 'now'"
+                f"{option} {value!r}: expected seconds since the epoch, an RFC 3339 date or 'now'"
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.UTC)
         seconds = int(moment.timestamp())
     if seconds < 0:
-        raise OptionError(f"--created {value!r}: before 1970")
+        raise OptionError(f"{option} {value!r}: before 1970")
     if seconds > _MAX_CREATED:
-        raise OptionError(f"--created {value!r}: after the year 9999")
+        raise OptionError(f"{option} {value!r}: after the year 9999")
     return seconds
 
 
 _INTEGER = re.compile(r"-?[0-9]+")
 #: 9999-12-31T23:59:59Z, the last moment an RFC 3339 date can name.
 _MAX_CREATED = 253402300799
+
+
+_EXTRA_OWNER = re.compile(r"(.+):([0-9]+):([0-9]+)")
+#: The largest uid/gid a tar header holds (8-byte octal field).
+_MAX_ID = 8**7 - 1
+
+
+def parse_extra(value: str) -> tuple[Path, int, int]:
+    """``--extra DIR[:UID:GID]`` -> (directory, uid, gid), owner 0:0 when none is given; the
+    directory must exist (a directory whose own name ends in ``:N:N`` is taken whole)."""
+    match = _EXTRA_OWNER.fullmatch(value)
+    if match and not Path(value).is_dir():
+        path, uid, gid = Path(match.group(1)), int(match.group(2)), int(match.group(3))
+    else:
+        path, uid, gid = Path(value), 0, 0
+    if uid > _MAX_ID or gid > _MAX_ID:
+        raise OptionError(f"--extra {value}: uid and gid must be at most {_MAX_ID}")
+    if not path.is_dir():
+        what = "not a directory" if path.exists() else "no such directory"
+        raise OptionError(f"--extra {value}: {what}: {path}")
+    return path, uid, gid
 
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -29,7 +29,7 @@ from closurepack.graph import Closure, StoreItem
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
 from closurepack.strategies import DEFAULT_STRATEGY, check_groups, get_strategy
 
-__all__ = ["format_plan_table", "human_size", "plan_closures", "store_budget"]
+__all__ = ["format_plan_table", "human_size", "plan_closures", "plural", "store_budget"]
 
 PREVIOUS = "previous"
 
@@ -137,14 +137,16 @@ def format_plan_table(plan: LayerPlan, closures: Sequence[Closure], *, largest: 
         if plan.max_layers > 1
         else " (no room for a customisation layer)"
     )
-    lines = [f"strategy {plan.strategy or '?'}, max {plan.max_layers} layers{kept}"]
+    lines = [f"strategy {plan.strategy or '?'}, max {plural(plan.max_layers, 'layer')}{kept}"]
     for number, image in enumerate(plan.images):
         total = sum(layer.size for layer in image.layers)
         title = image.name or (image.roots[0].rsplit("/", 1)[-1] if image.roots else "")
         lines.append("")
+        items_count = sum(len(layer.paths) for layer in image.layers)
         lines.append(
-            f"image {number}{f' {title}' if title else ''}: {len(image.layers)} store layers,"
-            f" {sum(len(layer.paths) for layer in image.layers)} items, {human_size(total)}"
+            f"image {number}{f' {title}' if title else ''}:"
+            f" {plural(len(image.layers), 'store layer')}, {plural(items_count, 'item')},"
+            f" {human_size(total)}"
         )
         lines.append(f"{'layer':>5}  {'items':>5}  {'size':>10}  largest items")
         for index, layer in enumerate(image.layers, 1):
@@ -158,6 +160,11 @@ def format_plan_table(plan: LayerPlan, closures: Sequence[Closure], *, largest: 
                 f"{index:>5}  {len(layer.paths):>5}  {human_size(layer.size):>10}  {names}"
             )
     return "\n".join(lines)
+
+
+def plural(number: int, noun: str) -> str:
+    """``1 layer``, ``2 layers``: counts in human output."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _size(items: Mapping[str, StoreItem], path: str) -> int:

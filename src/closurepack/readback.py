@@ -7,11 +7,12 @@ anything (for :mod:`closurepack.validate`); :func:`read_image` turns that into a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,7 +20,13 @@ from typing import Any, BinaryIO
 from closurepack._fs import hash_stream
 from closurepack.destinations.reference import Destination, parse_destination
 from closurepack.digest import Digest
-from closurepack.errors import DestinationError, ImageError, InputError
+from closurepack.errors import (
+    DestinationError,
+    ImageError,
+    InputError,
+    OptionError,
+    SourceError,
+)
 from closurepack.image import (
     BaseImage,
     BlobLayer,
@@ -176,7 +183,12 @@ def sniff_media_type(opener: Callable[[], BinaryIO]) -> MediaType:
 
 def parse_source(text: str) -> Destination:
     """Parse an image source string (the destination syntax, without ``-``)."""
-    source = parse_destination(text)
+    try:
+        source = parse_destination(text)
+    except OptionError as exc:
+        raise SourceError(
+            f"image {text!r}: expected docker-archive:PATH, oci:DIR[:TAG] or oci-archive:PATH[:TAG]"
+        ) from exc
     if source.kind == "stdout" or source.path is None:
         raise InputError(f"{text!r}: cannot read an image from standard output")
     return source
@@ -351,12 +363,36 @@ def _missing(what: str) -> Callable[[], BinaryIO]:
 
 
 def read_raw(source: str) -> RawImage:
-    """Read the stored structure of the image at ``source``; nothing is verified."""
+    """Read the stored structure of the image at ``source``; nothing is verified.
+
+    What cannot be found or read is a SourceError (the image is where the user said it is or
+    not: bad input), what is there but malformed an ImageError."""
     where = parse_source(source)
     path = Path(str(where.path))
-    if where.kind == "docker-archive":
-        return _read_docker(where, path, source)
-    return _read_oci(where, path, source)
+    if not path.exists():
+        raise SourceError(f"{source}: no such image: {path} does not exist")
+    with _as_source_error():
+        if where.kind == "docker-archive":
+            return _read_docker(where, path, source)
+        return _read_oci(where, path, source)
+
+
+@contextlib.contextmanager
+def _as_source_error() -> Iterator[None]:
+    """The DestinationErrors of reading (an image that is not there) as SourceErrors: a source
+    is not a destination, and its problems are not exit status 5."""
+    try:
+        yield
+    except DestinationError as exc:
+        raise SourceError(str(exc)) from exc
+
+
+def _source_opener(opener: Callable[[], BinaryIO]) -> Callable[[], BinaryIO]:
+    def open_blob() -> BinaryIO:
+        with _as_source_error():
+            return opener()
+
+    return open_blob
 
 
 def read_image(source: str) -> Image:
@@ -396,14 +432,16 @@ def read_image(source: str) -> Image:
                 with blob.opener() as stream:
                     digest, size = hash_stream(stream)
             except OSError as exc:
-                raise DestinationError(f"{source}: {blob.name}: cannot read: {exc}") from exc
+                raise SourceError(f"{source}: {blob.name}: cannot read: {exc}") from exc
+            except DestinationError as exc:
+                raise SourceError(str(exc)) from exc
         layers.append(
             BlobLayer(
                 digest=digest,
                 diff_id=Digest.parse(str(diff_id)),
                 size=size,
                 media_type=blob.media_type,
-                opener=blob.opener,
+                opener=_source_opener(blob.opener),
                 paths=tuple(recorded.get(str(diff_id), ())),
                 comment=comments[i] if len(comments) == len(diff_ids) else "",
             )

@@ -11,8 +11,9 @@ The format, fixed by :data:`TAR_FORMAT_VERSION` (bump it whenever the bytes coul
 * Entries sorted by the bytes of their UTF-8 names (directories sort without their trailing
   ``/``, which is written, as GNU tar does). Every layer carries the parent directories of the
   store (``nix/``, ``nix/store/``) with mode 0755, so layers are independent of each other.
-* uid and gid 0, empty user and group names (an empty name makes every reader use the number);
-  mtime the given value for every entry; device numbers 0.
+* uid and gid 0 (store items; a :class:`TreeEntry` may give others), empty user and group
+  names (an empty name makes every reader use the number); mtime the given value for every
+  entry; device numbers 0.
 * Modes: the permission bits 0o777 of what is on disk; setuid, setgid and sticky bits are
   dropped (a store never holds them legitimately). Symlinks always 0o777. Entries given
   explicitly as :class:`TreeEntry` keep their mode up to 0o7777.
@@ -37,6 +38,7 @@ from closurepack.errors import OptionError, StoreError
 from closurepack.graph import check_readable_store, split_store_path
 
 __all__ = [
+    "MAX_ID",
     "MAX_MTIME",
     "TAR_FORMAT_VERSION",
     "TreeEntry",
@@ -99,12 +101,16 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return str(length).encode() + body
 
 
-# Fixed header fields: uid and gid (8 bytes each) and, after the link name, magic "ustar\0",
-# version "00", empty uname and gname (32 bytes each), devmajor and devminor (8 bytes each).
+# Fixed header fields: uid and gid 0 (8 bytes each; others are given per entry) and, after the
+# link name, magic "ustar\0", version "00", empty uname and gname (32 bytes each), devmajor and
+# devminor (8 bytes each).
 _UID_GID = b"0000000\0" * 2
 _MAGIC_TO_DEV = b"ustar\x0000" + bytes(64) + b"0000000\0" * 2
 # Their checksum contribution, plus the checksum field itself counted as eight spaces.
-_CONST_SUM = sum(_UID_GID) + sum(_MAGIC_TO_DEV) + 8 * 0x20
+_CONST_SUM = sum(_MAGIC_TO_DEV) + 8 * 0x20
+_ZERO_IDS_SUM = sum(_UID_GID)
+#: The largest uid or gid the 8-byte octal field holds.
+MAX_ID = 8**7 - 1
 
 
 def _ustar_block(
@@ -116,12 +122,19 @@ def _ustar_block(
     mtime: int,
     typeflag: bytes,
     linkname: bytes,
+    owner: tuple[int, int] = (0, 0),
 ) -> bytes:
     mode_f = b"%07o\0" % mode
     size_f = b"%011o\0" % size
     mtime_f = b"%011o\0" % mtime
+    if owner == (0, 0):
+        ids, ids_sum = _UID_GID, _ZERO_IDS_SUM
+    else:
+        ids = b"%07o\0%07o\0" % owner
+        ids_sum = sum(ids)
     checksum = (
         _CONST_SUM
+        + ids_sum
         + sum(name)
         + sum(prefix)
         + sum(linkname)
@@ -134,7 +147,7 @@ def _ustar_block(
         (
             name.ljust(100, b"\0"),
             mode_f,
-            _UID_GID,
+            ids,
             size_f,
             mtime_f,
             b"%06o\0 " % checksum,
@@ -148,7 +161,14 @@ def _ustar_block(
 
 
 def tar_header(
-    name: bytes, *, mode: int, size: int, mtime: int, typeflag: bytes, linkname: bytes = b""
+    name: bytes,
+    *,
+    mode: int,
+    size: int,
+    mtime: int,
+    typeflag: bytes,
+    linkname: bytes = b"",
+    owner: tuple[int, int] = (0, 0),
 ) -> bytes:
     """The header block(s) of one entry: a PAX header first when ustar cannot hold it."""
     records: list[bytes] = []
@@ -176,6 +196,7 @@ def tar_header(
         mtime=mtime,
         typeflag=typeflag,
         linkname=linkname,
+        owner=owner,
     )
     if not records:
         return entry
@@ -210,6 +231,7 @@ class _Entry:
     data: bytes | None = None  # in-memory content of a file
     target: bytes = b""  # symlink target
     inode: tuple[int, int] | None = None  # (dev, ino) of a file that has other hard links
+    owner: tuple[int, int] = (0, 0)  # (uid, gid)
 
 
 def _entry_from_stat(name: bytes, host: bytes, st: os.stat_result) -> _Entry:
@@ -294,7 +316,12 @@ class _TarWriter:
         if entry.kind == "dir":
             out.write(
                 tar_header(
-                    entry.name + b"/", mode=entry.mode, size=0, mtime=self._mtime, typeflag=_DIRTYPE
+                    entry.name + b"/",
+                    mode=entry.mode,
+                    size=0,
+                    mtime=self._mtime,
+                    typeflag=_DIRTYPE,
+                    owner=entry.owner,
                 )
             )
             return
@@ -307,6 +334,7 @@ class _TarWriter:
                     mtime=self._mtime,
                     typeflag=_SYMTYPE,
                     linkname=entry.target,
+                    owner=entry.owner,
                 )
             )
             return
@@ -321,6 +349,7 @@ class _TarWriter:
                         mtime=self._mtime,
                         typeflag=_LNKTYPE,
                         linkname=first,
+                        owner=entry.owner,
                     )
                 )
                 return
@@ -333,6 +362,7 @@ class _TarWriter:
                     size=len(entry.data),
                     mtime=self._mtime,
                     typeflag=_REGTYPE,
+                    owner=entry.owner,
                 )
             )
             out.write(entry.data)
@@ -345,7 +375,12 @@ class _TarWriter:
         where = os.fsdecode(source)
         size = entry.size
         header = tar_header(
-            entry.name, mode=entry.mode, size=size, mtime=self._mtime, typeflag=_REGTYPE
+            entry.name,
+            mode=entry.mode,
+            size=size,
+            mtime=self._mtime,
+            typeflag=_REGTYPE,
+            owner=entry.owner,
         )
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -412,7 +447,7 @@ class TreeEntry:
 
     ``name`` is relative to the image root (``etc/passwd``; a leading ``/`` is ignored).
     A file's content is ``data``, or the host file ``source`` read when the tar is written.
-    ``mode`` defaults to 0o755 for directories and 0o644 for files.
+    ``mode`` defaults to 0o755 for directories and 0o644 for files; ``uid`` and ``gid`` to 0.
     """
 
     name: str
@@ -421,6 +456,8 @@ class TreeEntry:
     data: bytes = b""
     target: str = ""
     source: Path | None = None
+    uid: int = 0
+    gid: int = 0
 
     def __post_init__(self) -> None:
         parts = self.name.strip("/").split("/")
@@ -434,29 +471,38 @@ class TreeEntry:
             raise OptionError(f"{self.name}: symlink without a target")
         if self.mode is not None and not 0 <= self.mode <= 0o7777:
             raise OptionError(f"{self.name}: mode {self.mode:o} is out of range")
+        for what, number in (("uid", self.uid), ("gid", self.gid)):
+            if not 0 <= number <= MAX_ID:
+                raise OptionError(f"{self.name}: {what} {number} is out of range 0-{MAX_ID}")
 
     def _to_entry(self) -> _Entry:
         name = os.fsencode(self.name.strip("/"))
+        owner = (self.uid, self.gid)
         if self.kind == "dir":
-            return _Entry(name, "dir", _DIR_MODE if self.mode is None else self.mode)
+            mode = _DIR_MODE if self.mode is None else self.mode
+            return _Entry(name, "dir", mode, owner=owner)
         if self.kind == "symlink":
-            return _Entry(name, "symlink", 0o777, target=os.fsencode(self.target))
+            return _Entry(name, "symlink", 0o777, target=os.fsencode(self.target), owner=owner)
         mode = 0o644 if self.mode is None else self.mode
         if self.source is None:
-            return _Entry(name, "file", mode, len(self.data), data=self.data)
+            return _Entry(name, "file", mode, len(self.data), data=self.data, owner=owner)
         host = os.fsencode(self.source)
         try:
             size = os.stat(host).st_size
         except OSError as exc:
             raise StoreError(f"{self.source}: cannot read: {exc.strerror}") from exc
-        return _Entry(name, "file", mode, size, source=host)
+        return _Entry(name, "file", mode, size, source=host, owner=owner)
 
 
-def scan_host_tree(directory: Path, *, dest: str = "") -> list[TreeEntry]:
+def scan_host_tree(
+    directory: Path, *, dest: str = "", owner: tuple[int, int] = (0, 0)
+) -> list[TreeEntry]:
     """Entries copying the host tree below ``directory`` to ``dest`` in the image (the image
-    root by default), sorted; modes are the on-disk permission bits (0o777), hard links become
-    separate files, and a fifo, socket or device raises StoreError.
+    root by default), sorted, every one owned by ``owner`` (uid, gid); modes are the on-disk
+    permission bits (0o777), hard links become separate files, and a fifo, socket or device
+    raises StoreError.
     """
+    uid, gid = owner
     top = os.fsencode(directory)
     if not os.path.isdir(top):
         raise StoreError(f"{directory}: not a directory")
@@ -472,14 +518,14 @@ def scan_host_tree(directory: Path, *, dest: str = "") -> list[TreeEntry]:
     for entry in sorted(raw, key=lambda e: e.name):
         name = os.fsdecode(entry.name)  # surrogate-escaped: os.fsencode gives the bytes back
         if entry.kind == "dir":
-            result.append(TreeEntry(name, "dir", entry.mode))
+            result.append(TreeEntry(name, "dir", entry.mode, uid=uid, gid=gid))
         elif entry.kind == "symlink":
-            result.append(TreeEntry(name, "symlink", target=os.fsdecode(entry.target)))
+            target = os.fsdecode(entry.target)
+            result.append(TreeEntry(name, "symlink", target=target, uid=uid, gid=gid))
         else:
             assert entry.source is not None
-            result.append(
-                TreeEntry(name, "file", entry.mode, source=Path(os.fsdecode(entry.source)))
-            )
+            source = Path(os.fsdecode(entry.source))
+            result.append(TreeEntry(name, "file", entry.mode, source=source, uid=uid, gid=gid))
     return result
 
 

@@ -17,6 +17,7 @@ from closurepack.compression import open_decompressed
 from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import LAYERS_LABEL, layer_paths_from_config
+from closurepack.planner import human_size, plural
 from closurepack.readback import RawBlob, RawImage, read_image, read_raw
 
 __all__ = ["format_inspection", "inspect_image", "verify_image", "verify_raw"]
@@ -189,47 +190,41 @@ def inspect_image(source: str) -> dict[str, Any]:
     }
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+_KEY = 13  # width of the first column: the longest key ("ExposedPorts") and a space
 
 
 def format_inspection(info: dict[str, Any]) -> str:
-    """A human-readable rendering of :func:`inspect_image`'s result."""
+    """A human-readable rendering of :func:`inspect_image`'s result (sizes in binary units)."""
     platform = info.get("platform") or {}
     arch = platform.get("architecture", "?")
     if platform.get("variant"):
         arch += "/" + platform["variant"]
     lines = [
-        f"image      {info['source']}",
-        f"manifest   {info['manifest_digest']}",
-        f"config     {info['config_digest']}",
-        f"platform   {platform.get('os', '?')}/{arch}   created {info.get('created', '')}",
+        f"{'image':<{_KEY}}{info['source']}",
+        f"{'manifest':<{_KEY}}{info['manifest_digest']}",
+        f"{'config':<{_KEY}}{info['config_digest']}",
+        f"{'platform':<{_KEY}}{platform.get('os', '?')}/{arch}   created {info.get('created', '')}",
     ]
     config = info.get("config") or {}
     for key in ("Entrypoint", "Cmd", "WorkingDir", "User", "StopSignal"):
         if key in config:
-            lines.append(f"{key:<11}{json.dumps(config[key])}")
+            lines.append(f"{key:<{_KEY}}{json.dumps(config[key])}")
     for item in config.get("Env") or []:
-        lines.append(f"Env        {item}")
+        lines.append(f"{'Env':<{_KEY}}{item}")
     for key in ("ExposedPorts", "Volumes"):
-        if config.get(key):
-            lines.append(f"{key:<11}{' '.join(sorted(config[key]))}")
+        if config.get(key):  # objects whose keys are the values: 8080/tcp, /data
+            lines.append(f"{key:<{_KEY}}{' '.join(sorted(map(str, config[key])))}")
     for key, value in sorted((config.get("Labels") or {}).items()):
-        lines.append(f"Label      {key}={value}")
+        lines.append(f"{'Label':<{_KEY}}{key}={value}")
     layers = info.get("layers") or []
-    lines.append(f"layers     {len(layers)}, {_human(int(info.get('total_size', 0)))} compressed")
+    total = human_size(int(info.get("total_size", 0)))
+    lines.append(f"{'total':<{_KEY}}{plural(len(layers), 'layer')}, {total} compressed")
     for index, layer in enumerate(layers):
         shown = layer.get("comment") not in (None, "", "store items")
         comment = f"  ({layer['comment']})" if shown else ""
         count = len(layer["paths"])
-        items = f"{count} store item{'' if count == 1 else 's'}" if count else "no store items"
-        lines.append(
-            f"  {index:>3}  {layer['digest'][:19]}  {_human(layer['size']):>10}  {items}{comment}"
-        )
+        items = plural(count, "store item") if count else "no store items"
+        size = human_size(layer["size"])
+        lines.append(f"  {index:>3}  {layer['digest'][:19]}  {size:>10}  {items}{comment}")
         lines.extend(f"         {path}" for path in layer["paths"])
     return "\n".join(lines)

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 from closurepack._fs import atomic_write
+from closurepack.basefiles import with_base_accounts
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
     build_layers,
+    check_mtime,
     default_mtime,
     read_descriptors,
     scratch_dir,
@@ -25,8 +27,10 @@ from closurepack.cache import LayerCache
 from closurepack.compression import resolve_level
 from closurepack.customisation import (
     Customisation,
+    ExtraTree,
     build_customisation_layer,
     customisation_entries,
+    drop_if_repeated,
 )
 from closurepack.destinations import oci_archive, parse_destination, parse_repo_tag, write_image
 from closurepack.errors import (
@@ -214,6 +218,13 @@ def _read_input(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _drop_if_repeated(
+    customisation: Customisation, *, base: BaseImage | None, mtime: int
+) -> Customisation:
+    top = base.layers[-1].diff_id if base is not None and base.layers else None
+    return drop_if_repeated(customisation, top_diff_id=top, mtime=mtime)
+
+
 def _read_plan(plan_file: Path) -> LayerPlan:
     source = _source_name(plan_file)
     try:
@@ -228,12 +239,15 @@ class ImageOptions:
     """Everything an image gets beyond its store layers: config fields (``None``/empty: unset,
     or inherited from ``from_image``), the customisation layer, the base image and a tag.
 
-    ``created`` is seconds since the epoch (default: ``SOURCE_DATE_EPOCH``, else 1); it is also
-    the mtime of every file in the layers.
+    ``created`` is seconds since the epoch (default: ``SOURCE_DATE_EPOCH``, else 1): the image's
+    creation time and its history's, never a file's. ``mtime`` is the mtime of every file in the
+    layers, store layers and the customisation layer alike (default 1, what a real store has),
+    so that a new creation time alone makes no new layer.
     """
 
     tag: str | None = None
     created: int | None = None
+    mtime: int | None = None
     arch: str | None = None
     entrypoint: tuple[str, ...] | None = None
     cmd: tuple[str, ...] | None = None
@@ -245,19 +259,23 @@ class ImageOptions:
     volumes: tuple[str, ...] = ()
     stop_signal: str | None = None
     symlinks: tuple[tuple[str, str], ...] = ()
-    extra_dirs: tuple[Path, ...] = ()
+    extra_dirs: tuple[ExtraTree, ...] = ()
     tmp: bool = True
     from_image: str | None = None
 
     @property
-    def mtime(self) -> int:
+    def created_time(self) -> int:
         return default_mtime(self.created)
+
+    @property
+    def layer_mtime(self) -> int:
+        return check_mtime(self.mtime)
 
     def config(self) -> ImageConfig:
         """The image config (validated: an OptionError names a bad value)."""
         arch = {"architecture": self.arch} if self.arch else {}
         return ImageConfig(
-            created=self.mtime,
+            created=self.created_time,
             entrypoint=self.entrypoint,
             cmd=self.cmd,
             env=self.env,
@@ -303,6 +321,8 @@ def _check_destination(dest: str, tag: str | None) -> None:
 def _check_level(compression: str, level: int | None) -> None:
     if level is None:
         return
+    if compression == "none":
+        raise OptionError(f"--level {level}: --compression none takes no level")
     try:
         resolve_level(compression, level)
     except OptionError as exc:
@@ -325,9 +345,16 @@ def _prepare(
     _check_destination(dest, image.tag)
     _check_level(compression, level)
     config = image.config()
+    check_mtime(image.mtime)  # a bad --mtime fails here
     customisation = image.customisation()
-    customisation_entries(customisation)  # a bad --symlink or --extra fails here
+    # a bad --symlink or --extra fails here (--user's files wait for the --from image's)
+    customisation_entries(
+        dataclasses.replace(customisation, user=None) if image.from_image else customisation
+    )
     base = read_base_image(image.from_image) if image.from_image else None
+    if base is not None:
+        customisation = with_base_accounts(customisation, base.layers, where=str(image.from_image))
+        customisation_entries(customisation)  # an --extra /etc/passwd --user now needs fails here
     return config, customisation, base
 
 
@@ -342,6 +369,13 @@ def _finish(
     destination = parse_destination(dest)
     image = assemble_image(layers, config=config, base=base)
     write_image(image, destination, tag=tag)
+    container = image.config.get("config") or {}
+    if not container.get("Entrypoint") and not container.get("Cmd"):
+        _log.warning(
+            "%s: the image has no Entrypoint and no Cmd: it runs only when given a command"
+            " (--entrypoint or --cmd set one)",
+            dest,
+        )
     return str(image.manifest_digest)
 
 
@@ -378,7 +412,7 @@ def build_image(
         check_max_layers(max_layers)
     cache_limit = parse_size(cache_max_size)
     config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
-    mtime = image.mtime
+    mtime = image.layer_mtime
     from_image = image.from_image
     base_count = len(base.layers) if base else 0
 
@@ -423,6 +457,9 @@ def build_image(
         )
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
+    customisation = dataclasses.replace(customisation, store_dir=plan.store_dir)
+    customisation_entries(customisation)  # nothing over the store in use
+    customisation = _drop_if_repeated(customisation, base=base, mtime=mtime)
     customisation = _fit_customisation(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
     )
@@ -476,9 +513,11 @@ def build_one_layer(
     out_dir: Path,
     compression: str,
     level: int | None,
-    created: int | None,
+    mtime: int | None,
 ) -> Path:
-    """Build one layer into ``out_dir`` (blob + ``layer.json``); return the descriptor's path."""
+    """Build one layer into ``out_dir`` (blob + ``layer.json``); return the descriptor's path.
+
+    Its files' mtime is ``mtime`` (default 1, never ``SOURCE_DATE_EPOCH``)."""
     if plan_file is not None:
         if store_paths:
             raise OptionError("give either --plan with --layer, or store paths, not both")
@@ -504,7 +543,7 @@ def build_one_layer(
     else:
         raise OptionError("give --plan FILE --layer N, or store paths")
     _check_level(compression, level)
-    mtime = default_mtime(created)
+    layer_mtime = check_mtime(mtime)
     created_dir = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -517,7 +556,7 @@ def build_one_layer(
             store_dir=store_dir,
             compression=compression,
             level=level,
-            mtime=mtime,
+            mtime=layer_mtime,
             dest_dir=out_dir,
             comment=store_layer_comment(paths),
         )
@@ -543,7 +582,12 @@ def assemble_from_descriptors(
     ``compression`` and ``level`` are for the customisation layer."""
     config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
     layers = read_descriptors(descriptors)
-    mtime = image.mtime
+    mtime = image.layer_mtime
+    store_dirs = {split_store_path(p, where="assemble")[0] for la in layers for p in la.paths}
+    if len(store_dirs) == 1:
+        customisation = dataclasses.replace(customisation, store_dir=store_dirs.pop())
+        customisation_entries(customisation)  # nothing over the store in use
+    customisation = _drop_if_repeated(customisation, base=base, mtime=mtime)
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:
         raise OptionError(
