@@ -352,7 +352,8 @@ def test_unusable_default_cache_is_one_warning_and_nothing_written_elsewhere(
     env["HOME"] = str(tmp_path / "homeless-shelter" if case == "missing-home" else blocker / "h")
     if case == "xdg-under-a-file":
         env["XDG_CACHE_HOME"] = str(blocker / "cache")
-    argv = ["build", "--closure", app_closure, "--store-root", store.root]
+    # --quiet: no progress lines; --cmd: no warning about an image without a command
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "-q", "--cmd", "/app"]
     result = _cli(*argv, "-o", f"docker-archive:{build_dir / 'out.tar'}", env=env, cwd=build_dir)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("sha256:")
@@ -396,7 +397,8 @@ derivation {{
   exportReferencesGraph = [ "graph" item ];
   args = [ "-c" ''
     /bin/mkdir $out
-    {closurepack} build --closure graph --created 1 -o docker-archive:$out/image.tar \\
+    {closurepack} build --closure graph --created 1 -q --cmd /bin/data \\
+      -o docker-archive:$out/image.tar \\
       2> $out/stderr || {{ /bin/cat $out/stderr >&2; exit 1; }}
     /bin/ls -A . > $out/build-dir
     /bin/ls -A "$TMPDIR" > $out/tmp-dir
