@@ -4,7 +4,10 @@ already present are skipped, and copies into archives are checked against their 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -14,7 +17,7 @@ from closurepack.digest import Digest, HashingWriter, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import ImageLayer
 
-__all__ = ["CHUNK", "atomic_file", "copy_verified", "open_layer", "put_blob"]
+__all__ = ["CHUNK", "atomic_file", "copy_verified", "destination_lock", "is_special", "open_layer", "put_blob"]
 
 #: Copy buffer size: memory stays bounded whatever the blob size.
 CHUNK = _fs.COPY_CHUNK
@@ -31,6 +34,38 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
             yield out
     except OSError as exc:
         raise DestinationError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+
+
+def is_special(path: Path) -> bool:
+    """True if ``path`` exists and is neither a regular file nor a directory (a device, a fifo,
+    a socket): such an output is written to as it is, never replaced."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextlib.contextmanager
+def destination_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for the archive ``path`` (an flock on ``.NAME.lock`` beside it)
+    while a read-modify-write of it runs, so that parallel builds adding tags to one archive
+    each see the others' tags. The lock file stays (removing it would race with a waiter); an
+    existing ``path`` that is not a regular file (a device, a fifo) is written as it is, with
+    no lock."""
+    if is_special(path):
+        yield
+        return
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DestinationError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def open_layer(layer: ImageLayer) -> BinaryIO:

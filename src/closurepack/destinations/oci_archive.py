@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from closurepack.destinations._files import atomic_file, open_layer
+from closurepack.destinations._files import atomic_file, destination_lock, open_layer
 from closurepack.destinations._tar import TarWriter
 from closurepack.destinations.oci_layout import LAYOUT_FILE, index_with
 from closurepack.destinations.reference import Destination, oci_ref_name
@@ -171,5 +171,6 @@ def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> N
         raise DestinationError(f"{dest}: oci-archive needs a path")
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
-    with _existing_archive(dest) as existing, atomic_file(path) as out:
+    # the tags of the archive are read, merged and written back under one lock per archive
+    with destination_lock(path), _existing_archive(dest) as existing, atomic_file(path) as out:
         write_stream(image, out, ref_name=oci_ref_name(dest, tag), existing=existing)
