@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,97 @@ def test_parallel_builds_into_one_destination_keep_every_tag(
         assert sorted(m["annotations"][REF] for m in index["manifests"]) == tags
     for tag in tags:
         assert run(["verify", f"{kind}:{target}:{tag}"], capsys)[0] == 0
+
+
+# 2. an output that is a device or a fifo is written to, never replaced ---------------------------
+
+
+def _null_device(path: Path) -> Path:
+    """A character device 1,3 (what /dev/null is) at ``path``; skips where mknod is refused."""
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    return path
+
+
+def _read_fifo(path: Path) -> tuple[threading.Thread, list[bytes]]:
+    """A thread reading everything written to the fifo ``path``."""
+    got: list[bytes] = []
+
+    def reader() -> None:
+        with path.open("rb") as handle:
+            got.append(handle.read())
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def test_plan_output_to_a_device_keeps_the_device(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    null = _null_device(tmp_path / "null")
+    status, _, err = run(
+        ["plan", "--closure", app_closure, "--store-root", store.root, "-o", null], capsys
+    )
+    assert status == 0, err
+    assert stat.S_ISCHR(null.stat().st_mode)
+    assert null.stat().st_rdev == os.makedev(1, 3)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    # a socket cannot be opened for writing: an error naming it, and the socket stays
+    sock_path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        status, _, err = run(
+            ["plan", "--closure", app_closure, "--store-root", store.root, "-o", sock_path],
+            capsys,
+        )
+    assert status == 5
+    _one_line_error(err, str(sock_path))
+    assert stat.S_ISSOCK(sock_path.stat().st_mode)
+
+
+def test_plan_output_to_a_fifo_is_written_through_it(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "plan.fifo"
+    os.mkfifo(fifo)
+    thread, got = _read_fifo(fifo)
+    status, _, err = run(
+        ["plan", "--closure", app_closure, "--store-root", store.root, "-o", fifo], capsys
+    )
+    thread.join(timeout=30)
+    assert status == 0, err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert json.loads(got[0])["images"][0]["layers"]
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive"])
+def test_archive_to_a_fifo_or_a_device(
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    argv = ["build", "--closure", app_closure, "--store-root", store.root,
+            "--cache-dir", tmp_path / "cache"]  # fmt: skip
+    fifo = tmp_path / "image.fifo"
+    os.mkfifo(fifo)
+    thread, got = _read_fifo(fifo)
+    status, _, err = run([*argv, "-o", f"{kind}:{fifo}"], capsys)
+    thread.join(timeout=30)
+    assert status == 0, err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    copy = tmp_path / "copy.tar"
+    copy.write_bytes(got[0])
+    assert run(["verify", f"{kind}:{copy}"], capsys)[0] == 0
+
+    null = _null_device(tmp_path / "null")
+    status, _, err = run([*argv, "-o", f"{kind}:{null}"], capsys)
+    assert status == 0, err
+    assert stat.S_ISCHR(null.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.json", "cache", "copy.tar",
+                                                         "image.fifo", "null", "root"]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ __all__ = [
     "copy_stream",
     "fsync_dir",
     "hash_stream",
+    "is_special_file",
     "link_blob",
     "move_file",
     "put_blob",
@@ -43,13 +45,39 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def is_special_file(path: Path) -> bool:
+    """True if ``path`` exists (after symlinks) and is neither a regular file nor a directory:
+    a device, a fifo or a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextlib.contextmanager
+def _write_in_place(path: Path) -> Iterator[BinaryIO]:
+    # No O_CREAT: if the special file vanished meanwhile, fail rather than make a regular one;
+    # no fsync or chmod: they mean nothing (or fail) on a pipe or a device.
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    with os.fdopen(fd, "wb") as handle:
+        yield handle
+        handle.flush()
+
+
 @contextlib.contextmanager
 def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterator[BinaryIO]:
     """Open a temp file beside ``dest``; on success flush, fsync and rename it to ``dest``.
 
     On any exception the temp file is removed and ``dest`` is left as it was. An existing
-    ``dest`` is replaced (callers that write content-addressed names treat that as success).
+    ``dest`` is replaced (callers that write content-addressed names treat that as success),
+    unless it is a device, a fifo or a socket (:func:`is_special_file`): that is opened and
+    written to directly, never renamed over (``-o /dev/null``, ``-o >(gzip > x)``).
     """
+    if is_special_file(dest):
+        with _write_in_place(dest) as handle:
+            yield handle
+        return
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:

@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import io
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -17,7 +16,7 @@ from closurepack.digest import Digest, HashingWriter, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import ImageLayer
 
-__all__ = ["CHUNK", "atomic_file", "copy_verified", "destination_lock", "is_special", "open_layer", "put_blob"]
+__all__ = ["CHUNK", "atomic_file", "copy_verified", "destination_lock", "open_layer", "put_blob"]
 
 #: Copy buffer size: memory stays bounded whatever the blob size.
 CHUNK = _fs.COPY_CHUNK
@@ -36,16 +35,6 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
         raise DestinationError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
 
-def is_special(path: Path) -> bool:
-    """True if ``path`` exists and is neither a regular file nor a directory (a device, a fifo,
-    a socket): such an output is written to as it is, never replaced."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
 @contextlib.contextmanager
 def destination_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for the archive ``path`` (an flock on ``.NAME.lock`` beside it)
@@ -53,7 +42,7 @@ def destination_lock(path: Path) -> Iterator[None]:
     each see the others' tags. The lock file stays (removing it would race with a waiter); an
     existing ``path`` that is not a regular file (a device, a fifo) is written as it is, with
     no lock."""
-    if is_special(path):
+    if _fs.is_special_file(path):
         yield
         return
     lock = path.parent / f".{path.name}.lock"
