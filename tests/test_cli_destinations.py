@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clistore import APP, Store, read_docker_archive, run
+from clistore import Store, read_docker_archive, run
 
 REF = "org.opencontainers.image.ref.name"
 
@@ -61,17 +61,13 @@ def test_parallel_builds_into_one_destination_keep_every_tag(
     target = tmp_path / ("img.tar" if kind == "oci-archive" else "layout")
     base = ["build", "--closure", app_closure, "--store-root", store.root, "--quiet",
             "--strategy", "per-item"]  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            _cli(*base, "--cache-dir", tmp_path / f"cache{n}", "--env", f"N={n}",
-                 "-o", f"{kind}:{target}:t{n}"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        for n in range(4)
-    ]
+    procs = []
+    for n in range(4):
+        argv = [*base, "--cache-dir", tmp_path / f"cache{n}", "--env", f"N={n}",
+                "-o", f"{kind}:{target}:t{n}"]  # fmt: skip
+        procs.append(subprocess.Popen(_cli(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for proc in procs:
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     tags = [f"t{n}" for n in range(4)]
     if kind == "oci-archive":
@@ -175,3 +171,31 @@ def test_archive_to_a_fifo_or_a_device(
     assert stat.S_ISCHR(null.stat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.json", "cache", "copy.tar",
                                                          "image.fifo", "null", "root"]  # fmt: skip
+
+
+# 3. a docker-archive never replaces a file that is not one ----------------------------------------
+
+
+def test_docker_archive_refuses_to_replace_a_file_that_is_not_one(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir", cache]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    oci = tmp_path / "oci.tar"
+    assert run([*argv, "--no-cache", "-o", f"oci-archive:{oci}"], capsys)[0] == 0
+    oci_bytes = oci.read_bytes()
+    for path in (notes, oci):
+        status, out, err = run([*argv, "-o", f"docker-archive:{path}"], capsys)
+        assert status == 5
+        assert out == ""
+        _one_line_error(err, str(path), "not a docker-archive")
+    assert notes.read_text() == "precious"
+    assert oci.read_bytes() == oci_bytes
+    assert _cache_is_empty(cache)  # refused before any layer was built
+
+    archive = tmp_path / "img.tar"
+    assert run([*argv, "--tag", "one:1", "-o", f"docker-archive:{archive}"], capsys)[0] == 0
+    assert run([*argv, "--tag", "two:2", "-o", f"docker-archive:{archive}"], capsys)[0] == 0
+    assert read_docker_archive(archive)[0][0]["RepoTags"] == ["two:2"]

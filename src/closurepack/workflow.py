@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,12 @@ from closurepack.customisation import (
     build_customisation_layer,
     customisation_entries,
 )
-from closurepack.destinations import oci_archive, parse_destination, parse_repo_tag, write_image
+from closurepack.destinations import (
+    check_destination,
+    parse_destination,
+    parse_repo_tag,
+    write_image,
+)
 from closurepack.errors import (
     ClosureError,
     DestinationError,
@@ -232,27 +236,11 @@ class ImageOptions:
 
 
 def _check_destination(dest: str, tag: str | None) -> None:
-    """Cheap checks of ``dest`` (and ``--tag``) before any layer is built, so that an obviously
-    wrong destination fails at once rather than after a long build. The destination writers
-    check again (and everything else) when they write."""
-    destination = parse_destination(dest)
+    """Check ``dest`` (and ``--tag``) before any layer is built, so that a wrong destination
+    fails at once rather than after a long build (see :func:`check_destination`)."""
+    check_destination(dest)
     if tag is not None:
         parse_repo_tag(tag)
-    path = destination.path
-    if path is None:
-        return
-    if destination.kind in ("docker-archive", "oci-archive"):
-        if path.is_dir():
-            raise DestinationError(f"{path}: is a directory, expected an archive file path")
-        _check_writable_dir(path.parent, path)
-        if destination.kind == "oci-archive":
-            oci_archive.check_existing(destination)  # tags are added to an existing archive
-    elif path.exists():
-        if not path.is_dir():
-            raise DestinationError(f"{path}: not a directory (an OCI layout is one)")
-        if not (path / "oci-layout").exists() and any(path.iterdir()):
-            raise DestinationError(f"{path}: directory is not empty and not an OCI layout")
-        _check_writable_dir(path, path)
 
 
 def _check_level(compression: str, level: int | None) -> None:
@@ -262,13 +250,6 @@ def _check_level(compression: str, level: int | None) -> None:
         resolve_level(compression, level)
     except OptionError as exc:
         raise OptionError(f"--level {level}: {exc}") from exc
-
-
-def _check_writable_dir(directory: Path, dest: Path) -> None:
-    if not directory.is_dir():
-        raise DestinationError(f"{dest}: cannot write: no directory {directory}")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise DestinationError(f"{dest}: cannot write: permission denied on {directory}")
 
 
 def _prepare(

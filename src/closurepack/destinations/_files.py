@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import io
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -16,7 +17,15 @@ from closurepack.digest import Digest, HashingWriter, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import ImageLayer
 
-__all__ = ["CHUNK", "atomic_file", "copy_verified", "destination_lock", "open_layer", "put_blob"]
+__all__ = [
+    "CHUNK",
+    "atomic_file",
+    "copy_verified",
+    "destination_lock",
+    "open_layer",
+    "probe_writable",
+    "put_blob",
+]
 
 #: Copy buffer size: memory stays bounded whatever the blob size.
 CHUNK = _fs.COPY_CHUNK
@@ -39,22 +48,53 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
 def destination_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for the archive ``path`` (an flock on ``.NAME.lock`` beside it)
     while a read-modify-write of it runs, so that parallel builds adding tags to one archive
-    each see the others' tags. The lock file stays (removing it would race with a waiter); an
-    existing ``path`` that is not a regular file (a device, a fifo) is written as it is, with
-    no lock."""
+    each see the others' tags. An existing ``path`` that is not a regular file (a device, a
+    fifo) is written as it is, with no lock.
+
+    The lock file is removed by its holder before it lets go; a waiter that then gets the lock
+    of a removed file sees that the name now means another file (or none) and tries again.
+    """
     if _fs.is_special_file(path):
         yield
         return
     lock = path.parent / f".{path.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise DestinationError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock)
+            except FileNotFoundError:
+                continue  # removed by the holder we waited for: lock the new one
+            held = os.fstat(fd)
+            if (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino):
+                continue
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+            return
+        finally:
+            os.close(fd)
+
+
+def probe_writable(directory: Path, dest: Path, *, as_dir: bool = False) -> None:
+    """Create and remove a temp file (or directory) in ``directory``, as the writer will: the
+    one sure test that ``dest`` can be written (permissions, read-only or pseudo filesystems
+    such as /sys, where even root may not create files)."""
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if as_dir:
+            os.rmdir(tempfile.mkdtemp(dir=directory, prefix=".closurepack-probe."))
+        else:
+            fd, name = tempfile.mkstemp(dir=directory, prefix=f".{dest.name}.", suffix=".probe")
+            os.close(fd)
+            os.unlink(name)
     except OSError as exc:
-        raise DestinationError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+        raise DestinationError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
 
 
 def open_layer(layer: ImageLayer) -> BinaryIO:

@@ -15,6 +15,7 @@ chained hashes (parent id, diff_id, digest), so the same image gives the same ar
 from __future__ import annotations
 
 import hashlib
+import tarfile
 from typing import Any, BinaryIO
 
 from closurepack.destinations._files import atomic_file, open_layer
@@ -24,7 +25,7 @@ from closurepack.digest import Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
 
-__all__ = ["v1_ids", "write_image", "write_stream"]
+__all__ = ["check_existing", "v1_ids", "write_image", "write_stream"]
 
 
 def v1_ids(image: Image) -> list[str]:
@@ -73,6 +74,23 @@ def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tag: str) -> No
     tar.close()
 
 
+def check_existing(dest: Destination) -> None:
+    """Raise DestinationError if ``dest.path`` is a non-empty regular file that is not a
+    docker-archive (a tar holding ``manifest.json`` or ``repositories``): an old image is
+    replaced, anything else is not (cheap: reads the tar's member list, no blob)."""
+    path = dest.path
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    refusal = f"{path}: exists and is not a docker-archive; remove it or choose another path"
+    try:
+        with tarfile.open(path, mode="r:") as archive:
+            names = set(archive.getnames())
+    except (tarfile.TarError, OSError) as exc:
+        raise DestinationError(refusal) from exc
+    if not names & {"manifest.json", "repositories"}:
+        raise DestinationError(refusal)
+
+
 def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
     """Write ``image`` to ``dest.path`` atomically (temp file + rename)."""
     path = dest.path
@@ -80,6 +98,7 @@ def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> N
         raise DestinationError(f"{dest}: docker-archive needs a path")
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
+    check_existing(dest)
     repo_tag = docker_repo_tag(dest, tag)
     with atomic_file(path) as out:  # write errors: a DestinationError naming ``path``
         write_stream(image, out, repo_tag=repo_tag)

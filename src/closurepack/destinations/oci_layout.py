@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from closurepack._fs import link_blob
-from closurepack.destinations._files import atomic_file, put_blob
+from closurepack.destinations._files import atomic_file, probe_writable, put_blob
 from closurepack.destinations.reference import Destination, oci_ref_name
 from closurepack.errors import DestinationError
 from closurepack.image import Image, ImageLayer, canonical_json
@@ -25,6 +25,7 @@ from closurepack.mediatypes import MediaType
 __all__ = [
     "LAYOUT_FILE",
     "REF_NAME",
+    "check_existing",
     "index_with",
     "manifest_descriptor",
     "write_blobs",
@@ -132,6 +133,23 @@ def _check_layout(root: Path) -> bool:
     return False
 
 
+def check_existing(dest: Destination) -> None:
+    """Raise DestinationError if ``dest.path`` exists but is not an OCI layout or an empty
+    directory, or cannot be written to. Checked under the layout's lock, so that a write in
+    progress in another process is not mistaken for something else."""
+    root = dest.path
+    if root is None or not root.exists():
+        return
+    if not root.is_dir():
+        raise DestinationError(f"{root}: not a directory (an OCI layout is one)")
+    try:
+        with _locked(root):
+            _check_layout(root)
+            probe_writable(root, root)
+    except OSError as exc:
+        raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc
+
+
 def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
     """Add ``image`` to the OCI layout at ``dest.path`` under its tag, keeping other tags."""
     root = dest.path
@@ -141,11 +159,12 @@ def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> N
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
-            is_layout = _check_layout(root)
-            write_blobs(image, root)
-            if not is_layout:
+            if not _check_layout(root):
+                # first, so that a write that fails leaves an (empty) layout, which the next
+                # write takes, rather than a directory of blobs it would refuse as foreign
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
+            write_blobs(image, root)
             index = index_with(_read_index(root), image, ref_name)
             with atomic_file(root / "index.json") as out:
                 out.write(canonical_json(index))
