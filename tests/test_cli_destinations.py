@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from clistore import Store, read_docker_archive, run
+from closurepack._fs import clone_blob
+from closurepack.digest import Digest
 
 REF = "org.opencontainers.image.ref.name"
 
@@ -199,3 +201,81 @@ def test_docker_archive_refuses_to_replace_a_file_that_is_not_one(
     assert run([*argv, "--tag", "one:1", "-o", f"docker-archive:{archive}"], capsys)[0] == 0
     assert run([*argv, "--tag", "two:2", "-o", f"docker-archive:{archive}"], capsys)[0] == 0
     assert read_docker_archive(archive)[0][0]["RepoTags"] == ["two:2"]
+
+
+# 4. layout blobs are copies, and a bad blob already there is replaced ----------------------------
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_layout_blobs_share_no_inode_with_the_cache(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    layout = tmp_path / "layout"
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir", cache,
+            "--strategy", "per-item"]  # fmt: skip
+    for _ in range(2):  # the second build reuses the cached layers
+        assert run([*argv, "-o", f"oci:{layout}"], capsys)[0] == 0
+    pairs = []
+    for cached in sorted((cache / "blobs" / "sha256").iterdir()):
+        in_layout = layout / "blobs" / "sha256" / cached.name
+        assert in_layout.exists()
+        assert not in_layout.samefile(cached)
+        pairs.append((cached, in_layout))
+    assert len(pairs) >= 3
+
+    cached, in_layout = pairs[0]
+    cached_bytes = cached.read_bytes()
+    _flip_last_byte(in_layout)
+    assert cached.read_bytes() == cached_bytes
+    assert in_layout.read_bytes() != cached_bytes
+    cached, in_layout = pairs[1]
+    layout_bytes = in_layout.read_bytes()
+    _flip_last_byte(cached)
+    assert in_layout.read_bytes() == layout_bytes
+
+
+def test_a_bad_blob_in_the_layout_is_replaced(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout"
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir",
+            tmp_path / "cache", "--strategy", "per-item", "-o", f"oci:{layout}"]  # fmt: skip
+    assert run(argv, capsys)[0] == 0
+    manifest_hex = json.loads((layout / "index.json").read_bytes())["manifests"][0]["digest"][7:]
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / manifest_hex).read_bytes())
+    layers = [d["digest"][7:] for d in manifest["layers"]]
+    _flip_last_byte(blobs / layers[0])  # same size, wrong content
+    (blobs / layers[1]).write_bytes((blobs / layers[1]).read_bytes()[:-10])  # wrong size
+    _flip_last_byte(blobs / manifest["config"]["digest"][7:])  # small blobs too
+    assert run(["verify", f"oci:{layout}"], capsys)[0] == 4
+    assert run(argv, capsys)[0] == 0
+    status, _, err = run(["verify", f"oci:{layout}"], capsys)
+    assert status == 0, err
+
+
+def test_clone_blob_makes_a_file_of_its_own_or_declines(tmp_path: Path) -> None:
+    """A reflink where the filesystem has them (an independent inode sharing blocks), else
+    False with nothing left behind: the caller copies."""
+    source = tmp_path / "source"
+    source.write_bytes(b"layer bytes" * 1000)
+    digest = Digest.of_bytes(source.read_bytes())
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    if clone_blob(blobs, source, digest):
+        clone = blobs / digest.hex
+        assert not clone.samefile(source)
+        assert clone.read_bytes() == source.read_bytes()
+        assert [p.name for p in blobs.iterdir()] == [digest.hex]
+    else:
+        assert list(blobs.iterdir()) == []
+    with pytest.raises(FileNotFoundError):
+        clone_blob(blobs, tmp_path / "missing", digest)
+    assert [p.name for p in blobs.iterdir() if p.name.endswith(".tmp")] == []

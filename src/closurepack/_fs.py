@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -18,11 +18,11 @@ __all__ = [
     "COPY_CHUNK",
     "atomic_write",
     "blob_writer",
+    "clone_blob",
     "copy_stream",
     "fsync_dir",
     "hash_stream",
     "is_special_file",
-    "link_blob",
     "move_file",
     "put_blob",
 ]
@@ -179,30 +179,44 @@ def move_file(source: Path, dest: Path) -> None:
         copy_stream(src, out)
 
 
-# errno values meaning "no hard link possible here", as opposed to real failures
-_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP}
+#: Linux's FICLONE ioctl (``_IOW(0x94, 9, int)`` in linux/fs.h): make the target share the
+#: source's extents, copy-on-write (btrfs, XFS, bcachefs, ...).
+_FICLONE = 0x40049409
+# errno values meaning "no clone possible here" (ext4, tmpfs, another device), not real failures
+_NO_CLONE = {
+    errno.EXDEV,
+    errno.EPERM,
+    errno.EOPNOTSUPP,
+    errno.ENOTSUP,
+    errno.EINVAL,
+    errno.ENOTTY,
+    errno.ENOSYS,
+}
 
 
-def link_blob(directory: Path, source: Path, digest: Digest) -> bool:
-    """Hard-link ``source``, whose content is known to hash to ``digest`` (a verified cache
-    blob), as ``directory/<hex>``: no copy, no rehash, no fsync. An existing blob of that name
-    is replaced atomically. False when the filesystem cannot link it there (another device,
-    no hard links): the caller then copies, e.g. with :func:`put_blob`.
-    """
-    dest = directory / digest.hex
-    tmp = directory / f".{digest.hex}.{os.getpid()}.{threading.get_ident()}.link"
+def clone_blob(directory: Path, source: Path, digest: Digest) -> bool:
+    """Put a copy-on-write clone (reflink) of ``source``, whose content is known to hash to
+    ``digest`` (a verified cache blob), at ``directory/<hex>``: a file of its own (a change to
+    either never shows in the other) that shares the source's blocks, so nothing is copied or
+    rehashed. An existing blob of that name is replaced atomically. False when the filesystem
+    cannot clone (ext4, tmpfs, across devices): the caller then copies, e.g. with
+    :func:`put_blob`."""
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".blob.", suffix=".tmp")
+    tmp = Path(tmp_name)
     try:
-        os.link(source, tmp)
-    except FileExistsError:
-        tmp.unlink()
-        os.link(source, tmp)
-    except OSError as exc:
-        if exc.errno in _NO_LINK:
-            return False
-        raise
-    try:
-        os.replace(tmp, dest)
-    finally:
-        # rename() between two names of one inode does nothing and leaves the source name
+        with os.fdopen(fd, "wb") as handle, source.open("rb") as src:
+            try:
+                fcntl.ioctl(handle.fileno(), _FICLONE, src.fileno())
+            except OSError as exc:
+                if exc.errno in _NO_CLONE:
+                    tmp.unlink()
+                    return False
+                raise
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / digest.hex)
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
     return True

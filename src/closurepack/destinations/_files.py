@@ -20,6 +20,7 @@ from closurepack.image import ImageLayer
 __all__ = [
     "CHUNK",
     "atomic_file",
+    "blob_is_good",
     "copy_verified",
     "destination_lock",
     "open_layer",
@@ -126,13 +127,25 @@ def copy_verified(src: BinaryIO, out: Writable, *, digest: Digest, size: int, wh
         raise DestinationError(f"{what}: blob content has digest {writer.digest}, not {digest}")
 
 
-def put_blob(blobs: Path, digest: Digest, data: bytes | BinaryIO, *, size: int) -> bool:
-    """Store a blob as ``blobs/<hex>`` atomically, checking its digest; an existing blob of
-    that size is kept as it is (its name is its content). True when the blob was written."""
-    target = blobs / digest.hex
-    with contextlib.suppress(OSError):
-        if target.stat().st_size == size:
+def blob_is_good(path: Path, digest: Digest, size: int) -> bool:
+    """True if ``path`` holds exactly ``size`` bytes that hash to ``digest``; False if it is
+    missing, unreadable, or holds anything else (a blob of that name is not trusted blindly)."""
+    try:
+        if path.stat().st_size != size:
             return False
+        with path.open("rb") as handle:
+            return _fs.hash_stream(handle) == (digest, size)
+    except OSError:
+        return False
+
+
+def put_blob(blobs: Path, digest: Digest, data: bytes | BinaryIO, *, size: int) -> bool:
+    """Store a blob as ``blobs/<hex>`` atomically, checking its digest. A good blob already
+    there (right size and digest, see :func:`blob_is_good`) is kept as it is; a bad one is
+    replaced. True when the blob was written."""
+    target = blobs / digest.hex
+    if blob_is_good(target, digest, size):
+        return False
     src: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         _fs.put_blob(blobs, src, expected=digest)

@@ -1,8 +1,9 @@
 """oci destination: an OCI image layout directory, shared with other tags already in it.
 
-Blobs go in first (each written atomically, existing ones skipped), ``index.json`` is
-replaced atomically last, under an exclusive lock on the directory, so a failed or
-interrupted write leaves the previous tags as they were (at most some unreferenced blobs).
+Blobs go in first (each written atomically; good ones already there kept, bad ones replaced;
+copies or reflinks, never hard links to the cache), ``index.json`` is replaced atomically last,
+under an exclusive lock on the directory, so a failed or interrupted write leaves the previous
+tags as they were (at most some unreferenced blobs).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from closurepack._fs import link_blob
-from closurepack.destinations._files import atomic_file, probe_writable, put_blob
+from closurepack._fs import clone_blob
+from closurepack.destinations._files import atomic_file, blob_is_good, probe_writable, put_blob
 from closurepack.destinations.reference import Destination, oci_ref_name
 from closurepack.errors import DestinationError
 from closurepack.image import Image, ImageLayer, canonical_json
@@ -64,12 +65,16 @@ def index_with(index: dict[str, Any] | None, image: Image, ref_name: str) -> dic
 
 
 def write_blobs(image: Image, root: Path) -> None:
-    """Store the layers, config and manifest of ``image`` under ``root/blobs/sha256``."""
+    """Store the layers, config and manifest of ``image`` under ``root/blobs/sha256``. Each is
+    a file of its own, never a hard link to the cache (a change to one would show in the other);
+    a blob already there is checked and replaced when it is not what its name says."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     for layer in image.layers:
+        if blob_is_good(blobs / layer.digest.hex, layer.digest, layer.size):
+            continue
         try:
-            if _link_verified(layer, blobs):
+            if _clone_verified(layer, blobs):
                 continue
             with layer.open() as src:
                 put_blob(blobs, layer.digest, src, size=layer.size)
@@ -79,19 +84,16 @@ def write_blobs(image: Image, root: Path) -> None:
     put_blob(blobs, image.manifest_digest, image.manifest_bytes, size=len(image.manifest_bytes))
 
 
-def _link_verified(layer: ImageLayer, blobs: Path) -> bool:
-    """Hard-link a blob this process built or verified (see ``BuiltLayer.verified``) instead of
-    copying and rehashing it; False when the layer is not verified or cannot be linked."""
+def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
+    """Reflink a blob this process built or verified (see ``BuiltLayer.verified``) instead of
+    copying and rehashing it; False when the layer is not verified or the filesystem cannot
+    clone it there."""
     source = getattr(layer, "blob_path", None)
     if not getattr(layer, "verified", False) or not isinstance(source, Path):
         return False
-    target = blobs / layer.digest.hex
-    with contextlib.suppress(OSError):
-        if target.stat().st_size == layer.size:
-            return True  # already there: its name is its content
     if source.stat().st_size != layer.size:
         return False
-    return link_blob(blobs, source, layer.digest)
+    return clone_blob(blobs, source, layer.digest)
 
 
 @contextlib.contextmanager
