@@ -5,6 +5,7 @@ destination checks that fail before any layer is built."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from clistore import Store, read_docker_archive, run
-from closurepack._fs import clone_blob
+from clistore import APP, Store, read_docker_archive, run
+from closurepack._fs import clone_blob, sweep_stale_temps
 from closurepack.digest import Digest
 
 REF = "org.opencontainers.image.ref.name"
@@ -279,3 +280,98 @@ def test_clone_blob_makes_a_file_of_its_own_or_declines(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         clone_blob(blobs, tmp_path / "missing", digest)
     assert [p.name for p in blobs.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# 5. temp files of killed builds are swept by later builds to the same place --------------------
+
+# Runs a real build whose process kills itself with SIGKILL once it has copied part of a layer
+# into the destination (the kill -9 of a user, at the worst moment, made deterministic).
+_KILLED_MID_WRITE = """
+import os, signal, sys
+from closurepack.cli import main
+from closurepack.layer import BuiltLayer
+
+class Dying:
+    def __init__(self, handle):
+        self.handle, self.reads = handle, 0
+    def _tick(self):
+        self.reads += 1
+        if self.reads > 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+    def read(self, *args):
+        self._tick()
+        return self.handle.read(*args)
+    def readinto(self, buffer):
+        self._tick()
+        return self.handle.readinto(buffer)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.handle.close()
+
+opener = BuiltLayer.open
+BuiltLayer.open = lambda self: Dying(opener(self))
+main(sys.argv[1:])
+"""
+
+
+def _temps(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive", "oci"])
+def test_temp_files_of_a_killed_build_are_swept_by_the_next(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    # a layer big enough to be copied in more than one read
+    (store.files(APP) / "lib" / "big").write_bytes(os.urandom(3 << 20))
+    closure = store.closure_file(tmp_path / "app.json", [APP])
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / ("img" if kind == "oci" else "img.tar")
+    where = target / "blobs" / "sha256" if kind == "oci" else out
+    argv = ["build", "--closure", closure, "--store-root", store.root, "--cache-dir",
+            tmp_path / "cache", "--compression", "none", "-o", f"{kind}:{target}"]  # fmt: skip
+    left: list[list[str]] = []
+    for _ in range(2):
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_MID_WRITE, *map(str, argv)],
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        assert killed.returncode == -9, killed.stderr
+        left.append(_temps(where))
+    # each killed write leaves its temp file; the second run swept the first one's
+    assert [len(names) for names in left] == [1, 1], left
+    assert left[0] != left[1]
+
+    # a temp file a live writer holds (locked), and one newer than the next build: both stay
+    live = where / ".live.12345678.tmp"
+    live.write_bytes(b"being written")
+    os.utime(live, (1, 1))
+    newer = where / ".newer.12345678.tmp"
+    newer.write_bytes(b"just started")
+    os.utime(newer, (2**31, 2**31))
+    with live.open("rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        status, _, err = run([*argv, "--tag", "img:ok"], capsys)
+        assert status == 0, err
+    assert _temps(where) == sorted([live.name, newer.name])
+    assert run(["verify", f"{kind}:{target}"], capsys)[0] == 0
+
+
+def test_sweep_stale_temps_takes_only_old_unlocked_temp_files(tmp_path: Path) -> None:
+    names = [".a.1.tmp", ".a.2.tmp", ".b.1.tmp", ".a.3.keep", "a.4.tmp"]
+    for name in names:
+        (tmp_path / name).write_text(name)
+        os.utime(tmp_path / name, (100, 100))
+    (tmp_path / ".a.dir.tmp").mkdir()
+    with (tmp_path / ".a.2.tmp").open("rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert sweep_stale_temps(tmp_path, prefix=".a.", started=99) == 0  # all newer
+        assert sweep_stale_temps(tmp_path, prefix=".a.", started=101) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".a.2.tmp", ".b.1.tmp", ".a.3.keep", "a.4.tmp", ".a.dir.tmp"]
+    )
+    assert sweep_stale_temps(tmp_path / "missing", started=101) == 0

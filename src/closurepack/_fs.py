@@ -16,6 +16,7 @@ from closurepack.digest import Digest, HashingWriter, Writable
 
 __all__ = [
     "COPY_CHUNK",
+    "TEMP_SUFFIX",
     "atomic_write",
     "blob_writer",
     "clone_blob",
@@ -25,6 +26,7 @@ __all__ = [
     "is_special_file",
     "move_file",
     "put_blob",
+    "sweep_stale_temps",
 ]
 
 #: Read size for streaming copies: large enough to keep syscalls rare, small enough to bound memory.
@@ -43,6 +45,66 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+#: Suffix of every temp file the writers here make (``.NAME.XXXXXXXX.tmp``).
+TEMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def _locked_temp(directory: Path, *, prefix: str) -> Iterator[tuple[int, Path]]:
+    """A new temp file ``directory/PREFIX*.tmp``, as (fd, path), under an exclusive flock that
+    lasts until the block ends (past the fd's own close and the rename): the sign for
+    :func:`sweep_stale_temps` that its writer is alive. The caller owns ``fd`` and removes the
+    file on failure."""
+    while True:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=TEMP_SUFFIX)
+        lock = os.dup(fd)  # the flock belongs to the open file, held while either fd is open
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.fstat(lock).st_nlink:
+            break
+        # a sweeper took the file between mkstemp and flock and removed it: take another
+        os.close(lock)
+        os.close(fd)
+    try:
+        yield fd, Path(name)
+    finally:
+        os.close(lock)
+
+
+def sweep_stale_temps(directory: Path, *, prefix: str = ".", started: float) -> int:
+    """Remove the temp files ``PREFIX*.tmp`` in ``directory`` that writers killed before they
+    could clean up (``kill -9``, a power cut) left behind: only those last changed before
+    ``started`` (the running job's start: a newer one may be a writer's that began since) and
+    whose flock nobody holds (every writer here holds one on its temp file, see
+    :func:`atomic_write`, :func:`blob_writer`). Best effort: a file that cannot be examined
+    is left alone. Returns how many were removed."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= started:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = os.fstat(fd)
+            if (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino) and held.st_nlink:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            pass  # locked by a live writer, or gone already
+        finally:
+            os.close(fd)
+    return removed
 
 
 def is_special_file(path: Path) -> bool:
@@ -78,19 +140,18 @@ def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterat
         with _write_in_place(dest) as handle:
             yield handle
         return
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _locked_temp(dest.parent, prefix=f".{dest.name}.") as (fd, tmp):
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                if fsync:
+                    os.fsync(handle.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     if fsync:
         fsync_dir(dest.parent)
 
@@ -107,20 +168,19 @@ def blob_writer(
     file is removed. The writer's ``digest`` and ``size`` stay readable afterwards.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".blob.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb", buffering=buffering) as handle:
-            writer = HashingWriter(handle)
-            yield writer
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / writer.digest.hex)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _locked_temp(directory, prefix=".blob.") as (fd, tmp):
+        try:
+            with os.fdopen(fd, "wb", buffering=buffering) as handle:
+                writer = HashingWriter(handle)
+                yield writer
+                handle.flush()
+                if fsync:
+                    os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, directory / writer.digest.hex)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     if fsync:
         fsync_dir(directory)
 
@@ -201,22 +261,21 @@ def clone_blob(directory: Path, source: Path, digest: Digest) -> bool:
     rehashed. An existing blob of that name is replaced atomically. False when the filesystem
     cannot clone (ext4, tmpfs, across devices): the caller then copies, e.g. with
     :func:`put_blob`."""
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".blob.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle, source.open("rb") as src:
-            try:
-                fcntl.ioctl(handle.fileno(), _FICLONE, src.fileno())
-            except OSError as exc:
-                if exc.errno in _NO_CLONE:
-                    tmp.unlink()
-                    return False
-                raise
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / digest.hex)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _locked_temp(directory, prefix=".blob.") as (fd, tmp):
+        try:
+            with os.fdopen(fd, "wb") as handle, source.open("rb") as src:
+                try:
+                    fcntl.ioctl(handle.fileno(), _FICLONE, src.fileno())
+                except OSError as exc:
+                    if exc.errno in _NO_CLONE:
+                        tmp.unlink()
+                        return False
+                    raise
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, directory / digest.hex)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     fsync_dir(directory)
     return True

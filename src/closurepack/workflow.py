@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -274,10 +275,11 @@ def _finish(
     config: ImageConfig,
     dest: str,
     tag: str | None,
+    started: float,
 ) -> str:
     destination = parse_destination(dest)
     image = assemble_image(layers, config=config, base=base)
-    write_image(image, destination, tag=tag)
+    write_image(image, destination, tag=tag, started=started)
     return str(image.manifest_digest)
 
 
@@ -308,6 +310,7 @@ def build_image(
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
     Everything is checked before any layer is built; the destination is written last, atomically.
     """
+    started = time.time()  # temp files older than this, and unlocked, are debris to sweep
     if jobs is not None and jobs < 1:
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
@@ -382,7 +385,7 @@ def build_image(
             customisation=customisation,
             progress=progress,
         )
-        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
+        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag, started=started)
 
 
 def build_one_layer(
@@ -460,6 +463,7 @@ def assemble_from_descriptors(
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
     ``compression`` and ``level`` are for the customisation layer."""
+    started = time.time()
     config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
     layers = read_descriptors(descriptors)
     mtime = image.mtime
@@ -480,4 +484,4 @@ def assemble_from_descriptors(
                     dest_dir=Path(work),
                 )
             )
-        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
+        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag, started=started)

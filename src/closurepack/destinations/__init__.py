@@ -96,20 +96,23 @@ def write_image(
     *,
     tag: str | None = None,
     stream: BinaryIO | None = None,
+    started: float | None = None,
 ) -> None:
     """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string).
 
     ``tag`` is ``--tag NAME:TAG``, used when the destination names no tag itself. For ``-``
-    the docker-archive goes to ``stream`` (default: standard output's binary buffer).
+    the docker-archive goes to ``stream`` (default: standard output's binary buffer). Temp
+    files that writes killed before ``started`` (the job's start; default: now) left at the
+    destination are removed.
     """
     if isinstance(dest, str):
         dest = parse_destination(dest)
     if dest.kind == "docker-archive":
-        docker_archive.write_image(image, dest, tag=tag)
+        docker_archive.write_image(image, dest, tag=tag, started=started)
     elif dest.kind == "oci":
-        oci_layout.write_image(image, dest, tag=tag)
+        oci_layout.write_image(image, dest, tag=tag, started=started)
     elif dest.kind == "oci-archive":
-        oci_archive.write_image(image, dest, tag=tag)
+        oci_archive.write_image(image, dest, tag=tag, started=started)
     elif dest.kind == "stdout":
         out = _stdout(stream)
         if _is_terminal(out):

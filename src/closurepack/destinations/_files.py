@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -26,7 +28,10 @@ __all__ = [
     "open_layer",
     "probe_writable",
     "put_blob",
+    "sweep_beside",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: Copy buffer size: memory stays bounded whatever the blob size.
 CHUNK = _fs.COPY_CHUNK
@@ -91,11 +96,24 @@ def probe_writable(directory: Path, dest: Path, *, as_dir: bool = False) -> None
         if as_dir:
             os.rmdir(tempfile.mkdtemp(dir=directory, prefix=".closurepack-probe."))
         else:
-            fd, name = tempfile.mkstemp(dir=directory, prefix=f".{dest.name}.", suffix=".probe")
+            fd, name = tempfile.mkstemp(
+                dir=directory, prefix=f".{dest.name}.", suffix=_fs.TEMP_SUFFIX
+            )
             os.close(fd)
-            os.unlink(name)
+            Path(name).unlink(missing_ok=True)  # (a sweeper may have taken it)
     except OSError as exc:
         raise DestinationError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
+
+
+def sweep_beside(path: Path, *, started: float | None) -> None:
+    """Remove the temp files that writers of ``path`` killed before ``started`` (default: now)
+    left beside it, ``.NAME.*.tmp`` (see :func:`closurepack._fs.sweep_stale_temps`)."""
+    if _fs.is_special_file(path):
+        return
+    when = time.time() if started is None else started
+    removed = _fs.sweep_stale_temps(path.parent, prefix=f".{path.name}.", started=when)
+    if removed:
+        _log.info("%s: removed %d temp file(s) left by interrupted writes", path, removed)
 
 
 def open_layer(layer: ImageLayer) -> BinaryIO:

@@ -18,7 +18,7 @@ import hashlib
 import tarfile
 from typing import Any, BinaryIO
 
-from closurepack.destinations._files import atomic_file, open_layer
+from closurepack.destinations._files import atomic_file, open_layer, sweep_beside
 from closurepack.destinations._tar import TarWriter
 from closurepack.destinations.reference import Destination, docker_repo_tag
 from closurepack.digest import Writable
@@ -91,8 +91,11 @@ def check_existing(dest: Destination) -> None:
         raise DestinationError(refusal)
 
 
-def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
-    """Write ``image`` to ``dest.path`` atomically (temp file + rename)."""
+def write_image(
+    image: Image, dest: Destination, *, tag: str | None = None, started: float | None = None
+) -> None:
+    """Write ``image`` to ``dest.path`` atomically (temp file + rename); temp files of writes
+    killed before ``started`` are removed first."""
     path = dest.path
     if path is None:
         raise DestinationError(f"{dest}: docker-archive needs a path")
@@ -100,5 +103,6 @@ def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> N
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
     check_existing(dest)
     repo_tag = docker_repo_tag(dest, tag)
+    sweep_beside(path, started=started)
     with atomic_file(path) as out:  # write errors: a DestinationError naming ``path``
         write_stream(image, out, repo_tag=repo_tag)

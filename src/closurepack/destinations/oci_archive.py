@@ -14,7 +14,12 @@ import tarfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from closurepack.destinations._files import atomic_file, destination_lock, open_layer
+from closurepack.destinations._files import (
+    atomic_file,
+    destination_lock,
+    open_layer,
+    sweep_beside,
+)
 from closurepack.destinations._tar import TarWriter
 from closurepack.destinations.oci_layout import LAYOUT_FILE, index_with
 from closurepack.destinations.reference import Destination, oci_ref_name
@@ -164,13 +169,18 @@ def check_existing(dest: Destination) -> None:
         pass
 
 
-def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
-    """Write ``image`` to the oci-archive ``dest.path``, adding its tag to an existing one."""
+def write_image(
+    image: Image, dest: Destination, *, tag: str | None = None, started: float | None = None
+) -> None:
+    """Write ``image`` to the oci-archive ``dest.path``, adding its tag to an existing one;
+    temp files of writes killed before ``started`` are removed first."""
     path = dest.path
     if path is None:
         raise DestinationError(f"{dest}: oci-archive needs a path")
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
     # the tags of the archive are read, merged and written back under one lock per archive
-    with destination_lock(path), _existing_archive(dest) as existing, atomic_file(path) as out:
-        write_stream(image, out, ref_name=oci_ref_name(dest, tag), existing=existing)
+    with destination_lock(path):
+        sweep_beside(path, started=started)
+        with _existing_archive(dest) as existing, atomic_file(path) as out:
+            write_stream(image, out, ref_name=oci_ref_name(dest, tag), existing=existing)

@@ -12,11 +12,12 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from closurepack._fs import clone_blob
+from closurepack._fs import clone_blob, sweep_stale_temps
 from closurepack.destinations._files import atomic_file, blob_is_good, probe_writable, put_blob
 from closurepack.destinations.reference import Destination, oci_ref_name
 from closurepack.errors import DestinationError
@@ -152,8 +153,11 @@ def check_existing(dest: Destination) -> None:
         raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc
 
 
-def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
-    """Add ``image`` to the OCI layout at ``dest.path`` under its tag, keeping other tags."""
+def write_image(
+    image: Image, dest: Destination, *, tag: str | None = None, started: float | None = None
+) -> None:
+    """Add ``image`` to the OCI layout at ``dest.path`` under its tag, keeping other tags;
+    temp files of writes killed before ``started`` (default: now) are removed first."""
     root = dest.path
     if root is None:
         raise DestinationError(f"{dest}: oci needs a directory")
@@ -161,6 +165,9 @@ def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> N
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
+            when = time.time() if started is None else started
+            for directory in (root, root / "blobs" / "sha256"):
+                sweep_stale_temps(directory, started=when)
             if not _check_layout(root):
                 # first, so that a write that fails leaves an (empty) layout, which the next
                 # write takes, rather than a directory of blobs it would refuse as foreign
