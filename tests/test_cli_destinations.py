@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from clistore import APP, Store, read_docker_archive, run
+from clistore import APP, TOOL, Store, read_docker_archive, run
 from closurepack._fs import clone_blob, sweep_stale_temps
 from closurepack.digest import Digest
 
@@ -375,3 +375,93 @@ def test_sweep_stale_temps_takes_only_old_unlocked_temp_files(tmp_path: Path) ->
         [".a.2.tmp", ".b.1.tmp", ".a.3.keep", "a.4.tmp", ".a.dir.tmp"]
     )
     assert sweep_stale_temps(tmp_path / "missing", started=101) == 0
+
+
+# 6. every --tag is written ----------------------------------------------------------------------
+
+
+def _stdout_archive_tags(argv: list[object], tmp_path: Path) -> list[str]:
+    result = subprocess.run(_cli(*argv, "-o", "-"), capture_output=True, check=True, timeout=120)
+    copy = tmp_path / "stdout.tar"
+    copy.write_bytes(result.stdout)
+    tags: list[str] = read_docker_archive(copy)[0][0]["RepoTags"]
+    return tags
+
+
+@pytest.mark.parametrize("command", ["build", "assemble"])
+def test_every_tag_is_written(
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    if command == "build":
+        argv: list[object] = ["build", "--closure", app_closure, "--store-root", store.root,
+                              "--cache-dir", tmp_path / "cache"]  # fmt: skip
+    else:
+        layer = tmp_path / "layer"
+        assert run(["build-layer", APP, "--store-root", store.root, "-o", layer], capsys)[0] == 0
+        argv = ["assemble", layer]
+    tags = ["--tag", "app:1.0", "--tag", "reg.io/team/app:2", "--tag", "app:1.0", "--tag", "b"]
+    archive = tmp_path / "img.tar"
+    assert run([*argv, *tags, "-o", f"docker-archive:{archive}"], capsys)[0] == 0
+    manifest, _ = read_docker_archive(archive)
+    assert manifest[0]["RepoTags"] == ["app:1.0", "reg.io/team/app:2", "b:latest"]
+    with tarfile.open(archive) as tar:
+        handle = tar.extractfile("repositories")
+        assert handle is not None
+        assert sorted(json.loads(handle.read())) == ["app", "b", "reg.io/team/app"]
+
+    for kind, target in [("oci", tmp_path / "layout"), ("oci-archive", tmp_path / "oci.tar")]:
+        assert run([*argv, *tags, "-o", f"{kind}:{target}:own"], capsys)[0] == 0
+        for tag in ("own", "1.0", "2", "latest"):
+            assert run(["verify", f"{kind}:{target}:{tag}"], capsys)[0] == 0
+    index = json.loads((tmp_path / "layout" / "index.json").read_bytes())
+    assert [m["annotations"][REF] for m in index["manifests"]] == ["own", "1.0", "2", "latest"]
+    assert len({m["digest"] for m in index["manifests"]}) == 1
+    assert _oci_archive_refs(tmp_path / "oci.tar") == ["1.0", "2", "latest", "own"]
+
+    assert _stdout_archive_tags([*argv, *tags], tmp_path) == [
+        "app:1.0",
+        "reg.io/team/app:2",
+        "b:latest",
+    ]
+    status, _, err = run(
+        [*argv, "--tag", "ok:1", "--tag", "Bad Tag", "-o", f"oci:{tmp_path / 'x'}"], capsys
+    )
+    assert status == 2
+    _one_line_error(err, "Bad Tag")
+    assert not (tmp_path / "x").exists()
+
+
+# 7. the default tag is the image's name -----------------------------------------------------------
+
+
+def test_the_default_tag_is_the_image_name(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = ["--cache-dir", tmp_path / "cache"]
+    root = ["--store-root", store.root]
+
+    def repo_tags(*argv: object) -> list[str]:
+        archive = tmp_path / "img.tar"
+        status, _, err = run(["build", *argv, *root, *cache, "-o", f"docker-archive:{archive}"],
+                             capsys)  # fmt: skip
+        assert status == 0, err
+        tags: list[str] = read_docker_archive(archive)[0][0]["RepoTags"]
+        return tags
+
+    assert repo_tags("--closure", app_closure) == ["app:latest"]  # the closure file's name
+    tool = store.closure_file(tmp_path / "My Tool.json", [TOOL])
+    assert repo_tags("--closure", tool) == ["my-tool:latest"]
+    assert repo_tags(TOOL) == ["tool-2.0:latest"]  # the store path's package name
+    plan = tmp_path / "plan.json"
+    status, _, err = run(["plan", "--closure", app_closure, "--closure", tool, *root, "-o", plan],
+                         capsys)  # fmt: skip
+    assert status == 0, err
+    assert repo_tags("--plan", plan, "--image", "1") == ["my-tool:latest"]
+    assert repo_tags("--plan", plan, "--image", "app", "--tag", "x:y") == ["x:y"]
+    assert _stdout_archive_tags(["build", "--closure", app_closure, *root, *cache], tmp_path) == [
+        "app:latest"
+    ]

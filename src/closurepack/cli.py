@@ -130,7 +130,11 @@ def _image_config_options(func: F) -> F:
             "(default: SOURCE_DATE_EPOCH, else 1).",
         ),
         click.option("--arch", help="Architecture (default: the host's), e.g. amd64, arm64."),
-        click.option("--tag", help="NAME:TAG recorded in the image (docker-archive RepoTags)."),
+        click.option(
+            "--tag",
+            multiple=True,
+            help="NAME:TAG naming the image (repeatable; default: the image's name, :latest).",
+        ),
         click.option("--from", "from_image", help="Put this image's layers underneath."),
     ]
     for option in reversed(options):
@@ -344,7 +348,7 @@ def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str
 
     rest = {k: v for k, v in kwargs.items() if k not in _IMAGE_OPTIONS}
     options = ImageOptions(
-        tag=kwargs["tag"],
+        tags=tuple(kwargs["tag"]),
         created=parse_created(kwargs["created"]) if kwargs["created"] else None,
         arch=kwargs["arch"],
         entrypoint=parse_command(kwargs["entrypoint"], option="--entrypoint"),

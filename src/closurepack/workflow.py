@@ -186,13 +186,14 @@ def _read_plan(plan_file: Path) -> LayerPlan:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImageOptions:
     """Everything an image gets beyond its store layers: config fields (``None``/empty: unset,
-    or inherited from ``from_image``), the customisation layer, the base image and a tag.
+    or inherited from ``from_image``), the customisation layer, the base image and the tags
+    (every ``--tag``; none: the image is named after its plan or closure).
 
     ``created`` is seconds since the epoch (default: ``SOURCE_DATE_EPOCH``, else 1); it is also
     the mtime of every file in the layers.
     """
 
-    tag: str | None = None
+    tags: tuple[str, ...] = ()
     created: int | None = None
     arch: str | None = None
     entrypoint: tuple[str, ...] | None = None
@@ -236,12 +237,12 @@ class ImageOptions:
         )
 
 
-def _check_destination(dest: str, tag: str | None) -> None:
-    """Check ``dest`` (and ``--tag``) before any layer is built, so that a wrong destination
-    fails at once rather than after a long build (see :func:`check_destination`)."""
-    check_destination(dest)
-    if tag is not None:
+def _check_destination(dest: str, tags: Sequence[str]) -> None:
+    """Check ``dest`` (and every ``--tag``) before any layer is built, so that a wrong
+    destination fails at once rather than after a long build (see :func:`check_destination`)."""
+    for tag in tags:
         parse_repo_tag(tag)
+    check_destination(dest)
 
 
 def _check_level(compression: str, level: int | None) -> None:
@@ -259,7 +260,7 @@ def _prepare(
     """Check everything about the image that can be checked before any layer is built (the
     destination and tag, the level, the config fields, --symlink/--extra) and read the --from
     image; return its config, customisation and base image."""
-    _check_destination(dest, image.tag)
+    _check_destination(dest, image.tags)
     _check_level(compression, level)
     config = image.config()
     customisation = image.customisation()
@@ -274,12 +275,13 @@ def _finish(
     base: BaseImage | None,
     config: ImageConfig,
     dest: str,
-    tag: str | None,
+    tags: Sequence[str],
+    name: str | None,
     started: float,
 ) -> str:
     destination = parse_destination(dest)
     image = assemble_image(layers, config=config, base=base)
-    write_image(image, destination, tag=tag, started=started)
+    write_image(image, destination, tags=tags, name=name, started=started)
     return str(image.manifest_digest)
 
 
@@ -385,7 +387,15 @@ def build_image(
             customisation=customisation,
             progress=progress,
         )
-        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag, started=started)
+        return _finish(
+            layers,
+            base=base,
+            config=config,
+            dest=dest,
+            tags=image.tags,
+            name=image_plan.name,
+            started=started,
+        )
 
 
 def build_one_layer(
@@ -484,4 +494,12 @@ def assemble_from_descriptors(
                     dest_dir=Path(work),
                 )
             )
-        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag, started=started)
+        return _finish(
+            layers,
+            base=base,
+            config=config,
+            dest=dest,
+            tags=image.tags,
+            name=None,
+            started=started,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -12,8 +13,9 @@ from closurepack.destinations import docker_archive, oci_archive, oci_layout
 from closurepack.destinations._files import probe_writable
 from closurepack.destinations.reference import (
     Destination,
-    docker_repo_tag,
-    oci_ref_name,
+    docker_repo_tags,
+    image_repo_name,
+    oci_ref_names,
     parse_destination,
     parse_repo_tag,
 )
@@ -23,8 +25,9 @@ from closurepack.image import Image
 __all__ = [
     "Destination",
     "check_destination",
-    "docker_repo_tag",
-    "oci_ref_name",
+    "docker_repo_tags",
+    "image_repo_name",
+    "oci_ref_names",
     "parse_destination",
     "parse_repo_tag",
     "write_image",
@@ -94,31 +97,37 @@ def write_image(
     image: Image,
     dest: Destination | str,
     *,
-    tag: str | None = None,
+    tags: Sequence[str] | str = (),
+    name: str | None = None,
     stream: BinaryIO | None = None,
     started: float | None = None,
 ) -> None:
     """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string).
 
-    ``tag`` is ``--tag NAME:TAG``, used when the destination names no tag itself. For ``-``
+    ``tags`` are the ``--tag NAME:TAG`` options: each is written, after the destination's own
+    tag (see :func:`docker_repo_tags`, :func:`oci_ref_names`); with none, a docker-archive is
+    named after the image's ``name`` (a plan's or a closure's). For ``-``
     the docker-archive goes to ``stream`` (default: standard output's binary buffer). Temp
     files that writes killed before ``started`` (the job's start; default: now) left at the
     destination are removed.
     """
     if isinstance(dest, str):
         dest = parse_destination(dest)
+    if isinstance(tags, str):
+        tags = (tags,)
     if dest.kind == "docker-archive":
-        docker_archive.write_image(image, dest, tag=tag, started=started)
+        docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
     elif dest.kind == "oci":
-        oci_layout.write_image(image, dest, tag=tag, started=started)
+        oci_layout.write_image(image, dest, tags=tags, started=started)
     elif dest.kind == "oci-archive":
-        oci_archive.write_image(image, dest, tag=tag, started=started)
+        oci_archive.write_image(image, dest, tags=tags, started=started)
     elif dest.kind == "stdout":
         out = _stdout(stream)
         if _is_terminal(out):
             raise DestinationError("standard output is a terminal: redirect the image archive")
         try:
-            docker_archive.write_stream(image, out, repo_tag=docker_repo_tag(dest, tag))
+            repo_tags = docker_repo_tags(dest, tags, name=name)
+            docker_archive.write_stream(image, out, repo_tags=repo_tags)
             out.flush()
         except OSError as exc:
             raise DestinationError(f"standard output: cannot write image: {exc}") from exc

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from closurepack.destinations._files import atomic_file, open_layer, sweep_beside
 from closurepack.destinations._tar import TarWriter
-from closurepack.destinations.reference import Destination, docker_repo_tag
+from closurepack.destinations.reference import Destination, docker_repo_tags
 from closurepack.digest import Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
@@ -52,9 +53,10 @@ def _v1_json(image: Image, ids: list[str], index: int) -> bytes:
     return canonical_json(obj)
 
 
-def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tag: str) -> None:
-    """Stream ``image`` as a docker-archive to ``out`` in one pass, blobs copied in chunks."""
-    name, _, tag = repo_tag.rpartition(":")
+def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tags: Sequence[str]) -> None:
+    """Stream ``image`` as a docker-archive to ``out`` in one pass, blobs copied in chunks;
+    ``repo_tags`` (``name:tag`` each) all name it."""
+    repositories: dict[str, dict[str, str]] = {}
     ids = v1_ids(image)
     tar = TarWriter(out, mtime=image.created_epoch)
     layer_files = []
@@ -67,10 +69,13 @@ def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tag: str) -> No
         layer_files.append(f"{ids[index]}/layer.tar")
     config_name = f"{image.config_digest.hex}.json"
     tar.add_bytes(config_name, image.config_bytes)
-    manifest = [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_files}]
+    manifest = [{"Config": config_name, "RepoTags": list(repo_tags), "Layers": layer_files}]
     tar.add_bytes("manifest.json", canonical_json(manifest))
     if ids:
-        tar.add_bytes("repositories", canonical_json({name: {tag: ids[-1]}}))
+        for repo_tag in repo_tags:
+            name, _, tag = repo_tag.rpartition(":")
+            repositories.setdefault(name, {})[tag] = ids[-1]
+        tar.add_bytes("repositories", canonical_json(repositories))
     tar.close()
 
 
@@ -92,17 +97,23 @@ def check_existing(dest: Destination) -> None:
 
 
 def write_image(
-    image: Image, dest: Destination, *, tag: str | None = None, started: float | None = None
+    image: Image,
+    dest: Destination,
+    *,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    started: float | None = None,
 ) -> None:
-    """Write ``image`` to ``dest.path`` atomically (temp file + rename); temp files of writes
-    killed before ``started`` are removed first."""
+    """Write ``image`` to ``dest.path`` atomically (temp file + rename), named as
+    :func:`docker_repo_tags` says; temp files of writes killed before ``started`` are removed
+    first."""
     path = dest.path
     if path is None:
         raise DestinationError(f"{dest}: docker-archive needs a path")
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
     check_existing(dest)
-    repo_tag = docker_repo_tag(dest, tag)
+    repo_tags = docker_repo_tags(dest, tags, name=name)
     sweep_beside(path, started=started)
     with atomic_file(path) as out:  # write errors: a DestinationError naming ``path``
-        write_stream(image, out, repo_tag=repo_tag)
+        write_stream(image, out, repo_tags=repo_tags)

@@ -13,13 +13,13 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from closurepack._fs import clone_blob, sweep_stale_temps
 from closurepack.destinations._files import atomic_file, blob_is_good, probe_writable, put_blob
-from closurepack.destinations.reference import Destination, oci_ref_name
+from closurepack.destinations.reference import Destination, oci_ref_names
 from closurepack.errors import DestinationError
 from closurepack.image import Image, ImageLayer, canonical_json
 from closurepack.mediatypes import MediaType
@@ -49,17 +49,20 @@ def manifest_descriptor(image: Image, ref_name: str) -> dict[str, Any]:
     }
 
 
-def index_with(index: dict[str, Any] | None, image: Image, ref_name: str) -> dict[str, Any]:
-    """``index`` with the entry tagged ``ref_name`` replaced by ``image`` (in place), or added
-    at the end; other entries are kept as they were."""
-    entry = manifest_descriptor(image, ref_name)
+def index_with(
+    index: dict[str, Any] | None, image: Image, ref_names: Sequence[str]
+) -> dict[str, Any]:
+    """``index`` with the entry tagged by each of ``ref_names`` replaced by ``image`` (in
+    place), or added at the end; other entries are kept as they were."""
     manifests = list((index or {}).get("manifests") or [])
-    for i, old in enumerate(manifests):
-        if isinstance(old, dict) and (old.get("annotations") or {}).get(REF_NAME) == ref_name:
-            manifests[i] = entry
-            break
-    else:
-        manifests.append(entry)
+    for ref_name in ref_names:
+        entry = manifest_descriptor(image, ref_name)
+        for i, old in enumerate(manifests):
+            if isinstance(old, dict) and (old.get("annotations") or {}).get(REF_NAME) == ref_name:
+                manifests[i] = entry
+                break
+        else:
+            manifests.append(entry)
     out = dict(index or {})
     out.update(schemaVersion=2, mediaType=str(MediaType.OCI_INDEX), manifests=manifests)
     return out
@@ -154,14 +157,15 @@ def check_existing(dest: Destination) -> None:
 
 
 def write_image(
-    image: Image, dest: Destination, *, tag: str | None = None, started: float | None = None
+    image: Image, dest: Destination, *, tags: Sequence[str] = (), started: float | None = None
 ) -> None:
-    """Add ``image`` to the OCI layout at ``dest.path`` under its tag, keeping other tags;
-    temp files of writes killed before ``started`` (default: now) are removed first."""
+    """Add ``image`` to the OCI layout at ``dest.path`` under each of its tags (see
+    :func:`oci_ref_names`), keeping other tags; temp files of writes killed before ``started``
+    (default: now) are removed first."""
     root = dest.path
     if root is None:
         raise DestinationError(f"{dest}: oci needs a directory")
-    ref_name = oci_ref_name(dest, tag)
+    ref_names = oci_ref_names(dest, tags)
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
@@ -174,7 +178,7 @@ def write_image(
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
             write_blobs(image, root)
-            index = index_with(_read_index(root), image, ref_name)
+            index = index_with(_read_index(root), image, ref_names)
             with atomic_file(root / "index.json") as out:
                 out.write(canonical_json(index))
     except OSError as exc:
