@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pty
 import socket
 import stat
 import subprocess
@@ -465,3 +466,58 @@ def test_the_default_tag_is_the_image_name(
     assert _stdout_archive_tags(["build", "--closure", app_closure, *root, *cache], tmp_path) == [
         "app:latest"
     ]
+
+
+# 8. every destination check happens before any layer is built ---------------------------------
+
+
+def test_stdout_on_a_terminal_fails_before_any_layer_is_built(
+    app_closure: Path, tmp_path: Path
+) -> None:
+    """With no store files, a build that got as far as its first layer would fail with 3."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cache = tmp_path / "cache"
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            _cli("build", "--closure", app_closure, "--store-root", empty, "--cache-dir", cache,
+                 "-o", "-"),
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 5, result.stderr
+    _one_line_error(result.stderr.decode(), "standard output is a terminal")
+    assert not cache.exists()
+
+
+@pytest.mark.skipif(not os.path.ismount("/sys"), reason="needs sysfs on /sys")
+def test_unwritable_destinations_fail_before_any_layer_is_built(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sysfs lets nobody, root included, create a file: the destination cannot be written,
+    and that is found out by trying, before the build (which would fail with 3 here)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cache = tmp_path / "cache"
+    sys_dests = [
+        "docker-archive:/sys/closurepack-test.tar",
+        "oci-archive:/sys/closurepack-test.tar",
+        "oci:/sys/closurepack-test",
+        "oci:/sys/closurepack-test/deeper/layout",
+    ]
+    for dest in sys_dests:
+        status, out, err = run(
+            ["build", "--closure", app_closure, "--store-root", empty, "--cache-dir", cache,
+             "-o", dest],
+            capsys,
+        )  # fmt: skip
+        assert status == 5, err
+        assert out == ""
+        _one_line_error(err, dest.split(":", 1)[1], "cannot")
+        assert not cache.exists()
