@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from closurepack._fs import clone_blob, sweep_stale_temps
+from closurepack._fs import TEMP_SUFFIX, clone_blob, sweep_stale_temps
 from closurepack.destinations._files import atomic_file, blob_is_good, probe_writable, put_blob
 from closurepack.destinations.reference import Destination, oci_ref_names
 from closurepack.errors import DestinationError
@@ -101,11 +101,17 @@ def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
+def _locked(root: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the layout's exclusive lock (an flock on the directory); yield whether it is held,
+    which is always when ``wait``, and only if no one else holds it when not."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 
@@ -134,7 +140,8 @@ def _check_layout(root: Path) -> bool:
         if version != "1.0.0":
             raise DestinationError(f"{layout}: unsupported imageLayoutVersion {version!r}")
         return True
-    if any(root.iterdir()):
+    # (temp files of a killed write of ours do not make it foreign: the write sweeps them)
+    if any(not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)) for p in root.iterdir()):
         raise DestinationError(f"{root}: directory is not empty and not an OCI layout")
     return False
 
@@ -142,16 +149,18 @@ def _check_layout(root: Path) -> bool:
 def check_existing(dest: Destination) -> None:
     """Raise DestinationError if ``dest.path`` exists but is not an OCI layout or an empty
     directory, or cannot be written to. Checked under the layout's lock, so that a write in
-    progress in another process is not mistaken for something else."""
+    progress in another process is not mistaken for something else; while another build holds
+    the lock (it is writing there), there is nothing to check and no reason to wait."""
     root = dest.path
     if root is None or not root.exists():
         return
     if not root.is_dir():
         raise DestinationError(f"{root}: not a directory (an OCI layout is one)")
     try:
-        with _locked(root):
-            _check_layout(root)
-            probe_writable(root, root)
+        with _locked(root, wait=False) as held:
+            if held:
+                _check_layout(root)
+                probe_writable(root, root)
     except OSError as exc:
         raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc
 
