@@ -6,6 +6,7 @@ destination checks that fail before any layer is built."""
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
@@ -521,3 +522,31 @@ def test_unwritable_destinations_fail_before_any_layer_is_built(
         assert out == ""
         _one_line_error(err, dest.split(":", 1)[1], "cannot")
         assert not cache.exists()
+
+
+def test_an_unreadable_index_fails_before_any_layer_is_built(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    argv = ["build", "--closure", app_closure, "--store-root", store.root]
+    layout = tmp_path / "layout"
+    archive = tmp_path / "oci.tar"
+    for dest in (f"oci:{layout}", f"oci-archive:{archive}"):
+        assert run([*argv, "--no-cache", "-o", dest], capsys)[0] == 0
+    (layout / "index.json").write_text("{not json")
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m)) for m in tar.getmembers()]
+        broken = tmp_path / "broken.tar"
+        with tarfile.open(broken, "w") as out:
+            for member, handle in members:
+                data = handle.read() if handle is not None else b""
+                if member.name == "index.json":
+                    data = b"[1, 2"
+                    member.size = len(data)
+                out.addfile(member, io.BytesIO(data) if handle is not None else None)
+    broken.replace(archive)
+    for dest, says in ((f"oci:{layout}", "index.json"), (f"oci-archive:{archive}", "index.json")):
+        status, _, err = run([*argv, "--cache-dir", cache, "-o", dest], capsys)
+        assert status == 5, err
+        _one_line_error(err, says)
+    assert not cache.exists()

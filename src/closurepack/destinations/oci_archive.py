@@ -163,10 +163,11 @@ def _existing_archive(dest: Destination) -> Iterator[tarfile.TarFile | None]:
 
 
 def check_existing(dest: Destination) -> None:
-    """Raise DestinationError if ``dest.path`` exists but is not an OCI archive (cheap: reads
-    the tar's member list, no blob)."""
-    with _existing_archive(dest):
-        pass
+    """Raise DestinationError if ``dest.path`` exists but is not an OCI archive with a readable
+    index.json (cheap: reads the tar's member list and index.json, no blob)."""
+    with _existing_archive(dest) as existing:
+        if existing is not None:
+            _read_index(existing)
 
 
 def write_image(

@@ -159,7 +159,8 @@ def check_existing(dest: Destination) -> None:
     try:
         with _locked(root, wait=False) as held:
             if held:
-                _check_layout(root)
+                if _check_layout(root):
+                    _read_index(root)  # an unreadable index.json fails now, not after the build
                 probe_writable(root, root)
     except OSError as exc:
         raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc
