@@ -1,5 +1,6 @@
-"""Destination-side wrappers of :mod:`closurepack._fs`: errors become DestinationError, blobs
-already present are skipped, and copies into archives are checked against their digests."""
+"""Destination-side wrappers of :mod:`closurepack._fs`: errors become DestinationError, good
+blobs already present are kept (bad ones replaced), copies into archives are checked against
+their digests; plus the lock per archive, the write probe and the sweep of stale temp files."""
 
 from __future__ import annotations
 
