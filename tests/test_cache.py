@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from closurepack._fs import atomic_write, link_blob, move_file, put_blob
+from closurepack._fs import atomic_write, move_file, put_blob
 from closurepack.cache import LayerCache, default_cache_dir
 from closurepack.errors import CacheError
 from closurepack.layer import BuiltLayer
@@ -280,20 +280,6 @@ def test_put_blob_is_content_addressed_and_idempotent(tmp_path: Path) -> None:
         put_blob(blobs, [b"other"], expected=digest)
     assert [p.name for p in blobs.iterdir()] == [digest.hex]
     assert (blobs / digest.hex).read_bytes() == data
-
-
-def test_link_blob_shares_the_cached_file(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    path = make_item(store, 6)
-    layer = LayerCache(tmp_path / "cache").get_or_build(key_of(path), builder(store, path))
-    layout = tmp_path / "layout" / "blobs" / "sha256"
-    layout.mkdir(parents=True)
-    assert link_blob(layout, layer.blob_path, layer.digest)
-    assert link_blob(layout, layer.blob_path, layer.digest)  # again: still fine, no leftovers
-    linked = layout / layer.digest.hex
-    assert os.path.samefile(linked, layer.blob_path)
-    assert [p.name for p in layout.iterdir()] == [layer.digest.hex]
-    assert hashlib.sha256(linked.read_bytes()).hexdigest() == layer.digest.hex
 
 
 def test_move_file_across_filesystems(tmp_path: Path) -> None:

@@ -1576,16 +1576,16 @@ def test_tags(
 ) -> None:
     argv = [*_base_argv(store, app_closure), "--cache-dir", tmp_path / "cache"]
     cases = [
-        ([], f"docker-archive:{tmp_path / 'a.tar'}", "closurepack:latest"),
-        (["--tag", "app:1.0"], f"docker-archive:{tmp_path / 'b.tar'}", "app:1.0"),
-        (["--tag", "app"], f"docker-archive:{tmp_path / 'c.tar'}", "app:latest"),
-        (["--tag", "ignored:x"], f"docker-archive:{tmp_path / 'd.tar'}:reg.io/team/app:2",
-         "reg.io/team/app:2"),
+        ([], f"docker-archive:{tmp_path / 'a.tar'}", ["app:latest"]),  # the closure's name
+        (["--tag", "app:1.0"], f"docker-archive:{tmp_path / 'b.tar'}", ["app:1.0"]),
+        (["--tag", "app"], f"docker-archive:{tmp_path / 'c.tar'}", ["app:latest"]),
+        (["--tag", "also:x"], f"docker-archive:{tmp_path / 'd.tar'}:reg.io/team/app:2",
+         ["reg.io/team/app:2", "also:x"]),
     ]  # fmt: skip
-    for extra, dest, repo_tag in cases:
+    for extra, dest, repo_tags in cases:
         _build([*argv, *extra, "-o", dest], capsys)
         manifest, _ = read_docker_archive(Path(dest.split(":")[1]))
-        assert manifest[0]["RepoTags"] == [repo_tag]
+        assert manifest[0]["RepoTags"] == repo_tags
     layout = tmp_path / "layout"
     _build([*argv, "--tag", "app:v3", "-o", f"oci:{layout}"], capsys)
     _build([*argv, "--env", "X=1", "-o", f"oci:{layout}:v4"], capsys)

@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 
-from closurepack.destinations import parse_destination, write_image
+from closurepack.destinations import (
+    image_repo_name,
+    parse_destination,
+    parse_repo_tag,
+    write_image,
+)
 from closurepack.destinations.docker_archive import v1_ids
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, OptionError
@@ -104,7 +109,7 @@ def _read_member(path: Path, name: str) -> bytes:
 
 def test_docker_archive_layout(tmp_path: Path, image: Image) -> None:
     out = tmp_path / "img.tar"
-    write_image(image, f"docker-archive:{out}", tag="demo/app:1")
+    write_image(image, f"docker-archive:{out}", tags=["demo/app:1"])
     names = [m.name for m in _members(out)]
     ids = v1_ids(image)
     assert len(set(ids)) == len(image.layers) == 2
@@ -133,14 +138,55 @@ def test_docker_archive_layout(tmp_path: Path, image: Image) -> None:
     assert sum(n.endswith("layer.tar") for n in names) == 2
 
 
-def test_docker_archive_tag_precedence(tmp_path: Path, image: Image) -> None:
+def test_docker_archive_tags(tmp_path: Path, image: Image) -> None:
     out = tmp_path / "a.tar"
-    write_image(image, f"docker-archive:{out}:from/dest:x", tag="from/option:y")
-    assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["from/dest:x"]
+    write_image(image, f"docker-archive:{out}:from/dest:x", tags=["from/option:y", "z"])
+    assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == [
+        "from/dest:x",
+        "from/option:y",
+        "z:latest",
+    ]
+    assert json.loads(_read_member(out, "repositories")) == {
+        "from/dest": {"x": v1_ids(image)[-1]},
+        "from/option": {"y": v1_ids(image)[-1]},
+        "z": {"latest": v1_ids(image)[-1]},
+    }
+    write_image(image, f"docker-archive:{out}", tags="one:1")  # a lone string is one tag
+    assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["one:1"]
+    write_image(image, f"docker-archive:{out}", tags=["a:1", "a:1"], name="ignored")
+    assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["a:1"]
+    write_image(image, f"docker-archive:{out}", name="Hello World-2.12")
+    assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == [
+        "hello-world-2.12:latest"
+    ]
+    write_image(image, f"docker-archive:{out}", name="+++")
+    assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["closurepack:latest"]
     write_image(image, f"docker-archive:{out}")
     assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["closurepack:latest"]
     with pytest.raises(OptionError):
-        write_image(image, f"docker-archive:{out}", tag="Bad Name")
+        write_image(image, f"docker-archive:{out}", tags=["Bad Name"])
+
+
+@pytest.mark.parametrize(
+    ("name", "repo"),
+    [
+        ("hello-2.12", "hello-2.12"),
+        ("App.v2", "app.v2"),
+        ("gtk+3", "gtk-3"),
+        ("._x_", "x"),
+        ("a..b", "a-b"),
+        ("x__y", "x__y"),
+        ("a-_b", "a-b"),
+        ("python3.11-env", "python3.11-env"),
+        ("Ω", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_image_repo_name(name: str | None, repo: str | None) -> None:
+    assert image_repo_name(name) == repo
+    if repo is not None:
+        assert parse_repo_tag(repo) == (repo, "latest")
 
 
 def test_archives_are_deterministic(tmp_path: Path) -> None:
@@ -163,7 +209,7 @@ def test_stdout_stream_equals_the_archive_file(tmp_path: Path, image: Image) -> 
     out = tmp_path / "file.tar"
     write_image(image, f"docker-archive:{out}:a/b:c")
     stream = io.BytesIO()
-    write_image(image, "-", tag="a/b:c", stream=stream)
+    write_image(image, "-", tags=["a/b:c"], stream=stream)
     assert stream.getvalue() == out.read_bytes()
 
 
@@ -318,7 +364,7 @@ def test_oci_layout_keeps_other_tags(tmp_path: Path) -> None:
     third = busybox_image(tmp_path / "l3", config=ImageConfig(cmd=["/bin/echo"]))
     blob = root / "blobs" / "sha256" / first.layers[0].digest.hex
     mtime = blob.stat().st_mtime_ns
-    write_image(third, f"oci:{root}", tag="ignored/name:one")
+    write_image(third, f"oci:{root}", tags=["ignored/name:one"])
     index = json.loads((root / "index.json").read_bytes())
     assert [m["digest"] for m in index["manifests"]] == [
         str(third.manifest_digest),

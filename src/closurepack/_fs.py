@@ -11,7 +11,6 @@ import shutil
 import stat
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,16 +20,19 @@ from closurepack.digest import Digest, HashingWriter, Writable
 
 __all__ = [
     "COPY_CHUNK",
+    "TEMP_SUFFIX",
     "atomic_write",
     "blob_writer",
+    "clone_blob",
     "copy_stream",
     "fs_now",
     "fsync_dir",
     "hash_stream",
-    "link_blob",
+    "is_special_file",
     "locked_temp_dir",
     "move_file",
     "put_blob",
+    "sweep_stale_temp_dirs",
     "sweep_stale_temps",
 ]
 
@@ -52,26 +54,111 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+#: Suffix of every temp file the writers here make (``.NAME.XXXXXXXX.tmp``).
+TEMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def _locked_temp(directory: Path, *, prefix: str) -> Iterator[tuple[int, Path]]:
+    """A new temp file ``directory/PREFIX*.tmp``, as (fd, path), under an exclusive flock that
+    lasts until the block ends (past the fd's own close and the rename): the sign for
+    :func:`sweep_stale_temps` that its writer is alive. The caller owns ``fd`` and removes the
+    file on failure."""
+    while True:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=TEMP_SUFFIX)
+        lock = os.dup(fd)  # the flock belongs to the open file, held while either fd is open
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.fstat(lock).st_nlink:
+            break
+        # a sweeper took the file between mkstemp and flock and removed it: take another
+        os.close(lock)
+        os.close(fd)
+    try:
+        yield fd, Path(name)
+    finally:
+        os.close(lock)
+
+
+def sweep_stale_temps(directory: Path, *, prefix: str = ".", started: float) -> int:
+    """Remove the temp files ``PREFIX*.tmp`` in ``directory`` that writers killed before they
+    could clean up (``kill -9``, a power cut) left behind: only those last changed before
+    ``started`` (the running job's start: a newer one may be a writer's that began since) and
+    whose flock nobody holds (every writer here holds one on its temp file, see
+    :func:`atomic_write`, :func:`blob_writer`). Best effort: a file that cannot be examined
+    is left alone. Returns how many were removed."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= started:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = os.fstat(fd)
+            if (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino) and held.st_nlink:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            pass  # locked by a live writer, or gone already
+        finally:
+            os.close(fd)
+    return removed
+
+
+def is_special_file(path: Path) -> bool:
+    """True if ``path`` exists (after symlinks) and is neither a regular file nor a directory:
+    a device, a fifo or a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextlib.contextmanager
+def _write_in_place(path: Path) -> Iterator[BinaryIO]:
+    # No O_CREAT: if the special file vanished meanwhile, fail rather than make a regular one;
+    # no fsync or chmod: they mean nothing (or fail) on a pipe or a device.
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    with os.fdopen(fd, "wb") as handle:
+        yield handle
+        handle.flush()
+
+
 @contextlib.contextmanager
 def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterator[BinaryIO]:
     """Open a temp file beside ``dest``; on success flush, fsync and rename it to ``dest``.
 
     On any exception the temp file is removed and ``dest`` is left as it was. An existing
-    ``dest`` is replaced (callers that write content-addressed names treat that as success).
+    ``dest`` is replaced (callers that write content-addressed names treat that as success),
+    unless it is a device, a fifo or a socket (:func:`is_special_file`): that is opened and
+    written to directly, never renamed over (``-o /dev/null``, ``-o >(gzip > x)``).
     """
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    if is_special_file(dest):
+        with _write_in_place(dest) as handle:
             yield handle
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        return
+    with _locked_temp(dest.parent, prefix=f".{dest.name}.") as (fd, tmp):
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                if fsync:
+                    os.fsync(handle.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     if fsync:
         fsync_dir(dest.parent)
 
@@ -88,20 +175,19 @@ def blob_writer(
     file is removed. The writer's ``digest`` and ``size`` stay readable afterwards.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".blob.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb", buffering=buffering) as handle:
-            writer = HashingWriter(handle)
-            yield writer
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / writer.digest.hex)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _locked_temp(directory, prefix=".blob.") as (fd, tmp):
+        try:
+            with os.fdopen(fd, "wb", buffering=buffering) as handle:
+                writer = HashingWriter(handle)
+                yield writer
+                handle.flush()
+                if fsync:
+                    os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, directory / writer.digest.hex)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     if fsync:
         fsync_dir(directory)
 
@@ -160,32 +246,45 @@ def move_file(source: Path, dest: Path) -> None:
         copy_stream(src, out)
 
 
-# errno values meaning "no hard link possible here", as opposed to real failures
-_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP}
+#: Linux's FICLONE ioctl (``_IOW(0x94, 9, int)`` in linux/fs.h): make the target share the
+#: source's extents, copy-on-write (btrfs, XFS, bcachefs, ...).
+_FICLONE = 0x40049409
+# errno values meaning "no clone possible here" (ext4, tmpfs, another device), not real failures
+_NO_CLONE = {
+    errno.EXDEV,
+    errno.EPERM,
+    errno.EOPNOTSUPP,
+    errno.ENOTSUP,
+    errno.EINVAL,
+    errno.ENOTTY,
+    errno.ENOSYS,
+}
 
 
-def link_blob(directory: Path, source: Path, digest: Digest) -> bool:
-    """Hard-link ``source``, whose content is known to hash to ``digest`` (a verified cache
-    blob), as ``directory/<hex>``: no copy, no rehash, no fsync. An existing blob of that name
-    is replaced atomically. False when the filesystem cannot link it there (another device,
-    no hard links): the caller then copies, e.g. with :func:`put_blob`.
-    """
-    dest = directory / digest.hex
-    tmp = directory / f".{digest.hex}.{os.getpid()}.{threading.get_ident()}.link"
-    try:
-        os.link(source, tmp)
-    except FileExistsError:
-        tmp.unlink()
-        os.link(source, tmp)
-    except OSError as exc:
-        if exc.errno in _NO_LINK:
-            return False
-        raise
-    try:
-        os.replace(tmp, dest)
-    finally:
-        # rename() between two names of one inode does nothing and leaves the source name
-        tmp.unlink(missing_ok=True)
+def clone_blob(directory: Path, source: Path, digest: Digest) -> bool:
+    """Put a copy-on-write clone (reflink) of ``source``, whose content is known to hash to
+    ``digest`` (a verified cache blob), at ``directory/<hex>``: a file of its own (a change to
+    either never shows in the other) that shares the source's blocks, so nothing is copied or
+    rehashed. An existing blob of that name is replaced atomically. False when the filesystem
+    cannot clone (ext4, tmpfs, across devices): the caller then copies, e.g. with
+    :func:`put_blob`."""
+    with _locked_temp(directory, prefix=".blob.") as (fd, tmp):
+        try:
+            with os.fdopen(fd, "wb") as handle, source.open("rb") as src:
+                try:
+                    fcntl.ioctl(handle.fileno(), _FICLONE, src.fileno())
+                except OSError as exc:
+                    if exc.errno in _NO_CLONE:
+                        tmp.unlink()
+                        return False
+                    raise
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, directory / digest.hex)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    fsync_dir(directory)
     return True
 
 
@@ -212,7 +311,7 @@ def locked_temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
     """A new directory ``parent/<prefix><pid>-<random>``, removed when the block ends.
 
     An exclusive flock on the directory is held for as long as it exists, so
-    :func:`sweep_stale_temps` can tell a live one from one left by a killed process (the lock
+    :func:`sweep_stale_temp_dirs` can tell a live one from one left by a killed process (the lock
     dies with its process). It is made under a hidden name, locked, then renamed: a sweeper
     never sees a visible one that is not locked yet.
     """
@@ -261,7 +360,7 @@ def _owner_gone(path: Path, pid: int | None) -> bool:
     return True
 
 
-def sweep_stale_temps(parent: Path, prefix: str, *, before: float) -> list[Path]:
+def sweep_stale_temp_dirs(parent: Path, prefix: str, *, before: float) -> list[Path]:
     """Remove the temp directories of :func:`locked_temp_dir` under ``parent`` that a killed
     process left: those named ``<prefix><pid>-...``, last changed before ``before`` (the start
     of the running command), owned by this user, and whose flock can be taken (or whose pid is

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from closurepack._fs import fs_now, hash_stream, locked_temp_dir, sweep_stale_temps
+from closurepack._fs import fs_now, hash_stream, locked_temp_dir, sweep_stale_temp_dirs
 from closurepack.cache import LayerCache
 from closurepack.compression import resolve_level
 from closurepack.customisation import Customisation, build_customisation_layer
@@ -239,9 +239,9 @@ def scratch_dir(parent: Path | None = None) -> Iterator[Path]:
     """A work directory for blobs that are not cached (customisation layer, no-cache builds),
     in ``parent`` (default: ``$TMPDIR``), flock-held while it exists and removed afterwards.
     First the scratch directories that killed runs left there are swept (see
-    :func:`closurepack._fs.sweep_stale_temps`)."""
+    :func:`closurepack._fs.sweep_stale_temp_dirs`)."""
     where = parent if parent is not None else Path(tempfile.gettempdir())
-    sweep_stale_temps(where, _SCRATCH, before=fs_now())
+    sweep_stale_temp_dirs(where, _SCRATCH, before=fs_now())
     with locked_temp_dir(where, _SCRATCH) as work:
         yield work
 

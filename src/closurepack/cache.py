@@ -46,7 +46,7 @@ from closurepack._fs import (
     hash_stream,
     locked_temp_dir,
     move_file,
-    sweep_stale_temps,
+    sweep_stale_temp_dirs,
 )
 from closurepack.cachegc import KEY, CacheUsage, blob_sizes, lock_file, remove_entries
 from closurepack.digest import Digest
@@ -284,7 +284,7 @@ class LayerCache:
                     layer.blob_path.unlink(missing_ok=True)
                 else:
                     move_file(layer.blob_path, dest)
-                    # read-only: destinations may hard-link it (see _fs.link_blob)
+                    # read-only: a blob is only ever replaced whole, never changed in place
                     dest.chmod(0o444)
                     with self._mutex:
                         if self._blob_bytes is not None:
@@ -396,7 +396,7 @@ class LayerCache:
         """Remove the work directories of killed processes: flock-held ones whose lock is free
         and that are older than this object, and (from older closurepacks) any other entry
         of tmp/ older than a day."""
-        sweep_stale_temps(self._tmp, _WORK, before=self._started)
+        sweep_stale_temp_dirs(self._tmp, _WORK, before=self._started)
         now = time.time()
         for work in self._tmp.iterdir():
             if work.name.startswith((_WORK, f".{_WORK}")):

@@ -142,7 +142,11 @@ def _image_config_options(func: F) -> F:
         ),
         _MTIME_OPTION,
         click.option("--arch", help="Architecture (default: the host's), e.g. amd64, arm64."),
-        click.option("--tag", help="NAME:TAG recorded in the image (docker-archive RepoTags)."),
+        click.option(
+            "--tag",
+            multiple=True,
+            help="NAME:TAG naming the image (repeatable; default: the image's name, :latest).",
+        ),
         click.option("--from", "from_image", help="Put this image's layers underneath."),
     ]
     for option in reversed(options):
@@ -410,7 +414,7 @@ def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str
 
     rest = {k: v for k, v in kwargs.items() if k not in _IMAGE_OPTIONS}
     options = ImageOptions(
-        tag=kwargs["tag"],
+        tags=tuple(kwargs["tag"]),
         created=_parse_time(kwargs["created"], option="--created"),
         mtime=_parse_time(kwargs["mtime"], option="--mtime"),
         arch=kwargs["arch"],

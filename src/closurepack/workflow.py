@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -32,7 +32,12 @@ from closurepack.customisation import (
     customisation_entries,
     drop_if_repeated,
 )
-from closurepack.destinations import oci_archive, parse_destination, parse_repo_tag, write_image
+from closurepack.destinations import (
+    check_destination,
+    parse_destination,
+    parse_repo_tag,
+    write_image,
+)
 from closurepack.errors import (
     CacheError,
     ClosureError,
@@ -237,7 +242,8 @@ def _read_plan(plan_file: Path) -> LayerPlan:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImageOptions:
     """Everything an image gets beyond its store layers: config fields (``None``/empty: unset,
-    or inherited from ``from_image``), the customisation layer, the base image and a tag.
+    or inherited from ``from_image``), the customisation layer, the base image and the tags
+    (every ``--tag``; none: the image is named after its plan or closure).
 
     ``created`` is seconds since the epoch (default: ``SOURCE_DATE_EPOCH``, else 1): the image's
     creation time and its history's, never a file's. ``mtime`` is the mtime of every file in the
@@ -245,7 +251,7 @@ class ImageOptions:
     so that a new creation time alone makes no new layer.
     """
 
-    tag: str | None = None
+    tags: tuple[str, ...] = ()
     created: int | None = None
     mtime: int | None = None
     arch: str | None = None
@@ -294,28 +300,12 @@ class ImageOptions:
         )
 
 
-def _check_destination(dest: str, tag: str | None) -> None:
-    """Cheap checks of ``dest`` (and ``--tag``) before any layer is built, so that an obviously
-    wrong destination fails at once rather than after a long build. The destination writers
-    check again (and everything else) when they write."""
-    destination = parse_destination(dest)
-    if tag is not None:
+def _check_destination(dest: str, tags: Sequence[str]) -> None:
+    """Check ``dest`` (and every ``--tag``) before any layer is built, so that a wrong
+    destination fails at once rather than after a long build (see :func:`check_destination`)."""
+    for tag in tags:
         parse_repo_tag(tag)
-    path = destination.path
-    if path is None:
-        return
-    if destination.kind in ("docker-archive", "oci-archive"):
-        if path.is_dir():
-            raise DestinationError(f"{path}: is a directory, expected an archive file path")
-        _check_writable_dir(path.parent, path)
-        if destination.kind == "oci-archive":
-            oci_archive.check_existing(destination)  # tags are added to an existing archive
-    elif path.exists():
-        if not path.is_dir():
-            raise DestinationError(f"{path}: not a directory (an OCI layout is one)")
-        if not (path / "oci-layout").exists() and any(path.iterdir()):
-            raise DestinationError(f"{path}: directory is not empty and not an OCI layout")
-        _check_writable_dir(path, path)
+    check_destination(dest)
 
 
 def _check_level(compression: str, level: int | None) -> None:
@@ -329,20 +319,13 @@ def _check_level(compression: str, level: int | None) -> None:
         raise OptionError(f"--level {level}: {exc}") from exc
 
 
-def _check_writable_dir(directory: Path, dest: Path) -> None:
-    if not directory.is_dir():
-        raise DestinationError(f"{dest}: cannot write: no directory {directory}")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise DestinationError(f"{dest}: cannot write: permission denied on {directory}")
-
-
 def _prepare(
     image: ImageOptions, *, dest: str, compression: str, level: int | None
 ) -> tuple[ImageConfig, Customisation, BaseImage | None]:
     """Check everything about the image that can be checked before any layer is built (the
     destination and tag, the level, the config fields, --symlink/--extra) and read the --from
     image; return its config, customisation and base image."""
-    _check_destination(dest, image.tag)
+    _check_destination(dest, image.tags)
     _check_level(compression, level)
     config = image.config()
     check_mtime(image.mtime)  # a bad --mtime fails here
@@ -364,11 +347,13 @@ def _finish(
     base: BaseImage | None,
     config: ImageConfig,
     dest: str,
-    tag: str | None,
+    tags: Sequence[str],
+    name: str | None,
+    started: float,
 ) -> str:
     destination = parse_destination(dest)
     image = assemble_image(layers, config=config, base=base)
-    write_image(image, destination, tag=tag)
+    write_image(image, destination, tags=tags, name=name, started=started)
     container = image.config.get("config") or {}
     if not container.get("Entrypoint") and not container.get("Cmd"):
         _log.warning(
@@ -406,6 +391,7 @@ def build_image(
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
     Everything is checked before any layer is built; the destination is written last, atomically.
     """
+    started = time.time()  # temp files older than this, and unlocked, are debris to sweep
     if jobs is not None and jobs < 1:
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
@@ -484,7 +470,15 @@ def build_image(
             customisation=customisation,
             progress=progress,
         )
-        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
+        return _finish(
+            layers,
+            base=base,
+            config=config,
+            dest=dest,
+            tags=image.tags,
+            name=image_plan.name,
+            started=started,
+        )
 
 
 def _open_cache(
@@ -580,6 +574,7 @@ def assemble_from_descriptors(
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
     ``compression`` and ``level`` are for the customisation layer."""
+    started = time.time()
     config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
     layers = read_descriptors(descriptors)
     mtime = image.layer_mtime
@@ -605,4 +600,12 @@ def assemble_from_descriptors(
                     dest_dir=Path(work),
                 )
             )
-        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
+        return _finish(
+            layers,
+            base=base,
+            config=config,
+            dest=dest,
+            tags=image.tags,
+            name=None,
+            started=started,
+        )

@@ -15,16 +15,18 @@ chained hashes (parent id, diff_id, digest), so the same image gives the same ar
 from __future__ import annotations
 
 import hashlib
+import tarfile
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from closurepack.destinations._files import atomic_file, open_layer
+from closurepack.destinations._files import atomic_file, open_layer, sweep_beside
 from closurepack.destinations._tar import TarWriter
-from closurepack.destinations.reference import Destination, docker_repo_tag
+from closurepack.destinations.reference import Destination, docker_repo_tags
 from closurepack.digest import Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
 
-__all__ = ["v1_ids", "write_image", "write_stream"]
+__all__ = ["check_existing", "v1_ids", "write_image", "write_stream"]
 
 
 def v1_ids(image: Image) -> list[str]:
@@ -51,9 +53,10 @@ def _v1_json(image: Image, ids: list[str], index: int) -> bytes:
     return canonical_json(obj)
 
 
-def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tag: str) -> None:
-    """Stream ``image`` as a docker-archive to ``out`` in one pass, blobs copied in chunks."""
-    name, _, tag = repo_tag.rpartition(":")
+def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tags: Sequence[str]) -> None:
+    """Stream ``image`` as a docker-archive to ``out`` in one pass, blobs copied in chunks;
+    ``repo_tags`` (``name:tag`` each) all name it."""
+    repositories: dict[str, dict[str, str]] = {}
     ids = v1_ids(image)
     tar = TarWriter(out, mtime=image.created_epoch)
     layer_files = []
@@ -66,20 +69,51 @@ def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tag: str) -> No
         layer_files.append(f"{ids[index]}/layer.tar")
     config_name = f"{image.config_digest.hex}.json"
     tar.add_bytes(config_name, image.config_bytes)
-    manifest = [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_files}]
+    manifest = [{"Config": config_name, "RepoTags": list(repo_tags), "Layers": layer_files}]
     tar.add_bytes("manifest.json", canonical_json(manifest))
     if ids:
-        tar.add_bytes("repositories", canonical_json({name: {tag: ids[-1]}}))
+        for repo_tag in repo_tags:
+            name, _, tag = repo_tag.rpartition(":")
+            repositories.setdefault(name, {})[tag] = ids[-1]
+        tar.add_bytes("repositories", canonical_json(repositories))
     tar.close()
 
 
-def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
-    """Write ``image`` to ``dest.path`` atomically (temp file + rename)."""
+def check_existing(dest: Destination) -> None:
+    """Raise DestinationError if ``dest.path`` is a non-empty regular file that is not a
+    docker-archive (a tar holding ``manifest.json`` or ``repositories``): an old image is
+    replaced, anything else is not (cheap: reads the tar's member list, no blob)."""
+    path = dest.path
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    refusal = f"{path}: exists and is not a docker-archive; remove it or choose another path"
+    try:
+        with tarfile.open(path, mode="r:") as archive:
+            names = set(archive.getnames())
+    except (tarfile.TarError, OSError) as exc:
+        raise DestinationError(refusal) from exc
+    if not names & {"manifest.json", "repositories"}:
+        raise DestinationError(refusal)
+
+
+def write_image(
+    image: Image,
+    dest: Destination,
+    *,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    started: float | None = None,
+) -> None:
+    """Write ``image`` to ``dest.path`` atomically (temp file + rename), named as
+    :func:`docker_repo_tags` says; temp files of writes killed before ``started`` are removed
+    first."""
     path = dest.path
     if path is None:
         raise DestinationError(f"{dest}: docker-archive needs a path")
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
-    repo_tag = docker_repo_tag(dest, tag)
+    check_existing(dest)
+    repo_tags = docker_repo_tags(dest, tags, name=name)
+    sweep_beside(path, started=started)
     with atomic_file(path) as out:  # write errors: a DestinationError naming ``path``
-        write_stream(image, out, repo_tag=repo_tag)
+        write_stream(image, out, repo_tags=repo_tags)

@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
-from closurepack.destinations._files import atomic_file, open_layer
+from closurepack.destinations._files import (
+    atomic_file,
+    destination_lock,
+    open_layer,
+    sweep_beside,
+)
 from closurepack.destinations._tar import TarWriter
 from closurepack.destinations.oci_layout import LAYOUT_FILE, index_with
-from closurepack.destinations.reference import Destination, oci_ref_name
+from closurepack.destinations.reference import Destination, oci_ref_names
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
@@ -34,13 +39,13 @@ def write_stream(
     image: Image,
     out: Writable | BinaryIO,
     *,
-    ref_name: str,
+    ref_names: Sequence[str],
     existing: tarfile.TarFile | None = None,
 ) -> None:
-    """Stream ``image`` as an oci-archive tagged ``ref_name``; with ``existing`` (an open
-    oci-archive), its other tags and the blobs they reach are carried over."""
+    """Stream ``image`` as an oci-archive tagged with each of ``ref_names``; with ``existing``
+    (an open oci-archive), its other tags and the blobs they reach are carried over."""
     old_index = _read_index(existing) if existing is not None else None
-    index = index_with(old_index, image, ref_name)
+    index = index_with(old_index, image, ref_names)
     small = {
         image.config_digest.hex: image.config_bytes,
         image.manifest_digest.hex: image.manifest_bytes,
@@ -158,18 +163,26 @@ def _existing_archive(dest: Destination) -> Iterator[tarfile.TarFile | None]:
 
 
 def check_existing(dest: Destination) -> None:
-    """Raise DestinationError if ``dest.path`` exists but is not an OCI archive (cheap: reads
-    the tar's member list, no blob)."""
-    with _existing_archive(dest):
-        pass
+    """Raise DestinationError if ``dest.path`` exists but is not an OCI archive with a readable
+    index.json (cheap: reads the tar's member list and index.json, no blob)."""
+    with _existing_archive(dest) as existing:
+        if existing is not None:
+            _read_index(existing)
 
 
-def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
-    """Write ``image`` to the oci-archive ``dest.path``, adding its tag to an existing one."""
+def write_image(
+    image: Image, dest: Destination, *, tags: Sequence[str] = (), started: float | None = None
+) -> None:
+    """Write ``image`` to the oci-archive ``dest.path``, adding its tags (see
+    :func:`oci_ref_names`) to an existing one; temp files of writes killed before ``started``
+    are removed first."""
     path = dest.path
     if path is None:
         raise DestinationError(f"{dest}: oci-archive needs a path")
     if path.is_dir():
         raise DestinationError(f"{path}: is a directory, expected an archive file path")
-    with _existing_archive(dest) as existing, atomic_file(path) as out:
-        write_stream(image, out, ref_name=oci_ref_name(dest, tag), existing=existing)
+    # the tags of the archive are read, merged and written back under one lock per archive
+    with destination_lock(path):
+        sweep_beside(path, started=started)
+        with _existing_archive(dest) as existing, atomic_file(path) as out:
+            write_stream(image, out, ref_names=oci_ref_names(dest, tags), existing=existing)

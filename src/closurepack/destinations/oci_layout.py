@@ -1,8 +1,9 @@
 """oci destination: an OCI image layout directory, shared with other tags already in it.
 
-Blobs go in first (each written atomically, existing ones skipped), ``index.json`` is
-replaced atomically last, under an exclusive lock on the directory, so a failed or
-interrupted write leaves the previous tags as they were (at most some unreferenced blobs).
+Blobs go in first (each written atomically; good ones already there kept, bad ones replaced;
+copies or reflinks, never hard links to the cache), ``index.json`` is replaced atomically last,
+under an exclusive lock on the directory, so a failed or interrupted write leaves the previous
+tags as they were (at most some unreferenced blobs).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from closurepack._fs import link_blob
-from closurepack.destinations._files import atomic_file, put_blob
-from closurepack.destinations.reference import Destination, oci_ref_name
+from closurepack._fs import TEMP_SUFFIX, clone_blob, sweep_stale_temps
+from closurepack.destinations._files import atomic_file, blob_is_good, probe_writable, put_blob
+from closurepack.destinations.reference import Destination, oci_ref_names
 from closurepack.errors import DestinationError
 from closurepack.image import Image, ImageLayer, canonical_json
 from closurepack.mediatypes import MediaType
@@ -25,6 +27,7 @@ from closurepack.mediatypes import MediaType
 __all__ = [
     "LAYOUT_FILE",
     "REF_NAME",
+    "check_existing",
     "index_with",
     "manifest_descriptor",
     "write_blobs",
@@ -46,29 +49,36 @@ def manifest_descriptor(image: Image, ref_name: str) -> dict[str, Any]:
     }
 
 
-def index_with(index: dict[str, Any] | None, image: Image, ref_name: str) -> dict[str, Any]:
-    """``index`` with the entry tagged ``ref_name`` replaced by ``image`` (in place), or added
-    at the end; other entries are kept as they were."""
-    entry = manifest_descriptor(image, ref_name)
+def index_with(
+    index: dict[str, Any] | None, image: Image, ref_names: Sequence[str]
+) -> dict[str, Any]:
+    """``index`` with the entry tagged by each of ``ref_names`` replaced by ``image`` (in
+    place), or added at the end; other entries are kept as they were."""
     manifests = list((index or {}).get("manifests") or [])
-    for i, old in enumerate(manifests):
-        if isinstance(old, dict) and (old.get("annotations") or {}).get(REF_NAME) == ref_name:
-            manifests[i] = entry
-            break
-    else:
-        manifests.append(entry)
+    for ref_name in ref_names:
+        entry = manifest_descriptor(image, ref_name)
+        for i, old in enumerate(manifests):
+            if isinstance(old, dict) and (old.get("annotations") or {}).get(REF_NAME) == ref_name:
+                manifests[i] = entry
+                break
+        else:
+            manifests.append(entry)
     out = dict(index or {})
     out.update(schemaVersion=2, mediaType=str(MediaType.OCI_INDEX), manifests=manifests)
     return out
 
 
 def write_blobs(image: Image, root: Path) -> None:
-    """Store the layers, config and manifest of ``image`` under ``root/blobs/sha256``."""
+    """Store the layers, config and manifest of ``image`` under ``root/blobs/sha256``. Each is
+    a file of its own, never a hard link to the cache (a change to one would show in the other);
+    a blob already there is checked and replaced when it is not what its name says."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     for layer in image.layers:
+        if blob_is_good(blobs / layer.digest.hex, layer.digest, layer.size):
+            continue
         try:
-            if _link_verified(layer, blobs):
+            if _clone_verified(layer, blobs):
                 continue
             with layer.open() as src:
                 put_blob(blobs, layer.digest, src, size=layer.size)
@@ -78,27 +88,30 @@ def write_blobs(image: Image, root: Path) -> None:
     put_blob(blobs, image.manifest_digest, image.manifest_bytes, size=len(image.manifest_bytes))
 
 
-def _link_verified(layer: ImageLayer, blobs: Path) -> bool:
-    """Hard-link a blob this process built or verified (see ``BuiltLayer.verified``) instead of
-    copying and rehashing it; False when the layer is not verified or cannot be linked."""
+def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
+    """Reflink a blob this process built or verified (see ``BuiltLayer.verified``) instead of
+    copying and rehashing it; False when the layer is not verified or the filesystem cannot
+    clone it there."""
     source = getattr(layer, "blob_path", None)
     if not getattr(layer, "verified", False) or not isinstance(source, Path):
         return False
-    target = blobs / layer.digest.hex
-    with contextlib.suppress(OSError):
-        if target.stat().st_size == layer.size:
-            return True  # already there: its name is its content
     if source.stat().st_size != layer.size:
         return False
-    return link_blob(blobs, source, layer.digest)
+    return clone_blob(blobs, source, layer.digest)
 
 
 @contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
+def _locked(root: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the layout's exclusive lock (an flock on the directory); yield whether it is held,
+    which is always when ``wait``, and only if no one else holds it when not."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 
@@ -127,26 +140,55 @@ def _check_layout(root: Path) -> bool:
         if version != "1.0.0":
             raise DestinationError(f"{layout}: unsupported imageLayoutVersion {version!r}")
         return True
-    if any(root.iterdir()):
+    # (temp files of a killed write of ours do not make it foreign: the write sweeps them)
+    if any(not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)) for p in root.iterdir()):
         raise DestinationError(f"{root}: directory is not empty and not an OCI layout")
     return False
 
 
-def write_image(image: Image, dest: Destination, *, tag: str | None = None) -> None:
-    """Add ``image`` to the OCI layout at ``dest.path`` under its tag, keeping other tags."""
+def check_existing(dest: Destination) -> None:
+    """Raise DestinationError if ``dest.path`` exists but is not an OCI layout or an empty
+    directory, or cannot be written to. Checked under the layout's lock, so that a write in
+    progress in another process is not mistaken for something else; while another build holds
+    the lock (it is writing there), there is nothing to check and no reason to wait."""
+    root = dest.path
+    if root is None or not root.exists():
+        return
+    if not root.is_dir():
+        raise DestinationError(f"{root}: not a directory (an OCI layout is one)")
+    try:
+        with _locked(root, wait=False) as held:
+            if held:
+                if _check_layout(root):
+                    _read_index(root)  # an unreadable index.json fails now, not after the build
+                probe_writable(root, root)
+    except OSError as exc:
+        raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc
+
+
+def write_image(
+    image: Image, dest: Destination, *, tags: Sequence[str] = (), started: float | None = None
+) -> None:
+    """Add ``image`` to the OCI layout at ``dest.path`` under each of its tags (see
+    :func:`oci_ref_names`), keeping other tags; temp files of writes killed before ``started``
+    (default: now) are removed first."""
     root = dest.path
     if root is None:
         raise DestinationError(f"{dest}: oci needs a directory")
-    ref_name = oci_ref_name(dest, tag)
+    ref_names = oci_ref_names(dest, tags)
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
-            is_layout = _check_layout(root)
-            write_blobs(image, root)
-            if not is_layout:
+            when = time.time() if started is None else started
+            for directory in (root, root / "blobs" / "sha256"):
+                sweep_stale_temps(directory, started=when)
+            if not _check_layout(root):
+                # first, so that a write that fails leaves an (empty) layout, which the next
+                # write takes, rather than a directory of blobs it would refuse as foreign
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
-            index = index_with(_read_index(root), image, ref_name)
+            write_blobs(image, root)
+            index = index_with(_read_index(root), image, ref_names)
             with atomic_file(root / "index.json") as out:
                 out.write(canonical_json(index))
     except OSError as exc:

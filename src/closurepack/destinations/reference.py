@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,15 +13,17 @@ __all__ = [
     "DEFAULT_REPO_TAG",
     "KINDS",
     "Destination",
-    "docker_repo_tag",
-    "oci_ref_name",
+    "docker_repo_tags",
+    "image_repo_name",
+    "oci_ref_names",
     "parse_destination",
     "parse_repo_tag",
 ]
 
 #: Kinds of destination, by transport prefix; ``stdout`` is spelt ``-``.
 KINDS = ("docker-archive", "oci", "oci-archive", "stdout")
-#: The name docker-archive images get when neither the destination nor ``--tag`` gives one.
+#: The name docker-archive images get when neither the destination nor ``--tag`` gives one,
+#: and the image has no name of its own (see :func:`image_repo_name`).
 DEFAULT_REPO_TAG = "closurepack:latest"
 
 # Docker reference grammar (distribution/reference), without digests.
@@ -28,6 +31,7 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"  # noqa: E501
 _NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_ALNUM = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,22 +90,49 @@ def parse_destination(text: str) -> Destination:
     return Destination(kind=kind, path=Path(path), reference=reference or None)
 
 
-def docker_repo_tag(dest: Destination, tag: str | None) -> str:
-    """The ``name:tag`` a docker-archive records: the destination's, else ``--tag``'s, else
-    :data:`DEFAULT_REPO_TAG`."""
+def image_repo_name(name: str | None) -> str | None:
+    """An image's name (a plan's or a closure's: ``hello-2.12``, ``App.v2``) made a valid
+    repository name: lower case, and any run of other characters one ``-``; None if nothing is
+    left."""
+    if not name:
+        return None
+    out = ""
+    for part in re.findall(r"[a-z0-9]+|[._-]+|[^a-z0-9._-]+", name.lower()):
+        if _ALNUM.fullmatch(part):
+            out += part
+        elif out:  # a separator the grammar allows between components, else one "-"
+            out += part if part in (".", "_", "__") or set(part) == {"-"} else "-"
+    out = out.rstrip("._-")[:128].rstrip("._-")
+    return out or None
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def docker_repo_tags(
+    dest: Destination, tags: Sequence[str] = (), *, name: str | None = None
+) -> list[str]:
+    """The ``name:tag`` references a docker-archive records (its ``RepoTags``): the
+    destination's, then every ``--tag`` (``NAME`` alone meaning ``NAME:latest``), each once;
+    when there is none, the image's ``name`` (see :func:`image_repo_name`) with ``:latest``,
+    else :data:`DEFAULT_REPO_TAG`."""
+    found = []
     if dest.reference and dest.kind in ("docker-archive", "stdout"):
-        return dest.reference
-    if tag:
-        name, tag_part = parse_repo_tag(tag)
-        return f"{name}:{tag_part}"
-    return DEFAULT_REPO_TAG
+        found.append(dest.reference)
+    for tag in tags:
+        repo, tag_part = parse_repo_tag(tag)
+        found.append(f"{repo}:{tag_part}")
+    if found:
+        return _unique(found)
+    repo_name = image_repo_name(name)
+    return [f"{repo_name}:latest" if repo_name else DEFAULT_REPO_TAG]
 
 
-def oci_ref_name(dest: Destination, tag: str | None) -> str:
-    """The ``org.opencontainers.image.ref.name`` for an OCI layout: the destination's tag,
-    else the tag part of ``--tag NAME:TAG``, else ``latest``."""
-    if dest.reference:
-        return dest.reference
-    if tag:
-        return parse_repo_tag(tag)[1]
-    return "latest"
+def oci_ref_names(dest: Destination, tags: Sequence[str] = ()) -> list[str]:
+    """The ``org.opencontainers.image.ref.name`` of each index entry an OCI layout or archive
+    gets: the destination's tag, then the tag part of every ``--tag NAME:TAG``, each once;
+    ``latest`` when there is none."""
+    found = [dest.reference] if dest.reference else []
+    found.extend(parse_repo_tag(tag)[1] for tag in tags)
+    return _unique(found) or ["latest"]
