@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 from closurepack._fs import atomic_write
 from closurepack.build import (
     BuildOptions,
+    LayerEvent,
     ProgressCallback,
     build_layers,
     default_mtime,
@@ -42,6 +44,14 @@ from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_l
 from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
 from closurepack.readback import read_base_image
+from closurepack.registry import (
+    RegistryOptions,
+    RegistryRef,
+    is_registry_reference,
+    parse_reference,
+)
+from closurepack.registry.push import ImagePusher
+from closurepack.registry.record import RECORD_NAME
 from closurepack.sources import load_closure_file, query_closure
 from closurepack.sources.query import store_item_path
 from closurepack.strategies import DEFAULT_STRATEGY
@@ -108,6 +118,7 @@ def make_plan(
     max_layers: int | None,
     previous: Sequence[str] = (),
     names: Sequence[str] | None = None,
+    registry: RegistryOptions | None = None,
 ) -> LayerPlan:
     """Plan ``closures`` together, counting the layers of ``previous`` plans/images as existing.
 
@@ -119,7 +130,7 @@ def make_plan(
         closures,
         strategy=strategy or DEFAULT_STRATEGY,
         max_layers=limit,
-        previous=[load_previous(p) for p in previous],
+        previous=[load_previous(p, registry=registry) for p in previous],
         names=names,
     )
 
@@ -203,6 +214,8 @@ class ImageOptions:
     extra_dirs: tuple[Path, ...] = ()
     tmp: bool = True
     from_image: str | None = None
+    #: The manifest flavour pushed to a registry: ``oci`` or ``docker`` (schema 2).
+    manifest_format: Literal["oci", "docker"] = "oci"
 
     @property
     def mtime(self) -> int:
@@ -235,9 +248,12 @@ def _check_destination(dest: str, tag: str | None) -> None:
     """Cheap checks of ``dest`` (and ``--tag``) before any layer is built, so that an obviously
     wrong destination fails at once rather than after a long build. The destination writers
     check again (and everything else) when they write."""
-    destination = parse_destination(dest)
     if tag is not None:
         parse_repo_tag(tag)
+    if is_registry_reference(dest):
+        parse_reference(dest, for_push=True)
+        return
+    destination = parse_destination(dest)
     path = destination.path
     if path is None:
         return
@@ -272,17 +288,28 @@ def _check_writable_dir(directory: Path, dest: Path) -> None:
 
 
 def _prepare(
-    image: ImageOptions, *, dest: str, compression: str, level: int | None
+    image: ImageOptions,
+    *,
+    dest: str,
+    compression: str,
+    level: int | None,
+    registry: RegistryOptions,
 ) -> tuple[ImageConfig, Customisation, BaseImage | None]:
     """Check everything about the image that can be checked before any layer is built (the
     destination and tag, the level, the config fields, --symlink/--extra) and read the --from
     image; return its config, customisation and base image."""
     _check_destination(dest, image.tag)
+    if image.manifest_format not in ("oci", "docker"):
+        raise OptionError(f"--format {image.manifest_format!r}: expected oci or docker")
+    if image.manifest_format == "docker" and not is_registry_reference(dest):
+        raise OptionError(
+            "--format docker is for docker:// destinations (docker-archive is Docker's already)"
+        )
     _check_level(compression, level)
     config = image.config()
     customisation = image.customisation()
     customisation_entries(customisation)  # a bad --symlink or --extra fails here
-    base = read_base_image(image.from_image) if image.from_image else None
+    base = read_base_image(image.from_image, registry=registry) if image.from_image else None
     return config, customisation, base
 
 
@@ -293,11 +320,60 @@ def _finish(
     config: ImageConfig,
     dest: str,
     tag: str | None,
+    pusher: ImagePusher | None = None,
 ) -> str:
-    destination = parse_destination(dest)
     image = assemble_image(layers, config=config, base=base)
+    if pusher is not None:
+        digest = pusher.push(image)
+        return f"{pusher.ref.name}@{digest}"
+    destination = parse_destination(dest)
     write_image(image, destination, tag=tag)
     return str(image.manifest_digest)
+
+
+@contextlib.contextmanager
+def _pusher(
+    dest: str,
+    image: ImageOptions,
+    registry: RegistryOptions,
+    base: BaseImage | None,
+) -> Iterator[ImagePusher | None]:
+    """An open :class:`ImagePusher` when ``dest`` is a registry (None otherwise), the --from
+    image's layers already handed to it."""
+    if not is_registry_reference(dest):
+        yield None
+        return
+    ref = parse_reference(dest, for_push=True)
+    mount_from: list[str] = []
+    if image.from_image and is_registry_reference(image.from_image):
+        source: RegistryRef = parse_reference(image.from_image)
+        if source.registry == ref.registry:
+            mount_from.append(source.repository)
+    pusher = ImagePusher(
+        ref,
+        options=registry,
+        docker=image.manifest_format == "docker",
+        mount_from=mount_from,
+    )
+    with pusher:
+        for layer in base.layers if base is not None else ():
+            pusher.submit(layer)
+        yield pusher
+
+
+def _pushing(
+    pusher: ImagePusher | None, progress: ProgressCallback | None
+) -> ProgressCallback | None:
+    """The progress callback that also hands each finished layer to ``pusher``."""
+    if pusher is None:
+        return progress
+
+    def report(event: LayerEvent) -> None:
+        pusher.submit(event.layer)
+        if progress is not None:
+            progress(event)
+
+    return report
 
 
 def build_image(
@@ -319,9 +395,11 @@ def build_image(
     cache_verify: Literal["auto", "full"] = "auto",
     no_cache: bool = False,
     image: ImageOptions = ImageOptions(),
+    registry: RegistryOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> str:
-    """The whole build: returns the manifest digest of the image written to ``dest``.
+    """The whole build: returns the manifest digest of the image written to ``dest``
+    (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
 
     ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
@@ -332,7 +410,13 @@ def build_image(
     if max_layers is not None:
         check_max_layers(max_layers)
     cache_limit = parse_size(cache_max_size)
-    config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
+    registry = registry or RegistryOptions()
+    if not no_cache and registry.blob_record is None:
+        record = (cache_dir or default_cache_dir()) / RECORD_NAME
+        registry = dataclasses.replace(registry, blob_record=record)
+    config, customisation, base = _prepare(
+        image, dest=dest, compression=compression, level=level, registry=registry
+    )
     mtime = image.mtime
     from_image = image.from_image
     base_count = len(base.layers) if base else 0
@@ -369,7 +453,12 @@ def build_image(
             closures = [closure.without(provided) for closure in closures]
         names = image_names(store_paths=store_paths, closure_files=closure_files)
         plan = make_plan(
-            closures, strategy=strategy, max_layers=budget, previous=previous, names=names
+            closures,
+            strategy=strategy,
+            max_layers=budget,
+            previous=previous,
+            names=names,
+            registry=registry,
         )
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
@@ -393,15 +482,15 @@ def build_image(
         jobs=BuildOptions().jobs if jobs is None else jobs,
         cache=cache,
     )
-    with scratch_dir() as work:
+    with scratch_dir() as work, _pusher(dest, image, registry, base) as pusher:
         layers = build_layers(
             image_plan,
             options=options,
             work_dir=Path(work),
             customisation=customisation,
-            progress=progress,
+            progress=_pushing(pusher, progress),
         )
-        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
+        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag, pusher=pusher)
 
 
 def build_one_layer(
@@ -476,10 +565,14 @@ def assemble_from_descriptors(
     compression: str = "gzip",
     level: int | None = None,
     image: ImageOptions = ImageOptions(),
+    registry: RegistryOptions | None = None,
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
     ``compression`` and ``level`` are for the customisation layer."""
-    config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
+    registry = registry or RegistryOptions()
+    config, customisation, base = _prepare(
+        image, dest=dest, compression=compression, level=level, registry=registry
+    )
     layers = read_descriptors(descriptors)
     mtime = image.mtime
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
@@ -488,7 +581,7 @@ def assemble_from_descriptors(
             f"the image would have {total} layers, more than {MAX_LAYERS_LIMIT} (overlayfs stacks"
             " at most 128)"
         )
-    with scratch_dir() as work:
+    with scratch_dir() as work, _pusher(dest, image, registry, base) as pusher:
         if not customisation.is_empty:
             layers.append(
                 build_customisation_layer(
@@ -499,4 +592,4 @@ def assemble_from_descriptors(
                     dest_dir=Path(work),
                 )
             )
-        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag)
+        return _finish(layers, base=base, config=config, dest=dest, tag=image.tag, pusher=pusher)
