@@ -11,8 +11,9 @@ from nixfixture import NixClosure, NixUnavailableError, build_closure
 DATA_DIR = Path(__file__).parent / "data"
 
 # store and app_closure: small stores for CLI tests (tests/clistore.py); podman_runner and
-# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py).
-pytest_plugins = ["clistore", "runtimes"]
+# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py); registry and
+# shared_registry: a real docker-registry on 127.0.0.1 (tests/registry_fixtures.py).
+pytest_plugins = ["clistore", "runtimes", "registry_fixtures"]
 
 
 @pytest.fixture(scope="session")
