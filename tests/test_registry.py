@@ -311,6 +311,7 @@ def test_assemble_pushes_build_layer_descriptors(
 def test_bad_destination_fails_before_any_layer(
     dest: str,
     message: str,
+    *,
     store: Store,
     app_closure: Path,
     tmp_path: Path,
