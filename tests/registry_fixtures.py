@@ -1,4 +1,5 @@
-"""A real registry for the tests: Debian's ``docker-registry`` (distribution 2.x) on 127.0.0.1.
+"""A real registry for the tests: Debian's ``docker-registry`` (distribution 2.x) on 127.0.0.1,
+and a containerd of their own for ``ctr``.
 
 ``registry`` (one per test) and ``shared_registry`` (one per module) start
 ``docker-registry serve CONFIG`` with storage in a temp directory and the access log on, wait for
@@ -24,8 +25,10 @@ from pathlib import Path
 import pytest
 
 __all__ = [
+    "Containerd",
     "Registry",
     "Request",
+    "containerd",
     "free_port",
     "registry",
     "shared_registry",
@@ -138,3 +141,76 @@ def shared_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
     """One registry for a module's tests (use distinct repository names)."""
     with start_registry(tmp_path_factory.mktemp("registry")) as server:
         yield server
+
+
+@dataclass
+class Containerd:
+    """A containerd of the test's own (root, state and socket under a temp directory)."""
+
+    directory: Path
+
+    def ctr(self, *args: str, timeout: float = 300) -> str:
+        argv = ["ctr", "--address", str(self.directory / "sock"), *args]
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            pytest.fail(
+                f"{' '.join(argv)} exited {proc.returncode}:"
+                f" {proc.stderr.decode(errors='replace')[-2000:]}"
+            )
+        return proc.stdout.decode(errors="replace")
+
+
+def _require(name: str) -> None:
+    import shutil
+
+    if shutil.which(name) is None:
+        if os.environ.get("CLOSUREPACK_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is not installed (CLOSUREPACK_REQUIRE_TOOLS=1)")
+        pytest.skip(f"{name} is not installed")
+
+
+@pytest.fixture(scope="module")
+def containerd() -> Iterator[Containerd]:
+    """A containerd started for the module (CRI plugin off) and stopped by its pid."""
+    import shutil
+    import tempfile
+
+    _require("containerd")
+    _require("ctr")
+    # Short path: unix socket paths are limited to 108 bytes.
+    directory = Path(tempfile.mkdtemp(prefix="cpc-", dir="/tmp"))
+    config = directory / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{directory}/root"\nstate = "{directory}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{directory}/sock"\n'
+    )
+    with (directory / "log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    daemon = Containerd(directory)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            probe = subprocess.run(
+                ["ctr", "--address", str(directory / "sock"), "version"],
+                capture_output=True,
+                check=False,
+            )
+            if probe.returncode == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"containerd did not start: {(directory / 'log').read_text()[-800:]}")
+            time.sleep(0.2)
+        yield daemon
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
