@@ -84,7 +84,7 @@ def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
     try:
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > limit:
-            raise RegistryError(f"{what}: {length} bytes, more than the {limit} accepted")
+            raise RegistryError(f"{what}: {length} bytes, more than the {limit} bytes accepted")
         parts: list[bytes] = []
         total = 0
         for chunk in response.iter_bytes():
