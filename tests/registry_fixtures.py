@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -85,8 +86,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def start_registry(directory: Path, *, extra_config: str = "") -> Iterator[Registry]:
-    """Run a registry with its storage under ``directory`` until the block ends."""
+def start_registry(
+    directory: Path, *, extra_config: str = "", tls: ssl.SSLContext | None = None
+) -> Iterator[Registry]:
+    """Run a registry with its storage under ``directory`` until the block ends.
+
+    ``extra_config`` goes on in the ``http:`` section (e.g. ``tls:``); then ``tls`` is the
+    context the readiness probe uses (HTTPS).
+    """
     binary = "/usr/bin/docker-registry"
     if not os.access(binary, os.X_OK):
         if os.environ.get("CLOSUREPACK_REQUIRE_TOOLS") == "1":
@@ -100,7 +107,7 @@ def start_registry(directory: Path, *, extra_config: str = "") -> Iterator[Regis
         "log:\n  level: error\n  accesslog:\n    disabled: false\n"
         f"storage:\n  filesystem:\n    rootdirectory: {directory / 'data'}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + extra_config
+        f"http:\n  addr: 127.0.0.1:{port}\n{extra_config}"
     )
     log = directory / "registry.log"
     with log.open("wb") as out:
@@ -112,7 +119,9 @@ def start_registry(directory: Path, *, extra_config: str = "") -> Iterator[Regis
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://{server.host}/v2/", timeout=2):
+                scheme = "https" if tls is not None else "http"
+                url = f"{scheme}://{server.host}/v2/"
+                with urllib.request.urlopen(url, timeout=2, context=tls):
                     break
             except (urllib.error.URLError, OSError):
                 if proc.poll() is not None or time.monotonic() > deadline:
