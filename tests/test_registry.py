@@ -327,6 +327,97 @@ def test_bad_destination_fails_before_any_layer(
     assert not (tmp_path / "c").exists()
 
 
+def test_misspelt_registry_destination_names_docker_form(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["build", "--closure", app_closure, "--store-root", store.root,
+            "--cache-dir", tmp_path / "c", "-o", "docker:/localhost/app:1"]  # fmt: skip
+    status, out, err = run(argv, capsys)
+    assert (status, out) == (2, "")
+    assert "docker://HOST/REPO[:TAG]" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--tls-verify", "--no-tls-verify"), "contradict each other"),
+        (("--tls-verify=maybe",), "'maybe' is not a valid boolean"),
+    ],
+)
+def test_tls_verify_spellings(
+    flags: tuple[str, ...],
+    message: str,
+    *,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["build", "--closure", app_closure, "--store-root", store.root,
+            "--cache-dir", tmp_path / "c", "-o", "docker://localhost:1/app:1", *flags]  # fmt: skip
+    status, out, err = run(argv, capsys)
+    assert (status, out) == (2, "")
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_layers_are_pushed_while_the_build_goes_on(
+    registry: Registry, store: Store, app_closure: Path, tmp_path: Path
+) -> None:
+    import time
+
+    from closurepack.build import LayerEvent
+    from closurepack.workflow import ImageOptions, build_image
+
+    events: list[LayerEvent] = []
+    seen_during_build: list[bool] = []
+
+    def progress(event: LayerEvent) -> None:
+        events.append(event)
+        if event.index == event.total - 1:  # the top layer: the others are built already
+            first = events[0].layer.digest.hex
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if any(r.method == "PUT" and first in r.path for r in registry.requests()):
+                    seen_during_build.append(True)
+                    return
+            seen_during_build.append(False)
+
+    out = build_image(
+        closure_files=[app_closure],
+        store_root=store.root,
+        dest=f"docker://{registry.host}/app:1",
+        cache_dir=tmp_path / "c",
+        jobs=1,
+        image=ImageOptions(entrypoint=("/bin/app",)),
+        progress=progress,
+    )
+    assert len(events) > 2
+    assert seen_during_build == [True]
+    assert out.startswith(f"{registry.host}/app@")
+
+
+def test_every_tag_is_pushed(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from closurepack.readback import read_image
+    from closurepack.registry.push import push_image
+
+    out = _push(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=tmp_path / "c")
+    image = read_image(f"docker://{out}")
+    ref = parse_reference(f"docker://{registry.host}/copy", for_push=True)
+    digest = push_image(image, ref, options=RegistryOptions(), tags=["a", "b"])
+    assert f"{registry.host}/app@{digest}" == out
+    for tag in ("a", "b"):
+        assert inspect_image(f"docker://{registry.host}/copy:{tag}")["manifest_digest"] == str(
+            digest
+        )
+
+
 def test_unreachable_registry_is_one_line(
     store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
