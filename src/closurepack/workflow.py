@@ -7,14 +7,13 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from closurepack._fs import atomic_write
 from closurepack.build import (
     BuildOptions,
-    LayerEvent,
     ProgressCallback,
     build_layers,
     default_mtime,
@@ -44,13 +43,8 @@ from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_l
 from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
 from closurepack.readback import read_base_image
-from closurepack.registry import (
-    RegistryOptions,
-    RegistryRef,
-    is_registry_reference,
-    parse_reference,
-)
-from closurepack.registry.push import ImagePusher
+from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
+from closurepack.registry.push import ImagePusher, open_pusher
 from closurepack.registry.record import RECORD_NAME
 from closurepack.sources import load_closure_file, query_closure
 from closurepack.sources.query import store_item_path
@@ -331,49 +325,19 @@ def _finish(
     return str(image.manifest_digest)
 
 
-@contextlib.contextmanager
 def _pusher(
-    dest: str,
-    image: ImageOptions,
-    registry: RegistryOptions,
-    base: BaseImage | None,
-) -> Iterator[ImagePusher | None]:
-    """An open :class:`ImagePusher` when ``dest`` is a registry (None otherwise), the --from
-    image's layers already handed to it."""
+    dest: str, image: ImageOptions, registry: RegistryOptions, base: BaseImage | None
+) -> contextlib.AbstractContextManager[ImagePusher | None]:
+    """An open pusher when ``dest`` is a registry, the --from layers handed to it; else None."""
     if not is_registry_reference(dest):
-        yield None
-        return
-    ref = parse_reference(dest, for_push=True)
-    mount_from: list[str] = []
-    if image.from_image and is_registry_reference(image.from_image):
-        source: RegistryRef = parse_reference(image.from_image)
-        if source.registry == ref.registry:
-            mount_from.append(source.repository)
-    pusher = ImagePusher(
-        ref,
+        return contextlib.nullcontext()
+    return open_pusher(
+        parse_reference(dest, for_push=True),
         options=registry,
         docker=image.manifest_format == "docker",
-        mount_from=mount_from,
+        base_image=image.from_image,
+        base_layers=base.layers if base is not None else (),
     )
-    with pusher:
-        for layer in base.layers if base is not None else ():
-            pusher.submit(layer)
-        yield pusher
-
-
-def _pushing(
-    pusher: ImagePusher | None, progress: ProgressCallback | None
-) -> ProgressCallback | None:
-    """The progress callback that also hands each finished layer to ``pusher``."""
-    if pusher is None:
-        return progress
-
-    def report(event: LayerEvent) -> None:
-        pusher.submit(event.layer)
-        if progress is not None:
-            progress(event)
-
-    return report
 
 
 def build_image(
@@ -488,7 +452,7 @@ def build_image(
             options=options,
             work_dir=Path(work),
             customisation=customisation,
-            progress=_pushing(pusher, progress),
+            progress=pusher.progress_hook(progress) if pusher else progress,
         )
         return _finish(layers, base=base, config=config, dest=dest, tag=image.tag, pusher=pusher)
 

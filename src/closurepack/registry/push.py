@@ -10,13 +10,15 @@ already points at the same manifest is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from types import TracebackType
 
+from closurepack.build import LayerEvent, ProgressCallback
 from closurepack.digest import Digest
 from closurepack.errors import RegistryError
 from closurepack.image import Image, ImageLayer, docker_manifest_bytes
@@ -25,9 +27,9 @@ from closurepack.registry.blobs import Opener, blob_exists, mount_blob, upload_b
 from closurepack.registry.client import RegistryClient, open_client
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.record import BlobRecord
-from closurepack.registry.reference import RegistryRef
+from closurepack.registry.reference import RegistryRef, is_registry_reference, parse_reference
 
-__all__ = ["ImagePusher", "push_image"]
+__all__ = ["ImagePusher", "open_pusher", "push_image"]
 
 #: Mount sources tried per blob before uploading it.
 _MOUNT_TRIES = 2
@@ -90,6 +92,17 @@ class ImagePusher:
     def submit(self, layer: ImageLayer) -> None:
         """Start pushing ``layer``'s blob (once per digest); thread-safe."""
         self._submit(layer.digest, layer.size, layer.open)
+
+    def progress_hook(self, progress: ProgressCallback | None) -> ProgressCallback:
+        """A build progress callback that hands each finished layer to this pusher, then
+        reports it to ``progress``: layers are pushed while the others are still building."""
+
+        def report(event: LayerEvent) -> None:
+            self.submit(event.layer)
+            if progress is not None:
+                progress(event)
+
+        return report
 
     def _submit(self, digest: Digest, size: int, opener: Opener) -> None:
         if self._pool is None:
@@ -162,6 +175,28 @@ class ImagePusher:
         if self._client is None:
             raise RegistryError(f"{self.ref}: the pusher is not open")
         return self._client
+
+
+@contextlib.contextmanager
+def open_pusher(
+    ref: RegistryRef,
+    *,
+    options: RegistryOptions,
+    docker: bool = False,
+    base_image: str | None = None,
+    base_layers: Sequence[ImageLayer] = (),
+) -> Iterator[ImagePusher]:
+    """An open :class:`ImagePusher` for ``ref`` with ``base_layers`` (of the ``--from`` image
+    ``base_image``) already handed to it; a base in the same registry is a mount source."""
+    mount_from = []
+    if base_image is not None and is_registry_reference(base_image):
+        source = parse_reference(base_image)
+        if source.registry == ref.registry:
+            mount_from.append(source.repository)
+    with ImagePusher(ref, options=options, docker=docker, mount_from=mount_from) as pusher:
+        for layer in base_layers:
+            pusher.submit(layer)
+        yield pusher
 
 
 def push_image(
