@@ -178,6 +178,28 @@ def test_second_repository_mounts_every_blob(
     assert out.startswith(f"{registry.host}/team/other@sha256:")
 
 
+def test_unreadable_blob_record_is_only_a_lost_hint(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cache = tmp_path / "c"
+    _push(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=cache)
+    record = cache / "registry-blobs.json"
+    record.write_text("{not json")
+    mark = registry.mark()
+    _push(store, app_closure, f"docker://{registry.host}/other:1", capsys, cache=cache)
+    writes = registry.blob_writes(mark)
+    assert writes  # uploaded, since nothing said where the blobs were
+    assert not [r for r in writes if "mount=" in r.path]
+    written = json.loads(record.read_text())  # and the record is whole again
+    blobs = written["registries"][registry.host]
+    assert len(blobs) == len(writes) // 2  # a POST and a PUT per blob
+    assert all(repos == ["other"] for repos in blobs.values())
+
+
 def test_docker_format_pushes_a_schema2_manifest(
     registry: Registry,
     store: Store,
