@@ -11,10 +11,11 @@ from nixfixture import NixClosure, NixUnavailableError, build_closure
 DATA_DIR = Path(__file__).parent / "data"
 
 # store and app_closure: small stores for CLI tests (tests/clistore.py); podman_runner and
-# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py); htpasswd_registry,
-# token_registry, token_server: registries that demand authentication
+# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py); registry and
+# shared_registry: a real docker-registry on 127.0.0.1 (tests/registry_fixtures.py);
+# htpasswd_registry, token_registry, token_server: registries that demand authentication
 # (tests/registry_auth_fixtures.py).
-pytest_plugins = ["clistore", "runtimes", "registry_auth_fixtures"]
+pytest_plugins = ["clistore", "runtimes", "registry_fixtures", "registry_auth_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,10 @@ class PodmanRunner:
             str(self.root / "root"),
             "--runroot",
             str(self.root / "run"),
+            # its own libpod tmp dir too (default /run/libpod, shared with every other podman
+            # here: another session's reset removed it under this one)
+            "--tmpdir",
+            str(self.root / "tmp"),
             "--storage-driver=vfs",
             "--runtime=runc",
             "--cgroup-manager=cgroupfs",

@@ -19,6 +19,7 @@ from closurepack.errors import ClosurepackError, DestinationError
 from closurepack.options import parse_command, parse_created, parse_extra, parse_key_values
 
 if TYPE_CHECKING:
+    from closurepack.registry import RegistryOptions
     from closurepack.workflow import ImageOptions
 
 __all__ = ["main"]
@@ -217,6 +218,79 @@ def _customisation_options(func: F) -> F:
     return func
 
 
+def _registry_options(func: F) -> F:
+    """How registries (``docker://HOST/REPO[:TAG]``) are reached, skopeo's spellings."""
+    options = [
+        click.option(
+            "--tls-verify",
+            type=click.BOOL,
+            is_flag=False,
+            flag_value=True,
+            default=None,
+            metavar="[=BOOL]",
+            help="Verify registry TLS certificates (default); --tls-verify=false does not,"
+            " and allows plain HTTP.",
+        ),
+        click.option("--no-tls-verify", is_flag=True, help="The same as --tls-verify=false."),
+        click.option(
+            "--cert-dir",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Registry TLS: *.crt CA files, NAME.cert + NAME.key client certificate.",
+        ),
+        click.option(
+            "--creds", metavar="USER[:PASS]", help="Registry credentials (asked for no more)."
+        ),
+        click.option(
+            "--authfile",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Registry credentials file (containers-auth.json / Docker config.json).",
+        ),
+        click.option(
+            "--insecure-registry",
+            "insecure_registries",
+            multiple=True,
+            metavar="HOST[:PORT]",
+            help="Reach this registry without TLS verification, or over HTTP (repeatable).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+_REGISTRY_OPTIONS = (
+    "tls_verify", "no_tls_verify", "cert_dir", "creds", "authfile", "insecure_registries",
+)  # fmt: skip
+
+
+def _split_registry_options(kwargs: dict[str, Any]) -> RegistryOptions:
+    """Take the registry options out of ``kwargs`` (in place) as one RegistryOptions."""
+    from closurepack.errors import OptionError
+    from closurepack.registry import RegistryOptions
+
+    values = {name: kwargs.pop(name) for name in _REGISTRY_OPTIONS}
+    if values["no_tls_verify"] and values["tls_verify"]:
+        raise OptionError("--tls-verify and --no-tls-verify contradict each other")
+    verify = not values["no_tls_verify"] and values["tls_verify"] is not False
+    return RegistryOptions(
+        tls_verify=verify,
+        cert_dir=values["cert_dir"],
+        insecure_hosts=tuple(values["insecure_registries"]),
+        creds=values["creds"],
+        authfile=values["authfile"],
+    )
+
+
+_format_option = click.option(
+    "--format",
+    "manifest_format",
+    type=click.Choice(["oci", "docker"]),
+    default="oci",
+    show_default=True,
+    help="Manifest pushed to a docker:// registry: OCI, or Docker's image manifest V2 schema 2.",
+)
+
+
 @cli.command("build")
 @_closure_options
 @_plan_options
@@ -228,18 +302,27 @@ def _customisation_options(func: F) -> F:
     " planning.",
 )
 @click.option("--image", "image_selector", help="Which image of the plan: index or name.")
-@click.option("-o", "--output", "dest", required=True, help="Destination, e.g. oci:DIR[:TAG].")
+@click.option(
+    "-o",
+    "--output",
+    "dest",
+    required=True,
+    help="Destination, e.g. oci:DIR[:TAG] or docker://HOST/REPO[:TAG] (pushed as it builds).",
+)
 @_layer_options
 @_image_config_options
 @_customisation_options
+@_format_option
+@_registry_options
 def build_command(**kwargs: Any) -> None:
     """Build an image from a closure (or a plan) and write it to a destination."""
     from closurepack.workflow import build_image
 
+    registry = _split_registry_options(kwargs)
     image, options = _split_image_options(kwargs)
     quiet = options.pop("quiet")
     with _progress_reporter(enabled=not quiet) as progress:
-        digest = build_image(**options, image=image, progress=progress)
+        digest = build_image(**options, image=image, registry=registry, progress=progress)
     if options["dest"] != "-":
         click.echo(digest)
     elif not quiet:  # standard output holds the archive: the digest must not follow it there
@@ -299,7 +382,13 @@ def build_layer_command(
 @click.argument(
     "descriptors", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
 )
-@click.option("-o", "--output", "dest", required=True, help="Destination, e.g. oci:DIR[:TAG].")
+@click.option(
+    "-o",
+    "--output",
+    "dest",
+    required=True,
+    help="Destination, e.g. oci:DIR[:TAG] or docker://HOST/REPO[:TAG].",
+)
 @functools.partial(
     _codec_options, what="Compression of the customisation layer (the others are as built)."
 )
@@ -308,24 +397,28 @@ def build_layer_command(
 )
 @_image_config_options
 @_customisation_options
+@_format_option
+@_registry_options
 def assemble_command(**kwargs: Any) -> None:
     """Make an image from layer descriptors written by `build-layer` (bottom layer first)."""
     from closurepack.workflow import assemble_from_descriptors
 
+    registry = _split_registry_options(kwargs)
     image, options = _split_image_options(kwargs)
     options.pop("quiet")
-    click.echo(assemble_from_descriptors(**options, image=image))
+    click.echo(assemble_from_descriptors(**options, image=image, registry=registry))
 
 
 @cli.command("verify")
 @click.argument("image")
-def verify_command(image: str) -> None:
+@_registry_options
+def verify_command(image: str, **kwargs: Any) -> None:
     """Recompute every digest, diff_id and size of an image; list every mismatch."""
     from closurepack.errors import ImageError
     from closurepack.planner import plural
     from closurepack.validate import verify_image
 
-    problems = verify_image(image)
+    problems = verify_image(image, registry=_split_registry_options(kwargs))
     for problem in problems:
         click.echo(f"{image}: {problem}", err=True)
     if problems:
@@ -336,11 +429,12 @@ def verify_command(image: str) -> None:
 @cli.command("inspect")
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect_command(image: str, as_json: bool) -> None:
+@_registry_options
+def inspect_command(image: str, as_json: bool, **kwargs: Any) -> None:
     """Show an image's layers, sizes and the store items in each."""
     from closurepack.validate import format_inspection, inspect_image
 
-    info = inspect_image(image)
+    info = inspect_image(image, registry=_split_registry_options(kwargs))
     if as_json:
         click.echo(json.dumps(info, indent=1, sort_keys=True))
     else:
@@ -404,6 +498,7 @@ def cache_clear_command(cache_dir: Path | None, as_json: bool) -> None:
 _IMAGE_OPTIONS = (
     "tag", "created", "mtime", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label",
     "expose", "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
+    "manifest_format",
 )  # fmt: skip
 
 
@@ -431,6 +526,7 @@ def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str
         extra_dirs=tuple(ExtraTree(*parse_extra(value)) for value in kwargs["extra"]),
         tmp=not kwargs["no_tmp"],
         from_image=kwargs["from_image"],
+        manifest_format=kwargs["manifest_format"],
     )
     return options, rest
 

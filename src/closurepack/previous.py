@@ -10,6 +10,7 @@ from closurepack.errors import InputError, PlanError
 from closurepack.image import layer_paths_from_config
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer
 from closurepack.readback import read_raw
+from closurepack.registry import RegistryOptions
 
 __all__ = ["load_previous", "plan_from_image_config"]
 
@@ -34,10 +35,10 @@ def plan_from_image_config(config: dict[str, object], *, source: str) -> LayerPl
     return LayerPlan((ImagePlan(layers, name=source),), store_dir=store_dir, strategy="previous")
 
 
-def load_previous(spec: str) -> LayerPlan:
+def load_previous(spec: str, *, registry: RegistryOptions | None = None) -> LayerPlan:
     """Read ``spec``: a plan file (JSON from ``closurepack plan --json``), or an image
-    (``docker-archive:``, ``oci:``, ``oci-archive:``; a bare path to a tar is read as a
-    docker-archive, a bare directory as an OCI layout).
+    (``docker-archive:``, ``oci:``, ``oci-archive:``, ``docker://``; a bare path to a tar is
+    read as a docker-archive, a bare directory as an OCI layout).
 
     A bare path that is neither, or does not exist, is a PlanError naming it.
     """
@@ -63,7 +64,7 @@ def load_previous(spec: str) -> LayerPlan:
             spec = f"docker-archive:{spec}"
         else:
             raise PlanError(f"--previous {spec}: no such plan file or image")
-    raw = read_raw(spec)
+    raw = read_raw(spec, registry=registry)
     try:
         config = json.loads(raw.config_bytes)
     except (ValueError, RecursionError) as exc:
@@ -73,7 +74,7 @@ def load_previous(spec: str) -> LayerPlan:
     return plan_from_image_config(config, source=spec)
 
 
-_TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:")
+_TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:", "docker://")
 
 
 def _looks_like_tar(path: Path) -> bool:

@@ -1,4 +1,5 @@
-"""Read an image back from docker-archive:, oci: or oci-archive: without unpacking it.
+"""Read an image back from docker-archive:, oci:, oci-archive: or docker:// (a registry)
+without unpacking it.
 
 :func:`read_raw` gives what is stored, declared digests beside the bytes, without checking
 anything (for :mod:`closurepack.validate`); :func:`read_image` turns that into an
@@ -36,6 +37,8 @@ from closurepack.image import (
     manifest_for,
 )
 from closurepack.mediatypes import MediaType
+from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
+from closurepack.registry.pull import pull_image
 
 __all__ = [
     "RawBlob",
@@ -362,11 +365,32 @@ def _missing(what: str) -> Callable[[], BinaryIO]:
     return fail
 
 
-def read_raw(source: str) -> RawImage:
-    """Read the stored structure of the image at ``source``; nothing is verified.
+def _read_registry(source: str, registry: RegistryOptions | None) -> RawImage:
+    pulled = pull_image(parse_reference(source), registry or RegistryOptions())
+    layers = tuple(
+        RawBlob(str(b.digest), b.media_type, b.opener, b.digest, b.size) for b in pulled.layers
+    )
+    return RawImage(
+        source=source,
+        kind="docker",
+        config_bytes=pulled.config_bytes,
+        config_digest=pulled.config_digest,
+        config_size=pulled.config_size,
+        manifest_bytes=pulled.manifest_bytes,
+        manifest_digest=pulled.manifest_digest,
+        manifest_size=pulled.manifest_size,
+        layers=layers,
+    )
+
+
+def read_raw(source: str, *, registry: RegistryOptions | None = None) -> RawImage:
+    """Read the stored structure of the image at ``source``; nothing is verified (blobs read
+    from a registry are checked against their digests as they stream).
 
     What cannot be found or read is a SourceError (the image is where the user said it is or
     not: bad input), what is there but malformed an ImageError."""
+    if is_registry_reference(source):
+        return _read_registry(source, registry)
     where = parse_source(source)
     path = Path(str(where.path))
     if not path.exists():
@@ -395,13 +419,13 @@ def _source_opener(opener: Callable[[], BinaryIO]) -> Callable[[], BinaryIO]:
     return open_blob
 
 
-def read_image(source: str) -> Image:
+def read_image(source: str, *, registry: RegistryOptions | None = None) -> Image:
     """The image at ``source`` as an :class:`Image` whose layers open their stored blobs.
 
     Digests are the declared ones (docker-archive declares none: its layers are hashed).
     Raise ImageError if the config's diff_ids and the layers do not correspond one to one.
     """
-    raw = read_raw(source)
+    raw = read_raw(source, registry=registry)
     config = _json(raw.config_bytes, f"{source}: config")
     if not isinstance(config, dict):
         raise ImageError(f"{source}: config is not a JSON object")
@@ -480,6 +504,6 @@ def _check_container_config(container: dict[str, Any], source: str) -> None:
             raise ImageError(f"{source}: config: config.{key} is not {_JSON_NAMES[kind]}")
 
 
-def read_base_image(source: str) -> BaseImage:
+def read_base_image(source: str, *, registry: RegistryOptions | None = None) -> BaseImage:
     """The image at ``source`` as a base for ``--from``."""
-    return read_image(source).as_base()
+    return read_image(source, registry=registry).as_base()

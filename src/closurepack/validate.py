@@ -19,6 +19,7 @@ from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import LAYERS_LABEL, layer_paths_from_config
 from closurepack.planner import human_size, plural
 from closurepack.readback import RawBlob, RawImage, read_image, read_raw
+from closurepack.registry import RegistryOptions
 
 __all__ = ["format_inspection", "inspect_image", "verify_image", "verify_raw"]
 
@@ -150,16 +151,16 @@ def verify_raw(raw: RawImage) -> list[str]:
     return problems
 
 
-def verify_image(source: str) -> list[str]:
+def verify_image(source: str, *, registry: RegistryOptions | None = None) -> list[str]:
     """Recompute every digest, diff_id and size of the image at ``source`` (same syntax as
     destinations); return every problem found (empty = good). Raise only when the image
     cannot be read at all."""
-    return verify_raw(read_raw(source))
+    return verify_raw(read_raw(source, registry=registry))
 
 
-def inspect_image(source: str) -> dict[str, Any]:
+def inspect_image(source: str, *, registry: RegistryOptions | None = None) -> dict[str, Any]:
     """Layers (digest, diff_id, size, media type, store items) and a config summary."""
-    image = read_image(source)
+    image = read_image(source, registry=registry)
     config = dict(image.config.get("config") or {})
     labels = dict(config.get("Labels") or {})
     labels.pop(LAYERS_LABEL, None)

@@ -54,6 +54,9 @@ from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_l
 from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
 from closurepack.readback import read_base_image
+from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
+from closurepack.registry.push import ImagePusher, open_pusher
+from closurepack.registry.record import RECORD_NAME
 from closurepack.sources import load_closure_file, query_closure
 from closurepack.sources.files import parse_closure
 from closurepack.sources.query import store_item_path
@@ -149,6 +152,7 @@ def make_plan(
     max_layers: int | None,
     previous: Sequence[str] = (),
     names: Sequence[str] | None = None,
+    registry: RegistryOptions | None = None,
 ) -> LayerPlan:
     """Plan ``closures`` together, counting the layers of ``previous`` plans/images as existing.
 
@@ -160,7 +164,7 @@ def make_plan(
         closures,
         strategy=strategy or DEFAULT_STRATEGY,
         max_layers=limit,
-        previous=[load_previous(p) for p in previous],
+        previous=[load_previous(p, registry=registry) for p in previous],
         names=names,
     )
 
@@ -268,6 +272,8 @@ class ImageOptions:
     extra_dirs: tuple[ExtraTree, ...] = ()
     tmp: bool = True
     from_image: str | None = None
+    #: The manifest flavour pushed to a registry: ``oci`` or ``docker`` (schema 2).
+    manifest_format: Literal["oci", "docker"] = "oci"
 
     @property
     def created_time(self) -> int:
@@ -302,9 +308,13 @@ class ImageOptions:
 
 def _check_destination(dest: str, tags: Sequence[str]) -> None:
     """Check ``dest`` (and every ``--tag``) before any layer is built, so that a wrong
-    destination fails at once rather than after a long build (see :func:`check_destination`)."""
+    destination fails at once rather than after a long build (see :func:`check_destination`;
+    a registry reference is parsed here and its registry asked in the build)."""
     for tag in tags:
         parse_repo_tag(tag)
+    if is_registry_reference(dest):
+        parse_reference(dest, for_push=True)
+        return
     check_destination(dest)
 
 
@@ -320,12 +330,23 @@ def _check_level(compression: str, level: int | None) -> None:
 
 
 def _prepare(
-    image: ImageOptions, *, dest: str, compression: str, level: int | None
+    image: ImageOptions,
+    *,
+    dest: str,
+    compression: str,
+    level: int | None,
+    registry: RegistryOptions,
 ) -> tuple[ImageConfig, Customisation, BaseImage | None]:
     """Check everything about the image that can be checked before any layer is built (the
     destination and tag, the level, the config fields, --symlink/--extra) and read the --from
     image; return its config, customisation and base image."""
     _check_destination(dest, image.tags)
+    if image.manifest_format not in ("oci", "docker"):
+        raise OptionError(f"--format {image.manifest_format!r}: expected oci or docker")
+    if image.manifest_format == "docker" and not is_registry_reference(dest):
+        raise OptionError(
+            "--format docker is for docker:// destinations (docker-archive is Docker's already)"
+        )
     _check_level(compression, level)
     config = image.config()
     check_mtime(image.mtime)  # a bad --mtime fails here
@@ -334,7 +355,7 @@ def _prepare(
     customisation_entries(
         dataclasses.replace(customisation, user=None) if image.from_image else customisation
     )
-    base = read_base_image(image.from_image) if image.from_image else None
+    base = read_base_image(image.from_image, registry=registry) if image.from_image else None
     if base is not None:
         customisation = with_base_accounts(customisation, base.layers, where=str(image.from_image))
         customisation_entries(customisation)  # an --extra /etc/passwd --user now needs fails here
@@ -350,10 +371,9 @@ def _finish(
     tags: Sequence[str],
     name: str | None,
     started: float,
+    pusher: ImagePusher | None = None,
 ) -> str:
-    destination = parse_destination(dest)
     image = assemble_image(layers, config=config, base=base)
-    write_image(image, destination, tags=tags, name=name, started=started)
     container = image.config.get("config") or {}
     if not container.get("Entrypoint") and not container.get("Cmd"):
         _log.warning(
@@ -361,7 +381,26 @@ def _finish(
             " (--entrypoint or --cmd set one)",
             dest,
         )
+    if pusher is not None:
+        digest = pusher.push(image)
+        return f"{pusher.ref.name}@{digest}"
+    write_image(image, parse_destination(dest), tags=tags, name=name, started=started)
     return str(image.manifest_digest)
+
+
+def _pusher(
+    dest: str, image: ImageOptions, registry: RegistryOptions, base: BaseImage | None
+) -> contextlib.AbstractContextManager[ImagePusher | None]:
+    """An open pusher when ``dest`` is a registry, the --from layers handed to it; else None."""
+    if not is_registry_reference(dest):
+        return contextlib.nullcontext()
+    return open_pusher(
+        parse_reference(dest, for_push=True),
+        options=registry,
+        docker=image.manifest_format == "docker",
+        base_image=image.from_image,
+        base_layers=base.layers if base is not None else (),
+    )
 
 
 def build_image(
@@ -383,9 +422,11 @@ def build_image(
     cache_verify: Literal["auto", "full"] = "auto",
     no_cache: bool = False,
     image: ImageOptions = ImageOptions(),
+    registry: RegistryOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> str:
-    """The whole build: returns the manifest digest of the image written to ``dest``.
+    """The whole build: returns the manifest digest of the image written to ``dest``
+    (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
 
     ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
@@ -397,7 +438,10 @@ def build_image(
     if max_layers is not None:
         check_max_layers(max_layers)
     cache_limit = parse_size(cache_max_size)
-    config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
+    registry = registry or RegistryOptions()
+    config, customisation, base = _prepare(
+        image, dest=dest, compression=compression, level=level, registry=registry
+    )
     mtime = image.layer_mtime
     from_image = image.from_image
     base_count = len(base.layers) if base else 0
@@ -439,7 +483,12 @@ def build_image(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
         plan = make_plan(
-            closures, strategy=strategy, max_layers=budget, previous=previous, names=names
+            closures,
+            strategy=strategy,
+            max_layers=budget,
+            previous=previous,
+            names=names,
+            registry=registry,
         )
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
@@ -451,6 +500,9 @@ def build_image(
     )
 
     cache = None if no_cache else _open_cache(cache_dir, max_bytes=cache_limit, verify=cache_verify)
+    if cache is not None and registry.blob_record is None:
+        # where pushed blobs were seen, for cross-repository mounts, lives beside the layers
+        registry = dataclasses.replace(registry, blob_record=cache.root / RECORD_NAME)
     options = BuildOptions(
         store_dir=plan.store_dir,
         store_root=store_root,
@@ -462,13 +514,17 @@ def build_image(
     )
     # The cache is closed after the destination is written: until then no other process
     # evicts the layers it is linking or copying.
-    with cache or contextlib.nullcontext(), scratch_dir() as work:
+    with (
+        cache or contextlib.nullcontext(),
+        scratch_dir() as work,
+        _pusher(dest, image, registry, base) as pusher,
+    ):
         layers = build_layers(
             image_plan,
             options=options,
             work_dir=Path(work),
             customisation=customisation,
-            progress=progress,
+            progress=pusher.progress_hook(progress) if pusher else progress,
         )
         return _finish(
             layers,
@@ -478,6 +534,7 @@ def build_image(
             tags=image.tags,
             name=image_plan.name,
             started=started,
+            pusher=pusher,
         )
 
 
@@ -571,11 +628,15 @@ def assemble_from_descriptors(
     compression: str = "gzip",
     level: int | None = None,
     image: ImageOptions = ImageOptions(),
+    registry: RegistryOptions | None = None,
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
     ``compression`` and ``level`` are for the customisation layer."""
     started = time.time()
-    config, customisation, base = _prepare(image, dest=dest, compression=compression, level=level)
+    registry = registry or RegistryOptions()
+    config, customisation, base = _prepare(
+        image, dest=dest, compression=compression, level=level, registry=registry
+    )
     layers = read_descriptors(descriptors)
     mtime = image.layer_mtime
     store_dirs = {split_store_path(p, where="assemble")[0] for la in layers for p in la.paths}
@@ -589,7 +650,7 @@ def assemble_from_descriptors(
             f"the image would have {total} layers, more than {MAX_LAYERS_LIMIT} (overlayfs stacks"
             " at most 128)"
         )
-    with scratch_dir() as work:
+    with scratch_dir() as work, _pusher(dest, image, registry, base) as pusher:
         if not customisation.is_empty:
             layers.append(
                 build_customisation_layer(
@@ -608,4 +669,5 @@ def assemble_from_descriptors(
             tags=image.tags,
             name=None,
             started=started,
+            pusher=pusher,
         )

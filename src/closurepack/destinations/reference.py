@@ -76,7 +76,8 @@ def parse_destination(text: str) -> Destination:
     kind, sep, rest = text.partition(":")
     if not sep or kind not in KINDS or kind == "stdout":
         raise OptionError(
-            f"destination {text!r}: expected docker-archive:PATH, oci:DIR, oci-archive:PATH or -"
+            f"destination {text!r}: expected docker-archive:PATH, oci:DIR, oci-archive:PATH,"
+            " docker://HOST/REPO[:TAG] or -"
         )
     path, _, reference = rest.partition(":")
     if not path:

@@ -1,0 +1,261 @@
+"""An HTTP client for one registry: TLS set up as asked, HTTP only where allowed, retries.
+
+:func:`open_client` pings ``/v2/`` once to settle the scheme (HTTPS, or plain HTTP for loopback
+and insecure hosts when HTTPS does not answer) and the credentials; :meth:`RegistryClient.request`
+retries connection errors, 5xx and 429 answers with exponential backoff (honouring
+``Retry-After``) and turns every other failure into one line naming what was asked, the
+registry and its answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import httpx
+
+from closurepack import __version__
+from closurepack.errors import RegistryAuthError, RegistryError
+from closurepack.registry.auth import RegistryAuth
+from closurepack.registry.credentials import lookup_credentials
+from closurepack.registry.options import RegistryOptions
+from closurepack.registry.reference import RegistryRef
+
+__all__ = ["Body", "RegistryClient", "TransientRegistryError", "open_client", "ssl_context"]
+
+#: A request body: bytes, or a callable giving a fresh iterator of chunks for each try.
+Body = bytes | Callable[[], Iterable[bytes]] | None
+
+#: Retry-After is honoured up to this many seconds (a registry asking for more is broken).
+_MAX_RETRY_AFTER = 60.0
+_DETAIL_LIMIT = 300
+
+
+class TransientRegistryError(RegistryError):
+    """The last try failed in a way that may pass (connection error, 5xx, 429): an upload that
+    broke like this is started again."""
+
+
+def ssl_context(options: RegistryOptions, host: str) -> ssl.SSLContext:
+    """The TLS context for ``host``: the system trust store plus ``cert_dir``'s CAs and client
+    certificate; no verification at all for insecure hosts."""
+    context = ssl.create_default_context()
+    if options.insecure(host):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    cert_dir = options.cert_dir
+    if cert_dir is None:
+        return context
+    try:
+        for ca in sorted(cert_dir.glob("*.crt")):
+            context.load_verify_locations(cafile=str(ca))
+        for cert in sorted(cert_dir.glob("*.cert")):
+            key = cert.with_suffix(".key")
+            if not key.is_file():
+                raise RegistryError(f"--cert-dir {cert_dir}: {cert.name} has no {key.name}")
+            context.load_cert_chain(str(cert), str(key))
+        for key in sorted(cert_dir.glob("*.key")):
+            if not key.with_suffix(".cert").is_file():
+                raise RegistryError(f"--cert-dir {cert_dir}: {key.name} has no {key.stem}.cert")
+    except (OSError, ssl.SSLError) as exc:
+        raise RegistryError(f"--cert-dir {cert_dir}: cannot load certificates: {exc}") from exc
+    return context
+
+
+def _make_auth(ref: RegistryRef, options: RegistryOptions, scopes: Sequence[str]) -> httpx.Auth:
+    """The authentication of requests to ``ref``'s registry for ``scopes``: anonymous until the
+    registry asks (a 401 challenge), then Basic or a Bearer token with the credentials found for
+    the registry and repository (``--creds``, ``--authfile``, the usual auth files)."""
+    credentials = lookup_credentials(
+        f"{ref.registry}/{ref.repository}", creds=options.creds, authfile=options.authfile
+    )
+    return RegistryAuth(credentials, scopes)
+
+
+class RegistryClient:
+    """Requests to one registry repository, with retries; use it through :func:`open_client`."""
+
+    def __init__(self, ref: RegistryRef, options: RegistryOptions, http: httpx.Client) -> None:
+        self.ref = ref
+        self.options = options
+        self._http = http
+        self.base = ""
+
+    @property
+    def registry(self) -> str:
+        return self.ref.registry
+
+    def url(self, path: str, repository: str | None = None) -> str:
+        """``{base}/v2/{repository}/{path}`` (the reference's repository by default)."""
+        return f"{self.base}/v2/{repository or self.ref.repository}/{path}"
+
+    def connect(self) -> None:
+        """Ping ``/v2/`` over HTTPS, or plain HTTP where that is allowed and HTTPS fails."""
+        host = self.registry
+        schemes = ["https", "http"] if self.options.plain_http_allowed(host) else ["https"]
+        first_error: RegistryError | None = None
+        for scheme in schemes:
+            last = scheme == schemes[-1]
+            try:
+                response = self.request(
+                    "GET",
+                    f"{scheme}://{host}/v2/",
+                    what="registry ping",
+                    ok=(200, 401),
+                    tries=None if last else 1,
+                )
+            except RegistryError as exc:
+                if isinstance(exc, RegistryAuthError) or last:
+                    if first_error is not None and not isinstance(exc, RegistryAuthError):
+                        if str(exc).startswith(str(first_error)):
+                            raise RegistryError(f"{exc}, over HTTPS and plain HTTP") from exc
+                        raise RegistryError(f"{exc}; over HTTPS: {first_error}") from exc
+                    raise
+                first_error = exc
+                continue
+            response.close()
+            self.base = f"{scheme}://{host}"
+            return
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        ok: Sequence[int] = (200,),
+        headers: Mapping[str, str] | None = None,
+        content: Body = None,
+        tries: int | None = None,
+        stream: bool = False,
+        follow_redirects: bool = False,
+    ) -> httpx.Response:
+        """Send a request until an answer in ``ok`` comes (``retries`` + 1 tries by default).
+
+        Connection errors, 5xx and 429 are tried again after a pause; anything else, or the
+        last failure, is a RegistryError (RegistryAuthError for 401/403) naming ``what``.
+        With ``stream`` the body of the answer is left unread (close the response).
+        """
+        attempts = self.options.retries + 1 if tries is None else max(1, tries)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            body = content() if callable(content) else content
+            try:
+                request = self._http.build_request(
+                    method, url, headers=dict(headers or {}), content=body
+                )
+                response = self._http.send(request, stream=True, follow_redirects=follow_redirects)
+            except httpx.TransportError as exc:
+                if last:
+                    tried = f" (after {attempts} tries)" if attempts > 1 else ""
+                    raise TransientRegistryError(
+                        f"{what}: {self.registry}: {_describe(exc)}{tried}"
+                    ) from exc
+                self._pause(attempt, None)
+                continue
+            status = response.status_code
+            if status in ok:
+                if not stream:
+                    try:
+                        response.read()
+                    except httpx.TransportError as exc:
+                        response.close()
+                        if last:
+                            raise TransientRegistryError(
+                                f"{what}: {self.registry}: {_describe(exc)}"
+                            ) from exc
+                        self._pause(attempt, None)
+                        continue
+                return response
+            retriable = status == 429 or status >= 500
+            if retriable and not last:
+                wait = _retry_after(response)
+                response.close()
+                self._pause(attempt, wait)
+                continue
+            raise self._error(response, what, attempts if retriable else 1, retriable)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pause(self, attempt: int, retry_after: float | None) -> None:
+        backoff = min(self.options.max_backoff, self.options.backoff * (2**attempt))
+        time.sleep(backoff if retry_after is None else min(retry_after, _MAX_RETRY_AFTER))
+
+    def _error(
+        self, response: httpx.Response, what: str, attempts: int, retriable: bool
+    ) -> RegistryError:
+        try:
+            response.read()
+            detail = _error_detail(response.content)
+        except httpx.HTTPError:
+            detail = ""
+        finally:
+            response.close()
+        status = response.status_code
+        answer = f"{status} {response.reason_phrase}".strip()
+        text = f"{what}: {self.registry} answered {answer}{': ' + detail if detail else ''}"
+        if attempts > 1:
+            text += f" (after {attempts} tries)"
+        if status == 401:
+            return RegistryAuthError(f"{text}; give --creds USER:PASS or --authfile FILE")
+        if status == 403:
+            return RegistryAuthError(text)
+        return TransientRegistryError(text) if retriable else RegistryError(text)
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {message}"[:_DETAIL_LIMIT]
+
+
+def _error_detail(body: bytes) -> str:
+    """``CODE: message`` of the distribution spec's error body, else the first text line."""
+    try:
+        obj = json.loads(body)
+        errors = obj.get("errors") if isinstance(obj, dict) else None
+        if isinstance(errors, list) and errors:
+            parts = [
+                f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+                for e in errors
+                if isinstance(e, dict)
+            ]
+            return "; ".join(p for p in parts if p)[:_DETAIL_LIMIT]
+    except (ValueError, RecursionError):
+        pass
+    text = body[:_DETAIL_LIMIT].decode(errors="replace")
+    return " ".join(text.split())
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@contextlib.contextmanager
+def open_client(
+    ref: RegistryRef, options: RegistryOptions, scopes: Sequence[str]
+) -> Iterator[RegistryClient]:
+    """A connected :class:`RegistryClient` for ``ref`` (its ping done), closed afterwards."""
+    registry = ref.registry
+    http = httpx.Client(
+        verify=ssl_context(options, registry),
+        auth=_make_auth(ref, options, scopes),
+        timeout=httpx.Timeout(options.timeout, connect=min(30.0, options.timeout)),
+        limits=httpx.Limits(max_connections=options.jobs + 2),
+        headers={"User-Agent": f"closurepack/{__version__}"},
+    )
+    with http:
+        client = RegistryClient(ref, options, http)
+        client.connect()
+        yield client

@@ -1,0 +1,286 @@
+"""Read an image from a registry: the manifest (through an index, for this host's platform),
+the config, and layer blobs opened lazily and digest-checked while they stream.
+
+What is read into memory is bounded: a manifest or index at most :data:`MANIFEST_LIMIT`, a
+config at most :data:`CONFIG_LIMIT`, and indexes nest at most :data:`INDEX_DEPTH` deep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import httpx
+
+from closurepack.digest import Digest
+from closurepack.errors import ImageError, RegistryError
+from closurepack.image import host_architecture
+from closurepack.mediatypes import MediaType
+from closurepack.registry.client import RegistryClient, open_client
+from closurepack.registry.options import RegistryOptions
+from closurepack.registry.record import BlobRecord
+from closurepack.registry.reference import RegistryRef
+
+__all__ = [
+    "CONFIG_LIMIT",
+    "INDEX_DEPTH",
+    "MANIFEST_LIMIT",
+    "PulledBlob",
+    "PulledImage",
+    "pull_image",
+]
+
+#: The distribution spec lets registries refuse manifests over 4 MiB; so do we.
+MANIFEST_LIMIT = 4 << 20
+#: Configs of closurepack images record every store path (a big closure: several MiB).
+CONFIG_LIMIT = 32 << 20
+INDEX_DEPTH = 4
+
+_MANIFEST_TYPES = (MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value)
+_INDEX_TYPES = (MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value)
+_ACCEPT = ", ".join((*_MANIFEST_TYPES, *_INDEX_TYPES))
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PulledBlob:
+    """A layer of a registry image: declared digest, size and media type, and an opener that
+    streams it (raising RegistryError at the end when the bytes do not match)."""
+
+    digest: Digest
+    size: int | None
+    media_type: MediaType
+    opener: Callable[[], BinaryIO]
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    """A registry image as stored: the manifest and config bytes beside their declared digests
+    and sizes, and its layers (unread)."""
+
+    ref: RegistryRef
+    manifest_bytes: bytes
+    manifest_digest: Digest
+    manifest_size: int | None
+    config_bytes: bytes
+    config_digest: Digest
+    config_size: int | None
+    layers: tuple[PulledBlob, ...]
+
+
+def _json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
+
+
+def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    try:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            raise RegistryError(f"{what}: {length} bytes, more than the {limit} bytes accepted")
+        parts: list[bytes] = []
+        total = 0
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise RegistryError(f"{what}: more than the {limit} bytes accepted")
+            parts.append(chunk)
+        return b"".join(parts)
+    except httpx.HTTPError as exc:
+        raise RegistryError(f"{what}: reading the answer failed: {exc}") from exc
+    finally:
+        response.close()
+
+
+def _get_manifest(
+    client: RegistryClient, reference: str, what: str
+) -> tuple[bytes, str, Digest | None]:
+    response = client.request(
+        "GET",
+        client.url(f"manifests/{reference}"),
+        what=what,
+        headers={"Accept": _ACCEPT},
+        stream=True,
+    )
+    media_type = response.headers.get("Content-Type", "").partition(";")[0].strip()
+    answered = response.headers.get("Docker-Content-Digest")
+    body = _read_limited(response, MANIFEST_LIMIT, what)
+    try:
+        declared = Digest.parse(answered) if answered else None
+    except ImageError:
+        declared = None
+    return body, media_type, declared
+
+
+def _pick_platform(manifests: Any, where: str) -> dict[str, Any]:
+    """The entry for this host's architecture on linux, else the first (as readback does)."""
+    entries = [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
+    if not entries:
+        raise ImageError(f"{where}: the index lists no image")
+    arch, _ = host_architecture()
+    for entry in entries:
+        platform = entry.get("platform")
+        if (
+            isinstance(platform, dict)
+            and platform.get("architecture") == arch
+            and platform.get("os", "linux") == "linux"
+        ):
+            return entry
+    return entries[0]
+
+
+def _descriptor_digest(desc: Any, where: str) -> Digest:
+    if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
+        raise ImageError(f"{where}: descriptor without a digest")
+    return Digest.parse(desc["digest"])
+
+
+def pull_image(ref: RegistryRef, options: RegistryOptions) -> PulledImage:
+    """Read the manifest and config of ``ref`` (through an index, for this host's platform);
+    its layers are opened later, each on a connection of its own."""
+    with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
+        where = str(ref)
+        body, media_type, declared = _get_manifest(client, ref.reference, f"manifest of {where}")
+        manifest_digest = ref.digest or declared or Digest.of_bytes(body)
+        manifest_size: int | None = None
+        manifest = _json(body, f"{where}: manifest")
+        for depth in range(INDEX_DEPTH + 1):
+            kind = media_type or (manifest.get("mediaType") if isinstance(manifest, dict) else "")
+            if kind not in _INDEX_TYPES:
+                break
+            if depth == INDEX_DEPTH:
+                raise ImageError(f"{where}: indexes nested more than {INDEX_DEPTH} deep")
+            listed = manifest.get("manifests") if isinstance(manifest, dict) else None
+            entry = _pick_platform(listed, f"{where}: index")
+            manifest_digest = _descriptor_digest(entry, f"{where}: index")
+            size = entry.get("size")
+            manifest_size = size if isinstance(size, int) else None
+            body, media_type, _ = _get_manifest(
+                client, str(manifest_digest), f"manifest {manifest_digest} of {where}"
+            )
+            manifest = _json(body, f"{where}: manifest {manifest_digest}")
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+            raise ImageError(f"{where}: manifest {manifest_digest} has no config descriptor")
+        kind = media_type or str(manifest.get("mediaType", ""))
+        if kind and kind not in _MANIFEST_TYPES:
+            raise ImageError(f"{where}: unsupported manifest media type {kind!r}")
+        config_desc = manifest["config"]
+        config_digest = _descriptor_digest(config_desc, f"{where}: config")
+        response = client.request(
+            "GET",
+            client.url(f"blobs/{config_digest}"),
+            what=f"config {config_digest} of {where}",
+            stream=True,
+            follow_redirects=True,
+        )
+        config_bytes = _read_limited(response, CONFIG_LIMIT, f"config {config_digest} of {where}")
+        layers = []
+        for desc in manifest.get("layers") or []:
+            digest = _descriptor_digest(desc, f"{where}: layer")
+            try:
+                layer_type = MediaType(str(desc.get("mediaType")))
+            except ValueError as exc:
+                raise ImageError(
+                    f"{where}: layer {digest}: unsupported media type {desc.get('mediaType')!r}"
+                ) from exc
+            size = desc.get("size")
+            size = size if isinstance(size, int) and not isinstance(size, bool) else None
+            layers.append(
+                PulledBlob(digest, size, layer_type, _blob_opener(ref, options, digest, size))
+            )
+    csize = config_desc.get("size")
+    BlobRecord(options.blob_record).add(
+        ref.registry, ref.repository, [config_digest, *(layer.digest for layer in layers)]
+    )
+    return PulledImage(
+        ref=ref,
+        manifest_bytes=body,
+        manifest_digest=manifest_digest,
+        manifest_size=manifest_size,
+        config_bytes=config_bytes,
+        config_digest=config_digest,
+        config_size=csize if isinstance(csize, int) else None,
+        layers=tuple(layers),
+    )
+
+
+def _blob_opener(
+    ref: RegistryRef, options: RegistryOptions, digest: Digest, size: int | None
+) -> Callable[[], BinaryIO]:
+    def opener() -> BinaryIO:
+        return io.BufferedReader(_BlobStream(ref, options, digest, size), _CHUNK)
+
+    return opener
+
+
+class _BlobStream(io.RawIOBase):
+    """A blob streamed from the registry; at its end the digest (and size) are checked."""
+
+    def __init__(
+        self, ref: RegistryRef, options: RegistryOptions, digest: Digest, size: int | None
+    ) -> None:
+        self._stack = contextlib.ExitStack()
+        self._what = f"blob {digest} of {ref}"
+        self._digest = digest
+        self._size = size
+        self._hash = hashlib.sha256()
+        self._count = 0
+        self._pending = b""
+        try:
+            client = self._stack.enter_context(
+                open_client(ref, options, [f"repository:{ref.repository}:pull"])
+            )
+            response = client.request(
+                "GET",
+                client.url(f"blobs/{digest}"),
+                what=self._what,
+                stream=True,
+                follow_redirects=True,
+            )
+            self._stack.callback(response.close)
+            self._chunks = response.iter_raw(_CHUNK)
+        except BaseException:
+            self._stack.close()
+            raise
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._pending and not self._done:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                self._done = True
+                self._finish()
+            except httpx.HTTPError as exc:
+                raise RegistryError(f"{self._what}: reading failed: {exc}") from exc
+            self._hash.update(self._pending)
+            self._count += len(self._pending)
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _finish(self) -> None:
+        actual = Digest(self._hash.hexdigest())
+        if actual != self._digest:
+            raise RegistryError(f"{self._what}: the registry sent bytes whose digest is {actual}")
+        if self._size is not None and self._count != self._size:
+            raise RegistryError(
+                f"{self._what}: the registry sent {self._count} bytes, the manifest says"
+                f" {self._size}"
+            )
+
+    def close(self) -> None:
+        self._stack.close()
+        super().close()
