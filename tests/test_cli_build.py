@@ -1266,7 +1266,7 @@ def test_stdout_reader_going_away_is_quiet(tmp_path: Path) -> None:
     store, closure = _big_store(tmp_path)
     argv = [sys.executable, "-m", "closurepack.cli", "build", "--closure", str(closure),
             "--store-root", str(store.root), "--no-cache", "--compression", "none",
-            "-o", "-"]  # fmt: skip
+            "--cmd", "/bin/app", "-o", "-"]  # fmt: skip
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -1275,7 +1275,7 @@ def test_stdout_reader_going_away_is_quiet(tmp_path: Path) -> None:
         status = proc.wait(timeout=60)
         err = proc.stderr.read()
     assert status == 141
-    assert all(line.startswith(b"layer ") for line in err.splitlines())  # progress, no error
+    assert all(line.startswith(b"layer ") for line in err.splitlines()), err  # progress only
 
 
 def test_stdout_terminal_is_refused(store: Store, app_closure: Path, tmp_path: Path) -> None:
