@@ -190,7 +190,13 @@ def test_unreadable_blob_record_is_only_a_lost_hint(
     record = cache / "registry-blobs.json"
     record.write_text("{not json")
     mark = registry.mark()
-    _push(store, app_closure, f"docker://{registry.host}/other:1", capsys, cache=cache)
+    dest = f"docker://{registry.host}/other:1"
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir", cache,
+            "--entrypoint", "/bin/app", "-q", "-o", dest]  # fmt: skip
+    status, _, err = run(argv, capsys)
+    assert status == 0, err
+    (line,) = err.splitlines()  # said once, as a warning, not at every blob
+    assert line.startswith(f"closurepack: warning: {record}: unreadable blob record")
     writes = registry.blob_writes(mark)
     assert writes  # uploaded, since nothing said where the blobs were
     assert not [r for r in writes if "mount=" in r.path]

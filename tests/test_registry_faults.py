@@ -225,7 +225,9 @@ def test_broken_upload_gives_up_naming_the_blob(image: Image, proxy: FaultProxy)
 
 def test_unauthorized_is_an_auth_error(image: Image, proxy: FaultProxy) -> None:
     proxy.faults = [Fault("HEAD", "/blobs/", 401, times=100)]
-    with pytest.raises(RegistryAuthError, match=r"answered 401 Unauthorized.*--creds"):
+    with pytest.raises(
+        RegistryAuthError, match=r"401 Unauthorized without a Basic or Bearer challenge"
+    ):
         _push(image, proxy.host)
 
 

@@ -38,6 +38,7 @@ class BlobRecord:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._warned = False  # an unreadable record is said once, not at every blob
 
     def repositories(self, registry: str, digest: Digest) -> list[str]:
         """Repositories of ``registry`` where ``digest`` was seen, most recent first."""
@@ -85,7 +86,9 @@ class BlobRecord:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, RecursionError) as exc:
-            _log.warning("%s: unreadable blob record, starting afresh: %s", self.path, exc)
+            if not self._warned:
+                self._warned = True
+                _log.warning("%s: unreadable blob record, starting afresh: %s", self.path, exc)
             return {}
         registries = obj.get("registries") if isinstance(obj, dict) else None
         if not isinstance(registries, dict) or obj.get("format") != _FORMAT:
