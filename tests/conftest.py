@@ -11,8 +11,9 @@ from nixfixture import NixClosure, NixUnavailableError, build_closure
 DATA_DIR = Path(__file__).parent / "data"
 
 # store and app_closure: small stores for CLI tests (tests/clistore.py); podman_runner and
-# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py).
-pytest_plugins = ["clistore", "runtimes"]
+# docker_engine: real runtimes for end-to-end tests (tests/runtimes.py); requiretools: every skip
+# fails under CLOSUREPACK_REQUIRE_TOOLS=1 (CI); pytester: runs inner pytest sessions that test it.
+pytest_plugins = ["clistore", "pytester", "requiretools", "runtimes"]
 
 
 @pytest.fixture(scope="session")
