@@ -91,6 +91,10 @@ class PodmanRunner:
             str(self.root / "root"),
             "--runroot",
             str(self.root / "run"),
+            # libpod's state (default /run/libpod) private too: another podman on the machine
+            # resetting itself must not pull it from under us ("creating runtime status file")
+            "--tmpdir",
+            str(self.root / "tmp"),
             "--storage-driver=vfs",
             "--runtime=runc",
             "--cgroup-manager=cgroupfs",
