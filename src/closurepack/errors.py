@@ -37,6 +37,13 @@ class ClosurepackError(Exception):
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        # One line whatever the message quotes (a tool's output, a name holding a line break
+        # from the input): its lines joined with "; ", as the CLI prints them.
+        message = super().__str__()
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        return "; ".join(lines) if len(lines) != 1 or lines[0] != message else message
+
 
 class InputError(ClosurepackError):
     """The user's input (files, arguments) is wrong."""
