@@ -42,7 +42,7 @@ class ClosurepackError(Exception):
         # from the input): its lines joined with "; ", as the CLI prints them.
         message = super().__str__()
         lines = [line.strip() for line in message.splitlines() if line.strip()]
-        return "; ".join(lines) if len(lines) != 1 or lines[0] != message else message
+        return message if lines == [message] else "; ".join(lines)
 
 
 class InputError(ClosurepackError):
