@@ -14,8 +14,16 @@ DATA_DIR = Path(__file__).parent / "data"
 # docker_engine: real runtimes for end-to-end tests (tests/runtimes.py); registry and
 # shared_registry: a real docker-registry on 127.0.0.1 (tests/registry_fixtures.py);
 # htpasswd_registry, token_registry, token_server: registries that demand authentication
-# (tests/registry_auth_fixtures.py).
-pytest_plugins = ["clistore", "runtimes", "registry_fixtures", "registry_auth_fixtures"]
+# (tests/registry_auth_fixtures.py); requiretools: every skip fails under
+# CLOSUREPACK_REQUIRE_TOOLS=1 (CI); pytester: runs inner pytest sessions that test it.
+pytest_plugins = [
+    "clistore",
+    "pytester",
+    "registry_auth_fixtures",
+    "registry_fixtures",
+    "requiretools",
+    "runtimes",
+]
 
 
 @pytest.fixture(scope="session")

@@ -576,8 +576,18 @@ def test_fifo_in_a_scanned_store_item(store: Store, capsys: pytest.CaptureFixtur
     )
 
 
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT's default disposition, whatever pytest inherited (under
+    nohup, or started in the background by a non-interactive shell, SIGINT is ignored, and an
+    ignored signal stays ignored across exec: Python then never raises KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_is_one_line_and_status_130(tmp_path: Path) -> None:
-    """Ctrl-C while the closure is being read (here: a fifo nobody writes to)."""
+    """Ctrl-C while the closure is being read (here: a fifo that never ends)."""
+    import errno
     import signal
     import time
 
@@ -590,11 +600,32 @@ def test_interrupt_is_one_line_and_status_130(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_default,  # noqa: PLW1509 (single-threaded here; no lock is taken)
     ) as proc:  # fmt: skip
-        time.sleep(1.0)  # let it start and block opening the fifo
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+        # Wait until it has the fifo open for reading (a non-blocking writer can open it only
+        # then), so the signal comes while it reads, not while Python starts; our end stays
+        # open, so its read blocks until the signal.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                    proc.kill()
+                    raise
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+        try:
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+        finally:
+            os.close(writer)
+    assert proc.returncode == 130, err
     assert out == ""
     # click ends the terminal's "^C" line first, so the message starts on a line of its own
     assert err.strip("\n").splitlines() == ["closurepack: interrupted"]

@@ -44,6 +44,13 @@ class ClosurepackError(Exception):
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        # One line whatever the message quotes (a tool's output, a name holding a line break
+        # from the input): its lines joined with "; ", as the CLI prints them.
+        message = super().__str__()
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        return message if lines == [message] else "; ".join(lines)
+
 
 class InputError(ClosurepackError):
     """The user's input (files, arguments) is wrong."""

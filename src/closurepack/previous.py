@@ -23,7 +23,9 @@ def plan_from_image_config(config: dict[str, object], *, source: str) -> LayerPl
     """
     recorded = layer_paths_from_config(config)
     rootfs = config.get("rootfs")
-    diff_ids = rootfs.get("diff_ids", []) if isinstance(rootfs, dict) else []
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):  # null, a number...: nothing recorded
+        diff_ids = []
     layers = tuple(
         PlannedLayer(tuple(sorted(recorded[d])), 0, "previous")
         for d in diff_ids

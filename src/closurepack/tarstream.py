@@ -8,9 +8,11 @@ The format, fixed by :data:`TAR_FORMAT_VERSION` (bump it whenever the bytes coul
   ASCII or is over 100 bytes, or a size of 8 GiB or more. PAX records are ``hdrcharset``
   (``BINARY``, only for names that are not valid UTF-8), ``linkpath``, ``path``, ``size``, in
   that (sorted) order; never atime, ctime or anything else from the host.
-* Entries sorted by the bytes of their UTF-8 names (directories sort without their trailing
-  ``/``, which is written, as GNU tar does). Every layer carries the parent directories of the
-  store (``nix/``, ``nix/store/``) with mode 0755, so layers are independent of each other.
+* Entries in GNU tar's ``--sort=name`` order: depth first, the entries of each directory
+  sorted by the bytes of their UTF-8 names and written right after it (``a``, ``a/x``, ``a-b``);
+  a directory's name is written with a trailing ``/``. Every layer carries the parent
+  directories of the store (``nix/``, ``nix/store/``) with mode 0755, so layers are independent
+  of each other.
 * uid and gid 0 (store items; a :class:`TreeEntry` may give others), empty user and group
   names (an empty name makes every reader use the number); mtime the given value for every
   entry; device numbers 0.
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 #: Bumped whenever any change here could alter the bytes of a tar (it goes into cache keys).
-TAR_FORMAT_VERSION = 1
+TAR_FORMAT_VERSION = 2  # 2: GNU tar's depth-first order (1 sorted whole names: a, a-b, a/x)
 
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
@@ -301,7 +303,9 @@ class _TarWriter:
         self._first_names: dict[tuple[int, int], bytes] = {}
 
     def write_all(self, entries: list[_Entry]) -> None:
-        entries.sort(key=lambda e: e.name)
+        # Component-wise order (GNU tar's): "/" sorts below every byte of a name. No name
+        # holds a NUL, so replacing "/" by NUL gives that order as one bytes comparison.
+        entries.sort(key=lambda e: e.name.replace(b"/", b"\0"))
         previous: bytes | None = None
         for entry in entries:
             if entry.name == previous:
