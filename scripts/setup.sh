@@ -13,7 +13,6 @@ packages=(
   nix-bin busybox-static
   podman skopeo umoci runc uidmap docker.io docker-registry containerd apache2-utils openssl
   tar gzip pigz zstd
-  apache2-utils
 )
 missing=()
 for p in "${packages[@]}"; do
