@@ -12,7 +12,7 @@ packages=(
   python3 python3-venv python3-pip git
   nix-bin busybox-static
   podman skopeo umoci runc uidmap docker.io docker-registry containerd apache2-utils openssl
-  tar gzip pigz zstd
+  tar gzip pigz zstd curl
 )
 missing=()
 for p in "${packages[@]}"; do
