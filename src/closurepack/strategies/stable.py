@@ -1,26 +1,30 @@
 """``stable``: layers planned for change, by the bytes an update is expected to ship.
 
-Cost model. An update changes some item, and with it (Nix-style) every item above it: its
-referrers, transitively, all get new store paths. A layer must be shipped again when any of its
-items changed, that is when the changed item lies in the layer's *down-set* ``D(L)`` (the layer's
-items and everything they reach). With every item equally likely to be the one that changes,
-a layer of ``s(L)`` bytes is shipped with probability ``|D(L)| / n``, so an update ships on
-average ``sum over layers of s(L) * |D(L)| / n`` bytes. The bytes that really changed do not
-depend on the plan (``sum over items of s(i) * |down(i)| / n``), so this strategy minimises::
+Cost model. An update changes some items, and with them (Nix-style) every item above them:
+their referrers, transitively, all get new store paths. A layer must be shipped again when any
+of its items changed, that is when a changed item lies in the layer's *down-set* ``D(L)`` (the
+layer's items and everything they reach). The model update changes :data:`CHANGES` of the ``n``
+items, each item independently with probability ``q = CHANGES / n``; a layer of ``s(L)`` bytes
+is then shipped with probability ``hit(L) = 1 - (1 - q) ** |D(L)|``, and this strategy
+minimises the expected bytes shipped::
 
-    cost(plan) = sum over layers L of s(L) * |D(L)|
+    cost(plan) = sum over layers L of s(L) * hit(L)
 
-within the layer budget: the expected update overhead of one random change, and, as a real
-update of several items is shipped when any of them hits a layer, a first-order model of those
-too. One layer per item is the floor (overhead 1.0); merging layers ``A`` and ``B`` costs
-``s(A) * |D(B) - D(A)| + s(B) * |D(A) - D(B)|``: small items whose down-sets nearly coincide merge
-almost for free, a large item pays for every extra item that could change beside it.
+within the layer budget (the bytes that really changed do not depend on the plan, so this is
+the expected update overhead). For one change (``q`` small) ``hit`` is ``|D(L)| / n``, the
+random-update figure; several changes at once, as real updates make, saturate layers that
+depend on much. One layer per item is the floor (overhead 1.0); merging layers ``A`` and ``B``
+costs ``(s(A) + s(B)) * hit(A+B) - s(A) * hit(A) - s(B) * hit(B)``: small items whose down-sets
+nearly coincide merge almost for free, a large item pays for every extra item that could change
+beside it. :data:`CHANGES` is 3, chosen by measurement (``bench/economy_bench.py``): 1 gives the
+best random-update figures, more serve the real updates better (Debian's point updates change
+3 to 12 packages at once in these closures), 3 costs random updates least.
 
 Several images. When the closure is several images' closures planned together (its graph
 roots, up to :data:`MAX_IMAGES` of them, are taken for the images), each image gets every layer
 restricted to its own items, and each distinct restriction is stored as a layer of its own. A
 merge that makes a layer hold items of different sets of images therefore also costs the bytes
-it duplicates, counted ``n`` times (as much as a byte shipped with every update).
+it duplicates, each byte as much as a byte shipped with every update.
 
 Algorithm.
 
@@ -28,11 +32,11 @@ Algorithm.
    item and dependencies of it, so its down-set is the top's and its cost is known without sets.
    Every item is attached to its referrer with the smallest down-set among those of the same
    images; repeatedly the cluster whose absorption into the cluster that referrer is now in
-   costs least, ``s(X) * (|down(top(C))| - |down(top(X))|)``, is absorbed (lazy heap: costs only
-   grow), until :data:`EXACT_LIMIT` clusters remain or none can be absorbed so. Then the least
-   valuable clusters left (by ``s * |down(top)|``) join the cluster of the nearest item below
-   their top outside their own cluster with the largest down-set (items with no reference at
-   all join each other).
+   costs least in the one-change form of the cost, ``s(X) * (|down(top(C))| -
+   |down(top(X))|)``, is absorbed (lazy heap: costs only grow), until :data:`EXACT_LIMIT`
+   clusters remain or none can be absorbed so. Then the least valuable clusters left (by
+   ``s * |down(top)|``) join the cluster of the nearest item below their top outside their own
+   cluster with the largest down-set (items with no reference at all join each other).
 2. Exact greedy: with the down-sets as bitsets, the pair of clusters whose merge costs least is
    merged (ties: by the clusters' first names) until the budget is met.
 3. Order, bottom first: the least likely to change first (``|D(L)|`` ascending), then the larger
@@ -53,19 +57,21 @@ from collections.abc import Callable, Collection
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
 
-__all__ = ["EXACT_LIMIT", "MAX_IMAGES", "stable"]
+__all__ = ["CHANGES", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
 
 #: Clusters the exact greedy step starts from at most (more are coarsened first): it compares
 #: every pair, so this bounds its time.
 EXACT_LIMIT = 200
 #: Up to this many graph roots, each is taken for an image planned together with the others.
 MAX_IMAGES = 64
+#: How many items the model update changes at once (module docstring).
+CHANGES = 3
 
 
 def stable(
     closure: Closure, *, budget: int, exact_limit: int = EXACT_LIMIT
 ) -> list[tuple[str, ...]]:
-    """Layers minimising ``sum of s(L) * |D(L)|`` (the expected bytes of an update; docstring).
+    """Layers minimising ``sum of s(L) * hit(L)``, the expected bytes of an update (docstring).
 
     ``exact_limit`` is :data:`EXACT_LIMIT` (given only by tests, to coarsen small closures)."""
     dag = Dag.from_closure(closure)
@@ -233,22 +239,25 @@ def _merge_exactly(
     version = [0] * len(clusters)
     first = [min(rank[i] for i in members) for members in clusters]  # tie-breaks by name
 
-    def cost(a: int, b: int) -> int:
-        both = (sets[a] | sets[b]).bit_count()
-        update = sizes[a] * (both - counts[a]) + sizes[b] * (both - counts[b])
+    keep = 1 - min(CHANGES, n) / n if n else 1.0
+    hit = [1 - keep**d for d in range(n + 1)]  # chance that one of d items changed
+
+    def cost(a: int, b: int) -> float:
+        both = hit[(sets[a] | sets[b]).bit_count()]
+        update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
         pa, pb = pieces[a], pieces[b]
         if len(pa) == 1 and pa.keys() == pb.keys():
             return update
         joined = dict(pa)
         for mask, size in pb.items():
             joined[mask] = joined.get(mask, 0) + size
-        return update + n * (_stored(joined) - stored[a] - stored[b])
+        return update + (_stored(joined) - stored[a] - stored[b])
 
-    def entry(a: int, b: int) -> tuple[int, int, int, int, int, int, int]:
+    def entry(a: int, b: int) -> tuple[float, int, int, int, int, int, int]:
         low, high = (a, b) if first[a] < first[b] else (b, a)
         return (cost(a, b), first[low], first[high], low, high, version[low], version[high])
 
-    heap: list[tuple[int, int, int, int, int, int, int]] = []
+    heap: list[tuple[float, int, int, int, int, int, int]] = []
     if alive > budget:
         heap = [entry(a, b) for a in range(len(clusters)) for b in range(a + 1, len(clusters))]
         heapq.heapify(heap)
