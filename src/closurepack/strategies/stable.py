@@ -33,10 +33,11 @@ Algorithm.
    Every item is attached to its referrer with the smallest down-set among those of the same
    images; repeatedly the cluster whose absorption into the cluster that referrer is now in
    costs least in the one-change form of the cost, ``s(X) * (|down(top(C))| -
-   |down(top(X))|)``, is absorbed (lazy heap: costs only grow), until :data:`EXACT_LIMIT`
-   clusters remain or none can be absorbed so. Then the least valuable clusters left (by
-   ``s * |down(top)|``) join the cluster of the nearest item below their top outside their own
-   cluster with the largest down-set (items with no reference at all join each other).
+   |down(top(X))|)``, is absorbed (lazy heap: costs only grow), until ``min(COARSE_LIMIT,
+   3 * budget)`` clusters remain or none can be absorbed so. Then the least valuable clusters
+   left (by ``s * |down(top)|``) join the cluster of the nearest item below their top outside
+   their own cluster with the largest down-set (items with no reference at all join each
+   other).
 2. Exact greedy: with the down-sets as bitsets, the pair of clusters whose merge costs least is
    merged (ties: by the clusters' first names) until the budget is met.
 3. Order, bottom first: the least likely to change first (``|D(L)|`` ascending), then the larger
@@ -57,11 +58,13 @@ from collections.abc import Callable, Collection
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
 
-__all__ = ["CHANGES", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
+__all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
 
-#: Clusters the exact greedy step starts from at most (more are coarsened first): it compares
-#: every pair, so this bounds its time.
-EXACT_LIMIT = 200
+#: Closures of up to this many items are planned by the exact greedy step alone; larger ones
+#: are first coarsened to ``min(COARSE_LIMIT, 3 * budget)`` clusters (the exact step compares
+#: every pair, so this bounds its time).
+EXACT_LIMIT = 300
+COARSE_LIMIT = 200
 #: Up to this many graph roots, each is taken for an image planned together with the others.
 MAX_IMAGES = 64
 #: How many items the model update changes at once (module docstring).
@@ -73,7 +76,7 @@ def stable(
 ) -> list[tuple[str, ...]]:
     """Layers minimising ``sum of s(L) * hit(L)``, the expected bytes of an update (docstring).
 
-    ``exact_limit`` is :data:`EXACT_LIMIT` (given only by tests, to coarsen small closures)."""
+    ``exact_limit`` is :data:`EXACT_LIMIT` (given by tests, to coarsen small closures too)."""
     dag = Dag.from_closure(closure)
     n = len(dag)
     budget = max(budget, 1)
@@ -85,7 +88,8 @@ def stable(
     if n <= max(budget, exact_limit):
         clusters = [[i] for i in range(n)]
     else:
-        clusters = _coarsen(dag, rank, images, max(budget, exact_limit))
+        target = max(budget, min(exact_limit, COARSE_LIMIT, 3 * budget))
+        clusters = _coarsen(dag, rank, images, target)
     layers = _merge_exactly(dag, rank, images, clusters, budget)
     return [tuple(sorted(dag.paths[i] for i in members)) for members in layers]
 
