@@ -9,6 +9,7 @@ one more for the image's customisation layer).
 ``auto``        nixpkgs' auto-layer (default): largest items anchor layers
 ``popularity``  nixpkgs' ``referencesByPopularity``: most depended-upon items alone
 ``size``        Guix ``--max-layers``: largest items alone
+``stable``      planned for change: least expected bytes shipped per update
 ``dominator``   Nixery: dominator-tree subtrees merged by popularity times size
 ``single``      everything in one layer
 ``per-item``    one layer per item (fails if the budget is too small)
@@ -31,6 +32,7 @@ from closurepack.strategies.pipeline import load_pipeline, parse_pipeline
 from closurepack.strategies.popularity import popularity, popularity_order, popularity_scores
 from closurepack.strategies.simple import per_item, single
 from closurepack.strategies.size import size
+from closurepack.strategies.stable import stable
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -48,6 +50,7 @@ __all__ = [
     "popularity_scores",
     "single",
     "size",
+    "stable",
 ]
 
 
@@ -64,6 +67,7 @@ STRATEGIES: Mapping[str, Strategy] = {
     "popularity": popularity,
     "single": single,
     "size": size,
+    "stable": stable,
 }
 
 DEFAULT_STRATEGY = "auto"

@@ -1,0 +1,299 @@
+"""``stable``: layers planned for change, by the bytes an update is expected to ship.
+
+Cost model. An update changes some items, and with them (Nix-style) every item above them:
+their referrers, transitively, all get new store paths. A layer must be shipped again when any
+of its items changed, that is when a changed item lies in the layer's *down-set* ``D(L)`` (the
+layer's items and everything they reach). The model update changes :data:`CHANGES` of the ``n``
+items, each item independently with probability ``q = CHANGES / n``; a layer of ``s(L)`` bytes
+is then shipped with probability ``hit(L) = 1 - (1 - q) ** |D(L)|``, and this strategy
+minimises the expected bytes shipped::
+
+    cost(plan) = sum over layers L of s(L) * hit(L)
+
+within the layer budget (the bytes that really changed do not depend on the plan, so this is
+the expected update overhead). For one change (``q`` small) ``hit`` is ``|D(L)| / n``, the
+random-update figure; several changes at once, as real updates make, saturate layers that
+depend on much. One layer per item is the floor (overhead 1.0); merging layers ``A`` and ``B``
+costs ``(s(A) + s(B)) * hit(A+B) - s(A) * hit(A) - s(B) * hit(B)``: small items whose down-sets
+nearly coincide merge almost for free, a large item pays for every extra item that could change
+beside it. :data:`CHANGES` is 3, chosen by measurement (``bench/economy_bench.py``): 1 gives the
+best random-update figures, more serve the real updates better (Debian's point updates change
+3 to 12 packages at once in these closures), 3 costs random updates least.
+
+Several images. When the closure is several images' closures planned together (its graph
+roots, up to :data:`MAX_IMAGES` of them, are taken for the images), each image gets every layer
+restricted to its own items, and each distinct restriction is stored as a layer of its own. A
+merge that makes a layer hold items of different sets of images therefore also costs the bytes
+it duplicates, each byte as much as a byte shipped with every update.
+
+Algorithm.
+
+1. Coarsening, for closures of more than :data:`EXACT_LIMIT` items only: a cluster holds a *top*
+   item and dependencies of it, so its down-set is the top's and its cost is known without sets.
+   Every item is attached to its referrer with the smallest down-set among those of the same
+   images; repeatedly the cluster whose absorption into the cluster that referrer is now in
+   costs least in the one-change form of the cost, ``s(X) * (|down(top(C))| -
+   |down(top(X))|)``, is absorbed (lazy heap: costs only grow), until ``min(COARSE_LIMIT,
+   3 * budget)`` clusters remain or none can be absorbed so. Then the least valuable clusters
+   left (by ``s * |down(top)|``) join the cluster of the nearest item below their top outside
+   their own cluster with the largest down-set (items with no reference at all join each
+   other).
+2. Exact greedy: with the down-sets as bitsets, the pair of clusters whose merge costs least is
+   merged (ties: by the clusters' first names) until the budget is met.
+3. Order, bottom first: the least likely to change first (``|D(L)|`` ascending), then the larger
+   layer, then the first name, so that under Docker's ChainID rule (a layer is reused only
+   with everything below it) the stable layers stay reusable.
+
+Ties. Every tie is broken by names (:func:`nixpkgs_name_key`: the package name, then the hash),
+never by hashes first: an update renames the items above a change, and the plan of the new
+closure should have the same shape as the old one wherever nothing forces it to differ. Every
+step depends only on the graph, sizes and paths, so a shuffled input gives the same plan.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Collection
+
+from closurepack.graph import Closure
+from closurepack.strategies._dag import Dag, nixpkgs_name_key
+
+__all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
+
+#: Closures of up to this many items are planned by the exact greedy step alone; larger ones
+#: are first coarsened to ``min(COARSE_LIMIT, 3 * budget)`` clusters (the exact step compares
+#: every pair, so this bounds its time).
+EXACT_LIMIT = 300
+COARSE_LIMIT = 200
+#: Up to this many graph roots, each is taken for an image planned together with the others.
+MAX_IMAGES = 64
+#: How many items the model update changes at once (module docstring).
+CHANGES = 3
+
+
+def stable(
+    closure: Closure, *, budget: int, exact_limit: int = EXACT_LIMIT
+) -> list[tuple[str, ...]]:
+    """Layers minimising ``sum of s(L) * hit(L)``, the expected bytes of an update (docstring).
+
+    ``exact_limit`` is :data:`EXACT_LIMIT` (given by tests, to coarsen small closures too)."""
+    dag = Dag.from_closure(closure)
+    n = len(dag)
+    budget = max(budget, 1)
+    by_name = sorted(range(n), key=lambda i: nixpkgs_name_key(dag.paths[i]))
+    rank = [0] * n
+    for position, i in enumerate(by_name):
+        rank[i] = position
+    images = _images(dag)
+    if n <= max(budget, exact_limit):
+        clusters = [[i] for i in range(n)]
+    else:
+        target = max(budget, min(exact_limit, COARSE_LIMIT, 3 * budget))
+        clusters = _coarsen(dag, rank, images, target)
+    layers = _merge_exactly(dag, rank, images, clusters, budget)
+    return [tuple(sorted(dag.paths[i] for i in members)) for members in layers]
+
+
+def _images(dag: Dag) -> list[int]:
+    """For each item, the bitmask of the graph roots above it (the images that hold it when
+    several closures are planned together), or all zero past :data:`MAX_IMAGES` roots."""
+    roots = dag.graph_roots()
+    masks = [0] * len(dag)
+    if not 1 < len(roots) <= MAX_IMAGES:
+        return masks
+    for bit, root in enumerate(roots):
+        masks[root] = 1 << bit
+    for i in range(len(dag) - 1, -1, -1):  # referrers have higher indices
+        for r in dag.refs[i]:
+            masks[r] |= masks[i]
+    return masks
+
+
+def _stored(pieces: dict[int, int]) -> int:
+    """Bytes stored for a layer whose items lie in images ``pieces`` (mask -> bytes): each image
+    gets the layer restricted to its own items, and every distinct restriction is a layer."""
+    if len(pieces) == 1:
+        return next(iter(pieces.values()))
+    restrictions: dict[tuple[int, ...], int] = {}
+    union = 0
+    for mask in pieces:
+        union |= mask
+    while union:
+        bit = union & -union
+        union ^= bit
+        key = tuple(sorted(m for m in pieces if m & bit))
+        if key not in restrictions:
+            restrictions[key] = sum(pieces[m] for m in key)
+    return sum(restrictions.values())
+
+
+def _coarsen(dag: Dag, rank: list[int], images: list[int], limit: int) -> list[list[int]]:
+    """Step 1 of the module docstring: at most ``limit`` clusters."""
+    n = len(dag)
+    down = [0] * n
+
+    def measure(i: int, reachable: Collection[int]) -> None:
+        down[i] = len(reachable)
+
+    dag.walk_closures(measure)
+    parent = list(range(n))  # union-find over cluster ids (the top item of each cluster)
+    weight = list(dag.sizes)  # bytes of the cluster a top item stands for
+
+    def find(i: int) -> int:
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    # Each item joins the cluster of its referrer (of the same images) with the smallest
+    # down-set, wherever that referrer's cluster has gone: a cluster of the same images, so a
+    # layer of items of different images (stored once per distinct part) is not made here.
+    via = [
+        min(
+            (r for r in dag.referrers[i] if images[r] == images[i]),
+            key=lambda r: (down[r], rank[r]),
+            default=-1,
+        )
+        for i in range(n)
+    ]
+
+    def absorb_cost(top: int) -> tuple[int, int, int]:
+        target = find(via[top])
+        return weight[top] * (down[target] - down[top]), rank[top], target
+
+    heap = [(*absorb_cost(i), i) for i in range(n) if via[i] >= 0]
+    heapq.heapify(heap)
+    count = n
+    while heap and count > limit:
+        cost, _, _, top = heapq.heappop(heap)
+        fresh, order, target = absorb_cost(top)
+        if fresh > cost or (heap and (fresh, order, target, top) > heap[0]):
+            heapq.heappush(heap, (fresh, order, target, top))
+            continue
+        parent[top] = target
+        weight[target] += weight[top]
+        count -= 1
+
+    if count > limit:
+        # Only root-topped clusters are left to merge: the least valuable join the cluster of
+        # their top's largest reference (isolated items, with no reference, join each other).
+        tops = sorted(
+            (c for c in range(n) if parent[c] == c), key=lambda c: (weight[c] * down[c], rank[c])
+        )
+        alone: int | None = None
+        for top in tops:
+            if count <= limit:
+                break
+            outside = _nearest_outside(dag, top, find)
+            if outside:
+                target = find(max(outside, key=lambda r: (down[r], -rank[r])))
+            elif alone is None:
+                alone = top
+                continue
+            else:
+                target = find(alone)
+            if target != top:
+                parent[top] = target
+                weight[target] += weight[top]
+                count -= 1
+
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(find(i), []).append(i)
+    return [members[c] for c in sorted(members)]
+
+
+def _nearest_outside(dag: Dag, top: int, find: Callable[[int], int]) -> list[int]:
+    """The first items below ``top`` (breadth first) that lie outside its own cluster."""
+    level = list(dag.refs[top])
+    seen = set(level)
+    while level:
+        outside = [r for r in level if find(r) != top]
+        if outside:
+            return outside
+        following = []
+        for r in level:
+            for d in dag.refs[r]:
+                if d not in seen:
+                    seen.add(d)
+                    following.append(d)
+        level = following
+    return []
+
+
+def _merge_exactly(
+    dag: Dag, rank: list[int], images: list[int], clusters: list[list[int]], budget: int
+) -> list[list[int]]:
+    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered."""
+    n = len(dag)
+    pieces: list[dict[int, int]] = []
+    for members in clusters:
+        piece: dict[int, int] = {}
+        for i in members:
+            piece[images[i]] = piece.get(images[i], 0) + dag.sizes[i]
+        pieces.append(piece)
+    stored = [_stored(piece) for piece in pieces]
+    sets = [_bitset(dag.reach(members), len(dag)) for members in clusters]
+    counts = [bits.bit_count() for bits in sets]
+    sizes = [sum(dag.sizes[i] for i in members) for members in clusters]
+    groups: list[list[int] | None] = [list(members) for members in clusters]
+    alive = len(clusters)
+    version = [0] * len(clusters)
+    first = [min(rank[i] for i in members) for members in clusters]  # tie-breaks by name
+
+    keep = 1 - min(CHANGES, n) / n if n else 1.0
+    hit = [1 - keep**d for d in range(n + 1)]  # chance that one of d items changed
+
+    def cost(a: int, b: int) -> float:
+        both = hit[(sets[a] | sets[b]).bit_count()]
+        update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
+        pa, pb = pieces[a], pieces[b]
+        if len(pa) == 1 and pa.keys() == pb.keys():
+            return update
+        joined = dict(pa)
+        for mask, size in pb.items():
+            joined[mask] = joined.get(mask, 0) + size
+        return update + (_stored(joined) - stored[a] - stored[b])
+
+    def entry(a: int, b: int) -> tuple[float, int, int, int, int, int, int]:
+        low, high = (a, b) if first[a] < first[b] else (b, a)
+        return (cost(a, b), first[low], first[high], low, high, version[low], version[high])
+
+    heap: list[tuple[float, int, int, int, int, int, int]] = []
+    if alive > budget:
+        heap = [entry(a, b) for a in range(len(clusters)) for b in range(a + 1, len(clusters))]
+        heapq.heapify(heap)
+    while alive > budget and heap:
+        _, _, _, a, b, va, vb = heapq.heappop(heap)
+        ga, gb = groups[a], groups[b]
+        if ga is None or gb is None or version[a] != va or version[b] != vb:
+            continue
+        # Merge b into a (a has the first name): a's figures change, b is gone.
+        ga.extend(gb)
+        groups[b] = None
+        sets[a] |= sets[b]
+        counts[a] = sets[a].bit_count()
+        sizes[a] += sizes[b]
+        for mask, size in pieces[b].items():
+            pieces[a][mask] = pieces[a].get(mask, 0) + size
+        stored[a] = _stored(pieces[a])
+        version[a] += 1
+        alive -= 1
+        if alive > budget:
+            for other, group in enumerate(groups):
+                if group is not None and other != a:
+                    heapq.heappush(heap, entry(a, other))
+
+    kept = [g for g, group in enumerate(groups) if group is not None]
+    kept.sort(key=lambda g: (counts[g], -sizes[g], first[g]))
+    return [sorted(groups[g] or []) for g in kept]
+
+
+def _bitset(indices: Collection[int], width: int) -> int:
+    """The set ``indices`` as an integer with those bits set."""
+    raw = bytearray((width + 7) // 8)
+    for i in indices:
+        raw[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(raw, "little")
