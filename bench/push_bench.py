@@ -86,7 +86,9 @@ SKOPEO = "skopeo copy oci: -> docker://"
 SUM = "build -o oci: + skopeo copy (sum)"
 REPUSH = "closurepack re-push (warm, unchanged)"
 UPDATE = "closurepack update push (1 item changed)"
-ROW_ORDER = (COLD, OCI, SKOPEO, SUM, REPUSH, UPDATE)
+WARM_OCI = "  for scale: warm build -o oci: (no push)"
+STARTUP = "  for scale: closurepack --version"
+ROW_ORDER = (COLD, OCI, SKOPEO, SUM, REPUSH, WARM_OCI, STARTUP, UPDATE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,6 +678,14 @@ def _round(i: int, s: _Setup) -> dict[str, Row]:
             rows[REPUSH] = run(
                 REPUSH, build(app1, s.closure, s.root, cache), work=work, registry=registry
             )
+            if rows[OCI].ok:
+                rows[WARM_OCI] = run(
+                    WARM_OCI,
+                    build(f"oci:{work / 'oci-warm'}", s.closure, s.root, oci_cache),
+                    work=work,
+                    registry=None,
+                )
+            rows[STARTUP] = run(STARTUP, [*s.exe, "--version"], work=work, registry=None)
             cache2 = work / "cache-update"
             shutil.copytree(cache, cache2, symlinks=True)
             mark = len(registry.logged())
