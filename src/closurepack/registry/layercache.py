@@ -1,0 +1,440 @@
+"""A registry repository as a layer cache shared by many builders (as BuildKit's registry cache).
+
+``--cache-to docker://HOST/REPO[:TAG]`` publishes, after a build, which blob each store layer's
+cache key (:func:`closurepack.build.store_layer_key`) stands for, as an OCI artifact under
+``TAG`` (default :data:`CACHE_TAG`): an image manifest whose ``artifactType`` is
+:data:`ARTIFACT_TYPE`, whose config is the two bytes ``{}`` of media type :data:`CONFIG_TYPE`
+(distribution 2.8 knows no ``artifactType``, so tools tell the artifact by its config type) and
+whose one layer, of media type :data:`MAPPING_TYPE`, is the JSON mapping::
+
+    {"format": "closurepack-layer-cache-1",
+     "layers": {"<key>": {"digest": "sha256:...", "size": N,
+                          "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                          "diff_id": "sha256:..."}}}
+
+The layer blobs are put in the cache repository first (present, mounted from the image's
+repository or another cache repository of the same registry, else uploaded), so the mapping
+never names a blob the repository lacks. The mapping already there is merged in (a key's
+newest entry wins, new entries go last, the oldest beyond :data:`MAX_ENTRIES` are dropped).
+Writers racing on one tag may drop each other's new entries: the next push adds them back.
+
+``--cache-from`` reads the mappings before the build. A planned layer whose key is in one is
+taken from there instead of being built: pushed to a registry, the blob is checked with ``HEAD``
+in the destination repository (its size must match), or mounted there from the cache repository
+(same registry), and never tarred nor uploaded; for any other destination it is downloaded into
+the local layer cache as a normal entry, its digest, size and diff_id checked while it streams.
+A cache that is not there, cannot be read or is malformed is one warning and builds as usual;
+an entry that does not hold up (a blob missing, of another size or digest) is one warning and
+the layer is built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from closurepack._fs import blob_writer
+from closurepack.cache import LayerCache
+from closurepack.cachegc import KEY
+from closurepack.compression import open_decompressed
+from closurepack.digest import Digest, HashingWriter
+from closurepack.errors import (
+    CacheError,
+    DestinationError,
+    ImageError,
+    OptionError,
+    RegistryError,
+)
+from closurepack.layer import BuiltLayer, RemoteLayer
+from closurepack.mediatypes import MediaType, layer_media_type
+from closurepack.plan import PlannedLayer
+from closurepack.registry.client import RegistryClient, open_client
+from closurepack.registry.options import RegistryOptions
+from closurepack.registry.pull import MANIFEST_LIMIT, blob_opener
+from closurepack.registry.push import ImagePusher
+from closurepack.registry.reference import RegistryRef, is_registry_reference, parse_reference
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "CACHE_TAG",
+    "CONFIG_TYPE",
+    "MAPPING_LIMIT",
+    "MAPPING_TYPE",
+    "MAX_ENTRIES",
+    "CacheEntry",
+    "SharedLayerCache",
+    "parse_cache_ref",
+]
+
+#: The tag a cache reference without one names.
+CACHE_TAG = "closurepack-cache"
+ARTIFACT_TYPE = "application/vnd.closurepack.layer-cache.v1+json"
+CONFIG_TYPE = "application/vnd.closurepack.layer-cache.config.v1+json"
+MAPPING_TYPE = "application/vnd.closurepack.layer-cache.mapping.v1+json"
+#: A mapping larger than this is not read (an entry is about 300 bytes).
+MAPPING_LIMIT = 64 << 20
+#: Entries a published mapping keeps (the most recently added).
+MAX_ENTRIES = 100_000
+
+_FORMAT = "closurepack-layer-cache-1"
+_CONFIG = b"{}"
+_CHUNK = 1 << 20
+
+_log = logging.getLogger(__name__)
+
+
+def parse_cache_ref(text: str, *, option: str) -> RegistryRef:
+    """``docker://HOST/REPO[:TAG]`` of ``--cache-to``/``--cache-from`` (tag default
+    :data:`CACHE_TAG`); an OptionError naming ``option`` for anything else."""
+    if not is_registry_reference(text):
+        raise OptionError(f"{option} {text!r}: expected docker://HOST/REPO[:TAG]")
+    ref = parse_reference(text, for_push=True)
+    return ref if ref.tag else RegistryRef(ref.host, ref.repository, CACHE_TAG)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """What a layer key stands for: a blob of the cache repository ``source``."""
+
+    digest: Digest
+    size: int
+    media_type: MediaType
+    diff_id: Digest
+    source: RegistryRef = field(compare=False)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "digest": str(self.digest),
+            "size": self.size,
+            "mediaType": str(self.media_type),
+            "diff_id": str(self.diff_id),
+        }
+
+
+class _NotACacheError(DestinationError):
+    """The tag holds something that is not a closurepack layer cache."""
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _read_bounded(
+    client: RegistryClient, url: str, what: str, limit: int, accept: str
+) -> bytes | None:
+    """The answer to ``GET url`` (at most ``limit`` bytes), None when it is 404."""
+    response = client.request(
+        "GET", url, what=what, ok=(200, 404), headers={"Accept": accept}, stream=True,
+        follow_redirects=True,
+    )  # fmt: skip
+    try:
+        if response.status_code == 404:
+            return None
+        parts: list[bytes] = []
+        total = 0
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise ImageError(f"{what}: more than the {limit} bytes accepted")
+            parts.append(chunk)
+        return b"".join(parts)
+    except httpx.HTTPError as exc:
+        raise RegistryError(f"{what}: reading the answer failed: {exc}") from exc
+    finally:
+        response.close()
+
+
+def _fetch_mapping(client: RegistryClient, ref: RegistryRef) -> dict[str, CacheEntry] | None:
+    """The mapping under ``ref`` (None when the repository or tag does not exist); _NotACacheError
+    when the tag holds something else, ImageError when the mapping is malformed."""
+    where = f"layer cache {ref}"
+    body = _read_bounded(
+        client, client.url(f"manifests/{ref.reference}"), where, MANIFEST_LIMIT,
+        str(MediaType.OCI_MANIFEST),
+    )  # fmt: skip
+    if body is None:
+        return None
+    manifest = _parse_json(body, f"{where}: manifest")
+    config = manifest.get("config")
+    if not isinstance(config, dict) or config.get("mediaType") != CONFIG_TYPE:
+        raise _NotACacheError(f"{where}: the tag holds something else than a layer cache")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
+        raise ImageError(f"{where}: the manifest has not exactly one layer")
+    digest = Digest.parse(str(layers[0].get("digest")))
+    what = f"{where}: mapping {digest}"
+    data = _read_bounded(client, client.url(f"blobs/{digest}"), what, MAPPING_LIMIT, "*/*")
+    if data is None:
+        raise ImageError(f"{what}: the blob is missing")
+    if Digest.of_bytes(data) != digest:
+        raise ImageError(f"{what}: the registry sent other bytes")
+    return _parse_mapping(data, ref)
+
+
+def _parse_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ImageError(f"{what}: not a JSON object")
+    return obj
+
+
+def _parse_mapping(data: bytes, ref: RegistryRef) -> dict[str, CacheEntry]:
+    what = f"layer cache {ref}: mapping"
+    obj = _parse_json(data, what)
+    layers = obj.get("layers")
+    if obj.get("format") != _FORMAT or not isinstance(layers, dict):
+        raise ImageError(f"{what}: not a {_FORMAT} mapping")
+    entries: dict[str, CacheEntry] = {}
+    for key, value in layers.items():
+        if not KEY.fullmatch(key) or not isinstance(value, dict):
+            raise ImageError(f"{what}: bad entry {key[:80]!r}")
+        size = value.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ImageError(f"{what}: entry {key}: bad size {size!r}")
+        try:
+            media_type = MediaType(str(value.get("mediaType")))
+        except ValueError:
+            raise ImageError(
+                f"{what}: entry {key}: unknown media type {value.get('mediaType')!r}"
+            ) from None
+        entries[key] = CacheEntry(
+            digest=Digest.parse(str(value.get("digest"))),
+            size=size,
+            media_type=media_type,
+            diff_id=Digest.parse(str(value.get("diff_id"))),
+            source=ref,
+        )
+    return entries
+
+
+class _Tee:
+    """Reads ``source``, writing every byte read to ``sink`` too."""
+
+    def __init__(self, source: BinaryIO, sink: HashingWriter) -> None:
+        self._source = source
+        self._sink = sink
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        self._sink.write(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class SharedLayerCache:
+    """The ``--cache-from`` mappings read (first reference first) and the ``--cache-to``
+    reference, for one build. :meth:`source` is the build's
+    :data:`~closurepack.build.LayerSource`; :meth:`publish` writes the mapping afterwards."""
+
+    def __init__(
+        self,
+        *,
+        cache_from: Sequence[RegistryRef] = (),
+        cache_to: RegistryRef | None = None,
+        options: RegistryOptions,
+    ) -> None:
+        self.cache_from = tuple(cache_from)
+        self.cache_to = cache_to
+        self.options = options
+        self.entries: dict[str, CacheEntry] = {}
+        self._compression = "gzip"
+        self._cache: LayerCache | None = None
+        self._pusher: ImagePusher | None = None
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        cache_from: Sequence[str] = (),
+        cache_to: str | None = None,
+        options: RegistryOptions,
+    ) -> SharedLayerCache | None:
+        """Parse the references (an OptionError for a bad one), read the ``--cache-from``
+        mappings, and check that the ``--cache-to`` tag is a layer cache or absent (a
+        DestinationError otherwise): all before any layer is built. None without either."""
+        sources = [parse_cache_ref(t, option="--cache-from") for t in cache_from]
+        target = parse_cache_ref(cache_to, option="--cache-to") if cache_to else None
+        if not sources and target is None:
+            return None
+        shared = cls(cache_from=sources, cache_to=target, options=options)
+        for ref in sources:
+            for key, entry in shared._read(ref, strict=False).items():
+                shared.entries.setdefault(key, entry)
+        if target is not None and target not in sources:
+            shared._read(target, strict=True)
+        return shared
+
+    def _read(self, ref: RegistryRef, *, strict: bool) -> dict[str, CacheEntry]:
+        """The mapping of ``ref``; {} after one warning when it is missing, unreadable or
+        malformed. ``strict``: a tag holding something else, or a registry that cannot be
+        reached, is an error (it is where the cache is to be written)."""
+        try:
+            with open_client(ref, self.options, [f"repository:{ref.repository}:pull"]) as client:
+                found = _fetch_mapping(client, ref)
+        except _NotACacheError:
+            if strict:
+                raise
+            _log.warning("layer cache %s: the tag holds something else; not used", ref)
+            return {}
+        except ImageError as exc:
+            _log.warning("%s; ignored", exc)
+            return {}
+        except RegistryError as exc:
+            if strict:
+                raise
+            _log.warning("%s; building without that layer cache", exc)
+            return {}
+        if found is None and not strict:
+            _log.warning("layer cache %s does not exist (yet); building without it", ref)
+        return found or {}
+
+    def mount_sources(self, dest: RegistryRef) -> list[str]:
+        """The cache repositories on ``dest``'s registry (mount sources for its push)."""
+        return [r.repository for r in self.cache_from if r.registry == dest.registry]
+
+    def source(
+        self, *, compression: str, cache: LayerCache | None, pusher: ImagePusher | None
+    ) -> SharedLayerCache:
+        """This object set up as the layer source of a build with ``compression``, the local
+        ``cache`` (where downloaded blobs go) and ``pusher`` (when pushing to a registry)."""
+        self._compression = compression
+        self._cache = cache
+        self._pusher = pusher
+        return self
+
+    def __call__(
+        self, key: str, layer: PlannedLayer, work_dir: Path
+    ) -> BuiltLayer | RemoteLayer | None:
+        entry = self.entries.get(key)
+        if entry is None or entry.media_type != layer_media_type(self._compression):
+            return None
+        try:
+            pusher = self._pusher
+            if pusher is not None and entry.source.registry == pusher.ref.registry:
+                return self._adopt(entry, layer, pusher)
+            return self._download(key, entry, layer, work_dir)
+        except (RegistryError, ImageError, CacheError) as exc:
+            _log.warning("layer cache %s: layer %s: %s; building it", entry.source, key[:12], exc)
+            return None
+
+    def _adopt(
+        self, entry: CacheEntry, layer: PlannedLayer, pusher: ImagePusher
+    ) -> RemoteLayer | None:
+        if not pusher.adopt(entry.digest, entry.size, entry.source.repository):
+            raise RegistryError(
+                f"blob {entry.digest} of {entry.size} bytes is neither in {pusher.ref.name}"
+                f" nor in {entry.source.name}"
+            )
+        return RemoteLayer(
+            digest=entry.digest,
+            diff_id=entry.diff_id,
+            size=entry.size,
+            media_type=entry.media_type,
+            opener=blob_opener(pusher.ref, self.options, entry.digest, entry.size),
+            paths=layer.paths,
+        )
+
+    def _download(
+        self, key: str, entry: CacheEntry, layer: PlannedLayer, work_dir: Path
+    ) -> BuiltLayer:
+        def fetch(dest_dir: Path) -> BuiltLayer:
+            opener = blob_opener(entry.source, self.options, entry.digest, entry.size)
+            tar = HashingWriter()
+            with blob_writer(dest_dir) as blob, opener() as stream:
+                tee = _Tee(stream, blob)
+                with open_decompressed(entry.media_type.compression, tee) as plain:  # type: ignore[arg-type]
+                    while data := plain.read(_CHUNK):
+                        tar.write(data)
+                while tee.read(_CHUNK):  # to the end: the stream checks digest and size there
+                    pass
+                if blob.digest != entry.digest or blob.size != entry.size:
+                    raise ImageError(f"blob {entry.digest}: other bytes arrived")
+                if tar.digest != entry.diff_id:
+                    raise ImageError(
+                        f"blob {entry.digest}: its diff_id is {tar.digest}, not {entry.diff_id}"
+                    )
+            return BuiltLayer(
+                digest=entry.digest,
+                diff_id=entry.diff_id,
+                size=entry.size,
+                media_type=entry.media_type,
+                blob_path=dest_dir / entry.digest.hex,
+                paths=layer.paths,
+            )
+
+        if self._cache is None:
+            return fetch(work_dir)
+        return self._cache.get_or_build(key, fetch)
+
+    def publish(
+        self,
+        layers: Sequence[tuple[str, BuiltLayer | RemoteLayer]],
+        *,
+        dest: RegistryRef | None,
+    ) -> Digest | None:
+        """Put ``layers``' blobs into the ``--cache-to`` repository, then the mapping of their
+        keys merged with the one there; return the artifact's digest (None: no --cache-to)."""
+        ref = self.cache_to
+        if ref is None:
+            return None
+        mount_from = [r.repository for r in self.cache_from if r.registry == ref.registry]
+        if dest is not None and dest.registry == ref.registry:
+            mount_from.insert(0, dest.repository)
+        with ImagePusher(
+            ref, options=self.options, tags=(ref.reference,), mount_from=mount_from
+        ) as pusher:
+            for _, layer in layers:
+                pusher.submit(layer)
+            try:
+                merged = _fetch_mapping(pusher.client, ref) or {}
+            except _NotACacheError:
+                raise
+            except ImageError as exc:
+                _log.warning("%s; writing a new one", exc)
+                merged = {}
+            for key, layer in layers:
+                entry = CacheEntry(layer.digest, layer.size, layer.media_type, layer.diff_id, ref)
+                if merged.get(key) != entry:
+                    merged.pop(key, None)
+                    merged[key] = entry
+            kept = list(merged.items())[-MAX_ENTRIES:]
+            mapping = json.dumps(
+                {"format": _FORMAT, "layers": {k: e.to_json_obj() for k, e in kept}},
+                separators=(",", ":"),
+            ).encode()
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": str(MediaType.OCI_MANIFEST),
+                "artifactType": ARTIFACT_TYPE,
+                "config": {
+                    "mediaType": CONFIG_TYPE,
+                    "digest": str(Digest.of_bytes(_CONFIG)),
+                    "size": len(_CONFIG),
+                },
+                "layers": [
+                    {
+                        "mediaType": MAPPING_TYPE,
+                        "digest": str(Digest.of_bytes(mapping)),
+                        "size": len(mapping),
+                    }
+                ],
+            }
+            return pusher.push_manifest(
+                _canonical(manifest), str(MediaType.OCI_MANIFEST), [_CONFIG, mapping]
+            )

@@ -1,0 +1,374 @@
+"""A registry as a layer cache shared by builders (--cache-to / --cache-from), against a real
+docker-registry: machine A builds and publishes, machine B (an empty cache dir, and a store whose
+item directories are gone) takes every layer from the registry; requests are counted from the
+registry's own access log."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from clistore import APP, GRAPH, LIBFOO, Store, item, make_store, run
+from closurepack.cache import LayerCache
+from closurepack.digest import Digest
+from closurepack.layerbuild import layer_key
+from closurepack.registry.layercache import (
+    ARTIFACT_TYPE,
+    CACHE_TAG,
+    CONFIG_TYPE,
+    MAPPING_TYPE,
+)
+from closurepack.validate import inspect_image
+from registry_fixtures import Registry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+def _build(
+    store: Store,
+    closure: Path,
+    dest: str,
+    capsys: pytest.CaptureFixture[str],
+    *extra: object,
+    cache: Path,
+    quiet_ok: bool = True,
+) -> tuple[str, str]:
+    argv = ["build", "--closure", closure, "--store-root", store.root, "--cache-dir", cache,
+            "--entrypoint", "/bin/app", "-q", "-o", dest, *extra]  # fmt: skip
+    status, out, err = run(argv, capsys)
+    assert status == 0, err
+    if quiet_ok:
+        assert err == ""
+    return out.strip(), err
+
+
+def _hide(store: Store, keep: tuple[str, ...] = ()) -> Path:
+    """Move every item directory but ``keep`` out of the store root (any tar of them fails)."""
+    away = store.root.parent / "away"
+    away.mkdir()
+    for path in store.graph:
+        if path not in keep and store.files(path).exists():
+            shutil.move(store.files(path), away / path.rsplit("/", 1)[-1])
+    return away
+
+
+def _verify(image: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(["verify", image], capsys)
+    assert status == 0, err
+    assert out.strip().endswith(": ok")
+
+
+def _get(url: str, accept: str = "*/*") -> tuple[bytes, dict[str, str]]:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read(), dict(response.headers)
+
+
+def _mapping(registry: Registry, repo: str = "cache", tag: str = CACHE_TAG) -> dict[str, object]:
+    body, _ = _get(
+        f"http://{registry.host}/v2/{repo}/manifests/{tag}",
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    manifest = json.loads(body)
+    assert manifest["artifactType"] == ARTIFACT_TYPE
+    assert manifest["config"]["mediaType"] == CONFIG_TYPE
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == MAPPING_TYPE
+    data, _ = _get(f"http://{registry.host}/v2/{repo}/blobs/{layer['digest']}")
+    obj = json.loads(data)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def _put(url: str, data: bytes, content_type: str, method: str = "PUT") -> None:
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def _publish_raw(registry: Registry, repo: str, mapping: bytes) -> None:
+    """Write ``mapping`` as the layer cache of ``repo`` with plain HTTP requests."""
+    base = f"http://{registry.host}/v2/{repo}"
+    descriptors = []
+    for blob in (b"{}", mapping):
+        request = urllib.request.Request(f"{base}/blobs/uploads/", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            location = response.headers["Location"]
+        sep = "&" if "?" in location else "?"
+        url = location if location.startswith("http") else f"http://{registry.host}{location}"
+        _put(f"{url}{sep}digest={Digest.of_bytes(blob)}", blob, "application/octet-stream")
+        descriptors.append({"digest": str(Digest.of_bytes(blob)), "size": len(blob)})
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": CONFIG_TYPE, **descriptors[0]},
+        "layers": [{"mediaType": MAPPING_TYPE, **descriptors[1]}],
+    }
+    _put(
+        f"{base}/manifests/{CACHE_TAG}",
+        json.dumps(manifest).encode(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+
+
+def _key(*paths: str) -> str:
+    return layer_key(paths, store_dir="/nix/store", compression="gzip", level=None, mtime=1)
+
+
+def test_machine_b_builds_nothing_and_uploads_nothing(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    first, _ = _build(store, app_closure, f"docker://{host}/app:1", capsys,
+                      "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
+    image = inspect_image(f"docker://{host}/app:1")
+    store_layers = [layer for layer in image["layers"] if layer["paths"]]
+    mapping = _mapping(registry)
+    layers = mapping["layers"]
+    assert isinstance(layers, dict)
+    # one entry per store layer, naming its blob, which the cache repository holds
+    assert {v["digest"] for v in layers.values()} == {layer["digest"] for layer in store_layers}
+    for layer in store_layers:
+        entry = layers[_key(*layer["paths"])]
+        assert entry == {"digest": layer["digest"], "size": layer["size"],
+                         "mediaType": layer["media_type"], "diff_id": layer["diff_id"]}  # fmt: skip
+        _get(f"http://{host}/v2/cache/blobs/{layer['digest']}")
+
+    _hide(store)
+    mark = registry.mark()
+    second, _ = _build(store, app_closure, f"docker://{host}/app:2", capsys,
+                       "--cache-from", f"docker://{host}/cache", cache=tmp_path / "B")  # fmt: skip
+    assert second == first  # the same image, though no store file could be read
+    assert registry.blob_writes(mark) == []
+    assert [r for r in registry.requests(mark) if r.method in ("PATCH", "DELETE")] == []
+    _verify(f"docker://{host}/app:2", capsys)
+
+
+def test_another_repository_gets_the_layers_mounted_from_the_cache(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    _build(store, app_closure, f"docker://{host}/app:1", capsys,
+           "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
+    _hide(store)
+    mark = registry.mark()
+    _build(store, app_closure, f"docker://{host}/team/other:1", capsys,
+           "--cache-from", f"docker://{host}/cache", cache=tmp_path / "B")  # fmt: skip
+    image = inspect_image(f"docker://{host}/team/other:1")
+    writes = registry.blob_writes(mark)
+    mounts = [r for r in writes if r.method == "POST" and "mount=" in r.path and r.status == 201]
+    assert len(mounts) == len(image["layers"]) - 1  # every store layer; not the customisation
+    assert all("from=cache" in r.path for r in mounts)
+    # the only blobs sent are the config and the small customisation layer
+    sent = [r for r in writes if r.method == "PUT"]
+    custom = [layer for layer in image["layers"] if not layer["paths"]]
+    assert len(sent) == 1 + len(custom)
+    assert [r for r in writes if r.method == "PATCH"] == []
+    _verify(f"docker://{host}/team/other:1", capsys)
+
+
+def test_oci_destination_downloads_the_blobs_into_the_local_cache(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    _build(store, app_closure, f"docker://{host}/app:1", capsys,
+           "--cache-to", f"docker://{host}/cache:v1", cache=tmp_path / "A")  # fmt: skip
+    image = inspect_image(f"docker://{host}/app:1")
+    _hide(store)
+    mark = registry.mark()
+    layout = tmp_path / "layout"
+    out, _ = _build(store, app_closure, f"oci:{layout}:app", capsys,
+                    "--cache-from", f"docker://{host}/cache:v1", cache=tmp_path / "B")  # fmt: skip
+    assert out == image["manifest_digest"]
+    _verify(f"oci:{layout}:app", capsys)
+    store_layers = [layer for layer in image["layers"] if layer["paths"]]
+    gets = {r.path.rsplit("/", 1)[-1] for r in registry.requests(mark) if r.method == "GET"}
+    assert {layer["digest"] for layer in store_layers} <= gets
+    with LayerCache(tmp_path / "B") as cache:  # normal entries: a rebuild uses them offline
+        for layer in store_layers:
+            hit = cache.get(_key(*layer["paths"]))
+            assert hit is not None
+            assert str(hit.digest) == layer["digest"]
+    mark = registry.mark()
+    again, _ = _build(store, app_closure, f"oci:{layout}:again", capsys, cache=tmp_path / "B")
+    assert again == out
+    assert registry.requests(mark) == []
+
+
+def test_app_update_builds_only_the_app_layer(
+    registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = registry.host
+    app2 = item("6", "app-2.0")
+    store = make_store(tmp_path / "root", {**GRAPH, app2: GRAPH[APP]})
+    v1 = store.closure_file(tmp_path / "v1.json", [APP])
+    v2 = store.closure_file(tmp_path / "v2.json", [app2])
+    _build(store, v1, f"docker://{host}/app:1", capsys,
+           "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
+    _hide(store, keep=(app2,))  # B can read the new app's files, nothing else
+    mark = registry.mark()
+    _build(store, v2, f"docker://{host}/app:2", capsys, "--cache-from", f"docker://{host}/cache",
+           "--cache-to", f"docker://{host}/cache", cache=tmp_path / "B")  # fmt: skip
+    image = inspect_image(f"docker://{host}/app:2")
+    app_layer = next(layer for layer in image["layers"] if app2 in layer["paths"])
+    assert app_layer["paths"] == [app2]
+    _verify(f"docker://{host}/app:2", capsys)
+    with LayerCache(tmp_path / "B") as cache:  # built here: the only layer in B's cache
+        assert cache.usage().entries == 1
+        assert cache.get(_key(app2)) is not None
+    # the update is merged into the mapping; v1's entries stay
+    layers = _mapping(registry)["layers"]
+    assert isinstance(layers, dict)
+    assert layers[_key(app2)]["digest"] == app_layer["digest"]
+    assert _key(APP) in layers
+    # to the image's repository only the new app layer and the config were sent ...
+    sent = {
+        re.sub(r".*[?&]digest=sha256(?::|%3A)([0-9a-f]{64}).*", r"sha256:\1", r.path)
+        for r in registry.blob_writes(mark)
+        if r.method == "PUT" and r.path.startswith("/v2/app/")
+    }
+    assert sent == {app_layer["digest"], image["config_digest"]}
+    # ... and the cache repository got the app layer by a mount from there
+    mounted = [r for r in registry.blob_writes(mark) if r.path.startswith("/v2/cache/")
+               and "mount=" in r.path and r.status == 201]  # fmt: skip
+    assert len(mounted) == 1
+    assert "from=app" in mounted[0].path
+
+
+def test_wrong_digest_in_the_mapping_rebuilds_the_layer(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    good, _ = _build(store, app_closure, f"docker://{host}/app:1", capsys,
+                     "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
+    mapping = _mapping(registry)
+    layers = mapping["layers"]
+    assert isinstance(layers, dict)
+    # the app's entry names libfoo's blob (there, digest-true, but not the app's layer)
+    wrong = layers[_key(LIBFOO)]
+    layers[_key(APP)] = {**layers[_key(APP)], "digest": wrong["digest"]}
+    _publish_raw(registry, "cache", json.dumps(mapping).encode())
+    _hide(store, keep=(APP,))
+
+    _, err = _build(store, app_closure, f"docker://{host}/app:2", capsys,
+                    "--cache-from", f"docker://{host}/cache", cache=tmp_path / "B",
+                    quiet_ok=False)  # fmt: skip
+    (line,) = err.splitlines()
+    assert line.startswith(f"closurepack: warning: layer cache {host}/cache:{CACHE_TAG}: ")
+    assert f"layer {_key(APP)[:12]}: " in line
+    assert line.endswith("; building it")
+    out = inspect_image(f"docker://{host}/app:2")
+    assert f"{host}/app@{out['manifest_digest']}" == good
+    _verify(f"docker://{host}/app:2", capsys)
+
+    # downloaded (oci:): the wrong blob hashes fine but its diff_id is not the app's
+    layers[_key(APP)] = {**layers[_key(APP)], "size": wrong["size"]}
+    _publish_raw(registry, "cache", json.dumps(mapping).encode())
+    layout = tmp_path / "layout"
+    out_oci, err = _build(store, app_closure, f"oci:{layout}", capsys,
+                          "--cache-from", f"docker://{host}/cache", cache=tmp_path / "C",
+                          quiet_ok=False)  # fmt: skip
+    (line,) = err.splitlines()
+    assert f"its diff_id is {wrong['diff_id']}" in line
+    assert line.endswith("; building it")
+    assert f"{host}/app@{out_oci}" == good
+    _verify(f"oci:{layout}", capsys)
+
+
+def test_malformed_mapping_is_one_warning(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    _publish_raw(registry, "cache", b'{"format": "closurepack-layer-cache-1", "layers": [1]}')
+    _, err = _build(store, app_closure, f"docker://{host}/app:1", capsys,
+                    "--cache-from", f"docker://{host}/cache", cache=tmp_path / "B",
+                      quiet_ok=False)  # fmt: skip
+    (line,) = err.splitlines()
+    assert line.startswith(f"closurepack: warning: layer cache {host}/cache:{CACHE_TAG}: mapping")
+    assert line.endswith("; ignored")
+    _verify(f"docker://{host}/app:1", capsys)
+
+
+def test_missing_cache_repository_builds_normally_with_one_warning(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    layout = tmp_path / "layout"
+    _, err = _build(store, app_closure, f"oci:{layout}", capsys,
+                    "--cache-from", f"docker://{host}/nothere", cache=tmp_path / "B",
+                    quiet_ok=False)  # fmt: skip
+    (line,) = err.splitlines()
+    assert line == (
+        f"closurepack: warning: layer cache {host}/nothere:{CACHE_TAG} does not exist (yet);"
+        " building without it"
+    )
+    _verify(f"oci:{layout}", capsys)
+
+
+def test_cache_to_a_tag_holding_an_image_is_refused_before_building(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    _build(store, app_closure, f"docker://{host}/app:1", capsys, cache=tmp_path / "A")
+    before = inspect_image(f"docker://{host}/app:1")
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir",
+            tmp_path / "B", "-q", "-o", f"oci:{tmp_path / 'layout'}",
+            "--cache-to", f"docker://{host}/app:1"]  # fmt: skip
+    status, _, err = run(argv, capsys)
+    assert status == 5
+    (line,) = err.splitlines()
+    assert "holds something else than a layer cache" in line
+    assert not (tmp_path / "layout").exists()
+    assert inspect_image(f"docker://{host}/app:1") == before
+
+
+def test_bad_cache_reference_is_an_option_error(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "-q",
+            "-o", f"oci:{tmp_path / 'layout'}", "--cache-from", f"oci:{tmp_path}"]  # fmt: skip
+    status, _, err = run(argv, capsys)
+    assert status == 2
+    assert err.strip().endswith("--cache-from 'oci:" + str(tmp_path) + "': expected"
+                                " docker://HOST/REPO[:TAG]")  # fmt: skip
