@@ -414,7 +414,7 @@ def _pusher(
         docker=image.manifest_format == "docker",
         base_image=image.from_image,
         base_layers=base.layers if base is not None else (),
-        mount_from=shared.mount_sources(ref) if shared is not None else (),
+        readable=shared.mount_sources(ref) if shared is not None else (),
     )
 
 

@@ -91,11 +91,14 @@ _log = logging.getLogger(__name__)
 
 def parse_cache_ref(text: str, *, option: str) -> RegistryRef:
     """``docker://HOST/REPO[:TAG]`` of ``--cache-to``/``--cache-from`` (tag default
-    :data:`CACHE_TAG`); an OptionError naming ``option`` for anything else."""
+    :data:`CACHE_TAG`; ``--cache-from`` may name a ``@sha256:`` digest instead); an
+    OptionError naming ``option`` for anything else."""
     if not is_registry_reference(text):
         raise OptionError(f"{option} {text!r}: expected docker://HOST/REPO[:TAG]")
-    ref = parse_reference(text, for_push=True)
-    return ref if ref.tag else RegistryRef(ref.host, ref.repository, CACHE_TAG)
+    ref = parse_reference(text, for_push=option == "--cache-to")
+    if ref.tag or ref.digest:
+        return ref
+    return RegistryRef(ref.host, ref.repository, CACHE_TAG)
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,7 @@ class SharedLayerCache:
             return None
         shared = cls(cache_from=sources, cache_to=target, options=options)
         for ref in sources:
-            for key, entry in shared._read(ref, strict=False).items():
+            for key, entry in shared._read(ref, strict=ref == target).items():
                 shared.entries.setdefault(key, entry)
         if target is not None and target not in sources:
             shared._read(target, strict=True)
@@ -322,9 +325,11 @@ class SharedLayerCache:
         self, key: str, layer: PlannedLayer, work_dir: Path
     ) -> BuiltLayer | RemoteLayer | None:
         entry = self.entries.get(key)
-        if entry is None or entry.media_type != layer_media_type(self._compression):
+        if entry is None:
             return None
         try:
+            if entry.media_type != layer_media_type(self._compression):
+                raise ImageError(f"the entry's media type is {entry.media_type}")
             pusher = self._pusher
             if pusher is not None and entry.source.registry == pusher.ref.registry:
                 return self._adopt(entry, layer, pusher)

@@ -41,7 +41,8 @@ class ImagePusher:
 
     Use as a context manager: blobs :meth:`submit`-ted are pushed in the background, ``jobs``
     at a time; :meth:`push` pushes what is left, then the config and the manifest.
-    ``mount_from`` names repositories of the same registry to be readable for mounts.
+    ``mount_from`` names repositories of the same registry to be readable for mounts;
+    ``readable`` more, to be readable for :meth:`adopt` only.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class ImagePusher:
         tags: Sequence[str] = (),
         docker: bool = False,
         mount_from: Sequence[str] = (),
+        readable: Sequence[str] = (),
     ) -> None:
         self.ref = ref
         self.options = options
@@ -59,6 +61,9 @@ class ImagePusher:
         self.docker = docker
         self.record = BlobRecord(options.blob_record)
         self._mount_from = tuple(r for r in mount_from if r != ref.repository)
+        self._readable = tuple(
+            dict.fromkeys(r for r in (*self._mount_from, *readable) if r != ref.repository)
+        )
         self._stack = ExitStack()
         self._client: RegistryClient | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -69,7 +74,7 @@ class ImagePusher:
 
     def __enter__(self) -> ImagePusher:
         scopes = [f"repository:{self.ref.repository}:pull,push"]
-        scopes += [f"repository:{repo}:pull" for repo in self._mount_from]
+        scopes += [f"repository:{repo}:pull" for repo in self._readable]
         try:
             self._client = self._stack.enter_context(open_client(self.ref, self.options, scopes))
             self._pool = self._stack.enter_context(
@@ -219,18 +224,19 @@ def open_pusher(
     docker: bool = False,
     base_image: str | None = None,
     base_layers: Sequence[ImageLayer] = (),
-    mount_from: Sequence[str] = (),
+    readable: Sequence[str] = (),
 ) -> Iterator[ImagePusher]:
     """An open :class:`ImagePusher` for ``ref`` with ``base_layers`` (of the ``--from`` image
-    ``base_image``) already handed to it; a base in the same registry is a mount source, and
-    so are the repositories ``mount_from`` (of ``ref``'s registry)."""
-    mount_from = list(mount_from)
+    ``base_image``) already handed to it; a base in the same registry is a mount source.
+    The repositories ``readable`` (of ``ref``'s registry) may be mounted from by
+    :meth:`ImagePusher.adopt`."""
+    mount_from = []
     if base_image is not None and is_registry_reference(base_image):
         source = parse_reference(base_image)
         if source.registry == ref.registry:
             mount_from.append(source.repository)
     with ImagePusher(
-        ref, options=options, docker=docker, mount_from=list(dict.fromkeys(mount_from))
+        ref, options=options, docker=docker, mount_from=mount_from, readable=readable
     ) as pusher:
         for layer in base_layers:
             pusher.submit(layer)
