@@ -17,7 +17,11 @@ from pathlib import Path
 from closurepack._fs import fs_now, hash_stream, locked_temp_dir, sweep_stale_temp_dirs
 from closurepack.cache import LayerCache
 from closurepack.compression import resolve_level
-from closurepack.customisation import Customisation, build_customisation_layer
+from closurepack.customisation import (
+    Customisation,
+    build_customisation_layer,
+    customisation_layer_key,
+)
 from closurepack.errors import ClosureError, ImageError, OptionError
 from closurepack.graph import check_readable_store, split_store_path
 from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
@@ -33,6 +37,7 @@ __all__ = [
     "build_layers",
     "check_mtime",
     "default_mtime",
+    "layer_keys",
     "read_descriptors",
     "scratch_dir",
     "store_layer_key",
@@ -124,6 +129,22 @@ def store_layer_key(layer: PlannedLayer, options: BuildOptions) -> str:
         level=options.level,
         mtime=options.mtime,
     )
+
+
+def _customisation_key(customisation: Customisation, options: BuildOptions) -> str:
+    return customisation_layer_key(
+        customisation, compression=options.compression, level=options.level, mtime=options.mtime
+    )
+
+
+def layer_keys(
+    image: ImagePlan, options: BuildOptions, customisation: Customisation | None = None
+) -> list[str]:
+    """The cache keys of the layers :func:`build_layers` returns for these arguments."""
+    keys = [store_layer_key(layer, options) for layer in image.layers]
+    if customisation is not None and not customisation.is_empty:
+        keys.append(_customisation_key(customisation, options))
+    return keys
 
 
 def build_layers(
@@ -229,13 +250,21 @@ def build_layers(
 
     if customisation is not None and not customisation.is_empty:
         started = time.perf_counter()
-        top = build_customisation_layer(
-            customisation,
-            compression=options.compression,
-            level=options.level,
-            mtime=options.mtime,
-            dest_dir=work_dir,
-        )
+        top: BuiltLayer | RemoteLayer | None = None
+        if options.source is not None:
+            key = _customisation_key(customisation, options)
+            top = options.source(key, PlannedLayer(()), work_dir)
+        reused = top is not None
+        if top is None:
+            top = build_customisation_layer(
+                customisation,
+                compression=options.compression,
+                level=options.level,
+                mtime=options.mtime,
+                dest_dir=work_dir,
+            )
+        else:
+            top = dataclasses.replace(top, verified=True, comment="customisation")
         layers.append(top)
         if progress is not None:
             progress(
@@ -243,7 +272,7 @@ def build_layers(
                     total - 1,
                     total,
                     top,
-                    False,
+                    reused,
                     time.perf_counter() - started,
                     top.size,
                     total_size + top.size,

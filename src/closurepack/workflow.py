@@ -20,9 +20,9 @@ from closurepack.build import (
     build_layers,
     check_mtime,
     default_mtime,
+    layer_keys,
     read_descriptors,
     scratch_dir,
-    store_layer_key,
 )
 from closurepack.cache import LayerCache
 from closurepack.compression import resolve_level
@@ -561,9 +561,9 @@ def build_image(
             pusher=pusher,
         )
         if shared is not None:
-            keys = [store_layer_key(layer, options) for layer in image_plan.layers]
+            keys = layer_keys(image_plan, options, customisation)
             shared.publish(
-                list(zip(keys, layers, strict=False)), dest=pusher.ref if pusher else None
+                list(zip(keys, layers, strict=True)), dest=pusher.ref if pusher else None
             )
         return result
 
