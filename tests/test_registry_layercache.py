@@ -5,15 +5,17 @@ registry's own access log."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from clistore import APP, GRAPH, LIBFOO, Store, item, make_store, run
+from clistore import APP, GRAPH, LIBFOO, Store, item, make_store, read_oci, run
 from closurepack.cache import LayerCache
 from closurepack.digest import Digest
 from closurepack.layerbuild import layer_key
@@ -100,16 +102,10 @@ def _put(url: str, data: bytes, content_type: str, method: str = "PUT") -> None:
 
 def _publish_raw(registry: Registry, repo: str, mapping: bytes) -> None:
     """Write ``mapping`` as the layer cache of ``repo`` with plain HTTP requests."""
-    base = f"http://{registry.host}/v2/{repo}"
-    descriptors = []
-    for blob in (b"{}", mapping):
-        request = urllib.request.Request(f"{base}/blobs/uploads/", data=b"", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            location = response.headers["Location"]
-        sep = "&" if "?" in location else "?"
-        url = location if location.startswith("http") else f"http://{registry.host}{location}"
-        _put(f"{url}{sep}digest={Digest.of_bytes(blob)}", blob, "application/octet-stream")
-        descriptors.append({"digest": str(Digest.of_bytes(blob)), "size": len(blob)})
+    descriptors = [
+        {"digest": str(_upload_blob(registry, repo, blob)), "size": len(blob)}
+        for blob in (b"{}", mapping)
+    ]
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -118,7 +114,7 @@ def _publish_raw(registry: Registry, repo: str, mapping: bytes) -> None:
         "layers": [{"mediaType": MAPPING_TYPE, **descriptors[1]}],
     }
     _put(
-        f"{base}/manifests/{CACHE_TAG}",
+        f"http://{registry.host}/v2/{repo}/manifests/{CACHE_TAG}",
         json.dumps(manifest).encode(),
         "application/vnd.oci.image.manifest.v1+json",
     )
@@ -261,7 +257,32 @@ def test_app_update_builds_only_the_app_layer(
     assert "from=app" in mounted[0].path
 
 
-def test_wrong_digest_in_the_mapping_rebuilds_the_layer(
+def _upload_blob(registry: Registry, repo: str, blob: bytes) -> Digest:
+    base = f"http://{registry.host}/v2/{repo}"
+    request = urllib.request.Request(f"{base}/blobs/uploads/", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        location = response.headers["Location"]
+    sep = "&" if "?" in location else "?"
+    url = location if location.startswith("http") else f"http://{registry.host}{location}"
+    _put(f"{url}{sep}digest={Digest.of_bytes(blob)}", blob, "application/octet-stream")
+    return Digest.of_bytes(blob)
+
+
+def _corrupt(registry: Registry, mapping: dict[str, Any], key: str, **entry: object) -> None:
+    layers = mapping["layers"]
+    assert isinstance(layers, dict)
+    layers[key] = {**layers[key], **entry}
+    _publish_raw(registry, "cache", json.dumps(mapping).encode())
+
+
+def _restore(store: Store, away: Path) -> None:
+    for path in store.graph:
+        moved = away / path.rsplit("/", 1)[-1]
+        if moved.exists():
+            shutil.move(moved, store.files(path))
+
+
+def test_wrong_entries_in_the_mapping_never_make_a_wrong_image(
     registry: Registry,
     store: Store,
     app_closure: Path,
@@ -271,38 +292,70 @@ def test_wrong_digest_in_the_mapping_rebuilds_the_layer(
     host = registry.host
     good, _ = _build(store, app_closure, f"docker://{host}/app:1", capsys,
                      "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
-    mapping = _mapping(registry)
-    layers = mapping["layers"]
-    assert isinstance(layers, dict)
-    # the app's entry names libfoo's blob (there, digest-true, but not the app's layer)
-    wrong = layers[_key(LIBFOO)]
-    layers[_key(APP)] = {**layers[_key(APP)], "digest": wrong["digest"]}
-    _publish_raw(registry, "cache", json.dumps(mapping).encode())
-    _hide(store, keep=(APP,))
+    image = inspect_image(f"docker://{host}/app:1")
+    app_layer = next(layer for layer in image["layers"] if layer["paths"] == [APP])
+    original = _mapping(registry)
+    away = _hide(store, keep=(APP,))
+    warning = (
+        f"closurepack: warning: layer cache {host}/cache:{CACHE_TAG}: layer {_key(APP)[:12]}: "
+    )
 
-    _, err = _build(store, app_closure, f"docker://{host}/app:2", capsys,
-                    "--cache-from", f"docker://{host}/cache", cache=tmp_path / "B",
-                    quiet_ok=False)  # fmt: skip
-    (line,) = err.splitlines()
-    assert line.startswith(f"closurepack: warning: layer cache {host}/cache:{CACHE_TAG}: ")
-    assert f"layer {_key(APP)[:12]}: " in line
-    assert line.endswith("; building it")
-    out = inspect_image(f"docker://{host}/app:2")
-    assert f"{host}/app@{out['manifest_digest']}" == good
-    _verify(f"docker://{host}/app:2", capsys)
+    def build_b(dest: str, cache: str) -> str:
+        _, err = _build(store, app_closure, dest, capsys, "--cache-from",
+                        f"docker://{host}/cache", cache=tmp_path / cache,
+                        quiet_ok=False)  # fmt: skip
+        (line,) = err.splitlines()
+        assert line.startswith(warning)
+        assert line.endswith("; building it")
+        return line
 
-    # downloaded (oci:): the wrong blob hashes fine but its diff_id is not the app's
-    layers[_key(APP)] = {**layers[_key(APP)], "size": wrong["size"]}
-    _publish_raw(registry, "cache", json.dumps(mapping).encode())
+    # pushed: the app's entry names a blob the registry has, of another size (the config)
+    _corrupt(registry, json.loads(json.dumps(original)), _key(APP), digest=image["config_digest"])
+    line = build_b(f"docker://{host}/app:2", "B")
+    assert f"blob {image['config_digest']} of {app_layer['size']} bytes is neither in" in line
+    assert inspect_image(f"docker://{host}/app:2")["manifest_digest"] == image["manifest_digest"]
+
+    # downloaded: the blob is there, digest-true and of that size, but not a layer of that
+    # diff_id (checked while it streams)
+    plain = b"not the app's layer"
+    other = gzip.compress(plain, mtime=0)
+    digest = _upload_blob(registry, "cache", other)
+    _corrupt(registry, json.loads(json.dumps(original)), _key(APP), digest=str(digest),
+             size=len(other))  # fmt: skip
     layout = tmp_path / "layout"
-    out_oci, err = _build(store, app_closure, f"oci:{layout}", capsys,
-                          "--cache-from", f"docker://{host}/cache", cache=tmp_path / "C",
-                          quiet_ok=False)  # fmt: skip
-    (line,) = err.splitlines()
-    assert f"its diff_id is {wrong['diff_id']}" in line
-    assert line.endswith("; building it")
-    assert f"{host}/app@{out_oci}" == good
+    line = build_b(f"oci:{layout}", "C")
+    assert (
+        f"its diff_id is {Digest.of_bytes(b'not the app' + chr(39).encode() + b's layer')}" in line
+    )
+    assert f"{host}/app@" + read_oci(layout).index["manifests"][0]["digest"] == good
     _verify(f"oci:{layout}", capsys)
+    with LayerCache(tmp_path / "C") as cache:  # the app's layer was built, and is right
+        hit = cache.get(_key(APP))
+        assert hit is not None
+        assert str(hit.digest) == app_layer["digest"]
+
+    # an entry naming another layer's blob (digest and size): the two entries disagree on its
+    # diff_id, so neither is used (which one lies cannot be told)
+    libfoo = original["layers"][_key(LIBFOO)]
+    _corrupt(registry, json.loads(json.dumps(original)), _key(APP), digest=libfoo["digest"],
+             size=libfoo["size"])  # fmt: skip
+    _restore(store, away)
+    out, err = _build(store, app_closure, f"docker://{host}/app:3", capsys, "--cache-from",
+                      f"docker://{host}/cache", "--cache-to", f"docker://{host}/cache",
+                      cache=tmp_path / "D", quiet_ok=False)  # fmt: skip
+    (line,) = err.splitlines()
+    assert line == (
+        f"closurepack: warning: layer cache {host}/cache:{CACHE_TAG}: blob {libfoo['digest']}"
+        " is named with different sizes or diff_ids; those entries are ignored"
+    )
+    assert out == good
+    _verify(f"docker://{host}/app:3", capsys)
+    # ... and writing the cache again put the right entries back (the newer entry wins)
+    layers = _mapping(registry)["layers"]
+    assert isinstance(layers, dict)
+    assert layers[_key(APP)] == original["layers"][_key(APP)]
+    assert layers[_key(LIBFOO)] == libfoo
+    assert list(layers)[-1] in (_key(APP), _key(LIBFOO))  # changed entries go last
 
 
 def test_malformed_mapping_is_one_warning(
@@ -373,3 +426,26 @@ def test_bad_cache_reference_is_an_option_error(
     assert status == 2
     assert err.strip().endswith("--cache-from 'oci:" + str(tmp_path) + "': expected"
                                 " docker://HOST/REPO[:TAG]")  # fmt: skip
+
+
+def test_without_a_local_cache_both_ways_work(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    first, _ = _build(store, app_closure, f"oci:{tmp_path / 'a'}", capsys, "--no-cache",
+                      "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
+    assert not (tmp_path / "A").exists()
+    layers = _mapping(registry)["layers"]
+    assert isinstance(layers, dict)
+    assert len(layers) == len(read_oci(tmp_path / "a").layer_digests)
+    _hide(store)
+    second, _ = _build(store, app_closure, f"docker-archive:{tmp_path / 'b.tar'}", capsys,
+                       "--no-cache", "--cache-from", f"docker://{host}/cache",
+                       cache=tmp_path / "B")  # fmt: skip
+    assert second == first
+    assert not (tmp_path / "B").exists()
+    _verify(f"docker-archive:{tmp_path / 'b.tar'}", capsys)

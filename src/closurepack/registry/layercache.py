@@ -24,8 +24,10 @@ in the destination repository (its size must match), or mounted there from the c
 (same registry), and never tarred nor uploaded; for any other destination it is downloaded into
 the local layer cache as a normal entry, its digest, size and diff_id checked while it streams.
 A cache that is not there, cannot be read or is malformed is one warning and builds as usual;
-an entry that does not hold up (a blob missing, of another size or digest) is one warning and
-the layer is built.
+an entry that does not hold up (a blob missing, of another size, digest or diff_id) is one
+warning and the layer is built; entries naming one blob with different sizes or diff_ids are
+all dropped (one warning). A blob that stays in the registry is trusted by its digest and size:
+its diff_id is the mapping's word.
 """
 
 from __future__ import annotations
@@ -219,6 +221,34 @@ def _parse_mapping(data: bytes, ref: RegistryRef) -> dict[str, CacheEntry]:
     return entries
 
 
+def _consistent(entries: dict[str, CacheEntry]) -> dict[str, CacheEntry]:
+    """``entries`` without those naming a blob that other entries give another size, media
+    type or diff_id: a blob's digest decides all three, so one of them is wrong (one that
+    names another layer's blob, say), and which one cannot be told (one warning)."""
+    seen: dict[Digest, CacheEntry] = {}
+    bad: set[Digest] = set()
+    for entry in entries.values():
+        first = seen.setdefault(entry.digest, entry)
+        if (first.size, first.media_type, first.diff_id) != (
+            entry.size,
+            entry.media_type,
+            entry.diff_id,
+        ):
+            bad.add(entry.digest)
+    if not bad:
+        return entries
+    digest = min(bad, key=str)
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    _log.warning(
+        "layer cache %s: blob %s%s is named with different sizes or diff_ids; those entries"
+        " are ignored",
+        seen[digest].source,
+        digest,
+        more,
+    )
+    return {key: entry for key, entry in entries.items() if entry.digest not in bad}
+
+
 class _Tee:
     """Reads ``source``, writing every byte read to ``sink`` too."""
 
@@ -279,6 +309,7 @@ class SharedLayerCache:
         for ref in sources:
             for key, entry in shared._read(ref, strict=ref == target).items():
                 shared.entries.setdefault(key, entry)
+        shared.entries = _consistent(shared.entries)
         if target is not None and target not in sources:
             shared._read(target, strict=True)
         return shared
