@@ -449,3 +449,17 @@ def test_without_a_local_cache_both_ways_work(
     assert second == first
     assert not (tmp_path / "B").exists()
     _verify(f"docker-archive:{tmp_path / 'b.tar'}", capsys)
+
+
+def test_cache_to_the_image_tag_itself_is_refused(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "-q",
+            "-o", "docker://localhost:5999/app",
+            "--cache-to", "docker://localhost:5999/app:latest"]  # fmt: skip
+    status, _, err = run(argv, capsys)
+    assert status == 2
+    assert err == (
+        "closurepack: error: --cache-to 'docker://localhost:5999/app:latest': that is the"
+        " image's own tag\n"
+    )

@@ -523,7 +523,9 @@ def build_image(
     if cache is not None and registry.blob_record is None:
         # where pushed blobs were seen, for cross-repository mounts, lives beside the layers
         registry = dataclasses.replace(registry, blob_record=cache.root / RECORD_NAME)
-    shared = SharedLayerCache.open(cache_from=cache_from, cache_to=cache_to, options=registry)
+    shared = SharedLayerCache.open(
+        cache_from=cache_from, cache_to=cache_to, options=registry, dest=dest
+    )
     options = BuildOptions(
         store_dir=plan.store_dir,
         store_root=store_root,

@@ -297,14 +297,24 @@ class SharedLayerCache:
         cache_from: Sequence[str] = (),
         cache_to: str | None = None,
         options: RegistryOptions,
+        dest: str | None = None,
     ) -> SharedLayerCache | None:
-        """Parse the references (an OptionError for a bad one), read the ``--cache-from``
-        mappings, and check that the ``--cache-to`` tag is a layer cache or absent (a
-        DestinationError otherwise): all before any layer is built. None without either."""
+        """Parse the references (an OptionError for a bad one, or a ``--cache-to`` that is the
+        image destination ``dest``), read the ``--cache-from`` mappings, and check that the
+        ``--cache-to`` tag is a layer cache or absent (a DestinationError otherwise): all
+        before any layer is built. None without either."""
         sources = [parse_cache_ref(t, option="--cache-from") for t in cache_from]
         target = parse_cache_ref(cache_to, option="--cache-to") if cache_to else None
         if not sources and target is None:
             return None
+        if target is not None and dest is not None and is_registry_reference(dest):
+            image = parse_reference(dest, for_push=True)
+            if (image.registry, image.repository, image.reference) == (
+                target.registry,
+                target.repository,
+                target.reference,
+            ):
+                raise OptionError(f"--cache-to {cache_to!r}: that is the image's own tag")
         shared = cls(cache_from=sources, cache_to=target, options=options)
         for ref in sources:
             for key, entry in shared._read(ref, strict=ref == target).items():
@@ -369,9 +379,7 @@ class SharedLayerCache:
             _log.warning("layer cache %s: layer %s: %s; building it", entry.source, key[:12], exc)
             return None
 
-    def _adopt(
-        self, entry: CacheEntry, layer: PlannedLayer, pusher: ImagePusher
-    ) -> RemoteLayer | None:
+    def _adopt(self, entry: CacheEntry, layer: PlannedLayer, pusher: ImagePusher) -> RemoteLayer:
         if not pusher.adopt(entry.digest, entry.size, entry.source.repository):
             raise RegistryError(
                 f"blob {entry.digest} of {entry.size} bytes is neither in {pusher.ref.name}"
