@@ -26,7 +26,7 @@ from closurepack.registry.layercache import (
     MAPPING_TYPE,
 )
 from closurepack.validate import inspect_image
-from registry_fixtures import Registry
+from registry_fixtures import Registry, start_registry
 
 pytestmark = pytest.mark.integration
 
@@ -312,7 +312,8 @@ def test_wrong_entries_in_the_mapping_never_make_a_wrong_image(
     # pushed: the app's entry names a blob the registry has, of another size (the config)
     _corrupt(registry, json.loads(json.dumps(original)), _key(APP), digest=image["config_digest"])
     line = build_b(f"docker://{host}/app:2", "B")
-    assert f"blob {image['config_digest']} of {app_layer['size']} bytes is neither in" in line
+    assert f"blob {image['config_digest']} of {host}/cache:{CACHE_TAG}: " in line
+    assert "404" in line
     assert inspect_image(f"docker://{host}/app:2")["manifest_digest"] == image["manifest_digest"]
 
     # downloaded: the blob is there, digest-true and of that size, but not a layer of that
@@ -463,3 +464,26 @@ def test_cache_to_the_image_tag_itself_is_refused(
         "closurepack: error: --cache-to 'docker://localhost:5999/app:latest': that is the"
         " image's own tag\n"
     )
+
+
+def test_cache_on_another_registry_is_downloaded_then_pushed(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    _build(store, app_closure, f"docker://{host}/app:1", capsys,
+           "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
+    image = inspect_image(f"docker://{host}/app:1")
+    _hide(store)
+    with start_registry(tmp_path / "second") as other:
+        out, _ = _build(store, app_closure, f"docker://{other.host}/app:1", capsys,
+                        "--cache-from", f"docker://{host}/cache", cache=tmp_path / "B")  # fmt: skip
+        assert out == f"{other.host}/app@{image['manifest_digest']}"
+        uploaded = {r.path for r in other.blob_writes() if r.method == "PUT"}
+        assert len(uploaded) == len(image["layers"]) + 1  # every layer and the config
+        _verify(f"docker://{other.host}/app:1", capsys)
+    with LayerCache(tmp_path / "B") as cache:
+        assert cache.usage().entries == len(image["layers"])

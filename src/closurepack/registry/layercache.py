@@ -373,18 +373,21 @@ class SharedLayerCache:
                 raise ImageError(f"the entry's media type is {entry.media_type}")
             pusher = self._pusher
             if pusher is not None and entry.source.registry == pusher.ref.registry:
-                return self._adopt(entry, layer, pusher)
+                adopted = self._adopt(entry, layer, pusher)
+                if adopted is not None:
+                    return adopted
+            # elsewhere, or not mountable: downloaded (and pushed from the local cache)
             return self._download(key, entry, layer, work_dir)
         except (RegistryError, ImageError, CacheError) as exc:
             _log.warning("layer cache %s: layer %s: %s; building it", entry.source, key[:12], exc)
             return None
 
-    def _adopt(self, entry: CacheEntry, layer: PlannedLayer, pusher: ImagePusher) -> RemoteLayer:
+    def _adopt(
+        self, entry: CacheEntry, layer: PlannedLayer, pusher: ImagePusher
+    ) -> RemoteLayer | None:
+        """The blob as it is (or is mounted) in the destination repository, else None."""
         if not pusher.adopt(entry.digest, entry.size, entry.source.repository):
-            raise RegistryError(
-                f"blob {entry.digest} of {entry.size} bytes is neither in {pusher.ref.name}"
-                f" nor in {entry.source.name}"
-            )
+            return None
         return RemoteLayer(
             digest=entry.digest,
             diff_id=entry.diff_id,
