@@ -1,7 +1,8 @@
 """A registry repository as a layer cache shared by many builders (as BuildKit's registry cache).
 
-``--cache-to docker://HOST/REPO[:TAG]`` publishes, after a build, which blob each store layer's
-cache key (:func:`closurepack.build.store_layer_key`) stands for, as an OCI artifact under
+``--cache-to docker://HOST/REPO[:TAG]`` publishes, after a build, which blob each layer's cache
+key (:func:`closurepack.build.layer_keys`: the store layers' and the customisation layer's)
+stands for, as an OCI artifact under
 ``TAG`` (default :data:`CACHE_TAG`): an image manifest whose ``artifactType`` is
 :data:`ARTIFACT_TYPE`, whose config is the two bytes ``{}`` of media type :data:`CONFIG_TYPE`
 (distribution 2.8 knows no ``artifactType``, so tools tell the artifact by its config type) and
@@ -21,8 +22,9 @@ Writers racing on one tag may drop each other's new entries: the next push adds 
 ``--cache-from`` reads the mappings before the build. A planned layer whose key is in one is
 taken from there instead of being built: pushed to a registry, the blob is checked with ``HEAD``
 in the destination repository (its size must match), or mounted there from the cache repository
-(same registry), and never tarred nor uploaded; for any other destination it is downloaded into
-the local layer cache as a normal entry, its digest, size and diff_id checked while it streams.
+(same registry), and never tarred nor uploaded; for any other destination (or when the mount is
+refused) it is downloaded into the local layer cache as a normal entry, its digest, size and
+diff_id checked while it streams.
 A cache that is not there, cannot be read or is malformed is one warning and builds as usual;
 an entry that does not hold up (a blob missing, of another size, digest or diff_id) is one
 warning and the layer is built; entries naming one blob with different sizes or diff_ids are
