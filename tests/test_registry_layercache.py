@@ -19,7 +19,7 @@ from clistore import APP, GRAPH, LIBFOO, Store, item, make_store, read_oci, run
 from closurepack.cache import LayerCache
 from closurepack.digest import Digest
 from closurepack.layerbuild import layer_key
-from closurepack.registry.layercache import (
+from closurepack.registry.cachemapping import (
     ARTIFACT_TYPE,
     CACHE_TAG,
     CONFIG_TYPE,

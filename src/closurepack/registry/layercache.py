@@ -2,22 +2,13 @@
 
 ``--cache-to docker://HOST/REPO[:TAG]`` publishes, after a build, which blob each layer's cache
 key (:func:`closurepack.build.layer_keys`: the store layers' and the customisation layer's)
-stands for, as an OCI artifact under
-``TAG`` (default :data:`CACHE_TAG`): an image manifest whose ``artifactType`` is
-:data:`ARTIFACT_TYPE`, whose config is the two bytes ``{}`` of media type :data:`CONFIG_TYPE`
-(distribution 2.8 knows no ``artifactType``, so tools tell the artifact by its config type) and
-whose one layer, of media type :data:`MAPPING_TYPE`, is the JSON mapping::
-
-    {"format": "closurepack-layer-cache-1",
-     "layers": {"<key>": {"digest": "sha256:...", "size": N,
-                          "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                          "diff_id": "sha256:..."}}}
-
-The layer blobs are put in the cache repository first (present, mounted from the image's
-repository or another cache repository of the same registry, else uploaded), so the mapping
-never names a blob the repository lacks. The mapping already there is merged in (a key's
-newest entry wins, new entries go last, the oldest beyond :data:`MAX_ENTRIES` are dropped).
-Writers racing on one tag may drop each other's new entries: the next push adds them back.
+stands for, as the artifact :mod:`closurepack.registry.cachemapping` describes. The layer blobs
+are put in the cache repository first (present, mounted from the image's repository or another
+cache repository of the same registry, else uploaded), so the mapping never names a blob the
+repository lacks. The mapping already there is merged in (a key's newest entry wins, new
+entries go last, the oldest beyond :data:`~closurepack.registry.cachemapping.MAX_ENTRIES` are
+dropped). Writers racing on one tag may drop each other's new entries: the next push adds them
+back.
 
 ``--cache-from`` reads the mappings before the build. A planned layer whose key is in one is
 taken from there instead of being built: pushed to a registry, the blob is checked with ``HEAD``
@@ -34,221 +25,39 @@ its diff_id is the mapping's word.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import httpx
+from typing import BinaryIO
 
 from closurepack._fs import blob_writer
 from closurepack.cache import LayerCache
-from closurepack.cachegc import KEY
 from closurepack.compression import open_decompressed
 from closurepack.digest import Digest, HashingWriter
-from closurepack.errors import (
-    CacheError,
-    DestinationError,
-    ImageError,
-    OptionError,
-    RegistryError,
-)
+from closurepack.errors import CacheError, ImageError, OptionError, RegistryError
 from closurepack.layer import BuiltLayer, RemoteLayer
 from closurepack.mediatypes import MediaType, layer_media_type
 from closurepack.plan import PlannedLayer
-from closurepack.registry.client import RegistryClient, open_client
+from closurepack.registry.cachemapping import (
+    CacheEntry,
+    NotALayerCacheError,
+    artifact,
+    consistent_entries,
+    fetch_mapping,
+    merge_entries,
+    parse_cache_ref,
+)
+from closurepack.registry.client import open_client
 from closurepack.registry.options import RegistryOptions
-from closurepack.registry.pull import MANIFEST_LIMIT, blob_opener
+from closurepack.registry.pull import blob_opener
 from closurepack.registry.push import ImagePusher
 from closurepack.registry.reference import RegistryRef, is_registry_reference, parse_reference
 
-__all__ = [
-    "ARTIFACT_TYPE",
-    "CACHE_TAG",
-    "CONFIG_TYPE",
-    "MAPPING_LIMIT",
-    "MAPPING_TYPE",
-    "MAX_ENTRIES",
-    "CacheEntry",
-    "SharedLayerCache",
-    "parse_cache_ref",
-]
+__all__ = ["SharedLayerCache"]
 
-#: The tag a cache reference without one names.
-CACHE_TAG = "closurepack-cache"
-ARTIFACT_TYPE = "application/vnd.closurepack.layer-cache.v1+json"
-CONFIG_TYPE = "application/vnd.closurepack.layer-cache.config.v1+json"
-MAPPING_TYPE = "application/vnd.closurepack.layer-cache.mapping.v1+json"
-#: A mapping larger than this is not read (an entry is about 300 bytes).
-MAPPING_LIMIT = 64 << 20
-#: Entries a published mapping keeps (the most recently added).
-MAX_ENTRIES = 100_000
-
-_FORMAT = "closurepack-layer-cache-1"
-_CONFIG = b"{}"
 _CHUNK = 1 << 20
 
 _log = logging.getLogger(__name__)
-
-
-def parse_cache_ref(text: str, *, option: str) -> RegistryRef:
-    """``docker://HOST/REPO[:TAG]`` of ``--cache-to``/``--cache-from`` (tag default
-    :data:`CACHE_TAG`; ``--cache-from`` may name a ``@sha256:`` digest instead); an
-    OptionError naming ``option`` for anything else."""
-    if not is_registry_reference(text):
-        raise OptionError(f"{option} {text!r}: expected docker://HOST/REPO[:TAG]")
-    ref = parse_reference(text, for_push=option == "--cache-to")
-    if ref.tag or ref.digest:
-        return ref
-    return RegistryRef(ref.host, ref.repository, CACHE_TAG)
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    """What a layer key stands for: a blob of the cache repository ``source``."""
-
-    digest: Digest
-    size: int
-    media_type: MediaType
-    diff_id: Digest
-    source: RegistryRef = field(compare=False)
-
-    def to_json_obj(self) -> dict[str, Any]:
-        return {
-            "digest": str(self.digest),
-            "size": self.size,
-            "mediaType": str(self.media_type),
-            "diff_id": str(self.diff_id),
-        }
-
-
-class _NotACacheError(DestinationError):
-    """The tag holds something that is not a closurepack layer cache."""
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _read_bounded(
-    client: RegistryClient, url: str, what: str, limit: int, accept: str
-) -> bytes | None:
-    """The answer to ``GET url`` (at most ``limit`` bytes), None when it is 404."""
-    response = client.request(
-        "GET", url, what=what, ok=(200, 404), headers={"Accept": accept}, stream=True,
-        follow_redirects=True,
-    )  # fmt: skip
-    try:
-        if response.status_code == 404:
-            return None
-        parts: list[bytes] = []
-        total = 0
-        for chunk in response.iter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise ImageError(f"{what}: more than the {limit} bytes accepted")
-            parts.append(chunk)
-        return b"".join(parts)
-    except httpx.HTTPError as exc:
-        raise RegistryError(f"{what}: reading the answer failed: {exc}") from exc
-    finally:
-        response.close()
-
-
-def _fetch_mapping(client: RegistryClient, ref: RegistryRef) -> dict[str, CacheEntry] | None:
-    """The mapping under ``ref`` (None when the repository or tag does not exist); _NotACacheError
-    when the tag holds something else, ImageError when the mapping is malformed."""
-    where = f"layer cache {ref}"
-    body = _read_bounded(
-        client, client.url(f"manifests/{ref.reference}"), where, MANIFEST_LIMIT,
-        str(MediaType.OCI_MANIFEST),
-    )  # fmt: skip
-    if body is None:
-        return None
-    manifest = _parse_json(body, f"{where}: manifest")
-    config = manifest.get("config")
-    if not isinstance(config, dict) or config.get("mediaType") != CONFIG_TYPE:
-        raise _NotACacheError(f"{where}: the tag holds something else than a layer cache")
-    layers = manifest.get("layers")
-    if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
-        raise ImageError(f"{where}: the manifest has not exactly one layer")
-    digest = Digest.parse(str(layers[0].get("digest")))
-    what = f"{where}: mapping {digest}"
-    data = _read_bounded(client, client.url(f"blobs/{digest}"), what, MAPPING_LIMIT, "*/*")
-    if data is None:
-        raise ImageError(f"{what}: the blob is missing")
-    if Digest.of_bytes(data) != digest:
-        raise ImageError(f"{what}: the registry sent other bytes")
-    return _parse_mapping(data, ref)
-
-
-def _parse_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ImageError(f"{what}: not a JSON object")
-    return obj
-
-
-def _parse_mapping(data: bytes, ref: RegistryRef) -> dict[str, CacheEntry]:
-    what = f"layer cache {ref}: mapping"
-    obj = _parse_json(data, what)
-    layers = obj.get("layers")
-    if obj.get("format") != _FORMAT or not isinstance(layers, dict):
-        raise ImageError(f"{what}: not a {_FORMAT} mapping")
-    entries: dict[str, CacheEntry] = {}
-    for key, value in layers.items():
-        if not KEY.fullmatch(key) or not isinstance(value, dict):
-            raise ImageError(f"{what}: bad entry {key[:80]!r}")
-        size = value.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ImageError(f"{what}: entry {key}: bad size {size!r}")
-        try:
-            media_type = MediaType(str(value.get("mediaType")))
-        except ValueError:
-            raise ImageError(
-                f"{what}: entry {key}: unknown media type {value.get('mediaType')!r}"
-            ) from None
-        entries[key] = CacheEntry(
-            digest=Digest.parse(str(value.get("digest"))),
-            size=size,
-            media_type=media_type,
-            diff_id=Digest.parse(str(value.get("diff_id"))),
-            source=ref,
-        )
-    return entries
-
-
-def _consistent(entries: dict[str, CacheEntry]) -> dict[str, CacheEntry]:
-    """``entries`` without those naming a blob that other entries give another size, media
-    type or diff_id: a blob's digest decides all three, so one of them is wrong (one that
-    names another layer's blob, say), and which one cannot be told (one warning)."""
-    seen: dict[Digest, CacheEntry] = {}
-    bad: set[Digest] = set()
-    for entry in entries.values():
-        first = seen.setdefault(entry.digest, entry)
-        if (first.size, first.media_type, first.diff_id) != (
-            entry.size,
-            entry.media_type,
-            entry.diff_id,
-        ):
-            bad.add(entry.digest)
-    if not bad:
-        return entries
-    digest = min(bad, key=str)
-    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-    _log.warning(
-        "layer cache %s: blob %s%s is named with different sizes or diff_ids; those entries"
-        " are ignored",
-        seen[digest].source,
-        digest,
-        more,
-    )
-    return {key: entry for key, entry in entries.items() if entry.digest not in bad}
 
 
 class _Tee:
@@ -321,7 +130,7 @@ class SharedLayerCache:
         for ref in sources:
             for key, entry in shared._read(ref, strict=ref == target).items():
                 shared.entries.setdefault(key, entry)
-        shared.entries = _consistent(shared.entries)
+        shared.entries = consistent_entries(shared.entries)
         if target is not None and target not in sources:
             shared._read(target, strict=True)
         return shared
@@ -332,8 +141,8 @@ class SharedLayerCache:
         reached, is an error (it is where the cache is to be written)."""
         try:
             with open_client(ref, self.options, [f"repository:{ref.repository}:pull"]) as client:
-                found = _fetch_mapping(client, ref)
-        except _NotACacheError:
+                found = fetch_mapping(client, ref)
+        except NotALayerCacheError:
             if strict:
                 raise
             _log.warning("layer cache %s: the tag holds something else; not used", ref)
@@ -451,39 +260,16 @@ class SharedLayerCache:
             for _, layer in layers:
                 pusher.submit(layer)
             try:
-                merged = _fetch_mapping(pusher.client, ref) or {}
-            except _NotACacheError:
+                existing = fetch_mapping(pusher.client, ref) or {}
+            except NotALayerCacheError:
                 raise
             except ImageError as exc:
                 _log.warning("%s; writing a new one", exc)
-                merged = {}
-            for key, layer in layers:
-                entry = CacheEntry(layer.digest, layer.size, layer.media_type, layer.diff_id, ref)
-                if merged.get(key) != entry:
-                    merged.pop(key, None)
-                    merged[key] = entry
-            kept = list(merged.items())[-MAX_ENTRIES:]
-            mapping = json.dumps(
-                {"format": _FORMAT, "layers": {k: e.to_json_obj() for k, e in kept}},
-                separators=(",", ":"),
-            ).encode()
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": str(MediaType.OCI_MANIFEST),
-                "artifactType": ARTIFACT_TYPE,
-                "config": {
-                    "mediaType": CONFIG_TYPE,
-                    "digest": str(Digest.of_bytes(_CONFIG)),
-                    "size": len(_CONFIG),
-                },
-                "layers": [
-                    {
-                        "mediaType": MAPPING_TYPE,
-                        "digest": str(Digest.of_bytes(mapping)),
-                        "size": len(mapping),
-                    }
-                ],
-            }
-            return pusher.push_manifest(
-                _canonical(manifest), str(MediaType.OCI_MANIFEST), [_CONFIG, mapping]
-            )
+                existing = {}
+            new = [
+                (key, CacheEntry(layer.digest, layer.size, layer.media_type, layer.diff_id, ref))
+                for key, layer in layers
+            ]
+            merged, _ = merge_entries(existing, new)
+            body, blobs = artifact(merged)
+            return pusher.push_manifest(body, str(MediaType.OCI_MANIFEST), blobs)
