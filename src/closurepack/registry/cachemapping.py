@@ -143,7 +143,7 @@ def fetch_mapping(client: RegistryClient, ref: RegistryRef) -> dict[str, CacheEn
     layers = manifest.get("layers")
     if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
         raise ImageError(f"{where}: the manifest has not exactly one layer")
-    digest = Digest.parse(str(layers[0].get("digest")))
+    digest = _digest(layers[0].get("digest"), f"{where}: the manifest's layer")
     what = f"{where}: mapping {digest}"
     data = _read_bounded(client, client.url(f"blobs/{digest}"), what, MAPPING_LIMIT, "*/*")
     if data is None:
@@ -161,6 +161,13 @@ def _parse_json(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ImageError(f"{what}: not a JSON object")
     return obj
+
+
+def _digest(value: object, what: str) -> Digest:
+    try:
+        return Digest.parse(str(value))
+    except ImageError as exc:
+        raise ImageError(f"{what}: {exc}") from exc
 
 
 def _parse_mapping(data: bytes, ref: RegistryRef) -> dict[str, CacheEntry]:
@@ -183,10 +190,10 @@ def _parse_mapping(data: bytes, ref: RegistryRef) -> dict[str, CacheEntry]:
                 f"{what}: entry {key}: unknown media type {value.get('mediaType')!r}"
             ) from None
         entries[key] = CacheEntry(
-            digest=Digest.parse(str(value.get("digest"))),
+            digest=_digest(value.get("digest"), f"{what}: entry {key}"),
             size=size,
             media_type=media_type,
-            diff_id=Digest.parse(str(value.get("diff_id"))),
+            diff_id=_digest(value.get("diff_id"), f"{what}: entry {key}"),
             source=ref,
         )
     return entries
