@@ -26,6 +26,7 @@ from closurepack.registry.cachemapping import (
     MAPPING_TYPE,
 )
 from closurepack.validate import inspect_image
+from registry_auth_fixtures import PASSWORD, USER, AuthRegistry, TokenServer
 from registry_fixtures import Registry, start_registry
 
 pytestmark = pytest.mark.integration
@@ -487,3 +488,40 @@ def test_cache_on_another_registry_is_downloaded_then_pushed(
         _verify(f"docker://{other.host}/app:1", capsys)
     with LayerCache(tmp_path / "B") as cache:
         assert cache.usage().entries == len(image["layers"])
+
+
+def test_token_registry_mounts_from_the_cache_with_one_token_scope(
+    token_registry: AuthRegistry,
+    token_server: TokenServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = make_store(tmp_path / "root")
+    app_closure = store.closure_file(tmp_path / "app.json", [APP])
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    host = token_registry.host
+    creds = ("--creds", f"{USER}:{PASSWORD}")
+    _build(store, app_closure, f"docker://{host}/tokened/app:1", capsys, *creds,
+           "--cache-to", f"docker://{host}/tokened/cache", cache=tmp_path / "A")  # fmt: skip
+    _hide(store)
+    token_server.reset()
+    out, _ = _build(store, app_closure, f"docker://{host}/tokened/other:1", capsys, *creds,
+                    "--cache-from", f"docker://{host}/tokened/cache",
+                    cache=tmp_path / "B")  # fmt: skip
+    assert out.startswith(f"{host}/tokened/other@sha256:")
+    # the push's token covers pulling from the cache repository, so every layer was mounted
+    # (nothing was downloaded into B's cache)
+    pushes = [r["scopes"] for r in token_server.requests
+              if "repository:tokened/other:pull,push" in r["scopes"]]  # fmt: skip
+    assert pushes
+    assert all("repository:tokened/cache:pull" in scopes for scopes in pushes)
+    with LayerCache(tmp_path / "B") as cache:
+        assert cache.usage().entries == 0
+    status, verified, err = run(["verify", f"docker://{host}/tokened/other:1", *creds], capsys)
+    assert status == 0, err
+    assert verified.strip().endswith(": ok")
