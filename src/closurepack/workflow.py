@@ -404,7 +404,7 @@ def _pusher(
     shared: SharedLayerCache | None = None,
 ) -> contextlib.AbstractContextManager[ImagePusher | None]:
     """An open pusher when ``dest`` is a registry, the --from layers handed to it (and the
-    --cache-from repositories of its registry as mount sources); else None."""
+    --cache-from repositories of its registry readable, to mount cached layers); else None."""
     if not is_registry_reference(dest):
         return contextlib.nullcontext()
     ref = parse_reference(dest, for_push=True)
