@@ -17,10 +17,14 @@ from pathlib import Path
 from closurepack._fs import fs_now, hash_stream, locked_temp_dir, sweep_stale_temp_dirs
 from closurepack.cache import LayerCache
 from closurepack.compression import resolve_level
-from closurepack.customisation import Customisation, build_customisation_layer
+from closurepack.customisation import (
+    Customisation,
+    build_customisation_layer,
+    customisation_layer_key,
+)
 from closurepack.errors import ClosureError, ImageError, OptionError
 from closurepack.graph import check_readable_store, split_store_path
-from closurepack.layer import BuiltLayer, store_layer_comment
+from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer, layer_key
 from closurepack.plan import ImagePlan, PlannedLayer
 from closurepack.tarstream import MAX_MTIME
@@ -28,12 +32,15 @@ from closurepack.tarstream import MAX_MTIME
 __all__ = [
     "BuildOptions",
     "LayerEvent",
+    "LayerSource",
     "ProgressCallback",
     "build_layers",
     "check_mtime",
     "default_mtime",
+    "layer_keys",
     "read_descriptors",
     "scratch_dir",
+    "store_layer_key",
 ]
 
 
@@ -69,6 +76,12 @@ def _fits_tar(mtime: int, what: str) -> int:
     return mtime
 
 
+#: Asked for a planned layer (its cache key, the layer, a work directory) before it is built
+#: after a local cache miss: a layer found elsewhere (a shared layer cache in a registry), or
+#: None to build it.
+LayerSource = Callable[[str, PlannedLayer, Path], "BuiltLayer | RemoteLayer | None"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuildOptions:
     """Everything that decides how layers are built (not what goes in them)."""
@@ -81,6 +94,8 @@ class BuildOptions:
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     #: None builds into a throw-away directory without caching.
     cache: LayerCache | None = None
+    #: Where layers missing from ``cache`` may be found before they are built.
+    source: LayerSource | None = None
 
     def __post_init__(self) -> None:
         resolve_level(self.compression, self.level)  # an OptionError for either
@@ -94,7 +109,7 @@ class LayerEvent:
 
     index: int
     total: int
-    layer: BuiltLayer
+    layer: BuiltLayer | RemoteLayer
     cached: bool
     seconds: float
     planned_size: int
@@ -105,6 +120,33 @@ class LayerEvent:
 ProgressCallback = Callable[[LayerEvent], None]
 
 
+def store_layer_key(layer: PlannedLayer, options: BuildOptions) -> str:
+    """The cache key of the planned store layer ``layer`` built with ``options``."""
+    return layer_key(
+        layer.paths,
+        store_dir=options.store_dir,
+        compression=options.compression,
+        level=options.level,
+        mtime=options.mtime,
+    )
+
+
+def _customisation_key(customisation: Customisation, options: BuildOptions) -> str:
+    return customisation_layer_key(
+        customisation, compression=options.compression, level=options.level, mtime=options.mtime
+    )
+
+
+def layer_keys(
+    image: ImagePlan, options: BuildOptions, customisation: Customisation | None = None
+) -> list[str]:
+    """The cache keys of the layers :func:`build_layers` returns for these arguments."""
+    keys = [store_layer_key(layer, options) for layer in image.layers]
+    if customisation is not None and not customisation.is_empty:
+        keys.append(_customisation_key(customisation, options))
+    return keys
+
+
 def build_layers(
     image: ImagePlan,
     *,
@@ -112,12 +154,13 @@ def build_layers(
     work_dir: Path,
     customisation: Customisation | None = None,
     progress: ProgressCallback | None = None,
-) -> list[BuiltLayer]:
+) -> list[BuiltLayer | RemoteLayer]:
     """Build every planned layer of ``image`` (``options.jobs`` at a time), bottom first, plus
     the customisation layer on top when it has anything to add.
 
-    Layers come from ``options.cache`` when present there; otherwise they are built into the
-    cache (or into ``work_dir`` when there is no cache). Every planned path must be an item of
+    Layers come from ``options.cache`` when present there, else from ``options.source`` when
+    it has them; otherwise they are built into the cache (or into ``work_dir`` when there is
+    no cache). Every planned path must be an item of
     ``options.store_dir``, a store directory the files may be read from (checked before the
     cache is asked, so that not even a cached layer holds anything else).
     """
@@ -130,15 +173,9 @@ def build_layers(
     total = len(planned) + (1 if customisation and not customisation.is_empty else 0)
     total_size = sum(layer.size for layer in planned)
 
-    def one(index: int, layer: PlannedLayer) -> BuiltLayer:
+    def one(index: int, layer: PlannedLayer) -> BuiltLayer | RemoteLayer:
         started = time.perf_counter()
-        key = layer_key(
-            layer.paths,
-            store_dir=options.store_dir,
-            compression=options.compression,
-            level=options.level,
-            mtime=options.mtime,
-        )
+        key = store_layer_key(layer, options)
 
         def build(dest_dir: Path) -> BuiltLayer:
             return build_store_layer(
@@ -151,13 +188,19 @@ def build_layers(
                 dest_dir=dest_dir,
             )
 
-        cached = False
-        if options.cache is None:
+        hit: BuiltLayer | RemoteLayer | None = None
+        if options.cache is not None:
+            hit = options.cache.get(key)
+        if hit is None and options.source is not None:
+            hit = options.source(key, layer, work_dir)
+        cached = hit is not None
+        built: BuiltLayer | RemoteLayer
+        if hit is not None:
+            built = hit
+        elif options.cache is None:
             built = build(work_dir)
         else:
-            hit = options.cache.get(key)
-            cached = hit is not None
-            built = hit if hit is not None else options.cache.get_or_build(key, build)
+            built = options.cache.get_or_build(key, build)
         # Built here, or checked by the cache before reuse: destinations may link the blob.
         built = dataclasses.replace(built, verified=True, comment=store_layer_comment(layer.paths))
         if progress is not None:
@@ -177,7 +220,7 @@ def build_layers(
     # The first failure stops the build: layers not started by then never start.
     failed = threading.Event()
 
-    def guarded(index: int, layer: PlannedLayer) -> BuiltLayer:
+    def guarded(index: int, layer: PlannedLayer) -> BuiltLayer | RemoteLayer:
         if failed.is_set():
             raise CancelledError
         try:
@@ -207,13 +250,21 @@ def build_layers(
 
     if customisation is not None and not customisation.is_empty:
         started = time.perf_counter()
-        top = build_customisation_layer(
-            customisation,
-            compression=options.compression,
-            level=options.level,
-            mtime=options.mtime,
-            dest_dir=work_dir,
-        )
+        top: BuiltLayer | RemoteLayer | None = None
+        if options.source is not None:
+            key = _customisation_key(customisation, options)
+            top = options.source(key, PlannedLayer(()), work_dir)
+        reused = top is not None
+        if top is None:
+            top = build_customisation_layer(
+                customisation,
+                compression=options.compression,
+                level=options.level,
+                mtime=options.mtime,
+                dest_dir=work_dir,
+            )
+        else:
+            top = dataclasses.replace(top, verified=True, comment="customisation")
         layers.append(top)
         if progress is not None:
             progress(
@@ -221,7 +272,7 @@ def build_layers(
                     total - 1,
                     total,
                     top,
-                    False,
+                    reused,
                     time.perf_counter() - started,
                     top.size,
                     total_size + top.size,

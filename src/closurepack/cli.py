@@ -309,6 +309,18 @@ _format_option = click.option(
     required=True,
     help="Destination, e.g. oci:DIR[:TAG] or docker://HOST/REPO[:TAG] (pushed as it builds).",
 )
+@click.option(
+    "--cache-from",
+    multiple=True,
+    metavar="docker://HOST/REPO[:TAG]",
+    help="Take layers from this shared layer cache instead of building them (repeatable;"
+    " default tag closurepack-cache).",
+)
+@click.option(
+    "--cache-to",
+    metavar="docker://HOST/REPO[:TAG]",
+    help="After the build, publish its layers to this shared layer cache.",
+)
 @_layer_options
 @_image_config_options
 @_customisation_options

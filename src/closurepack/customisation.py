@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack.accounts import account_entries, split_user
+from closurepack.compression import codec_identity
 from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import OptionError
 from closurepack.layer import BuiltLayer
@@ -20,6 +23,7 @@ __all__ = [
     "build_customisation_layer",
     "customisation_diff_id",
     "customisation_entries",
+    "customisation_layer_key",
     "drop_if_repeated",
 ]
 
@@ -175,6 +179,20 @@ def customisation_diff_id(customisation: Customisation, *, mtime: int) -> Digest
     sink = HashingWriter()
     write_tree_tar(sink, customisation_entries(customisation), mtime=mtime)
     return sink.digest
+
+
+def customisation_layer_key(
+    customisation: Customisation, *, compression: str, level: int | None, mtime: int
+) -> str:
+    """A cache key of the customisation layer (for shared layer caches): a sha256 hex over its
+    diff_id (the tar hashed, nothing written) and the codec, which together decide its blob."""
+    obj = {
+        "kind": "closurepack-customisation-layer",
+        "diff_id": str(customisation_diff_id(customisation, mtime=mtime)),
+        "codec": codec_identity(compression, level),
+    }
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def drop_if_repeated(

@@ -8,6 +8,7 @@ layer can be built in one process (or one Nix derivation) and assembled into an 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,7 +17,7 @@ from closurepack.digest import Digest
 from closurepack.errors import ImageError
 from closurepack.mediatypes import MediaType
 
-__all__ = ["DESCRIPTOR_FORMAT", "BuiltLayer", "store_layer_comment"]
+__all__ = ["DESCRIPTOR_FORMAT", "BuiltLayer", "RemoteLayer", "store_layer_comment"]
 
 DESCRIPTOR_FORMAT = "closurepack-layer"
 
@@ -99,6 +100,25 @@ class BuiltLayer:
             )
         except (ValueError, KeyError, TypeError, AttributeError, ImageError) as exc:
             raise ImageError(f"{source}: invalid layer descriptor: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RemoteLayer:
+    """A layer whose blob is already in the registry the image is pushed to (found through a
+    shared layer cache): nothing of it is on disk; :meth:`open` streams it from the registry,
+    digest-checked, should anything need its bytes."""
+
+    digest: Digest
+    diff_id: Digest
+    size: int
+    media_type: MediaType
+    opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
+    paths: tuple[str, ...] = ()
+    comment: str = ""
+    verified: bool = field(default=False, compare=False)
+
+    def open(self) -> BinaryIO:
+        return self.opener()
 
 
 def store_layer_comment(paths: tuple[str, ...] | list[str], *, limit: int = 200) -> str:

@@ -20,6 +20,7 @@ from closurepack.build import (
     build_layers,
     check_mtime,
     default_mtime,
+    layer_keys,
     read_descriptors,
     scratch_dir,
 )
@@ -46,8 +47,14 @@ from closurepack.errors import (
     PlanError,
 )
 from closurepack.graph import Closure, check_readable_store, split_store_path
-from closurepack.image import BaseImage, ImageConfig, assemble_image, layer_paths_from_config
-from closurepack.layer import BuiltLayer, store_layer_comment
+from closurepack.image import (
+    BaseImage,
+    ImageConfig,
+    ImageLayer,
+    assemble_image,
+    layer_paths_from_config,
+)
+from closurepack.layer import store_layer_comment
 from closurepack.layerbuild import build_store_layer
 from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_layers
@@ -55,6 +62,7 @@ from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
 from closurepack.readback import read_base_image
 from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
+from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.push import ImagePusher, open_pusher
 from closurepack.registry.record import RECORD_NAME
 from closurepack.sources import load_closure_file, query_closure
@@ -363,7 +371,7 @@ def _prepare(
 
 
 def _finish(
-    layers: list[BuiltLayer],
+    layers: Sequence[ImageLayer],
     *,
     base: BaseImage | None,
     config: ImageConfig,
@@ -389,17 +397,24 @@ def _finish(
 
 
 def _pusher(
-    dest: str, image: ImageOptions, registry: RegistryOptions, base: BaseImage | None
+    dest: str,
+    image: ImageOptions,
+    registry: RegistryOptions,
+    base: BaseImage | None,
+    shared: SharedLayerCache | None = None,
 ) -> contextlib.AbstractContextManager[ImagePusher | None]:
-    """An open pusher when ``dest`` is a registry, the --from layers handed to it; else None."""
+    """An open pusher when ``dest`` is a registry, the --from layers handed to it (and the
+    --cache-from repositories of its registry readable, to mount cached layers); else None."""
     if not is_registry_reference(dest):
         return contextlib.nullcontext()
+    ref = parse_reference(dest, for_push=True)
     return open_pusher(
-        parse_reference(dest, for_push=True),
+        ref,
         options=registry,
         docker=image.manifest_format == "docker",
         base_image=image.from_image,
         base_layers=base.layers if base is not None else (),
+        readable=shared.mount_sources(ref) if shared is not None else (),
     )
 
 
@@ -424,9 +439,14 @@ def build_image(
     image: ImageOptions = ImageOptions(),
     registry: RegistryOptions | None = None,
     progress: ProgressCallback | None = None,
+    cache_from: Sequence[str] = (),
+    cache_to: str | None = None,
 ) -> str:
     """The whole build: returns the manifest digest of the image written to ``dest``
     (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
+
+    ``cache_from``/``cache_to`` are registry layer caches shared by builders (see
+    :mod:`closurepack.registry.layercache`): read before the build, written after it.
 
     ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
@@ -503,6 +523,9 @@ def build_image(
     if cache is not None and registry.blob_record is None:
         # where pushed blobs were seen, for cross-repository mounts, lives beside the layers
         registry = dataclasses.replace(registry, blob_record=cache.root / RECORD_NAME)
+    shared = SharedLayerCache.open(
+        cache_from=cache_from, cache_to=cache_to, options=registry, dest=dest
+    )
     options = BuildOptions(
         store_dir=plan.store_dir,
         store_root=store_root,
@@ -517,8 +540,11 @@ def build_image(
     with (
         cache or contextlib.nullcontext(),
         scratch_dir() as work,
-        _pusher(dest, image, registry, base) as pusher,
+        _pusher(dest, image, registry, base, shared) as pusher,
     ):
+        if shared is not None:
+            layer_source = shared.source(compression=compression, cache=cache, pusher=pusher)
+            options = dataclasses.replace(options, source=layer_source)
         layers = build_layers(
             image_plan,
             options=options,
@@ -526,7 +552,7 @@ def build_image(
             customisation=customisation,
             progress=pusher.progress_hook(progress) if pusher else progress,
         )
-        return _finish(
+        result = _finish(
             layers,
             base=base,
             config=config,
@@ -536,6 +562,12 @@ def build_image(
             started=started,
             pusher=pusher,
         )
+        if shared is not None:
+            keys = layer_keys(image_plan, options, customisation)
+            shared.publish(
+                list(zip(keys, layers, strict=True)), dest=pusher.ref if pusher else None
+            )
+        return result
 
 
 def _open_cache(

@@ -32,6 +32,7 @@ __all__ = [
     "MANIFEST_LIMIT",
     "PulledBlob",
     "PulledImage",
+    "blob_opener",
     "pull_image",
 ]
 
@@ -193,7 +194,7 @@ def pull_image(ref: RegistryRef, options: RegistryOptions) -> PulledImage:
             size = desc.get("size")
             size = size if isinstance(size, int) and not isinstance(size, bool) else None
             layers.append(
-                PulledBlob(digest, size, layer_type, _blob_opener(ref, options, digest, size))
+                PulledBlob(digest, size, layer_type, blob_opener(ref, options, digest, size))
             )
     csize = config_desc.get("size")
     BlobRecord(options.blob_record).add(
@@ -211,9 +212,12 @@ def pull_image(ref: RegistryRef, options: RegistryOptions) -> PulledImage:
     )
 
 
-def _blob_opener(
+def blob_opener(
     ref: RegistryRef, options: RegistryOptions, digest: Digest, size: int | None
 ) -> Callable[[], BinaryIO]:
+    """Opens blob ``digest`` of ``ref``'s repository afresh at each call, on a connection of
+    its own; reading it to the end raises RegistryError when its digest or size is wrong."""
+
     def opener() -> BinaryIO:
         return io.BufferedReader(_BlobStream(ref, options, digest, size), _CHUNK)
 

@@ -11,6 +11,7 @@ already points at the same manifest is left alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import threading
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,8 @@ class ImagePusher:
 
     Use as a context manager: blobs :meth:`submit`-ted are pushed in the background, ``jobs``
     at a time; :meth:`push` pushes what is left, then the config and the manifest.
-    ``mount_from`` names repositories of the same registry to be readable for mounts.
+    ``mount_from`` names repositories of the same registry to be readable for mounts;
+    ``readable`` more, to be readable for :meth:`adopt` only.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ImagePusher:
         tags: Sequence[str] = (),
         docker: bool = False,
         mount_from: Sequence[str] = (),
+        readable: Sequence[str] = (),
     ) -> None:
         self.ref = ref
         self.options = options
@@ -58,6 +61,9 @@ class ImagePusher:
         self.docker = docker
         self.record = BlobRecord(options.blob_record)
         self._mount_from = tuple(r for r in mount_from if r != ref.repository)
+        self._readable = tuple(
+            dict.fromkeys(r for r in (*self._mount_from, *readable) if r != ref.repository)
+        )
         self._stack = ExitStack()
         self._client: RegistryClient | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -68,7 +74,7 @@ class ImagePusher:
 
     def __enter__(self) -> ImagePusher:
         scopes = [f"repository:{self.ref.repository}:pull,push"]
-        scopes += [f"repository:{repo}:pull" for repo in self._mount_from]
+        scopes += [f"repository:{repo}:pull" for repo in self._readable]
         try:
             self._client = self._stack.enter_context(open_client(self.ref, self.options, scopes))
             self._pool = self._stack.enter_context(
@@ -88,6 +94,11 @@ class ImagePusher:
         if kind is not None and self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._stack.close()
+
+    @property
+    def client(self) -> RegistryClient:
+        """The open client of the destination repository."""
+        return self._require_client()
 
     def submit(self, layer: ImageLayer) -> None:
         """Start pushing ``layer``'s blob (once per digest); thread-safe."""
@@ -116,19 +127,47 @@ class ImagePusher:
         return the manifest's digest. The first failure of any blob is raised."""
         for layer in image.layers:
             self.submit(layer)
-        config = image.config_bytes
-        self._submit(image.config_digest, len(config), lambda: io.BytesIO(config))
-        for future in list(self._futures.values()):
-            future.result()
-        self.record.add(self.ref.registry, self.ref.repository, list(self._futures))
         if self.docker:
             body, media_type = docker_manifest_bytes(image), MediaType.DOCKER_MANIFEST
         else:
             body, media_type = image.manifest_bytes, MediaType.OCI_MANIFEST
+        return self.push_manifest(body, str(media_type), [image.config_bytes])
+
+    def push_manifest(self, body: bytes, media_type: str, blobs: Sequence[bytes]) -> Digest:
+        """Push the small ``blobs`` (a config, an artifact's data), wait for every blob
+        submitted, then put ``body`` (of ``media_type``) under every tag; return its digest."""
+        for blob in blobs:
+            self._submit(Digest.of_bytes(blob), len(blob), functools.partial(io.BytesIO, blob))
+        for future in list(self._futures.values()):
+            future.result()
+        self.record.add(self.ref.registry, self.ref.repository, list(self._futures))
         digest = Digest.of_bytes(body)
         for tag in self.tags:
             self._put_manifest(tag, body, digest, media_type)
         return digest
+
+    def adopt(self, digest: Digest, size: int, source: str | None) -> bool:
+        """Whether the repository holds blob ``digest`` of ``size`` bytes, after mounting it
+        from repository ``source`` of the same registry when it did not; such a blob is not
+        pushed again. A mount the registry turns into an upload session is cancelled."""
+        client = self._require_client()
+        present = blob_exists(client, digest, size)
+        if not present and source is not None and source != self.ref.repository:
+            location = mount_blob(client, digest, source)
+            if location is None:
+                present = blob_exists(client, digest, size)
+            else:
+                with contextlib.suppress(RegistryError):
+                    client.request(
+                        "DELETE", location, what=f"cancelling upload of {digest}", ok=(204, 404)
+                    )
+        if present:
+            done: Future[None] = Future()
+            done.set_result(None)
+            with self._lock:
+                self._futures.setdefault(digest, done)
+                self.outcomes.setdefault(digest, "present")
+        return present
 
     def _push_blob(self, digest: Digest, size: int, opener: Opener) -> None:
         client = self._require_client()
@@ -148,7 +187,7 @@ class ImagePusher:
         upload_blob(client, digest, size, opener, location=location)
         self.outcomes[digest] = "uploaded"
 
-    def _put_manifest(self, tag: str, body: bytes, digest: Digest, media_type: MediaType) -> None:
+    def _put_manifest(self, tag: str, body: bytes, digest: Digest, media_type: str) -> None:
         client = self._require_client()
         url = client.url(f"manifests/{tag}")
         what = f"manifest {digest} for {self.ref.name}:{tag}"
@@ -185,15 +224,20 @@ def open_pusher(
     docker: bool = False,
     base_image: str | None = None,
     base_layers: Sequence[ImageLayer] = (),
+    readable: Sequence[str] = (),
 ) -> Iterator[ImagePusher]:
     """An open :class:`ImagePusher` for ``ref`` with ``base_layers`` (of the ``--from`` image
-    ``base_image``) already handed to it; a base in the same registry is a mount source."""
+    ``base_image``) already handed to it; a base in the same registry is a mount source.
+    The repositories ``readable`` (of ``ref``'s registry) may be mounted from by
+    :meth:`ImagePusher.adopt`."""
     mount_from = []
     if base_image is not None and is_registry_reference(base_image):
         source = parse_reference(base_image)
         if source.registry == ref.registry:
             mount_from.append(source.repository)
-    with ImagePusher(ref, options=options, docker=docker, mount_from=mount_from) as pusher:
+    with ImagePusher(
+        ref, options=options, docker=docker, mount_from=mount_from, readable=readable
+    ) as pusher:
         for layer in base_layers:
             pusher.submit(layer)
         yield pusher
