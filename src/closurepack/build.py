@@ -8,7 +8,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,9 +112,13 @@ def build_layers(
     work_dir: Path,
     customisation: Customisation | None = None,
     progress: ProgressCallback | None = None,
+    reuse: Mapping[tuple[str, ...], Callable[[Path], BuiltLayer]] | None = None,
 ) -> list[BuiltLayer]:
     """Build every planned layer of ``image`` (``options.jobs`` at a time), bottom first, plus
     the customisation layer on top when it has anything to add.
+
+    A layer whose sorted paths are a key of ``reuse`` is not built: its function puts an
+    existing blob (a ``--previous`` image's) into ``work_dir`` and describes it.
 
     Layers come from ``options.cache`` when present there; otherwise they are built into the
     cache (or into ``work_dir`` when there is no cache). Every planned path must be an item of
@@ -152,7 +156,10 @@ def build_layers(
             )
 
         cached = False
-        if options.cache is None:
+        reused = (reuse or {}).get(tuple(sorted(layer.paths)))
+        if reused is not None:
+            built, cached = reused(work_dir), True
+        elif options.cache is None:
             built = build(work_dir)
         else:
             hit = options.cache.get(key)

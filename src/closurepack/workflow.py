@@ -8,7 +8,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -52,7 +52,7 @@ from closurepack.layerbuild import build_store_layer
 from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_layers
 from closurepack.planner import plan_closures
-from closurepack.previous import load_previous
+from closurepack.previous import load_previous, read_previous
 from closurepack.readback import read_base_image
 from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
 from closurepack.registry.push import ImagePusher, open_pusher
@@ -150,11 +150,12 @@ def make_plan(
     *,
     strategy: str | None,
     max_layers: int | None,
-    previous: Sequence[str] = (),
+    previous: Sequence[str | LayerPlan] = (),
     names: Sequence[str] | None = None,
     registry: RegistryOptions | None = None,
 ) -> LayerPlan:
-    """Plan ``closures`` together, counting the layers of ``previous`` plans/images as existing.
+    """Plan ``closures`` together, counting the layers of ``previous`` plans/images (or plans
+    read already) as existing.
 
     ``max_layers`` (default :data:`DEFAULT_MAX_LAYERS`) includes one layer kept for the
     customisation layer; ``names`` name the images (see :func:`image_names`).
@@ -164,7 +165,12 @@ def make_plan(
         closures,
         strategy=strategy or DEFAULT_STRATEGY,
         max_layers=limit,
-        previous=[load_previous(p, registry=registry) for p in previous],
+        previous=[
+            p
+            if isinstance(p, LayerPlan)
+            else load_previous(p, registry=registry, store_dir=closures[0].store_dir)
+            for p in previous
+        ],
         names=names,
     )
 
@@ -445,6 +451,7 @@ def build_image(
     mtime = image.layer_mtime
     from_image = image.from_image
     base_count = len(base.layers) if base else 0
+    reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
 
     if plan_file is not None:
         if store_paths or closure_files:
@@ -482,11 +489,16 @@ def build_image(
         names = image_names(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
+        found = [
+            read_previous(p, registry=registry, store_dir=closures[0].store_dir) for p in previous
+        ]
+        for layer in (layer for f in found for layer in f.foreign):
+            reuse.setdefault(layer.paths, layer.materialize)  # other tools' blobs, as they are
         plan = make_plan(
             closures,
             strategy=strategy,
             max_layers=budget,
-            previous=previous,
+            previous=[f.plan for f in found],
             names=names,
             registry=registry,
         )
@@ -525,6 +537,7 @@ def build_image(
             work_dir=Path(work),
             customisation=customisation,
             progress=pusher.progress_hook(progress) if pusher else progress,
+            reuse=reuse,
         )
         return _finish(
             layers,
