@@ -54,7 +54,12 @@ from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_l
 from closurepack.planner import plan_closures
 from closurepack.previous import load_previous, read_previous
 from closurepack.readback import read_base_image
-from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
+from closurepack.registry import (
+    RegistryOptions,
+    is_registry_reference,
+    parse_reference,
+    push_tags,
+)
 from closurepack.registry.push import ImagePusher, open_pusher
 from closurepack.registry.record import RECORD_NAME
 from closurepack.sources import load_closure_file, query_closure
@@ -316,11 +321,11 @@ def _check_destination(dest: str, tags: Sequence[str]) -> None:
     """Check ``dest`` (and every ``--tag``) before any layer is built, so that a wrong
     destination fails at once rather than after a long build (see :func:`check_destination`;
     a registry reference is parsed here and its registry asked in the build)."""
+    if is_registry_reference(dest):
+        push_tags(parse_reference(dest, for_push=True), tags)  # a --tag is TAG or REPO:TAG
+        return
     for tag in tags:
         parse_repo_tag(tag)
-    if is_registry_reference(dest):
-        parse_reference(dest, for_push=True)
-        return
     check_destination(dest)
 
 
@@ -400,9 +405,11 @@ def _pusher(
     """An open pusher when ``dest`` is a registry, the --from layers handed to it; else None."""
     if not is_registry_reference(dest):
         return contextlib.nullcontext()
+    ref = parse_reference(dest, for_push=True)
     return open_pusher(
-        parse_reference(dest, for_push=True),
+        ref,
         options=registry,
+        tags=push_tags(ref, image.tags),
         docker=image.manifest_format == "docker",
         base_image=image.from_image,
         base_layers=base.layers if base is not None else (),

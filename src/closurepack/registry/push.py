@@ -185,15 +185,19 @@ def open_pusher(
     docker: bool = False,
     base_image: str | None = None,
     base_layers: Sequence[ImageLayer] = (),
+    tags: Sequence[str] = (),
 ) -> Iterator[ImagePusher]:
-    """An open :class:`ImagePusher` for ``ref`` with ``base_layers`` (of the ``--from`` image
-    ``base_image``) already handed to it; a base in the same registry is a mount source."""
+    """An open :class:`ImagePusher` for ``ref`` (the manifest goes under every one of ``tags``,
+    default the reference's own) with ``base_layers`` (of the ``--from`` image ``base_image``)
+    already handed to it; a base in the same registry is a mount source."""
     mount_from = []
     if base_image is not None and is_registry_reference(base_image):
         source = parse_reference(base_image)
         if source.registry == ref.registry:
             mount_from.append(source.repository)
-    with ImagePusher(ref, options=options, docker=docker, mount_from=mount_from) as pusher:
+    with ImagePusher(
+        ref, options=options, tags=tags, docker=docker, mount_from=mount_from
+    ) as pusher:
         for layer in base_layers:
             pusher.submit(layer)
         yield pusher
