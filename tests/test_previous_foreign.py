@@ -147,6 +147,43 @@ def test_what_counts_as_an_item_and_what_as_other_content() -> None:
     assert listing({item: None, "etc/passwd": b"root\n"}) == (("/" + item,), False)
 
 
+def _entries(*infos: tarfile.TarInfo) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info in infos:
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def _info(name: str, kind: bytes = tarfile.DIRTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+@pytest.mark.parametrize(
+    ("odd", "reason"),
+    [
+        (_info("nix/store/" + "a" * 32 + "-x/dev", tarfile.CHRTYPE), "a device"),
+        (_info("nix/store/" + "a" * 32 + "-x/fifo", tarfile.FIFOTYPE), "a fifo"),
+        (_info("nix/store/" + "a" * 32 + "-x/pw", tarfile.LNKTYPE, "etc/passwd"), "link out"),
+        (_info("nix/store/" + "a" * 32 + "-x/../../../etc", tarfile.DIRTYPE), "a .. name"),
+        (_info("./nix", tarfile.SYMTYPE, "/elsewhere"), "a link over the store"),
+    ],
+)
+def test_entries_no_store_holds_make_a_layer_not_store_only(
+    odd: tarfile.TarInfo, reason: str
+) -> None:
+    item = _info("nix/store/" + "a" * 32 + "-x")
+    inside = _info("nix/store/" + "a" * 32 + "-x/ok", tarfile.LNKTYPE, "/nix/store/b-y/f")
+    for raw, only in ((_entries(item, inside), True), (_entries(item, odd), False)):
+        found = list_store_items(
+            lambda raw=raw: io.BytesIO(raw), "none", store_dir="/nix/store", where="x"
+        )
+        assert found.items == ("/" + item.name,), reason
+        assert found.only_store is only, reason
+
+
 def test_a_layer_that_is_no_tar_is_one_error_naming_it() -> None:
     with pytest.raises(ImageError, match=r"^img: layer 0: cannot read the layer as a tar"):
         list_store_items(lambda: io.BytesIO(b"x" * 700), "none", store_dir="/nix/store",
@@ -346,3 +383,45 @@ def test_open_decompressed_is_what_lists_layers() -> None:
         list_store_items(lambda: io.BytesIO(blob), "zstd", store_dir="/nix/store", where="L")
     assert str(listed.value).startswith("L: ")
     assert str(direct.value).split(": ", 1)[1] == str(listed.value).split(": ", 1)[1]
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_listing_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """A 128 MiB file and 20,000 entries: the listing's peak allocation stays far below the
+    layer's size (nothing reads the layer, or keeps its entries, in memory)."""
+    import tracemalloc
+
+    item = "nix/store/" + "a" * 32 + "-big"
+    blob = tmp_path / "big.tar.gz"
+    with tarfile.open(str(blob), mode="w|gz", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_info(item))
+        big = tarfile.TarInfo(f"{item}/zeros")
+        big.size = 128 << 20
+        tar.addfile(big, _Zeros(big.size))
+        for number in range(20_000):
+            tar.addfile(_info(f"{item}/d/{number:05d}"))
+    tracemalloc.start()
+    try:
+        found = list_store_items(
+            lambda: blob.open("rb"), "gzip", store_dir="/nix/store", where="big"
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found.items == ("/" + item,)
+    assert found.only_store
+    assert found.size == blob.stat().st_size
+    assert peak < 6 << 20, peak  # about 1.7 MiB; keeping every entry took 11 MiB

@@ -9,7 +9,8 @@ diff_id are computed in the same pass.
 A layer *holds* an item when it has the item's top entry, ``nix/store/<hash>-<name>`` directly
 below the store directory (with or without a leading ``./`` or ``/``). Directories above the
 store (``nix/``, ``nix/store/``) are no content; anything else (``etc/passwd``, a whiteout, the
-files of an item whose top entry is missing) is *other* content: the layer's store items still
+files of an item whose top entry is missing, a device, a hard link out of the store, a name
+with ``..``) is *other* content: the layer's store items still
 count, but it is not a layer of store items only (see :attr:`LayerListing.only_store`).
 """
 
@@ -100,9 +101,10 @@ def list_store_items(
                         tar.members.clear()  # a stream: keep no entry once it is seen
                         name = _normalise(info.name)
                         if name in above or name == store:
+                            other = other or not info.isdir()  # a link over the store
                             continue
                         top, sep = _item_of(name, store)
-                        if top is None:
+                        if top is None or not _plain(info, store):
                             other = True
                         elif sep:
                             inner.add(top)
@@ -125,6 +127,16 @@ def _normalise(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return name.strip("/")
+
+
+def _plain(info: tarfile.TarInfo, store: str) -> bool:
+    """Whether an entry is what a store holds: a directory, a file, a symbolic link, or a hard
+    link to another entry of the store; no ``..`` in its name (devices, fifos are not)."""
+    if ".." in info.name.split("/"):
+        return False
+    if info.islnk():
+        return _normalise(info.linkname).startswith(store + "/")
+    return info.isdir() or info.isreg() or info.issym()
 
 
 def _item_of(name: str, store: str) -> tuple[str | None, bool]:
