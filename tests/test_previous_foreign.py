@@ -425,3 +425,49 @@ def test_listing_streams_in_bounded_memory(tmp_path: Path) -> None:
     assert found.only_store
     assert found.size == blob.stat().st_size
     assert peak < 6 << 20, peak  # about 1.7 MiB; keeping every entry took 11 MiB
+
+
+def test_a_foreign_blob_that_changed_since_it_was_listed_is_not_used(tmp_path: Path) -> None:
+    from closurepack.errors import SourceError
+    from closurepack.mediatypes import MediaType
+    from closurepack.previous import ForeignLayer
+
+    def layer(opener: object) -> ForeignLayer:
+        return ForeignLayer(
+            paths=(GLIBC,),
+            digest=Digest.of_bytes(b"as listed"),
+            diff_id=Digest.of_bytes(b"tar"),
+            size=9,
+            media_type=MediaType.OCI_LAYER,
+            opener=opener,  # type: ignore[arg-type]
+            where="img: layer 0",
+        )
+
+    out = tmp_path / "out"
+    with pytest.raises(ImageError, match=r"^img: layer 0: blob content is sha256:"):
+        layer(lambda: io.BytesIO(b"changed!!")).materialize(out)
+    assert list(out.iterdir()) == []  # nothing half-written
+
+    def gone() -> io.BytesIO:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    with pytest.raises(SourceError, match=r"^img: layer 0: cannot read: "):
+        layer(gone).materialize(out)
+    assert layer(lambda: io.BytesIO(b"as listed")).materialize(out).blob_path.read_bytes() == (
+        b"as listed"
+    )
+
+
+def test_a_missing_foreign_blob_is_one_line(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "foreign"
+    foreign = _foreign_image(store, tmp_path, f"oci:{layout}")
+    (layout / "blobs" / "sha256" / foreign[1].digest.hex).unlink()
+    both = store.closure_file(tmp_path / "both.json", [APP])
+    status, out, err = run(["plan", "--closure", both, "--previous", f"oci:{layout}"], capsys)
+    assert status == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert foreign[1].digest.hex in err
+    assert "missing" in err
