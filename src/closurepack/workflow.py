@@ -173,11 +173,16 @@ def make_plan(
         previous=[
             p
             if isinstance(p, LayerPlan)
-            else load_previous(p, registry=registry, store_dir=closures[0].store_dir)
+            else load_previous(p, registry=registry, store_dir=_store_dir(closures))
             for p in previous
         ],
         names=names,
     )
+
+
+def _store_dir(closures: Sequence[Closure]) -> str:
+    """The store the closures are in (the planner refuses none, or several)."""
+    return closures[0].store_dir if closures else "/nix/store"
 
 
 def select_image(plan: LayerPlan, selector: str | None, *, source: str) -> ImagePlan:
