@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "tarstream": 5,
     "layer": 5,
     "layerbuild": 5,
+    "layerlist": 5,
     "cache": 5,
     "cachegc": 5,
     "accounts": 5,

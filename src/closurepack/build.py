@@ -8,7 +8,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -154,9 +154,13 @@ def build_layers(
     work_dir: Path,
     customisation: Customisation | None = None,
     progress: ProgressCallback | None = None,
+    reuse: Mapping[tuple[str, ...], Callable[[Path], BuiltLayer]] | None = None,
 ) -> list[BuiltLayer | RemoteLayer]:
     """Build every planned layer of ``image`` (``options.jobs`` at a time), bottom first, plus
     the customisation layer on top when it has anything to add.
+
+    A layer whose sorted paths are a key of ``reuse`` is not built: its function puts an
+    existing blob (a ``--previous`` image's) into ``work_dir`` and describes it.
 
     Layers come from ``options.cache`` when present there, else from ``options.source`` when
     it has them; otherwise they are built into the cache (or into ``work_dir`` when there is
@@ -189,7 +193,10 @@ def build_layers(
             )
 
         hit: BuiltLayer | RemoteLayer | None = None
-        if options.cache is not None:
+        reused = (reuse or {}).get(tuple(sorted(layer.paths)))
+        if reused is not None:
+            hit = reused(work_dir)
+        if hit is None and options.cache is not None:
             hit = options.cache.get(key)
         if hit is None and options.source is not None:
             hit = options.source(key, layer, work_dir)

@@ -4,15 +4,74 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from closurepack.errors import InputError, PlanError
-from closurepack.image import layer_paths_from_config
+from closurepack._fs import put_blob
+from closurepack.digest import Digest
+from closurepack.errors import DestinationError, ImageError, InputError, PlanError, SourceError
+from closurepack.image import layer_paths_from_config, oci_media_type
+from closurepack.layer import BuiltLayer, store_layer_comment
+from closurepack.layerlist import list_store_items
+from closurepack.mediatypes import MediaType
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer
-from closurepack.readback import read_raw
+from closurepack.readback import RawImage, read_raw
 from closurepack.registry import RegistryOptions
 
-__all__ = ["load_previous", "plan_from_image_config"]
+__all__ = [
+    "ForeignLayer",
+    "Previous",
+    "load_previous",
+    "plan_from_image_config",
+    "plan_from_layer_lists",
+    "read_previous",
+]
+
+
+@dataclass(frozen=True)
+class ForeignLayer:
+    """A layer of an image made by another tool that holds store items only: a build that
+    plans exactly these ``paths`` into one layer reuses this blob as it is (same digest)."""
+
+    paths: tuple[str, ...]
+    digest: Digest
+    diff_id: Digest
+    size: int
+    media_type: MediaType
+    opener: Callable[[], BinaryIO]
+    where: str
+
+    def materialize(self, dest_dir: Path) -> BuiltLayer:
+        """Copy the blob into ``dest_dir``, checked against its digest while copying."""
+        try:
+            with self.opener() as stream:
+                put_blob(dest_dir, stream, expected=self.digest, fsync=False)
+        except ValueError as exc:
+            raise ImageError(f"{self.where}: {exc}") from exc
+        except DestinationError as exc:
+            raise SourceError(str(exc)) from exc
+        except OSError as exc:
+            raise SourceError(f"{self.where}: cannot read: {exc}") from exc
+        return BuiltLayer(
+            digest=self.digest,
+            diff_id=self.diff_id,
+            size=self.size,
+            media_type=self.media_type,
+            blob_path=dest_dir / self.digest.hex,
+            paths=self.paths,
+            comment=store_layer_comment(self.paths),
+            verified=True,
+        )
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What ``--previous`` found: the layers as a plan, and the blobs a build may reuse."""
+
+    plan: LayerPlan
+    foreign: tuple[ForeignLayer, ...] = ()
 
 
 def plan_from_image_config(config: dict[str, object], *, source: str) -> LayerPlan:
@@ -37,11 +96,23 @@ def plan_from_image_config(config: dict[str, object], *, source: str) -> LayerPl
     return LayerPlan((ImagePlan(layers, name=source),), store_dir=store_dir, strategy="previous")
 
 
-def load_previous(spec: str, *, registry: RegistryOptions | None = None) -> LayerPlan:
+def load_previous(
+    spec: str, *, registry: RegistryOptions | None = None, store_dir: str = "/nix/store"
+) -> LayerPlan:
+    """The layers of ``spec`` as a plan (see :func:`read_previous`)."""
+    return read_previous(spec, registry=registry, store_dir=store_dir).plan
+
+
+def read_previous(
+    spec: str, *, registry: RegistryOptions | None = None, store_dir: str = "/nix/store"
+) -> Previous:
     """Read ``spec``: a plan file (JSON from ``closurepack plan --json``), or an image
     (``docker-archive:``, ``oci:``, ``oci-archive:``, ``docker://``; a bare path to a tar is
     read as a docker-archive, a bare directory as an OCI layout).
 
+    An image's layers are what its ``dev.closurepack.layers`` label records; an image without
+    the label (made by another tool) has its layers' file lists read for the items of
+    ``store_dir`` they hold (:func:`plan_from_layer_lists`).
     A bare path that is neither, or does not exist, is a PlanError naming it.
     """
     path = Path(spec)
@@ -58,7 +129,7 @@ def load_previous(spec: str, *, registry: RegistryOptions | None = None) -> Laye
             except OSError as exc:
                 raise PlanError(f"--previous {spec}: cannot read: {exc.strerror}") from exc
             if is_json:
-                return LayerPlan.from_json(text, source=spec)
+                return Previous(LayerPlan.from_json(text, source=spec))
             if not _looks_like_tar(path):
                 raise PlanError(
                     f"--previous {spec}: neither a plan (JSON) nor an image archive (tar)"
@@ -73,7 +144,66 @@ def load_previous(spec: str, *, registry: RegistryOptions | None = None) -> Laye
         raise InputError(f"{spec}: the image config is not JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise InputError(f"{spec}: the image config is not a JSON object")
-    return plan_from_image_config(config, source=spec)
+    if layer_paths_from_config(config):
+        return Previous(plan_from_image_config(config, source=spec))
+    return plan_from_layer_lists(raw, config, store_dir=store_dir)
+
+
+def plan_from_layer_lists(raw: RawImage, config: dict[str, object], *, store_dir: str) -> Previous:
+    """The store layers of an image without our label, from the entry names of its layers
+    (each blob streamed once, its digest and diff_id checked against what the image declares).
+
+    A layer holding items of ``store_dir`` is a previous layer of those items (its other files
+    do not count); one holding nothing but them is also reusable as it is (a ForeignLayer).
+    No layer holding any item is a PlanError naming the image.
+    """
+    spec = raw.source
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(raw.layers):
+        count = len(diff_ids) if isinstance(diff_ids, list) else 0
+        raise ImageError(f"{spec}: config lists {count} diff_ids for {len(raw.layers)} layers")
+    layers = []
+    foreign = []
+    for index, blob in enumerate(raw.layers):
+        where = f"{spec}: layer {index} ({blob.name})"
+        try:
+            listing = list_store_items(
+                blob.opener, blob.media_type.compression, store_dir=store_dir, where=where
+            )
+        except DestinationError as exc:  # the blob is missing: a source that is not there
+            raise SourceError(str(exc)) from exc
+        if blob.digest is not None and listing.digest != blob.digest:
+            raise ImageError(f"{where}: the blob's digest is {listing.digest}, not {blob.digest}")
+        if str(diff_ids[index]) != str(listing.diff_id):
+            raise ImageError(
+                f"{where}: the layer's diff_id is {listing.diff_id}, the config says"
+                f" {diff_ids[index]}"
+            )
+        if not listing.items:
+            continue
+        layers.append(PlannedLayer(listing.items, 0, "previous"))
+        if listing.only_store:
+            foreign.append(
+                ForeignLayer(
+                    paths=listing.items,
+                    digest=listing.digest,
+                    diff_id=listing.diff_id,
+                    size=listing.size,
+                    media_type=oci_media_type(blob.media_type),
+                    opener=blob.opener,
+                    where=where,
+                )
+            )
+    if not layers:
+        raise PlanError(
+            f"{spec}: the image records no store layers (not built by closurepack?) and its"
+            f" layers hold no items of {store_dir}"
+        )
+    plan = LayerPlan(
+        (ImagePlan(tuple(layers), name=spec),), store_dir=store_dir, strategy="previous"
+    )
+    return Previous(plan, tuple(foreign))
 
 
 _TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:", "docker://")

@@ -8,7 +8,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -54,14 +54,19 @@ from closurepack.image import (
     assemble_image,
     layer_paths_from_config,
 )
-from closurepack.layer import store_layer_comment
+from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer
 from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan, check_max_layers
 from closurepack.planner import plan_closures
-from closurepack.previous import load_previous
+from closurepack.previous import load_previous, read_previous
 from closurepack.readback import read_base_image
-from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
+from closurepack.registry import (
+    RegistryOptions,
+    is_registry_reference,
+    parse_reference,
+    push_tags,
+)
 from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.push import ImagePusher, open_pusher
 from closurepack.registry.record import RECORD_NAME
@@ -158,11 +163,12 @@ def make_plan(
     *,
     strategy: str | None,
     max_layers: int | None,
-    previous: Sequence[str] = (),
+    previous: Sequence[str | LayerPlan] = (),
     names: Sequence[str] | None = None,
     registry: RegistryOptions | None = None,
 ) -> LayerPlan:
-    """Plan ``closures`` together, counting the layers of ``previous`` plans/images as existing.
+    """Plan ``closures`` together, counting the layers of ``previous`` plans/images (or plans
+    read already) as existing.
 
     ``max_layers`` (default :data:`DEFAULT_MAX_LAYERS`) includes one layer kept for the
     customisation layer; ``names`` name the images (see :func:`image_names`).
@@ -172,9 +178,19 @@ def make_plan(
         closures,
         strategy=strategy or DEFAULT_STRATEGY,
         max_layers=limit,
-        previous=[load_previous(p, registry=registry) for p in previous],
+        previous=[
+            p
+            if isinstance(p, LayerPlan)
+            else load_previous(p, registry=registry, store_dir=_store_dir(closures))
+            for p in previous
+        ],
         names=names,
     )
+
+
+def _store_dir(closures: Sequence[Closure]) -> str:
+    """The store the closures are in (the planner refuses none, or several)."""
+    return closures[0].store_dir if closures else "/nix/store"
 
 
 def select_image(plan: LayerPlan, selector: str | None, *, source: str) -> ImagePlan:
@@ -318,11 +334,11 @@ def _check_destination(dest: str, tags: Sequence[str]) -> None:
     """Check ``dest`` (and every ``--tag``) before any layer is built, so that a wrong
     destination fails at once rather than after a long build (see :func:`check_destination`;
     a registry reference is parsed here and its registry asked in the build)."""
+    if is_registry_reference(dest):
+        push_tags(parse_reference(dest, for_push=True), tags)  # a --tag is TAG or REPO:TAG
+        return
     for tag in tags:
         parse_repo_tag(tag)
-    if is_registry_reference(dest):
-        parse_reference(dest, for_push=True)
-        return
     check_destination(dest)
 
 
@@ -411,6 +427,7 @@ def _pusher(
     return open_pusher(
         ref,
         options=registry,
+        tags=push_tags(ref, image.tags),
         docker=image.manifest_format == "docker",
         base_image=image.from_image,
         base_layers=base.layers if base is not None else (),
@@ -465,6 +482,7 @@ def build_image(
     mtime = image.layer_mtime
     from_image = image.from_image
     base_count = len(base.layers) if base else 0
+    reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
 
     if plan_file is not None:
         if store_paths or closure_files:
@@ -502,11 +520,16 @@ def build_image(
         names = image_names(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
+        found = [
+            read_previous(p, registry=registry, store_dir=closures[0].store_dir) for p in previous
+        ]
+        for layer in (layer for f in found for layer in f.foreign):
+            reuse.setdefault(layer.paths, layer.materialize)  # other tools' blobs, as they are
         plan = make_plan(
             closures,
             strategy=strategy,
             max_layers=budget,
-            previous=previous,
+            previous=[f.plan for f in found],
             names=names,
             registry=registry,
         )
@@ -551,6 +574,7 @@ def build_image(
             work_dir=Path(work),
             customisation=customisation,
             progress=pusher.progress_hook(progress) if pusher else progress,
+            reuse=reuse,
         )
         result = _finish(
             layers,

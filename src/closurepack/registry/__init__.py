@@ -12,6 +12,7 @@ from closurepack.registry.reference import (
     RegistryRef,
     is_registry_reference,
     parse_reference,
+    push_tags,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "is_loopback",
     "is_registry_reference",
     "parse_reference",
+    "push_tags",
 ]

@@ -225,18 +225,24 @@ def open_pusher(
     base_image: str | None = None,
     base_layers: Sequence[ImageLayer] = (),
     readable: Sequence[str] = (),
+    tags: Sequence[str] = (),
 ) -> Iterator[ImagePusher]:
-    """An open :class:`ImagePusher` for ``ref`` with ``base_layers`` (of the ``--from`` image
-    ``base_image``) already handed to it; a base in the same registry is a mount source.
-    The repositories ``readable`` (of ``ref``'s registry) may be mounted from by
-    :meth:`ImagePusher.adopt`."""
+    """An open :class:`ImagePusher` for ``ref`` (the manifest goes under every one of ``tags``,
+    default the reference's own) with ``base_layers`` (of the ``--from`` image ``base_image``)
+    already handed to it; a base in the same registry is a mount source. The repositories
+    ``readable`` (of ``ref``'s registry) may be mounted from by :meth:`ImagePusher.adopt`."""
     mount_from = []
     if base_image is not None and is_registry_reference(base_image):
         source = parse_reference(base_image)
         if source.registry == ref.registry:
             mount_from.append(source.repository)
     with ImagePusher(
-        ref, options=options, docker=docker, mount_from=mount_from, readable=readable
+        ref,
+        options=options,
+        tags=tags,
+        docker=docker,
+        mount_from=mount_from,
+        readable=readable,
     ) as pusher:
         for layer in base_layers:
             pusher.submit(layer)

@@ -10,12 +10,13 @@ Repository and tag follow the grammar of the OCI distribution spec.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, OptionError
 
-__all__ = ["PREFIX", "RegistryRef", "is_registry_reference", "parse_reference"]
+__all__ = ["PREFIX", "RegistryRef", "is_registry_reference", "parse_reference", "push_tags"]
 
 #: The transport prefix of registry references.
 PREFIX = "docker://"
@@ -122,6 +123,45 @@ def parse_reference(text: str, *, for_push: bool = False) -> RegistryRef:
     if len(host) + 1 + len(path) > _MAX_NAME:
         raise OptionError(f"registry reference {text!r}: name longer than {_MAX_NAME} characters")
     return RegistryRef(host, path, tag, digest)
+
+
+def push_tags(ref: RegistryRef, tags: Sequence[str]) -> tuple[str, ...]:
+    """The tags a push to ``ref`` writes: its own (``latest`` when it names none), then the
+    tag of each ``--tag``, each once.
+
+    A ``--tag`` is ``TAG``, or ``NAME:TAG`` whose NAME is ``ref``'s repository (``REPO`` or
+    ``HOST/REPO``); one naming another repository is an OptionError: a push writes one
+    repository (copy the image on with ``skopeo copy``).
+    """
+    found = [ref.reference]
+    for text in tags:
+        slash, colon = text.rfind("/"), text.rfind(":")
+        if colon <= slash:  # a bare TAG
+            if not _TAG.fullmatch(text):
+                raise OptionError(
+                    f"--tag {text!r}: invalid tag (letters, digits, _ . -; at most 128,"
+                    " not starting with . or -), or NAME:TAG"
+                )
+            found.append(text)
+            continue
+        name = text[:colon]
+        first = name.split("/", 1)[0]
+        hosted = "/" in name and ("." in first or ":" in first or first == "localhost")
+        spelled = f"{PREFIX}{text}" if hosted else f"{PREFIX}{ref.host}/{text}"
+        try:
+            other = parse_reference(spelled)
+        except OptionError as exc:
+            raise OptionError(f"--tag {text!r}: {str(exc).partition(': ')[2]}") from None
+        if other.digest is not None or other.tag is None:
+            raise OptionError(f"--tag {text!r}: expected TAG or NAME:TAG")
+        if (other.registry, other.repository) != (ref.registry, ref.repository):
+            raise OptionError(
+                f"--tag {text!r}: a push to {ref.name} tags that repository only"
+                f" (give TAG or {ref.repository}:TAG; copy the image to {other.name} with"
+                " skopeo copy)"
+            )
+        found.append(other.tag)
+    return tuple(dict.fromkeys(found))
 
 
 def _port_ok(host: str) -> bool:
