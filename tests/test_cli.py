@@ -457,8 +457,8 @@ def test_plain_closurepack_prints_its_usage(capsys: pytest.CaptureFixture[str]) 
 def test_previous_image_not_built_by_closurepack(
     app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from closurepack.destinations import write_image
     from closurepack.image import ImageConfig, assemble_image
+    from closurepack.transports import write_image
     from handmade import make_layer
 
     layer = make_layer(tmp_path / "blobs", {"etc": None, "etc/motd": b"hello\n"})

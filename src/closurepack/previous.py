@@ -9,8 +9,8 @@ from pathlib import Path
 from closurepack.errors import InputError, PlanError
 from closurepack.image import layer_paths_from_config
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer
-from closurepack.readback import read_raw
 from closurepack.registry import RegistryOptions
+from closurepack.transports import read_raw
 
 __all__ = ["load_previous", "plan_from_image_config"]
 
