@@ -42,6 +42,7 @@ RANKS: dict[str, int] = {
     "registry": 8,
     "previous": 9,
     "workflow": 9,
+    "copying": 9,
     "cacheadmin": 9,
     "cli": 10,
     "__init__": 10,

@@ -122,7 +122,10 @@ class ImagePusher:
             future.result()
         self.record.add(self.ref.registry, self.ref.repository, list(self._futures))
         if self.docker:
-            body, media_type = docker_manifest_bytes(image), MediaType.DOCKER_MANIFEST
+            # a Docker manifest already (an image copied from one) is pushed as it is
+            is_docker = image.manifest.get("mediaType") == MediaType.DOCKER_MANIFEST
+            body = image.manifest_bytes if is_docker else docker_manifest_bytes(image)
+            media_type = MediaType.DOCKER_MANIFEST
         else:
             body, media_type = image.manifest_bytes, MediaType.OCI_MANIFEST
         digest = Digest.of_bytes(body)

@@ -120,6 +120,7 @@ def write_image(
     started: float | None = None,
     registry: RegistryOptions | None = None,
     docker: bool = False,
+    mount_from: Sequence[str] = (),
 ) -> str:
     """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string); return
     its manifest digest (``HOST/REPO@DIGEST`` for a registry).
@@ -129,8 +130,9 @@ def write_image(
     named after the image's ``name`` (a plan's or a closure's). For ``-``
     the docker-archive goes to ``stream`` (default: standard output's binary buffer). Temp
     files that writes killed before ``started`` (the job's start; default: now) left at the
-    destination are removed. A registry (``docker://``) is reached with ``registry`` (its options)
-    and gets the Docker schema 2 manifest with ``docker``.
+    destination are removed. A registry (``docker://``) is reached with ``registry`` (its
+    options), gets the Docker schema 2 manifest with ``docker``, and has the blobs of its
+    repositories ``mount_from`` mounted rather than uploaded.
     """
     if isinstance(tags, str):
         tags = (tags,)
@@ -142,6 +144,7 @@ def write_image(
             options=registry or RegistryOptions(),
             tags=_registry_tags(ref, tags),
             docker=docker,
+            mount_from=mount_from,
         )
         return f"{ref.name}@{pushed}"
     if isinstance(dest, str):

@@ -9,7 +9,7 @@ from closurepack.digest import Digest
 from closurepack.image import Image
 from closurepack.registry import RegistryOptions, RegistryRef, parse_reference
 from closurepack.registry.pull import pull_image
-from closurepack.registry.push import push_image
+from closurepack.registry.push import ImagePusher
 from closurepack.transports._raw import RawBlob, RawImage
 
 __all__ = ["check_destination", "read_image", "write_image"]
@@ -48,7 +48,13 @@ def write_image(
     options: RegistryOptions,
     tags: Sequence[str] = (),
     docker: bool = False,
+    mount_from: Sequence[str] = (),
 ) -> Digest:
     """Push ``image`` to ``ref`` under ``tags`` (default: the reference's own); return the
-    digest of the manifest pushed (Docker schema 2 with ``docker``)."""
-    return push_image(image, ref, options=options, tags=tags, docker=docker)
+    digest of the manifest pushed (Docker schema 2 with ``docker``). Blobs the repository has
+    are not sent again; blobs of the repositories ``mount_from`` (of the same registry) are
+    mounted from there rather than uploaded."""
+    with ImagePusher(
+        ref, options=options, tags=tags, docker=docker, mount_from=mount_from
+    ) as pusher:
+        return pusher.push(image)
