@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from closurepack.readback import read_image
 from closurepack.transports import write_image
 from closurepack.validate import verify_image
 from handmade import busybox_image
+from registry_auth_fixtures import PASSWORD, USER, AuthRegistry
 from registry_fixtures import Registry
 from runtimes import PodmanRunner, require_tool, run_tool
 
@@ -311,3 +315,52 @@ def test_a_docker_manifest_written_by_skopeo_is_copied_byte_for_byte(
     # an OCI layout holds OCI manifests: the same config and blobs under OCI media types
     assert _copy(capsys, theirs, f"oci:{layout}") == str(image.manifest_digest)
     assert verify_image(f"oci:{layout}") == []
+
+
+def test_copy_to_standard_output_streams_a_docker_archive(
+    tmp_path: Path, source: tuple[Image, str]
+) -> None:
+    image, ref = source
+    result = subprocess.run(
+        [sys.executable, "-m", "closurepack.cli", "copy", ref, "-", "--tag", "cp/out:1"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    # the digest goes to stderr: standard output holds the archive, and nothing after it
+    assert result.stderr.decode() == f"{image.manifest_digest}\n"
+    with tarfile.open(fileobj=io.BytesIO(result.stdout)) as tar:
+        handle = tar.extractfile("manifest.json")
+        assert handle is not None
+        assert json.loads(handle.read())[0]["RepoTags"] == ["cp/out:1"]
+    archive = tmp_path / "out.tar"
+    archive.write_bytes(result.stdout)
+    assert verify_image(f"docker-archive:{archive}") == []
+
+
+@pytest.mark.integration
+def test_copy_takes_registry_credentials(
+    tmp_path: Path,
+    source: tuple[Image, str],
+    htpasswd_registry: AuthRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image, ref = source
+    dest = f"docker://{htpasswd_registry.host}/copied:1"
+    creds = ["--creds", f"{USER}:{PASSWORD}", "--tls-verify=false"]
+    assert _copy(capsys, ref, dest, *creds).endswith(str(image.manifest_digest))
+    layout = tmp_path / "layout"
+    assert _copy(capsys, dest, f"oci:{layout}", *creds) == str(image.manifest_digest)
+    assert verify_image(f"oci:{layout}") == []
+    wrong = "not-the-pw-SECRET-52"
+    code, out, err = run(
+        ["copy", dest, f"oci:{tmp_path / 'no'}", "--creds", f"{USER}:{wrong}"], capsys
+    )
+    assert code == 5
+    assert out == ""
+    (line,) = err.splitlines()
+    assert htpasswd_registry.host in line
+    assert wrong not in line
+    assert PASSWORD not in line
+    assert not (tmp_path / "no").exists()

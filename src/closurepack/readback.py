@@ -1,7 +1,7 @@
 """Images read back from any transport (``docker-archive:``, ``oci:``, ``oci-archive:``,
-``docker://``) for ``--from`` and ``inspect``: the format-independent part, turning what a
-transport's reader returns (a :class:`~closurepack.transports.RawImage`, nothing verified) into
-an :class:`~closurepack.image.Image` whose layers open their stored blobs.
+``docker://``) for ``--from``, ``inspect`` and ``copy``: the format-independent part, turning
+what a transport's reader returns (a :class:`~closurepack.transports.RawImage`, nothing
+verified) into an :class:`~closurepack.image.Image` whose layers open their stored blobs.
 """
 
 from __future__ import annotations
