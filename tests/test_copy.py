@@ -174,6 +174,9 @@ def test_bad_options_fail_before_anything_is_read(
         ([ref, f"oci:{tmp_path / 'x'}", "--tag", "Bad Name"], "image name 'Bad Name'"),
         ([ref, "docker://127.0.0.1:1/app@sha256:" + "0" * 64], "names a tag, not a digest"),
         ([ref, "nowhere"], "destination 'nowhere'"),
+        (["nowhere", f"oci:{tmp_path / 'x'}"], "image 'nowhere': expected docker-archive:PATH"),
+        (["-", f"oci:{tmp_path / 'x'}"], "cannot read an image from standard output"),
+        (["docker://app:1", f"oci:{tmp_path / 'x'}"], "name the registry host first"),
     ):
         code, out, err = run(["copy", *argv], capsys)
         assert code == 2, err

@@ -20,12 +20,15 @@ from closurepack.errors import ImageError, OptionError
 from closurepack.image import Image, manifest_for
 from closurepack.mediatypes import MediaType
 from closurepack.readback import image_from_raw
-from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
+from closurepack.registry import RegistryOptions, RegistryRef
 from closurepack.transports import (
+    Destination,
     RawImage,
     check_destination,
-    parse_destination,
+    is_registry_reference,
+    parse_reference,
     parse_repo_tag,
+    parse_source,
     read_raw,
     write_image,
 )
@@ -80,26 +83,23 @@ def _check_declared(raw: RawImage) -> None:
             raise ImageError(f"{raw.source}: the {what} has digest {actual}, not {declared}")
 
 
-def _default_tags(source: str, dest: str, tags: tuple[str, ...]) -> tuple[str, ...]:
+def _default_tags(
+    source: Destination | RegistryRef, dest: Destination | RegistryRef, tags: tuple[str, ...]
+) -> tuple[str, ...]:
     """The tags a docker-archive destination gets when neither it nor ``--tag`` names the
     image: a registry source's ``HOST/REPO:TAG``, so that ``docker load`` names it so."""
-    if tags or is_registry_reference(dest) or not is_registry_reference(source):
+    if tags or not isinstance(source, RegistryRef) or source.tag is None:
         return tags
-    target = parse_destination(dest)
-    if target.kind not in ("docker-archive", "stdout") or target.reference:
+    if not isinstance(dest, Destination) or dest.kind not in ("docker-archive", "stdout"):
         return tags
-    ref = parse_reference(source)
-    if ref.tag is None:
-        return tags
-    return (f"{ref.name}:{ref.tag}",)
+    return tags if dest.reference else (f"{source.name}:{source.tag}",)
 
 
-def _mount_from(source: str, dest: str) -> tuple[str, ...]:
+def _mount_from(source: Destination | RegistryRef, dest: Destination | RegistryRef) -> list[str]:
     """The source's repository when both are in one registry: its blobs are mounted."""
-    if not (is_registry_reference(source) and is_registry_reference(dest)):
-        return ()
-    src, dst = parse_reference(source), parse_reference(dest)
-    return (src.repository,) if src.registry == dst.registry else ()
+    if not (isinstance(source, RegistryRef) and isinstance(dest, RegistryRef)):
+        return []
+    return [source.repository] if source.registry == dest.registry else []
 
 
 def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) -> str:
@@ -112,12 +112,14 @@ def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) ->
     failed copy leaves the destination as it was.
     """
     options = options or CopyOptions()
+    source_ref = parse_reference(source) if is_registry_reference(source) else parse_source(source)
+    dest_ref = parse_reference(dest, for_push=True)
     for tag in options.tags:
         parse_repo_tag(tag)
     fmt = options.manifest_format
     if fmt not in (None, "oci", "docker"):
         raise OptionError(f"--format {fmt!r}: expected oci or docker")
-    to_registry = is_registry_reference(dest)
+    to_registry = isinstance(dest_ref, RegistryRef)
     if fmt == "docker" and not to_registry:
         raise OptionError(
             "--format docker is for docker:// destinations (docker-archive is Docker's already)"
@@ -131,8 +133,8 @@ def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) ->
     return write_image(
         image,
         dest,
-        tags=_default_tags(source, dest, options.tags),
+        tags=_default_tags(source_ref, dest_ref, options.tags),
         registry=options.registry,
         docker=flavour == "docker",
-        mount_from=_mount_from(source, dest),
+        mount_from=_mount_from(source_ref, dest_ref),
     )

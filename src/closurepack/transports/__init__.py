@@ -24,6 +24,7 @@ from closurepack._fs import is_special_file
 from closurepack.errors import DestinationError, InputError, OptionError, SourceError
 from closurepack.image import Image
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
+from closurepack.registry import parse_reference as parse_registry_reference
 from closurepack.transports import docker_archive, oci_archive, oci_layout, stdout
 from closurepack.transports import registry as _registry
 from closurepack.transports._files import probe_writable
@@ -48,12 +49,22 @@ __all__ = [
     "is_registry_reference",
     "oci_ref_names",
     "parse_destination",
+    "parse_reference",
     "parse_repo_tag",
     "parse_source",
     "read_raw",
     "sniff_media_type",
     "write_image",
 ]
+
+
+def parse_reference(text: str, *, for_push: bool = False) -> Destination | RegistryRef:
+    """A reference of any transport: a :class:`~closurepack.registry.RegistryRef` for
+    ``docker://`` (a tag, not a digest, with ``for_push``), else a :class:`Destination`; an
+    OptionError naming ``text`` when it is neither."""
+    if is_registry_reference(text):
+        return parse_registry_reference(text, for_push=for_push)
+    return parse_destination(text)
 
 
 def _check_archive_path(path: Path) -> None:
