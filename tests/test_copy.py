@@ -367,3 +367,25 @@ def test_copy_takes_registry_credentials(
     assert wrong not in line
     assert PASSWORD not in line
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.integration
+def test_missing_registry_source_is_one_line_exit_2(
+    tmp_path: Path,
+    source: tuple[Image, str],
+    registry: Registry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, ref = source
+    _copy(capsys, ref, f"docker://{registry.host}/there:1")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for missing in (f"{registry.host}/there:2", f"{registry.host}/nothing:1"):
+        expected = f"{missing}: no such image: {registry.host} has no manifest there"
+        for argv in (["copy", f"docker://{missing}", f"oci:{out_dir / 'x'}"],
+                     ["inspect", f"docker://{missing}"]):  # fmt: skip
+            code, out, err = run(argv, capsys)
+            assert code == 2, err
+            assert out == ""
+            assert err == f"closurepack: error: {expected}\n"
+    assert list(out_dir.iterdir()) == []
