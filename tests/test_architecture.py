@@ -12,7 +12,7 @@ import closurepack
 
 SRC = Path(closurepack.__file__).parent
 
-# Rank of each module along graph -> plan -> layers -> image -> destinations. A module may import
+# Rank of each module along graph -> plan -> layers -> image -> transports. A module may import
 # modules of its own rank or lower, never higher.
 RANKS: dict[str, int] = {
     "errors": 0,
@@ -39,10 +39,11 @@ RANKS: dict[str, int] = {
     "readback": 8,
     "basefiles": 8,
     "validate": 8,
-    "destinations": 8,
+    "transports": 8,
     "registry": 8,
     "previous": 9,
     "workflow": 9,
+    "copying": 9,
     "cacheadmin": 9,
     "cli": 10,
     "__init__": 10,

@@ -13,7 +13,7 @@ import pytest
 
 from clistore import APP, GLIBC, GRAPH, LIBFOO, TOOL, ZLIB, Store, item, make_store, run
 
-COMMANDS = ["plan", "build", "build-layer", "assemble", "verify", "inspect", "cache"]
+COMMANDS = ["plan", "build", "build-layer", "assemble", "copy", "verify", "inspect", "cache"]
 STRATEGIES = ["auto", "popularity", "size", "dominator", "single", "per-item"]
 
 
@@ -457,8 +457,8 @@ def test_plain_closurepack_prints_its_usage(capsys: pytest.CaptureFixture[str]) 
 def test_previous_image_not_built_by_closurepack(
     app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from closurepack.destinations import write_image
     from closurepack.image import ImageConfig, assemble_image
+    from closurepack.transports import write_image
     from handmade import make_layer
 
     layer = make_layer(tmp_path / "blobs", {"etc": None, "etc/motd": b"hello\n"})

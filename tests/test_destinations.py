@@ -14,19 +14,19 @@ from typing import Any
 
 import pytest
 
-from closurepack.destinations import (
-    image_repo_name,
-    parse_destination,
-    parse_repo_tag,
-    write_image,
-)
-from closurepack.destinations.docker_archive import v1_ids
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, OptionError
 from closurepack.image import BlobLayer, Image, ImageConfig, ImageLayer, assemble_image
 from closurepack.layer import BuiltLayer
 from closurepack.mediatypes import MediaType
 from closurepack.readback import read_image
+from closurepack.transports import (
+    image_repo_name,
+    parse_destination,
+    parse_repo_tag,
+    write_image,
+)
+from closurepack.transports.docker_archive import v1_ids
 from closurepack.validate import verify_image
 from handmade import busybox_image, make_layer, oci_validator
 from runtimes import DockerEngine, PodmanRunner, require_tool, run_tool
@@ -278,7 +278,7 @@ def test_failed_archive_write_keeps_the_previous_file(
 _WRITE_UNDER_A_SIZE_LIMIT = """
 import resource, signal, sys
 from pathlib import Path
-from closurepack.destinations import write_image
+from closurepack.transports import write_image
 from closurepack.errors import DestinationError
 from handmade import busybox_image
 

@@ -13,13 +13,13 @@ import pytest
 
 from clistore import APP, GLIBC, LIBFOO, TOOL, ZLIB, Store, read_docker_archive, read_oci, run
 from closurepack.compression import open_decompressed
-from closurepack.destinations import write_image
 from closurepack.digest import Digest
 from closurepack.errors import ImageError
 from closurepack.image import ImageConfig, assemble_image
 from closurepack.layer import BuiltLayer
 from closurepack.layerlist import list_store_items
 from closurepack.mediatypes import layer_media_type
+from closurepack.transports import write_image
 from handmade import make_layer
 from runtimes import require_tool, run_tool
 

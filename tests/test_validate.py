@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from closurepack.destinations import write_image
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, InputError, SourceError
 from closurepack.image import Image, ImageConfig, assemble_image, canonical_json, manifest_for
 from closurepack.layer import BuiltLayer
 from closurepack.readback import read_base_image, read_image
+from closurepack.transports import write_image
 from closurepack.validate import format_inspection, inspect_image, verify_image
 from handmade import busybox_image, make_layer
 from runtimes import DockerEngine, PodmanRunner, require_tool, run_tool

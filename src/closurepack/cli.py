@@ -421,6 +421,37 @@ def assemble_command(**kwargs: Any) -> None:
     click.echo(assemble_from_descriptors(**options, image=image, registry=registry))
 
 
+@cli.command("copy")
+@click.argument("source", metavar="SRC")
+@click.argument("dest", metavar="DEST")
+@click.option(
+    "--tag",
+    multiple=True,
+    help="NAME:TAG naming the copy (repeatable; for oci:, oci-archive: and docker:// the TAG).",
+)
+@click.option(
+    "--format",
+    "manifest_format",
+    type=click.Choice(["oci", "docker"]),
+    default=None,
+    help="Manifest pushed to a docker:// destination (default: the source's; OCI when the"
+    " source has none).",
+)
+@_registry_options
+def copy_command(source: str, dest: str, tag: tuple[str, ...], **kwargs: Any) -> None:
+    """Copy an image between any two transports (oci:, oci-archive:, docker-archive:,
+    docker://; DEST may be '-'), layer blobs byte for byte, reusing what DEST holds."""
+    from closurepack.copying import CopyOptions, copy_image
+
+    options = CopyOptions(
+        tags=tag,
+        manifest_format=kwargs.pop("manifest_format"),
+        registry=_split_registry_options(kwargs),
+    )
+    digest = copy_image(source, dest, options=options)
+    click.echo(digest, err=dest == "-")  # standard output holds the archive
+
+
 @cli.command("verify")
 @click.argument("image")
 @_registry_options

@@ -17,8 +17,8 @@ from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerlist import list_store_items
 from closurepack.mediatypes import MediaType
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer
-from closurepack.readback import RawImage, read_raw
 from closurepack.registry import RegistryOptions
+from closurepack.transports import RawImage, read_raw
 
 __all__ = [
     "ForeignLayer",

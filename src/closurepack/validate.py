@@ -18,8 +18,9 @@ from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import LAYERS_LABEL, layer_paths_from_config
 from closurepack.planner import human_size, plural
-from closurepack.readback import RawBlob, RawImage, read_image, read_raw
+from closurepack.readback import read_image
 from closurepack.registry import RegistryOptions
+from closurepack.transports import RawBlob, RawImage, read_raw
 
 __all__ = ["format_inspection", "inspect_image", "verify_image", "verify_raw"]
 

@@ -33,12 +33,6 @@ from closurepack.customisation import (
     customisation_entries,
     drop_if_repeated,
 )
-from closurepack.destinations import (
-    check_destination,
-    parse_destination,
-    parse_repo_tag,
-    write_image,
-)
 from closurepack.errors import (
     CacheError,
     ClosureError,
@@ -74,6 +68,12 @@ from closurepack.sources import load_closure_file, query_closure
 from closurepack.sources.files import parse_closure
 from closurepack.sources.query import store_item_path
 from closurepack.strategies import DEFAULT_STRATEGY
+from closurepack.transports import (
+    check_destination,
+    parse_destination,
+    parse_repo_tag,
+    write_image,
+)
 
 __all__ = [
     "DEFAULT_MAX_LAYERS",

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from closurepack.digest import Digest
-from closurepack.errors import ImageError, RegistryError
+from closurepack.errors import ImageError, RegistryError, SourceError
 from closurepack.image import host_architecture
 from closurepack.mediatypes import MediaType
 from closurepack.registry.client import RegistryClient, open_client
@@ -101,15 +101,21 @@ def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
 
 
 def _get_manifest(
-    client: RegistryClient, reference: str, what: str
+    client: RegistryClient, reference: str, what: str, *, missing: str | None = None
 ) -> tuple[bytes, str, Digest | None]:
+    """The manifest ``reference`` names; with ``missing`` (the image as the user named it),
+    a 404 answer is a SourceError: the image is not there (bad input, not a registry fault)."""
     response = client.request(
         "GET",
         client.url(f"manifests/{reference}"),
         what=what,
+        ok=(200, 404) if missing else (200,),
         headers={"Accept": _ACCEPT},
         stream=True,
     )
+    if response.status_code == 404:
+        response.close()
+        raise SourceError(f"{missing}: no such image: {client.registry} has no manifest there")
     media_type = response.headers.get("Content-Type", "").partition(";")[0].strip()
     answered = response.headers.get("Docker-Content-Digest")
     body = _read_limited(response, MANIFEST_LIMIT, what)
@@ -148,7 +154,9 @@ def pull_image(ref: RegistryRef, options: RegistryOptions) -> PulledImage:
     its layers are opened later, each on a connection of its own."""
     with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
         where = str(ref)
-        body, media_type, declared = _get_manifest(client, ref.reference, f"manifest of {where}")
+        body, media_type, declared = _get_manifest(
+            client, ref.reference, f"manifest of {where}", missing=where
+        )
         manifest_digest = ref.digest or declared or Digest.of_bytes(body)
         manifest_size: int | None = None
         manifest = _json(body, f"{where}: manifest")

@@ -128,7 +128,10 @@ class ImagePusher:
         for layer in image.layers:
             self.submit(layer)
         if self.docker:
-            body, media_type = docker_manifest_bytes(image), MediaType.DOCKER_MANIFEST
+            # a Docker manifest already (an image copied from one) is pushed as it is
+            is_docker = image.manifest.get("mediaType") == MediaType.DOCKER_MANIFEST
+            body = image.manifest_bytes if is_docker else docker_manifest_bytes(image)
+            media_type = MediaType.DOCKER_MANIFEST
         else:
             body, media_type = image.manifest_bytes, MediaType.OCI_MANIFEST
         return self.push_manifest(body, str(media_type), [image.config_bytes])

@@ -1,9 +1,10 @@
-"""oci-archive destination: an OCI image layout in one tar, written atomically and
+"""oci-archive transport: an OCI image layout in one tar, written atomically and
 deterministically (fixed order: oci-layout, index.json, blobs by digest).
 
 Writing to an existing oci-archive adds the tag to it, as ``oci:`` does for a directory: the
 entry with the same ``org.opencontainers.image.ref.name`` is replaced, other tags and the blobs
-they reach are kept, and blobs nothing reaches any more are dropped.
+they reach are kept, and blobs nothing reaches any more are dropped. Reading is the oci
+transport's, from the tar's members.
 """
 
 from __future__ import annotations
@@ -12,23 +13,25 @@ import contextlib
 import json
 import tarfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO
 
-from closurepack.destinations._files import (
+from closurepack.digest import Digest, Writable
+from closurepack.errors import DestinationError
+from closurepack.image import Image, canonical_json
+from closurepack.mediatypes import MediaType
+from closurepack.transports._files import (
     atomic_file,
     destination_lock,
     open_layer,
     sweep_beside,
 )
-from closurepack.destinations._tar import TarWriter
-from closurepack.destinations.oci_layout import LAYOUT_FILE, index_with
-from closurepack.destinations.reference import Destination, oci_ref_names
-from closurepack.digest import Digest, Writable
-from closurepack.errors import DestinationError
-from closurepack.image import Image, canonical_json
-from closurepack.mediatypes import MediaType
+from closurepack.transports._raw import RawImage
+from closurepack.transports._tar import TarReader, TarWriter
+from closurepack.transports.oci_layout import LAYOUT_FILE, index_with, read_stored_image
+from closurepack.transports.reference import Destination, oci_ref_names
 
-__all__ = ["check_existing", "write_image", "write_stream"]
+__all__ = ["check_existing", "read_image", "write_image", "write_stream"]
 
 _BLOBS = "blobs/sha256/"
 _INDEXES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
@@ -186,3 +189,11 @@ def write_image(
         sweep_beside(path, started=started)
         with _existing_archive(dest) as existing, atomic_file(path) as out:
             write_stream(image, out, ref_names=oci_ref_names(dest, tags), existing=existing)
+
+
+def read_image(source: Destination, path: Path, text: str) -> RawImage:
+    """The image of the oci-archive at ``path`` that ``source.reference`` tags (or its only
+    one), as stored; ``text`` is how the user named it."""
+    return read_stored_image(
+        TarReader(path), reference=source.reference, where=str(path), kind=source.kind, text=text
+    )

@@ -1,4 +1,4 @@
-"""docker-archive destination: the ``docker save`` tar, with both manifest.json and V1 layout.
+"""docker-archive transport: the ``docker save`` tar, with both manifest.json and V1 layout.
 
 Layout (one copy of each blob; ``manifest.json`` points into the V1 directories)::
 
@@ -10,23 +10,38 @@ Layout (one copy of each blob; ``manifest.json`` points into the V1 directories)
 ``layer.tar`` holds the layer blob as is (gzip, zstd or plain): ``docker load`` and
 ``podman load`` decompress it and check it against the config's ``diff_ids``. V1 ids are
 chained hashes (parent id, diff_id, digest), so the same image gives the same archive.
+Reading takes the image a ``name:tag`` names (or the only one) from ``manifest.json``; layer
+media types are judged by the blobs' first bytes, and the archive has no manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import tarfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, BinaryIO
 
-from closurepack.destinations._files import atomic_file, open_layer, sweep_beside
-from closurepack.destinations._tar import TarWriter
-from closurepack.destinations.reference import Destination, docker_repo_tags
-from closurepack.digest import Writable
-from closurepack.errors import DestinationError
+from closurepack.digest import Digest, Writable
+from closurepack.errors import DestinationError, ImageError
 from closurepack.image import Image, canonical_json
+from closurepack.mediatypes import MediaType
+from closurepack.transports._files import atomic_file, open_layer, sweep_beside
+from closurepack.transports._raw import (
+    RawBlob,
+    RawImage,
+    missing_blob,
+    parse_json,
+    sniff_media_type,
+)
+from closurepack.transports._tar import TarReader, TarWriter
+from closurepack.transports.reference import Destination, docker_repo_tags
 
-__all__ = ["check_existing", "v1_ids", "write_image", "write_stream"]
+__all__ = ["check_existing", "read_image", "v1_ids", "write_image", "write_stream"]
+
+# Registries a short name may have been expanded with by docker save / podman save.
+_DEFAULT_DOMAINS = ("docker.io", "docker.io/library", "localhost")
 
 
 def v1_ids(image: Image) -> list[str]:
@@ -117,3 +132,58 @@ def write_image(
     sweep_beside(path, started=started)
     with atomic_file(path) as out:  # write errors: a DestinationError naming ``path``
         write_stream(image, out, repo_tags=repo_tags)
+
+
+def read_image(source: Destination, path: Path, text: str) -> RawImage:
+    """The image of the docker-archive at ``path`` that ``source.reference`` names (or its
+    only one), as stored; ``text`` is how the user named it."""
+    tar = TarReader(path)
+    manifest = parse_json(tar.read("manifest.json"), f"{path}: manifest.json")
+    if not isinstance(manifest, list) or not manifest:
+        raise ImageError(f"{path}: manifest.json holds no image")
+    entry = None
+    if source.reference:
+        for item in manifest:
+            tags = (item.get("RepoTags") or []) if isinstance(item, dict) else []
+            wanted = {source.reference, *(f"{p}/{source.reference}" for p in _DEFAULT_DOMAINS)}
+            if wanted & set(tags):
+                entry = item
+                break
+        if entry is None:
+            raise DestinationError(f"{path}: no image tagged {source.reference}")
+    elif len(manifest) == 1:
+        entry = manifest[0]
+    else:
+        raise DestinationError(f"{path}: holds {len(manifest)} images; name one with :TAG")
+    if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
+        raise ImageError(f"{path}: manifest.json entry has no Config")
+    config_name = entry["Config"]
+    config_bytes = tar.read(config_name)
+    stem = posixpath.basename(config_name).removesuffix(".json")
+    declared = None
+    if stem.startswith("sha256:"):
+        stem = stem.partition(":")[2]
+    if len(stem) == 64:
+        try:
+            declared = Digest(stem)
+        except ImageError:
+            declared = None
+    layers = []
+    for name in map(str, entry.get("Layers") or []):
+        if tar.has(name):
+            opener = tar.opener(name)
+            media_type = sniff_media_type(opener)
+        else:
+            opener, media_type = missing_blob(f"{path}: {name}"), MediaType.OCI_LAYER
+        layers.append(RawBlob(name=name, media_type=media_type, opener=opener))
+    return RawImage(
+        source=text,
+        kind="docker-archive",
+        config_bytes=config_bytes,
+        config_digest=declared,
+        config_size=None,
+        manifest_bytes=None,
+        manifest_digest=None,
+        manifest_size=None,
+        layers=tuple(layers),
+    )

@@ -1,9 +1,11 @@
-"""oci destination: an OCI image layout directory, shared with other tags already in it.
+"""oci transport: an OCI image layout directory, shared with other tags already in it.
 
 Blobs go in first (each written atomically; good ones already there kept, bad ones replaced;
 copies or reflinks, never hard links to the cache), ``index.json`` is replaced atomically last,
 under an exclusive lock on the directory, so a failed or interrupted write leaves the previous
-tags as they were (at most some unreferenced blobs).
+tags as they were (at most some unreferenced blobs). Reading follows ``index.json`` to the
+manifest a tag names (through nested indexes, for this host's platform); oci-archive reads the
+same structure from a tar.
 """
 
 from __future__ import annotations
@@ -13,29 +15,35 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 from closurepack._fs import TEMP_SUFFIX, clone_blob, sweep_stale_temps
-from closurepack.destinations._files import atomic_file, blob_is_good, probe_writable, put_blob
-from closurepack.destinations.reference import Destination, oci_ref_names
-from closurepack.errors import DestinationError
-from closurepack.image import Image, ImageLayer, canonical_json
+from closurepack.digest import Digest
+from closurepack.errors import DestinationError, ImageError
+from closurepack.image import Image, ImageLayer, canonical_json, host_architecture
 from closurepack.mediatypes import MediaType
+from closurepack.transports._files import atomic_file, blob_is_good, probe_writable, put_blob
+from closurepack.transports._raw import RawBlob, RawImage, missing_blob, parse_json
+from closurepack.transports.reference import Destination, oci_ref_names
 
 __all__ = [
     "LAYOUT_FILE",
     "REF_NAME",
+    "BlobStore",
     "check_existing",
     "index_with",
     "manifest_descriptor",
+    "read_image",
+    "read_stored_image",
     "write_blobs",
     "write_image",
 ]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = canonical_json({"imageLayoutVersion": "1.0.0"})
+_INDEX_TYPES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
 
 
 def manifest_descriptor(image: Image, ref_name: str) -> dict[str, Any]:
@@ -193,3 +201,136 @@ def write_image(
                 out.write(canonical_json(index))
     except OSError as exc:
         raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc
+
+
+class BlobStore(Protocol):
+    """Where the files of a layout are read from: a directory, or a tar of one."""
+
+    def has(self, name: str) -> bool: ...
+    def opener(self, name: str) -> Callable[[], BinaryIO]: ...
+    def read(self, name: str) -> bytes: ...
+
+
+class _Dir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def opener(self, name: str) -> Callable[[], BinaryIO]:
+        path = self.path / name
+        return lambda: path.open("rb")
+
+    def read(self, name: str) -> bytes:
+        try:
+            return (self.path / name).read_bytes()
+        except OSError as exc:
+            raise DestinationError(f"{self.path / name}: cannot read: {exc.strerror}") from exc
+
+
+def _blob_name(digest_text: object, where: str) -> tuple[Digest, str]:
+    if not isinstance(digest_text, str):
+        raise ImageError(f"{where}: descriptor without a digest")
+    digest = Digest.parse(digest_text)
+    return digest, f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+def _pick(manifests: list[Any], reference: str | None, where: str) -> dict[str, Any]:
+    entries = [m for m in manifests if isinstance(m, dict)]
+    if reference:
+        for entry in entries:
+            if (entry.get("annotations") or {}).get(REF_NAME) in (reference,):
+                return entry
+        tags = sorted(str((e.get("annotations") or {}).get(REF_NAME, "")) for e in entries)
+        raise DestinationError(f"{where}: no image tagged {reference!r} (tags: {', '.join(tags)})")
+    if len(entries) == 1:
+        return entries[0]
+    if not entries:
+        raise DestinationError(f"{where}: the index lists no image")
+    raise DestinationError(f"{where}: the index lists {len(entries)} images; name one with :TAG")
+
+
+def _platform_pick(manifests: list[Any], where: str) -> dict[str, Any]:
+    entries = [m for m in manifests if isinstance(m, dict)]
+    if not entries:
+        raise ImageError(f"{where}: nested index lists no image")
+    arch, _ = host_architecture()
+    for entry in entries:
+        platform = entry.get("platform")
+        if not isinstance(platform, dict):
+            continue
+        if platform.get("architecture") == arch and platform.get("os", "linux") == "linux":
+            return entry
+    return entries[0]
+
+
+def read_stored_image(
+    store: BlobStore, *, reference: str | None, where: str, kind: str, text: str
+) -> RawImage:
+    """The image tagged ``reference`` (or the only one) in the layout ``store`` holds, as
+    stored; ``where`` names the layout in messages, ``text`` is how the user named it."""
+    index = parse_json(store.read("index.json"), f"{where}: index.json")
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise ImageError(f"{where}: index.json is not an OCI image index")
+    entry = _pick(index["manifests"], reference, where)
+    for _ in range(4):
+        if entry.get("mediaType") not in _INDEX_TYPES:
+            break
+        _, name = _blob_name(entry.get("digest"), where)
+        nested = parse_json(store.read(name), f"{where}: {name}")
+        listed = nested.get("manifests") if isinstance(nested, dict) else None
+        entry = _platform_pick(listed if isinstance(listed, list) else [], f"{where}: {name}")
+    manifest_digest, manifest_name = _blob_name(entry.get("digest"), where)
+    manifest_bytes = store.read(manifest_name)
+    manifest = parse_json(manifest_bytes, f"{where}: manifest {manifest_digest}")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise ImageError(f"{where}: manifest {manifest_digest} has no config descriptor")
+    config_desc = manifest["config"]
+    config_digest, config_name = _blob_name(config_desc.get("digest"), where)
+    config_bytes = store.read(config_name)
+    layers = []
+    for desc in manifest.get("layers") or []:
+        if not isinstance(desc, dict):
+            raise ImageError(f"{where}: manifest {manifest_digest}: layer entry is not an object")
+        digest, name = _blob_name(desc.get("digest"), where)
+        try:
+            media_type = MediaType(str(desc.get("mediaType")))
+        except ValueError as exc:
+            raise ImageError(
+                f"{where}: layer {digest}: unsupported media type {desc.get('mediaType')!r}"
+            ) from exc
+        opener = store.opener(name) if store.has(name) else missing_blob(f"{where}: {name}")
+        size = desc.get("size")
+        layers.append(
+            RawBlob(
+                name=name,
+                media_type=media_type,
+                opener=opener,
+                digest=digest,
+                size=size if isinstance(size, int) else None,
+            )
+        )
+    size = config_desc.get("size")
+    msize = entry.get("size")
+    return RawImage(
+        source=text,
+        kind=kind,
+        config_bytes=config_bytes,
+        config_digest=config_digest,
+        config_size=size if isinstance(size, int) else None,
+        manifest_bytes=manifest_bytes,
+        manifest_digest=manifest_digest,
+        manifest_size=msize if isinstance(msize, int) else None,
+        layers=tuple(layers),
+    )
+
+
+def read_image(source: Destination, path: Path, text: str) -> RawImage:
+    """The image of the OCI layout ``path`` that ``source.reference`` tags (or its only one),
+    as stored; ``text`` is how the user named it."""
+    if not path.is_dir():
+        raise DestinationError(f"{path}: no such OCI layout directory")
+    return read_stored_image(
+        _Dir(path), reference=source.reference, where=str(path), kind=source.kind, text=text
+    )

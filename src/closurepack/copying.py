@@ -1,0 +1,140 @@
+"""``closurepack copy SRC DEST``: an image from any transport to any other, blobs byte for byte.
+
+Layer blobs are never changed, so their digests and the config's ``diff_ids`` stay what they
+were; the config is copied byte for byte too (Docker's and OCI's image configs are the same
+JSON). What may change is the manifest: file transports hold OCI manifests (a Docker one read
+from a registry is rewritten with OCI media types, a docker-archive gets one made as a build
+makes it), and a registry gets the source's manifest as it is, or one of the flavour
+``--format`` asks for. Blobs the destination holds already are not written again: a registry
+is asked first (``HEAD``) and, within one registry, mounts them from the source repository; an
+OCI layout keeps the good blobs it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from closurepack.digest import Digest
+from closurepack.errors import ImageError, OptionError
+from closurepack.image import Image, manifest_for
+from closurepack.mediatypes import MediaType
+from closurepack.readback import image_from_raw
+from closurepack.registry import RegistryOptions, RegistryRef
+from closurepack.transports import (
+    Destination,
+    RawImage,
+    check_destination,
+    is_registry_reference,
+    parse_reference,
+    parse_repo_tag,
+    parse_source,
+    read_raw,
+    write_image,
+)
+
+__all__ = ["CopyOptions", "copy_image", "manifest_flavour", "with_flavour"]
+
+_DOCKER_TYPES = {MediaType.DOCKER_MANIFEST.value, MediaType.DOCKER_CONFIG.value}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CopyOptions:
+    """How ``copy`` writes: every ``--tag NAME:TAG`` (as ``build`` takes them), the manifest
+    flavour for a registry destination (``None``: the source's), and how registries are
+    reached."""
+
+    tags: tuple[str, ...] = ()
+    manifest_format: Literal["oci", "docker"] | None = None
+    registry: RegistryOptions = dataclasses.field(default_factory=RegistryOptions)
+
+
+def manifest_flavour(image: Image) -> Literal["oci", "docker"]:
+    """``docker`` for a Docker schema 2 manifest (by its own media type, else its config's),
+    ``oci`` otherwise."""
+    config = image.manifest.get("config")
+    config_type = config.get("mediaType") if isinstance(config, dict) else None
+    declared = image.manifest.get("mediaType") or config_type
+    return "docker" if declared in _DOCKER_TYPES else "oci"
+
+
+def with_flavour(image: Image, flavour: Literal["oci", "docker"]) -> Image:
+    """``image`` with a manifest of ``flavour``: itself when it has one already (its manifest
+    kept byte for byte), else the same config and blobs under a new manifest whose media types
+    are converted (see :func:`~closurepack.image.manifest_for`)."""
+    if manifest_flavour(image) == flavour:
+        return image
+    docker = flavour == "docker"
+    manifest = manifest_for(image.config_bytes, image.layers, docker=docker)
+    return Image(config_bytes=image.config_bytes, manifest_bytes=manifest, layers=image.layers)
+
+
+def _check_declared(raw: RawImage) -> None:
+    """An ImageError when the config or manifest bytes are not what the source declares (the
+    blobs are checked as they are copied)."""
+    for what, data, declared in (
+        ("config", raw.config_bytes, raw.config_digest),
+        ("manifest", raw.manifest_bytes, raw.manifest_digest),
+    ):
+        if data is None or declared is None:
+            continue
+        actual = Digest.of_bytes(data)
+        if actual != declared:
+            raise ImageError(f"{raw.source}: the {what} has digest {actual}, not {declared}")
+
+
+def _default_tags(
+    source: Destination | RegistryRef, dest: Destination | RegistryRef, tags: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The tags a docker-archive destination gets when neither it nor ``--tag`` names the
+    image: a registry source's ``HOST/REPO:TAG``, so that ``docker load`` names it so."""
+    if tags or not isinstance(source, RegistryRef) or source.tag is None:
+        return tags
+    if not isinstance(dest, Destination) or dest.kind not in ("docker-archive", "stdout"):
+        return tags
+    return tags if dest.reference else (f"{source.name}:{source.tag}",)
+
+
+def _mount_from(source: Destination | RegistryRef, dest: Destination | RegistryRef) -> list[str]:
+    """The source's repository when both are in one registry: its blobs are mounted."""
+    if not (isinstance(source, RegistryRef) and isinstance(dest, RegistryRef)):
+        return []
+    return [source.repository] if source.registry == dest.registry else []
+
+
+def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) -> str:
+    """Copy the image at ``source`` to ``dest`` (any two transports; ``dest`` may be ``-``);
+    return the destination's manifest digest (``HOST/REPO@DIGEST`` for a registry), as
+    ``build`` does.
+
+    Everything about the destination and the options is checked before a blob is read; the
+    writes are the transports' (atomic files, layout index last, registry manifest last), so a
+    failed copy leaves the destination as it was.
+    """
+    options = options or CopyOptions()
+    source_ref = parse_reference(source) if is_registry_reference(source) else parse_source(source)
+    dest_ref = parse_reference(dest, for_push=True)
+    for tag in options.tags:
+        parse_repo_tag(tag)
+    fmt = options.manifest_format
+    if fmt not in (None, "oci", "docker"):
+        raise OptionError(f"--format {fmt!r}: expected oci or docker")
+    to_registry = isinstance(dest_ref, RegistryRef)
+    if fmt == "docker" and not to_registry:
+        raise OptionError(
+            "--format docker is for docker:// destinations (docker-archive is Docker's already)"
+        )
+    check_destination(dest)
+    raw = read_raw(source, registry=options.registry)
+    _check_declared(raw)
+    image = image_from_raw(raw)
+    flavour = (fmt or manifest_flavour(image)) if to_registry else "oci"
+    image = with_flavour(image, flavour)
+    return write_image(
+        image,
+        dest,
+        tags=_default_tags(source_ref, dest_ref, options.tags),
+        registry=options.registry,
+        docker=flavour == "docker",
+        mount_from=_mount_from(source_ref, dest_ref),
+    )

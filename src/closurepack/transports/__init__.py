@@ -1,0 +1,214 @@
+"""Transports: one module per kind of image store, each with the same verbs (``read_image``,
+``write_image`` and, where a write can be checked ahead, ``check_destination``), as
+go-containerregistry's remote/layout/tarball; this package dispatches on the reference's kind.
+
+=====================  ==========================  =====================================
+reference              module                      notes
+=====================  ==========================  =====================================
+``docker-archive:``    :mod:`.docker_archive`      ``docker save``'s tar, no manifest
+``oci:``               :mod:`.oci_layout`          a layout directory shared by tags
+``oci-archive:``       :mod:`.oci_archive`         the same in one tar
+``-``                  :mod:`.stdout`              a docker-archive streamed (write only)
+``docker://``          :mod:`.registry`            over the ``registry`` package
+=====================  ==========================  =====================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from closurepack._fs import is_special_file
+from closurepack.errors import DestinationError, InputError, OptionError, SourceError
+from closurepack.image import Image
+from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
+from closurepack.registry import parse_reference as parse_registry_reference
+from closurepack.transports import docker_archive, oci_archive, oci_layout, stdout
+from closurepack.transports import registry as _registry
+from closurepack.transports._files import probe_writable
+from closurepack.transports._raw import RawBlob, RawImage, as_source_error, sniff_media_type
+from closurepack.transports.reference import (
+    Destination,
+    docker_repo_tags,
+    image_repo_name,
+    oci_ref_names,
+    parse_destination,
+    parse_repo_tag,
+)
+
+__all__ = [
+    "Destination",
+    "RawBlob",
+    "RawImage",
+    "as_source_error",
+    "check_destination",
+    "docker_repo_tags",
+    "image_repo_name",
+    "is_registry_reference",
+    "oci_ref_names",
+    "parse_destination",
+    "parse_reference",
+    "parse_repo_tag",
+    "parse_source",
+    "read_raw",
+    "sniff_media_type",
+    "write_image",
+]
+
+
+def parse_reference(text: str, *, for_push: bool = False) -> Destination | RegistryRef:
+    """A reference of any transport: a :class:`~closurepack.registry.RegistryRef` for
+    ``docker://`` (a tag, not a digest, with ``for_push``), else a :class:`Destination`; an
+    OptionError naming ``text`` when it is neither."""
+    if is_registry_reference(text):
+        return parse_registry_reference(text, for_push=for_push)
+    return parse_destination(text)
+
+
+def _check_archive_path(path: Path) -> None:
+    if path.is_dir():
+        raise DestinationError(f"{path}: is a directory, expected an archive file path")
+    if is_special_file(path):  # a device or a fifo is written to as it is
+        if not os.access(path, os.W_OK):
+            raise DestinationError(f"{path}: cannot write: permission denied")
+        return
+    if not path.parent.is_dir():
+        raise DestinationError(f"{path}: cannot write: no directory {path.parent}")
+    probe_writable(path.parent, path)
+
+
+def _check_layout_path(dest: Destination, path: Path) -> None:
+    if path.exists():
+        oci_layout.check_existing(dest)
+        return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DestinationError(f"{path}: cannot create: {ancestor} is not a directory")
+    probe_writable(ancestor, path, as_dir=True)
+
+
+def check_destination(
+    dest: Destination | str, *, stream: BinaryIO | None = None
+) -> Destination | RegistryRef:
+    """Check everything about ``dest`` that can be checked before an image exists, so that a
+    wrong destination fails at once rather than after a long build: standard output is not a
+    terminal; the path can be written (by creating and removing a temp file where the writer
+    will); an existing file or directory is of the destination's kind; a registry reference
+    names a tag (the registry is asked when the image is pushed). Return it parsed. The
+    writers check again when they write."""
+    if isinstance(dest, str):
+        if is_registry_reference(dest):
+            return _registry.check_destination(dest)
+        dest = parse_destination(dest)
+    if dest.kind == "stdout":
+        stdout.check_destination(stream)
+        return dest
+    path = dest.path
+    if path is None:
+        raise DestinationError(f"{dest}: needs a path")
+    if dest.kind == "oci":
+        _check_layout_path(dest, path)
+    else:
+        _check_archive_path(path)
+        if dest.kind == "docker-archive":
+            docker_archive.check_existing(dest)  # an old image is replaced, nothing else
+        else:
+            oci_archive.check_existing(dest)  # tags are added to an existing archive
+    return dest
+
+
+def write_image(
+    image: Image,
+    dest: Destination | str,
+    *,
+    tags: Sequence[str] | str = (),
+    name: str | None = None,
+    stream: BinaryIO | None = None,
+    started: float | None = None,
+    registry: RegistryOptions | None = None,
+    docker: bool = False,
+    mount_from: Sequence[str] = (),
+) -> str:
+    """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string); return
+    its manifest digest (``HOST/REPO@DIGEST`` for a registry).
+
+    ``tags`` are the ``--tag NAME:TAG`` options: each is written, after the destination's own
+    tag (see :func:`docker_repo_tags`, :func:`oci_ref_names`); with none, a docker-archive is
+    named after the image's ``name`` (a plan's or a closure's). For ``-``
+    the docker-archive goes to ``stream`` (default: standard output's binary buffer). Temp
+    files that writes killed before ``started`` (the job's start; default: now) left at the
+    destination are removed. A registry (``docker://``) is reached with ``registry`` (its
+    options), gets the Docker schema 2 manifest with ``docker``, and has the blobs of its
+    repositories ``mount_from`` mounted rather than uploaded.
+    """
+    if isinstance(tags, str):
+        tags = (tags,)
+    if isinstance(dest, str) and is_registry_reference(dest):
+        ref = _registry.check_destination(dest)
+        pushed = _registry.write_image(
+            image,
+            ref,
+            options=registry or RegistryOptions(),
+            tags=_registry_tags(ref, tags),
+            docker=docker,
+            mount_from=mount_from,
+        )
+        return f"{ref.name}@{pushed}"
+    if isinstance(dest, str):
+        dest = parse_destination(dest)
+    if dest.kind == "docker-archive":
+        docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
+    elif dest.kind == "oci":
+        oci_layout.write_image(image, dest, tags=tags, started=started)
+    elif dest.kind == "oci-archive":
+        oci_archive.write_image(image, dest, tags=tags, started=started)
+    elif dest.kind == "stdout":
+        stdout.write_image(image, dest, tags=tags, name=name, stream=stream)
+    else:
+        raise DestinationError(f"{dest}: unknown destination kind {dest.kind!r}")
+    return str(image.manifest_digest)
+
+
+def _registry_tags(ref: RegistryRef, tags: Sequence[str]) -> list[str]:
+    """The tags a registry destination is pushed under: its own, then the tag part of every
+    ``--tag NAME:TAG`` (as for oci), each once; ``latest`` when there is none."""
+    found = [ref.tag] if ref.tag else []
+    found.extend(parse_repo_tag(tag)[1] for tag in tags)
+    return list(dict.fromkeys(found)) or ["latest"]
+
+
+def parse_source(text: str) -> Destination:
+    """Parse an image source string (the destination syntax, without ``-``)."""
+    try:
+        source = parse_destination(text)
+    except OptionError as exc:
+        raise SourceError(
+            f"image {text!r}: expected docker-archive:PATH, oci:DIR[:TAG] or oci-archive:PATH[:TAG]"
+        ) from exc
+    if source.kind == "stdout" or source.path is None:
+        raise InputError(f"{text!r}: cannot read an image from standard output")
+    return source
+
+
+def read_raw(source: str, *, registry: RegistryOptions | None = None) -> RawImage:
+    """Read the stored structure of the image at ``source``; nothing is verified (blobs read
+    from a registry are checked against their digests as they stream).
+
+    What cannot be found or read is a SourceError (the image is where the user said it is or
+    not: bad input), what is there but malformed an ImageError."""
+    if is_registry_reference(source):
+        return _registry.read_image(source, registry)
+    where = parse_source(source)
+    path = Path(str(where.path))
+    if not path.exists():
+        raise SourceError(f"{source}: no such image: {path} does not exist")
+    with as_source_error():
+        if where.kind == "docker-archive":
+            return docker_archive.read_image(where, path, source)
+        if where.kind == "oci":
+            return oci_layout.read_image(where, path, source)
+        return oci_archive.read_image(where, path, source)

@@ -1,0 +1,60 @@
+"""docker:// transport: the same verbs as the file transports, over the ``registry`` package's
+pull and push (HEAD, mounts, uploads, manifest last)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from closurepack.digest import Digest
+from closurepack.image import Image
+from closurepack.registry import RegistryOptions, RegistryRef, parse_reference
+from closurepack.registry.pull import pull_image
+from closurepack.registry.push import ImagePusher
+from closurepack.transports._raw import RawBlob, RawImage
+
+__all__ = ["check_destination", "read_image", "write_image"]
+
+
+def check_destination(text: str) -> RegistryRef:
+    """``text`` parsed as a push destination (a tag, not a digest); the registry itself is
+    asked only when the image is pushed."""
+    return parse_reference(text, for_push=True)
+
+
+def read_image(source: str, registry: RegistryOptions | None = None) -> RawImage:
+    """The image ``source`` (``docker://HOST/REPO[:TAG|@DIGEST]``) names, as stored: manifest
+    and config read, layers opened later (each checked against its digest as it streams)."""
+    pulled = pull_image(parse_reference(source), registry or RegistryOptions())
+    layers = tuple(
+        RawBlob(str(b.digest), b.media_type, b.opener, b.digest, b.size) for b in pulled.layers
+    )
+    return RawImage(
+        source=source,
+        kind="docker",
+        config_bytes=pulled.config_bytes,
+        config_digest=pulled.config_digest,
+        config_size=pulled.config_size,
+        manifest_bytes=pulled.manifest_bytes,
+        manifest_digest=pulled.manifest_digest,
+        manifest_size=pulled.manifest_size,
+        layers=layers,
+    )
+
+
+def write_image(
+    image: Image,
+    ref: RegistryRef,
+    *,
+    options: RegistryOptions,
+    tags: Sequence[str] = (),
+    docker: bool = False,
+    mount_from: Sequence[str] = (),
+) -> Digest:
+    """Push ``image`` to ``ref`` under ``tags`` (default: the reference's own); return the
+    digest of the manifest pushed (Docker schema 2 with ``docker``). Blobs the repository has
+    are not sent again; blobs of the repositories ``mount_from`` (of the same registry) are
+    mounted from there rather than uploaded."""
+    with ImagePusher(
+        ref, options=options, tags=tags, docker=docker, mount_from=mount_from
+    ) as pusher:
+        return pusher.push(image)
