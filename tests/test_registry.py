@@ -395,7 +395,7 @@ def test_layers_are_pushed_while_the_build_goes_on(
     import time
 
     from closurepack.build import LayerEvent
-    from closurepack.workflow import ImageOptions, build_image
+    from closurepack.jobsetup import ImageOptions, build_image
 
     events: list[LayerEvent] = []
     seen_during_build: list[bool] = []

@@ -19,8 +19,8 @@ from closurepack.errors import ClosurepackError, DestinationError
 from closurepack.options import parse_command, parse_created, parse_extra, parse_key_values
 
 if TYPE_CHECKING:
+    from closurepack.jobsetup import ImageOptions
     from closurepack.registry import RegistryOptions
-    from closurepack.workflow import ImageOptions
 
 __all__ = ["main"]
 
@@ -328,7 +328,7 @@ _format_option = click.option(
 @_registry_options
 def build_command(**kwargs: Any) -> None:
     """Build an image from a closure (or a plan) and write it to a destination."""
-    from closurepack.workflow import build_image
+    from closurepack.buildjob import build_image
 
     registry = _split_registry_options(kwargs)
     image, options = _split_image_options(kwargs)
@@ -374,7 +374,7 @@ def build_layer_command(
     mtime: str | None,
 ) -> None:
     """Build one layer (blob + JSON descriptor) into a directory, for `assemble` to use."""
-    from closurepack.workflow import build_one_layer
+    from closurepack.layerjob import build_one_layer
 
     descriptor = build_one_layer(
         store_paths=store_paths,
@@ -413,7 +413,7 @@ def build_layer_command(
 @_registry_options
 def assemble_command(**kwargs: Any) -> None:
     """Make an image from layer descriptors written by `build-layer` (bottom layer first)."""
-    from closurepack.workflow import assemble_from_descriptors
+    from closurepack.layerjob import assemble_from_descriptors
 
     registry = _split_registry_options(kwargs)
     image, options = _split_image_options(kwargs)
@@ -548,7 +548,7 @@ _IMAGE_OPTIONS = (
 def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str, Any]]:
     """Take the options shared by build and assemble out of ``kwargs``, parsed and typed."""
     from closurepack.customisation import ExtraTree
-    from closurepack.workflow import ImageOptions
+    from closurepack.jobsetup import ImageOptions
 
     rest = {k: v for k, v in kwargs.items() if k not in _IMAGE_OPTIONS}
     options = ImageOptions(

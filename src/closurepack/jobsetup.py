@@ -1,0 +1,258 @@
+"""What a build or an assemble settles before any layer is built (options, destination, tags,
+level, customisation, the --from image) and how it ends (the image written or pushed)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+from closurepack.basefiles import with_base_accounts
+from closurepack.build import (
+    check_mtime,
+    default_mtime,
+)
+from closurepack.compression import resolve_level
+from closurepack.customisation import (
+    Customisation,
+    ExtraTree,
+    customisation_entries,
+    drop_if_repeated,
+)
+from closurepack.errors import (
+    OptionError,
+)
+from closurepack.image import (
+    BaseImage,
+    ImageConfig,
+    ImageLayer,
+    assemble_image,
+)
+from closurepack.readback import read_base_image
+from closurepack.registry import (
+    RegistryOptions,
+    is_registry_reference,
+    parse_reference,
+    push_tags,
+)
+from closurepack.registry.layercache import SharedLayerCache
+from closurepack.registry.push import ImagePusher, open_pusher
+from closurepack.transports import (
+    check_destination,
+    parse_destination,
+    parse_repo_tag,
+    write_image,
+)
+
+__all__ = [
+    "ImageOptions",
+    "check_level",
+    "drop_repeated_customisation",
+    "finish_image",
+    "fit_customisation",
+    "image_pusher",
+    "prepare_image",
+]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageOptions:
+    """Everything an image gets beyond its store layers: config fields (``None``/empty: unset,
+    or inherited from ``from_image``), the customisation layer, the base image and the tags
+    (every ``--tag``; none: the image is named after its plan or closure).
+
+    ``created`` is seconds since the epoch (default: ``SOURCE_DATE_EPOCH``, else 1): the image's
+    creation time and its history's, never a file's. ``mtime`` is the mtime of every file in the
+    layers, store layers and the customisation layer alike (default 1, what a real store has),
+    so that a new creation time alone makes no new layer.
+    """
+
+    tags: tuple[str, ...] = ()
+    created: int | None = None
+    mtime: int | None = None
+    arch: str | None = None
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    expose: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    stop_signal: str | None = None
+    symlinks: tuple[tuple[str, str], ...] = ()
+    extra_dirs: tuple[ExtraTree, ...] = ()
+    tmp: bool = True
+    from_image: str | None = None
+    #: The manifest flavour pushed to a registry: ``oci`` or ``docker`` (schema 2).
+    manifest_format: Literal["oci", "docker"] = "oci"
+
+    @property
+    def created_time(self) -> int:
+        return default_mtime(self.created)
+
+    @property
+    def layer_mtime(self) -> int:
+        return check_mtime(self.mtime)
+
+    def config(self) -> ImageConfig:
+        """The image config (validated: an OptionError names a bad value)."""
+        arch = {"architecture": self.arch} if self.arch else {}
+        return ImageConfig(
+            created=self.created_time,
+            entrypoint=self.entrypoint,
+            cmd=self.cmd,
+            env=self.env,
+            working_dir=self.workdir,
+            user=self.user,
+            labels=dict(self.labels),
+            exposed_ports=self.expose,
+            volumes=self.volumes,
+            stop_signal=self.stop_signal,
+            **arch,
+        )
+
+    def customisation(self) -> Customisation:
+        return Customisation(
+            symlinks=self.symlinks, extra_dirs=self.extra_dirs, tmp=self.tmp, user=self.user
+        )
+
+
+def _check_destination(dest: str, tags: Sequence[str]) -> None:
+    """Check ``dest`` (and every ``--tag``) before any layer is built, so that a wrong
+    destination fails at once rather than after a long build (see :func:`check_destination`;
+    a registry reference is parsed here and its registry asked in the build)."""
+    if is_registry_reference(dest):
+        push_tags(parse_reference(dest, for_push=True), tags)  # a --tag is TAG or REPO:TAG
+        return
+    for tag in tags:
+        parse_repo_tag(tag)
+    check_destination(dest)
+
+
+def check_level(compression: str, level: int | None) -> None:
+    if level is None:
+        return
+    if compression == "none":
+        raise OptionError(f"--level {level}: --compression none takes no level")
+    try:
+        resolve_level(compression, level)
+    except OptionError as exc:
+        raise OptionError(f"--level {level}: {exc}") from exc
+
+
+def fit_customisation(
+    customisation: Customisation, *, base: int, store: int, limit: int, source: str
+) -> Customisation:
+    """The customisation layer as it fits under ``limit`` layers with ``base`` + ``store``
+    layers below it: left out when nothing but the default ``/tmp`` would be in it and there is
+    no room; an OptionError when more was asked for, or when even the store layers do not fit.
+    """
+    total = base + store + (0 if customisation.is_empty else 1)
+    if total <= limit:
+        return customisation
+    parts = f"{store} store layers from {source}"
+    if base:
+        parts = f"{base} --from layers + {parts}"
+    if base + store > limit:
+        raise OptionError(f"--max-layers {limit}: the image would have {parts}")
+    if customisation.needs_layer_beyond_tmp:
+        raise OptionError(
+            f"--max-layers {limit} leaves no room for the customisation layer (--symlink,"
+            f" --extra, a named --user) above {parts}; raise --max-layers to {total}"
+        )
+    _log.info("--max-layers %d: no room for the customisation layer; leaving /tmp out", limit)
+    return dataclasses.replace(customisation, tmp=False)
+
+
+def drop_repeated_customisation(
+    customisation: Customisation, *, base: BaseImage | None, mtime: int
+) -> Customisation:
+    top = base.layers[-1].diff_id if base is not None and base.layers else None
+    return drop_if_repeated(customisation, top_diff_id=top, mtime=mtime)
+
+
+def prepare_image(
+    image: ImageOptions,
+    *,
+    dest: str,
+    compression: str,
+    level: int | None,
+    registry: RegistryOptions,
+) -> tuple[ImageConfig, Customisation, BaseImage | None]:
+    """Check everything about the image that can be checked before any layer is built (the
+    destination and tag, the level, the config fields, --symlink/--extra) and read the --from
+    image; return its config, customisation and base image."""
+    _check_destination(dest, image.tags)
+    if image.manifest_format not in ("oci", "docker"):
+        raise OptionError(f"--format {image.manifest_format!r}: expected oci or docker")
+    if image.manifest_format == "docker" and not is_registry_reference(dest):
+        raise OptionError(
+            "--format docker is for docker:// destinations (docker-archive is Docker's already)"
+        )
+    check_level(compression, level)
+    config = image.config()
+    check_mtime(image.mtime)  # a bad --mtime fails here
+    customisation = image.customisation()
+    # a bad --symlink or --extra fails here (--user's files wait for the --from image's)
+    customisation_entries(
+        dataclasses.replace(customisation, user=None) if image.from_image else customisation
+    )
+    base = read_base_image(image.from_image, registry=registry) if image.from_image else None
+    if base is not None:
+        customisation = with_base_accounts(customisation, base.layers, where=str(image.from_image))
+        customisation_entries(customisation)  # an --extra /etc/passwd --user now needs fails here
+    return config, customisation, base
+
+
+def finish_image(
+    layers: Sequence[ImageLayer],
+    *,
+    base: BaseImage | None,
+    config: ImageConfig,
+    dest: str,
+    tags: Sequence[str],
+    name: str | None,
+    started: float,
+    pusher: ImagePusher | None = None,
+) -> str:
+    image = assemble_image(layers, config=config, base=base)
+    container = image.config.get("config") or {}
+    if not container.get("Entrypoint") and not container.get("Cmd"):
+        _log.warning(
+            "%s: the image has no Entrypoint and no Cmd: it runs only when given a command"
+            " (--entrypoint or --cmd set one)",
+            dest,
+        )
+    if pusher is not None:
+        digest = pusher.push(image)
+        return f"{pusher.ref.name}@{digest}"
+    write_image(image, parse_destination(dest), tags=tags, name=name, started=started)
+    return str(image.manifest_digest)
+
+
+def image_pusher(
+    dest: str,
+    image: ImageOptions,
+    registry: RegistryOptions,
+    base: BaseImage | None,
+    shared: SharedLayerCache | None = None,
+) -> contextlib.AbstractContextManager[ImagePusher | None]:
+    """An open pusher when ``dest`` is a registry, the --from layers handed to it (and the
+    --cache-from repositories of its registry readable, to mount cached layers); else None."""
+    if not is_registry_reference(dest):
+        return contextlib.nullcontext()
+    ref = parse_reference(dest, for_push=True)
+    return open_pusher(
+        ref,
+        options=registry,
+        tags=push_tags(ref, image.tags),
+        docker=image.manifest_format == "docker",
+        base_image=image.from_image,
+        base_layers=base.layers if base is not None else (),
+        readable=shared.mount_sources(ref) if shared is not None else (),
+    )

@@ -1,0 +1,170 @@
+"""Layers as build units: build-layer (one layer blob + descriptor) and assemble (descriptors
+-> image)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from closurepack._fs import atomic_write
+from closurepack.build import (
+    check_mtime,
+    read_descriptors,
+    scratch_dir,
+)
+from closurepack.customisation import (
+    build_customisation_layer,
+    customisation_entries,
+)
+from closurepack.errors import (
+    ClosureError,
+    DestinationError,
+    OptionError,
+)
+from closurepack.graph import check_readable_store, split_store_path
+from closurepack.jobsetup import (
+    ImageOptions,
+    check_level,
+    drop_repeated_customisation,
+    finish_image,
+    image_pusher,
+    prepare_image,
+)
+from closurepack.layer import store_layer_comment
+from closurepack.layerbuild import build_store_layer
+from closurepack.plan import MAX_LAYERS_LIMIT
+from closurepack.registry import (
+    RegistryOptions,
+)
+from closurepack.sources.query import store_item_path
+from closurepack.workflow import read_plan_file, select_image, source_name
+
+__all__ = [
+    "assemble_from_descriptors",
+    "build_one_layer",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def build_one_layer(
+    *,
+    store_paths: Sequence[str],
+    plan_file: Path | None,
+    image_selector: str | None,
+    layer_index: int | None,
+    store_root: Path | None,
+    out_dir: Path,
+    compression: str,
+    level: int | None,
+    mtime: int | None,
+) -> Path:
+    """Build one layer into ``out_dir`` (blob + ``layer.json``); return the descriptor's path.
+
+    Its files' mtime is ``mtime`` (default 1, never ``SOURCE_DATE_EPOCH``)."""
+    if plan_file is not None:
+        if store_paths:
+            raise OptionError("give either --plan with --layer, or store paths, not both")
+        plan = read_plan_file(plan_file)
+        source = source_name(plan_file)
+        check_readable_store(plan.store_dir, store_root=store_root, where=source)
+        image = select_image(plan, image_selector, source=source)
+        if layer_index is None or not 0 <= layer_index < len(image.layers):
+            raise OptionError(f"--layer must be between 0 and {len(image.layers) - 1} for {source}")
+        paths = image.layers[layer_index].paths
+        store_dir = plan.store_dir
+    elif store_paths:
+        if layer_index is not None or image_selector is not None:
+            raise OptionError(
+                "--layer and --image choose a layer of a --plan: not with store paths"
+            )
+        # a path inside an item, or a ./result symlink, stands for the item, as in queries
+        paths = tuple(sorted({store_item_path(p, store_root=store_root) for p in store_paths}))
+        store_dirs = sorted({split_store_path(p, where="build-layer")[0] for p in paths})
+        if len(store_dirs) != 1:
+            raise ClosureError(f"build-layer: paths from different stores: {', '.join(store_dirs)}")
+        store_dir = store_dirs[0]
+    else:
+        raise OptionError("give --plan FILE --layer N, or store paths")
+    check_level(compression, level)
+    layer_mtime = check_mtime(mtime)
+    created_dir = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(f"{out_dir}: cannot create: {exc.strerror}") from exc
+    try:
+        layer = build_store_layer(
+            paths,
+            store_root=store_root,
+            store_dir=store_dir,
+            compression=compression,
+            level=level,
+            mtime=layer_mtime,
+            dest_dir=out_dir,
+            comment=store_layer_comment(paths),
+        )
+        descriptor = out_dir / "layer.json"
+        with atomic_write(descriptor) as handle:
+            handle.write(layer.to_json(relative_to=out_dir).encode() + b"\n")
+    except BaseException:
+        if created_dir:  # leave nothing behind for a failed build
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return descriptor
+
+
+def assemble_from_descriptors(
+    *,
+    descriptors: Sequence[Path],
+    dest: str,
+    compression: str = "gzip",
+    level: int | None = None,
+    image: ImageOptions = ImageOptions(),
+    registry: RegistryOptions | None = None,
+) -> str:
+    """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
+    ``compression`` and ``level`` are for the customisation layer."""
+    started = time.time()
+    registry = registry or RegistryOptions()
+    config, customisation, base = prepare_image(
+        image, dest=dest, compression=compression, level=level, registry=registry
+    )
+    layers = read_descriptors(descriptors)
+    mtime = image.layer_mtime
+    store_dirs = {split_store_path(p, where="assemble")[0] for la in layers for p in la.paths}
+    if len(store_dirs) == 1:
+        customisation = dataclasses.replace(customisation, store_dir=store_dirs.pop())
+        customisation_entries(customisation)  # nothing over the store in use
+    customisation = drop_repeated_customisation(customisation, base=base, mtime=mtime)
+    total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
+    if total > MAX_LAYERS_LIMIT:
+        raise OptionError(
+            f"the image would have {total} layers, more than {MAX_LAYERS_LIMIT} (overlayfs stacks"
+            " at most 128)"
+        )
+    with scratch_dir() as work, image_pusher(dest, image, registry, base) as pusher:
+        if not customisation.is_empty:
+            layers.append(
+                build_customisation_layer(
+                    customisation,
+                    compression=compression,
+                    level=level,
+                    mtime=mtime,
+                    dest_dir=Path(work),
+                )
+            )
+        return finish_image(
+            layers,
+            base=base,
+            config=config,
+            dest=dest,
+            tags=image.tags,
+            name=None,
+            started=started,
+            pusher=pusher,
+        )
