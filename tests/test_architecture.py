@@ -39,6 +39,8 @@ RANKS: dict[str, int] = {
     "basefiles": 8,
     "validate": 8,
     "destinations": 8,
+    "diff": 9,
+    "htmlview": 9,
     "registry": 8,
     "previous": 9,
     "workflow": 9,
