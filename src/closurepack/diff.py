@@ -215,13 +215,22 @@ def load_side(
         image = select_image(plan, selector, source=spec)
         layers = tuple(SideLayer(layer.paths, layer.size) for layer in image.layers)
         return Side(spec, "plan", layers)
+    return _image_side(f"{_archive_kind(path, spec)}:{spec}", registry, source=spec)
+
+
+def _archive_kind(path: Path, spec: str) -> str:
+    """``docker-archive`` or ``oci-archive`` for a bare tar (an OCI archive has an index.json
+    and no manifest.json); SourceError when ``path`` is no tar."""
     try:
-        is_tar = tarfile.is_tarfile(path)
-    except OSError:
-        is_tar = False
-    if not is_tar:
-        raise SourceError(f"{spec}: neither a plan (JSON) nor an image archive (tar)")
-    return _image_side(f"docker-archive:{spec}", registry, source=spec)
+        with tarfile.open(path, mode="r:") as tar:
+            names = {name.removeprefix("./") for name in tar.getnames()}
+    except (OSError, tarfile.TarError) as exc:
+        raise SourceError(f"{spec}: neither a plan (JSON) nor an image archive (tar)") from exc
+    return (
+        "oci-archive"
+        if "index.json" in names and "manifest.json" not in names
+        else ("docker-archive")
+    )
 
 
 def _image_side(spec: str, registry: RegistryOptions | None, *, source: str = "") -> Side:
