@@ -10,7 +10,6 @@ from typing import Any
 import jsonschema
 import pytest
 
-from closurepack.diff import split_name
 from clistore import (
     APP,
     GLIBC,
@@ -25,6 +24,7 @@ from clistore import (
     read_oci,
     run,
 )
+from closurepack.diff import split_name
 
 # The update: app 1.0 -> 1.1, libfoo rebuilt at the same version (it no longer needs zlib, so
 # zlib leaves the closure), and the new app needs a new item, newdep.
@@ -147,14 +147,16 @@ def test_diff_of_real_images_counts_layers_bytes_and_items(
 
     new_image = read_oci(tmp_path / "new")
     new_ids = new_image.config["rootfs"]["diff_ids"]
-    sizes = {d: layer["size"] for d, layer in zip(new_ids, new_image.manifest["layers"])}
+    sizes = {
+        d: layer["size"] for d, layer in zip(new_ids, new_image.manifest["layers"], strict=True)
+    }
     _, old_config = read_docker_archive(tmp_path / "old.tar")
     old_ids = old_config["rootfs"]["diff_ids"]
     expected_pull = sum(size for d, size in sizes.items() if d not in old_ids)
     oci_manifest, oci_config = _oci_archive_manifest(tmp_path / "old-oci.tar")
     assert oci_config["rootfs"]["diff_ids"] == old_ids  # the same image in both archives
     # under the ChainID rule everything above the longest common bottom run is pulled
-    common = next(i for i, (a, b) in enumerate(zip(old_ids, new_ids)) if a != b)
+    common = next(i for i, (a, b) in enumerate(zip(old_ids, new_ids, strict=False)) if a != b)
     expected_chain = sum(sizes[d] for d in new_ids[common:])
 
     for old in (f"docker-archive:{tmp_path / 'old.tar'}", str(tmp_path / "old-oci.tar"),
@@ -231,8 +233,10 @@ def test_diff_of_plans_uses_item_sets_and_nar_sizes(
 
     # a plan with several images needs --image (index or name); --old-image for OLD alone
     status, out, err = run(["diff", old_plan, fleet], capsys)
-    assert status == 2 and out == ""
-    assert err.count("\n") == 1 and f"{fleet}: the plan has 2 images" in err
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert f"{fleet}: the plan has 2 images" in err
     by_name = _diff_json([old_plan, fleet, "--image", "new", "--old-image", "0"], capsys)
     by_index = _diff_json([old_plan, fleet, "--image", "0"], capsys)
     assert by_name["summary"] == by_index["summary"] == result["summary"]
@@ -267,7 +271,7 @@ def test_plan_against_image_compares_item_sets(
     ],
 )
 def test_bad_input_is_one_line_exit_2(
-    make: Any, must_say: str, store: Store, app_closure: Path, tmp_path: Path,
+    make: Any, must_say: str, app_closure: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     plan = tmp_path / "ok.plan"
@@ -278,7 +282,9 @@ def test_bad_input_is_one_line_exit_2(
         status, out, err = run(["diff", *argv], capsys)
         assert status == 2, err
         assert out == ""
-        assert err.count("\n") == 1 and must_say in err and bad.split(":")[-1] in err
+        assert err.count("\n") == 1
+        assert must_say in err
+        assert bad.rsplit(":", maxsplit=1)[-1] in err
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -195,7 +195,7 @@ def _join(lines: Sequence[str]) -> str:
 _PAGE = _join(
     [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
+        '<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">',
         "<title>{title}</title>",
         "<script>window.addEventListener('error', function (e) {{"
         " var box = document.getElementById('errors');"
@@ -242,6 +242,10 @@ _JS = r"""
     return e;
   }
   function base(path) { return path.slice(path.lastIndexOf('/') + 1); }
+  function short(path) {
+    var name = base(path), dash = name.indexOf('-');
+    return dash < 0 ? name : name.slice(dash + 1);
+  }
   document.title = data.title;
   document.getElementById('title').textContent = data.title;
   document.getElementById('summary').textContent = data.summary.join('\n');
@@ -280,13 +284,13 @@ _JS = r"""
     var column = el('div', 'column');
     stack.layers.forEach(function (layer, index) {
       total += layer.size;
-      var node = el('div', 'layer', base(layer.items.length ? layer.items[0].path : '') );
+      var node = el('div', 'layer', layer.items.length ? short(layer.items[0].path) : '');
       node.style.height = Math.max(MIN, Math.round(layer.size / largest * HEIGHT)) + 'px';
       node.style.background = data.legend[layer.status].colour;
       node.dataset.size = String(layer.size);
       node.dataset.status = layer.status;
       node.dataset.index = String(index);
-      var names = layer.items.map(function (i) { return base(i.path); });
+      var names = layer.items.map(function (i) { return short(i.path); });
       node.title = 'layer ' + index + ' (' + data.legend[layer.status].label + '), ' +
         human(layer.size) + '\n' + names.join('\n');
       node.addEventListener('click', function () { show(stack, index, layer, node); });
