@@ -324,3 +324,43 @@ def test_several_outputs_of_a_package_pair_by_output(
     ]
     assert result["summary"] == {"kept": 0, "changed": 1, "added": 0, "removed": 0}
     assert result["items"]["added"] == result["items"]["removed"] == []
+
+
+@pytest.mark.integration
+def test_diff_reads_registry_images(
+    updated: Store, registry: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old_closure = updated.closure_file(tmp_path / "old.json", [APP])
+    new_closure = updated.closure_file(tmp_path / "new.json", [APP2])
+    _build(updated, old_closure, f"docker://{registry.host}/app:1", capsys)
+    _build(updated, new_closure, f"docker://{registry.host}/app:2", capsys)
+    _build(updated, new_closure, f"oci:{tmp_path / 'new'}", capsys)  # the same bytes, to read
+    result = _diff_json(
+        [f"docker://{registry.host}/app:1", f"docker://{registry.host}/app:2"], capsys
+    )
+    assert result["summary"] == {"kept": 2, "changed": 2, "added": 1, "removed": 1}
+    manifest = read_oci(tmp_path / "new").manifest
+    kept = {la["diff_id"] for la in result["layers"] if la["status"] == "kept"}
+    ids = read_oci(tmp_path / "new").config["rootfs"]["diff_ids"]
+    sizes = [la["size"] for la in manifest["layers"]]
+    assert result["pull_bytes"] == sum(s for d, s in zip(ids, sizes, strict=True) if d not in kept)
+    assert [c["name"] for c in result["items"]["changed"]] == ["app", "libfoo"]
+
+
+def test_unwritable_html_is_one_line(
+    app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "ok.plan"
+    status, _, err = run(["plan", "--closure", app_closure, "-o", plan], capsys)
+    assert status == 0, err
+    html = tmp_path / "no-such-dir" / "page.html"
+    for argv in (
+        ["diff", plan, plan, "--html", html],
+        ["plan", "--closure", app_closure, "--html", html],
+    ):
+        status, out, err = run(argv, capsys)
+        assert status == 5, err
+        assert out == ""
+        assert err.count("\n") == 1
+        assert f"{html}: cannot write the HTML page" in err
+    assert not html.parent.exists()

@@ -149,3 +149,24 @@ def test_item_names_cannot_close_the_data_script(tmp_path: Path) -> None:
         listed = page.evaluate("document.querySelector('#details li').textContent")
         assert listed == f"{HOSTILE}  10 B"  # shown as text, not run
         assert page.evaluate("document.querySelectorAll('script').length") == 3
+
+
+_NO_CHROMIUM = """
+from cdp import chromium
+
+def test_page(tmp_path):
+    with chromium(tmp_path):
+        pass
+"""
+
+
+@pytest.mark.parametrize(("required", "outcome"), [("1", "failed"), ("", "skipped")])
+def test_a_missing_chromium_fails_when_tools_are_required(
+    required: str, outcome: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOSUREPACK_REQUIRE_TOOLS", required)
+    monkeypatch.setenv("PATH", str(pytester.path / "empty-bin"))  # no chromium on it
+    pytester.makepyfile(test_inner=_NO_CHROMIUM)
+    result = pytester.runpytest_inprocess("-p", "requiretools", "-rA")
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(["*chromium is not installed*"])
