@@ -22,6 +22,7 @@ RANKS: dict[str, int] = {
     "_fs": 1,
     "graph": 2,
     "sources": 3,
+    "storenames": 2,
     "plan": 3,
     "strategies": 4,
     "planner": 4,

@@ -24,7 +24,7 @@ from clistore import (
     read_oci,
     run,
 )
-from closurepack.diff import split_name
+from closurepack.storenames import split_name
 
 # The update: app 1.0 -> 1.1, libfoo rebuilt at the same version (it no longer needs zlib, so
 # zlib leaves the closure), and the new app needs a new item, newdep.

@@ -18,18 +18,13 @@ How the two sides are compared:
   under classic Docker's rule (a layer is reused only when every layer below it is the same:
   its ChainID), which is NEW's layers above the longest common bottom run.
 - Store items (from plans, or from the ``dev.closurepack.layers`` label closurepack writes):
-  an item of NEW whose path OLD has is kept. An added and a removed item are one **changed** item
-  when their names after the hash are the same, or when their names without the version (Nix's
-  ``parseDrvName`` rule: the name ends at the first ``-`` not followed by a letter) are, and only
-  one item of each side has that name (or, for several outputs of one package, that name and
-  output suffix such as ``-bin``).
+  an item of NEW whose path OLD has is kept; an added and a removed item of the same name are
+  one **changed** item (the rules are in :mod:`closurepack.storenames`).
 """
 
 from __future__ import annotations
 
 import tarfile
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +34,7 @@ from closurepack.plan import LayerPlan
 from closurepack.planner import human_size, plural
 from closurepack.readback import read_image
 from closurepack.registry import RegistryOptions, is_registry_reference
+from closurepack.storenames import match_renamed, split_name
 from closurepack.workflow import select_image
 
 __all__ = [
@@ -52,7 +48,6 @@ __all__ = [
     "diff_specs",
     "format_diff",
     "load_side",
-    "split_name",
 ]
 
 DIFF_FORMAT = "closurepack-diff"
@@ -181,18 +176,6 @@ class DiffResult:
         }
 
 
-def split_name(path: str) -> tuple[str, str]:
-    """``/nix/store/<hash>-openssl-3.0.13-bin`` -> ``("openssl", "3.0.13-bin")``: the name
-    after the hash split where Nix's ``parseDrvName`` splits it (at the first ``-`` followed by
-    something other than a letter); no such ``-``: the whole name and an empty version."""
-    base = path.rsplit("/", 1)[-1]
-    name = base.split("-", 1)[1] if "-" in base else base
-    for i, char in enumerate(name):
-        if char == "-" and i + 1 < len(name) and not name[i + 1].isalpha():
-            return name[:i], name[i + 1 :]
-    return name, ""
-
-
 def load_side(
     spec: str, *, selector: str | None = None, registry: RegistryOptions | None = None
 ) -> Side:
@@ -272,7 +255,12 @@ def diff_sides(old: Side, new: Side) -> DiffResult:
     kept_old = {old_position[k] for k in new_keys if k in old_position}
 
     old_paths, new_paths = old.paths, new.paths
-    changes = _match_items(sorted(old_paths - new_paths), sorted(new_paths - old_paths))
+    changes = []
+    for old_path, new_path in match_renamed(
+        sorted(old_paths - new_paths), sorted(new_paths - old_paths)
+    ):
+        name, old_version = split_name(old_path)
+        changes.append(ItemChange(name, old_path, new_path, old_version, split_name(new_path)[1]))
     counterpart = {c.new_path: c.old_path for c in changes} | {p: p for p in new_paths & old_paths}
     old_layer_of = {p: i for i, layer in enumerate(old.layers) for p in layer.paths}
     gone_itemless = [
@@ -330,53 +318,6 @@ def diff_sides(old: Side, new: Side) -> DiffResult:
     )
 
 
-def _output_suffix(version: str) -> str:
-    """``3.0.13-bin`` -> ``bin``: a trailing output name (letters only) after the version."""
-    last = version.rsplit("-", 1)
-    return last[1] if len(last) == 2 and last[1].isalpha() else ""
-
-
-def _match_items(removed: Sequence[str], added: Sequence[str]) -> list[ItemChange]:
-    """Pair removed and added items into changes (module docstring), sorted by name."""
-    pairs: list[tuple[str, str]] = []
-    left_old, left_new = list(removed), list(added)
-    for key in (_full_name, _plain_name, _name_and_output):
-        olds, news = _groups(left_old, key), _groups(left_new, key)
-        for name in sorted(olds.keys() & news.keys()):
-            if len(olds[name]) == 1 and len(news[name]) == 1:
-                pairs.append((olds[name][0], news[name][0]))
-        taken = {p for pair in pairs for p in pair}
-        left_old = [p for p in left_old if p not in taken]
-        left_new = [p for p in left_new if p not in taken]
-    changes = []
-    for old_path, new_path in pairs:
-        name, old_version = split_name(old_path)
-        _, new_version = split_name(new_path)
-        changes.append(ItemChange(name, old_path, new_path, old_version, new_version))
-    return sorted(changes, key=lambda c: (c.name, c.old_path))
-
-
-def _full_name(path: str) -> str:
-    base = path.rsplit("/", 1)[-1]
-    return base.split("-", 1)[1] if "-" in base else base
-
-
-def _plain_name(path: str) -> str:
-    return split_name(path)[0]
-
-
-def _name_and_output(path: str) -> str:
-    name, version = split_name(path)
-    return f"{name}\0{_output_suffix(version)}"
-
-
-def _groups(paths: Iterable[str], key: Any) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = defaultdict(list)
-    for path in paths:
-        groups[key(path)].append(path)
-    return groups
-
-
 def format_diff(result: DiffResult) -> str:
     """The text table ``closurepack diff`` prints (sizes in binary units)."""
     unit = "compressed" if result.size_kind == "compressed" else "NAR"
@@ -401,7 +342,7 @@ def format_diff(result: DiffResult) -> str:
     for layer in result.layers:
         new = "" if layer.index is None else str(layer.index)
         old = layer.old_index if layer.old_index is not None else ",".join(map(str, layer.replaces))
-        names = ", ".join(_full_name(p) for p in layer.paths[:3])
+        names = ", ".join(_after_hash(p) for p in layer.paths[:3])
         if len(layer.paths) > 3:
             names += f", ... ({len(layer.paths)})"
         lines.append(
@@ -418,3 +359,8 @@ def format_diff(result: DiffResult) -> str:
         if paths:
             lines += ["", f"{title} items:", *(f"  {p}" for p in paths)]
     return "\n".join(lines)
+
+
+def _after_hash(path: str) -> str:
+    base = path.rsplit("/", 1)[-1]
+    return base.split("-", 1)[1] if "-" in base else base
