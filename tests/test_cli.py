@@ -13,7 +13,7 @@ import pytest
 
 from clistore import APP, GLIBC, GRAPH, LIBFOO, TOOL, ZLIB, Store, item, make_store, run
 
-COMMANDS = ["plan", "build", "build-layer", "assemble", "verify", "inspect", "cache"]
+COMMANDS = ["plan", "build", "build-layer", "assemble", "verify", "inspect", "diff", "cache"]
 STRATEGIES = ["auto", "popularity", "size", "dominator", "single", "per-item"]
 
 

@@ -11,6 +11,7 @@ import pytest
 from cdp import Page, chromium
 from clistore import APP, TOOL, make_store, read_oci, run
 from closurepack.htmlview import View, ViewLayer, ViewStack, render_html
+from closurepack.planner import human_size
 from test_diff import APP2, NEWDEP, UPDATED
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,7 @@ def test_plan_html_draws_every_layer_of_every_image(
             assert stack["drawn"] == len(layers)
             assert stack["sizes"] == [la["size"] for la in layers]
             assert stack["total"] == sum(la["size"] for la in layers)
-            assert str(len(layers)) in stack["label"]
+            assert stack["label"] == f"{len(layers)} layers, {human_size(stack['total'])}"
             expected = [
                 "reused" if la.get("origin") == "previous"
                 else "shared" if all_paths.count(tuple(la["paths"])) > 1
