@@ -13,7 +13,17 @@ import pytest
 
 from clistore import APP, GLIBC, GRAPH, LIBFOO, TOOL, ZLIB, Store, item, make_store, run
 
-COMMANDS = ["plan", "build", "build-layer", "assemble", "copy", "verify", "inspect", "cache"]
+COMMANDS = [
+    "plan",
+    "build",
+    "build-layer",
+    "assemble",
+    "copy",
+    "verify",
+    "inspect",
+    "diff",
+    "cache",
+]
 STRATEGIES = ["auto", "popularity", "size", "dominator", "single", "per-item"]
 
 

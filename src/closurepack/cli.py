@@ -84,6 +84,12 @@ def cli() -> None:
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     help="Write the JSON plan to FILE ('-': standard output).",
 )
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML picture of the layer stacks to FILE.",
+)
 def plan_command(
     store_paths: tuple[str, ...],
     closure_files: tuple[Path, ...],
@@ -93,6 +99,7 @@ def plan_command(
     previous: tuple[str, ...],
     as_json: bool,
     output: Path | None,
+    html_file: Path | None,
 ) -> None:
     """Compute a layer plan: which store items go in which layer."""
     from closurepack._fs import atomic_write
@@ -106,6 +113,11 @@ def plan_command(
     plan = make_plan(
         closures, strategy=strategy, max_layers=max_layers, previous=previous, names=names
     )
+    if html_file is not None:
+        from closurepack.htmlview import plan_view, write_html
+
+        sizes = {p: item.nar_size for closure in closures for p, item in closure.items.items()}
+        write_html(html_file, plan_view(plan, sizes))
     if output is not None and output != Path("-"):
         try:
             with atomic_write(output) as handle:
@@ -482,6 +494,52 @@ def inspect_command(image: str, as_json: bool, **kwargs: Any) -> None:
         click.echo(json.dumps(info, indent=1, sort_keys=True))
     else:
         click.echo(format_inspection(info))
+
+
+@cli.command("diff")
+@click.argument("old")
+@click.argument("new")
+@click.option(
+    "--image",
+    "image_selector",
+    help="Which image of a plan with several (index or name); applies to both sides.",
+)
+@click.option("--old-image", "old_selector", help="Which image of OLD's plan (default: --image).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML picture of both layer stacks to FILE.",
+)
+@_registry_options
+def diff_command(
+    old: str,
+    new: str,
+    image_selector: str | None,
+    old_selector: str | None,
+    as_json: bool,
+    html_file: Path | None,
+    **kwargs: Any,
+) -> None:
+    """Compare two images or plans: layers kept, changed, added, removed; what a pull costs."""
+    from closurepack.diff import diff_specs, format_diff
+
+    result = diff_specs(
+        old,
+        new,
+        old_selector=old_selector or image_selector,
+        new_selector=image_selector,
+        registry=_split_registry_options(kwargs),
+    )
+    if html_file is not None:
+        from closurepack.htmlview import diff_view, write_html
+
+        write_html(html_file, diff_view(result))
+    if as_json:
+        click.echo(json.dumps(result.to_json_obj(), indent=1, sort_keys=True))
+    else:
+        click.echo(format_diff(result))
 
 
 @cli.group("cache")
