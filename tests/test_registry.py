@@ -395,7 +395,8 @@ def test_layers_are_pushed_while_the_build_goes_on(
     import time
 
     from closurepack.build import LayerEvent
-    from closurepack.jobsetup import ImageOptions, build_image
+    from closurepack.buildjob import build_image
+    from closurepack.jobsetup import ImageOptions
 
     events: list[LayerEvent] = []
     seen_during_build: list[bool] = []
