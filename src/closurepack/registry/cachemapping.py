@@ -23,13 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from closurepack.cachegc import KEY
 from closurepack.digest import Digest
-from closurepack.errors import DestinationError, ImageError, OptionError, RegistryError
+from closurepack.errors import DestinationError, ImageError, OptionError
 from closurepack.mediatypes import MediaType
-from closurepack.registry.client import RegistryClient
+from closurepack.registry.client import RegistryClient, read_limited
 from closurepack.registry.pull import MANIFEST_LIMIT
 from closurepack.registry.reference import RegistryRef, is_registry_reference, parse_reference
 
@@ -108,21 +106,10 @@ def _read_bounded(
         "GET", url, what=what, ok=(200, 404), headers={"Accept": accept}, stream=True,
         follow_redirects=True,
     )  # fmt: skip
-    try:
-        if response.status_code == 404:
-            return None
-        parts: list[bytes] = []
-        total = 0
-        for chunk in response.iter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise ImageError(f"{what}: more than the {limit} bytes accepted")
-            parts.append(chunk)
-        return b"".join(parts)
-    except httpx.HTTPError as exc:
-        raise RegistryError(f"{what}: reading the answer failed: {exc}") from exc
-    finally:
+    if response.status_code == 404:
         response.close()
+        return None
+    return read_limited(response, limit, what, error=ImageError)
 
 
 def fetch_mapping(client: RegistryClient, ref: RegistryRef) -> dict[str, CacheEntry] | None:

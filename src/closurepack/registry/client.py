@@ -19,13 +19,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import httpx
 
 from closurepack import __version__
-from closurepack.errors import RegistryAuthError, RegistryError
+from closurepack.errors import ClosurepackError, RegistryAuthError, RegistryError
 from closurepack.registry.auth import RegistryAuth
 from closurepack.registry.credentials import lookup_credentials
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.reference import RegistryRef
 
-__all__ = ["Body", "RegistryClient", "TransientRegistryError", "open_client", "ssl_context"]
+__all__ = [
+    "Body",
+    "RegistryClient",
+    "TransientRegistryError",
+    "open_client",
+    "read_limited",
+    "ssl_context",
+]
 
 #: A request body: bytes, or a callable giving a fresh iterator of chunks for each try.
 Body = bytes | Callable[[], Iterable[bytes]] | None
@@ -74,6 +81,33 @@ def _make_auth(ref: RegistryRef, options: RegistryOptions, scopes: Sequence[str]
         f"{ref.registry}/{ref.repository}", creds=options.creds, authfile=options.authfile
     )
     return RegistryAuth(credentials, scopes)
+
+
+def read_limited(
+    response: httpx.Response,
+    limit: int,
+    what: str,
+    *,
+    error: type[ClosurepackError] = RegistryError,
+) -> bytes:
+    """The body of a streamed ``response``, at most ``limit`` bytes (``error`` past that, by its
+    Content-Length or as it streams); the response is closed."""
+    try:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            raise error(f"{what}: {length} bytes, more than the {limit} bytes accepted")
+        parts: list[bytes] = []
+        total = 0
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise error(f"{what}: more than the {limit} bytes accepted")
+            parts.append(chunk)
+        return b"".join(parts)
+    except httpx.HTTPError as exc:
+        raise RegistryError(f"{what}: reading the answer failed: {exc}") from exc
+    finally:
+        response.close()
 
 
 class RegistryClient:

@@ -21,7 +21,7 @@ from closurepack.digest import Digest
 from closurepack.errors import ImageError, RegistryError, SourceError
 from closurepack.image import host_architecture
 from closurepack.mediatypes import MediaType
-from closurepack.registry.client import RegistryClient, open_client
+from closurepack.registry.client import RegistryClient, open_client, read_limited
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.record import BlobRecord
 from closurepack.registry.reference import RegistryRef
@@ -81,25 +81,6 @@ def _json(data: bytes, what: str) -> Any:
         raise ImageError(f"{what}: not valid JSON: {exc}") from exc
 
 
-def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    try:
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > limit:
-            raise RegistryError(f"{what}: {length} bytes, more than the {limit} bytes accepted")
-        parts: list[bytes] = []
-        total = 0
-        for chunk in response.iter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise RegistryError(f"{what}: more than the {limit} bytes accepted")
-            parts.append(chunk)
-        return b"".join(parts)
-    except httpx.HTTPError as exc:
-        raise RegistryError(f"{what}: reading the answer failed: {exc}") from exc
-    finally:
-        response.close()
-
-
 def _get_manifest(
     client: RegistryClient, reference: str, what: str, *, missing: str | None = None
 ) -> tuple[bytes, str, Digest | None]:
@@ -118,7 +99,7 @@ def _get_manifest(
         raise SourceError(f"{missing}: no such image: {client.registry} has no manifest there")
     media_type = response.headers.get("Content-Type", "").partition(";")[0].strip()
     answered = response.headers.get("Docker-Content-Digest")
-    body = _read_limited(response, MANIFEST_LIMIT, what)
+    body = read_limited(response, MANIFEST_LIMIT, what)
     try:
         declared = Digest.parse(answered) if answered else None
     except ImageError:
@@ -189,7 +170,7 @@ def pull_image(ref: RegistryRef, options: RegistryOptions) -> PulledImage:
             stream=True,
             follow_redirects=True,
         )
-        config_bytes = _read_limited(response, CONFIG_LIMIT, f"config {config_digest} of {where}")
+        config_bytes = read_limited(response, CONFIG_LIMIT, f"config {config_digest} of {where}")
         layers = []
         for desc in manifest.get("layers") or []:
             digest = _descriptor_digest(desc, f"{where}: layer")
