@@ -589,10 +589,13 @@ def test_fifo_in_a_scanned_store_item(store: Store, capsys: pytest.CaptureFixtur
 def _sigint_default() -> None:
     """In the child before exec: SIGINT's default disposition, whatever pytest inherited (under
     nohup, or started in the background by a non-interactive shell, SIGINT is ignored, and an
-    ignored signal stays ignored across exec: Python then never raises KeyboardInterrupt)."""
+    ignored signal stays ignored across exec: Python then never raises KeyboardInterrupt), and
+    SIGINT unblocked: a blocked signal stays blocked across exec too, and stays pending for ever
+    (CI's runner starts the suite with SIGINT in its signal mask)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def test_interrupt_is_one_line_and_status_130(tmp_path: Path) -> None:
