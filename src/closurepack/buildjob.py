@@ -26,7 +26,7 @@ from closurepack.errors import (
     CacheError,
     OptionError,
 )
-from closurepack.graph import check_readable_store
+from closurepack.graph import Closure, check_readable_store
 from closurepack.image import (
     layer_paths_from_config,
 )
@@ -40,13 +40,16 @@ from closurepack.jobsetup import (
 )
 from closurepack.layer import BuiltLayer
 from closurepack.options import parse_size
-from closurepack.plan import MAX_LAYERS_LIMIT, check_max_layers
+from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, check_max_layers
 from closurepack.previous import read_previous
 from closurepack.registry import (
     RegistryOptions,
 )
 from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.record import RECORD_NAME
+from closurepack.sources.query import query_closure
+from closurepack.storedb import STORE_DBS, image_closure, store_db_entries
+from closurepack.tarstream import TreeEntry
 from closurepack.workflow import (
     DEFAULT_MAX_LAYERS,
     image_names,
@@ -87,12 +90,15 @@ def build_image(
     progress: ProgressCallback | None = None,
     cache_from: Sequence[str] = (),
     cache_to: str | None = None,
+    store_db: Literal["nix", "guix"] | None = None,
 ) -> str:
     """The whole build: returns the manifest digest of the image written to ``dest``
     (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
 
     ``cache_from``/``cache_to`` are registry layer caches shared by builders (see
     :mod:`closurepack.registry.layercache`): read before the build, written after it.
+    ``store_db`` puts a Nix or Guix store database registering the image's items in the
+    customisation layer (see :mod:`closurepack.storedb`).
 
     ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
@@ -112,6 +118,10 @@ def build_image(
     from_image = image.from_image
     base_count = len(base.layers) if base else 0
     reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
+    if store_db is not None and store_db not in STORE_DBS:
+        raise OptionError(f"store database {store_db!r}: expected one of {sorted(STORE_DBS)}")
+    whole: list[Closure] = []  # the closures as given, before the --from image's items go
+    provided: set[str] = set()
 
     if plan_file is not None:
         if store_paths or closure_files:
@@ -145,7 +155,9 @@ def build_image(
             # Store items the --from image already holds (as it records them) are not added
             # again on top of it.
             provided = {p for ps in layer_paths_from_config(base.config).values() for p in ps}
+            whole = closures
             closures = [closure.without(provided) for closure in closures]
+        whole = whole or closures
         names = image_names(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
@@ -165,6 +177,12 @@ def build_image(
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
     customisation = dataclasses.replace(customisation, store_dir=plan.store_dir)
+    if store_db is not None:
+        entries = _store_db_entries(
+            store_db, closures=whole, provided=provided, image=image_plan, store_root=store_root,
+            mtime=mtime, source=source,
+        )  # fmt: skip
+        customisation = dataclasses.replace(customisation, store_db=entries)
     customisation_entries(customisation)  # nothing over the store in use
     customisation = drop_repeated_customisation(customisation, base=base, mtime=mtime)
     customisation = fit_customisation(
@@ -221,6 +239,33 @@ def build_image(
                 list(zip(keys, layers, strict=True)), dest=pusher.ref if pusher else None
             )
         return result
+
+
+def _store_db_entries(
+    kind: str,
+    *,
+    closures: Sequence[Closure],
+    provided: set[str],
+    image: ImagePlan,
+    store_root: Path | None,
+    mtime: int,
+    source: str,
+) -> tuple[TreeEntry, ...]:
+    """The customisation layer's store database for the image planned as ``image``: its
+    items (those of its layers, and those of the closure a ``--from`` image already holds),
+    with the graph and hashes of ``closures``, or for a plan file (no closures) asked of the
+    store that holds them (scanned under ``store_root``)."""
+    paths = set(image.paths)
+    if closures:
+        whole = closures[0] if len(closures) == 1 else Closure.union(closures, source=source)
+        paths = (paths | provided) & whole.items.keys()
+    else:
+        whole = query_closure(sorted(paths), store_root=store_root)
+    closure = image_closure(whole, sorted(paths), where=source)
+    entries = store_db_entries(
+        closure, STORE_DBS[kind], registration_time=mtime, store_root=store_root
+    )
+    return tuple(entries)
 
 
 def _open_cache(

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -336,17 +336,35 @@ _format_option = click.option(
 @_layer_options
 @_image_config_options
 @_customisation_options
+@click.option(
+    "--nix-db",
+    is_flag=True,
+    help="Register the image's store items in /nix/var/nix/db/db.sqlite (as nix-store"
+    " --load-db), so Nix works inside the container.",
+)
+@click.option(
+    "--guix-db",
+    is_flag=True,
+    help="The same for Guix: /var/guix/db/db.sqlite (tested against its schema only).",
+)
 @_format_option
 @_registry_options
 def build_command(**kwargs: Any) -> None:
     """Build an image from a closure (or a plan) and write it to a destination."""
     from closurepack.buildjob import build_image
+    from closurepack.errors import OptionError
 
     registry = _split_registry_options(kwargs)
+    nix_db, guix_db = kwargs.pop("nix_db"), kwargs.pop("guix_db")
+    if nix_db and guix_db:
+        raise OptionError("--nix-db and --guix-db: an image holds the items of one store")
+    store_db: Literal["nix", "guix"] | None = "nix" if nix_db else "guix" if guix_db else None
     image, options = _split_image_options(kwargs)
     quiet = options.pop("quiet")
     with _progress_reporter(enabled=not quiet) as progress:
-        digest = build_image(**options, image=image, registry=registry, progress=progress)
+        digest = build_image(
+            **options, image=image, registry=registry, progress=progress, store_db=store_db
+        )
     if options["dest"] != "-":
         click.echo(digest)
     elif not quiet:  # standard output holds the archive: the digest must not follow it there

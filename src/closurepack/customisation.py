@@ -1,4 +1,5 @@
-"""The customisation layer on top of the store layers: /tmp, symlinks, extra trees, /etc/passwd."""
+"""The customisation layer on top of the store layers: /tmp, symlinks, extra trees, /etc/passwd,
+and the store database of --nix-db / --guix-db."""
 
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ class Customisation:
     copied into the image root in order; ``tmp`` adds ``/tmp`` (mode 1777); ``user`` adds what
     :func:`~closurepack.accounts.account_entries` gives for it, from ``base_passwd`` and
     ``base_group`` (the ``--from`` image's files; ``from_base`` says there is one) or the
-    standard files. No entry may cover ``store_dir`` (None: /nix/store and /gnu/store), a parent
-    of it or anything in it.
+    standard files. ``store_db`` holds the entries of a store database
+    (:func:`~closurepack.storedb.store_db_entries`), made once the image's closure is known.
+    No entry may cover ``store_dir`` (None: /nix/store and /gnu/store), a parent of it or
+    anything in it.
     """
 
     symlinks: tuple[tuple[str, str], ...] = ()
@@ -65,6 +68,7 @@ class Customisation:
     from_base: bool = False
     base_passwd: bytes | None = None
     base_group: bytes | None = None
+    store_db: tuple[TreeEntry, ...] = ()
 
     def __post_init__(self) -> None:
         trees = tuple(
@@ -90,12 +94,14 @@ class Customisation:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.symlinks or self.extra_dirs or self.tmp or self.accounts())
+        return not (
+            self.symlinks or self.extra_dirs or self.tmp or self.store_db or self.accounts()
+        )
 
     @property
     def needs_layer_beyond_tmp(self) -> bool:
         """True when anything but ``/tmp`` is asked for."""
-        return bool(self.symlinks or self.extra_dirs or self.accounts())
+        return bool(self.symlinks or self.extra_dirs or self.store_db or self.accounts())
 
 
 def _check_link(link: str, target: str) -> str:
@@ -159,6 +165,7 @@ def customisation_entries(customisation: Customisation) -> list[TreeEntry]:
             )
         entries.append(entry)
     entries.extend(TreeEntry(name, "symlink", target=target) for name, _, target in links)
+    entries.extend(customisation.store_db)
     _check_unique(entries)
     return entries
 

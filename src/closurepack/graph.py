@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from closurepack.errors import ClosureError
 
@@ -19,13 +19,17 @@ class StoreItem:
     """One immutable store item: its full path, NAR size and direct references.
 
     ``references`` holds full store paths, sorted, without the item itself (a self-reference is
-    normal in Nix and carries no layering information).
+    normal in Nix and carries no layering information); ``self_reference`` says whether the
+    source listed one (a store database registers it). ``nar_hash`` and ``deriver`` are what
+    the source gave, when it gave them.
     """
 
     path: str
     nar_size: int = 0
     references: tuple[str, ...] = ()
     nar_hash: str | None = None
+    deriver: str | None = None
+    self_reference: bool = False
 
     @property
     def name(self) -> str:
@@ -135,7 +139,10 @@ class Closure:
         for path in sorted(by_path):
             item = by_path[path]
             refs = set(item.references)
-            refs.discard(path)
+            if path in refs:
+                refs.discard(path)
+                if not item.self_reference:
+                    item = replace(item, self_reference=True)
             if not by_path.keys() >= refs:
                 missing = min(refs - by_path.keys())
                 raise ClosureError(
@@ -143,7 +150,7 @@ class Closure:
                 )
             sorted_refs = tuple(sorted(refs))
             if sorted_refs != item.references:
-                item = StoreItem(path, item.nar_size, sorted_refs, item.nar_hash)
+                item = replace(item, references=sorted_refs)
             cleaned[path] = item
 
         order = _topological_order(cleaned, source)
@@ -219,8 +226,7 @@ class Closure:
         for path in sorted(keep):
             item = self.items[path]
             if not keep.issuperset(item.references):
-                refs = tuple(r for r in item.references if r in keep)
-                item = StoreItem(path, item.nar_size, refs, item.nar_hash)
+                item = replace(item, references=tuple(r for r in item.references if r in keep))
             items[path] = item
         referred = {r for item in items.values() for r in item.references}
         roots = tuple(p for p in items if p not in referred)
@@ -238,12 +244,7 @@ class Closure:
             return self
         items = {
             path: (
-                StoreItem(
-                    path,
-                    item.nar_size,
-                    tuple(r for r in item.references if r not in drop),
-                    item.nar_hash,
-                )
+                replace(item, references=tuple(r for r in item.references if r not in drop))
                 if not drop.isdisjoint(item.references)
                 else item
             )

@@ -253,7 +253,12 @@ def _item(
         raise ClosureError(
             f"{_where(source, index, path)}: 'narHash' must be a string, not {_kind(nar_hash)}"
         )
-    return StoreItem(path, size, references, nar_hash)
+    deriver = entry.get("deriver")
+    if deriver is not None and type(deriver) is not str:
+        raise ClosureError(
+            f"{_where(source, index, path)}: 'deriver' must be a string, not {_kind(deriver)}"
+        )
+    return StoreItem(path, size, references, nar_hash, deriver or None)
 
 
 def _where(source: str, index: int | None, path: str) -> str:
@@ -325,5 +330,6 @@ def _parse_text(lines: list[str], source: str, store_root: Path | None) -> Itera
                     f"{source}:{first + offset + 1}: {path}: reference {ref!r} is not a path"
                 )
         where = f"{source}:{index + 1}: {path}"
-        yield StoreItem(path, size_from_files(path, store_root, where), tuple(references))
+        size = size_from_files(path, store_root, where)
+        yield StoreItem(path, size, tuple(references), deriver=lines[index + 1] or None)
         index = end

@@ -61,7 +61,8 @@ def _batches(paths: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 def _parse_dump_db(text: str, source: str) -> Iterator[StoreItem]:
-    """Parse Nix's registration format: path, NAR hash, NAR size, deriver, count, references."""
+    """Parse Nix's registration format: path, NAR hash, NAR size, deriver (may be empty), count,
+    references."""
     lines = text.split("\n")
     index = 0
     while index < len(lines):
@@ -79,7 +80,7 @@ def _parse_dump_db(text: str, source: str) -> Iterator[StoreItem]:
             raise ToolError(f"{source}: output ends inside the references of {path}")
         if ":" not in nar_hash:
             nar_hash = f"sha256:{nar_hash}"
-        yield StoreItem(path, size, references, nar_hash)
+        yield StoreItem(path, size, references, nar_hash, lines[index + 3] or None)
         index = first + count
 
 

@@ -151,7 +151,7 @@ def scan_closure(
     that does not exist (see :func:`store_directory`); names starting with ``.`` (Nix's
     ``.links``) are skipped. Item paths are ``<store_dir>/<name>``. When ``paths`` are given
     only their closure is scanned and they are its roots; otherwise every item is scanned.
-    Sizes are NAR sizes.
+    Sizes are NAR sizes; an item holding its own hash part has ``self_reference`` set.
     """
     store_dir = store_dir.rstrip("/") or "/"
     directory = store_directory(store_root, store_dir)
@@ -172,10 +172,14 @@ def scan_closure(
     while pending:
         name = pending.pop()
         scanned = scan_item(directory / name, scanner)
-        refs = sorted({ref for h in scanned.hash_parts for ref in by_hash[h]} - {name})
+        found = {ref for h in scanned.hash_parts for ref in by_hash[h]}
+        refs = sorted(found - {name})
         items.append(
             StoreItem(
-                _join(store_dir, name), scanned.nar_size, tuple(_join(store_dir, r) for r in refs)
+                _join(store_dir, name),
+                scanned.nar_size,
+                tuple(_join(store_dir, r) for r in refs),
+                self_reference=name in found,
             )
         )
         for ref in refs:
