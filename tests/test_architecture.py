@@ -35,6 +35,7 @@ RANKS: dict[str, int] = {
     "cachegc": 5,
     "accounts": 5,
     "customisation": 5,
+    "storedb": 5,
     "build": 6,
     "image": 7,
     "readback": 8,
