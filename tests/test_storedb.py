@@ -26,6 +26,7 @@ from closurepack.storedb import (
     NIX_DB,
     Registration,
     database_bytes,
+    derivation_outputs,
     image_closure,
     registrations,
     store_db_entries,
@@ -277,6 +278,41 @@ def test_the_state_directory_as_a_fresh_nix_store_has_it() -> None:
         store_db_entries(closure, GUIX_DB, registration_time=1)
 
 
+@pytest.mark.parametrize(
+    ("text", "outputs"),
+    [
+        (
+            'Derive([("out","/nix/store/b-x","",""),("dev","/nix/store/a-x-dev","","")],[],[])',
+            (("dev", "/nix/store/a-x-dev"), ("out", "/nix/store/b-x")),
+        ),
+        ('Derive([("out","","r:sha256","")],[],[],"x86_64-linux")', ()),  # floating CA
+        ('Derive([("o\\"ut","/nix/store/c-\\\\y","","")],[])', (('o"ut', "/nix/store/c-\\y"),)),
+        ("Derive([],[])", ()),
+    ],
+)
+def test_derivation_outputs_are_read_from_the_aterm(
+    tmp_path: Path, text: str, outputs: tuple[tuple[str, str], ...]
+) -> None:
+    drv = tmp_path / "x.drv"
+    drv.write_text(text)
+    assert derivation_outputs(drv, where="x.drv") == outputs
+
+
+@pytest.mark.parametrize(
+    "text", ["hello", 'Derive([("out","/nix/store/b-x","")],[])', 'Derive([("out"', "Derive(["]
+)
+def test_a_file_that_is_no_derivation_is_one_line(tmp_path: Path, text: str) -> None:
+    drv = tmp_path / "x.drv"
+    drv.write_text(text)
+    with pytest.raises(StoreError, match=r"^g: /nix/store/x.drv: not a derivation \(expected"):
+        derivation_outputs(drv, where="g: /nix/store/x.drv")
+    drv.write_bytes(b"\xff")
+    with pytest.raises(StoreError, match="not UTF-8"):
+        derivation_outputs(drv, where="x")
+    with pytest.raises(StoreError, match="cannot read the derivation"):
+        derivation_outputs(tmp_path / "missing.drv", where="x")
+
+
 # Through the CLI ---------------------------------------------------------------------------------
 
 
@@ -345,6 +381,31 @@ def test_an_item_outside_the_image_is_not_registered(
     assert registered == store.closure_of([TOOL])
     assert APP not in registered
     assert LIBFOO not in registered
+
+
+def test_items_a_from_image_holds_are_registered_too(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--from a base holding ZLIB's closure: the image has every item of APP's closure (some in
+    the base's layers), and its database registers them all, nothing of the base beyond."""
+    base = tmp_path / "base"
+    zlib = store.closure_file(tmp_path / "zlib.json", [ZLIB])
+    assert (
+        _build(["--closure", zlib, "--store-root", store.root, "-o", f"oci:{base}"], capsys)[0] == 0
+    )
+    app = store.closure_file(tmp_path / "app.json", [APP])
+    dest = tmp_path / "img"
+    status, _, err = _build(
+        ["--closure", app, "--store-root", store.root, "--from", f"oci:{base}", "--nix-db",
+         "-o", f"oci:{dest}"],
+        capsys,
+    )  # fmt: skip
+    assert status == 0, err
+    image, below = read_oci(dest), len(read_oci(base).layer_digests)
+    ours = [image.layer_members(n) for n in range(below, len(image.layer_digests))]
+    assert ours
+    assert not any(GLIBC.lstrip("/") in members for members in ours)  # the base's layers hold it
+    assert sorted(r[1] for r in _rows(_layer_db(dest))[0]) == store.closure_of([APP])
 
 
 def test_text_graph_without_hashes_registers_hashes_of_the_files_and_derivers(

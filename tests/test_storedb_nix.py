@@ -21,7 +21,7 @@ from runtimes import require_tool, run_tool
 
 pytestmark = pytest.mark.integration
 
-_NIX = ["--extra-experimental-features", "nix-command"]
+_NIX = ["--extra-experimental-features", "nix-command", "--option", "substituters", ""]
 
 
 def _nix_store(*args: str | Path, stdin: bytes | None = None) -> str:
@@ -194,3 +194,36 @@ def test_text_graph_without_hashes_and_plan_files_register_the_same(
         dbs[key] = image.layer_file(len(image.layer_digests) - 1, "nix/var/nix/db/db.sqlite")
     assert dbs["again"] == dbs["path"] == dbs["graph"] == dbs["plan"]
     assert digests["again"] == digests["path"]
+
+
+def test_derivations_register_their_outputs_as_load_db_does(
+    nix_closure: NixClosure, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image of the app's derivation: its closure (derivations and a content-addressed
+    source) registered with the DerivationOutputs rows `--load-db` reads from the files."""
+    drv = _nix_store("--query", "--deriver", nix_closure.app).strip()
+    paths = tuple(sorted(_nix_store("--query", "--requisites", drv).split()))
+    root = tmp_path / "nix-made"
+    NixClosure(drv, paths, "").copy_under(root)  # --load-db reads the derivations' files
+    theirs = sqlite3.connect(_load_db(root, paths))
+    ours_file = tmp_path / "ours.sqlite"
+    closure = query_closure([drv])
+    regs = registrations(closure, store_root=None)
+    ours_file.write_bytes(database_bytes(regs, NIX_DB, registration_time=1))
+    ours = sqlite3.connect(ours_file)
+    try:
+        assert _content(ours) == _content(theirs)
+        outputs = list(ours.execute("SELECT id, path FROM DerivationOutputs"))
+    finally:
+        ours.close()
+        theirs.close()
+    assert ("out", nix_closure.app) in outputs
+    layout = tmp_path / "layout"
+    _build([drv, "-o", f"oci:{layout}:latest"], capsys)
+    rootfs = _unpack(layout, tmp_path / "bundle")
+    store = f"local?root={rootfs}"
+    run_tool("nix-store", "--store", store, "--verify", "--check-contents", timeout=300)
+    # (`nix path-info` would take the derivation for its outputs)
+    listed = _nix_store("--store", store, "--query", "--requisites", drv).split()
+    assert sorted(listed) == list(paths)
+    assert _nix_store("--store", store, "--dump-db", *paths) == _nix_store("--dump-db", *paths)

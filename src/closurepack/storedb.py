@@ -5,8 +5,9 @@ What goes in it, per item in path order (ids 1, 2, ... as ``--load-db`` gives th
 hash as ``sha256:<base-16>`` (the closure source's, else computed from the files), the NAR
 size, the deriver when the source names one, one registration time for all (the layers' file
 mtime, so a new ``--created`` alone changes nothing), and one ``Refs`` row per reference
-(the item's own included when it refers to itself), sorted. ``ultimate``, ``sigs`` and ``ca``
-stay NULL, as ``--load-db`` leaves them.
+(the item's own included when it refers to itself), sorted; for a derivation (``.drv``) in the
+image, one ``DerivationOutputs`` row per output whose path it names, read from its file, as
+``--load-db`` does. ``ultimate``, ``sigs`` and ``ca`` stay NULL, as ``--load-db`` leaves them.
 
 The schema is the one Nix 2.x makes (schema version 10, read from a database Nix made, and
 checked against one by tests/test_storedb.py); Guix's daemon keeps the older layout it
@@ -26,11 +27,11 @@ never confuses with another.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from closurepack.errors import ClosureError, OptionError
+from closurepack.errors import ClosureError, OptionError, StoreError
 from closurepack.graph import Closure, split_store_path
 from closurepack.sources.files import store_file
 from closurepack.sources.narhash import format_nar_hash, nar_digest, parse_nar_hash
@@ -43,6 +44,7 @@ __all__ = [
     "Registration",
     "StoreDbKind",
     "database_bytes",
+    "derivation_outputs",
     "image_closure",
     "registrations",
     "store_db_entries",
@@ -133,14 +135,15 @@ STORE_DBS = {kind.name: kind for kind in (NIX_DB, GUIX_DB)}
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """One row of ``ValidPaths`` and its references (full paths, sorted, itself included when
-    the item refers to itself)."""
+    """One row of ``ValidPaths``, its references (full paths, sorted, itself included when
+    the item refers to itself) and, for a derivation, its outputs (name, path), sorted."""
 
     path: str
     nar_hash: str
     nar_size: int
     deriver: str | None
     references: tuple[str, ...]
+    outputs: tuple[tuple[str, str], ...] = ()
 
 
 def image_closure(closure: Closure, paths: Sequence[str], *, where: str) -> Closure:
@@ -180,8 +183,72 @@ def registrations(closure: Closure, *, store_root: Path | None) -> list[Registra
         refs = item.references
         if item.self_reference:
             refs = tuple(sorted((*refs, item.path)))
-        result.append(Registration(item.path, nar_hash, size, item.deriver, refs))
+        outputs: tuple[tuple[str, str], ...] = ()
+        if item.path.endswith(".drv"):
+            outputs = derivation_outputs(store_file(item.path, store_root), where=where)
+        result.append(Registration(item.path, nar_hash, size, item.deriver, refs, outputs))
     return result
+
+
+def derivation_outputs(location: Path, *, where: str) -> tuple[tuple[str, str], ...]:
+    """The (name, path) of every output a derivation file names a path for, sorted by name
+    (a floating content-addressed output has none yet). The file is ATerm:
+    ``Derive([("out","/nix/store/...","",""),...],...)``. A StoreError names ``where`` when
+    it cannot be read or is not a derivation."""
+    try:
+        text = location.read_bytes().decode()
+    except OSError as exc:
+        raise StoreError(f"{where}: cannot read the derivation: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise StoreError(f"{where}: the derivation is not UTF-8 text") from None
+    try:
+        outputs = dict(_aterm_outputs(text))
+    except (ValueError, IndexError):
+        raise StoreError(f"{where}: not a derivation (expected Derive([(...),...],...))") from None
+    return tuple(sorted((name, path) for name, path in outputs.items() if path))
+
+
+def _aterm_outputs(text: str) -> Iterator[tuple[str, str]]:
+    """The (name, path) pairs of the outputs list at the start of a derivation; ValueError or
+    IndexError when the text is not one."""
+    if not text.startswith("Derive(["):
+        raise ValueError(text[:8])
+    at = len("Derive([")
+    while text[at] == "(":
+        fields = []
+        at += 1
+        for number in range(4):
+            value, at = _aterm_string(text, at)
+            fields.append(value)
+            expected = "," if number < 3 else ")"
+            if text[at] != expected:
+                raise ValueError(text[at])
+            at += 1
+        yield fields[0], fields[1]
+        if text[at] == ",":
+            at += 1
+    if text[at] != "]":
+        raise ValueError(text[at])
+
+
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+
+
+def _aterm_string(text: str, at: int) -> tuple[str, int]:
+    """The quoted string at ``text[at]`` (backslash escapes: \\n, \\r, \\t, any other
+    character as itself) and the index after its closing quote."""
+    if text[at] != '"':
+        raise ValueError(text[at])
+    chars = []
+    at += 1
+    while text[at] != '"':
+        if text[at] == "\\":
+            at += 1
+            chars.append(_ESCAPES.get(text[at], text[at]))
+        else:
+            chars.append(text[at])
+        at += 1
+    return "".join(chars), at + 1
 
 
 def database_bytes(
@@ -208,6 +275,10 @@ def database_bytes(
         )
         refs = sorted((ids[r.path], ids[ref]) for r in ordered for ref in r.references)
         db.executemany("INSERT INTO Refs (referrer, reference) VALUES (?, ?)", refs)
+        db.executemany(
+            "INSERT INTO DerivationOutputs (drv, id, path) VALUES (?, ?, ?)",
+            ((ids[r.path], name, path) for r in ordered for name, path in r.outputs),
+        )
         db.execute("COMMIT")
         db.execute("VACUUM")
         data = bytearray(db.serialize())

@@ -23,10 +23,15 @@ def query_nix(paths: Sequence[str]) -> Closure:
     Uses ``nix path-info --json --recursive`` (any Nix since 2.4: list or object output), and
     falls back to ``nix-store --query --requisites`` + ``nix-store --dump-db`` when the new CLI
     is missing or refuses, then to per-item ``--references`` and ``--size`` for a Nix without
-    ``--dump-db PATHS``. Raises ToolError naming the last command that failed.
+    ``--dump-db PATHS``; a derivation (``.drv``) among ``paths`` goes to ``nix-store`` at
+    once, as ``nix path-info`` would list its outputs instead. Raises ToolError naming the
+    last command that failed.
     """
     # No substituters: the items must be in the local store, and asking a binary cache about a
     # missing path would only wait on the network before failing.
+    if any(path.endswith(".drv") for path in paths):
+        # the new CLI takes a derivation for its outputs (an installable); nix-store does not
+        return _query_nix_store(paths)
     args = ["nix", "--extra-experimental-features", "nix-command", "path-info", "--json"]
     args += ["--option", "substituters", ""]
     try:
