@@ -344,6 +344,28 @@ def test_build_puts_the_database_in_the_customisation_layer_and_store_layers_sta
     assert set(refs) == expected  # the closure file lists every item's self-reference
 
 
+def test_a_database_needs_room_for_the_customisation_layer(
+    store: Store, app_closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without room for the customisation layer, /tmp alone is dropped; a database is not."""
+    layers = len(store.closure_of([APP]))
+    status, out, err = run(
+        ["plan", "--closure", app_closure, "--strategy", "per-item", "--json"], capsys
+    )
+    assert status == 0, err
+    plan = tmp_path / "plan.json"
+    plan.write_text(out)
+    common = ["--plan", plan, "--store-root", store.root, "--max-layers", str(layers)]
+    assert _build([*common, "-o", f"oci:{tmp_path / 'a'}"], capsys)[0] == 0
+    status, _, err = _build([*common, "--nix-db", "-o", f"oci:{tmp_path / 'b'}"], capsys)
+    assert status == 2
+    assert f"a store database) above {layers} store layers" in err
+    assert f"raise --max-layers to {layers + 1}" in err
+    assert _build([*common[:-2], "--nix-db", "-o", f"oci:{tmp_path / 'c'}"], capsys)[0] == 0
+    registered = sorted(r[1] for r in _rows(_layer_db(tmp_path / "c"))[0])
+    assert registered == store.closure_of([APP])  # the graph scanned under --store-root
+
+
 def test_two_builds_give_the_same_database_and_image(
     store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
