@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clistore import APP, GLIBC, LIBFOO, TOOL, ZLIB, Store, item, read_oci, run
 from closurepack.errors import ClosureError, OptionError, StoreError
@@ -311,6 +313,47 @@ def test_a_file_that_is_no_derivation_is_one_line(tmp_path: Path, text: str) -> 
         derivation_outputs(drv, where="x")
     with pytest.raises(StoreError, match="cannot read the derivation"):
         derivation_outputs(tmp_path / "missing.drv", where="x")
+
+
+_DRV_SEED = 'Derive([("dev","/nix/store/a-x-dev","",""),("out","/nix/store/b-x","","")],[])'
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.text(max_size=80)
+    | st.builds(
+        lambda cut, junk: _DRV_SEED[:cut] + junk + _DRV_SEED[cut:],
+        st.integers(0, len(_DRV_SEED)),
+        st.text(max_size=3),
+    )
+    | st.integers(0, len(_DRV_SEED)).map(lambda cut: _DRV_SEED[:cut])
+)
+def test_any_text_is_a_derivation_or_one_line(text: str) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        drv = Path(directory, "x.drv")
+        drv.write_text(text, encoding="utf-8", errors="surrogatepass")
+        try:
+            outputs = derivation_outputs(drv, where="x.drv")
+        except StoreError as exc:
+            outputs, message = (), str(exc)
+        else:
+            message = "x.drv: read"
+    assert len(message.splitlines()) == 1
+    assert message.startswith("x.drv: ")
+    assert all(isinstance(name, str) and path for name, path in outputs)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.binary(min_size=32, max_size=32), st.text(max_size=70))
+def test_any_hash_text_reads_as_32_bytes_or_one_line(digest: bytes, text: str) -> None:
+    assert parse_nar_hash("sha256:" + _nix32(digest), where="x") == digest
+    try:
+        parsed, message = parse_nar_hash(text, where="x"), "x: read"
+    except StoreError as exc:
+        parsed, message = bytes(32), str(exc)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("x: ")
+    assert len(parsed) == 32
 
 
 # Through the CLI ---------------------------------------------------------------------------------
