@@ -280,3 +280,37 @@ def test_key_part_names_only_touching_rules(store: Store) -> None:
     assert Perms((parse_perm("/nowhere=0700"),)).key_part([GLIBC], store_root=store.root) == {}
     owned = Perms(store_owner=(1, 2))
     assert owned.key_part([GLIBC], store_root=store.root) == {"store_owner": [1, 2]}
+
+
+# -- a non-root user's home ---------------------------------------------------------------------
+
+
+def test_a_from_image_user_gets_the_home_the_image_lacks(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = tmp_path / "accounts"
+    (accounts / "etc").mkdir(parents=True)
+    (accounts / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nsvc:x:1000:1000:svc:/srv/svc:/bin/sh\n"
+        "web:x:1001:1001:web:/var/www:/bin/sh\n"
+    )
+    (accounts / "etc" / "group").write_text("root:x:0:\nsvc:x:1000:\nweb:x:1001:\n")
+    (accounts / "var" / "www").mkdir(parents=True)
+    (accounts / "root").mkdir(mode=0o700)
+    closure = store.closure_file(tmp_path / "zlib.json", [ZLIB])
+    base = tmp_path / "base.tar"
+    argv = ["--closure", closure, "--store-root", store.root, "--no-cache"]
+    _build([*argv, "--extra", accounts, "-o", f"docker-archive:{base}"], capsys)
+
+    def top(user: str) -> dict[str, tarfile.TarInfo]:
+        dest = tmp_path / f"image-{user}"
+        _build([*argv, "--from", f"docker-archive:{base}", "--user", user,
+                "-o", f"oci:{dest}"], capsys)  # fmt: skip
+        image = read_oci(dest)
+        return image.layer_members(len(image.layer_digests) - 1)
+
+    svc = top("svc")
+    assert (svc["srv/svc"].uid, svc["srv/svc"].gid, svc["srv/svc"].mode) == (1000, 1000, 0o755)
+    assert "etc/passwd" not in svc
+    assert not any(name.startswith(("var", "root")) for name in top("web"))  # the base has them
+    assert not any(name.startswith(("var", "root", "srv")) for name in top("root"))

@@ -71,6 +71,8 @@ class Customisation:
     from_base: bool = False
     base_passwd: bytes | None = None
     base_group: bytes | None = None
+    #: The ``--from`` image lacks the home its /etc/passwd gives ``user``: it is made.
+    make_base_home: bool = False
     perms: Perms | None = None
     fakeroot_script: Path | None = None
     prepared: tuple[TreeEntry, ...] | None = None
@@ -95,7 +97,12 @@ class Customisation:
         """The /etc/passwd, /etc/group and home directory entries ``user`` needs."""
         if not self.from_base:
             return account_entries(self.user)
-        return account_entries(self.user, base_passwd=self.base_passwd, base_group=self.base_group)
+        return account_entries(
+            self.user,
+            base_passwd=self.base_passwd,
+            base_group=self.base_group,
+            make_base_home=self.make_base_home,
+        )
 
     @property
     def is_empty(self) -> bool:
