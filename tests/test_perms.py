@@ -314,3 +314,21 @@ def test_a_from_image_user_gets_the_home_the_image_lacks(
     assert "etc/passwd" not in svc
     assert not any(name.startswith(("var", "root")) for name in top("web"))  # the base has them
     assert not any(name.startswith(("var", "root", "srv")) for name in top("root"))
+
+
+def test_every_option_of_every_command_is_in_the_readme() -> None:
+    import click
+
+    from closurepack.cli import cli
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = []
+    for name, command in cli.commands.items():
+        group = command.commands if isinstance(command, click.Group) else {name: command}
+        for sub, leaf in group.items():
+            for param in leaf.params:
+                for opt in getattr(param, "opts", []):
+                    # -o/--output is spelled -o in the usage lines
+                    if opt.startswith("--") and opt != "--output" and opt not in readme:
+                        missing.append(f"{name} {sub} {opt}")
+    assert missing == []
