@@ -332,3 +332,20 @@ def test_every_option_of_every_command_is_in_the_readme() -> None:
                     if opt.startswith("--") and opt != "--output" and opt not in readme:
                         missing.append(f"{name} {sub} {opt}")
     assert missing == []
+
+
+def test_build_layer_takes_perms_uid_and_gid(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["build-layer", GLIBC, "--store-root", store.root, "--compression", "none",
+            "--uid", "3", "--gid", "4", "--perms", f"{GLIBC}/bin=0700:5:6",
+            "-o", tmp_path / "l"]  # fmt: skip
+    code, out, err = run([str(a) for a in argv], capsys)
+    assert code == 0, err
+    blob = next(p for p in (tmp_path / "l").iterdir() if p.name != "layer.json")
+    with tarfile.open(blob) as tar:
+        found = {m.name: (m.mode, m.uid, m.gid) for m in tar.getmembers()}
+    assert out.strip() == str(tmp_path / "l" / "layer.json")
+    assert found["nix"] == (0o755, 3, 4)
+    assert found[GLIBC.lstrip("/") + "/bin"] == (0o700, 5, 6)
+    assert found[GLIBC.lstrip("/") + "/bin/glibc"] == (0o755, 3, 4)

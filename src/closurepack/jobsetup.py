@@ -175,7 +175,8 @@ def fit_customisation(
     if customisation.needs_layer_beyond_tmp:
         raise OptionError(
             f"--max-layers {limit} leaves no room for the customisation layer (--symlink,"
-            f" --extra, a named --user) above {parts}; raise --max-layers to {total}"
+            f" --extra, a named --user, --fakeroot-script) above {parts}; raise --max-layers"
+            f" to {total}"
         )
     _log.info("--max-layers %d: no room for the customisation layer; leaving /tmp out", limit)
     return dataclasses.replace(customisation, tmp=False)
