@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from closurepack.accounts import account_entries, split_user
+from closurepack.accounts import account_entries, base_home, split_user
 from closurepack.basefiles import read_base_files
 from closurepack.errors import ImageError, OptionError
 from handmade import make_layer
@@ -50,6 +50,25 @@ def test_standard_users_are_used_as_they_are() -> None:
     ]
     assert "etc/group" in files  # written, with the standard users group (gid 100)
     assert "users:x:100:" in str(files["etc/group"]).splitlines()
+
+
+def test_a_base_user_without_its_home_gets_it() -> None:
+    passwd = (
+        b"root:x:0:0::/root:/bin/sh\nsvc:x:1000:1001::/srv/svc:/bin/sh\nno:x:9:9::/nonexistent:/x\n"
+    )
+    assert base_home("svc", passwd) == "/srv/svc"
+    assert base_home("svc:users", passwd) == "/srv/svc"
+    assert base_home("no", passwd) is None
+    assert base_home("other", passwd) is None
+    assert base_home("svc", None) is None
+    assert base_home("1000", passwd) is None
+    assert _files("svc", base_passwd=passwd, base_group=b"svc:x:1001:\n") == {}
+    made = account_entries("svc", base_passwd=passwd, base_group=b"", make_base_home=True)
+    assert [(e.name, e.kind, e.uid, e.gid, e.mode) for e in made] == [
+        ("srv/svc", "dir", 1000, 1001, 0o755)
+    ]
+    made = account_entries("no", base_passwd=passwd, base_group=b"", make_base_home=True)
+    assert made == []
 
 
 def test_base_files_are_extended_with_free_ids() -> None:

@@ -243,6 +243,25 @@ def test_build_reuses_the_foreign_blobs_of_store_items_only(
     assert out.strip().endswith(": ok")
 
 
+def test_a_foreign_blob_that_perms_touch_is_built_anew(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    foreign = _foreign_image(store, tmp_path, f"oci:{tmp_path / 'foreign'}")
+    both = store.closure_file(tmp_path / "both.json", [APP, TOOL])
+    new = tmp_path / "new"
+    argv = ["build", "--closure", both, "--store-root", store.root, "--cmd", "/bin/app",
+            "--previous", f"oci:{tmp_path / 'foreign'}", "--no-cache",
+            "--perms", f"{ZLIB}/lib/deep/data.txt=0600:9:9", "-o", f"oci:{new}"]  # fmt: skip
+    status, _, err = run(argv, capsys)
+    assert status == 0, err
+    image = read_oci(new)
+    assert str(foreign[0].digest) not in image.layer_digests  # the other tool's blob lacks it
+    members = image.layer_members(0)
+    assert {GLIBC.lstrip("/"), ZLIB.lstrip("/")} <= set(members)  # the layer kept as planned
+    data = members[ZLIB.lstrip("/") + "/lib/deep/data.txt"]
+    assert (data.mode, data.uid, data.gid) == (0o600, 9, 9)
+
+
 def test_build_into_a_docker_archive_from_a_foreign_docker_archive(
     store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from closurepack.errors import OptionError
 from closurepack.tarstream import MAX_ID, TreeEntry
 
-__all__ = ["FIRST_UID", "STANDARD_GROUP", "STANDARD_PASSWD", "account_entries", "split_user"]
+__all__ = [
+    "FIRST_UID",
+    "STANDARD_GROUP",
+    "STANDARD_PASSWD",
+    "account_entries",
+    "base_home",
+    "split_user",
+]
 
 #: The first uid/gid given to a user or group ``--user`` names and no file has (as adduser).
 FIRST_UID = 1000
@@ -78,14 +85,31 @@ def _number(parts: list[str], index: int, default: int) -> int:
     return int(value) if value.isascii() and value.isdigit() else default
 
 
+def base_home(user: str | None, base_passwd: bytes | None) -> str | None:
+    """The home directory ``base_passwd`` gives the user ``--user`` names, when it has the
+    user and the home is one meant to exist (not ``/nonexistent``)."""
+    name = split_user(user)[0]
+    if name is None or base_passwd is None:
+        return None
+    entry = _Table.parse(_text(base_passwd, STANDARD_PASSWD), 7).entries.get(name)
+    if entry is None or entry[5] in _NO_HOME or not entry[5].startswith("/"):
+        return None
+    return entry[5]
+
+
 def account_entries(
-    user: str | None, *, base_passwd: bytes | None = None, base_group: bytes | None = None
+    user: str | None,
+    *,
+    base_passwd: bytes | None = None,
+    base_group: bytes | None = None,
+    make_base_home: bool = False,
 ) -> list[TreeEntry]:
     """The entries ``--user`` needs: none for numbers only. A named user or group is looked up
     in ``base_passwd``/``base_group`` (the ``--from`` image's files) or, without them, in
     :data:`STANDARD_PASSWD`/:data:`STANDARD_GROUP`; one not there is appended with the first
     free id from :data:`FIRST_UID`, and a new user gets the home ``/home/NAME``, owned by it.
-    A file is written only when it is new or gains a line."""
+    A user ``base_passwd`` has gets its home (see :func:`base_home`) when ``make_base_home``
+    (the base image lacks it). A file is written only when it is new or gains a line."""
     name, group_name, _uid, gid = split_user(user)
     if name is None and group_name is None:
         return []
@@ -112,10 +136,11 @@ def account_entries(
         passwd.lines.append(f"{name}:x:{new_uid}:{primary}:{name}:{directory}:/bin/sh")
         passwd_changed = True
         home = (directory, new_uid, primary)
-    elif name is not None and base_passwd is None:
-        # a standard entry (root, nobody): its home as the entry names it, unless none is meant
+    elif name is not None and (base_passwd is None or make_base_home):
+        # a standard entry (root, nobody), or the base image's user whose home it lacks: the
+        # home as the entry names it, unless none is meant
         existing = passwd.entries[name]
-        if existing[5] not in _NO_HOME:
+        if existing[5] not in _NO_HOME and existing[5].startswith("/"):
             home = (existing[5], _number(existing, 2, 0), _number(existing, 3, 0))
     entries: list[TreeEntry] = []
     if passwd_changed or group_changed:

@@ -9,6 +9,7 @@ import posixpath
 import tarfile
 from collections.abc import Iterable, Sequence
 
+from closurepack.accounts import base_home
 from closurepack.compression import open_decompressed
 from closurepack.customisation import Customisation
 from closurepack.errors import ClosurepackError, ImageError
@@ -37,11 +38,15 @@ def _hidden_by(name: str, wanted: str) -> bool:
     return wanted == removed or wanted.startswith(removed + "/")
 
 
-def _scan_layer(layer: ImageLayer, wanted: Iterable[str], where: str) -> dict[str, bytes | None]:
-    """For each wanted name this layer decides: its content, or None (removed, or not a regular
-    file). Names the layer does not touch are absent."""
+#: What a layer says of a name: whether it is there, and its content when a regular file.
+_Decided = tuple[bool, bytes | None]
+
+
+def _scan_layer(layer: ImageLayer, wanted: Iterable[str], where: str) -> dict[str, _Decided]:
+    """For each wanted name this layer decides: (present, its content or None when it is
+    removed or not a regular file). Names the layer does not touch are absent."""
     names = set(wanted)
-    found: dict[str, bytes | None] = {}
+    found: dict[str, _Decided] = {}
     hidden: set[str] = set()
     try:
         with (
@@ -57,45 +62,52 @@ def _scan_layer(layer: ImageLayer, wanted: Iterable[str], where: str) -> dict[st
                         if member.isfile() and member.size <= _LIMIT:
                             handle = tar.extractfile(member)
                             data = handle.read() if handle is not None else None
-                        found[want] = data
+                        found[want] = (True, data)
                     elif _hidden_by(name, want):
                         hidden.add(want)  # from lower layers: this layer's own file stays
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise ImageError(f"{where}: layer {layer.digest}: cannot read: {exc}") from exc
     except ClosurepackError as exc:
         raise ImageError(f"{where}: layer {layer.digest}: {exc}") from exc
-    return dict.fromkeys(hidden) | found
+    return dict.fromkeys(hidden, (False, None)) | found
+
+
+def _decide(layers: Sequence[ImageLayer], names: Sequence[str], where: str) -> dict[str, _Decided]:
+    """What the image made of ``layers`` (bottom first) has at each of ``names``, its layers
+    read from the top down and only until every name is decided."""
+    result: dict[str, _Decided] = {}
+    todo = [_norm(name) for name in names]
+    for layer in reversed(layers):
+        if not todo:
+            break
+        decided = _scan_layer(layer, todo, where)
+        result.update(decided)
+        todo = [name for name in todo if name not in decided]
+    return result | dict.fromkeys(todo, (False, None))
 
 
 def read_base_files(
     layers: Sequence[ImageLayer], names: Sequence[str], *, where: str
 ) -> dict[str, bytes | None]:
     """The content of each of ``names`` (``etc/passwd``) in the image made of ``layers`` (bottom
-    first), None when it has none. Layers are read from the top down, and only until every name
-    is decided."""
-    result: dict[str, bytes | None] = {}
-    todo = [_norm(name) for name in names]
-    for layer in reversed(layers):
-        if not todo:
-            break
-        decided = _scan_layer(layer, todo, where)
-        for name, data in decided.items():
-            result[name] = data
-        todo = [name for name in todo if name not in decided]
-    for name in todo:
-        result[name] = None
-    return result
+    first), None when it has none."""
+    return {name: data for name, (_, data) in _decide(layers, names, where).items()}
 
 
 def with_base_accounts(
     customisation: Customisation, layers: Sequence[ImageLayer], *, where: str
 ) -> Customisation:
     """``customisation`` on the ``--from`` image of ``layers``: ``--user NAME`` is looked up in
-    (and added to) that image's /etc/passwd and /etc/group, which are read only when needed."""
+    (and added to) that image's /etc/passwd and /etc/group, which are read only when needed;
+    a user the image has whose home it lacks gets that home (``make_base_home``)."""
     customisation = dataclasses.replace(customisation, from_base=True)
     if not customisation.named_user:
         return customisation
     files = read_base_files(layers, ["etc/passwd", "etc/group"], where=where)
-    return dataclasses.replace(
+    customisation = dataclasses.replace(
         customisation, base_passwd=files["etc/passwd"], base_group=files["etc/group"]
     )
+    home = base_home(customisation.user, files["etc/passwd"])
+    if home is not None and not _decide(layers, [home], where)[_norm(home)][0]:
+        customisation = dataclasses.replace(customisation, make_base_home=True)
+    return customisation

@@ -26,6 +26,7 @@ from closurepack.errors import ClosureError, ImageError, OptionError
 from closurepack.graph import check_readable_store, split_store_path
 from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer, layer_key
+from closurepack.perms import Perms
 from closurepack.plan import ImagePlan, PlannedLayer
 from closurepack.tarstream import MAX_MTIME
 
@@ -96,6 +97,8 @@ class BuildOptions:
     cache: LayerCache | None = None
     #: Where layers missing from ``cache`` may be found before they are built.
     source: LayerSource | None = None
+    #: ``--perms`` and ``--uid``/``--gid`` (for the store layers; ``store_dir`` is this one).
+    perms: Perms | None = None
 
     def __post_init__(self) -> None:
         resolve_level(self.compression, self.level)  # an OptionError for either
@@ -128,7 +131,16 @@ def store_layer_key(layer: PlannedLayer, options: BuildOptions) -> str:
         compression=options.compression,
         level=options.level,
         mtime=options.mtime,
+        perms=_perms_part(layer, options),
     )
+
+
+def _perms_part(layer: PlannedLayer, options: BuildOptions) -> dict[str, object]:
+    """What of ``options.perms`` touches the layer (empty: nothing, or no perms)."""
+    if options.perms is None:
+        return {}
+    perms = dataclasses.replace(options.perms, store_dir=options.store_dir)
+    return perms.key_part(layer.paths, store_root=options.store_root)
 
 
 def _customisation_key(customisation: Customisation, options: BuildOptions) -> str:
@@ -190,10 +202,13 @@ def build_layers(
                 level=options.level,
                 mtime=options.mtime,
                 dest_dir=dest_dir,
+                perms=options.perms,
             )
 
         hit: BuiltLayer | RemoteLayer | None = None
-        reused = (reuse or {}).get(tuple(sorted(layer.paths)))
+        # a --previous image's blob has none of the modes and owners --perms gives
+        touched = bool(_perms_part(layer, options))
+        reused = None if touched else (reuse or {}).get(tuple(sorted(layer.paths)))
         if reused is not None:
             hit = reused(work_dir)
         if hit is None and options.cache is not None:

@@ -26,6 +26,7 @@ from closurepack.errors import (
     CacheError,
     OptionError,
 )
+from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import Closure, check_readable_store
 from closurepack.image import (
     layer_paths_from_config,
@@ -184,6 +185,7 @@ def build_image(
         )  # fmt: skip
         customisation = dataclasses.replace(customisation, store_db=entries)
     customisation_entries(customisation)  # nothing over the store in use
+    customisation = run_fakeroot_script(customisation)
     customisation = drop_repeated_customisation(customisation, base=base, mtime=mtime)
     customisation = fit_customisation(
         customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
@@ -204,6 +206,7 @@ def build_image(
         mtime=mtime,
         jobs=BuildOptions().jobs if jobs is None else jobs,
         cache=cache,
+        perms=image.perms,
     )
     # The cache is closed after the destination is written: until then no other process
     # evicts the layers it is linking or copying.

@@ -224,10 +224,32 @@ def _customisation_options(func: F) -> F:
             " by UID:GID (default 0:0) (repeatable).",
         ),
         click.option("--no-tmp", is_flag=True, help="Do not add /tmp (mode 1777)."),
+        _PERMS_OPTION,
+        click.option(
+            "--fakeroot-script",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Run this shell script under fakeroot in a copy of the customisation tree (its"
+            " working directory); what it leaves, owners included, is the customisation layer.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+_PERMS_OPTION = click.option(
+    "--perms",
+    multiple=True,
+    metavar="REGEX=MODE[:UID:GID]",
+    help="Entries whose whole absolute path in the image REGEX matches get octal MODE (and the"
+    " owner UID:GID); repeatable, later rules win.",
+)
+
+
+def _store_owner_options(func: F) -> F:
+    """--uid and --gid: the owner of the whole store (nix2container's nixUid/nixGid)."""
+    func = click.option("--gid", help="Group of /nix (/gnu) and everything below it.")(func)
+    return click.option("--uid", help="Owner of /nix (/gnu) and everything below it.")(func)
 
 
 def _registry_options(func: F) -> F:
@@ -347,6 +369,7 @@ _format_option = click.option(
     is_flag=True,
     help="The same for Guix: /var/guix/db/db.sqlite (tested against its schema only).",
 )
+@_store_owner_options
 @_format_option
 @_registry_options
 def build_command(**kwargs: Any) -> None:
@@ -392,6 +415,8 @@ def build_command(**kwargs: Any) -> None:
 )
 @_codec_options
 @_MTIME_OPTION
+@_PERMS_OPTION
+@_store_owner_options
 def build_layer_command(
     store_paths: tuple[str, ...],
     plan_file: Path | None,
@@ -402,6 +427,9 @@ def build_layer_command(
     compression: str,
     level: int | None,
     mtime: str | None,
+    perms: tuple[str, ...],
+    uid: str | None,
+    gid: str | None,
 ) -> None:
     """Build one layer (blob + JSON descriptor) into a directory, for `assemble` to use."""
     from closurepack.layerjob import build_one_layer
@@ -416,6 +444,7 @@ def build_layer_command(
         compression=compression,
         level=level,
         mtime=_parse_time(mtime, option="--mtime"),
+        perms=_parse_perms(perms, uid, gid),
     )
     click.echo(str(descriptor))
 
@@ -617,8 +646,16 @@ def cache_clear_command(cache_dir: Path | None, as_json: bool) -> None:
 _IMAGE_OPTIONS = (
     "tag", "created", "mtime", "arch", "entrypoint", "cmd", "env", "workdir", "user", "label",
     "expose", "volume", "stop_signal", "symlink", "extra", "no_tmp", "from_image",
-    "manifest_format",
+    "manifest_format", "perms", "fakeroot_script", "uid", "gid",
 )  # fmt: skip
+
+
+def _parse_perms(rules: Sequence[str], uid: str | None, gid: str | None) -> Any:
+    """--perms, --uid and --gid as one closurepack.perms.Perms (None when none is given)."""
+    from closurepack.perms import Perms, parse_perm, parse_store_owner
+
+    perms = Perms(tuple(map(parse_perm, rules)), parse_store_owner(uid, gid))
+    return None if perms.is_empty else perms
 
 
 def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str, Any]]:
@@ -646,6 +683,8 @@ def _split_image_options(kwargs: dict[str, Any]) -> tuple[ImageOptions, dict[str
         tmp=not kwargs["no_tmp"],
         from_image=kwargs["from_image"],
         manifest_format=kwargs["manifest_format"],
+        perms=_parse_perms(kwargs["perms"], kwargs.get("uid"), kwargs.get("gid")),
+        fakeroot_script=kwargs["fakeroot_script"],
     )
     return options, rest
 

@@ -3,6 +3,7 @@ and the store database of --nix-db / --guix-db."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,12 +17,15 @@ from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import OptionError
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_tree_layer
+from closurepack.perms import Perms
 from closurepack.tarstream import TreeEntry, scan_host_tree, write_tree_tar
 
 __all__ = [
+    "STORE_DIRS",
     "Customisation",
     "ExtraTree",
     "build_customisation_layer",
+    "check_store",
     "customisation_diff_id",
     "customisation_entries",
     "customisation_layer_key",
@@ -32,7 +36,7 @@ _log = logging.getLogger(__name__)
 
 #: The store directories no --extra or --symlink entry may cover when the store in use is not
 #: known yet (checked again with the plan's own store directory before the layer is built).
-_STORE_DIRS = ("/nix/store", "/gnu/store")
+STORE_DIRS = ("/nix/store", "/gnu/store")
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,9 @@ class Customisation:
     standard files. ``store_db`` holds the entries of a store database
     (:func:`~closurepack.storedb.store_db_entries`), made once the image's closure is known.
     No entry may cover ``store_dir`` (None: /nix/store and /gnu/store), a parent of it or
-    anything in it.
+    anything in it. ``perms`` sets modes and owners when the layer is written;
+    ``fakeroot_script`` is run on a copy of the tree (:mod:`closurepack.fakeroot`), whose
+    result, once it has run, is ``prepared``: then the layer's entries.
     """
 
     symlinks: tuple[tuple[str, str], ...] = ()
@@ -69,6 +75,11 @@ class Customisation:
     base_passwd: bytes | None = None
     base_group: bytes | None = None
     store_db: tuple[TreeEntry, ...] = ()
+    #: The ``--from`` image lacks the home its /etc/passwd gives ``user``: it is made.
+    make_base_home: bool = False
+    perms: Perms | None = None
+    fakeroot_script: Path | None = None
+    prepared: tuple[TreeEntry, ...] | None = None
 
     def __post_init__(self) -> None:
         trees = tuple(
@@ -90,18 +101,36 @@ class Customisation:
         """The /etc/passwd, /etc/group and home directory entries ``user`` needs."""
         if not self.from_base:
             return account_entries(self.user)
-        return account_entries(self.user, base_passwd=self.base_passwd, base_group=self.base_group)
+        return account_entries(
+            self.user,
+            base_passwd=self.base_passwd,
+            base_group=self.base_group,
+            make_base_home=self.make_base_home,
+        )
 
     @property
     def is_empty(self) -> bool:
-        return not (
-            self.symlinks or self.extra_dirs or self.tmp or self.store_db or self.accounts()
-        )
+        if self.prepared is not None:
+            return not self.prepared
+        return not (self.tmp or self.needs_layer_beyond_tmp)
 
     @property
     def needs_layer_beyond_tmp(self) -> bool:
         """True when anything but ``/tmp`` is asked for."""
-        return bool(self.symlinks or self.extra_dirs or self.store_db or self.accounts())
+        return bool(
+            self.symlinks
+            or self.extra_dirs
+            or self.store_db
+            or self.fakeroot_script
+            or self.accounts()
+        )
+
+    @property
+    def layer_perms(self) -> Perms | None:
+        """``perms`` for this layer's store (``--uid``/``--gid`` own /nix or /gnu here too)."""
+        if self.perms is None or self.perms.is_empty:
+            return None
+        return dataclasses.replace(self.perms, store_dir=self.store_dir or "/nix/store")
 
 
 def _check_link(link: str, target: str) -> str:
@@ -117,7 +146,7 @@ def _check_link(link: str, target: str) -> str:
     return "/".join(parts)
 
 
-def _check_store(names: Sequence[str], stores: tuple[str, ...], what: str) -> None:
+def check_store(names: Sequence[str], stores: tuple[str, ...], what: str) -> None:
     """An OptionError when an image path of ``names`` is a store directory, a parent of one
     (/nix) or in one (a store item, or something posing as one); it names the deepest."""
     for store in stores:
@@ -138,19 +167,21 @@ def customisation_entries(customisation: Customisation) -> list[TreeEntry]:
     An OptionError names an extra tree that would replace a generated ``/etc/passwd`` or
     ``/etc/group``, any entry over the store, and any other name given twice.
     """
-    stores = (customisation.store_dir,) if customisation.store_dir else _STORE_DIRS
+    if customisation.prepared is not None:
+        return list(customisation.prepared)
+    stores = (customisation.store_dir,) if customisation.store_dir else STORE_DIRS
     entries: list[TreeEntry] = []
     brought: dict[str, Path] = {}
     for tree in customisation.trees:
         found = scan_host_tree(tree.path, owner=(tree.uid, tree.gid))
         names = [entry.name.strip("/") for entry in found]
-        _check_store(names, stores, f"--extra {tree.path}")
+        check_store(names, stores, f"--extra {tree.path}")
         for name in names:
             brought.setdefault(name, tree.path)
         entries.extend(found)
     links = [(_check_link(link, target), link, target) for link, target in customisation.symlinks]
     for name, link, target in links:
-        _check_store([name], stores, f"--symlink {link}={target}")
+        check_store([name], stores, f"--symlink {link}={target}")
         if name in brought:
             raise OptionError(f"--symlink {link}: an --extra tree already has /{name}")
     # a --symlink /tmp=... or an --extra tree's tmp takes the place of the default /tmp
@@ -184,7 +215,9 @@ def customisation_diff_id(customisation: Customisation, *, mtime: int) -> Digest
     """The diff_id the customisation layer would have (its tar hashed, nothing written), to
     tell whether it adds anything to a base image whose top layer may be the very same."""
     sink = HashingWriter()
-    write_tree_tar(sink, customisation_entries(customisation), mtime=mtime)
+    write_tree_tar(
+        sink, customisation_entries(customisation), mtime=mtime, perms=customisation.layer_perms
+    )
     return sink.digest
 
 
@@ -233,4 +266,5 @@ def build_customisation_layer(
         mtime=mtime,
         dest_dir=dest_dir,
         comment="customisation",
+        perms=customisation.layer_perms,
     )

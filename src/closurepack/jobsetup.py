@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from closurepack.basefiles import with_base_accounts
@@ -30,6 +31,7 @@ from closurepack.image import (
     ImageLayer,
     assemble_image,
 )
+from closurepack.perms import Perms
 from closurepack.readback import read_base_image
 from closurepack.registry import (
     RegistryOptions,
@@ -88,6 +90,11 @@ class ImageOptions:
     extra_dirs: tuple[ExtraTree, ...] = ()
     tmp: bool = True
     from_image: str | None = None
+    #: ``--perms`` and ``--uid``/``--gid``: modes and owners by path (store layers, with
+    #: ``build``; and the customisation layer).
+    perms: Perms | None = None
+    #: ``--fakeroot-script``: run on a copy of the customisation tree (see closurepack.fakeroot).
+    fakeroot_script: Path | None = None
     #: The manifest flavour pushed to a registry: ``oci`` or ``docker`` (schema 2).
     manifest_format: Literal["oci", "docker"] = "oci"
 
@@ -118,7 +125,12 @@ class ImageOptions:
 
     def customisation(self) -> Customisation:
         return Customisation(
-            symlinks=self.symlinks, extra_dirs=self.extra_dirs, tmp=self.tmp, user=self.user
+            symlinks=self.symlinks,
+            extra_dirs=self.extra_dirs,
+            tmp=self.tmp,
+            user=self.user,
+            perms=self.perms,
+            fakeroot_script=self.fakeroot_script,
         )
 
 
@@ -163,7 +175,8 @@ def fit_customisation(
     if customisation.needs_layer_beyond_tmp:
         raise OptionError(
             f"--max-layers {limit} leaves no room for the customisation layer (--symlink,"
-            f" --extra, a named --user, a store database) above {parts}; raise --max-layers"
+            f" --extra, a named --user, a store database, --fakeroot-script) above {parts}; raise"
+            f" --max-layers"
             f" to {total}"
         )
     _log.info("--max-layers %d: no room for the customisation layer; leaving /tmp out", limit)

@@ -8,6 +8,7 @@ codecs add threads of their own (see :mod:`closurepack.compression`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from closurepack.digest import HashingWriter, Writable
 from closurepack.errors import OptionError, StoreError
 from closurepack.layer import BuiltLayer
 from closurepack.mediatypes import layer_media_type
+from closurepack.perms import Perms
 from closurepack.tarstream import TAR_FORMAT_VERSION, TreeEntry, write_store_tar, write_tree_tar
 
 __all__ = ["build_store_layer", "build_tree_layer", "layer_key"]
@@ -42,12 +44,15 @@ def layer_key(
     level: int | None,
     mtime: int,
     nar_hashes: Mapping[str, str | None] | None = None,
+    perms: Mapping[str, object] | None = None,
 ) -> str:
     """A sha256 hex over canonical JSON of everything that determines a store layer's bytes.
 
     Store items are immutable, so their paths stand for their content; ``nar_hashes`` (path ->
     NAR hash, when the closure source knows them) are mixed in for stores where that is not
-    guaranteed, such as a scanned directory.
+    guaranteed, such as a scanned directory. ``perms`` is what of ``--perms``/``--uid``/``--gid``
+    touches the layer (:meth:`~closurepack.perms.Perms.key_part`); empty, the key is as
+    without them.
     """
     obj = {
         "kind": "closurepack-store-layer",
@@ -59,6 +64,8 @@ def layer_key(
     }
     if nar_hashes:
         obj["nar_hashes"] = {p: nar_hashes.get(p) for p in sorted(set(paths))}
+    if perms:
+        obj["perms"] = dict(perms)
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -216,6 +223,7 @@ def build_store_layer(
     threads: int = 0,
     comment: str = "store items",
     fsync: bool = False,
+    perms: Perms | None = None,
 ) -> BuiltLayer:
     """Build the layer holding the store items ``paths`` as ``dest_dir/<digest hex>``.
 
@@ -227,8 +235,10 @@ def build_store_layer(
     for path in items:
         if not path.startswith(prefix) or "/" in path[len(prefix) :]:
             raise OptionError(f"{path}: not an item of the store {store_dir}")
+    if perms is not None:
+        perms = dataclasses.replace(perms, store_dir=store_dir)  # --uid/--gid: this store
     return _build(
-        lambda out: write_store_tar(out, items, store_root=store_root, mtime=mtime),
+        lambda out: write_store_tar(out, items, store_root=store_root, mtime=mtime, perms=perms),
         compression=compression,
         level=level,
         dest_dir=dest_dir,
@@ -249,11 +259,13 @@ def build_tree_layer(
     threads: int = 0,
     comment: str = "customisation",
     fsync: bool = False,
+    perms: Perms | None = None,
 ) -> BuiltLayer:
-    """Build a layer from :class:`TreeEntry` values (e.g. ``/etc/passwd``, ``--extra DIR``)."""
+    """Build a layer from :class:`TreeEntry` values (e.g. ``/etc/passwd``, ``--extra DIR``),
+    modes and owners set by ``perms``."""
     entry_list = list(entries)
     return _build(
-        lambda out: write_tree_tar(out, entry_list, mtime=mtime),
+        lambda out: write_tree_tar(out, entry_list, mtime=mtime, perms=perms),
         compression=compression,
         level=level,
         dest_dir=dest_dir,

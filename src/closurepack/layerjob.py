@@ -25,6 +25,7 @@ from closurepack.errors import (
     DestinationError,
     OptionError,
 )
+from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import check_readable_store, split_store_path
 from closurepack.jobsetup import (
     ImageOptions,
@@ -36,6 +37,7 @@ from closurepack.jobsetup import (
 )
 from closurepack.layer import store_layer_comment
 from closurepack.layerbuild import build_store_layer
+from closurepack.perms import Perms
 from closurepack.plan import MAX_LAYERS_LIMIT
 from closurepack.registry import (
     RegistryOptions,
@@ -62,10 +64,12 @@ def build_one_layer(
     compression: str,
     level: int | None,
     mtime: int | None,
+    perms: Perms | None = None,
 ) -> Path:
     """Build one layer into ``out_dir`` (blob + ``layer.json``); return the descriptor's path.
 
-    Its files' mtime is ``mtime`` (default 1, never ``SOURCE_DATE_EPOCH``)."""
+    Its files' mtime is ``mtime`` (default 1, never ``SOURCE_DATE_EPOCH``); ``perms`` sets
+    modes and owners by path."""
     if plan_file is not None:
         if store_paths:
             raise OptionError("give either --plan with --layer, or store paths, not both")
@@ -107,6 +111,7 @@ def build_one_layer(
             mtime=layer_mtime,
             dest_dir=out_dir,
             comment=store_layer_comment(paths),
+            perms=perms,
         )
         descriptor = out_dir / "layer.json"
         with atomic_write(descriptor) as handle:
@@ -140,6 +145,7 @@ def assemble_from_descriptors(
     if len(store_dirs) == 1:
         customisation = dataclasses.replace(customisation, store_dir=store_dirs.pop())
         customisation_entries(customisation)  # nothing over the store in use
+    customisation = run_fakeroot_script(customisation)
     customisation = drop_repeated_customisation(customisation, base=base, mtime=mtime)
     total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:

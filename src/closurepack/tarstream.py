@@ -19,15 +19,20 @@ The format, fixed by :data:`TAR_FORMAT_VERSION` (bump it whenever the bytes coul
 * Modes: the permission bits 0o777 of what is on disk; setuid, setgid and sticky bits are
   dropped (a store never holds them legitimately). Symlinks always 0o777. Entries given
   explicitly as :class:`TreeEntry` keep their mode up to 0o7777.
-* Hard links: a regular file seen again within the same tar (same device and inode) becomes a
-  hard link entry to the first name in sort order. Links never point outside the tar, so
-  Nix's store optimisation (hard links between items) only deduplicates within one layer.
+* ``--perms`` and ``--uid``/``--gid`` (:class:`~closurepack.perms.Perms`) may set any entry's
+  mode and owner; a file whose hard links end up with different modes or owners is written as
+  separate files.
+* Hard links: a regular file seen again within the same tar (same device and inode, same mode
+  and owner) becomes a hard link entry to the first name in sort order. Links never point
+  outside the tar, so Nix's store optimisation (hard links between items) only deduplicates
+  within one layer.
 * Only regular files, directories and symlinks; anything else raises :class:`StoreError`.
 * The archive ends with two zero blocks and no further padding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -38,6 +43,7 @@ from typing import Literal
 from closurepack.digest import Writable
 from closurepack.errors import OptionError, StoreError
 from closurepack.graph import check_readable_store, split_store_path
+from closurepack.perms import MAX_ID, Perms
 
 __all__ = [
     "MAX_ID",
@@ -111,8 +117,6 @@ _MAGIC_TO_DEV = b"ustar\x0000" + bytes(64) + b"0000000\0" * 2
 # Their checksum contribution, plus the checksum field itself counted as eight spaces.
 _CONST_SUM = sum(_MAGIC_TO_DEV) + 8 * 0x20
 _ZERO_IDS_SUM = sum(_UID_GID)
-#: The largest uid or gid the 8-byte octal field holds.
-MAX_ID = 8**7 - 1
 
 
 def _ustar_block(
@@ -292,17 +296,29 @@ def _check_entry_name(name: bytes) -> None:
         raise StoreError(f"{os.fsdecode(name)!r}: a tar entry must stay inside the image root")
 
 
+def _with_perms(entry: _Entry, perms: Perms) -> _Entry:
+    path = "/" + os.fsdecode(entry.name)
+    mode, owner = perms.apply(path, entry.kind, entry.mode, entry.owner)
+    if (mode, owner) == (entry.mode, entry.owner):
+        return entry
+    return dataclasses.replace(entry, mode=mode, owner=owner)
+
+
 class _TarWriter:
-    def __init__(self, out: Writable, mtime: int) -> None:
+    def __init__(self, out: Writable, mtime: int, perms: Perms | None = None) -> None:
         if not 0 <= mtime <= _MAX_OCTAL_11:
             raise OptionError(f"mtime {mtime} is out of range 0-{_MAX_OCTAL_11}")
         self._out = out
         self._mtime = mtime
+        self._perms = perms if perms is not None and not perms.is_empty else None
         self._buf = bytearray(_READ_CHUNK)
         self._view = memoryview(self._buf)
-        self._first_names: dict[tuple[int, int], bytes] = {}
+        self._first_names: dict[tuple[int, int, int, tuple[int, int]], bytes] = {}
 
     def write_all(self, entries: list[_Entry]) -> None:
+        if self._perms is not None:
+            perms = self._perms
+            entries = [_with_perms(entry, perms) for entry in entries]
         # Component-wise order (GNU tar's): "/" sorts below every byte of a name. No name
         # holds a NUL, so replacing "/" by NUL gives that order as one bytes comparison.
         entries.sort(key=lambda e: e.name.replace(b"/", b"\0"))
@@ -343,7 +359,9 @@ class _TarWriter:
             )
             return
         if entry.inode is not None:
-            first = self._first_names.get(entry.inode)
+            # links of one inode given different modes or owners (--perms) stay apart
+            link_key = (*entry.inode, entry.mode, entry.owner)
+            first = self._first_names.get(link_key)
             if first is not None:
                 out.write(
                     tar_header(
@@ -357,7 +375,7 @@ class _TarWriter:
                     )
                 )
                 return
-            self._first_names[entry.inode] = entry.name
+            self._first_names[link_key] = entry.name
         if entry.data is not None:
             out.write(
                 tar_header(
@@ -417,7 +435,12 @@ class _TarWriter:
 
 
 def write_store_tar(
-    out: Writable, paths: Sequence[str], *, store_root: Path | None = None, mtime: int = 1
+    out: Writable,
+    paths: Sequence[str],
+    *,
+    store_root: Path | None = None,
+    mtime: int = 1,
+    perms: Perms | None = None,
 ) -> None:
     """Write a deterministic tar of the store items ``paths`` (absolute store paths) to ``out``.
 
@@ -425,6 +448,7 @@ def write_store_tar(
     else from ``/nix/store/x``; it is named ``nix/store/x`` in the tar. Without ``store_root``
     only items of ``/nix/store`` and ``/gnu/store`` are read (ClosureError for any other path:
     no other file of the host goes in a layer). Symlinks are stored as links, never followed.
+    ``perms`` sets modes and owners by path.
     """
     root = os.fsencode(store_root) if store_root is not None else b""
     entries: list[_Entry] = []
@@ -442,7 +466,7 @@ def write_store_tar(
         _walk(name, host, entries)
         names.append(name)
     entries.extend(_Entry(parent, "dir", _DIR_MODE) for parent in sorted(_parents(names)))
-    _TarWriter(out, mtime).write_all(entries)
+    _TarWriter(out, mtime, perms).write_all(entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,8 +557,11 @@ def scan_host_tree(
     return result
 
 
-def write_tree_tar(out: Writable, entries: Iterable[TreeEntry], *, mtime: int = 1) -> None:
-    """Write a deterministic tar of ``entries`` (plus any missing parent directories, 0o755).
+def write_tree_tar(
+    out: Writable, entries: Iterable[TreeEntry], *, mtime: int = 1, perms: Perms | None = None
+) -> None:
+    """Write a deterministic tar of ``entries`` (plus any missing parent directories, 0o755),
+    modes and owners then set by ``perms``.
 
     A directory given twice keeps its first mode; any other name given twice is an OptionError.
     """
@@ -555,4 +582,4 @@ def write_tree_tar(out: Writable, entries: Iterable[TreeEntry], *, mtime: int = 
             # a file or symlink with entries below it: extraction would write through it
             raise OptionError(f"{os.fsdecode(parent)}: is a {kind} but other entries are below it")
     raw.extend(_Entry(p, "dir", _DIR_MODE) for p in sorted(parents - kinds.keys()))
-    _TarWriter(out, mtime).write_all(raw)
+    _TarWriter(out, mtime, perms).write_all(raw)
