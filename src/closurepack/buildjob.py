@@ -26,7 +26,7 @@ from closurepack.errors import (
     CacheError,
     OptionError,
 )
-from closurepack.graph import check_readable_store
+from closurepack.graph import Closure, check_readable_store
 from closurepack.image import (
     layer_paths_from_config,
 )
@@ -47,6 +47,8 @@ from closurepack.registry import (
 )
 from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.record import RECORD_NAME
+from closurepack.sbom import SbomOptions
+from closurepack.sbomjob import SbomJob
 from closurepack.workflow import (
     DEFAULT_MAX_LAYERS,
     image_names,
@@ -87,12 +89,14 @@ def build_image(
     progress: ProgressCallback | None = None,
     cache_from: Sequence[str] = (),
     cache_to: str | None = None,
+    sbom: SbomOptions = SbomOptions(),
 ) -> str:
     """The whole build: returns the manifest digest of the image written to ``dest``
     (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
 
     ``cache_from``/``cache_to`` are registry layer caches shared by builders (see
     :mod:`closurepack.registry.layercache`): read before the build, written after it.
+    ``sbom`` asks for SBOMs of the closure, attached to the image and/or written to files.
 
     ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
@@ -112,10 +116,13 @@ def build_image(
     from_image = image.from_image
     base_count = len(base.layers) if base else 0
     reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
+    whole: list[Closure] = []  # the closures as given (before --from's items are taken out)
 
     if plan_file is not None:
         if store_paths or closure_files:
             raise OptionError("give either --plan or a closure, not both")
+        if sbom.enabled:
+            raise OptionError("--sbom is made from a closure's graph: give the closure, not --plan")
         if strategy is not None or previous:
             raise OptionError("--strategy and --previous make a plan: not with --plan")
         plan = read_plan_file(plan_file)
@@ -139,6 +146,7 @@ def build_image(
         )
         for closure in closures:
             check_readable_store(closure.store_dir, store_root=store_root, where=closure.source)
+        whole = list(closures)
         if len(closures) != 1 and image_selector is None:
             raise OptionError("build makes one image: give one closure, or --image to choose")
         if base is not None:
@@ -164,6 +172,12 @@ def build_image(
         )
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
+    sbom_job = None
+    if sbom.enabled:
+        number = next(i for i, planned in enumerate(plan.images) if planned is image_plan)
+        sbom_job = SbomJob(
+            sbom, whole[number], name=image_plan.name, dest=dest, store_root=store_root
+        )
     customisation = dataclasses.replace(customisation, store_dir=plan.store_dir)
     customisation_entries(customisation)  # nothing over the store in use
     customisation = drop_repeated_customisation(customisation, base=base, mtime=mtime)
@@ -214,7 +228,10 @@ def build_image(
             name=image_plan.name,
             started=started,
             pusher=pusher,
+            attach=sbom_job.attachments if sbom_job is not None else None,
         )
+        if sbom_job is not None:
+            sbom_job.write_files()
         if shared is not None:
             keys = layer_keys(image_plan, options, customisation)
             shared.publish(

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from closurepack.artifacts import Attachment
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
@@ -28,7 +29,12 @@ from closurepack.transports._files import (
 )
 from closurepack.transports._raw import RawImage
 from closurepack.transports._tar import TarReader, TarWriter
-from closurepack.transports.oci_layout import LAYOUT_FILE, index_with, read_stored_image
+from closurepack.transports.oci_layout import (
+    LAYOUT_FILE,
+    attached_blobs,
+    index_with,
+    read_stored_image,
+)
 from closurepack.transports.reference import Destination, oci_ref_names
 
 __all__ = ["check_existing", "read_image", "write_image", "write_stream"]
@@ -44,15 +50,15 @@ def write_stream(
     *,
     ref_names: Sequence[str],
     existing: tarfile.TarFile | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> None:
-    """Stream ``image`` as an oci-archive tagged with each of ``ref_names``; with ``existing``
-    (an open oci-archive), its other tags and the blobs they reach are carried over."""
+    """Stream ``image`` as an oci-archive tagged with each of ``ref_names``, with
+    ``attachments`` as artifacts whose subject is its manifest; with ``existing`` (an open
+    oci-archive), its other tags and the blobs they reach are carried over."""
     old_index = _read_index(existing) if existing is not None else None
-    index = index_with(old_index, image, ref_names)
-    small = {
-        image.config_digest.hex: image.config_bytes,
-        image.manifest_digest.hex: image.manifest_bytes,
-    }
+    index, small = attached_blobs(image, index_with(old_index, image, ref_names), attachments)
+    small[image.config_digest.hex] = image.config_bytes
+    small[image.manifest_digest.hex] = image.manifest_bytes
     layers = {layer.digest.hex: layer for layer in image.layers}
     carried = _reachable(existing, index, skip=small.keys() | layers.keys()) if existing else {}
 
@@ -174,11 +180,16 @@ def check_existing(dest: Destination) -> None:
 
 
 def write_image(
-    image: Image, dest: Destination, *, tags: Sequence[str] = (), started: float | None = None
+    image: Image,
+    dest: Destination,
+    *,
+    tags: Sequence[str] = (),
+    started: float | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> None:
     """Write ``image`` to the oci-archive ``dest.path``, adding its tags (see
-    :func:`oci_ref_names`) to an existing one; temp files of writes killed before ``started``
-    are removed first."""
+    :func:`oci_ref_names`) and ``attachments`` (artifacts whose subject is its manifest) to an
+    existing one; temp files of writes killed before ``started`` are removed first."""
     path = dest.path
     if path is None:
         raise DestinationError(f"{dest}: oci-archive needs a path")
@@ -188,7 +199,13 @@ def write_image(
     with destination_lock(path):
         sweep_beside(path, started=started)
         with _existing_archive(dest) as existing, atomic_file(path) as out:
-            write_stream(image, out, ref_names=oci_ref_names(dest, tags), existing=existing)
+            write_stream(
+                image,
+                out,
+                ref_names=oci_ref_names(dest, tags),
+                existing=existing,
+                attachments=attachments,
+            )
 
 
 def read_image(source: Destination, path: Path, text: str) -> RawImage:
