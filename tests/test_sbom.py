@@ -5,6 +5,8 @@ real registry without a referrers API (the ``sha256-<hex>`` fallback tag)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -90,7 +92,7 @@ def test_nar_hash_is_nix_hash_of_every_kind_of_file(tmp_path: Path) -> None:
 def test_nix32_decoding_matches_nix_hash(tmp_path: Path) -> None:
     require_tool("nix-hash")
     for data in (b"", b"a", b"closurepack"):
-        hex_text = __import__("hashlib").sha256(data).hexdigest()
+        hex_text = hashlib.sha256(data).hexdigest()
         nix32 = subprocess.run(
             ["nix-hash", "--type", "sha256", "--to-base32", hex_text],
             capture_output=True, text=True, check=True,
@@ -101,7 +103,6 @@ def test_nix32_decoding_matches_nix_hash(tmp_path: Path) -> None:
 
 def test_every_spelling_of_a_nar_hash() -> None:
     digest = bytes(range(32))
-    import base64
 
     assert hex_nar_hash("sha256-" + base64.b64encode(digest).decode(), where="x") == digest.hex()
     assert hex_nar_hash("sha256:" + digest.hex(), where="x") == digest.hex()
@@ -525,3 +526,27 @@ def test_registry_artifact_of_a_docker_manifest(
         _get(registry, f"/v2/lib/blobs/{artifact['layers'][0]['digest']}", "*/*")[1]
     )["components"]
     assert sorted(c["bom-ref"] for c in components) == sorted([LIBFOO, GLIBC, ZLIB])
+
+
+@pytest.mark.integration
+def test_a_fallback_tag_holding_an_image_is_not_replaced(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], registry: Registry
+) -> None:
+    closure = store.closure_file(tmp_path / "app.json", [APP])
+    dest = f"docker://{registry.host}/app:v1"
+    digest = _build(capsys, closure, store, dest, "--tls-verify=false").split("@", 1)[1]
+    tag = "sha256-" + digest[7:]
+    other = store.closure_file(tmp_path / "zlib.json", [ZLIB])
+    squatter = _build(capsys, other, store, f"docker://{registry.host}/app:{tag}",
+                      "--tls-verify=false").split("@", 1)[1]  # fmt: skip
+    status, _, err = run(
+        ["build", "--closure", closure, "--store-root", store.root, "-o", dest, "--no-cache",
+         "-q", "--cmd", "/bin/app", "--sbom", "spdx", "--tls-verify=false"],
+        capsys,
+    )  # fmt: skip
+    assert status == 5
+    assert f"app:{tag}: not an OCI image index" in err
+    assert len(err.splitlines()) == 1
+    status, body = _get(registry, f"/v2/app/manifests/{tag}", MANIFEST)
+    assert status == 200
+    assert hashlib.sha256(body).hexdigest() == squatter[7:]

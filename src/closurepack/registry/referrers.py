@@ -29,7 +29,7 @@ from closurepack.artifacts import (
     subject_descriptor,
 )
 from closurepack.digest import Digest
-from closurepack.errors import ImageError
+from closurepack.errors import DestinationError, ImageError
 from closurepack.image import canonical_json
 from closurepack.mediatypes import MediaType
 from closurepack.registry.blobs import blob_exists, upload_blob
@@ -43,6 +43,15 @@ __all__ = ["attach", "attach_pushed", "list_referrers", "referrers_index"]
 
 _INDEX = str(MediaType.OCI_INDEX)
 _MANIFEST = str(MediaType.OCI_MANIFEST)
+_ANY_MANIFEST = ", ".join(
+    str(t)
+    for t in (
+        MediaType.OCI_INDEX,
+        MediaType.OCI_MANIFEST,
+        MediaType.DOCKER_MANIFEST_LIST,
+        MediaType.DOCKER_MANIFEST,
+    )
+)
 
 
 def _get(client: RegistryClient, path: str, what: str, accept: str) -> tuple[bytes, str] | None:
@@ -63,7 +72,8 @@ def _index(data: bytes, what: str) -> dict[str, Any]:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ImageError(f"{what}: not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("manifests", []), list):
+    # (a tag holding anything else, an image, is never overwritten with an index)
+    if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
         raise ImageError(f"{what}: not an OCI image index")
     return obj
 
@@ -77,7 +87,9 @@ def referrers_index(client: RegistryClient, subject: Digest) -> tuple[dict[str, 
     if found is not None:
         return _index(found[0], where), True
     tag = fallback_tag(subject)
-    found = _get(client, f"manifests/{tag}", f"{client.ref.name}:{tag}", _INDEX)
+    # every manifest type accepted: distribution 2.8 answers 404 for a manifest of a type not
+    # accepted, and an image under that tag would then be overwritten
+    found = _get(client, f"manifests/{tag}", f"{client.ref.name}:{tag}", _ANY_MANIFEST)
     return (_index(found[0], f"{client.ref.name}:{tag}") if found else None), False
 
 
@@ -109,7 +121,10 @@ def attach(
         pushed.append(manifest)
     if not pushed or indexed:
         return [Digest.of_bytes(m) for m in pushed]
-    index, from_api = referrers_index(client, subject_digest)
+    try:
+        index, from_api = referrers_index(client, subject_digest)
+    except ImageError as exc:  # the fallback tag holds something else: it is not replaced
+        raise DestinationError(f"{exc}; the artifacts were pushed but are not listed") from exc
     if not from_api:
         tag = fallback_tag(subject_digest)
         merged = merge_referrers(index, [referrer_descriptor(m) for m in pushed])
