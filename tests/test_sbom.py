@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
+import http.server
 import json
+import re
 import shutil
 import subprocess
 import tarfile
+import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -550,3 +555,119 @@ def test_a_fallback_tag_holding_an_image_is_not_replaced(
     status, body = _get(registry, f"/v2/app/manifests/{tag}", MANIFEST)
     assert status == 200
     assert hashlib.sha256(body).hexdigest() == squatter[7:]
+
+
+# A registry with the referrers API ---------------------------------------------------------------
+
+
+class _ReferrersProxy(http.server.ThreadingHTTPServer):
+    """Debian's registry has no referrers API: this proxy in front of it adds one, as
+    distribution 3 and other registries have it, indexing every manifest PUT with a
+    ``subject``; with ``header`` it also answers such a PUT with ``OCI-Subject``."""
+
+    def __init__(self, upstream: str, *, header: bool) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = upstream
+        self.header = header
+        self.referrers: dict[str, list[dict[str, Any]]] = {}
+        self.fallback_reads = 0
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: _ReferrersProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _forward(self) -> None:
+        body = self._body()
+        match = re.fullmatch(r"/v2/(.+)/referrers/(sha256:[0-9a-f]{64})", self.path)
+        if match and self.command == "GET":
+            listed = self.server.referrers.get(match[2], [])
+            index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": listed}
+            self._answer(200, json.dumps(index).encode(), {"Content-Type": INDEX})
+            return
+        if "/manifests/sha256-" in self.path:
+            self.server.fallback_reads += 1
+        connection = http.client.HTTPConnection(self.server.upstream, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+        headers["Content-Length"] = str(len(body))
+        connection.request(self.command, self.path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        out = {k: v for k, v in response.getheaders() if k.lower() not in
+               ("content-length", "transfer-encoding", "connection")}  # fmt: skip
+        if self.command == "PUT" and "/manifests/" in self.path and response.status == 201:
+            manifest = json.loads(body)
+            subject = manifest.get("subject")
+            if subject:
+                self.server.referrers.setdefault(subject["digest"], []).append(
+                    {"mediaType": manifest["mediaType"], "size": len(body),
+                     "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+                     "artifactType": manifest["artifactType"]}
+                )  # fmt: skip
+                if self.server.header:
+                    out["OCI-Subject"] = subject["digest"]
+        connection.close()
+        self._answer(response.status, data, out)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward  # noqa: N815
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("header", [True, False], ids=["OCI-Subject", "no-header"])
+def test_a_registry_with_the_referrers_api_gets_no_fallback_tag(
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    registry: Registry,
+    header: bool,
+) -> None:
+    proxy = _ReferrersProxy(registry.host, header=header)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        closure = store.closure_file(tmp_path / "app.json", [APP])
+        dest = f"docker://{proxy.host}/app:v1"
+        pushed = _build(capsys, closure, store, dest, "--sbom", "spdx", "--sbom", "cyclonedx",
+                        "--tls-verify=false")  # fmt: skip
+        digest = pushed.split("@", 1)[1]
+        kinds = [m["artifactType"] for m in proxy.referrers[digest]]
+        assert kinds == [SPDX, CYCLONEDX]
+        assert proxy.fallback_reads == 0
+        status, _ = _get(registry, f"/v2/app/manifests/sha256-{digest[7:]}", INDEX)
+        assert status == 404  # no fallback tag where the registry indexes referrers
+        status, out, err = run(["inspect", "--json", "--tls-verify=false", dest], capsys)
+        assert status == 0, err
+        assert [a["artifact_type"] for a in json.loads(out)["artifacts"]] == [SPDX, CYCLONEDX]
+        assert proxy.fallback_reads == 0
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(timeout=10)
