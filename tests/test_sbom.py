@@ -31,6 +31,7 @@ from closurepack.errors import ClosureError
 from closurepack.sbom import SbomOptions
 from closurepack.sources.narhash import hex_nar_hash, nar_hash, nix32_decode
 from handmade import oci_validator
+from nixfixture import NixClosure
 from registry_fixtures import Registry
 from runtimes import require_tool
 
@@ -671,3 +672,39 @@ def test_a_registry_with_the_referrers_api_gets_no_fallback_tag(
         proxy.shutdown()
         proxy.server_close()
         thread.join(timeout=10)
+
+
+# A real Nix closure ------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_real_nix_closure_nar_hashes_are_nix_own(
+    nix_closure: NixClosure, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From the store database (hex) and from ``nix path-info --json`` (SRI base64),
+    the SBOM's checksums are the NAR hashes of the items' files, as closurepack computes them:
+    each spelling is read right, and the NAR walk agrees with Nix's."""
+    require_tool("nix")
+    info = subprocess.run(
+        ["nix", "--extra-experimental-features", "nix-command", "path-info", "--json",
+         "--recursive", nix_closure.app],
+        capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    closure = tmp_path / "app.json"
+    closure.write_bytes(info.stdout)
+    expected = {p: nar_hash(p) for p in nix_closure.paths}
+    for source in ([nix_closure.app], ["--closure", closure]):
+        out = tmp_path / "sbom.spdx.json"
+        status, _, err = run(
+            ["build", *source, "--entrypoint", nix_closure.entrypoint, "--no-cache", "-q",
+             "-o", f"oci:{tmp_path / 'layout'}", "--sbom", "spdx", "--sbom-out", out],
+            capsys,
+        )  # fmt: skip
+        assert status == 0, err
+        assert _spdx_problems(out) == []
+        found = {}
+        for package in json.loads(out.read_text())["packages"][1:]:
+            refs = package["externalRefs"]
+            (path,) = [r["referenceLocator"] for r in refs if r["referenceType"] == "store-path"]
+            found[path] = package["checksums"][0]["checksumValue"]
+        assert found == expected

@@ -51,8 +51,9 @@ def nix32_decode(text: str, size: int = _SHA256_BYTES) -> bytes:
 
 def hex_nar_hash(value: str, *, where: str) -> str:
     """A ``narHash`` as closure sources spell it, as 64 hex digits: ``sha256:<Nix base-32>``
-    (``nix path-info`` before 2.4, the store database), ``sha256-<base64>`` (SRI, later
-    ``nix path-info``) or ``sha256:<hex>``. A ClosureError naming ``where`` otherwise."""
+    (``nix path-info`` before 2.4), ``sha256-<base64>`` (SRI, later ``nix path-info``) or
+    ``sha256:<hex>`` (the store database, ``nix-store --dump-db``). A ClosureError naming
+    ``where`` otherwise."""
     try:
         if value.startswith("sha256-"):
             raw = base64.b64decode(value[7:], validate=True)
