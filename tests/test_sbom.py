@@ -338,6 +338,13 @@ def test_oci_archive_holds_the_artifacts_and_keeps_them(
             subjects.append((manifest["artifactType"], manifest["subject"]["digest"]))
             tar.getmember(f"blobs/sha256/{manifest['layers'][0]['digest'][7:]}")
     assert subjects == [(SPDX, first), (CYCLONEDX, second)]
+    require_tool("skopeo")
+    result = subprocess.run(
+        ["skopeo", "inspect", f"oci-archive:{archive}:v1"], capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["Digest"] == first
     for tag, digest, kind in (("v1", first, SPDX), ("v2", second, CYCLONEDX)):
         status, out, err = run(["inspect", "--json", f"oci-archive:{archive}:{tag}"], capsys)
         assert status == 0, err
