@@ -23,11 +23,14 @@ from typing import Any
 import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from clistore import APP, GLIBC, GRAPH, LIBFOO, ZLIB, Store, read_oci, run
-from closurepack.errors import ClosureError
+from closurepack.artifacts import parse_referrer
+from closurepack.errors import ClosureError, ClosurepackError
 from closurepack.sbom import SbomOptions
 from closurepack.sources.narhash import hex_nar_hash, nar_hash, nix32_decode
 from handmade import oci_validator
@@ -715,3 +718,46 @@ def test_real_nix_closure_nar_hashes_are_nix_own(
             (path,) = [r["referenceLocator"] for r in refs if r["referenceType"] == "store-path"]
             found[path] = package["checksums"][0]["checksumValue"]
         assert found == expected
+
+
+# Parsers of what a layout or registry holds ----------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    | st.sampled_from(["sha256:" + "a" * 64, "sha256:x", SPDX]),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(
+        st.sampled_from(["artifactType", "config", "mediaType", "subject", "digest",
+                         "annotations", "layers", "size", "x"]),
+        children, max_size=5,
+    ),
+    max_leaves=15,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=_JSON)
+def test_artifact_manifests_parse_or_fail_in_one_line(doc: object) -> None:
+    try:
+        referrer = parse_referrer(json.dumps(doc).encode(), where="layout: artifact")
+    except ClosurepackError as exc:
+        message = str(exc)
+        assert (message.startswith("layout: artifact"), "\n" in message) == (True, False)
+        return
+    assert isinstance(referrer.artifact_type, str)
+    json.dumps(referrer.to_json_obj())
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(max_size=70) | st.builds("sha256:{}".format, st.text(max_size=64)))
+def test_nar_hashes_parse_or_fail_in_one_line(value: str) -> None:
+    try:
+        hex_text = hex_nar_hash(value, where="f.json: /nix/store/x")
+    except ClosureError as exc:
+        message = str(exc)
+        assert (message.startswith("f.json: /nix/store/x: narHash "), "\n" in message) == (
+            True,
+            False,
+        )
+        return
+    assert re.fullmatch("[0-9a-f]{64}", hex_text)
