@@ -761,3 +761,40 @@ def test_nar_hashes_parse_or_fail_in_one_line(value: str) -> None:
         )
         return
     assert re.fullmatch("[0-9a-f]{64}", hex_text)
+
+
+@pytest.mark.parametrize("kind", ["oci", "oci-archive"])
+def test_an_image_replaced_under_its_tag_takes_its_sboms_along(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    closure = store.closure_file(tmp_path / "app.json", [APP])
+    where = tmp_path / ("layout" if kind == "oci" else "app.tar")
+    first = _build(capsys, closure, store, f"{kind}:{where}:v1", "--sbom", "spdx")
+    _build(capsys, closure, store, f"{kind}:{where}:v2", "--sbom", "cyclonedx",
+           "--created", "2024-01-01T00:00:00Z")  # fmt: skip
+
+    def listed(tag: str) -> list[tuple[str, str]]:
+        status, out, err = run(["inspect", "--json", f"{kind}:{where}:{tag}"], capsys)
+        assert status == 0, err
+        return [(a["artifact_type"], a["digest"]) for a in json.loads(out)["artifacts"]]
+
+    def entries() -> list[dict[str, Any]]:
+        if kind == "oci":
+            return _artifacts(json.loads((where / "index.json").read_text()))
+        with tarfile.open(where) as tar:
+            handle = tar.extractfile("index.json")
+            assert handle is not None
+            return _artifacts(json.loads(handle.read()))
+
+    v2 = listed("v2")
+    assert len(entries()) == 2
+    second = _build(capsys, closure, store, f"{kind}:{where}:v1", "--sbom", "spdx",
+                    "--created", "2025-01-01T00:00:00Z")  # fmt: skip
+    assert second != first
+    (new,) = listed("v1")
+    assert listed("v2") == v2  # the other tag's SBOM is kept
+    assert sorted(e["digest"] for e in entries()) == sorted([new[1], v2[0][1]])
+    # a build without --sbom replacing v2 drops v2's SBOM too
+    assert _build(capsys, closure, store, f"{kind}:{where}:v2") == first  # same image as v1 was
+    assert listed("v2") == []
+    assert [e["digest"] for e in entries()] == [new[1]]

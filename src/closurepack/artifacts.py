@@ -13,7 +13,7 @@ bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "Referrer",
     "artifact_manifest",
     "artifact_manifests",
+    "drop_replaced_referrers",
     "fallback_tag",
     "merge_referrers",
     "parse_referrer",
@@ -139,6 +140,39 @@ def artifact_manifests(
 ) -> list[tuple[bytes, tuple[bytes, ...]]]:
     """(manifest, the blobs it names) of each of ``attachments`` attached to ``subject``."""
     return [(artifact_manifest(a, subject), a.blobs) for a in attachments]
+
+
+def _image_digests(index: Mapping[str, Any] | None) -> set[str]:
+    entries = (index or {}).get("manifests") or []
+    return {
+        str(m.get("digest")) for m in entries if isinstance(m, dict) and not m.get("artifactType")
+    }
+
+
+def drop_replaced_referrers(
+    old: Mapping[str, Any] | None,
+    new: dict[str, Any],
+    read: Callable[[str], bytes | None],
+) -> dict[str, Any]:
+    """``new`` (a layout's index after ``old``) without the artifact entries whose subject was
+    an image entry of ``old`` that ``new`` no longer has (an image replaced under its tag takes
+    its SBOMs with it). ``read`` gives an artifact manifest's bytes by digest (None: missing;
+    such an entry, and one that cannot be read as an artifact, is kept)."""
+    gone = _image_digests(old) - _image_digests(new)
+    if not gone:
+        return new
+    kept = []
+    for entry in new.get("manifests") or []:
+        if isinstance(entry, dict) and entry.get("artifactType"):
+            data = read(str(entry.get("digest")))
+            try:
+                subject = parse_referrer(data, where="").subject if data is not None else None
+            except ImageError:
+                subject = None
+            if subject is not None and str(subject) in gone:
+                continue
+        kept.append(entry)
+    return {**new, "manifests": kept}
 
 
 @dataclass(frozen=True)

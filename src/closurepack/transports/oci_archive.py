@@ -10,13 +10,14 @@ transport's, from the tar's members.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from closurepack.artifacts import Attachment
+from closurepack.artifacts import Attachment, drop_replaced_referrers
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
@@ -56,7 +57,10 @@ def write_stream(
     ``attachments`` as artifacts whose subject is its manifest; with ``existing`` (an open
     oci-archive), its other tags and the blobs they reach are carried over."""
     old_index = _read_index(existing) if existing is not None else None
-    index, small = attached_blobs(image, index_with(old_index, image, ref_names), attachments)
+    index = index_with(old_index, image, ref_names)
+    if existing is not None:
+        index = drop_replaced_referrers(old_index, index, functools.partial(_small_blob, existing))
+    index, small = attached_blobs(image, index, attachments)
     small[image.config_digest.hex] = image.config_bytes
     small[image.manifest_digest.hex] = image.manifest_bytes
     layers = {layer.digest.hex: layer for layer in image.layers}
@@ -93,6 +97,19 @@ def _member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> contextlib.clo
     if handle is None:
         raise DestinationError(f"{_where(archive)}: {member.name} is not a regular file")
     return contextlib.closing(handle)
+
+
+def _small_blob(archive: tarfile.TarFile, digest: str) -> bytes | None:
+    """An artifact manifest of ``archive`` by digest; None if it is not there."""
+    try:
+        member = archive.getmember(_BLOBS + digest.partition(":")[2])
+    except KeyError:
+        return None
+    if not member.isfile() or member.size > 4 << 20:
+        return None
+    with _member(archive, member) as handle:
+        data: bytes = handle.read()
+        return data
 
 
 def _read_index(archive: tarfile.TarFile) -> dict[str, Any]:

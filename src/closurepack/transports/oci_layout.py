@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from closurepack._fs import TEMP_SUFFIX, clone_blob, sweep_stale_temps
 from closurepack.artifacts import (
     Attachment,
     artifact_manifests,
+    drop_replaced_referrers,
     merge_referrers,
     referrer_descriptor,
     subject_descriptor,
@@ -151,6 +153,17 @@ def _locked(root: Path, *, wait: bool = True) -> Iterator[bool]:
         os.close(fd)
 
 
+def _read_blob(blobs: Path, digest: str) -> bytes | None:
+    """A small blob of the layout (an artifact manifest) by digest; None if it is not there."""
+    algorithm, _, hex_digest = digest.partition(":")
+    path = blobs / hex_digest
+    if algorithm != "sha256" or "/" in hex_digest or not path.is_file():
+        return None
+    if path.stat().st_size > 4 << 20:
+        return None  # no artifact manifest is that large
+    return path.read_bytes()
+
+
 def _read_index(root: Path) -> dict[str, Any] | None:
     path = root / "index.json"
     try:
@@ -229,9 +242,12 @@ def write_image(
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
             write_blobs(image, root)
-            index = index_with(_read_index(root), image, ref_names)
-            index, extra = attached_blobs(image, index, attachments)
+            old = _read_index(root)
             blobs = root / "blobs" / "sha256"
+            index = drop_replaced_referrers(
+                old, index_with(old, image, ref_names), functools.partial(_read_blob, blobs)
+            )
+            index, extra = attached_blobs(image, index, attachments)
             for hex_digest, blob in sorted(extra.items()):
                 put_blob(blobs, Digest(hex_digest), blob, size=len(blob))
             with atomic_file(root / "index.json") as out:
