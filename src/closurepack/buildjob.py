@@ -48,6 +48,8 @@ from closurepack.registry import (
 )
 from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.record import RECORD_NAME
+from closurepack.sbom import SbomOptions
+from closurepack.sbomjob import SbomJob
 from closurepack.sources.query import query_closure
 from closurepack.storedb import STORE_DBS, image_closure, store_db_entries
 from closurepack.tarstream import TreeEntry
@@ -92,6 +94,7 @@ def build_image(
     cache_from: Sequence[str] = (),
     cache_to: str | None = None,
     store_db: Literal["nix", "guix"] | None = None,
+    sbom: SbomOptions = SbomOptions(),
 ) -> str:
     """The whole build: returns the manifest digest of the image written to ``dest``
     (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
@@ -100,6 +103,7 @@ def build_image(
     :mod:`closurepack.registry.layercache`): read before the build, written after it.
     ``store_db`` puts a Nix or Guix store database registering the image's items in the
     customisation layer (see :mod:`closurepack.storedb`).
+    ``sbom`` asks for SBOMs of the closure, attached to the image and/or written to files.
 
     ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
@@ -127,6 +131,8 @@ def build_image(
     if plan_file is not None:
         if store_paths or closure_files:
             raise OptionError("give either --plan or a closure, not both")
+        if sbom.enabled:
+            raise OptionError("--sbom is made from a closure's graph: give the closure, not --plan")
         if strategy is not None or previous:
             raise OptionError("--strategy and --previous make a plan: not with --plan")
         plan = read_plan_file(plan_file)
@@ -150,15 +156,14 @@ def build_image(
         )
         for closure in closures:
             check_readable_store(closure.store_dir, store_root=store_root, where=closure.source)
+        whole = list(closures)
         if len(closures) != 1 and image_selector is None:
             raise OptionError("build makes one image: give one closure, or --image to choose")
         if base is not None:
             # Store items the --from image already holds (as it records them) are not added
             # again on top of it.
             provided = {p for ps in layer_paths_from_config(base.config).values() for p in ps}
-            whole = closures
             closures = [closure.without(provided) for closure in closures]
-        whole = whole or closures
         names = image_names(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
@@ -177,6 +182,12 @@ def build_image(
         )
         source = "the plan"
     image_plan = select_image(plan, image_selector, source=source)
+    sbom_job = None
+    if sbom.enabled:
+        number = next(i for i, planned in enumerate(plan.images) if planned is image_plan)
+        sbom_job = SbomJob(
+            sbom, whole[number], name=image_plan.name, dest=dest, store_root=store_root
+        )
     customisation = dataclasses.replace(customisation, store_dir=plan.store_dir)
     if store_db is not None:
         entries = _store_db_entries(
@@ -235,7 +246,10 @@ def build_image(
             name=image_plan.name,
             started=started,
             pusher=pusher,
+            attach=sbom_job.attachments if sbom_job is not None else None,
         )
+        if sbom_job is not None:
+            sbom_job.write_files()
         if shared is not None:
             keys = layer_keys(image_plan, options, customisation)
             shared.publish(

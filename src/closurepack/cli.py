@@ -355,6 +355,19 @@ _format_option = click.option(
     metavar="docker://HOST/REPO[:TAG]",
     help="After the build, publish its layers to this shared layer cache.",
 )
+@click.option(
+    "--sbom",
+    "sbom_formats",
+    multiple=True,
+    type=click.Choice(["spdx", "cyclonedx"]),
+    help="Make an SBOM of the closure (SPDX 2.3 or CycloneDX 1.6 JSON; repeat for both),"
+    " attached to oci:, oci-archive: and docker:// images as an OCI artifact.",
+)
+@click.option(
+    "--sbom-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the SBOM to FILE (both formats: FILE's stem + .spdx.json and .cdx.json).",
+)
 @_layer_options
 @_image_config_options
 @_customisation_options
@@ -376,17 +389,24 @@ def build_command(**kwargs: Any) -> None:
     """Build an image from a closure (or a plan) and write it to a destination."""
     from closurepack.buildjob import build_image
     from closurepack.errors import OptionError
+    from closurepack.sbom import SbomOptions
 
     registry = _split_registry_options(kwargs)
     nix_db, guix_db = kwargs.pop("nix_db"), kwargs.pop("guix_db")
     if nix_db and guix_db:
         raise OptionError("--nix-db and --guix-db: an image holds the items of one store")
     store_db: Literal["nix", "guix"] | None = "nix" if nix_db else "guix" if guix_db else None
+    sbom = SbomOptions(formats=kwargs.pop("sbom_formats"), out=kwargs.pop("sbom_out"))
     image, options = _split_image_options(kwargs)
     quiet = options.pop("quiet")
     with _progress_reporter(enabled=not quiet) as progress:
         digest = build_image(
-            **options, image=image, registry=registry, progress=progress, store_db=store_db
+            **options,
+            image=image,
+            registry=registry,
+            progress=progress,
+            store_db=store_db,
+            sbom=sbom,
         )
     if options["dest"] != "-":
         click.echo(digest)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from closurepack.artifacts import Attachment
 from closurepack.basefiles import with_base_accounts
 from closurepack.build import (
     check_mtime,
@@ -27,6 +28,7 @@ from closurepack.errors import (
 )
 from closurepack.image import (
     BaseImage,
+    Image,
     ImageConfig,
     ImageLayer,
     assemble_image,
@@ -41,6 +43,7 @@ from closurepack.registry import (
 )
 from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.push import ImagePusher, open_pusher
+from closurepack.registry.referrers import attach_pushed
 from closurepack.transports import (
     check_destination,
     parse_destination,
@@ -233,7 +236,10 @@ def finish_image(
     name: str | None,
     started: float,
     pusher: ImagePusher | None = None,
+    attach: Callable[[Image], Sequence[Attachment]] | None = None,
 ) -> str:
+    """Assemble the image and write or push it, with what ``attach`` gives for it (an SBOM)
+    as artifacts whose subject is its manifest."""
     image = assemble_image(layers, config=config, base=base)
     container = image.config.get("config") or {}
     if not container.get("Entrypoint") and not container.get("Cmd"):
@@ -242,10 +248,19 @@ def finish_image(
             " (--entrypoint or --cmd set one)",
             dest,
         )
+    attachments = attach(image) if attach is not None else ()
     if pusher is not None:
         digest = pusher.push(image)
+        attach_pushed(pusher, attachments)
         return f"{pusher.ref.name}@{digest}"
-    write_image(image, parse_destination(dest), tags=tags, name=name, started=started)
+    write_image(
+        image,
+        parse_destination(dest),
+        tags=tags,
+        name=name,
+        started=started,
+        attachments=attachments,
+    )
     return str(image.manifest_digest)
 
 

@@ -19,6 +19,7 @@ from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import LAYERS_LABEL, layer_paths_from_config
 from closurepack.planner import human_size, plural
 from closurepack.readback import read_image
+from closurepack.referrers import attached_artifacts
 from closurepack.registry import RegistryOptions
 from closurepack.transports import RawBlob, RawImage, read_raw
 
@@ -160,8 +161,10 @@ def verify_image(source: str, *, registry: RegistryOptions | None = None) -> lis
 
 
 def inspect_image(source: str, *, registry: RegistryOptions | None = None) -> dict[str, Any]:
-    """Layers (digest, diff_id, size, media type, store items) and a config summary."""
+    """Layers (digest, diff_id, size, media type, store items), a config summary and the
+    artifacts attached to the image (type, digest, size, documents)."""
     image = read_image(source, registry=registry)
+    artifacts = attached_artifacts(source, image.manifest_digest, registry=registry)
     config = dict(image.config.get("config") or {})
     labels = dict(config.get("Labels") or {})
     labels.pop(LAYERS_LABEL, None)
@@ -189,6 +192,7 @@ def inspect_image(source: str, *, registry: RegistryOptions | None = None) -> di
         "config": config,
         "layers": layers,
         "total_size": sum(layer.size for layer in image.layers),
+        "artifacts": [artifact.to_json_obj() for artifact in artifacts],
     }
 
 
@@ -229,4 +233,10 @@ def format_inspection(info: dict[str, Any]) -> str:
         size = human_size(layer["size"])
         lines.append(f"  {index:>3}  {layer['digest'][:19]}  {size:>10}  {items}{comment}")
         lines.extend(f"         {path}" for path in layer["paths"])
+    artifacts = info.get("artifacts") or []
+    if artifacts:
+        lines.append(f"{'artifacts':<{_KEY}}{plural(len(artifacts), 'artifact')} attached")
+    for artifact in artifacts:
+        size = human_size(int(artifact["size"]))
+        lines.append(f"  {artifact['artifact_type']}  {artifact['digest']}  {size:>10}")
     return "\n".join(lines)

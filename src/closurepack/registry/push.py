@@ -71,6 +71,8 @@ class ImagePusher:
         self._lock = threading.Lock()
         #: What happened to each blob: "present", "mounted" or "uploaded".
         self.outcomes: dict[Digest, str] = {}
+        #: The media type and bytes of the last manifest pushed (an artifact's subject).
+        self.pushed: tuple[str, bytes] | None = None
 
     def __enter__(self) -> ImagePusher:
         scopes = [f"repository:{self.ref.repository}:pull,push"]
@@ -147,6 +149,7 @@ class ImagePusher:
         digest = Digest.of_bytes(body)
         for tag in self.tags:
             self._put_manifest(tag, body, digest, media_type)
+        self.pushed = (str(media_type), body)
         return digest
 
     def adopt(self, digest: Digest, size: int, source: str | None) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from closurepack._fs import is_special_file
+from closurepack.artifacts import Attachment
 from closurepack.errors import DestinationError, InputError, OptionError, SourceError
 from closurepack.image import Image
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
@@ -43,6 +44,7 @@ __all__ = [
     "RawBlob",
     "RawImage",
     "as_source_error",
+    "attaches_artifacts",
     "check_destination",
     "docker_repo_tags",
     "image_repo_name",
@@ -132,6 +134,7 @@ def write_image(
     registry: RegistryOptions | None = None,
     docker: bool = False,
     mount_from: Sequence[str] = (),
+    attachments: Sequence[Attachment] = (),
 ) -> str:
     """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string); return
     its manifest digest (``HOST/REPO@DIGEST`` for a registry).
@@ -143,10 +146,14 @@ def write_image(
     files that writes killed before ``started`` (the job's start; default: now) left at the
     destination are removed. A registry (``docker://``) is reached with ``registry`` (its
     options), gets the Docker schema 2 manifest with ``docker``, and has the blobs of its
-    repositories ``mount_from`` mounted rather than uploaded.
+    repositories ``mount_from`` mounted rather than uploaded. ``attachments`` go with the
+    image as artifacts whose subject is its manifest, where :func:`attaches_artifacts`.
     """
     if isinstance(tags, str):
         tags = (tags,)
+    if attachments and not attaches_artifacts(dest):
+        raise DestinationError(f"{dest}: takes no attached artifacts (oci:, oci-archive: and"
+                               " docker:// do)")  # fmt: skip
     if isinstance(dest, str) and is_registry_reference(dest):
         ref = _registry.check_destination(dest)
         pushed = _registry.write_image(
@@ -156,6 +163,7 @@ def write_image(
             tags=_registry_tags(ref, tags),
             docker=docker,
             mount_from=mount_from,
+            attachments=attachments,
         )
         return f"{ref.name}@{pushed}"
     if isinstance(dest, str):
@@ -163,14 +171,24 @@ def write_image(
     if dest.kind == "docker-archive":
         docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
     elif dest.kind == "oci":
-        oci_layout.write_image(image, dest, tags=tags, started=started)
+        oci_layout.write_image(image, dest, tags=tags, started=started, attachments=attachments)
     elif dest.kind == "oci-archive":
-        oci_archive.write_image(image, dest, tags=tags, started=started)
+        oci_archive.write_image(image, dest, tags=tags, started=started, attachments=attachments)
     elif dest.kind == "stdout":
         stdout.write_image(image, dest, tags=tags, name=name, stream=stream)
     else:
         raise DestinationError(f"{dest}: unknown destination kind {dest.kind!r}")
     return str(image.manifest_digest)
+
+
+def attaches_artifacts(dest: Destination | str) -> bool:
+    """Whether ``dest`` can hold artifacts attached to its image (an SBOM): an ``oci:``
+    layout, an ``oci-archive:`` or a registry (see :mod:`closurepack.registry.referrers`)."""
+    if isinstance(dest, str):
+        if is_registry_reference(dest):
+            return True
+        dest = parse_destination(dest)
+    return dest.kind in ("oci", "oci-archive")
 
 
 def _registry_tags(ref: RegistryRef, tags: Sequence[str]) -> list[str]:

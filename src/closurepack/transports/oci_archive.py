@@ -10,12 +10,14 @@ transport's, from the tar's members.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from closurepack.artifacts import Attachment, drop_replaced_referrers
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
@@ -28,7 +30,12 @@ from closurepack.transports._files import (
 )
 from closurepack.transports._raw import RawImage
 from closurepack.transports._tar import TarReader, TarWriter
-from closurepack.transports.oci_layout import LAYOUT_FILE, index_with, read_stored_image
+from closurepack.transports.oci_layout import (
+    LAYOUT_FILE,
+    attached_blobs,
+    index_with,
+    read_stored_image,
+)
 from closurepack.transports.reference import Destination, oci_ref_names
 
 __all__ = ["check_existing", "read_image", "write_image", "write_stream"]
@@ -44,15 +51,18 @@ def write_stream(
     *,
     ref_names: Sequence[str],
     existing: tarfile.TarFile | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> None:
-    """Stream ``image`` as an oci-archive tagged with each of ``ref_names``; with ``existing``
-    (an open oci-archive), its other tags and the blobs they reach are carried over."""
+    """Stream ``image`` as an oci-archive tagged with each of ``ref_names``, with
+    ``attachments`` as artifacts whose subject is its manifest; with ``existing`` (an open
+    oci-archive), its other tags and the blobs they reach are carried over."""
     old_index = _read_index(existing) if existing is not None else None
     index = index_with(old_index, image, ref_names)
-    small = {
-        image.config_digest.hex: image.config_bytes,
-        image.manifest_digest.hex: image.manifest_bytes,
-    }
+    if existing is not None:
+        index = drop_replaced_referrers(old_index, index, functools.partial(_small_blob, existing))
+    index, small = attached_blobs(image, index, attachments)
+    small[image.config_digest.hex] = image.config_bytes
+    small[image.manifest_digest.hex] = image.manifest_bytes
     layers = {layer.digest.hex: layer for layer in image.layers}
     carried = _reachable(existing, index, skip=small.keys() | layers.keys()) if existing else {}
 
@@ -87,6 +97,19 @@ def _member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> contextlib.clo
     if handle is None:
         raise DestinationError(f"{_where(archive)}: {member.name} is not a regular file")
     return contextlib.closing(handle)
+
+
+def _small_blob(archive: tarfile.TarFile, digest: str) -> bytes | None:
+    """An artifact manifest of ``archive`` by digest; None if it is not there."""
+    try:
+        member = archive.getmember(_BLOBS + digest.partition(":")[2])
+    except KeyError:
+        return None
+    if not member.isfile() or member.size > 4 << 20:
+        return None
+    with _member(archive, member) as handle:
+        data: bytes = handle.read()
+        return data
 
 
 def _read_index(archive: tarfile.TarFile) -> dict[str, Any]:
@@ -174,11 +197,16 @@ def check_existing(dest: Destination) -> None:
 
 
 def write_image(
-    image: Image, dest: Destination, *, tags: Sequence[str] = (), started: float | None = None
+    image: Image,
+    dest: Destination,
+    *,
+    tags: Sequence[str] = (),
+    started: float | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> None:
     """Write ``image`` to the oci-archive ``dest.path``, adding its tags (see
-    :func:`oci_ref_names`) to an existing one; temp files of writes killed before ``started``
-    are removed first."""
+    :func:`oci_ref_names`) and ``attachments`` (artifacts whose subject is its manifest) to an
+    existing one; temp files of writes killed before ``started`` are removed first."""
     path = dest.path
     if path is None:
         raise DestinationError(f"{dest}: oci-archive needs a path")
@@ -188,7 +216,13 @@ def write_image(
     with destination_lock(path):
         sweep_beside(path, started=started)
         with _existing_archive(dest) as existing, atomic_file(path) as out:
-            write_stream(image, out, ref_names=oci_ref_names(dest, tags), existing=existing)
+            write_stream(
+                image,
+                out,
+                ref_names=oci_ref_names(dest, tags),
+                existing=existing,
+                attachments=attachments,
+            )
 
 
 def read_image(source: Destination, path: Path, text: str) -> RawImage:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import time
@@ -20,6 +21,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from closurepack._fs import TEMP_SUFFIX, clone_blob, sweep_stale_temps
+from closurepack.artifacts import (
+    Attachment,
+    artifact_manifests,
+    drop_replaced_referrers,
+    merge_referrers,
+    referrer_descriptor,
+    subject_descriptor,
+)
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import Image, ImageLayer, canonical_json, host_architecture
@@ -32,6 +41,8 @@ __all__ = [
     "LAYOUT_FILE",
     "REF_NAME",
     "BlobStore",
+    "DirStore",
+    "attached_blobs",
     "check_existing",
     "index_with",
     "manifest_descriptor",
@@ -74,6 +85,24 @@ def index_with(
     out = dict(index or {})
     out.update(schemaVersion=2, mediaType=str(MediaType.OCI_INDEX), manifests=manifests)
     return out
+
+
+def attached_blobs(
+    image: Image, index: dict[str, Any], attachments: Sequence[Attachment]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``index`` with an entry for the artifact manifest of each of ``attachments`` whose
+    subject is ``image``'s manifest (no ref name: an artifact is found by its subject), and
+    the blobs those manifests need, by hex digest."""
+    if not attachments:
+        return index, {}
+    subject = subject_descriptor(str(MediaType.OCI_MANIFEST), image.manifest_bytes)
+    blobs: dict[str, bytes] = {}
+    descriptors = []
+    for manifest, parts in artifact_manifests(subject, attachments):
+        for blob in (*parts, manifest):
+            blobs[Digest.of_bytes(blob).hex] = blob
+        descriptors.append(referrer_descriptor(manifest))
+    return merge_referrers(index, descriptors), blobs
 
 
 def write_blobs(image: Image, root: Path) -> None:
@@ -122,6 +151,17 @@ def _locked(root: Path, *, wait: bool = True) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def _read_blob(blobs: Path, digest: str) -> bytes | None:
+    """A small blob of the layout (an artifact manifest) by digest; None if it is not there."""
+    algorithm, _, hex_digest = digest.partition(":")
+    path = blobs / hex_digest
+    if algorithm != "sha256" or "/" in hex_digest or not path.is_file():
+        return None
+    if path.stat().st_size > 4 << 20:
+        return None  # no artifact manifest is that large
+    return path.read_bytes()
 
 
 def _read_index(root: Path) -> dict[str, Any] | None:
@@ -175,11 +215,17 @@ def check_existing(dest: Destination) -> None:
 
 
 def write_image(
-    image: Image, dest: Destination, *, tags: Sequence[str] = (), started: float | None = None
+    image: Image,
+    dest: Destination,
+    *,
+    tags: Sequence[str] = (),
+    started: float | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> None:
     """Add ``image`` to the OCI layout at ``dest.path`` under each of its tags (see
-    :func:`oci_ref_names`), keeping other tags; temp files of writes killed before ``started``
-    (default: now) are removed first."""
+    :func:`oci_ref_names`), keeping other tags, with ``attachments`` as artifacts whose
+    subject is its manifest; temp files of writes killed before ``started`` (default: now) are
+    removed first."""
     root = dest.path
     if root is None:
         raise DestinationError(f"{dest}: oci needs a directory")
@@ -196,7 +242,14 @@ def write_image(
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
             write_blobs(image, root)
-            index = index_with(_read_index(root), image, ref_names)
+            old = _read_index(root)
+            blobs = root / "blobs" / "sha256"
+            index = drop_replaced_referrers(
+                old, index_with(old, image, ref_names), functools.partial(_read_blob, blobs)
+            )
+            index, extra = attached_blobs(image, index, attachments)
+            for hex_digest, blob in sorted(extra.items()):
+                put_blob(blobs, Digest(hex_digest), blob, size=len(blob))
             with atomic_file(root / "index.json") as out:
                 out.write(canonical_json(index))
     except OSError as exc:
@@ -211,7 +264,9 @@ class BlobStore(Protocol):
     def read(self, name: str) -> bytes: ...
 
 
-class _Dir:
+class DirStore:
+    """The files of a layout directory."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -238,6 +293,8 @@ def _blob_name(digest_text: object, where: str) -> tuple[Digest, str]:
 
 def _pick(manifests: list[Any], reference: str | None, where: str) -> dict[str, Any]:
     entries = [m for m in manifests if isinstance(m, dict)]
+    if not reference:  # artifacts attached to an image (an SBOM) are found by their subject
+        entries = [m for m in entries if not m.get("artifactType")]
     if reference:
         for entry in entries:
             if (entry.get("annotations") or {}).get(REF_NAME) in (reference,):
@@ -332,5 +389,5 @@ def read_image(source: Destination, path: Path, text: str) -> RawImage:
     if not path.is_dir():
         raise DestinationError(f"{path}: no such OCI layout directory")
     return read_stored_image(
-        _Dir(path), reference=source.reference, where=str(path), kind=source.kind, text=text
+        DirStore(path), reference=source.reference, where=str(path), kind=source.kind, text=text
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from closurepack.artifacts import Attachment
 from closurepack.digest import Digest
 from closurepack.image import Image
 from closurepack.registry import RegistryOptions, RegistryRef, parse_reference
 from closurepack.registry.pull import pull_image
 from closurepack.registry.push import ImagePusher
+from closurepack.registry.referrers import attach_pushed
 from closurepack.transports._raw import RawBlob, RawImage
 
 __all__ = ["check_destination", "read_image", "write_image"]
@@ -49,12 +51,16 @@ def write_image(
     tags: Sequence[str] = (),
     docker: bool = False,
     mount_from: Sequence[str] = (),
+    attachments: Sequence[Attachment] = (),
 ) -> Digest:
     """Push ``image`` to ``ref`` under ``tags`` (default: the reference's own); return the
     digest of the manifest pushed (Docker schema 2 with ``docker``). Blobs the repository has
     are not sent again; blobs of the repositories ``mount_from`` (of the same registry) are
-    mounted from there rather than uploaded."""
+    mounted from there rather than uploaded. ``attachments`` follow as artifacts whose subject
+    is the manifest pushed."""
     with ImagePusher(
         ref, options=options, tags=tags, docker=docker, mount_from=mount_from
     ) as pusher:
-        return pusher.push(image)
+        digest = pusher.push(image)
+        attach_pushed(pusher, attachments)
+        return digest
