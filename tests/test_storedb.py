@@ -402,7 +402,7 @@ def test_a_database_needs_room_for_the_customisation_layer(
     assert _build([*common, "-o", f"oci:{tmp_path / 'a'}"], capsys)[0] == 0
     status, _, err = _build([*common, "--nix-db", "-o", f"oci:{tmp_path / 'b'}"], capsys)
     assert status == 2
-    assert f"a store database) above {layers} store layers" in err
+    assert f"a store database, --fakeroot-script) above {layers} store layers" in err
     assert f"raise --max-layers to {layers + 1}" in err
     assert _build([*common[:-2], "--nix-db", "-o", f"oci:{tmp_path / 'c'}"], capsys)[0] == 0
     registered = sorted(r[1] for r in _rows(_layer_db(tmp_path / "c"))[0])
