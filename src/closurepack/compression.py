@@ -15,6 +15,9 @@ Levels (``--level``) are given on each tool's own scale and mapped here:
   time). Always compressed in zstd's multi-threaded mode, whose output is identical for any
   worker count >= 1 (single-threaded mode would produce different bytes). Frames carry
   zstd's content checksum, so corruption is caught while decompressing.
+* ``zstd:chunked``: the same levels as ``zstd``; each frame is compressed single-threaded
+  (:mod:`closurepack.chunked`: every file's content in frames of its own, then the table of
+  contents a partial pull reads). Decompressed it is the same tar as ``zstd``.
 * ``none``: the level is ignored.
 
 :func:`codec_identity` names the library, its version, the mapped level and the mode: any of
@@ -34,19 +37,24 @@ import isal.igzip_threaded
 import isal.isal_zlib
 import zstandard
 
+from closurepack.chunked import ChunkedCompressor, chunked_identity
 from closurepack.digest import Writable
 from closurepack.errors import ImageError, OptionError
 
 __all__ = [
+    "CHUNKED",
     "COMPRESSIONS",
     "Compressor",
     "codec_identity",
+    "layer_annotations",
     "open_compressor",
     "open_decompressed",
     "resolve_level",
 ]
 
-COMPRESSIONS = ("gzip", "zstd", "none")
+#: zstd:chunked, containers/storage's name for it.
+CHUNKED = "zstd:chunked"
+COMPRESSIONS = ("gzip", "zstd", CHUNKED, "none")
 
 _GZIP_DEFAULT = 6
 _ZSTD_DEFAULT = 3
@@ -79,7 +87,7 @@ def resolve_level(compression: str, level: int | None) -> int:
         if lvl <= 5:
             return 2
         return 3
-    if compression == "zstd":
+    if compression in ("zstd", CHUNKED):
         lvl = _ZSTD_DEFAULT if level is None else level
         low, high = _ZSTD_RANGE
         if not low <= lvl <= high or lvl == 0:
@@ -108,6 +116,11 @@ def codec_identity(compression: str, level: int | None) -> str:
         return (
             f"zstd/python-zstandard-{zstandard.__version__}/libzstd-{zstandard.ZSTD_VERSION}"
             f"/level-{lvl}/mt/checksum"
+        )
+    if compression == CHUNKED:
+        return (
+            f"zstd-chunked/python-zstandard-{zstandard.__version__}"
+            f"/libzstd-{zstandard.ZSTD_VERSION}/level-{lvl}/st/checksum/{chunked_identity()}"
         )
     return "none"
 
@@ -211,7 +224,14 @@ def open_compressor(
         return _Gzip(sink, lvl, _thread_count(threads))
     if compression == "zstd":
         return _Zstd(sink, lvl, _thread_count(threads))
+    if compression == CHUNKED:
+        return ChunkedCompressor(sink, lvl, _thread_count(threads))
     return _SinkFile(sink)
+
+
+def layer_annotations(compressor: Compressor) -> dict[str, str]:
+    """The annotations a closed compressor's layer descriptor carries (zstd:chunked's TOC)."""
+    return dict(compressor.annotations) if isinstance(compressor, ChunkedCompressor) else {}
 
 
 class _Reader(Protocol):
@@ -291,7 +311,7 @@ def open_decompressed(compression: str, source: BinaryIO) -> _CheckedReader:
         counted = _Counted(source)
         inner = cast(_Reader, isal.igzip.IGzipFile(fileobj=counted, mode="rb"))  # type: ignore[no-untyped-call]
         return _CheckedReader(inner, what, compression, at_end=counted.check_not_empty)
-    if compression == "zstd":
+    if compression in ("zstd", CHUNKED):
         frames = _ZstdFrames(source)
         inner = zstandard.ZstdDecompressor().stream_reader(
             cast(IO[bytes], frames), read_across_frames=True, closefd=False
