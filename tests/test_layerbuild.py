@@ -204,7 +204,10 @@ def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"compression": "lz4"}, "unknown compression 'lz4'; choose one of gzip, zstd, zstd:chunked, none"),
+        (
+            {"compression": "lz4"},
+            "unknown compression 'lz4'; choose one of gzip, zstd, zstd:chunked, none",
+        ),
         ({"compression": "gzip", "level": 12}, "gzip level 12 is out of range"),
         ({"compression": "zstd", "level": 0}, "zstd level 0 is out of range"),
         ({"jobs": 0}, "--jobs must be at least 1"),
