@@ -30,6 +30,7 @@ RANKS: dict[str, int] = {
     "chunked": 5,
     "chunkedcheck": 5,
     "compression": 5,
+    "decompression": 5,
     "tarstream": 5,
     "layer": 5,
     "layerbuild": 5,

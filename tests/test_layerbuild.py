@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from closurepack.build import BuildOptions
-from closurepack.compression import open_compressor, open_decompressed
+from closurepack.compression import open_compressor
+from closurepack.decompression import open_decompressed
 from closurepack.errors import OptionError, StoreError
 from closurepack.layerbuild import build_store_layer, build_tree_layer, layer_key
 from closurepack.mediatypes import MediaType

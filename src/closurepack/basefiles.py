@@ -9,8 +9,8 @@ import posixpath
 import tarfile
 from collections.abc import Iterable, Sequence
 
-from closurepack.compression import open_decompressed
 from closurepack.customisation import Customisation
+from closurepack.decompression import open_decompressed
 from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import ImageLayer
 

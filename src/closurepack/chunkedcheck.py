@@ -36,7 +36,7 @@ from closurepack.chunkedtoc import (
     mtime_text,
     parse_position,
 )
-from closurepack.compression import open_decompressed
+from closurepack.decompression import open_decompressed
 
 __all__ = ["check_chunked_layer"]
 

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 from closurepack._fs import hash_stream
 from closurepack.chunkedcheck import check_chunked_layer
 from closurepack.chunkedtoc import is_chunked
-from closurepack.compression import open_decompressed
+from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import LAYERS_LABEL, layer_paths_from_config

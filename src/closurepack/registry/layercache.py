@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from closurepack._fs import blob_writer
 from closurepack.cache import LayerCache
-from closurepack.compression import open_decompressed
+from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import CacheError, ImageError, OptionError, RegistryError
 from closurepack.layer import BuiltLayer, RemoteLayer
