@@ -54,9 +54,9 @@ __all__ = [
 
 #: Files larger than this are cut into content-defined chunks.
 CHUNK_FROM = 64 << 10
-AVG_CHUNK = 64 << 10
-MIN_CHUNK = 16 << 10
-MAX_CHUNK = 256 << 10
+AVG_CHUNK = 32 << 10
+MIN_CHUNK = 8 << 10
+MAX_CHUNK = 128 << 10
 _WINDOW = 8 << 20  # file bytes held before the chunks found in them are sent on
 _BATCH = 8 << 20  # uncompressed bytes compressed in one parallel call
 _BATCH_FRAMES = 4096
