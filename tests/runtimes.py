@@ -3,6 +3,8 @@ engine each test session starts (and stops) itself.
 
 Session fixtures ``podman_runner`` and ``docker_engine`` (registered in conftest.py) give an
 object with ``load(archive_path) -> image reference`` and ``run(image, *cmd) -> stdout``.
+``partial_podman`` (per test) is podman on the overlay driver with partial pulls enabled
+(zstd:chunked), in a storage of its own: :class:`PartialPodman`.
 They skip the test cleanly when the tool is missing or cannot run here. Other helpers:
 ``require_tool(name)`` and ``run_tool(*argv)``.
 """
@@ -24,8 +26,11 @@ import pytest
 
 __all__ = [
     "DockerEngine",
+    "PartialPodman",
     "PodmanRunner",
     "docker_engine",
+    "open_partial_podman",
+    "partial_podman",
     "podman_runner",
     "require_tool",
     "run_tool",
@@ -110,6 +115,100 @@ class PodmanRunner:
         """Run ``cmd`` in ``image`` without network; return its stdout."""
         argv = self.command("run", "--rm", "--network=none", *_RUN_LIMITS, image, *cmd)
         return run_tool(*argv, timeout=timeout)
+
+
+# containers-storage.conf(5): overlay, a private graphroot and runroot, and the pull options
+# that turn partial (zstd:chunked) pulls on; no hard links or ostree repositories as sources.
+_PARTIAL_STORAGE_CONF = """\
+[storage]
+driver = "overlay"
+graphroot = "{root}/root"
+runroot = "{root}/run"
+
+[storage.options]
+pull_options = {{enable_partial_images = "true", use_hard_links = "false", ostree_repos = ""}}
+"""
+
+
+@dataclass
+class PartialPodman:
+    """podman on the overlay driver with ``enable_partial_images``, its storage under
+    ``root`` (``CONTAINERS_STORAGE_CONF`` points at its own storage.conf)."""
+
+    root: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf")}
+
+    def command(self, *args: str | Path) -> list[str]:
+        return [
+            "podman",
+            "--tmpdir",
+            str(self.root / "tmp"),
+            "--runtime=runc",
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=file",
+            *map(str, args),
+        ]
+
+    def pull(self, ref: str, *, timeout: float = 600) -> str:
+        """``podman --log-level=debug pull`` (plain HTTP); return its debug log."""
+        argv = self.command("--log-level=debug", "pull", "--tls-verify=false", ref)
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, env=self.env, check=False)
+        log = proc.stderr.decode(errors="replace")
+        if proc.returncode != 0:
+            pytest.fail(f"podman pull {ref} exited {proc.returncode}:\n{log[-3000:]}")
+        return log
+
+    def run(self, image: str, *cmd: str, timeout: float = 120) -> str:
+        argv = self.command("run", "--rm", "--network=none", *_RUN_LIMITS, image, *cmd)
+        return run_tool(*argv, timeout=timeout, env=self.env)
+
+    @contextlib.contextmanager
+    def mounted(self, image: str) -> Iterator[Path]:
+        """The image's merged file tree, mounted while the block runs."""
+        path = run_tool(*self.command("image", "mount", image), env=self.env).strip()
+        try:
+            yield Path(path)
+        finally:
+            run_tool(*self.command("image", "unmount", image), env=self.env)
+
+    def reset(self) -> None:
+        subprocess.run(
+            self.command("system", "reset", "--force"),
+            capture_output=True,
+            env=self.env,
+            timeout=300,
+            check=False,
+        )
+
+
+@contextlib.contextmanager
+def open_partial_podman(directory: Path) -> Iterator[PartialPodman]:
+    """A :class:`PartialPodman` with its storage in ``directory``, reset and removed after."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "storage.conf").write_text(_PARTIAL_STORAGE_CONF.format(root=directory))
+    runner = PartialPodman(directory)
+    try:
+        yield runner
+    finally:
+        runner.reset()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def partial_podman() -> Iterator[PartialPodman]:
+    """podman with overlay storage and partial pulls on, for one test (skips without podman)."""
+    require_tool("podman")
+    require_tool("runc")
+    with open_partial_podman(Path(tempfile.mkdtemp(prefix="cp-partial-"))) as runner:
+        probe = subprocess.run(
+            runner.command("info"), capture_output=True, env=runner.env, timeout=120, check=False
+        )
+        if probe.returncode != 0:
+            pytest.skip(f"podman cannot use overlay here: {probe.stderr.decode()[-500:]}")
+        yield runner
 
 
 @dataclass

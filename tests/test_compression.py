@@ -15,12 +15,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from closurepack.compression import (
-    codec_identity,
-    open_compressor,
-    open_decompressed,
-    resolve_level,
-)
+from closurepack.compression import codec_identity, open_compressor, resolve_level
+from closurepack.decompression import open_decompressed
 from closurepack.errors import ImageError, OptionError
 
 # compressible but not trivial: text with some random bytes mixed in

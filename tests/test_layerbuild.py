@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from closurepack.build import BuildOptions
-from closurepack.compression import open_compressor, open_decompressed
+from closurepack.compression import open_compressor
+from closurepack.decompression import open_decompressed
 from closurepack.errors import OptionError, StoreError
 from closurepack.layerbuild import build_store_layer, build_tree_layer, layer_key
 from closurepack.mediatypes import MediaType
@@ -204,7 +205,10 @@ def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"compression": "lz4"}, "unknown compression 'lz4'; choose one of gzip, zstd, none"),
+        (
+            {"compression": "lz4"},
+            "unknown compression 'lz4'; choose one of gzip, zstd, zstd:chunked, none",
+        ),
         ({"compression": "gzip", "level": 12}, "gzip level 12 is out of range"),
         ({"compression": "zstd", "level": 0}, "zstd level 0 is out of range"),
         ({"jobs": 0}, "--jobs must be at least 1"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from clistore import APP, GLIBC, LIBFOO, TOOL, ZLIB, Store, read_docker_archive, read_oci, run
-from closurepack.compression import open_decompressed
+from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest
 from closurepack.errors import ImageError
 from closurepack.image import ImageConfig, assemble_image
@@ -389,7 +389,7 @@ def test_a_foreign_image_in_a_registry_is_a_previous(
 
 
 def test_open_decompressed_is_what_lists_layers() -> None:
-    """The listing reads through compression.open_decompressed: a truncated zstd layer is the
+    """The listing reads through decompression.open_decompressed: a truncated zstd layer is the
     same one-line error there as everywhere else."""
     import zstandard
 

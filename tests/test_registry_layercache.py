@@ -525,3 +525,36 @@ def test_token_registry_mounts_from_the_cache_with_one_token_scope(
     status, verified, err = run(["verify", f"docker://{host}/tokened/other:1", *creds], capsys)
     assert status == 0, err
     assert verified.strip().endswith(": ok")
+
+
+def test_zstd_chunked_layers_keep_their_annotations_through_the_cache(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The mapping records each zstd:chunked layer's annotations, so an image made from the
+    cache (mounted into a registry, or downloaded into a layout) has the same descriptors."""
+    host = registry.host
+    chunked = ("--compression", "zstd:chunked")
+    first, _ = _build(store, app_closure, f"docker://{host}/app:1", capsys, *chunked,
+                      "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
+    layers = _mapping(registry)["layers"]
+    assert isinstance(layers, dict)
+    assert all(
+        "io.github.containers.zstd-chunked.manifest-checksum" in v["annotations"]
+        for v in layers.values()
+    )
+    _hide(store)
+    second, _ = _build(store, app_closure, f"docker://{host}/app:2", capsys, *chunked,
+                       "--cache-from", f"docker://{host}/cache", cache=tmp_path / "B")  # fmt: skip
+    assert second == first
+    layout = tmp_path / "layout"
+    _build(store, app_closure, f"oci:{layout}", capsys, *chunked,
+           "--cache-from", f"docker://{host}/cache", cache=tmp_path / "C")  # fmt: skip
+    descriptors = read_oci(layout).manifest["layers"]
+    assert {d["digest"]: d["annotations"] for d in descriptors} == {
+        v["digest"]: v["annotations"] for v in layers.values()
+    }
+    _verify(f"oci:{layout}", capsys)

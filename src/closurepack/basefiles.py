@@ -10,8 +10,8 @@ import tarfile
 from collections.abc import Iterable, Sequence
 
 from closurepack.accounts import base_home
-from closurepack.compression import open_decompressed
 from closurepack.customisation import Customisation
+from closurepack.decompression import open_decompressed
 from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import ImageLayer
 

@@ -172,7 +172,7 @@ def _codec_options(func: F, *, what: str = "Layer compression.") -> F:
     func = click.option("--level", type=int, help="Compression level (codec specific).")(func)
     return click.option(
         "--compression",
-        type=click.Choice(["gzip", "zstd", "none"]),
+        type=click.Choice(["gzip", "zstd", "zstd:chunked", "none"]),
         default="gzip",
         show_default=True,
         help=what,

@@ -183,6 +183,8 @@ class ImageLayer(Protocol):
     def paths(self) -> tuple[str, ...]: ...
     @property
     def comment(self) -> str: ...
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
     def open(self) -> BinaryIO: ...
 
 
@@ -197,6 +199,7 @@ class BlobLayer:
     opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
     paths: tuple[str, ...] = ()
     comment: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def open(self) -> BinaryIO:
         return self.opener()
@@ -317,6 +320,14 @@ def _descriptor(media_type: MediaType, digest: Digest, size: int) -> dict[str, A
     return {"mediaType": str(media_type), "digest": str(digest), "size": size}
 
 
+def _layer_descriptor(layer: ImageLayer, *, docker: bool) -> dict[str, Any]:
+    flavour = docker_media_type if docker else oci_media_type
+    out = _descriptor(flavour(layer.media_type), layer.digest, layer.size)
+    if layer.annotations:
+        out["annotations"] = dict(layer.annotations)
+    return out
+
+
 def manifest_for(
     image_config: bytes, layers: Iterable[ImageLayer], *, docker: bool = False
 ) -> bytes:
@@ -328,7 +339,7 @@ def manifest_for(
         "config": _descriptor(
             flavour(MediaType.OCI_CONFIG), Digest.of_bytes(image_config), len(image_config)
         ),
-        "layers": [_descriptor(flavour(la.media_type), la.digest, la.size) for la in layers],
+        "layers": [_layer_descriptor(la, docker=docker) for la in layers],
     }
     return canonical_json(manifest)
 

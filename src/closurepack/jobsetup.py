@@ -16,7 +16,7 @@ from closurepack.build import (
     check_mtime,
     default_mtime,
 )
-from closurepack.compression import resolve_level
+from closurepack.compression import CHUNKED, resolve_level
 from closurepack.customisation import (
     Customisation,
     ExtraTree,
@@ -53,6 +53,7 @@ from closurepack.transports import (
 
 __all__ = [
     "ImageOptions",
+    "check_chunked_destination",
     "check_level",
     "drop_repeated_customisation",
     "finish_image",
@@ -149,6 +150,26 @@ def _check_destination(dest: str, tags: Sequence[str]) -> None:
     check_destination(dest)
 
 
+def check_chunked_destination(dest: str, manifest_format: str, *, what: str) -> None:
+    """OptionError unless ``dest`` keeps the layer descriptors' annotations that zstd:chunked
+    layers need (an OCI manifest: oci:, oci-archive:, docker:// without --format docker).
+    docker-archive has no layer descriptors, and a Docker manifest is refused rather than
+    written with layers that a partial pull could not use."""
+    if is_registry_reference(dest):
+        if manifest_format == "docker":
+            raise OptionError(
+                f"{what}: --format docker cannot carry zstd:chunked layers (their table of"
+                " contents is found through OCI layer annotations); use --format oci"
+            )
+        return
+    kind = parse_destination(dest).kind
+    if kind in ("docker-archive", "stdout"):
+        raise OptionError(
+            f"{what}: a docker-archive ({dest}) has no layer annotations, which zstd:chunked"
+            " layers need; write oci:, oci-archive: or docker://, or use --compression zstd"
+        )
+
+
 def check_level(compression: str, level: int | None) -> None:
     if level is None:
         return
@@ -212,6 +233,8 @@ def prepare_image(
             "--format docker is for docker:// destinations (docker-archive is Docker's already)"
         )
     check_level(compression, level)
+    if compression == CHUNKED:
+        check_chunked_destination(dest, image.manifest_format, what="--compression zstd:chunked")
     config = image.config()
     check_mtime(image.mtime)  # a bad --mtime fails here
     customisation = image.customisation()

@@ -8,7 +8,7 @@ layer can be built in one process (or one Nix derivation) and assembled into an 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -40,6 +40,8 @@ class BuiltLayer:
     paths: tuple[str, ...] = ()
     #: Free text for the image history, e.g. "store items" or "customisation".
     comment: str = ""
+    #: The layer descriptor's annotations (zstd:chunked's TOC digest and position).
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
     #: True when this process built the blob or checked it against ``digest`` and ``size``
     #: (a cache hit); destinations may then link it instead of copying and rehashing it.
     #: Never serialised: a descriptor read from a file is not trusted.
@@ -71,6 +73,8 @@ class BuiltLayer:
         }
         if self.comment:
             obj["comment"] = self.comment
+        if self.annotations:
+            obj["annotations"] = dict(self.annotations)
         return obj
 
     def to_json(self, *, relative_to: Path | None = None) -> str:
@@ -97,6 +101,7 @@ class BuiltLayer:
                 blob_path=blob,
                 paths=tuple(obj.get("paths", ())),
                 comment=str(obj.get("comment", "")),
+                annotations={str(k): str(v) for k, v in obj.get("annotations", {}).items()},
             )
         except (ValueError, KeyError, TypeError, AttributeError, ImageError) as exc:
             raise ImageError(f"{source}: invalid layer descriptor: {exc}") from exc
@@ -116,6 +121,7 @@ class RemoteLayer:
     paths: tuple[str, ...] = ()
     comment: str = ""
     verified: bool = field(default=False, compare=False)
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def open(self) -> BinaryIO:
         return self.opener()

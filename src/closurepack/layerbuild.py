@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from closurepack._fs import blob_writer
-from closurepack.compression import Compressor, codec_identity, open_compressor, resolve_level
+from closurepack.compression import (
+    Compressor,
+    codec_identity,
+    layer_annotations,
+    open_compressor,
+    resolve_level,
+)
 from closurepack.digest import HashingWriter, Writable
 from closurepack.errors import OptionError, StoreError
 from closurepack.layer import BuiltLayer
@@ -81,6 +87,7 @@ class _Pipe:
         self._where = where
         self.tar_hash = HashingWriter()
         self._compressor = compress(blob)
+        self.annotations: dict[str, str] = {}
         self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
         self._buf = bytearray()
         self._error: BaseException | None = None
@@ -104,6 +111,7 @@ class _Pipe:
         try:
             # always, even after an error: the codecs' own threads must stop
             self._compressor.close()
+            self.annotations = layer_annotations(self._compressor)
         except BaseException as exc:
             if self._error is None:
                 self._error = exc
@@ -208,6 +216,7 @@ def _build(
         blob_path=dest_dir / blob.digest.hex,
         paths=paths,
         comment=comment,
+        annotations=pipe.annotations,
     )
 
 

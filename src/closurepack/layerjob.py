@@ -16,6 +16,7 @@ from closurepack.build import (
     read_descriptors,
     scratch_dir,
 )
+from closurepack.chunkedtoc import is_chunked
 from closurepack.customisation import (
     build_customisation_layer,
     customisation_entries,
@@ -29,6 +30,7 @@ from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import check_readable_store, split_store_path
 from closurepack.jobsetup import (
     ImageOptions,
+    check_chunked_destination,
     check_level,
     drop_repeated_customisation,
     finish_image,
@@ -140,6 +142,11 @@ def assemble_from_descriptors(
         image, dest=dest, compression=compression, level=level, registry=registry
     )
     layers = read_descriptors(descriptors)
+    chunked = [la for la in layers if is_chunked(la.annotations)]
+    if chunked:
+        check_chunked_destination(
+            dest, image.manifest_format, what=f"{chunked[0].blob_path}: a zstd:chunked layer"
+        )
     mtime = image.layer_mtime
     store_dirs = {split_store_path(p, where="assemble")[0] for la in layers for p in la.paths}
     if len(store_dirs) == 1:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from closurepack.compression import open_decompressed
+from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest
 from closurepack.errors import ImageError
 

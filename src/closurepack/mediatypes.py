@@ -37,9 +37,11 @@ def layer_media_type(compression: str, *, oci: bool = True) -> MediaType:
     table = {
         ("gzip", True): MediaType.OCI_LAYER_GZIP,
         ("zstd", True): MediaType.OCI_LAYER_ZSTD,
+        ("zstd:chunked", True): MediaType.OCI_LAYER_ZSTD,
         ("none", True): MediaType.OCI_LAYER,
         ("gzip", False): MediaType.DOCKER_LAYER_GZIP,
         ("zstd", False): MediaType.OCI_LAYER_ZSTD,
+        ("zstd:chunked", False): MediaType.OCI_LAYER_ZSTD,
         ("none", False): MediaType.DOCKER_LAYER,
     }
     try:

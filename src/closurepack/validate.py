@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from closurepack._fs import hash_stream
-from closurepack.compression import open_decompressed
+from closurepack.chunkedcheck import check_chunked_layer
+from closurepack.chunkedtoc import is_chunked
+from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, ImageError
 from closurepack.image import LAYERS_LABEL, layer_paths_from_config
@@ -147,10 +149,30 @@ def verify_raw(raw: RawImage) -> list[str]:
     recorded = layer_paths_from_config(config)
     for diff_id in sorted(set(recorded) - set(diff_ids)):
         problems.append(f"config: label {LAYERS_LABEL} names {diff_id}, which is no layer")
+    annotations = _layer_annotations(raw)
     for index, blob in enumerate(raw.layers):
         expected = diff_ids[index] if index < len(diff_ids) else None
-        problems.extend(_check_layer(index, blob, expected))
+        layer_problems = _check_layer(index, blob, expected)
+        problems.extend(layer_problems)
+        if not layer_problems and is_chunked(annotations[index]):
+            where = f"layer {index} ({blob.name})"
+            problems.extend(check_chunked_layer(blob.opener, annotations[index], where=where))
     return problems
+
+
+def _layer_annotations(raw: RawImage) -> list[dict[str, str]]:
+    """The annotations of each layer descriptor of the manifest (none for docker-archive)."""
+    out: list[dict[str, str]] = [{} for _ in raw.layers]
+    try:
+        manifest = json.loads(raw.manifest_bytes or b"{}")
+        descriptors = manifest.get("layers") if isinstance(manifest, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        return out
+    for index, descriptor in enumerate(descriptors if isinstance(descriptors, list) else []):
+        found = descriptor.get("annotations") if isinstance(descriptor, dict) else None
+        if index < len(out) and isinstance(found, dict):
+            out[index] = {str(k): str(v) for k, v in found.items()}
+    return out
 
 
 def verify_image(source: str, *, registry: RegistryOptions | None = None) -> list[str]:

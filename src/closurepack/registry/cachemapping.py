@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,14 +84,19 @@ class CacheEntry:
     media_type: MediaType
     diff_id: Digest
     source: RegistryRef = field(compare=False)
+    #: The layer descriptor's annotations (zstd:chunked's TOC digest and position).
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def to_json_obj(self) -> dict[str, Any]:
-        return {
+        obj: dict[str, Any] = {
             "digest": str(self.digest),
             "size": self.size,
             "mediaType": str(self.media_type),
             "diff_id": str(self.diff_id),
         }
+        if self.annotations:
+            obj["annotations"] = dict(self.annotations)
+        return obj
 
 
 class NotALayerCacheError(DestinationError):
@@ -176,12 +181,18 @@ def _parse_mapping(data: bytes, ref: RegistryRef) -> dict[str, CacheEntry]:
             raise ImageError(
                 f"{what}: entry {key}: unknown media type {value.get('mediaType')!r}"
             ) from None
+        annotations = value.get("annotations", {})
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise ImageError(f"{what}: entry {key}: annotations are not strings")
         entries[key] = CacheEntry(
             digest=_digest(value.get("digest"), f"{what}: entry {key}"),
             size=size,
             media_type=media_type,
             diff_id=_digest(value.get("diff_id"), f"{what}: entry {key}"),
             source=ref,
+            annotations=annotations,
         )
     return entries
 

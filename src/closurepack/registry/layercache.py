@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from closurepack._fs import blob_writer
 from closurepack.cache import LayerCache
-from closurepack.compression import open_decompressed
+from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import CacheError, ImageError, OptionError, RegistryError
 from closurepack.layer import BuiltLayer, RemoteLayer
@@ -206,6 +206,7 @@ class SharedLayerCache:
             media_type=entry.media_type,
             opener=blob_opener(pusher.ref, self.options, entry.digest, entry.size),
             paths=layer.paths,
+            annotations=entry.annotations,
         )
 
     def _download(
@@ -234,6 +235,7 @@ class SharedLayerCache:
                 media_type=entry.media_type,
                 blob_path=dest_dir / entry.digest.hex,
                 paths=layer.paths,
+                annotations=entry.annotations,
             )
 
         if self._cache is None:
@@ -267,7 +269,17 @@ class SharedLayerCache:
                 _log.warning("%s; writing a new one", exc)
                 existing = {}
             new = [
-                (key, CacheEntry(layer.digest, layer.size, layer.media_type, layer.diff_id, ref))
+                (
+                    key,
+                    CacheEntry(
+                        layer.digest,
+                        layer.size,
+                        layer.media_type,
+                        layer.diff_id,
+                        ref,
+                        annotations=layer.annotations,
+                    ),
+                )
                 for key, layer in layers
             ]
             merged, _ = merge_entries(existing, new)
