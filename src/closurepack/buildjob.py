@@ -20,6 +20,7 @@ from closurepack.build import (
 )
 from closurepack.cache import LayerCache
 from closurepack.customisation import (
+    Customisation,
     customisation_entries,
 )
 from closurepack.errors import (
@@ -28,19 +29,30 @@ from closurepack.errors import (
 )
 from closurepack.graph import check_readable_store
 from closurepack.image import (
+    BaseImage,
+    ImageConfig,
+    assemble_image,
     layer_paths_from_config,
 )
+from closurepack.imageindex import ImageIndex
 from closurepack.jobsetup import (
     ImageOptions,
     drop_repeated_customisation,
-    finish_image,
     fit_customisation,
     image_pusher,
     prepare_image,
+    warn_if_no_command,
+    write_or_push,
 )
-from closurepack.layer import BuiltLayer
+from closurepack.layer import BuiltLayer, RemoteLayer
+from closurepack.multiarch import (
+    check_platform_build,
+    load_platform_closures,
+    parse_platform_closure,
+)
 from closurepack.options import parse_size
-from closurepack.plan import MAX_LAYERS_LIMIT, check_max_layers
+from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, check_max_layers
+from closurepack.platforms import Platform
 from closurepack.previous import read_previous
 from closurepack.registry import (
     RegistryOptions,
@@ -58,6 +70,7 @@ from closurepack.workflow import (
 )
 
 __all__ = [
+    "base_paths",
     "build_image",
 ]
 
@@ -87,12 +100,18 @@ def build_image(
     progress: ProgressCallback | None = None,
     cache_from: Sequence[str] = (),
     cache_to: str | None = None,
+    platforms: Sequence[str] = (),
 ) -> str:
     """The whole build: returns the manifest digest of the image written to ``dest``
     (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
 
     ``cache_from``/``cache_to`` are registry layer caches shared by builders (see
     :mod:`closurepack.registry.layercache`): read before the build, written after it.
+
+    ``platforms`` (``OS/ARCH[/VARIANT]=CLOSURE_OR_STORE_PATH`` each, see
+    :mod:`closurepack.multiarch`) make a multi-platform image: one image per platform, their
+    closures planned together, under an image index (a Docker manifest list with
+    ``manifest_format="docker"``) whose digest is returned.
 
     ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
@@ -103,14 +122,34 @@ def build_image(
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
         check_max_layers(max_layers)
+    targets = [parse_platform_closure(text) for text in platforms]
+    if targets:
+        check_platform_build(
+            targets,
+            dest=dest,
+            store_paths=store_paths,
+            closure_files=closure_files,
+            plan_file=plan_file,
+            image_selector=image_selector,
+            arch=image.arch,
+        )
     cache_limit = parse_size(cache_max_size)
     registry = registry or RegistryOptions()
-    config, customisation, base = prepare_image(
-        image, dest=dest, compression=compression, level=level, registry=registry
-    )
+    wanted_platforms: list[Platform | None] = [t.platform for t in targets] or [None]
+    prepared = [
+        prepare_image(
+            image,
+            dest=dest,
+            compression=compression,
+            level=level,
+            registry=registry,
+            platform=platform,
+        )
+        for platform in wanted_platforms
+    ]
     mtime = image.layer_mtime
     from_image = image.from_image
-    base_count = len(base.layers) if base else 0
+    base_count = max(len(base.layers) if base else 0 for _, _, base in prepared)
     reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
 
     if plan_file is not None:
@@ -134,21 +173,29 @@ def build_image(
             raise OptionError(
                 f"--max-layers {limit} leaves no room above the {base_count} layers of {from_image}"
             )
-        closures = load_closures(
-            store_paths=store_paths, closure_files=closure_files, store_root=store_root
-        )
+        if targets:
+            closures = load_platform_closures(targets, store_root=store_root)
+        else:
+            closures = load_closures(
+                store_paths=store_paths, closure_files=closure_files, store_root=store_root
+            )
         for closure in closures:
             check_readable_store(closure.store_dir, store_root=store_root, where=closure.source)
-        if len(closures) != 1 and image_selector is None:
+        if len(closures) != 1 and image_selector is None and not targets:
             raise OptionError("build makes one image: give one closure, or --image to choose")
-        if base is not None:
-            # Store items the --from image already holds (as it records them) are not added
-            # again on top of it.
-            provided = {p for ps in layer_paths_from_config(base.config).values() for p in ps}
-            closures = [closure.without(provided) for closure in closures]
-        names = image_names(
-            store_paths=store_paths, closure_files=closure_files, store_root=store_root
-        )
+        bases = [base for _, _, base in prepared] * (1 if targets else len(closures))
+        # Store items the --from image already holds (as it records them) are not added
+        # again on top of it.
+        closures = [
+            closure.without(base_paths(base)) if base is not None else closure
+            for closure, base in zip(closures, bases, strict=True)
+        ]
+        if targets:
+            names = [str(target.platform) for target in targets]
+        else:
+            names = image_names(
+                store_paths=store_paths, closure_files=closure_files, store_root=store_root
+            )
         found = [
             read_previous(p, registry=registry, store_dir=closures[0].store_dir) for p in previous
         ]
@@ -163,13 +210,22 @@ def build_image(
             registry=registry,
         )
         source = "the plan"
-    image_plan = select_image(plan, image_selector, source=source)
-    customisation = dataclasses.replace(customisation, store_dir=plan.store_dir)
-    customisation_entries(customisation)  # nothing over the store in use
-    customisation = drop_repeated_customisation(customisation, base=base, mtime=mtime)
-    customisation = fit_customisation(
-        customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
-    )
+    if targets:
+        image_plans = list(plan.images)
+    else:
+        image_plans = [select_image(plan, image_selector, source=source)]
+    jobs_of: list[tuple[ImagePlan, ImageConfig, Customisation, BaseImage | None]] = []
+    for image_plan, (config, wanted, base) in zip(image_plans, prepared, strict=True):
+        customisation = dataclasses.replace(wanted, store_dir=plan.store_dir)
+        customisation_entries(customisation)  # nothing over the store in use
+        customisation = fit_customisation(
+            drop_repeated_customisation(customisation, base=base, mtime=mtime),
+            base=len(base.layers) if base else 0,
+            store=len(image_plan.layers),
+            limit=limit,
+            source=source,
+        )
+        jobs_of.append((image_plan, config, customisation, base))
 
     cache = None if no_cache else _open_cache(cache_dir, max_bytes=cache_limit, verify=cache_verify)
     if cache is not None and registry.blob_record is None:
@@ -187,40 +243,53 @@ def build_image(
         jobs=BuildOptions().jobs if jobs is None else jobs,
         cache=cache,
     )
+    all_bases = [base for _, _, _, base in jobs_of if base is not None]
     # The cache is closed after the destination is written: until then no other process
     # evicts the layers it is linking or copying.
     with (
         cache or contextlib.nullcontext(),
         scratch_dir() as work,
-        image_pusher(dest, image, registry, base, shared) as pusher,
+        image_pusher(dest, image, registry, all_bases, shared) as pusher,
     ):
         if shared is not None:
             layer_source = shared.source(compression=compression, cache=cache, pusher=pusher)
             options = dataclasses.replace(options, source=layer_source)
-        layers = build_layers(
-            image_plan,
-            options=options,
-            work_dir=Path(work),
-            customisation=customisation,
-            progress=pusher.progress_hook(progress) if pusher else progress,
-            reuse=reuse,
-        )
-        result = finish_image(
-            layers,
-            base=base,
-            config=config,
+        images = []
+        published: list[tuple[str, BuiltLayer | RemoteLayer]] = []
+        for image_plan, config, customisation, base in jobs_of:
+            layers = build_layers(
+                image_plan,
+                options=options,
+                work_dir=Path(work),
+                customisation=customisation,
+                progress=pusher.progress_hook(progress) if pusher else progress,
+                reuse=reuse,
+            )
+            images.append(assemble_image(layers, config=config, base=base))
+            keys = layer_keys(image_plan, options, customisation)
+            published.extend(zip(keys, layers, strict=True))
+        warn_if_no_command(images[0], dest)
+        result = write_or_push(
+            ImageIndex.of(
+                [(t.platform, i) for t, i in zip(targets, images, strict=True)],
+                docker=image.manifest_format == "docker",
+            )
+            if targets
+            else images[0],
             dest=dest,
             tags=image.tags,
-            name=image_plan.name,
+            name=None if targets else image_plans[0].name,
             started=started,
             pusher=pusher,
         )
         if shared is not None:
-            keys = layer_keys(image_plan, options, customisation)
-            shared.publish(
-                list(zip(keys, layers, strict=True)), dest=pusher.ref if pusher else None
-            )
+            shared.publish(list(dict(published).items()), dest=pusher.ref if pusher else None)
         return result
+
+
+def base_paths(base: BaseImage) -> set[str]:
+    """The store items a ``--from`` image holds, as it records them."""
+    return {p for ps in layer_paths_from_config(base.config).values() for p in ps}
 
 
 def _open_cache(

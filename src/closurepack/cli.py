@@ -315,6 +315,15 @@ _format_option = click.option(
 )
 @click.option("--image", "image_selector", help="Which image of the plan: index or name.")
 @click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]=CLOSURE",
+    help="One image of a multi-platform image (an OCI index; a Docker manifest list with"
+    " --format docker) from this store path or graph file (repeatable; instead of store"
+    " paths, --closure and --plan).",
+)
+@click.option(
     "-o",
     "--output",
     "dest",
