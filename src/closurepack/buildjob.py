@@ -41,6 +41,7 @@ from closurepack.jobsetup import (
     fit_customisation,
     image_pusher,
     prepare_image,
+    requested_platform,
     warn_if_no_command,
     write_or_push,
 )
@@ -197,7 +198,14 @@ def build_image(
                 store_paths=store_paths, closure_files=closure_files, store_root=store_root
             )
         found = [
-            read_previous(p, registry=registry, store_dir=closures[0].store_dir) for p in previous
+            read_previous(
+                p,
+                registry=registry,
+                store_dir=closures[0].store_dir,
+                platform=wanted_platforms[0] or requested_platform(prepared[0][0], image),
+                every_platform=bool(targets),
+            )
+            for p in previous
         ]
         for layer in (layer for f in found for layer in f.foreign):
             reuse.setdefault(layer.paths, layer.materialize)  # other tools' blobs, as they are

@@ -58,6 +58,9 @@ class ImageIndex:
 
     images: tuple[PlatformImage, ...]
     docker: bool = False
+    #: The index as stored elsewhere (a copy keeps it byte for byte): it must list exactly
+    #: these images' manifests; None: the canonical index is made.
+    stored: bytes | None = field(default=None, repr=False)
     index_bytes: bytes = field(init=False)
     digest: Digest = field(init=False)
 
@@ -76,12 +79,18 @@ class ImageIndex:
             "mediaType": str(self.media_type),
             "manifests": [entry.descriptor() for entry in self.images],
         }
-        object.__setattr__(self, "index_bytes", canonical_json(body))
+        object.__setattr__(self, "index_bytes", self.stored or canonical_json(body))
         object.__setattr__(self, "digest", Digest.of_bytes(self.index_bytes))
 
     @classmethod
-    def of(cls, images: Sequence[tuple[Platform, Image]], *, docker: bool = False) -> ImageIndex:
-        return cls(tuple(PlatformImage(p, i) for p, i in images), docker=docker)
+    def of(
+        cls,
+        images: Sequence[tuple[Platform, Image]],
+        *,
+        docker: bool = False,
+        stored: bytes | None = None,
+    ) -> ImageIndex:
+        return cls(tuple(PlatformImage(p, i) for p, i in images), docker=docker, stored=stored)
 
     @property
     def media_type(self) -> MediaType:

@@ -57,6 +57,7 @@ __all__ = [
     "fit_customisation",
     "image_pusher",
     "prepare_image",
+    "requested_platform",
     "warn_if_no_command",
     "write_or_push",
 ]
@@ -208,8 +209,8 @@ def prepare_image(
     config = image.config()
     if platform is not None:
         config = dataclasses.replace(config, os=platform.os, architecture=platform.arch)
-    elif image.arch is not None:
-        platform = Platform(config.os, config.arch, config.variant)
+    else:
+        platform = requested_platform(config, image)
     check_mtime(image.mtime)  # a bad --mtime fails here
     customisation = image.customisation()
     # a bad --symlink or --extra fails here (--user's files wait for the --from image's)
@@ -225,6 +226,12 @@ def prepare_image(
         customisation = with_base_accounts(customisation, base.layers, where=str(image.from_image))
         customisation_entries(customisation)  # an --extra /etc/passwd --user now needs fails here
     return config, customisation, base
+
+
+def requested_platform(config: ImageConfig, image: ImageOptions) -> Platform | None:
+    """The platform ``--arch`` asks for, of a multi-platform ``--from`` or ``--previous``
+    image (None: the host's, by default)."""
+    return Platform(config.os, config.arch, config.variant) if image.arch else None
 
 
 def finish_image(

@@ -83,14 +83,14 @@ def parse_reference(text: str, *, for_push: bool = False) -> Destination | Regis
 INDEX_KINDS = ("oci", "oci-archive", "docker")
 
 
-def check_index_destination(dest: str) -> None:
+def check_index_destination(dest: str, *, hint: str = "") -> None:
     """An OptionError when ``dest`` cannot hold a multi-platform image: a docker-archive
-    (``docker save``'s format, and so ``-``) has no image index."""
+    (``docker save``'s format, and so ``-``) has no image index. ``hint`` ends the message."""
     kind = "docker" if is_registry_reference(dest) else parse_destination(dest).kind
     if kind not in INDEX_KINDS:
         raise OptionError(
             f"{dest}: a docker-archive holds one image, not a multi-platform index;"
-            " write it to oci:, oci-archive: or docker://"
+            f" write it to oci:, oci-archive: or docker://{hint}"
         )
 
 
