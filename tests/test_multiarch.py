@@ -110,8 +110,10 @@ def test_oci_layout_holds_an_index_over_both_platforms(
     # each image holds its own closure, nothing of the other's
     amd64_items = {p for paths in _layer_paths(configs[0]) for p in paths}
     arm64_items = {p for paths in _layer_paths(configs[1]) for p in paths}
-    assert APP in amd64_items and TOOL not in amd64_items
-    assert TOOL in arm64_items and APP not in arm64_items
+    assert APP in amd64_items
+    assert TOOL not in amd64_items
+    assert TOOL in arm64_items
+    assert APP not in arm64_items
     # the items both closures share are in layers both images share: one blob each
     layers = [{d["digest"] for d in m["layers"]} for m in manifests]
     shared = layers[0] & layers[1]
@@ -186,10 +188,13 @@ def test_oci_archive_holds_the_index_and_shared_blobs_once(
     assert arm["architecture"] == "arm64"
     # adding a second tag keeps the first one's index and blobs
     build_multi(store, closures, f"oci-archive:{archive}:v2", capsys, cache=tmp_path / "c")
-    status, out, err = run(
-        ["verify", "--platform", "linux/arm64", f"oci-archive:{archive}:v1"], capsys
-    )
+    argv = ["verify", "--platform", "linux/arm64", f"oci-archive:{archive}:v1"]
+    status, out, err = run(argv, capsys)
     assert status == 0, err
+    assert out == f"oci-archive:{archive}:v1: ok\n"
+    status, out, err = run(["verify", f"oci-archive:{archive}:v2"], capsys)
+    assert status == 0, err
+    assert out == f"oci-archive:{archive}:v2: ok\n"
 
 
 @pytest.mark.parametrize("dest", ["docker-archive:{tmp}/out.tar", "-"])
@@ -225,7 +230,7 @@ def test_docker_archive_cannot_hold_an_index(
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    "case",
     [
         (["--closure", "{app}"], "--platform names each platform's closure: not with store"),
         ([APP], "--platform names each platform's closure: not with store"),
@@ -239,13 +244,13 @@ def test_docker_archive_cannot_hold_an_index(
     ],
 )
 def test_what_cannot_go_with_platform_is_one_line(
-    extra: list[str],
-    message: str,
+    case: tuple[list[str], str],
     store: Store,
     closures: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    extra, message = case
     cache = tmp_path / "cache"
     values = {"app": closures["amd64"], "tool": closures["arm64"], "tmp": tmp_path}
     argv = [
