@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from clistore import APP, GLIBC, TOOL, ZLIB, Store, run
+from closurepack.platforms import host_platform
 from handmade import oci_validator
 from runtimes import require_tool, run_tool
 
@@ -272,3 +273,107 @@ def test_what_cannot_go_with_platform_is_one_line(
     assert message in err
     assert not (tmp_path / "layout").exists()
     assert not cache.exists()
+
+
+def _build(capsys: pytest.CaptureFixture[str], *argv: object) -> str:
+    status, out, err = run(["build", "-q", *argv], capsys)
+    assert status == 0, err
+    return out.strip()
+
+
+def _platform_layers(layout: Path, digest: str) -> dict[str, list[str]]:
+    """Platform -> layer digests of each image of the index ``digest``."""
+    index = _blob(layout, digest)
+    return {
+        f"{m['platform']['os']}/{m['platform']['architecture']}": [
+            d["digest"] for d in _blob(layout, m["digest"])["layers"]
+        ]
+        for m in index["manifests"]
+    }
+
+
+def _image_layers(layout: Path, digest: str) -> list[str]:
+    return [d["digest"] for d in _blob(layout, digest)["layers"]]
+
+
+def test_from_an_index_takes_each_platforms_base(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zlib = store.closure_file(tmp_path / "zlib.json", [ZLIB])
+    glibc = store.closure_file(tmp_path / "glibc.json", [GLIBC])
+    app = store.closure_file(tmp_path / "app.json", [APP])
+    common = ("--store-root", store.root, "--cache-dir", tmp_path / "c")
+    layout = tmp_path / "layout"
+    base = _build(
+        capsys, *common, "--platform", f"linux/amd64={zlib}", "--platform",
+        f"linux/arm64={glibc}", "--symlink", "/base=/", "-o", f"oci:{layout}:base",
+    )  # fmt: skip
+    bases = _platform_layers(layout, base)
+    assert bases["linux/amd64"] != bases["linux/arm64"]
+
+    multi = _build(
+        capsys, *common, "--platform", f"linux/amd64={app}", "--platform", f"linux/arm64={app}",
+        "--from", f"oci:{layout}:base", "-o", f"oci:{layout}:multi",
+    )  # fmt: skip
+    for platform, layers in _platform_layers(layout, multi).items():
+        assert layers[: len(bases[platform])] == bases[platform], platform
+
+    single = _build(
+        capsys, *common, "--closure", app, "--arch", "arm64", "--from", f"oci:{layout}:base",
+        "-o", f"oci:{layout}:single",
+    )  # fmt: skip
+    assert _image_layers(layout, single)[: len(bases["linux/arm64"])] == bases["linux/arm64"]
+
+    # an index without the host's platform: one line naming the platforms there are
+    foreign = _build(
+        capsys, *common, "--platform", f"linux/s390x={zlib}", "--platform",
+        f"linux/arm/v7={glibc}", "-o", f"oci:{layout}:foreign",
+    )  # fmt: skip
+    assert foreign
+    status, out, err = run(
+        ["build", *common, "--closure", app, "--from", f"oci:{layout}:foreign", "-o",
+         f"oci:{tmp_path}/other"],
+        capsys,
+    )  # fmt: skip
+    assert status == 2
+    assert out == ""
+    assert err == (
+        f"closurepack: error: {layout}: the index has no image for this host's platform,"
+        f" {host_platform()} (platforms: linux/s390x, linux/arm/v7); choose one with"
+        " --platform\n"
+    )
+    assert not (tmp_path / "other").exists()
+
+
+def test_previous_index_reuses_the_layers_of_the_platform_built(
+    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout"
+    first = build_multi(
+        store, closures, f"oci:{layout}:v1", capsys, "--strategy", "single", cache=tmp_path / "c"
+    )
+    old = _platform_layers(layout, first)
+    assert len(old["linux/arm64"]) == 2  # everything in one store layer, and customisation
+    common = ("--store-root", store.root, "--cache-dir", tmp_path / "c", "--entrypoint", "/bin/app")
+    # one image for arm64: the arm64 image's store layer is what its closure fits
+    single = _build(
+        capsys, *common, "--closure", closures["arm64"], "--arch", "arm64", "--previous",
+        f"oci:{layout}:v1", "-o", f"oci:{layout}:arm",
+    )  # fmt: skip
+    assert _image_layers(layout, single) == old["linux/arm64"]
+    # a multi-platform build: every platform's image counts. Here the previous arm64 layer
+    # (glibc, zlib, tool) is the largest that fits: it is reused only if arm64's image was
+    # read, not the host's alone (whose one layer holds glibc only)
+    glibc = store.closure_file(tmp_path / "glibc.json", [GLIBC])
+    before = _build(
+        capsys, *common, "--strategy", "single", "--platform", f"linux/amd64={glibc}",
+        "--platform", f"linux/arm64={closures['arm64']}", "-o", f"oci:{layout}:before",
+    )  # fmt: skip
+    previous = _platform_layers(layout, before)
+    again = build_multi(
+        store, closures, f"oci:{layout}:v2", capsys, "--previous", f"oci:{layout}:before",
+        cache=tmp_path / "c",
+    )  # fmt: skip
+    assert _platform_layers(layout, again)["linux/arm64"] == previous["linux/arm64"]
+    fresh = build_multi(store, closures, f"oci:{layout}:v3", capsys, cache=tmp_path / "c")
+    assert _platform_layers(layout, fresh)["linux/arm64"] != previous["linux/arm64"]

@@ -50,6 +50,7 @@ from closurepack.multiarch import (
     check_platform_build,
     load_platform_closures,
     parse_platform_closure,
+    without_bases,
 )
 from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, check_max_layers
@@ -187,10 +188,9 @@ def build_image(
         bases = [base for _, _, base in prepared] * (1 if targets else len(closures))
         # Store items the --from image already holds (as it records them) are not added
         # again on top of it.
-        closures = [
-            closure.without(base_paths(base)) if base is not None else closure
-            for closure, base in zip(closures, bases, strict=True)
-        ]
+        if any(bases):
+            provided = [base_paths(base) if base else set() for base in bases]
+            closures = without_bases(closures, provided)
         if targets:
             names = [str(target.platform) for target in targets]
         else:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack.errors import ClosureError, OptionError
-from closurepack.graph import Closure
+from closurepack.graph import Closure, StoreItem
 from closurepack.platforms import Platform, parse_platform
 from closurepack.sources.query import store_item_path
 from closurepack.transports import check_index_destination
@@ -27,6 +27,7 @@ __all__ = [
     "check_platform_build",
     "load_platform_closures",
     "parse_platform_closure",
+    "without_bases",
 ]
 
 
@@ -109,3 +110,27 @@ def load_platform_closures(
             found = load_closures(store_paths=[entry.spec], closure_files=(), store_root=store_root)
         closures.extend(found)
     return closures
+
+
+def without_bases(closures: Sequence[Closure], provided: Sequence[set[str]]) -> list[Closure]:
+    """Each closure less the items its platform's ``--from`` image holds (``provided``, in
+    the same order). Bases that differ between platforms would leave an item shared by two
+    closures with other references in each, which cannot be planned together: so references
+    to an item any base holds are dropped everywhere (references order layers; they add no
+    file), and every item stays in the closures whose base lacks it."""
+    every = set().union(*provided)
+    out = []
+    for whole, own in zip(closures, provided, strict=True):
+        closure = whole.without(own)
+        others = every - own
+        items = {
+            path: StoreItem(
+                path,
+                item.nar_size,
+                tuple(r for r in item.references if r not in others),
+                item.nar_hash,
+            )
+            for path, item in closure.items.items()
+        }
+        out.append(Closure(closure.store_dir, items, closure.roots, closure.source))
+    return out
