@@ -5,6 +5,7 @@ before anything is built."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -377,3 +378,77 @@ def test_previous_index_reuses_the_layers_of_the_platform_built(
     assert _platform_layers(layout, again)["linux/arm64"] == previous["linux/arm64"]
     fresh = build_multi(store, closures, f"oci:{layout}:v3", capsys, cache=tmp_path / "c")
     assert _platform_layers(layout, fresh)["linux/arm64"] != previous["linux/arm64"]
+
+
+def test_verify_checks_every_platform_and_the_index(
+    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout"
+    digest = build_multi(store, closures, f"oci:{layout}:v1", capsys, cache=tmp_path / "c")
+    blobs = layout / "blobs" / "sha256"
+    index = _blob(layout, digest)
+    # the index lists the arm64 image as s390x's
+    index["manifests"][1]["platform"]["architecture"] = "s390x"
+    body = json.dumps(index).encode()
+    new = hashlib.sha256(body).hexdigest()
+    (blobs / new).write_bytes(body)
+    top = json.loads((layout / "index.json").read_bytes())
+    top["manifests"][0].update(digest=f"sha256:{new}", size=len(body) + 1)  # size wrong too
+    (layout / "index.json").write_text(json.dumps(top))
+    # and a layer only the arm64 image has is damaged
+    arm = _blob(layout, index["manifests"][1]["digest"])
+    amd = _blob(layout, index["manifests"][0]["digest"])
+    own = [d for d in arm["layers"] if d not in amd["layers"]]
+    number = arm["layers"].index(own[0])
+    (blobs / own[0]["digest"].split(":")[1]).write_bytes(b"not a layer")
+
+    status, out, err = run(["verify", f"oci:{layout}:v1"], capsys)
+    assert status == 4
+    assert out == ""
+    lines = err.splitlines()
+    assert (
+        lines[0] == f"oci:{layout}:v1: index: size is {len(body)}, index.json says {len(body) + 1}"
+    )
+    assert any(line.startswith(f"oci:{layout}:v1: linux/s390x: layer {number} ") for line in lines)
+    assert (
+        f"oci:{layout}:v1: linux/s390x: config: the image is for linux/arm64, the index lists it"
+        " for linux/s390x"
+    ) in lines
+    assert not any("linux/amd64" in line for line in lines)  # that image is sound
+    assert lines[-1].startswith(f"closurepack: error: oci:{layout}:v1: ")
+    # --platform verifies that platform's image alone
+    status, out, err = run(["verify", "--platform", "linux/amd64", f"oci:{layout}:v1"], capsys)
+    assert status == 0, err
+
+
+def test_diff_and_copy_choose_a_platform(
+    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "multi.tar"
+    build_multi(store, closures, f"oci-archive:{archive}:v1", capsys, cache=tmp_path / "c")
+    source = f"oci-archive:{archive}:v1"
+    status, out, err = run(["diff", "--json", "--platform", "linux/arm64", source, source], capsys)
+    assert status == 0, err
+    arm = json.loads(out)
+    status, out, err = run(["diff", "--json", "--platform", "linux/amd64", source, source], capsys)
+    assert status == 0, err
+    assert json.loads(out) != arm
+    status, out, err = run(["inspect", "--json", "--platform", "linux/arm64", source], capsys)
+    assert status == 0, err
+    arm_image = json.loads(out)
+    assert arm_image["platform"] == {"architecture": "arm64", "os": "linux"}
+
+    # copy: every platform to an OCI layout; one, with --platform, to a docker-archive
+    layout = tmp_path / "layout"
+    status, out, err = run(["copy", source, f"oci:{layout}:c"], capsys)
+    assert status == 0, err
+    assert out.strip() == arm_image["index"]["digest"]
+    status, out, err = run(["copy", source, f"docker-archive:{tmp_path}/one.tar"], capsys)
+    assert status == 2
+    assert err.count("\n") == 1
+    assert "or copy one image with --platform OS/ARCH" in err
+    assert not (tmp_path / "one.tar").exists()
+    one = f"docker-archive:{tmp_path}/one.tar"
+    status, out, err = run(["copy", "--platform", "linux/arm64", source, one], capsys)
+    assert status == 0, err
+    assert out.strip() == arm_image["manifest_digest"]
