@@ -325,6 +325,19 @@ def test_from_an_index_takes_each_platforms_base(
     )  # fmt: skip
     assert _image_layers(layout, single)[: len(bases["linux/arm64"])] == bases["linux/arm64"]
 
+    # a single image under every platform: a warning for the platform it is not of
+    status, out, err = run(
+        ["build", "-q", *common, "--platform", f"linux/amd64={app}", "--platform",
+         f"linux/arm64={app}", "--entrypoint", "/bin/app", "--from", f"oci:{layout}:single",
+         "-o", f"oci:{layout}:on-single"],
+        capsys,
+    )  # fmt: skip
+    assert status == 0, err
+    assert err == (
+        f"closurepack: warning: --from oci:{layout}:single is a linux/arm64 image: the"
+        " linux/amd64 image is built on it as it is\n"
+    )
+
     # an index without the host's platform: one line naming the platforms there are
     foreign = _build(
         capsys, *common, "--platform", f"linux/s390x={zlib}", "--platform",

@@ -50,6 +50,7 @@ from closurepack.multiarch import (
     check_platform_build,
     load_platform_closures,
     parse_platform_closure,
+    warn_foreign_base,
     without_bases,
 )
 from closurepack.options import parse_size
@@ -149,6 +150,9 @@ def build_image(
         )
         for platform in wanted_platforms
     ]
+    for target, (_, _, base) in zip(targets, prepared, strict=False):
+        if base is not None and image.from_image is not None:
+            warn_foreign_base(target.platform, base.config, image.from_image)
     mtime = image.layer_mtime
     from_image = image.from_image
     base_count = max(len(base.layers) if base else 0 for _, _, base in prepared)

@@ -11,9 +11,11 @@ only (docker-archive, ``-``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from closurepack.errors import ClosureError, OptionError
 from closurepack.graph import Closure, StoreItem
@@ -27,8 +29,11 @@ __all__ = [
     "check_platform_build",
     "load_platform_closures",
     "parse_platform_closure",
+    "warn_foreign_base",
     "without_bases",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,3 +139,21 @@ def without_bases(closures: Sequence[Closure], provided: Sequence[set[str]]) -> 
         }
         out.append(Closure(closure.store_dir, items, closure.roots, closure.source))
     return out
+
+
+def warn_foreign_base(platform: Platform, config: Mapping[str, Any], from_image: str) -> None:
+    """One warning when the ``--from`` image a platform's image is built on is of another
+    platform (a single image, not an index, under every platform)."""
+    variant = config.get("variant")
+    found = Platform(
+        str(config.get("os") or "linux"),
+        str(config.get("architecture") or "?"),
+        variant if isinstance(variant, str) else "",
+    )
+    if (found.os, found.architecture) != (platform.os, platform.architecture):
+        _log.warning(
+            "--from %s is a %s image: the %s image is built on it as it is",
+            from_image,
+            found,
+            platform,
+        )
