@@ -1,5 +1,6 @@
-"""Read an image from a registry: the manifest (through an index, for this host's platform),
-the config, and layer blobs opened lazily and digest-checked while they stream.
+"""Read an image from a registry: the manifest (through an index, for the platform asked for,
+by default this host's), the config, and layer blobs opened lazily and digest-checked while
+they stream; or an index itself, with a reader of each of its images.
 
 What is read into memory is bounded: a manifest or index at most :data:`MANIFEST_LIMIT`, a
 config at most :data:`CONFIG_LIMIT`, and indexes nest at most :data:`INDEX_DEPTH` deep.

@@ -3,9 +3,11 @@
 Blobs go in first (each written atomically; good ones already there kept, bad ones replaced;
 copies or reflinks, never hard links to the cache), ``index.json`` is replaced atomically last,
 under an exclusive lock on the directory, so a failed or interrupted write leaves the previous
-tags as they were (at most some unreferenced blobs). Reading follows ``index.json`` to the
-manifest a tag names (through nested indexes, for this host's platform); oci-archive reads the
-same structure from a tar.
+tags as they were (at most some unreferenced blobs). A multi-platform image is an index blob
+that ``index.json`` names by its tag (as ``skopeo copy --all`` writes one), its images' blobs
+stored once each. Reading follows ``index.json`` to the manifest a tag names (through nested
+indexes, for the platform asked for, by default this host's), or gives the index itself
+(:func:`read_index`); oci-archive reads the same structure from a tar.
 """
 
 from __future__ import annotations
