@@ -22,6 +22,7 @@ import pytest
 from clistore import APP, Store, run
 from closurepack.errors import RegistryAuthError, RegistryError
 from closurepack.image import Image, host_architecture
+from closurepack.platforms import host_platform
 from closurepack.readback import read_image
 from closurepack.registry import RegistryOptions, parse_reference
 from closurepack.registry.push import push_image
@@ -286,7 +287,12 @@ def test_index_gives_this_hosts_platform(image: Image, registry: Registry) -> No
     assert answer.status_code == 201, answer.text
     info = inspect_image(f"docker://{registry.host}/app:multi")
     assert info["manifest_digest"] == digest
-    assert verify_image(f"docker://{registry.host}/app:multi") == []
+    assert verify_image(f"docker://{registry.host}/app:multi", platform=host_platform()) == []
+    # verified whole, the index is caught listing the host's image for another platform too
+    assert verify_image(f"docker://{registry.host}/app:multi") == [
+        f"linux/{other}: config: the image is for linux/{arch}, the index lists it for"
+        f" linux/{other}"
+    ]
 
 
 def test_oversized_manifest_is_refused(image: Image, registry: Registry, proxy: FaultProxy) -> None:

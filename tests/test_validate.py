@@ -353,16 +353,24 @@ def test_nested_index_picks_the_host_platform(tmp_path: Path) -> None:
     assert verify_image(f"oci:{root}:multi") == []
 
     # A nested index that is not an object, or an entry whose platform is not one: one-line
-    # errors or a skipped entry, never an AttributeError.
+    # errors or a skipped entry, never an AttributeError; and with the host's entry skipped,
+    # an error listing the platforms there are, never a silent pick of another platform's.
     weird = json.loads(nested)
-    weird["manifests"][0]["platform"] = "linux/amd64"
+    host = next(m for m in weird["manifests"] if m["platform"] == ours.platform)
+    host["platform"] = "linux/amd64"
     weird_bytes = canonical_json(weird)
     (root / "blobs" / "sha256" / Digest.of_bytes(weird_bytes).hex).write_bytes(weird_bytes)
     top["manifests"][0].update(digest=str(Digest.of_bytes(weird_bytes)), size=len(weird_bytes))
     (root / "index.json").write_bytes(canonical_json(top))
-    assert read_image(f"oci:{root}:multi").config_digest == ours.config_digest
+    other_platform = f"linux/{other.platform['architecture']}"
+    with pytest.raises(
+        SourceError,
+        match=rf"no image for this host's platform, linux/\w+ "
+        rf"\(platforms: {other_platform}\); choose one with --platform",
+    ):
+        read_image(f"oci:{root}:multi")
     (root / "blobs" / "sha256" / Digest.of_bytes(weird_bytes).hex).write_bytes(b'["a list"]')
-    with pytest.raises(ImageError, match="nested index lists no image"):
+    with pytest.raises(ImageError, match="is not an image index"):
         read_image(f"oci:{root}:multi")
 
 

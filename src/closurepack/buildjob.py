@@ -20,6 +20,7 @@ from closurepack.build import (
 )
 from closurepack.cache import LayerCache
 from closurepack.customisation import (
+    Customisation,
     customisation_entries,
 )
 from closurepack.errors import (
@@ -29,19 +30,33 @@ from closurepack.errors import (
 from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import Closure, check_readable_store
 from closurepack.image import (
+    BaseImage,
+    ImageConfig,
+    assemble_image,
     layer_paths_from_config,
 )
+from closurepack.imageindex import ImageIndex
 from closurepack.jobsetup import (
     ImageOptions,
     drop_repeated_customisation,
-    finish_image,
     fit_customisation,
     image_pusher,
     prepare_image,
+    requested_platform,
+    warn_if_no_command,
+    write_or_push,
 )
-from closurepack.layer import BuiltLayer
+from closurepack.layer import BuiltLayer, RemoteLayer
+from closurepack.multiarch import (
+    check_platform_build,
+    load_platform_closures,
+    parse_platform_closure,
+    warn_foreign_base,
+    without_bases,
+)
 from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, check_max_layers
+from closurepack.platforms import Platform
 from closurepack.previous import read_previous
 from closurepack.registry import (
     RegistryOptions,
@@ -64,6 +79,7 @@ from closurepack.workflow import (
 )
 
 __all__ = [
+    "base_paths",
     "build_image",
 ]
 
@@ -95,6 +111,7 @@ def build_image(
     cache_to: str | None = None,
     store_db: Literal["nix", "guix"] | None = None,
     sbom: SbomOptions = SbomOptions(),
+    platforms: Sequence[str] = (),
 ) -> str:
     """The whole build: returns the manifest digest of the image written to ``dest``
     (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
@@ -105,6 +122,11 @@ def build_image(
     customisation layer (see :mod:`closurepack.storedb`).
     ``sbom`` asks for SBOMs of the closure, attached to the image and/or written to files.
 
+    ``platforms`` (``OS/ARCH[/VARIANT]=CLOSURE_OR_STORE_PATH`` each, see
+    :mod:`closurepack.multiarch`) make a multi-platform image: one image per platform, their
+    closures planned together, under an image index (a Docker manifest list with
+    ``manifest_format="docker"``) whose digest is returned.
+
     ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
     customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
     Everything is checked before any layer is built; the destination is written last, atomically.
@@ -114,19 +136,44 @@ def build_image(
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
     if max_layers is not None:
         check_max_layers(max_layers)
+    targets = [parse_platform_closure(text) for text in platforms]
+    if targets:
+        check_platform_build(
+            targets,
+            dest=dest,
+            store_paths=store_paths,
+            closure_files=closure_files,
+            plan_file=plan_file,
+            image_selector=image_selector,
+            arch=image.arch,
+        )
     cache_limit = parse_size(cache_max_size)
     registry = registry or RegistryOptions()
-    config, customisation, base = prepare_image(
-        image, dest=dest, compression=compression, level=level, registry=registry
-    )
+    wanted_platforms: list[Platform | None] = [t.platform for t in targets] or [None]
+    prepared = [
+        prepare_image(
+            image,
+            dest=dest,
+            compression=compression,
+            level=level,
+            registry=registry,
+            platform=platform,
+        )
+        for platform in wanted_platforms
+    ]
+    for target, (_, _, base) in zip(targets, prepared, strict=False):
+        if base is not None and image.from_image is not None:
+            warn_foreign_base(target.platform, base.config, image.from_image)
     mtime = image.layer_mtime
     from_image = image.from_image
-    base_count = len(base.layers) if base else 0
+    base_count = max(len(base.layers) if base else 0 for _, _, base in prepared)
     reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
     if store_db is not None and store_db not in STORE_DBS:
         raise OptionError(f"store database {store_db!r}: expected one of {sorted(STORE_DBS)}")
+    if targets and sbom.enabled:
+        raise OptionError("--sbom describes one closure: not with --platform")
     whole: list[Closure] = []  # the closures as given, before the --from image's items go
-    provided: set[str] = set()
+    provided: list[set[str]] = []  # per closure: the items its --from image holds
 
     if plan_file is not None:
         if store_paths or closure_files:
@@ -151,24 +198,38 @@ def build_image(
             raise OptionError(
                 f"--max-layers {limit} leaves no room above the {base_count} layers of {from_image}"
             )
-        closures = load_closures(
-            store_paths=store_paths, closure_files=closure_files, store_root=store_root
-        )
+        if targets:
+            closures = load_platform_closures(targets, store_root=store_root)
+        else:
+            closures = load_closures(
+                store_paths=store_paths, closure_files=closure_files, store_root=store_root
+            )
         for closure in closures:
             check_readable_store(closure.store_dir, store_root=store_root, where=closure.source)
         whole = list(closures)
-        if len(closures) != 1 and image_selector is None:
+        if len(closures) != 1 and image_selector is None and not targets:
             raise OptionError("build makes one image: give one closure, or --image to choose")
-        if base is not None:
-            # Store items the --from image already holds (as it records them) are not added
-            # again on top of it.
-            provided = {p for ps in layer_paths_from_config(base.config).values() for p in ps}
-            closures = [closure.without(provided) for closure in closures]
-        names = image_names(
-            store_paths=store_paths, closure_files=closure_files, store_root=store_root
-        )
+        bases = [base for _, _, base in prepared] * (1 if targets else len(closures))
+        # Store items the --from image already holds (as it records them) are not added
+        # again on top of it.
+        if any(bases):
+            provided = [base_paths(base) if base else set() for base in bases]
+            closures = without_bases(closures, provided)
+        if targets:
+            names = [str(target.platform) for target in targets]
+        else:
+            names = image_names(
+                store_paths=store_paths, closure_files=closure_files, store_root=store_root
+            )
         found = [
-            read_previous(p, registry=registry, store_dir=closures[0].store_dir) for p in previous
+            read_previous(
+                p,
+                registry=registry,
+                store_dir=closures[0].store_dir,
+                platform=wanted_platforms[0] or requested_platform(prepared[0][0], image),
+                every_platform=bool(targets),
+            )
+            for p in previous
         ]
         for layer in (layer for f in found for layer in f.foreign):
             reuse.setdefault(layer.paths, layer.materialize)  # other tools' blobs, as they are
@@ -181,26 +242,41 @@ def build_image(
             registry=registry,
         )
         source = "the plan"
-    image_plan = select_image(plan, image_selector, source=source)
+    if targets:
+        image_plans = list(plan.images)
+    else:
+        image_plans = [select_image(plan, image_selector, source=source)]
     sbom_job = None
-    if sbom.enabled:
-        number = next(i for i, planned in enumerate(plan.images) if planned is image_plan)
+    if sbom.enabled:  # one image: --platform is refused above
+        number = _image_number(plan.images, image_plans[0])
         sbom_job = SbomJob(
-            sbom, whole[number], name=image_plan.name, dest=dest, store_root=store_root
+            sbom, whole[number], name=image_plans[0].name, dest=dest, store_root=store_root
         )
-    customisation = dataclasses.replace(customisation, store_dir=plan.store_dir)
-    if store_db is not None:
-        entries = _store_db_entries(
-            store_db, closures=whole, provided=provided, image=image_plan, store_root=store_root,
-            mtime=mtime, source=source,
-        )  # fmt: skip
-        customisation = dataclasses.replace(customisation, store_db=entries)
-    customisation_entries(customisation)  # nothing over the store in use
-    customisation = run_fakeroot_script(customisation)
-    customisation = drop_repeated_customisation(customisation, base=base, mtime=mtime)
-    customisation = fit_customisation(
-        customisation, base=base_count, store=len(image_plan.layers), limit=limit, source=source
-    )
+    jobs_of: list[tuple[ImagePlan, ImageConfig, Customisation, BaseImage | None]] = []
+    for image_plan, (config, wanted, base) in zip(image_plans, prepared, strict=True):
+        customisation = dataclasses.replace(wanted, store_dir=plan.store_dir)
+        if store_db is not None:
+            number = _image_number(plan.images, image_plan)
+            entries = _store_db_entries(
+                store_db,
+                closures=[whole[number]] if targets else whole,
+                provided=provided[number] if provided else set(),
+                image=image_plan,
+                store_root=store_root,
+                mtime=mtime,
+                source=source,
+            )
+            customisation = dataclasses.replace(customisation, store_db=entries)
+        customisation_entries(customisation)  # nothing over the store in use
+        customisation = run_fakeroot_script(customisation)
+        customisation = fit_customisation(
+            drop_repeated_customisation(customisation, base=base, mtime=mtime),
+            base=len(base.layers) if base else 0,
+            store=len(image_plan.layers),
+            limit=limit,
+            source=source,
+        )
+        jobs_of.append((image_plan, config, customisation, base))
 
     cache = None if no_cache else _open_cache(cache_dir, max_bytes=cache_limit, verify=cache_verify)
     if cache is not None and registry.blob_record is None:
@@ -219,31 +295,42 @@ def build_image(
         cache=cache,
         perms=image.perms,
     )
+    all_bases = [base for _, _, _, base in jobs_of if base is not None]
     # The cache is closed after the destination is written: until then no other process
     # evicts the layers it is linking or copying.
     with (
         cache or contextlib.nullcontext(),
         scratch_dir() as work,
-        image_pusher(dest, image, registry, base, shared) as pusher,
+        image_pusher(dest, image, registry, all_bases, shared) as pusher,
     ):
         if shared is not None:
             layer_source = shared.source(compression=compression, cache=cache, pusher=pusher)
             options = dataclasses.replace(options, source=layer_source)
-        layers = build_layers(
-            image_plan,
-            options=options,
-            work_dir=Path(work),
-            customisation=customisation,
-            progress=pusher.progress_hook(progress) if pusher else progress,
-            reuse=reuse,
-        )
-        result = finish_image(
-            layers,
-            base=base,
-            config=config,
+        images = []
+        published: list[tuple[str, BuiltLayer | RemoteLayer]] = []
+        for image_plan, config, customisation, base in jobs_of:
+            layers = build_layers(
+                image_plan,
+                options=options,
+                work_dir=Path(work),
+                customisation=customisation,
+                progress=pusher.progress_hook(progress) if pusher else progress,
+                reuse=reuse,
+            )
+            images.append(assemble_image(layers, config=config, base=base))
+            keys = layer_keys(image_plan, options, customisation)
+            published.extend(zip(keys, layers, strict=True))
+        warn_if_no_command(images[0], dest)
+        result = write_or_push(
+            ImageIndex.of(
+                [(t.platform, i) for t, i in zip(targets, images, strict=True)],
+                docker=image.manifest_format == "docker",
+            )
+            if targets
+            else images[0],
             dest=dest,
             tags=image.tags,
-            name=image_plan.name,
+            name=None if targets else image_plans[0].name,
             started=started,
             pusher=pusher,
             attach=sbom_job.attachments if sbom_job is not None else None,
@@ -251,10 +338,7 @@ def build_image(
         if sbom_job is not None:
             sbom_job.write_files()
         if shared is not None:
-            keys = layer_keys(image_plan, options, customisation)
-            shared.publish(
-                list(zip(keys, layers, strict=True)), dest=pusher.ref if pusher else None
-            )
+            shared.publish(list(dict(published).items()), dest=pusher.ref if pusher else None)
         return result
 
 
@@ -283,6 +367,16 @@ def _store_db_entries(
         closure, STORE_DBS[kind], registration_time=mtime, store_root=store_root
     )
     return tuple(entries)
+
+
+def _image_number(images: Sequence[ImagePlan], image_plan: ImagePlan) -> int:
+    """Where ``image_plan`` (the object itself) is in the plan's images: its closure's index."""
+    return next(i for i, planned in enumerate(images) if planned is image_plan)
+
+
+def base_paths(base: BaseImage) -> set[str]:
+    """The store items a ``--from`` image holds, as it records them."""
+    return {p for ps in layer_paths_from_config(base.config).values() for p in ps}
 
 
 def _open_cache(

@@ -337,6 +337,15 @@ _format_option = click.option(
 )
 @click.option("--image", "image_selector", help="Which image of the plan: index or name.")
 @click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]=CLOSURE",
+    help="One image of a multi-platform image (an OCI index; a Docker manifest list with"
+    " --format docker) from this store path or graph file (repeatable; instead of store"
+    " paths, --closure and --plan).",
+)
+@click.option(
     "-o",
     "--output",
     "dest",
@@ -500,6 +509,22 @@ def assemble_command(**kwargs: Any) -> None:
     click.echo(assemble_from_descriptors(**options, image=image, registry=registry))
 
 
+def _platform_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--platform",
+        "platform_text",
+        metavar="OS/ARCH[/VARIANT]",
+        help=f"Of a multi-platform image, {what}.",
+    )
+
+
+def _platform(text: str | None) -> Any:
+    """``--platform OS/ARCH[/VARIANT]`` parsed (None when not given)."""
+    from closurepack.platforms import parse_platform
+
+    return None if text is None else parse_platform(text)
+
+
 @cli.command("copy")
 @click.argument("source", metavar="SRC")
 @click.argument("dest", metavar="DEST")
@@ -516,8 +541,11 @@ def assemble_command(**kwargs: Any) -> None:
     help="Manifest pushed to a docker:// destination (default: the source's; OCI when the"
     " source has none).",
 )
+@_platform_option("copy only this platform's image (default: every platform's, and the index)")
 @_registry_options
-def copy_command(source: str, dest: str, tag: tuple[str, ...], **kwargs: Any) -> None:
+def copy_command(
+    source: str, dest: str, tag: tuple[str, ...], platform_text: str | None, **kwargs: Any
+) -> None:
     """Copy an image between any two transports (oci:, oci-archive:, docker-archive:,
     docker://; DEST may be '-'), layer blobs byte for byte, reusing what DEST holds."""
     from closurepack.copying import CopyOptions, copy_image
@@ -526,6 +554,7 @@ def copy_command(source: str, dest: str, tag: tuple[str, ...], **kwargs: Any) ->
         tags=tag,
         manifest_format=kwargs.pop("manifest_format"),
         registry=_split_registry_options(kwargs),
+        platform=_platform(platform_text),
     )
     digest = copy_image(source, dest, options=options)
     click.echo(digest, err=dest == "-")  # standard output holds the archive
@@ -533,14 +562,17 @@ def copy_command(source: str, dest: str, tag: tuple[str, ...], **kwargs: Any) ->
 
 @cli.command("verify")
 @click.argument("image")
+@_platform_option("verify only this platform's image (default: every platform's)")
 @_registry_options
-def verify_command(image: str, **kwargs: Any) -> None:
+def verify_command(image: str, platform_text: str | None, **kwargs: Any) -> None:
     """Recompute every digest, diff_id and size of an image; list every mismatch."""
     from closurepack.errors import ImageError
     from closurepack.planner import plural
     from closurepack.validate import verify_image
 
-    problems = verify_image(image, registry=_split_registry_options(kwargs))
+    problems = verify_image(
+        image, registry=_split_registry_options(kwargs), platform=_platform(platform_text)
+    )
     for problem in problems:
         click.echo(f"{image}: {problem}", err=True)
     if problems:
@@ -551,12 +583,16 @@ def verify_command(image: str, **kwargs: Any) -> None:
 @cli.command("inspect")
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_platform_option("the image shown besides the platforms (default: the host's)")
 @_registry_options
-def inspect_command(image: str, as_json: bool, **kwargs: Any) -> None:
-    """Show an image's layers, sizes and the store items in each."""
+def inspect_command(image: str, as_json: bool, platform_text: str | None, **kwargs: Any) -> None:
+    """Show an image's layers, sizes and the store items in each (and the platforms of a
+    multi-platform image)."""
     from closurepack.validate import format_inspection, inspect_image
 
-    info = inspect_image(image, registry=_split_registry_options(kwargs))
+    info = inspect_image(
+        image, registry=_split_registry_options(kwargs), platform=_platform(platform_text)
+    )
     if as_json:
         click.echo(json.dumps(info, indent=1, sort_keys=True))
     else:
@@ -579,6 +615,7 @@ def inspect_command(image: str, as_json: bool, **kwargs: Any) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a self-contained HTML picture of both layer stacks to FILE.",
 )
+@_platform_option("the image compared, on both sides (default: the host's)")
 @_registry_options
 def diff_command(
     old: str,
@@ -587,6 +624,7 @@ def diff_command(
     old_selector: str | None,
     as_json: bool,
     html_file: Path | None,
+    platform_text: str | None,
     **kwargs: Any,
 ) -> None:
     """Compare two images or plans: layers kept, changed, added, removed; what a pull costs."""
@@ -598,6 +636,7 @@ def diff_command(
         old_selector=old_selector or image_selector,
         new_selector=image_selector,
         registry=_split_registry_options(kwargs),
+        platform=_platform(platform_text),
     )
     if html_file is not None:
         from closurepack.htmlview import diff_view, write_html

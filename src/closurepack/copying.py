@@ -18,17 +18,22 @@ from typing import Literal
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, OptionError
 from closurepack.image import Image, manifest_for
+from closurepack.imageindex import ImageIndex
 from closurepack.mediatypes import MediaType
+from closurepack.platforms import Platform
 from closurepack.readback import image_from_raw
 from closurepack.registry import RegistryOptions, RegistryRef
 from closurepack.transports import (
     Destination,
     RawImage,
+    RawIndex,
     check_destination,
+    check_index_destination,
     is_registry_reference,
     parse_reference,
     parse_repo_tag,
     parse_source,
+    read_index,
     read_raw,
     write_image,
 )
@@ -47,6 +52,8 @@ class CopyOptions:
     tags: tuple[str, ...] = ()
     manifest_format: Literal["oci", "docker"] | None = None
     registry: RegistryOptions = dataclasses.field(default_factory=RegistryOptions)
+    #: Of a multi-platform source, copy only this platform's image (None: every platform's).
+    platform: Platform | None = None
 
 
 def manifest_flavour(image: Image) -> Literal["oci", "docker"]:
@@ -102,6 +109,26 @@ def _mount_from(source: Destination | RegistryRef, dest: Destination | RegistryR
     return [source.repository] if source.registry == dest.registry else []
 
 
+def _copied_index(index: RawIndex, fmt: Literal["oci", "docker"] | None) -> ImageIndex:
+    """Every platform's image of ``index`` (blobs as they are), under an index of ``fmt``
+    (default: the source's flavour), the source's own bytes kept when nothing changed."""
+    docker = index.media_type == MediaType.DOCKER_MANIFEST_LIST if fmt is None else fmt == "docker"
+    flavour: Literal["oci", "docker"] = "docker" if docker else "oci"
+    images = []
+    for platform, raw in index.images():
+        _check_declared(raw)
+        images.append((platform, with_flavour(image_from_raw(raw), flavour)))
+    kept = (
+        len(images) == len(index.entries)
+        and (index.media_type == MediaType.DOCKER_MANIFEST_LIST) == docker
+        and all(
+            str(image.manifest_digest) == entry.get("digest")
+            for (_, image), entry in zip(images, index.entries, strict=True)
+        )
+    )
+    return ImageIndex.of(images, docker=docker, stored=index.index_bytes if kept else None)
+
+
 def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) -> str:
     """Copy the image at ``source`` to ``dest`` (any two transports; ``dest`` may be ``-``);
     return the destination's manifest digest (``HOST/REPO@DIGEST`` for a registry), as
@@ -125,11 +152,17 @@ def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) ->
             "--format docker is for docker:// destinations (docker-archive is Docker's already)"
         )
     check_destination(dest)
-    raw = read_raw(source, registry=options.registry)
-    _check_declared(raw)
-    image = image_from_raw(raw)
-    flavour = (fmt or manifest_flavour(image)) if to_registry else "oci"
-    image = with_flavour(image, flavour)
+    index = None if options.platform else read_index(source, registry=options.registry)
+    if index is not None:
+        check_index_destination(dest, hint=", or copy one image with --platform OS/ARCH")
+        image: Image | ImageIndex = _copied_index(index, fmt if to_registry else "oci")
+        flavour = "docker" if isinstance(image, ImageIndex) and image.docker else "oci"
+    else:
+        raw = read_raw(source, registry=options.registry, platform=options.platform)
+        _check_declared(raw)
+        image = image_from_raw(raw)
+        flavour = (fmt or manifest_flavour(image)) if to_registry else "oci"
+        image = with_flavour(image, flavour)
     return write_image(
         image,
         dest,

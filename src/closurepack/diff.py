@@ -32,6 +32,7 @@ from typing import Any
 from closurepack.errors import SourceError
 from closurepack.plan import LayerPlan
 from closurepack.planner import human_size, plural
+from closurepack.platforms import Platform
 from closurepack.readback import read_image
 from closurepack.registry import RegistryOptions, is_registry_reference
 from closurepack.storenames import match_renamed, split_name
@@ -177,14 +178,19 @@ class DiffResult:
 
 
 def load_side(
-    spec: str, *, selector: str | None = None, registry: RegistryOptions | None = None
+    spec: str,
+    *,
+    selector: str | None = None,
+    registry: RegistryOptions | None = None,
+    platform: Platform | None = None,
 ) -> Side:
-    """Read one side: an image (any transport the readers take) or a plan file."""
+    """Read one side: an image (any transport the readers take; of a multi-platform image,
+    the one for ``platform``, by default the host's) or a plan file."""
     if spec.startswith(_TRANSPORTS) or is_registry_reference(spec):
-        return _image_side(spec, registry)
+        return _image_side(spec, registry, platform=platform)
     path = Path(spec)
     if path.is_dir():
-        return _image_side(f"oci:{spec}", registry, source=spec)
+        return _image_side(f"oci:{spec}", registry, source=spec, platform=platform)
     if not path.is_file():
         raise SourceError(f"{spec}: no such plan file or image")
     try:
@@ -198,7 +204,8 @@ def load_side(
         image = select_image(plan, selector, source=spec)
         layers = tuple(SideLayer(layer.paths, layer.size) for layer in image.layers)
         return Side(spec, "plan", layers)
-    return _image_side(f"{_archive_kind(path, spec)}:{spec}", registry, source=spec)
+    kind = _archive_kind(path, spec)
+    return _image_side(f"{kind}:{spec}", registry, source=spec, platform=platform)
 
 
 def _archive_kind(path: Path, spec: str) -> str:
@@ -216,8 +223,14 @@ def _archive_kind(path: Path, spec: str) -> str:
     )
 
 
-def _image_side(spec: str, registry: RegistryOptions | None, *, source: str = "") -> Side:
-    image = read_image(spec, registry=registry)
+def _image_side(
+    spec: str,
+    registry: RegistryOptions | None,
+    *,
+    source: str = "",
+    platform: Platform | None = None,
+) -> Side:
+    image = read_image(spec, registry=registry, platform=platform)
     layers = tuple(
         SideLayer(tuple(sorted(layer.paths)), layer.size, str(layer.diff_id), str(layer.digest))
         for layer in image.layers
@@ -232,11 +245,13 @@ def diff_specs(
     old_selector: str | None = None,
     new_selector: str | None = None,
     registry: RegistryOptions | None = None,
+    platform: Platform | None = None,
 ) -> DiffResult:
-    """Read both sides and compare them."""
+    """Read both sides and compare them (of a multi-platform image, the image for
+    ``platform``, by default the host's)."""
     return diff_sides(
-        load_side(old, selector=old_selector, registry=registry),
-        load_side(new, selector=new_selector, registry=registry),
+        load_side(old, selector=old_selector, registry=registry, platform=platform),
+        load_side(new, selector=new_selector, registry=registry, platform=platform),
     )
 
 

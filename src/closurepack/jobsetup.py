@@ -33,7 +33,9 @@ from closurepack.image import (
     ImageLayer,
     assemble_image,
 )
+from closurepack.imageindex import ImageIndex
 from closurepack.perms import Perms
+from closurepack.platforms import Platform
 from closurepack.readback import read_base_image
 from closurepack.registry import (
     RegistryOptions,
@@ -60,6 +62,9 @@ __all__ = [
     "fit_customisation",
     "image_pusher",
     "prepare_image",
+    "requested_platform",
+    "warn_if_no_command",
+    "write_or_push",
 ]
 
 _log = logging.getLogger(__name__)
@@ -221,10 +226,15 @@ def prepare_image(
     compression: str,
     level: int | None,
     registry: RegistryOptions,
+    platform: Platform | None = None,
 ) -> tuple[ImageConfig, Customisation, BaseImage | None]:
     """Check everything about the image that can be checked before any layer is built (the
     destination and tag, the level, the config fields, --symlink/--extra) and read the --from
-    image; return its config, customisation and base image."""
+    image; return its config, customisation and base image.
+
+    ``platform`` (one image of a multi-platform build) sets the config's os and architecture;
+    a multi-platform ``--from`` image gives the base of that platform (else of ``--arch``'s,
+    else of the host's)."""
     _check_destination(dest, image.tags)
     if image.manifest_format not in ("oci", "docker"):
         raise OptionError(f"--format {image.manifest_format!r}: expected oci or docker")
@@ -236,17 +246,31 @@ def prepare_image(
     if compression == CHUNKED:
         check_chunked_destination(dest, image.manifest_format, what="--compression zstd:chunked")
     config = image.config()
+    if platform is not None:
+        config = dataclasses.replace(config, os=platform.os, architecture=platform.arch)
+    else:
+        platform = requested_platform(config, image)
     check_mtime(image.mtime)  # a bad --mtime fails here
     customisation = image.customisation()
     # a bad --symlink or --extra fails here (--user's files wait for the --from image's)
     customisation_entries(
         dataclasses.replace(customisation, user=None) if image.from_image else customisation
     )
-    base = read_base_image(image.from_image, registry=registry) if image.from_image else None
+    base = (
+        read_base_image(image.from_image, registry=registry, platform=platform)
+        if image.from_image
+        else None
+    )
     if base is not None:
         customisation = with_base_accounts(customisation, base.layers, where=str(image.from_image))
         customisation_entries(customisation)  # an --extra /etc/passwd --user now needs fails here
     return config, customisation, base
+
+
+def requested_platform(config: ImageConfig, image: ImageOptions) -> Platform | None:
+    """The platform ``--arch`` asks for, of a multi-platform ``--from`` or ``--previous``
+    image (None: the host's, by default)."""
+    return Platform(config.os, config.arch, config.variant) if image.arch else None
 
 
 def finish_image(
@@ -264,6 +288,13 @@ def finish_image(
     """Assemble the image and write or push it, with what ``attach`` gives for it (an SBOM)
     as artifacts whose subject is its manifest."""
     image = assemble_image(layers, config=config, base=base)
+    warn_if_no_command(image, dest)
+    return write_or_push(
+        image, dest=dest, tags=tags, name=name, started=started, pusher=pusher, attach=attach
+    )
+
+
+def warn_if_no_command(image: Image, dest: str) -> None:
     container = image.config.get("config") or {}
     if not container.get("Entrypoint") and not container.get("Cmd"):
         _log.warning(
@@ -271,8 +302,25 @@ def finish_image(
             " (--entrypoint or --cmd set one)",
             dest,
         )
-    attachments = attach(image) if attach is not None else ()
+
+
+def write_or_push(
+    image: Image | ImageIndex,
+    *,
+    dest: str,
+    tags: Sequence[str],
+    name: str | None,
+    started: float,
+    pusher: ImagePusher | None = None,
+    attach: Callable[[Image], Sequence[Attachment]] | None = None,
+) -> str:
+    """Write ``image`` (or a multi-platform image) to ``dest``, or push it with ``pusher``,
+    with what ``attach`` gives for a single image (an SBOM) as artifacts whose subject is its
+    manifest; return its digest (``REPO@DIGEST`` pushed)."""
+    attachments = attach(image) if attach is not None and isinstance(image, Image) else ()
     if pusher is not None:
+        if isinstance(image, ImageIndex):
+            return f"{pusher.ref.name}@{pusher.push_index(image)}"
         digest = pusher.push(image)
         attach_pushed(pusher, attachments)
         return f"{pusher.ref.name}@{digest}"
@@ -284,27 +332,29 @@ def finish_image(
         started=started,
         attachments=attachments,
     )
-    return str(image.manifest_digest)
+    return str(image.digest if isinstance(image, ImageIndex) else image.manifest_digest)
 
 
 def image_pusher(
     dest: str,
     image: ImageOptions,
     registry: RegistryOptions,
-    base: BaseImage | None,
+    base: BaseImage | Sequence[BaseImage] | None,
     shared: SharedLayerCache | None = None,
 ) -> contextlib.AbstractContextManager[ImagePusher | None]:
-    """An open pusher when ``dest`` is a registry, the --from layers handed to it (and the
-    --cache-from repositories of its registry readable, to mount cached layers); else None."""
+    """An open pusher when ``dest`` is a registry, the --from layers handed to it (of every
+    platform's base, for a multi-platform build; and the --cache-from repositories of its
+    registry readable, to mount cached layers); else None."""
     if not is_registry_reference(dest):
         return contextlib.nullcontext()
     ref = parse_reference(dest, for_push=True)
+    bases = [base] if isinstance(base, BaseImage) else list(base or ())
     return open_pusher(
         ref,
         options=registry,
         tags=push_tags(ref, image.tags),
         docker=image.manifest_format == "docker",
         base_image=image.from_image,
-        base_layers=base.layers if base is not None else (),
+        base_layers=[layer for b in bases for layer in b.layers],
         readable=shared.mount_sources(ref) if shared is not None else (),
     )

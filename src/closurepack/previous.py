@@ -17,8 +17,9 @@ from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerlist import list_store_items
 from closurepack.mediatypes import MediaType
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer
+from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions
-from closurepack.transports import RawImage, read_raw
+from closurepack.transports import RawImage, read_index, read_raw
 
 __all__ = [
     "ForeignLayer",
@@ -104,7 +105,12 @@ def load_previous(
 
 
 def read_previous(
-    spec: str, *, registry: RegistryOptions | None = None, store_dir: str = "/nix/store"
+    spec: str,
+    *,
+    registry: RegistryOptions | None = None,
+    store_dir: str = "/nix/store",
+    platform: Platform | None = None,
+    every_platform: bool = False,
 ) -> Previous:
     """Read ``spec``: a plan file (JSON from ``closurepack plan --json``), or an image
     (``docker-archive:``, ``oci:``, ``oci-archive:``, ``docker://``; a bare path to a tar is
@@ -113,7 +119,9 @@ def read_previous(
     An image's layers are what its ``dev.closurepack.layers`` label records; an image without
     the label (made by another tool) has its layers' file lists read for the items of
     ``store_dir`` they hold (:func:`plan_from_layer_lists`).
-    A bare path that is neither, or does not exist, is a PlanError naming it.
+    A bare path that is neither, or does not exist, is a PlanError naming it. Of a
+    multi-platform image, the image for ``platform`` is read (default: the host's), or with
+    ``every_platform`` (a multi-platform build) every platform's, one image of the plan each.
     """
     path = Path(spec)
     bare = not spec.startswith(_TRANSPORTS)
@@ -137,7 +145,22 @@ def read_previous(
             spec = f"docker-archive:{spec}"
         else:
             raise PlanError(f"--previous {spec}: no such plan file or image")
-    raw = read_raw(spec, registry=registry)
+    index = read_index(spec, registry=registry) if every_platform else None
+    if index is not None:
+        found = [_previous_image(raw, store_dir) for _, raw in index.images()]
+        if not found:
+            raise PlanError(f"--previous {spec}: the index lists no image for any platform")
+        plan = LayerPlan(
+            tuple(image for f in found for image in f.plan.images),
+            store_dir=found[0].plan.store_dir,
+            strategy="previous",
+        )
+        return Previous(plan, tuple(layer for f in found for layer in f.foreign))
+    return _previous_image(read_raw(spec, registry=registry, platform=platform), store_dir)
+
+
+def _previous_image(raw: RawImage, store_dir: str) -> Previous:
+    spec = raw.source
     try:
         config = json.loads(raw.config_bytes)
     except (ValueError, RecursionError) as exc:

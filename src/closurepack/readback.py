@@ -14,6 +14,7 @@ from closurepack._fs import hash_stream
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError, SourceError
 from closurepack.image import BaseImage, BlobLayer, Image, layer_paths_from_config, manifest_for
+from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions
 from closurepack.transports import RawImage, as_source_error, read_raw
 
@@ -35,10 +36,13 @@ def _source_opener(opener: Callable[[], BinaryIO]) -> Callable[[], BinaryIO]:
     return open_blob
 
 
-def read_image(source: str, *, registry: RegistryOptions | None = None) -> Image:
-    """The image at ``source`` as an :class:`Image` whose layers open their stored blobs (see
+def read_image(
+    source: str, *, registry: RegistryOptions | None = None, platform: Platform | None = None
+) -> Image:
+    """The image at ``source`` (of a multi-platform image: the one for ``platform``, by
+    default this host's) as an :class:`Image` whose layers open their stored blobs (see
     :func:`image_from_raw`)."""
-    return image_from_raw(read_raw(source, registry=registry))
+    return image_from_raw(read_raw(source, registry=registry, platform=platform))
 
 
 def image_from_raw(raw: RawImage) -> Image:
@@ -127,6 +131,9 @@ def _check_container_config(container: dict[str, Any], source: str) -> None:
             raise ImageError(f"{source}: config: config.{key} is not {_JSON_NAMES[kind]}")
 
 
-def read_base_image(source: str, *, registry: RegistryOptions | None = None) -> BaseImage:
-    """The image at ``source`` as a base for ``--from``."""
-    return read_image(source, registry=registry).as_base()
+def read_base_image(
+    source: str, *, registry: RegistryOptions | None = None, platform: Platform | None = None
+) -> BaseImage:
+    """The image at ``source`` (for ``platform``, of a multi-platform one) as a base for
+    ``--from``."""
+    return read_image(source, registry=registry, platform=platform).as_base()

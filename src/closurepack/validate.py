@@ -6,6 +6,7 @@ so :func:`verify_image` checks everything itself and reports every mismatch, not
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,15 +18,16 @@ from closurepack.chunkedcheck import check_chunked_layer
 from closurepack.chunkedtoc import is_chunked
 from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest
-from closurepack.errors import ClosurepackError, ImageError
-from closurepack.image import LAYERS_LABEL, layer_paths_from_config
+from closurepack.errors import ClosurepackError, ImageError, SourceError
+from closurepack.image import LAYERS_LABEL, Image, layer_paths_from_config
 from closurepack.planner import human_size, plural
-from closurepack.readback import read_image
+from closurepack.platforms import Platform, entry_platform
+from closurepack.readback import image_from_raw, read_image
 from closurepack.referrers import attached_artifacts
 from closurepack.registry import RegistryOptions
-from closurepack.transports import RawBlob, RawImage, read_raw
+from closurepack.transports import RawBlob, RawImage, RawIndex, read_index, read_raw
 
-__all__ = ["format_inspection", "inspect_image", "verify_image", "verify_raw"]
+__all__ = ["format_inspection", "inspect_image", "verify_image", "verify_index", "verify_raw"]
 
 _CHUNK = 1 << 20
 
@@ -175,17 +177,79 @@ def _layer_annotations(raw: RawImage) -> list[dict[str, str]]:
     return out
 
 
-def verify_image(source: str, *, registry: RegistryOptions | None = None) -> list[str]:
+def verify_image(
+    source: str, *, registry: RegistryOptions | None = None, platform: Platform | None = None
+) -> list[str]:
     """Recompute every digest, diff_id and size of the image at ``source`` (same syntax as
     destinations); return every problem found (empty = good). Raise only when the image
-    cannot be read at all."""
-    return verify_raw(read_raw(source, registry=registry))
+    cannot be read at all. A multi-platform image has every platform's image verified (see
+    :func:`verify_index`), or only ``platform``'s when one is given."""
+    if platform is None:
+        index = read_index(source, registry=registry)
+        if index is not None:
+            return verify_index(index)
+    return verify_raw(read_raw(source, registry=registry, platform=platform))
 
 
-def inspect_image(source: str, *, registry: RegistryOptions | None = None) -> dict[str, Any]:
-    """Layers (digest, diff_id, size, media type, store items), a config summary and the
-    artifacts attached to the image (type, digest, size, documents)."""
-    image = read_image(source, registry=registry)
+def verify_index(index: RawIndex) -> list[str]:
+    """Every problem of a multi-platform image: the index's digest and size as declared, and
+    each platform's image (its problems prefixed with the platform), whose config must be of
+    the platform the index lists it for."""
+    problems = []
+    actual = Digest.of_bytes(index.index_bytes)
+    if index.index_digest is not None and actual != index.index_digest:
+        problems.append(f"index: digest is {actual}, the reference says {index.index_digest}")
+    if index.index_size is not None and len(index.index_bytes) != index.index_size:
+        problems.append(
+            f"index: size is {len(index.index_bytes)}, index.json says {index.index_size}"
+        )
+    images = index.images()
+    if not images:
+        problems.append("index: lists no image for any platform")
+    for platform, raw in images:
+        found = verify_raw(raw)
+        config: Any = {}
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            config = json.loads(raw.config_bytes)
+        if isinstance(config, dict):
+            variant = config.get("variant") or ""
+            declared = Platform(str(config.get("os")), str(config.get("architecture")), variant)
+            if declared != platform:
+                found.append(
+                    f"config: the image is for {declared}, the index lists it for {platform}"
+                )
+        problems.extend(f"{platform}: {problem}" for problem in found)
+    return problems
+
+
+def inspect_image(
+    source: str, *, registry: RegistryOptions | None = None, platform: Platform | None = None
+) -> dict[str, Any]:
+    """Layers (digest, diff_id, size, media type, store items) and a config summary. Of a
+    multi-platform image, its platforms (under ``index``) and the image for ``platform``
+    (default: the host's; none when the index has no image for the host's)."""
+    index = read_index(source, registry=registry)
+    if index is None:
+        return _inspect(read_image(source, registry=registry), source, registry)
+    listing = {
+        "digest": str(index.index_digest or Digest.of_bytes(index.index_bytes)),
+        "media_type": index.media_type,
+        "platforms": [
+            {"platform": str(p), "digest": str(e.get("digest")), "size": e.get("size")}
+            for e in index.entries
+            if (p := entry_platform(e)) is not None
+        ],
+    }
+    try:
+        raw = index.image(platform)
+    except SourceError:
+        if platform is not None:
+            raise
+        return {"source": source, "index": listing}
+    return {**_inspect(image_from_raw(raw), source, registry), "index": listing}
+
+
+def _inspect(image: Image, source: str, registry: RegistryOptions | None) -> dict[str, Any]:
     artifacts = attached_artifacts(source, image.manifest_digest, registry=registry)
     config = dict(image.config.get("config") or {})
     labels = dict(config.get("Labels") or {})
@@ -223,12 +287,26 @@ _KEY = 13  # width of the first column: the longest key ("ExposedPorts") and a s
 
 def format_inspection(info: dict[str, Any]) -> str:
     """A human-readable rendering of :func:`inspect_image`'s result (sizes in binary units)."""
+    index = info.get("index")
+    head = []
+    if index is not None:
+        head = [f"{'image':<{_KEY}}{info['source']}", f"{'index':<{_KEY}}{index['digest']}"]
+        for number, entry in enumerate(index["platforms"]):
+            key = "platforms" if number == 0 else ""
+            head.append(f"{key:<{_KEY}}{entry['platform']:<16} {entry['digest']}")
+        if "manifest_digest" not in info:
+            note = "(no image for this host's platform: choose one with --platform)"
+            return "\n".join([*head, note])
+    return "\n".join([*head, *_image_lines(info, shown=index is not None)])
+
+
+def _image_lines(info: dict[str, Any], *, shown: bool) -> list[str]:
     platform = info.get("platform") or {}
     arch = platform.get("architecture", "?")
     if platform.get("variant"):
         arch += "/" + platform["variant"]
-    lines = [
-        f"{'image':<{_KEY}}{info['source']}",
+    lines = [] if shown else [f"{'image':<{_KEY}}{info['source']}"]
+    lines += [
         f"{'manifest':<{_KEY}}{info['manifest_digest']}",
         f"{'config':<{_KEY}}{info['config_digest']}",
         f"{'platform':<{_KEY}}{platform.get('os', '?')}/{arch}   created {info.get('created', '')}",
@@ -261,4 +339,4 @@ def format_inspection(info: dict[str, Any]) -> str:
     for artifact in artifacts:
         size = human_size(int(artifact["size"]))
         lines.append(f"  {artifact['artifact_type']}  {artifact['digest']}  {size:>10}")
-    return "\n".join(lines)
+    return lines

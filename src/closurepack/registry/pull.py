@@ -1,5 +1,6 @@
-"""Read an image from a registry: the manifest (through an index, for this host's platform),
-the config, and layer blobs opened lazily and digest-checked while they stream.
+"""Read an image from a registry: the manifest (through an index, for the platform asked for,
+by default this host's), the config, and layer blobs opened lazily and digest-checked while
+they stream; or an index itself, with a reader of each of its images.
 
 What is read into memory is bounded: a manifest or index at most :data:`MANIFEST_LIMIT`, a
 config at most :data:`CONFIG_LIMIT`, and indexes nest at most :data:`INDEX_DEPTH` deep.
@@ -11,16 +12,16 @@ import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import httpx
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, RegistryError, SourceError
-from closurepack.image import host_architecture
 from closurepack.mediatypes import MediaType
+from closurepack.platforms import Platform, choose_entry
 from closurepack.registry.client import RegistryClient, open_client, read_limited
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.record import BlobRecord
@@ -32,8 +33,10 @@ __all__ = [
     "MANIFEST_LIMIT",
     "PulledBlob",
     "PulledImage",
+    "PulledIndex",
     "blob_opener",
     "pull_image",
+    "pull_index",
 ]
 
 #: The distribution spec lets registries refuse manifests over 4 MiB; so do we.
@@ -74,6 +77,18 @@ class PulledImage:
     layers: tuple[PulledBlob, ...]
 
 
+@dataclass(frozen=True)
+class PulledIndex:
+    """A registry's image index (or manifest list) as stored, and a reader of the image each
+    entry names."""
+
+    ref: RegistryRef
+    index_bytes: bytes
+    index_digest: Digest
+    entries: tuple[dict[str, Any], ...]
+    reader: Callable[[Mapping[str, Any]], PulledImage] = field(repr=False, compare=False)
+
+
 def _json(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
@@ -107,84 +122,140 @@ def _get_manifest(
     return body, media_type, declared
 
 
-def _pick_platform(manifests: Any, where: str) -> dict[str, Any]:
-    """The entry for this host's architecture on linux, else the first (as readback does)."""
-    entries = [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
-    if not entries:
-        raise ImageError(f"{where}: the index lists no image")
-    arch, _ = host_architecture()
-    for entry in entries:
-        platform = entry.get("platform")
-        if (
-            isinstance(platform, dict)
-            and platform.get("architecture") == arch
-            and platform.get("os", "linux") == "linux"
-        ):
-            return entry
-    return entries[0]
-
-
 def _descriptor_digest(desc: Any, where: str) -> Digest:
     if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
         raise ImageError(f"{where}: descriptor without a digest")
     return Digest.parse(desc["digest"])
 
 
-def pull_image(ref: RegistryRef, options: RegistryOptions) -> PulledImage:
-    """Read the manifest and config of ``ref`` (through an index, for this host's platform);
-    its layers are opened later, each on a connection of its own."""
+def _is_index(media_type: str, manifest: Any) -> bool:
+    kind = media_type or (manifest.get("mediaType") if isinstance(manifest, dict) else "")
+    return kind in _INDEX_TYPES
+
+
+def _index_entries(manifest: Any, where: str) -> list[dict[str, Any]]:
+    listed = manifest.get("manifests") if isinstance(manifest, dict) else None
+    entries = [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
+    if not entries:
+        raise ImageError(f"{where}: the index lists no image")
+    return entries
+
+
+def pull_image(
+    ref: RegistryRef, options: RegistryOptions, *, platform: Platform | None = None
+) -> PulledImage:
+    """Read the manifest and config of ``ref`` (through an index, for ``platform``, by
+    default this host's: see :func:`~closurepack.platforms.choose_entry`); its layers are
+    opened later, each on a connection of its own."""
     with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
         where = str(ref)
         body, media_type, declared = _get_manifest(
             client, ref.reference, f"manifest of {where}", missing=where
         )
         manifest_digest = ref.digest or declared or Digest.of_bytes(body)
-        manifest_size: int | None = None
         manifest = _json(body, f"{where}: manifest")
-        for depth in range(INDEX_DEPTH + 1):
-            kind = media_type or (manifest.get("mediaType") if isinstance(manifest, dict) else "")
-            if kind not in _INDEX_TYPES:
-                break
-            if depth == INDEX_DEPTH:
-                raise ImageError(f"{where}: indexes nested more than {INDEX_DEPTH} deep")
-            listed = manifest.get("manifests") if isinstance(manifest, dict) else None
-            entry = _pick_platform(listed, f"{where}: index")
-            manifest_digest = _descriptor_digest(entry, f"{where}: index")
+        if _is_index(media_type, manifest):
+            entry = choose_entry(_index_entries(manifest, where), platform, where=where)
+            return _pull_entry(client, entry, platform, None)
+        entry = {"digest": str(manifest_digest), "mediaType": media_type}
+        return _pull_entry(client, entry, platform, (body, media_type))
+
+
+def pull_index(ref: RegistryRef, options: RegistryOptions) -> PulledIndex | None:
+    """The image index (or manifest list) ``ref`` names, as stored, with a reader of each of
+    its images; None when ``ref`` names a single image."""
+    with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
+        where = str(ref)
+        body, media_type, declared = _get_manifest(
+            client, ref.reference, f"manifest of {where}", missing=where
+        )
+        manifest = _json(body, f"{where}: manifest")
+        if not _is_index(media_type, manifest):
+            return None
+        entries = _index_entries(manifest, where)
+
+    def reader(entry: Mapping[str, Any]) -> PulledImage:
+        with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
+            return _pull_entry(client, entry, None, None)
+
+    return PulledIndex(
+        ref=ref,
+        index_bytes=body,
+        index_digest=ref.digest or declared or Digest.of_bytes(body),
+        entries=tuple(entries),
+        reader=reader,
+    )
+
+
+def _pull_entry(
+    client: RegistryClient,
+    entry: Mapping[str, Any],
+    platform: Platform | None,
+    fetched: tuple[bytes, str] | None,
+) -> PulledImage:
+    """The image the descriptor ``entry`` names (through nested indexes, for ``platform``);
+    ``fetched`` is its manifest's body and media type when read already."""
+    ref = client.ref
+    where = str(ref)
+    manifest_size: int | None = None
+    manifest_digest = _descriptor_digest(entry, f"{where}: index")
+    body, media_type = fetched or (b"", "")
+    for depth in range(INDEX_DEPTH + 1):
+        if fetched is None:
             size = entry.get("size")
             manifest_size = size if isinstance(size, int) else None
+            manifest_digest = _descriptor_digest(entry, f"{where}: index")
             body, media_type, _ = _get_manifest(
                 client, str(manifest_digest), f"manifest {manifest_digest} of {where}"
             )
-            manifest = _json(body, f"{where}: manifest {manifest_digest}")
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-            raise ImageError(f"{where}: manifest {manifest_digest} has no config descriptor")
-        kind = media_type or str(manifest.get("mediaType", ""))
-        if kind and kind not in _MANIFEST_TYPES:
-            raise ImageError(f"{where}: unsupported manifest media type {kind!r}")
-        config_desc = manifest["config"]
-        config_digest = _descriptor_digest(config_desc, f"{where}: config")
-        response = client.request(
-            "GET",
-            client.url(f"blobs/{config_digest}"),
-            what=f"config {config_digest} of {where}",
-            stream=True,
-            follow_redirects=True,
-        )
-        config_bytes = read_limited(response, CONFIG_LIMIT, f"config {config_digest} of {where}")
-        layers = []
-        for desc in manifest.get("layers") or []:
-            digest = _descriptor_digest(desc, f"{where}: layer")
-            try:
-                layer_type = MediaType(str(desc.get("mediaType")))
-            except ValueError as exc:
-                raise ImageError(
-                    f"{where}: layer {digest}: unsupported media type {desc.get('mediaType')!r}"
-                ) from exc
-            size = desc.get("size")
-            size = size if isinstance(size, int) and not isinstance(size, bool) else None
-            layers.append(
-                PulledBlob(digest, size, layer_type, blob_opener(ref, options, digest, size))
-            )
+        fetched = None
+        manifest = _json(body, f"{where}: manifest {manifest_digest}")
+        if not _is_index(media_type, manifest):
+            break
+        if depth == INDEX_DEPTH:
+            raise ImageError(f"{where}: indexes nested more than {INDEX_DEPTH} deep")
+        entry = choose_entry(_index_entries(manifest, where), platform, where=where)
+    return _pull_manifest(client, body, media_type, manifest_digest, manifest_size)
+
+
+def _pull_manifest(
+    client: RegistryClient,
+    body: bytes,
+    media_type: str,
+    manifest_digest: Digest,
+    manifest_size: int | None,
+) -> PulledImage:
+    """The config and layer descriptors of the image manifest ``body``."""
+    ref, options = client.ref, client.options
+    where = str(ref)
+    manifest = _json(body, f"{where}: manifest {manifest_digest}")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise ImageError(f"{where}: manifest {manifest_digest} has no config descriptor")
+    kind = media_type or str(manifest.get("mediaType", ""))
+    if kind and kind not in _MANIFEST_TYPES:
+        raise ImageError(f"{where}: unsupported manifest media type {kind!r}")
+    config_desc = manifest["config"]
+    config_digest = _descriptor_digest(config_desc, f"{where}: config")
+    response = client.request(
+        "GET",
+        client.url(f"blobs/{config_digest}"),
+        what=f"config {config_digest} of {where}",
+        stream=True,
+        follow_redirects=True,
+    )
+    config_bytes = read_limited(response, CONFIG_LIMIT, f"config {config_digest} of {where}")
+    layers = []
+    for desc in manifest.get("layers") or []:
+        digest = _descriptor_digest(desc, f"{where}: layer")
+        try:
+            layer_type = MediaType(str(desc.get("mediaType")))
+        except ValueError as exc:
+            raise ImageError(
+                f"{where}: layer {digest}: unsupported media type {desc.get('mediaType')!r}"
+            ) from exc
+        size = desc.get("size")
+        size = size if isinstance(size, int) and not isinstance(size, bool) else None
+        layers.append(PulledBlob(digest, size, layer_type, blob_opener(ref, options, digest, size)))
     csize = config_desc.get("size")
     BlobRecord(options.blob_record).add(
         ref.registry, ref.repository, [config_digest, *(layer.digest for layer in layers)]

@@ -23,6 +23,7 @@ from closurepack.build import LayerEvent, ProgressCallback
 from closurepack.digest import Digest
 from closurepack.errors import RegistryError
 from closurepack.image import Image, ImageLayer, docker_manifest_bytes
+from closurepack.imageindex import ImageIndex
 from closurepack.mediatypes import MediaType
 from closurepack.registry.blobs import Opener, blob_exists, mount_blob, upload_blob
 from closurepack.registry.client import RegistryClient, open_client
@@ -138,16 +139,38 @@ class ImagePusher:
             body, media_type = image.manifest_bytes, MediaType.OCI_MANIFEST
         return self.push_manifest(body, str(media_type), [image.config_bytes])
 
-    def push_manifest(self, body: bytes, media_type: str, blobs: Sequence[bytes]) -> Digest:
+    def push_index(self, index: ImageIndex) -> Digest:
+        """Push every image of ``index`` (each blob once, whichever images share it), each
+        manifest by its digest, then the index under every tag, last: a tag never names a
+        manifest that is not there. Return the index's digest."""
+        for layer in index.layers:
+            self.submit(layer)
+        for entry in index.images:
+            image = entry.image
+            digest = image.manifest_digest
+            self.push_manifest(
+                image.manifest_bytes, entry.media_type, [image.config_bytes], tags=(str(digest),)
+            )
+        return self.push_manifest(index.index_bytes, str(index.media_type), [])
+
+    def push_manifest(
+        self,
+        body: bytes,
+        media_type: str,
+        blobs: Sequence[bytes],
+        *,
+        tags: Sequence[str] | None = None,
+    ) -> Digest:
         """Push the small ``blobs`` (a config, an artifact's data), wait for every blob
-        submitted, then put ``body`` (of ``media_type``) under every tag; return its digest."""
+        submitted, then put ``body`` (of ``media_type``) under every tag (``tags``, default
+        the pusher's); return its digest."""
         for blob in blobs:
             self._submit(Digest.of_bytes(blob), len(blob), functools.partial(io.BytesIO, blob))
         for future in list(self._futures.values()):
             future.result()
         self.record.add(self.ref.registry, self.ref.repository, list(self._futures))
         digest = Digest.of_bytes(body)
-        for tag in self.tags:
+        for tag in self.tags if tags is None else tags:
             self._put_manifest(tag, body, digest, media_type)
         self.pushed = (str(media_type), body)
         return digest
@@ -196,7 +219,7 @@ class ImagePusher:
     def _put_manifest(self, tag: str, body: bytes, digest: Digest, media_type: str) -> None:
         client = self._require_client()
         url = client.url(f"manifests/{tag}")
-        what = f"manifest {digest} for {self.ref.name}:{tag}"
+        what = f"manifest {digest} for {self.ref.name}{'@' if ':' in tag else ':'}{tag}"
         current = client.request(
             "HEAD", url, what=what, ok=(200, 404), headers={"Accept": str(media_type)}
         )

@@ -24,12 +24,20 @@ from closurepack._fs import is_special_file
 from closurepack.artifacts import Attachment
 from closurepack.errors import DestinationError, InputError, OptionError, SourceError
 from closurepack.image import Image
+from closurepack.imageindex import ImageIndex
+from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
 from closurepack.registry import parse_reference as parse_registry_reference
 from closurepack.transports import docker_archive, oci_archive, oci_layout, stdout
 from closurepack.transports import registry as _registry
 from closurepack.transports._files import probe_writable
-from closurepack.transports._raw import RawBlob, RawImage, as_source_error, sniff_media_type
+from closurepack.transports._raw import (
+    RawBlob,
+    RawImage,
+    RawIndex,
+    as_source_error,
+    sniff_media_type,
+)
 from closurepack.transports.reference import (
     Destination,
     docker_repo_tags,
@@ -40,12 +48,15 @@ from closurepack.transports.reference import (
 )
 
 __all__ = [
+    "INDEX_KINDS",
     "Destination",
     "RawBlob",
     "RawImage",
+    "RawIndex",
     "as_source_error",
     "attaches_artifacts",
     "check_destination",
+    "check_index_destination",
     "docker_repo_tags",
     "image_repo_name",
     "is_registry_reference",
@@ -54,6 +65,7 @@ __all__ = [
     "parse_reference",
     "parse_repo_tag",
     "parse_source",
+    "read_index",
     "read_raw",
     "sniff_media_type",
     "write_image",
@@ -67,6 +79,21 @@ def parse_reference(text: str, *, for_push: bool = False) -> Destination | Regis
     if is_registry_reference(text):
         return parse_registry_reference(text, for_push=for_push)
     return parse_destination(text)
+
+
+#: The destination kinds that can hold a multi-platform image (an image index).
+INDEX_KINDS = ("oci", "oci-archive", "docker")
+
+
+def check_index_destination(dest: str, *, hint: str = "") -> None:
+    """An OptionError when ``dest`` cannot hold a multi-platform image: a docker-archive
+    (``docker save``'s format, and so ``-``) has no image index. ``hint`` ends the message."""
+    kind = "docker" if is_registry_reference(dest) else parse_destination(dest).kind
+    if kind not in INDEX_KINDS:
+        raise OptionError(
+            f"{dest}: a docker-archive holds one image, not a multi-platform index;"
+            f" write it to oci:, oci-archive: or docker://{hint}"
+        )
 
 
 def _check_archive_path(path: Path) -> None:
@@ -124,7 +151,7 @@ def check_destination(
 
 
 def write_image(
-    image: Image,
+    image: Image | ImageIndex,
     dest: Destination | str,
     *,
     tags: Sequence[str] | str = (),
@@ -146,8 +173,10 @@ def write_image(
     files that writes killed before ``started`` (the job's start; default: now) left at the
     destination are removed. A registry (``docker://``) is reached with ``registry`` (its
     options), gets the Docker schema 2 manifest with ``docker``, and has the blobs of its
-    repositories ``mount_from`` mounted rather than uploaded. ``attachments`` go with the
-    image as artifacts whose subject is its manifest, where :func:`attaches_artifacts`.
+    repositories ``mount_from`` mounted rather than uploaded. ``attachments`` go with a single
+    image as artifacts whose subject is its manifest, where :func:`attaches_artifacts`. A
+    multi-platform image (an :class:`ImageIndex`) goes to ``oci:``, ``oci-archive:`` and
+    registries only.
     """
     if isinstance(tags, str):
         tags = (tags,)
@@ -168,6 +197,13 @@ def write_image(
         return f"{ref.name}@{pushed}"
     if isinstance(dest, str):
         dest = parse_destination(dest)
+    if isinstance(image, ImageIndex):
+        check_index_destination(str(dest))
+        if dest.kind == "oci":
+            oci_layout.write_image(image, dest, tags=tags, started=started)
+        else:
+            oci_archive.write_image(image, dest, tags=tags, started=started)
+        return str(image.digest)
     if dest.kind == "docker-archive":
         docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
     elif dest.kind == "oci":
@@ -212,21 +248,43 @@ def parse_source(text: str) -> Destination:
     return source
 
 
-def read_raw(source: str, *, registry: RegistryOptions | None = None) -> RawImage:
-    """Read the stored structure of the image at ``source``; nothing is verified (blobs read
-    from a registry are checked against their digests as they stream).
+def read_raw(
+    source: str, *, registry: RegistryOptions | None = None, platform: Platform | None = None
+) -> RawImage:
+    """Read the stored structure of the image at ``source`` (of a multi-platform image: the
+    one for ``platform``, by default this host's); nothing is verified (blobs read from a
+    registry are checked against their digests as they stream).
 
     What cannot be found or read is a SourceError (the image is where the user said it is or
     not: bad input), what is there but malformed an ImageError."""
     if is_registry_reference(source):
-        return _registry.read_image(source, registry)
-    where = parse_source(source)
-    path = Path(str(where.path))
-    if not path.exists():
-        raise SourceError(f"{source}: no such image: {path} does not exist")
+        return _registry.read_image(source, registry, platform=platform)
+    where, path = _source_path(source)
     with as_source_error():
         if where.kind == "docker-archive":
             return docker_archive.read_image(where, path, source)
         if where.kind == "oci":
-            return oci_layout.read_image(where, path, source)
-        return oci_archive.read_image(where, path, source)
+            return oci_layout.read_image(where, path, source, platform=platform)
+        return oci_archive.read_image(where, path, source, platform=platform)
+
+
+def read_index(source: str, *, registry: RegistryOptions | None = None) -> RawIndex | None:
+    """The multi-platform image at ``source`` (its index, and a reader of each image), as
+    stored; None when ``source`` names a single image (a docker-archive always does)."""
+    if is_registry_reference(source):
+        return _registry.read_index(source, registry)
+    where, path = _source_path(source)
+    with as_source_error():
+        if where.kind == "docker-archive":
+            return None
+        if where.kind == "oci":
+            return oci_layout.read_index(where, path, source)
+        return oci_archive.read_index(where, path, source)
+
+
+def _source_path(source: str) -> tuple[Destination, Path]:
+    where = parse_source(source)
+    path = Path(str(where.path))
+    if not path.exists():
+        raise SourceError(f"{source}: no such image: {path} does not exist")
+    return where, path

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError, SourceError
 from closurepack.mediatypes import MediaType
+from closurepack.platforms import Platform, choose_entry, entry_platform
 
 __all__ = [
     "RawBlob",
     "RawImage",
+    "RawIndex",
     "as_source_error",
     "missing_blob",
     "parse_json",
@@ -49,6 +51,41 @@ class RawImage:
     manifest_digest: Digest | None
     manifest_size: int | None
     layers: tuple[RawBlob, ...]
+
+
+@dataclass(frozen=True)
+class RawIndex:
+    """A multi-platform image as stored: the index (or manifest list) bytes beside the digest
+    and size declared for it, its entries, and ``reader``, which reads the image an entry
+    names. Nothing is verified."""
+
+    source: str
+    kind: str
+    index_bytes: bytes
+    index_digest: Digest | None
+    index_size: int | None
+    entries: tuple[Mapping[str, Any], ...]
+    reader: Callable[[Mapping[str, Any]], RawImage] = field(repr=False, compare=False)
+
+    @property
+    def media_type(self) -> str:
+        index = parse_json(self.index_bytes, f"{self.source}: index")
+        declared = index.get("mediaType") if isinstance(index, dict) else None
+        return str(declared or MediaType.OCI_INDEX)
+
+    @property
+    def platforms(self) -> list[Platform]:
+        """The platforms of the entries that name one (attestations left out), in order."""
+        return [p for e in self.entries if (p := entry_platform(e)) is not None]
+
+    def image(self, platform: Platform | None = None) -> RawImage:
+        """The image for ``platform`` (default: the host's); see
+        :func:`~closurepack.platforms.choose_entry`."""
+        return self.reader(choose_entry(self.entries, platform, where=self.source))
+
+    def images(self) -> list[tuple[Platform, RawImage]]:
+        """Every image of the index that names a platform, in order."""
+        return [(p, self.reader(e)) for e in self.entries if (p := entry_platform(e)) is not None]
 
 
 def parse_json(data: bytes, what: str) -> Any:

@@ -21,24 +21,28 @@ from closurepack.artifacts import Attachment, drop_replaced_referrers
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
+from closurepack.imageindex import ImageIndex
 from closurepack.mediatypes import MediaType
+from closurepack.platforms import Platform
 from closurepack.transports._files import (
     atomic_file,
     destination_lock,
     open_layer,
     sweep_beside,
 )
-from closurepack.transports._raw import RawImage
+from closurepack.transports._raw import RawImage, RawIndex
 from closurepack.transports._tar import TarReader, TarWriter
 from closurepack.transports.oci_layout import (
     LAYOUT_FILE,
     attached_blobs,
+    image_blobs,
     index_with,
     read_stored_image,
+    read_stored_index,
 )
 from closurepack.transports.reference import Destination, oci_ref_names
 
-__all__ = ["check_existing", "read_image", "write_image", "write_stream"]
+__all__ = ["check_existing", "read_image", "read_index", "write_image", "write_stream"]
 
 _BLOBS = "blobs/sha256/"
 _INDEXES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
@@ -46,27 +50,31 @@ _MANIFESTS = {MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value}
 
 
 def write_stream(
-    image: Image,
+    image: Image | ImageIndex,
     out: Writable | BinaryIO,
     *,
     ref_names: Sequence[str],
     existing: tarfile.TarFile | None = None,
     attachments: Sequence[Attachment] = (),
 ) -> None:
-    """Stream ``image`` as an oci-archive tagged with each of ``ref_names``, with
-    ``attachments`` as artifacts whose subject is its manifest; with ``existing`` (an open
-    oci-archive), its other tags and the blobs they reach are carried over."""
+    """Stream ``image`` (or a multi-platform image's index) as an oci-archive tagged with each
+    of ``ref_names``, with ``attachments`` as artifacts whose subject is its manifest (a single
+    image's); with ``existing`` (an open oci-archive), its other tags and the blobs they reach
+    are carried over. A blob several platforms share is one member."""
     old_index = _read_index(existing) if existing is not None else None
     index = index_with(old_index, image, ref_names)
     if existing is not None:
         index = drop_replaced_referrers(old_index, index, functools.partial(_small_blob, existing))
-    index, small = attached_blobs(image, index, attachments)
-    small[image.config_digest.hex] = image.config_bytes
-    small[image.manifest_digest.hex] = image.manifest_bytes
-    layers = {layer.digest.hex: layer for layer in image.layers}
+    small: dict[str, bytes] = {}
+    if isinstance(image, Image):  # artifacts are attached to single images only
+        index, small = attached_blobs(image, index, attachments)
+    own_layers, own_small = image_blobs(image)
+    small.update((digest.hex, data) for digest, data in own_small.items())
+    layers = {layer.digest.hex: layer for layer in own_layers}
     carried = _reachable(existing, index, skip=small.keys() | layers.keys()) if existing else {}
+    first = image.images[0].image if isinstance(image, ImageIndex) else image
 
-    tar = TarWriter(out, mtime=image.created_epoch)
+    tar = TarWriter(out, mtime=first.created_epoch)
     tar.add_bytes("oci-layout", LAYOUT_FILE)
     tar.add_bytes("index.json", canonical_json(index))
     tar.add_dir("blobs")
@@ -197,7 +205,7 @@ def check_existing(dest: Destination) -> None:
 
 
 def write_image(
-    image: Image,
+    image: Image | ImageIndex,
     dest: Destination,
     *,
     tags: Sequence[str] = (),
@@ -225,9 +233,25 @@ def write_image(
             )
 
 
-def read_image(source: Destination, path: Path, text: str) -> RawImage:
+def read_image(
+    source: Destination, path: Path, text: str, *, platform: Platform | None = None
+) -> RawImage:
     """The image of the oci-archive at ``path`` that ``source.reference`` tags (or its only
-    one), as stored; ``text`` is how the user named it."""
+    one), as stored (of an index: the one for ``platform``); ``text`` is how the user named
+    it."""
     return read_stored_image(
+        TarReader(path),
+        reference=source.reference,
+        where=str(path),
+        kind=source.kind,
+        text=text,
+        platform=platform,
+    )
+
+
+def read_index(source: Destination, path: Path, text: str) -> RawIndex | None:
+    """The multi-platform image of the oci-archive at ``path`` that ``source.reference``
+    tags; None when it is a single image."""
+    return read_stored_index(
         TarReader(path), reference=source.reference, where=str(path), kind=source.kind, text=text
     )

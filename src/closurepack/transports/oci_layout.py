@@ -3,9 +3,11 @@
 Blobs go in first (each written atomically; good ones already there kept, bad ones replaced;
 copies or reflinks, never hard links to the cache), ``index.json`` is replaced atomically last,
 under an exclusive lock on the directory, so a failed or interrupted write leaves the previous
-tags as they were (at most some unreferenced blobs). Reading follows ``index.json`` to the
-manifest a tag names (through nested indexes, for this host's platform); oci-archive reads the
-same structure from a tar.
+tags as they were (at most some unreferenced blobs). A multi-platform image is an index blob
+that ``index.json`` names by its tag (as ``skopeo copy --all`` writes one), its images' blobs
+stored once each. Reading follows ``index.json`` to the manifest a tag names (through nested
+indexes, for the platform asked for, by default this host's), or gives the index itself
+(:func:`read_index`); oci-archive reads the same structure from a tar.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -31,23 +33,29 @@ from closurepack.artifacts import (
 )
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
-from closurepack.image import Image, ImageLayer, canonical_json, host_architecture
+from closurepack.image import Image, ImageLayer, canonical_json
+from closurepack.imageindex import ImageIndex
 from closurepack.mediatypes import MediaType
+from closurepack.platforms import Platform, choose_entry
 from closurepack.transports._files import atomic_file, blob_is_good, probe_writable, put_blob
-from closurepack.transports._raw import RawBlob, RawImage, missing_blob, parse_json
+from closurepack.transports._raw import RawBlob, RawImage, RawIndex, missing_blob, parse_json
 from closurepack.transports.reference import Destination, oci_ref_names
 
 __all__ = [
+    "INDEX_DEPTH",
     "LAYOUT_FILE",
     "REF_NAME",
     "BlobStore",
     "DirStore",
     "attached_blobs",
     "check_existing",
+    "image_blobs",
     "index_with",
     "manifest_descriptor",
     "read_image",
+    "read_index",
     "read_stored_image",
+    "read_stored_index",
     "write_blobs",
     "write_image",
 ]
@@ -57,8 +65,16 @@ LAYOUT_FILE = canonical_json({"imageLayoutVersion": "1.0.0"})
 _INDEX_TYPES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
 
 
-def manifest_descriptor(image: Image, ref_name: str) -> dict[str, Any]:
-    """The index entry for ``image`` tagged ``ref_name``."""
+def manifest_descriptor(image: Image | ImageIndex, ref_name: str) -> dict[str, Any]:
+    """The index entry for ``image`` tagged ``ref_name``: a manifest with its platform, or
+    an image index (whose entries name the platforms), as skopeo's ``copy --all`` makes it."""
+    if isinstance(image, ImageIndex):
+        return {
+            "mediaType": str(MediaType.OCI_INDEX),
+            "digest": str(image.digest),
+            "size": len(image.index_bytes),
+            "annotations": {REF_NAME: ref_name},
+        }
     return {
         "mediaType": str(MediaType.OCI_MANIFEST),
         "digest": str(image.manifest_digest),
@@ -68,8 +84,17 @@ def manifest_descriptor(image: Image, ref_name: str) -> dict[str, Any]:
     }
 
 
+def image_blobs(image: Image | ImageIndex) -> tuple[tuple[ImageLayer, ...], dict[Digest, bytes]]:
+    """The layers of ``image`` (of every platform, each digest once) and its small blobs: the
+    configs and manifests, and the index of a multi-platform image."""
+    if isinstance(image, ImageIndex):
+        return image.layers, image.small_blobs
+    small = {image.config_digest: image.config_bytes, image.manifest_digest: image.manifest_bytes}
+    return image.layers, small
+
+
 def index_with(
-    index: dict[str, Any] | None, image: Image, ref_names: Sequence[str]
+    index: dict[str, Any] | None, image: Image | ImageIndex, ref_names: Sequence[str]
 ) -> dict[str, Any]:
     """``index`` with the entry tagged by each of ``ref_names`` replaced by ``image`` (in
     place), or added at the end; other entries are kept as they were."""
@@ -105,13 +130,15 @@ def attached_blobs(
     return merge_referrers(index, descriptors), blobs
 
 
-def write_blobs(image: Image, root: Path) -> None:
-    """Store the layers, config and manifest of ``image`` under ``root/blobs/sha256``. Each is
-    a file of its own, never a hard link to the cache (a change to one would show in the other);
-    a blob already there is checked and replaced when it is not what its name says."""
+def write_blobs(image: Image | ImageIndex, root: Path) -> None:
+    """Store the layers, configs and manifests of ``image`` (and its index) under
+    ``root/blobs/sha256``, a blob that several platforms share once. Each is a file of its
+    own, never a hard link to the cache (a change to one would show in the other); a blob
+    already there is checked and replaced when it is not what its name says."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
-    for layer in image.layers:
+    layers, small = image_blobs(image)
+    for layer in layers:
         if blob_is_good(blobs / layer.digest.hex, layer.digest, layer.size):
             continue
         try:
@@ -121,8 +148,8 @@ def write_blobs(image: Image, root: Path) -> None:
                 put_blob(blobs, layer.digest, src, size=layer.size)
         except OSError as exc:
             raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
-    put_blob(blobs, image.config_digest, image.config_bytes, size=len(image.config_bytes))
-    put_blob(blobs, image.manifest_digest, image.manifest_bytes, size=len(image.manifest_bytes))
+    for digest, data in small.items():
+        put_blob(blobs, digest, data, size=len(data))
 
 
 def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
@@ -215,17 +242,17 @@ def check_existing(dest: Destination) -> None:
 
 
 def write_image(
-    image: Image,
+    image: Image | ImageIndex,
     dest: Destination,
     *,
     tags: Sequence[str] = (),
     started: float | None = None,
     attachments: Sequence[Attachment] = (),
 ) -> None:
-    """Add ``image`` to the OCI layout at ``dest.path`` under each of its tags (see
-    :func:`oci_ref_names`), keeping other tags, with ``attachments`` as artifacts whose
-    subject is its manifest; temp files of writes killed before ``started`` (default: now) are
-    removed first."""
+    """Add ``image`` (or a multi-platform image's index) to the OCI layout at ``dest.path``
+    under each of its tags (see :func:`oci_ref_names`), keeping other tags, with
+    ``attachments`` as artifacts whose subject is its manifest; temp files of writes killed
+    before ``started`` (default: now) are removed first."""
     root = dest.path
     if root is None:
         raise DestinationError(f"{dest}: oci needs a directory")
@@ -247,7 +274,9 @@ def write_image(
             index = drop_replaced_referrers(
                 old, index_with(old, image, ref_names), functools.partial(_read_blob, blobs)
             )
-            index, extra = attached_blobs(image, index, attachments)
+            extra: dict[str, bytes] = {}
+            if isinstance(image, Image):  # artifacts are attached to single images only
+                index, extra = attached_blobs(image, index, attachments)
             for hex_digest, blob in sorted(extra.items()):
                 put_blob(blobs, Digest(hex_digest), blob, size=len(blob))
             with atomic_file(root / "index.json") as out:
@@ -308,36 +337,89 @@ def _pick(manifests: list[Any], reference: str | None, where: str) -> dict[str, 
     raise DestinationError(f"{where}: the index lists {len(entries)} images; name one with :TAG")
 
 
-def _platform_pick(manifests: list[Any], where: str) -> dict[str, Any]:
-    entries = [m for m in manifests if isinstance(m, dict)]
-    if not entries:
-        raise ImageError(f"{where}: nested index lists no image")
-    arch, _ = host_architecture()
-    for entry in entries:
-        platform = entry.get("platform")
-        if not isinstance(platform, dict):
-            continue
-        if platform.get("architecture") == arch and platform.get("os", "linux") == "linux":
-            return entry
-    return entries[0]
+#: Indexes nest at most this deep (an index of indexes of ... manifests).
+INDEX_DEPTH = 4
 
 
-def read_stored_image(
-    store: BlobStore, *, reference: str | None, where: str, kind: str, text: str
-) -> RawImage:
-    """The image tagged ``reference`` (or the only one) in the layout ``store`` holds, as
-    stored; ``where`` names the layout in messages, ``text`` is how the user named it."""
+def _index_entries(
+    store: BlobStore, entry: Mapping[str, Any], where: str
+) -> tuple[bytes, list[Any]]:
+    """The bytes and the entries of the nested index ``entry`` names."""
+    _, name = _blob_name(entry.get("digest"), where)
+    data = store.read(name)
+    nested = parse_json(data, f"{where}: {name}")
+    listed = nested.get("manifests") if isinstance(nested, dict) else None
+    if not isinstance(listed, list):
+        raise ImageError(f"{where}: {name} is not an image index")
+    return data, [m for m in listed if isinstance(m, dict)]
+
+
+def _tagged(store: BlobStore, reference: str | None, where: str) -> dict[str, Any]:
     index = parse_json(store.read("index.json"), f"{where}: index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise ImageError(f"{where}: index.json is not an OCI image index")
-    entry = _pick(index["manifests"], reference, where)
-    for _ in range(4):
+    return _pick(index["manifests"], reference, where)
+
+
+def read_stored_index(
+    store: BlobStore, *, reference: str | None, where: str, kind: str, text: str
+) -> RawIndex | None:
+    """The multi-platform image tagged ``reference`` (or the only one) in ``store``, as
+    stored; None when the tag names a single image."""
+    entry = _tagged(store, reference, where)
+    if entry.get("mediaType") not in _INDEX_TYPES:
+        return None
+    data, entries = _index_entries(store, entry, where)
+    digest, _ = _blob_name(entry.get("digest"), where)
+    size = entry.get("size")
+
+    def reader(chosen: Mapping[str, Any]) -> RawImage:
+        return _read_manifest(
+            store, _through_indexes(store, chosen, None, where), where, kind, text
+        )
+
+    return RawIndex(
+        source=text,
+        kind=kind,
+        index_bytes=data,
+        index_digest=digest,
+        index_size=size if isinstance(size, int) else None,
+        entries=tuple(entries),
+        reader=reader,
+    )
+
+
+def _through_indexes(
+    store: BlobStore, entry: Mapping[str, Any], platform: Platform | None, where: str
+) -> Mapping[str, Any]:
+    """The manifest entry ``entry`` leads to, through nested indexes (for ``platform``)."""
+    for _ in range(INDEX_DEPTH):
         if entry.get("mediaType") not in _INDEX_TYPES:
-            break
-        _, name = _blob_name(entry.get("digest"), where)
-        nested = parse_json(store.read(name), f"{where}: {name}")
-        listed = nested.get("manifests") if isinstance(nested, dict) else None
-        entry = _platform_pick(listed if isinstance(listed, list) else [], f"{where}: {name}")
+            return entry
+        _, entries = _index_entries(store, entry, where)
+        entry = choose_entry(entries, platform, where=where)
+    raise ImageError(f"{where}: indexes nested more than {INDEX_DEPTH} deep")
+
+
+def read_stored_image(
+    store: BlobStore,
+    *,
+    reference: str | None,
+    where: str,
+    kind: str,
+    text: str,
+    platform: Platform | None = None,
+) -> RawImage:
+    """The image tagged ``reference`` (or the only one) in the layout ``store`` holds, as
+    stored, for ``platform`` (default: the host's) when the tag names an index; ``where``
+    names the layout in messages, ``text`` is how the user named it."""
+    entry = _through_indexes(store, _tagged(store, reference, where), platform, where)
+    return _read_manifest(store, entry, where, kind, text)
+
+
+def _read_manifest(
+    store: BlobStore, entry: Mapping[str, Any], where: str, kind: str, text: str
+) -> RawImage:
     manifest_digest, manifest_name = _blob_name(entry.get("digest"), where)
     manifest_bytes = store.read(manifest_name)
     manifest = parse_json(manifest_bytes, f"{where}: manifest {manifest_digest}")
@@ -383,11 +465,30 @@ def read_stored_image(
     )
 
 
-def read_image(source: Destination, path: Path, text: str) -> RawImage:
+def read_image(
+    source: Destination, path: Path, text: str, *, platform: Platform | None = None
+) -> RawImage:
     """The image of the OCI layout ``path`` that ``source.reference`` tags (or its only one),
-    as stored; ``text`` is how the user named it."""
+    as stored (of an index: the one for ``platform``); ``text`` is how the user named it."""
+    return read_stored_image(
+        _layout(path),
+        reference=source.reference,
+        where=str(path),
+        kind=source.kind,
+        text=text,
+        platform=platform,
+    )
+
+
+def read_index(source: Destination, path: Path, text: str) -> RawIndex | None:
+    """The multi-platform image of the OCI layout ``path`` that ``source.reference`` tags;
+    None when it is a single image."""
+    return read_stored_index(
+        _layout(path), reference=source.reference, where=str(path), kind=source.kind, text=text
+    )
+
+
+def _layout(path: Path) -> BlobStore:
     if not path.is_dir():
         raise DestinationError(f"{path}: no such OCI layout directory")
-    return read_stored_image(
-        DirStore(path), reference=source.reference, where=str(path), kind=source.kind, text=text
-    )
+    return DirStore(path)

@@ -3,18 +3,21 @@ pull and push (HEAD, mounts, uploads, manifest last)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from closurepack.artifacts import Attachment
 from closurepack.digest import Digest
 from closurepack.image import Image
+from closurepack.imageindex import ImageIndex
+from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, parse_reference
-from closurepack.registry.pull import pull_image
+from closurepack.registry.pull import PulledImage, pull_image, pull_index
 from closurepack.registry.push import ImagePusher
 from closurepack.registry.referrers import attach_pushed
-from closurepack.transports._raw import RawBlob, RawImage
+from closurepack.transports._raw import RawBlob, RawImage, RawIndex
 
-__all__ = ["check_destination", "read_image", "write_image"]
+__all__ = ["check_destination", "read_image", "read_index", "write_image"]
 
 
 def check_destination(text: str) -> RegistryRef:
@@ -23,10 +26,39 @@ def check_destination(text: str) -> RegistryRef:
     return parse_reference(text, for_push=True)
 
 
-def read_image(source: str, registry: RegistryOptions | None = None) -> RawImage:
-    """The image ``source`` (``docker://HOST/REPO[:TAG|@DIGEST]``) names, as stored: manifest
-    and config read, layers opened later (each checked against its digest as it streams)."""
-    pulled = pull_image(parse_reference(source), registry or RegistryOptions())
+def read_image(
+    source: str, registry: RegistryOptions | None = None, *, platform: Platform | None = None
+) -> RawImage:
+    """The image ``source`` (``docker://HOST/REPO[:TAG|@DIGEST]``) names, as stored (of an
+    index: the one for ``platform``): manifest and config read, layers opened later (each
+    checked against its digest as it streams)."""
+    pulled = pull_image(parse_reference(source), registry or RegistryOptions(), platform=platform)
+    return _raw(source, pulled)
+
+
+def read_index(source: str, registry: RegistryOptions | None = None) -> RawIndex | None:
+    """The image index (or manifest list) ``source`` names, as stored; None when it names a
+    single image."""
+    pulled = pull_index(parse_reference(source), registry or RegistryOptions())
+    if pulled is None:
+        return None
+    reader = pulled.reader
+
+    def read(entry: Mapping[str, Any]) -> RawImage:
+        return _raw(source, reader(entry))
+
+    return RawIndex(
+        source=source,
+        kind="docker",
+        index_bytes=pulled.index_bytes,
+        index_digest=pulled.index_digest,
+        index_size=None,
+        entries=pulled.entries,
+        reader=read,
+    )
+
+
+def _raw(source: str, pulled: PulledImage) -> RawImage:
     layers = tuple(
         RawBlob(str(b.digest), b.media_type, b.opener, b.digest, b.size) for b in pulled.layers
     )
@@ -44,7 +76,7 @@ def read_image(source: str, registry: RegistryOptions | None = None) -> RawImage
 
 
 def write_image(
-    image: Image,
+    image: Image | ImageIndex,
     ref: RegistryRef,
     *,
     options: RegistryOptions,
@@ -56,11 +88,14 @@ def write_image(
     """Push ``image`` to ``ref`` under ``tags`` (default: the reference's own); return the
     digest of the manifest pushed (Docker schema 2 with ``docker``). Blobs the repository has
     are not sent again; blobs of the repositories ``mount_from`` (of the same registry) are
-    mounted from there rather than uploaded. ``attachments`` follow as artifacts whose subject
-    is the manifest pushed."""
+    mounted from there rather than uploaded. A multi-platform image has every image pushed
+    by digest, then its index under the tags. ``attachments`` follow a single image as
+    artifacts whose subject is the manifest pushed."""
     with ImagePusher(
         ref, options=options, tags=tags, docker=docker, mount_from=mount_from
     ) as pusher:
+        if isinstance(image, ImageIndex):
+            return pusher.push_index(image)
         digest = pusher.push(image)
         attach_pushed(pusher, attachments)
         return digest
