@@ -256,3 +256,53 @@ def test_manifest_blobs_refuses_what_is_not_an_image_manifest(
 ) -> None:
     with pytest.raises(ImageError, match=problem):
         manifest_blobs(body, media_type)
+
+
+def test_the_command_line_loads_no_console_library_to_push(
+    registry: Registry, store: Store, app_closure: Path, tmp_path: Path
+) -> None:
+    """httpx's own command line (rich's console, pygments) is not loaded by a quiet push: a
+    fifth of a re-push's start-up."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from closurepack.cli import main\n"
+        "status = main(sys.argv[1:])\n"
+        "print(status, 'httpx' in sys.modules,"
+        " sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pygments')))\n"
+    )
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir",
+            tmp_path / "c", "--entrypoint", "/bin/app", "-q", "-o",
+            f"docker://{registry.host}/app:1"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", program, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 True []"
+
+
+def test_tls_contexts_are_made_once_per_setting(tmp_path: Path) -> None:
+    from closurepack.errors import RegistryError
+    from closurepack.registry.client import ssl_context
+
+    verified = ssl_context(RegistryOptions(), "registry.example:5000")
+    assert ssl_context(RegistryOptions(jobs=2), "other.example") is verified
+    assert verified.cert_store_stats()["x509_ca"] > 0  # the system trust store
+    insecure = ssl_context(RegistryOptions(tls_verify=False), "registry.example:5000")
+    assert insecure is not verified
+    assert insecure.cert_store_stats()["x509_ca"] == 0  # nothing verified, nothing loaded
+    # a failure is not kept: once the directory is right, the next call succeeds
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "client.cert").write_text("not a certificate")
+    options = RegistryOptions(cert_dir=certs)
+    with pytest.raises(RegistryError, match=r"client\.cert has no client\.key"):
+        ssl_context(options, "registry.example")
+    (certs / "client.cert").unlink()
+    assert ssl_context(options, "registry.example") is ssl_context(options, "elsewhere")

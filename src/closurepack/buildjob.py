@@ -44,7 +44,10 @@ from closurepack.plan import MAX_LAYERS_LIMIT, check_max_layers
 from closurepack.previous import read_previous
 from closurepack.registry import (
     RegistryOptions,
+    is_registry_reference,
+    parse_reference,
 )
+from closurepack.registry.client import prepare_ssl_context
 from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.record import RECORD_NAME
 from closurepack.workflow import (
@@ -108,6 +111,8 @@ def build_image(
     config, customisation, base = prepare_image(
         image, dest=dest, compression=compression, level=level, registry=registry
     )
+    if is_registry_reference(dest):  # made while the build plans (the push needs it later)
+        prepare_ssl_context(registry, parse_reference(dest, for_push=True).registry)
     mtime = image.layer_mtime
     from_image = image.from_image
     base_count = len(base.layers) if base else 0

@@ -723,6 +723,10 @@ def _show_warnings() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    # httpx loads its own command line (rich's console, pygments) when they are installed, a
+    # fifth of a registry push's start-up; closurepack never runs it, and without the module
+    # httpx defines a stub (its documented fallback).
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     _show_warnings()
     try:
         status = cli.main(
