@@ -154,8 +154,10 @@ def build_image(
         names = image_names(
             store_paths=store_paths, closure_files=closure_files, store_root=store_root
         )
+        # blobs of other tools' images in a registry are kept from the listing's download
         found = [
-            read_previous(p, registry=registry, store_dir=closures[0].store_dir) for p in previous
+            read_previous(p, registry=registry, store_dir=closures[0].store_dir, keep_blobs=True)
+            for p in previous
         ]
         for layer in (layer for f in found for layer in f.foreign):
             reuse.setdefault(layer.paths, layer.materialize)  # other tools' blobs, as they are
