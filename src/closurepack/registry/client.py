@@ -233,7 +233,7 @@ class RegistryClient:
                     raise TransientRegistryError(
                         f"{what}: {self.registry}: {_describe(exc)}{tried}"
                     ) from exc
-                self._pause(attempt, None)
+                self.pause(attempt, None)
                 continue
             status = response.status_code
             if status in ok:
@@ -246,19 +246,20 @@ class RegistryClient:
                             raise TransientRegistryError(
                                 f"{what}: {self.registry}: {_describe(exc)}"
                             ) from exc
-                        self._pause(attempt, None)
+                        self.pause(attempt, None)
                         continue
                 return response
             retriable = status == 429 or status >= 500
             if retriable and not last:
                 wait = _retry_after(response)
                 response.close()
-                self._pause(attempt, wait)
+                self.pause(attempt, wait)
                 continue
             raise self._error(response, what, attempts if retriable else 1, retriable)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _pause(self, attempt: int, retry_after: float | None) -> None:
+    def pause(self, attempt: int, retry_after: float | None = None) -> None:
+        """Wait before try ``attempt + 2``: the backoff, or what ``Retry-After`` asked for."""
         backoff = min(self.options.max_backoff, self.options.backoff * (2**attempt))
         time.sleep(backoff if retry_after is None else min(retry_after, _MAX_RETRY_AFTER))
 
