@@ -366,3 +366,22 @@ def test_a_blob_read_that_keeps_breaking_is_one_line(
     assert message.startswith(f"blob {layer.digest} of {proxy.host}/app:1: reading failed after ")
     assert message.endswith(" (after 3 tries)")
     assert len([s for s in proxy.seen if str(layer.digest) in s.path]) == 3
+
+
+def test_an_answer_for_another_range_is_not_taken(
+    image: Image, proxy: FaultProxy, registry: Registry
+) -> None:
+    _push(image, registry.host)
+    layer = max(image.layers, key=lambda la: la.size)
+
+    def elsewhere(headers: dict[str, str]) -> None:
+        headers["Content-Range"] = f"bytes 0-{layer.size - 1}/{layer.size}"
+
+    proxy.faults = [
+        Fault("GET", f"/blobs/{layer.digest}", "cut"),
+        Fault("GET", f"/blobs/{layer.digest}", elsewhere),
+    ]
+    mark = registry.mark()
+    assert verify_image(f"docker://{proxy.host}/app:1", registry=_options()) == []
+    # the 206 claims to start at 0: the blob is read again from its start instead
+    assert _blob_gets(registry, layer.digest, mark) == [200, 206, 200]
