@@ -388,6 +388,43 @@ def test_a_foreign_image_in_a_registry_is_a_previous(
     assert read_oci(new).layer_digests[0] == str(foreign[0].digest)
 
 
+@pytest.mark.integration
+def test_a_foreign_registry_image_is_downloaded_once(
+    registry: object, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its layers are fetched once to be listed; the reusable ones are kept from that read for
+    the build instead of being fetched again (counted in the registry's access log)."""
+    require_tool("skopeo")
+    host = registry.host  # type: ignore[attr-defined]
+    foreign = _foreign_image(store, tmp_path, f"oci:{tmp_path / 'foreign'}:1")
+    run_tool("skopeo", "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'foreign'}:1",
+             f"docker://{host}/foreign:1")  # fmt: skip
+    from closurepack.validate import inspect_image
+
+    # as the registry holds them (skopeo compressed the uncompressed one on the way)
+    layers = [str(la["digest"]) for la in inspect_image(f"docker://{host}/foreign:1")["layers"]]
+    mark = registry.mark()  # type: ignore[attr-defined]
+    both = store.closure_file(tmp_path / "both.json", [APP, TOOL])
+    new = tmp_path / "new"
+    status, _, err = run(
+        ["build", "--closure", both, "--store-root", store.root, "--strategy", "per-item",
+         "--previous", f"docker://{host}/foreign:1", "--no-cache", "-o", f"oci:{new}"],
+        capsys,
+    )  # fmt: skip
+    assert status == 0, err
+    built = read_oci(new).layer_digests
+    assert built[0] == str(foreign[0].digest)  # reused as it is
+    gets = [
+        r.path.rsplit("/", 1)[1]
+        for r in registry.requests(mark)  # type: ignore[attr-defined]
+        if r.method == "GET" and "/blobs/sha256:" in r.path
+    ]
+    assert sorted(d for d in gets if d in layers) == sorted(layers)  # each one GET, no more
+    status, out, err = run(["verify", f"oci:{new}"], capsys)
+    assert status == 0, err
+    assert out.strip().endswith(": ok")
+
+
 def test_open_decompressed_is_what_lists_layers() -> None:
     """The listing reads through decompression.open_decompressed: a truncated zstd layer is the
     same one-line error there as everywhere else."""

@@ -37,8 +37,10 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 @dataclass
 class Fault:
     """Answer requests matching ``method`` and ``part`` (of the path) ``times`` times with
-    ``action``: an HTTP status, ``"reset"`` (cut the connection after half the body), or a
-    callable that may change the registry's answer headers."""
+    ``action``: an HTTP status, ``"reset"`` (cut the connection after half the request
+    body), ``"cut"`` (pass the registry's answer on, but cut the connection after half its
+    body), ``"no-range"`` (drop the request's Range header, as a registry without range
+    support would answer), or a callable that may change the registry's answer headers."""
 
     method: str
     part: str
@@ -123,6 +125,8 @@ class FaultProxy:
         upstream = http.client.HTTPConnection(self.target, timeout=60)
         headers = {k: v for k, v in req.headers.items() if k.lower() not in _HOP}
         headers["Content-Length"] = str(len(body))
+        if fault is not None and fault.action == "no-range":
+            headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         upstream.request(method, path, body=body, headers=headers)
         answer = upstream.getresponse()
         data = answer.read()
@@ -135,7 +139,15 @@ class FaultProxy:
         for key, value in out.items():
             req.send_header(key, value)
         req.end_headers()
-        if method != "HEAD":
+        if fault is not None and fault.action == "cut":
+            req.wfile.write(data[: len(data) // 2])
+            req.wfile.flush()
+            time.sleep(0.3)  # a reset drops what the client has not read yet: let it read
+            req.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            req.close_connection = True
+            record.answer = "cut"
+            req.connection.close()
+        elif method != "HEAD":
             req.wfile.write(data)
         upstream.close()
 
@@ -304,3 +316,78 @@ def test_oversized_manifest_is_refused(image: Image, registry: Registry, proxy: 
     proxy.faults = [Fault("GET", "/manifests/", huge)]
     with pytest.raises(RegistryError, match="more than the 4194304 bytes accepted"):
         read_image(f"docker://{proxy.host}/app:1")
+
+
+def _blob_gets(registry: Registry, digest: object, since: int) -> list[int]:
+    """The statuses of the registry's answers to GETs of blob ``digest``."""
+    return [
+        r.status
+        for r in registry.requests(since)
+        if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")
+    ]
+
+
+def test_a_blob_read_broken_mid_way_resumes_with_a_range(
+    image: Image, proxy: FaultProxy, registry: Registry, tmp_path: Path
+) -> None:
+    from closurepack.copying import CopyOptions, copy_image
+
+    _push(image, registry.host)
+    layer = max(image.layers, key=lambda la: la.size)
+    proxy.faults = [Fault("GET", f"/blobs/{layer.digest}", "cut")]
+    mark = registry.mark()
+    copy = f"oci:{tmp_path / 'copy'}"
+    copy_image(f"docker://{proxy.host}/app:1", copy, options=CopyOptions(registry=_options()))
+    assert [s.answer for s in proxy.seen if str(layer.digest) in s.path] == ["cut", 206]
+    assert _blob_gets(registry, layer.digest, mark) == [200, 206]  # the rest, not all again
+    assert verify_image(copy) == []
+
+
+def test_without_range_support_a_broken_read_starts_again(
+    image: Image, proxy: FaultProxy, registry: Registry
+) -> None:
+    _push(image, registry.host)
+    layer = max(image.layers, key=lambda la: la.size)
+    proxy.faults = [
+        Fault("GET", f"/blobs/{layer.digest}", "cut"),
+        Fault("GET", f"/blobs/{layer.digest}", "no-range"),
+    ]
+    mark = registry.mark()
+    assert verify_image(f"docker://{proxy.host}/app:1", registry=_options()) == []
+    assert _blob_gets(registry, layer.digest, mark) == [200, 200]  # the whole blob again
+
+
+def test_a_blob_read_that_keeps_breaking_is_one_line(
+    image: Image, proxy: FaultProxy, registry: Registry
+) -> None:
+    _push(image, registry.host)
+    layer = max(image.layers, key=lambda la: la.size)
+    proxy.faults = [Fault("GET", f"/blobs/{layer.digest}", "cut", times=100)]
+    pulled = read_image(f"docker://{proxy.host}/app:1", registry=_options(retries=2))
+    (broken,) = [la for la in pulled.layers if la.digest == layer.digest]
+    with pytest.raises(RegistryError) as caught, broken.open() as blob:
+        blob.read()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"blob {layer.digest} of {proxy.host}/app:1: reading failed after ")
+    assert message.endswith(" (after 3 tries)")
+    assert len([s for s in proxy.seen if str(layer.digest) in s.path]) == 3
+
+
+def test_an_answer_for_another_range_is_not_taken(
+    image: Image, proxy: FaultProxy, registry: Registry
+) -> None:
+    _push(image, registry.host)
+    layer = max(image.layers, key=lambda la: la.size)
+
+    def elsewhere(headers: dict[str, str]) -> None:
+        headers["Content-Range"] = f"bytes 0-{layer.size - 1}/{layer.size}"
+
+    proxy.faults = [
+        Fault("GET", f"/blobs/{layer.digest}", "cut"),
+        Fault("GET", f"/blobs/{layer.digest}", elsewhere),
+    ]
+    mark = registry.mark()
+    assert verify_image(f"docker://{proxy.host}/app:1", registry=_options()) == []
+    # the 206 claims to start at 0: the blob is read again from its start instead
+    assert _blob_gets(registry, layer.digest, mark) == [200, 206, 200]

@@ -558,3 +558,113 @@ def test_zstd_chunked_layers_keep_their_annotations_through_the_cache(
         v["digest"]: v["annotations"] for v in layers.values()
     }
     _verify(f"oci:{layout}", capsys)
+
+
+def _layer_dirs(
+    store: Store, closure: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, list[Path]]:
+    """The closure planned into a plan file, each layer built by build-layer into a dir."""
+    status, out, err = run(["plan", "--closure", closure, "--json"], capsys)
+    assert status == 0, err
+    plan = tmp_path / "plan.json"
+    plan.write_text(out)
+    dirs = []
+    for number in range(len(json.loads(out)["images"][0]["layers"])):
+        out_dir = tmp_path / "layers" / str(number)
+        argv = ["build-layer", "--plan", plan, "--layer", number, "--store-root", store.root,
+                "-o", out_dir]  # fmt: skip
+        status, _, err = run(argv, capsys)
+        assert status == 0, err
+        dirs.append(out_dir)
+    return plan, dirs
+
+
+def _assemble(dirs: list[Path], dest: str, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    status, out, err = run(["assemble", *dirs, "--entrypoint", "/bin/app", "-o", dest, *extra],
+                           capsys)  # fmt: skip
+    assert status == 0, err
+    assert err == ""
+    return out.strip()
+
+
+def test_assemble_publishes_the_layers_build_then_takes(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    plan, dirs = _layer_dirs(store, app_closure, tmp_path, capsys)
+    first = _assemble(dirs, f"docker://{host}/app:1", capsys,
+                      "--cache-to", f"docker://{host}/cache")  # fmt: skip
+    image = inspect_image(f"docker://{host}/app:1")
+    layers = _mapping(registry)["layers"]
+    assert isinstance(layers, dict)
+    assert len(layers) == len(image["layers"])  # the store layers and the customisation layer
+    for layer in (la for la in image["layers"] if la["paths"]):
+        assert layers[_key(*layer["paths"])]["digest"] == layer["digest"]  # build's keys
+    _hide(store)
+    mark = registry.mark()
+    argv = ["build", "--plan", plan, "--store-root", store.root, "--cache-dir", tmp_path / "B",
+            "--entrypoint", "/bin/app", "-q", "--cache-from", f"docker://{host}/cache",
+            "-o", f"docker://{host}/app:2"]  # fmt: skip
+    status, second, err = run(argv, capsys)
+    assert status == 0, err
+    assert second.strip().partition("@")[2] == first.partition("@")[2]  # same, nothing tarred
+    assert registry.blob_writes(mark) == []
+    _verify(f"docker://{host}/app:2", capsys)
+
+
+def test_assemble_mounts_what_the_cache_holds_instead_of_uploading(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    _build(store, app_closure, f"docker://{host}/app:1", capsys,
+           "--cache-to", f"docker://{host}/cache", cache=tmp_path / "A")  # fmt: skip
+    _, dirs = _layer_dirs(store, app_closure, tmp_path, capsys)
+    mark = registry.mark()
+    dest = f"docker://{host}/team/other:1"
+    _assemble(dirs, dest, capsys, "--cache-from", f"docker://{host}/cache")
+    image = inspect_image(dest)
+    writes = registry.blob_writes(mark)
+    mounts = [r for r in writes if r.method == "POST" and "mount=" in r.path and r.status == 201]
+    assert len(mounts) == len(image["layers"])  # the customisation layer's too
+    assert all("from=cache" in r.path for r in mounts)
+    (sent,) = [r for r in writes if r.method == "PUT"]  # the only blob sent is the config
+    assert image["config_digest"].partition(":")[2] in sent.path
+    _verify(dest, capsys)
+
+
+def test_assemble_of_descriptors_without_a_key_shares_nothing_of_them(
+    registry: Registry,
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = registry.host
+    _, dirs = _layer_dirs(store, app_closure, tmp_path, capsys)
+    for directory in dirs:  # as an older build-layer wrote them
+        descriptor = json.loads((directory / "layer.json").read_text())
+        del descriptor["key"]
+        (directory / "layer.json").write_text(json.dumps(descriptor))
+    (bad := tmp_path / "bad").mkdir()
+    shutil.copytree(dirs[0], bad, dirs_exist_ok=True)
+    descriptor = json.loads((bad / "layer.json").read_text())
+    (bad / "layer.json").write_text(json.dumps({**descriptor, "key": "../x"}))
+    status, out, err = run(["assemble", bad, "-o", f"docker://{host}/app:0", "--cache-to",
+                            f"docker://{host}/cache"], capsys)  # fmt: skip
+    assert (status, out) == (4, "")
+    assert (
+        err
+        == f"closurepack: error: {bad / 'layer.json'}: invalid layer descriptor: bad key '../x'\n"
+    )
+    _assemble(dirs, f"docker://{host}/app:1", capsys, "--cache-to", f"docker://{host}/cache")
+    layers = _mapping(registry)["layers"]
+    assert isinstance(layers, dict)
+    assert len(layers) == 1  # the customisation layer only

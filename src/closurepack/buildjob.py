@@ -60,7 +60,10 @@ from closurepack.platforms import Platform
 from closurepack.previous import read_previous
 from closurepack.registry import (
     RegistryOptions,
+    is_registry_reference,
+    parse_reference,
 )
+from closurepack.registry.client import prepare_ssl_context
 from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.record import RECORD_NAME
 from closurepack.sbom import SbomOptions
@@ -164,6 +167,8 @@ def build_image(
     for target, (_, _, base) in zip(targets, prepared, strict=False):
         if base is not None and image.from_image is not None:
             warn_foreign_base(target.platform, base.config, image.from_image)
+    if is_registry_reference(dest):  # made while the build plans (the push needs it later)
+        prepare_ssl_context(registry, parse_reference(dest, for_push=True).registry)
     mtime = image.layer_mtime
     from_image = image.from_image
     base_count = max(len(base.layers) if base else 0 for _, _, base in prepared)
@@ -228,6 +233,7 @@ def build_image(
                 store_dir=closures[0].store_dir,
                 platform=wanted_platforms[0] or requested_platform(prepared[0][0], image),
                 every_platform=bool(targets),
+                keep_blobs=True,  # other tools' registry blobs: kept from the listing's download
             )
             for p in previous
         ]

@@ -325,6 +325,23 @@ _format_option = click.option(
 )
 
 
+def _shared_cache_options(func: F) -> F:
+    """--cache-from and --cache-to (a registry as a shared layer cache), for build and
+    assemble."""
+    func = click.option(
+        "--cache-to",
+        metavar="docker://HOST/REPO[:TAG]",
+        help="Afterwards, publish the image's layers to this shared layer cache.",
+    )(func)
+    return click.option(
+        "--cache-from",
+        multiple=True,
+        metavar="docker://HOST/REPO[:TAG]",
+        help="Take layers from this shared layer cache instead of building or uploading them"
+        " (repeatable; default tag closurepack-cache).",
+    )(func)
+
+
 @cli.command("build")
 @_closure_options
 @_plan_options
@@ -352,18 +369,7 @@ _format_option = click.option(
     required=True,
     help="Destination, e.g. oci:DIR[:TAG] or docker://HOST/REPO[:TAG] (pushed as it builds).",
 )
-@click.option(
-    "--cache-from",
-    multiple=True,
-    metavar="docker://HOST/REPO[:TAG]",
-    help="Take layers from this shared layer cache instead of building them (repeatable;"
-    " default tag closurepack-cache).",
-)
-@click.option(
-    "--cache-to",
-    metavar="docker://HOST/REPO[:TAG]",
-    help="After the build, publish its layers to this shared layer cache.",
-)
+@_shared_cache_options
 @click.option(
     "--sbom",
     "sbom_formats",
@@ -495,6 +501,7 @@ def build_layer_command(
 @click.option(
     "-q", "--quiet", is_flag=True, help="Accepted as in build (assemble shows no progress)."
 )
+@_shared_cache_options
 @_image_config_options
 @_customisation_options
 @_format_option
@@ -839,6 +846,10 @@ def _show_warnings() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    # httpx loads its own command line (rich's console, pygments) when they are installed, a
+    # fifth of a registry push's start-up; closurepack never runs it, and without the module
+    # httpx defines a stub (its documented fallback).
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     _show_warnings()
     try:
         status = cli.main(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -16,14 +17,17 @@ from closurepack.build import (
     read_descriptors,
     scratch_dir,
 )
+from closurepack.cachegc import KEY
 from closurepack.chunkedtoc import is_chunked
 from closurepack.customisation import (
     build_customisation_layer,
     customisation_entries,
+    customisation_layer_key,
 )
 from closurepack.errors import (
     ClosureError,
     DestinationError,
+    ImageError,
     OptionError,
 )
 from closurepack.fakeroot import run_fakeroot_script
@@ -37,13 +41,14 @@ from closurepack.jobsetup import (
     image_pusher,
     prepare_image,
 )
-from closurepack.layer import store_layer_comment
-from closurepack.layerbuild import build_store_layer
+from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
+from closurepack.layerbuild import build_store_layer, layer_key
 from closurepack.perms import Perms
-from closurepack.plan import MAX_LAYERS_LIMIT
+from closurepack.plan import MAX_LAYERS_LIMIT, PlannedLayer
 from closurepack.registry import (
     RegistryOptions,
 )
+from closurepack.registry.layercache import SharedLayerCache
 from closurepack.sources.query import store_item_path
 from closurepack.workflow import read_plan_file, select_image, source_name
 
@@ -71,7 +76,8 @@ def build_one_layer(
     """Build one layer into ``out_dir`` (blob + ``layer.json``); return the descriptor's path.
 
     Its files' mtime is ``mtime`` (default 1, never ``SOURCE_DATE_EPOCH``); ``perms`` sets
-    modes and owners by path."""
+    modes and owners by path. The descriptor records the layer's cache key too (the one
+    ``build`` gives the same layer), under which ``assemble --cache-to`` shares it."""
     if plan_file is not None:
         if store_paths:
             raise OptionError("give either --plan with --layer, or store paths, not both")
@@ -115,9 +121,23 @@ def build_one_layer(
             comment=store_layer_comment(paths),
             perms=perms,
         )
+        touching = (
+            dataclasses.replace(perms, store_dir=store_dir).key_part(paths, store_root=store_root)
+            if perms is not None
+            else {}
+        )
+        key = layer_key(
+            paths,
+            store_dir=store_dir,
+            compression=compression,
+            level=level,
+            mtime=layer_mtime,
+            perms=touching,
+        )
+        obj = {**layer.to_json_obj(relative_to=out_dir), "key": key}
         descriptor = out_dir / "layer.json"
         with atomic_write(descriptor) as handle:
-            handle.write(layer.to_json(relative_to=out_dir).encode() + b"\n")
+            handle.write(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n")
     except BaseException:
         if created_dir:  # leave nothing behind for a failed build
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -133,45 +153,71 @@ def assemble_from_descriptors(
     level: int | None = None,
     image: ImageOptions = ImageOptions(),
     registry: RegistryOptions | None = None,
+    cache_from: Sequence[str] = (),
+    cache_to: str | None = None,
 ) -> str:
     """Make an image from ``build-layer`` descriptors (bottom first) plus a customisation layer;
-    ``compression`` and ``level`` are for the customisation layer."""
+    ``compression`` and ``level`` are for the customisation layer.
+
+    ``cache_from``/``cache_to`` are registry layer caches as for ``build`` (see
+    :mod:`closurepack.registry.layercache`): pushed to the registry of a ``--cache-from``
+    cache, a layer whose blob the cache holds under the layer's key is mounted from there
+    instead of uploaded, and the customisation layer is taken from the cache when it is there;
+    ``--cache-to`` publishes every layer's key (the one ``build-layer`` recorded) afterwards.
+    """
     started = time.time()
     registry = registry or RegistryOptions()
     config, customisation, base = prepare_image(
         image, dest=dest, compression=compression, level=level, registry=registry
     )
-    layers = read_descriptors(descriptors)
-    chunked = [la for la in layers if is_chunked(la.annotations)]
+    built = read_descriptors(descriptors)
+    keys: list[str | None] = [_descriptor_key(path) for path in descriptors]
+    chunked = [la for la in built if is_chunked(la.annotations)]
     if chunked:
         check_chunked_destination(
             dest, image.manifest_format, what=f"{chunked[0].blob_path}: a zstd:chunked layer"
         )
     mtime = image.layer_mtime
-    store_dirs = {split_store_path(p, where="assemble")[0] for la in layers for p in la.paths}
+    store_dirs = {split_store_path(p, where="assemble")[0] for la in built for p in la.paths}
     if len(store_dirs) == 1:
         customisation = dataclasses.replace(customisation, store_dir=store_dirs.pop())
         customisation_entries(customisation)  # nothing over the store in use
     customisation = run_fakeroot_script(customisation)
     customisation = drop_repeated_customisation(customisation, base=base, mtime=mtime)
-    total = len(layers) + (len(base.layers) if base else 0) + (not customisation.is_empty)
+    total = len(built) + (len(base.layers) if base else 0) + (not customisation.is_empty)
     if total > MAX_LAYERS_LIMIT:
         raise OptionError(
             f"the image would have {total} layers, more than {MAX_LAYERS_LIMIT} (overlayfs stacks"
             " at most 128)"
         )
-    with scratch_dir() as work, image_pusher(dest, image, registry, base) as pusher:
+    shared = SharedLayerCache.open(
+        cache_from=cache_from, cache_to=cache_to, options=registry, dest=dest
+    )
+    layers: list[BuiltLayer | RemoteLayer] = list(built)
+    with scratch_dir() as work, image_pusher(dest, image, registry, base, shared) as pusher:
+        if shared is not None:
+            shared.source(compression=compression, cache=None, pusher=pusher)
+            for key, layer in zip(keys, built, strict=True):
+                if key is not None:
+                    shared.mount(key, layer)
         if not customisation.is_empty:
-            layers.append(
-                build_customisation_layer(
+            key = customisation_layer_key(
+                customisation, compression=compression, level=level, mtime=mtime
+            )
+            top = shared(key, PlannedLayer(()), Path(work)) if shared is not None else None
+            if top is None:
+                top = build_customisation_layer(
                     customisation,
                     compression=compression,
                     level=level,
                     mtime=mtime,
                     dest_dir=Path(work),
                 )
-            )
-        return finish_image(
+            else:
+                top = dataclasses.replace(top, verified=True, comment="customisation")
+            layers.append(top)
+            keys.append(key)
+        result = finish_image(
             layers,
             base=base,
             config=config,
@@ -181,3 +227,25 @@ def assemble_from_descriptors(
             started=started,
             pusher=pusher,
         )
+        if shared is not None:
+            shared.publish(
+                [(k, la) for k, la in zip(keys, layers, strict=True) if k is not None],
+                dest=pusher.ref if pusher else None,
+            )
+        return result
+
+
+def _descriptor_key(path: Path) -> str | None:
+    """The cache key a ``build-layer`` descriptor records (None: made by a closurepack that
+    recorded none; such a layer is not shared)."""
+    descriptor = path / "layer.json" if path.is_dir() else path
+    try:
+        key = json.loads(descriptor.read_bytes()).get("key")
+    except (OSError, ValueError, AttributeError) as exc:  # read_descriptors read it already
+        raise ImageError(f"{descriptor}: invalid layer descriptor: {exc}") from exc
+    if key is None:
+        _log.info("%s records no layer key: not shared through a layer cache", descriptor)
+        return None
+    if not isinstance(key, str) or not KEY.fullmatch(key):
+        raise ImageError(f"{descriptor}: invalid layer descriptor: bad key {key!r}")
+    return key

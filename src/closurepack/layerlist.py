@@ -46,26 +46,31 @@ class LayerListing:
 
 
 class _Hashing:
-    """A reader passing ``source``'s bytes on while hashing and counting them."""
+    """A reader passing ``source``'s bytes on while hashing and counting them (and writing
+    them to ``sink``, when given)."""
 
-    def __init__(self, source: BinaryIO, name: str) -> None:
+    def __init__(self, source: BinaryIO, name: str, sink: BinaryIO | None = None) -> None:
         self._source = source
+        self._sink = sink
         self._hash = hashlib.sha256()
         self.size = 0
         self.name = name  # how decompression errors name the layer
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._source.read(size)
-        self._hash.update(data)
-        self.size += len(data)
+        self._seen(data)
         return data
 
     def readinto(self, buffer: bytearray | memoryview, /) -> int:
         count: int = self._source.readinto(buffer)  # type: ignore[attr-defined]
-        view = memoryview(buffer)[:count]
-        self._hash.update(view)
-        self.size += count
+        self._seen(memoryview(buffer)[:count])
         return count
+
+    def _seen(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._sink is not None:
+            self._sink.write(data)
 
     def readable(self) -> bool:
         return True
@@ -80,10 +85,17 @@ class _Hashing:
 
 
 def list_store_items(
-    opener: Callable[[], BinaryIO], compression: str, *, store_dir: str, where: str
+    opener: Callable[[], BinaryIO],
+    compression: str,
+    *,
+    store_dir: str,
+    where: str,
+    copy_to: BinaryIO | None = None,
 ) -> LayerListing:
     """List the layer ``opener`` opens (``gzip``, ``zstd`` or ``none``) for the items of
-    ``store_dir`` it holds; an ImageError naming ``where`` when it is no readable tar."""
+    ``store_dir`` it holds; an ImageError naming ``where`` when it is no readable tar. The
+    blob's bytes, as read, are written to ``copy_to`` too when given (so that a blob streamed
+    from afar need not be fetched again)."""
     store = store_dir.strip("/")
     above = {"", "."}
     parts = store.split("/")
@@ -93,7 +105,7 @@ def list_store_items(
     other = False
     try:
         with opener() as blob:
-            compressed = _Hashing(blob, where)
+            compressed = _Hashing(blob, where, copy_to)
             with open_decompressed(compression, compressed) as plain:  # type: ignore[arg-type]
                 tar_bytes = _Hashing(plain, where)  # type: ignore[arg-type]
                 with tarfile.open(fileobj=tar_bytes, mode="r|") as tar:  # type: ignore[call-overload]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import tarfile
+import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +101,37 @@ def plan_from_image_config(config: dict[str, object], *, source: str) -> LayerPl
     return LayerPlan((ImagePlan(layers, name=source),), store_dir=store_dir, strategy="previous")
 
 
+class _PositionalReader(io.RawIOBase):
+    """Reads the file ``fd`` from its start with ``pread``: readers of one fd do not share a
+    position (and closing one leaves the fd open)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = os.pread(self._fd, len(buffer), self._offset)
+        buffer[: len(data)] = data
+        self._offset += len(data)
+        return len(data)
+
+
+class _KeptBlob:
+    """A blob kept in an unnamed temp file while it is needed: the file is closed (and its
+    space freed) when the last opener is dropped, and nothing is left behind when the
+    process dies."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the openers)
+        weakref.finalize(self, self.file.close)
+
+    def opener(self) -> BinaryIO:
+        return io.BufferedReader(_PositionalReader(self.file.fileno()), _CHUNK)
+
+
 def load_previous(
     spec: str, *, registry: RegistryOptions | None = None, store_dir: str = "/nix/store"
 ) -> LayerPlan:
@@ -111,6 +146,7 @@ def read_previous(
     store_dir: str = "/nix/store",
     platform: Platform | None = None,
     every_platform: bool = False,
+    keep_blobs: bool = False,
 ) -> Previous:
     """Read ``spec``: a plan file (JSON from ``closurepack plan --json``), or an image
     (``docker-archive:``, ``oci:``, ``oci-archive:``, ``docker://``; a bare path to a tar is
@@ -118,7 +154,8 @@ def read_previous(
 
     An image's layers are what its ``dev.closurepack.layers`` label records; an image without
     the label (made by another tool) has its layers' file lists read for the items of
-    ``store_dir`` they hold (:func:`plan_from_layer_lists`).
+    ``store_dir`` they hold (:func:`plan_from_layer_lists`); with ``keep_blobs``, the
+    reusable ones of a registry image are kept from that one download for the build.
     A bare path that is neither, or does not exist, is a PlanError naming it. Of a
     multi-platform image, the image for ``platform`` is read (default: the host's), or with
     ``every_platform`` (a multi-platform build) every platform's, one image of the plan each.
@@ -147,7 +184,7 @@ def read_previous(
             raise PlanError(f"--previous {spec}: no such plan file or image")
     index = read_index(spec, registry=registry) if every_platform else None
     if index is not None:
-        found = [_previous_image(raw, store_dir) for _, raw in index.images()]
+        found = [_previous_image(raw, store_dir, keep_blobs) for _, raw in index.images()]
         if not found:
             raise PlanError(f"--previous {spec}: the index lists no image for any platform")
         plan = LayerPlan(
@@ -156,10 +193,12 @@ def read_previous(
             strategy="previous",
         )
         return Previous(plan, tuple(layer for f in found for layer in f.foreign))
-    return _previous_image(read_raw(spec, registry=registry, platform=platform), store_dir)
+    return _previous_image(
+        read_raw(spec, registry=registry, platform=platform), store_dir, keep_blobs
+    )
 
 
-def _previous_image(raw: RawImage, store_dir: str) -> Previous:
+def _previous_image(raw: RawImage, store_dir: str, keep_blobs: bool) -> Previous:
     spec = raw.source
     try:
         config = json.loads(raw.config_bytes)
@@ -169,15 +208,21 @@ def _previous_image(raw: RawImage, store_dir: str) -> Previous:
         raise InputError(f"{spec}: the image config is not a JSON object")
     if layer_paths_from_config(config):
         return Previous(plan_from_image_config(config, source=spec))
-    return plan_from_layer_lists(raw, config, store_dir=store_dir)
+    return plan_from_layer_lists(
+        raw, config, store_dir=store_dir, keep_blobs=keep_blobs and raw.kind == "docker"
+    )
 
 
-def plan_from_layer_lists(raw: RawImage, config: dict[str, object], *, store_dir: str) -> Previous:
+def plan_from_layer_lists(
+    raw: RawImage, config: dict[str, object], *, store_dir: str, keep_blobs: bool = False
+) -> Previous:
     """The store layers of an image without our label, from the entry names of its layers
     (each blob streamed once, its digest and diff_id checked against what the image declares).
 
     A layer holding items of ``store_dir`` is a previous layer of those items (its other files
     do not count); one holding nothing but them is also reusable as it is (a ForeignLayer).
+    With ``keep_blobs`` the blob of a reusable layer is kept from the listing's read (in an
+    unnamed temp file) and a build copies it from there: a registry's blob is downloaded once.
     No layer holding any item is a PlanError naming the image.
     """
     spec = raw.source
@@ -190,12 +235,22 @@ def plan_from_layer_lists(raw: RawImage, config: dict[str, object], *, store_dir
     foreign = []
     for index, blob in enumerate(raw.layers):
         where = f"{spec}: layer {index} ({blob.name})"
+        kept = None
         try:
+            kept = _KeptBlob() if keep_blobs else None
             listing = list_store_items(
-                blob.opener, blob.media_type.compression, store_dir=store_dir, where=where
+                blob.opener,
+                blob.media_type.compression,
+                store_dir=store_dir,
+                where=where,
+                copy_to=kept.file if kept else None,
             )
+            if kept is not None:
+                kept.file.flush()
         except DestinationError as exc:  # the blob is missing: a source that is not there
             raise SourceError(str(exc)) from exc
+        except OSError as exc:  # the temp file (a full disk)
+            raise SourceError(f"{where}: cannot keep the blob: {exc.strerror or exc}") from exc
         if blob.digest is not None and listing.digest != blob.digest:
             raise ImageError(f"{where}: the blob's digest is {listing.digest}, not {blob.digest}")
         if str(diff_ids[index]) != str(listing.diff_id):
@@ -203,6 +258,9 @@ def plan_from_layer_lists(raw: RawImage, config: dict[str, object], *, store_dir
                 f"{where}: the layer's diff_id is {listing.diff_id}, the config says"
                 f" {diff_ids[index]}"
             )
+        if kept is not None and not (listing.items and listing.only_store):
+            kept.file.close()  # not reusable: no need to keep it
+            kept = None
         if not listing.items:
             continue
         layers.append(PlannedLayer(listing.items, 0, "previous"))
@@ -214,7 +272,7 @@ def plan_from_layer_lists(raw: RawImage, config: dict[str, object], *, store_dir
                     diff_id=listing.diff_id,
                     size=listing.size,
                     media_type=oci_media_type(blob.media_type),
-                    opener=blob.opener,
+                    opener=kept.opener if kept is not None else blob.opener,
                     where=where,
                 )
             )
@@ -230,6 +288,7 @@ def plan_from_layer_lists(raw: RawImage, config: dict[str, object], *, store_dir
 
 
 _TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:", "docker://")
+_CHUNK = 1 << 20
 
 
 def _looks_like_tar(path: Path) -> bool:

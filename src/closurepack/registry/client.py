@@ -13,8 +13,11 @@ import contextlib
 import email.utils
 import json
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
 
 import httpx
 
@@ -30,6 +33,7 @@ __all__ = [
     "RegistryClient",
     "TransientRegistryError",
     "open_client",
+    "prepare_ssl_context",
     "read_limited",
     "ssl_context",
 ]
@@ -47,13 +51,53 @@ class TransientRegistryError(RegistryError):
     broke like this is started again."""
 
 
+#: The TLS contexts made so far, by (verification off, cert_dir): loading the system trust
+#: store takes tens of milliseconds, and every blob read opens a client of its own.
+_CONTEXTS: dict[tuple[bool, Path | None], Future[ssl.SSLContext]] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
 def ssl_context(options: RegistryOptions, host: str) -> ssl.SSLContext:
     """The TLS context for ``host``: the system trust store plus ``cert_dir``'s CAs and client
-    certificate; no verification at all for insecure hosts."""
-    context = ssl.create_default_context()
+    certificate; no verification at all for insecure hosts. Made once per process for each
+    such setting (``cert_dir`` is read then), and shared by the clients; a failure is not
+    kept (the next call tries again)."""
+    key = (options.insecure(host), options.cert_dir)
+    with _CONTEXTS_LOCK:
+        made = _CONTEXTS.get(key)
+        mine = made is None
+        if made is None:
+            made = _CONTEXTS[key] = Future()
+    if mine:
+        try:
+            made.set_result(_make_ssl_context(options, host))
+        except BaseException as exc:
+            with _CONTEXTS_LOCK:
+                del _CONTEXTS[key]
+            made.set_exception(exc)
+    return made.result()
+
+
+def prepare_ssl_context(options: RegistryOptions, host: str) -> None:
+    """Start making :func:`ssl_context`'s context for ``host`` in the background (while a build
+    plans), so that connecting later need not wait for it; a failure is left for the real
+    call to report."""
+
+    def make() -> None:
+        with contextlib.suppress(ClosurepackError, OSError, ssl.SSLError):
+            ssl_context(options, host)
+
+    threading.Thread(target=make, name="tls-context", daemon=True).start()
+
+
+def _make_ssl_context(options: RegistryOptions, host: str) -> ssl.SSLContext:
     if options.insecure(host):
+        # nothing is verified: the system trust store is not even loaded
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context()
     cert_dir = options.cert_dir
     if cert_dir is None:
         return context
@@ -189,7 +233,7 @@ class RegistryClient:
                     raise TransientRegistryError(
                         f"{what}: {self.registry}: {_describe(exc)}{tried}"
                     ) from exc
-                self._pause(attempt, None)
+                self.pause(attempt, None)
                 continue
             status = response.status_code
             if status in ok:
@@ -202,19 +246,20 @@ class RegistryClient:
                             raise TransientRegistryError(
                                 f"{what}: {self.registry}: {_describe(exc)}"
                             ) from exc
-                        self._pause(attempt, None)
+                        self.pause(attempt, None)
                         continue
                 return response
             retriable = status == 429 or status >= 500
             if retriable and not last:
                 wait = _retry_after(response)
                 response.close()
-                self._pause(attempt, wait)
+                self.pause(attempt, wait)
                 continue
             raise self._error(response, what, attempts if retriable else 1, retriable)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _pause(self, attempt: int, retry_after: float | None) -> None:
+    def pause(self, attempt: int, retry_after: float | None = None) -> None:
+        """Wait before try ``attempt + 2``: the backoff, or what ``Retry-After`` asked for."""
         backoff = min(self.options.max_backoff, self.options.backoff * (2**attempt))
         time.sleep(backoff if retry_after is None else min(retry_after, _MAX_RETRY_AFTER))
 

@@ -193,6 +193,26 @@ class SharedLayerCache:
             _log.warning("layer cache %s: layer %s: %s; building it", entry.source, key[:12], exc)
             return None
 
+    def mount(self, key: str, layer: BuiltLayer) -> bool:
+        """Whether the pushed-to repository holds ``layer``'s blob, there already or mounted
+        from the cache repository (of the same registry) whose mapping names that blob under
+        ``key``: it is then not uploaded. False when there is no such entry, no push, or the
+        mapping names another blob for the key."""
+        entry = self.entries.get(key)
+        pusher = self._pusher
+        if (
+            entry is None
+            or pusher is None
+            or entry.source.registry != pusher.ref.registry
+            or (entry.digest, entry.size) != (layer.digest, layer.size)
+        ):
+            return False
+        try:
+            return pusher.adopt(entry.digest, entry.size, entry.source.repository)
+        except RegistryError as exc:
+            _log.warning("layer cache %s: layer %s: %s; uploading it", entry.source, key[:12], exc)
+            return False
+
     def _adopt(
         self, entry: CacheEntry, layer: PlannedLayer, pusher: ImagePusher
     ) -> RemoteLayer | None:

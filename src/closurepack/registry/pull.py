@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -285,7 +285,13 @@ def blob_opener(
 
 
 class _BlobStream(io.RawIOBase):
-    """A blob streamed from the registry; at its end the digest (and size) are checked."""
+    """A blob streamed from the registry; at its end the digest (and size) are checked.
+
+    A read that breaks on the way (a connection reset, a timeout) is taken up again where it
+    broke, up to the client's retries: ``Range: bytes=N-``, and from the answer's start when the
+    registry answers 206 for that range; else the blob from its beginning, its first N bytes
+    skipped. The digest is over every byte handed out, whichever answers they came from.
+    """
 
     def __init__(
         self, ref: RegistryRef, options: RegistryOptions, digest: Digest, size: int | None
@@ -297,23 +303,49 @@ class _BlobStream(io.RawIOBase):
         self._hash = hashlib.sha256()
         self._count = 0
         self._pending = b""
+        self._breaks = 0
+        self._response: httpx.Response | None = None
         try:
-            client = self._stack.enter_context(
+            self._client = self._stack.enter_context(
                 open_client(ref, options, [f"repository:{ref.repository}:pull"])
             )
-            response = client.request(
-                "GET",
-                client.url(f"blobs/{digest}"),
-                what=self._what,
-                stream=True,
-                follow_redirects=True,
-            )
-            self._stack.callback(response.close)
-            self._chunks = response.iter_raw(_CHUNK)
+            self._stack.callback(self._close_response)
+            self._chunks = self._open(0)
         except BaseException:
             self._stack.close()
             raise
         self._done = False
+
+    def _get(self, headers: dict[str, str] | None) -> httpx.Response:
+        self._close_response()
+        self._response = self._client.request(
+            "GET",
+            self._client.url(f"blobs/{self._digest}"),
+            what=self._what,
+            ok=(200, 206, 416) if headers else (200,),
+            headers=headers,
+            stream=True,
+            follow_redirects=True,
+        )
+        return self._response
+
+    def _open(self, offset: int) -> Iterator[bytes]:
+        """The blob's bytes from ``offset`` on, as they arrive (a chunk is not held back until
+        it is full: what came before a break counts)."""
+        if offset:
+            response = self._get({"Range": f"bytes={offset}-"})
+            if response.status_code == 206 and _range_start(response) == offset:
+                return response.iter_raw()
+            if response.status_code != 200:  # 416, or another range than asked for
+                response = self._get(None)
+        else:
+            response = self._get(None)
+        return _skip(response.iter_raw(), offset)
+
+    def _close_response(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
 
     def readable(self) -> bool:
         return True
@@ -326,6 +358,9 @@ class _BlobStream(io.RawIOBase):
             except StopIteration:
                 self._done = True
                 self._finish()
+            except httpx.TransportError as exc:
+                self._resume(exc)
+                continue
             except httpx.HTTPError as exc:
                 raise RegistryError(f"{self._what}: reading failed: {exc}") from exc
             self._hash.update(self._pending)
@@ -334,6 +369,18 @@ class _BlobStream(io.RawIOBase):
         view[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+    def _resume(self, exc: httpx.TransportError) -> None:
+        """Take the read up again after ``exc`` broke it, or give up after the retries."""
+        retries = self._client.options.retries
+        if self._breaks >= retries:
+            tries = f" (after {retries + 1} tries)" if retries else ""
+            raise RegistryError(
+                f"{self._what}: reading failed after {self._count} bytes: {exc}{tries}"
+            ) from exc
+        self._client.pause(self._breaks)
+        self._breaks += 1
+        self._chunks = self._open(self._count)
 
     def _finish(self) -> None:
         actual = Digest(self._hash.hexdigest())
@@ -348,3 +395,20 @@ class _BlobStream(io.RawIOBase):
     def close(self) -> None:
         self._stack.close()
         super().close()
+
+
+def _range_start(response: httpx.Response) -> int | None:
+    """The first byte of ``Content-Range: bytes FIRST-LAST/TOTAL``, None when unreadable."""
+    unit, _, rest = response.headers.get("Content-Range", "").partition(" ")
+    first = rest.partition("-")[0]
+    return int(first) if unit == "bytes" and first.isdigit() else None
+
+
+def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
+    """``chunks`` without their first ``count`` bytes."""
+    for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0

@@ -1,11 +1,14 @@
 """Push an image to a registry: blobs first (several at once), the manifest last, every tag.
 
-Each blob is checked with ``HEAD`` first and skipped when the repository has it; one that the
-blob record says lives in another repository of the same registry is mounted from there;
-anything else is uploaded. Layers may be handed over while the build is still going
+First the manifest the (first) tag holds now is read (:mod:`closurepack.registry.tagged`): the
+blobs it names are in the repository already and are not checked again. Each other blob is
+checked with ``HEAD`` and skipped when the repository has it; one that the blob record says
+lives in another repository of the same registry is mounted from there; anything else is
+uploaded. Layers may be handed over while the build is still going
 (:meth:`ImagePusher.submit`), so each is pushed as soon as it is built. The manifest goes last,
 after every blob it names is in place, so a tag never points at a missing blob; a tag that
-already points at the same manifest is left alone.
+already points at the same manifest is left alone (so re-pushing an unchanged image sends
+nothing but that one ``GET``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from closurepack.registry.client import RegistryClient, open_client
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.record import BlobRecord
 from closurepack.registry.reference import RegistryRef, is_registry_reference, parse_reference
+from closurepack.registry.tagged import TagState, read_tag
 
 __all__ = ["ImagePusher", "open_pusher", "push_image"]
 
@@ -74,6 +78,8 @@ class ImagePusher:
         self.outcomes: dict[Digest, str] = {}
         #: The media type and bytes of the last manifest pushed (an artifact's subject).
         self.pushed: tuple[str, bytes] | None = None
+        #: What the first tag held when the pusher opened.
+        self.tagged = TagState()
 
     def __enter__(self) -> ImagePusher:
         scopes = [f"repository:{self.ref.repository}:pull,push"]
@@ -83,6 +89,7 @@ class ImagePusher:
             self._pool = self._stack.enter_context(
                 ThreadPoolExecutor(self.options.jobs, thread_name_prefix="push")
             )
+            self.tagged = read_tag(self._client, self.tags[0])
         except BaseException:
             self._stack.close()
             raise
@@ -122,7 +129,12 @@ class ImagePusher:
         if self._pool is None:
             raise RegistryError(f"{self.ref}: the pusher is not open")
         with self._lock:
-            if digest not in self._futures:
+            if digest in self._futures:
+                return
+            if self.tagged.holds(digest, size):
+                self._futures[digest] = _done()
+                self.outcomes[digest] = "present"
+            else:
                 self._futures[digest] = self._pool.submit(self._push_blob, digest, size, opener)
 
     def push(self, image: Image) -> Digest:
@@ -180,7 +192,7 @@ class ImagePusher:
         from repository ``source`` of the same registry when it did not; such a blob is not
         pushed again. A mount the registry turns into an upload session is cancelled."""
         client = self._require_client()
-        present = blob_exists(client, digest, size)
+        present = self.tagged.holds(digest, size) or blob_exists(client, digest, size)
         if not present and source is not None and source != self.ref.repository:
             location = mount_blob(client, digest, source)
             if location is None:
@@ -191,10 +203,8 @@ class ImagePusher:
                         "DELETE", location, what=f"cancelling upload of {digest}", ok=(204, 404)
                     )
         if present:
-            done: Future[None] = Future()
-            done.set_result(None)
             with self._lock:
-                self._futures.setdefault(digest, done)
+                self._futures.setdefault(digest, _done())
                 self.outcomes.setdefault(digest, "present")
         return present
 
@@ -220,13 +230,17 @@ class ImagePusher:
         client = self._require_client()
         url = client.url(f"manifests/{tag}")
         what = f"manifest {digest} for {self.ref.name}{'@' if ':' in tag else ':'}{tag}"
-        current = client.request(
-            "HEAD", url, what=what, ok=(200, 404), headers={"Accept": str(media_type)}
-        )
-        if current.status_code == 200 and current.headers.get("Docker-Content-Digest") == str(
-            digest
-        ):
-            return
+        if tag == self.tags[0] and self.tagged.known:  # read when the pusher opened
+            if self.tagged.digest == digest:
+                return
+        else:
+            current = client.request(
+                "HEAD", url, what=what, ok=(200, 404), headers={"Accept": str(media_type)}
+            )
+            if current.status_code == 200 and current.headers.get("Docker-Content-Digest") == str(
+                digest
+            ):
+                return
         response = client.request(
             "PUT",
             url,
@@ -243,6 +257,12 @@ class ImagePusher:
         if self._client is None:
             raise RegistryError(f"{self.ref}: the pusher is not open")
         return self._client
+
+
+def _done() -> Future[None]:
+    done: Future[None] = Future()
+    done.set_result(None)
+    return done
 
 
 @contextlib.contextmanager
