@@ -29,6 +29,9 @@ __all__ = ["TagState", "manifest_blobs", "read_tag"]
 _log = logging.getLogger(__name__)
 
 _MANIFEST_TYPES = (MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value)
+#: Asked for too: a registry answers 404 for a tag whose kind the Accept header leaves out,
+#: which would pass for "no such tag".
+_INDEX_TYPES = (MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value)
 #: Layers a registry does not have to hold (they are fetched from their ``urls``).
 _FOREIGN = (
     "application/vnd.docker.image.rootfs.foreign.",
@@ -62,7 +65,7 @@ def read_tag(client: RegistryClient, tag: str) -> TagState:
             client.url(f"manifests/{tag}"),
             what=what,
             ok=(200, 404),
-            headers={"Accept": ", ".join(_MANIFEST_TYPES)},
+            headers={"Accept": ", ".join(_MANIFEST_TYPES + _INDEX_TYPES)},
             stream=True,
         )
         if response.status_code == 404:
@@ -86,6 +89,8 @@ def read_tag(client: RegistryClient, tag: str) -> TagState:
             digest,
         )
         return TagState()
+    if media_type in _INDEX_TYPES:  # a multi-platform image: its digest, no blobs known
+        return TagState(digest, {}, known=True)
     try:
         blobs = manifest_blobs(body, media_type)
     except ImageError as exc:
