@@ -36,6 +36,7 @@ from closurepack.jobsetup import (
     finish_image,
     fit_customisation,
     image_pusher,
+    image_streamer,
     prepare_image,
 )
 from closurepack.layer import BuiltLayer
@@ -197,12 +198,15 @@ def build_image(
         if shared is not None:
             layer_source = shared.source(compression=compression, cache=cache, pusher=pusher)
             options = dataclasses.replace(options, source=layer_source)
+        hook = pusher.progress_hook(progress) if pusher else progress
+        # -o -: layers go out as they are built, bottom first
+        streamer = image_streamer(dest, config, base)
         layers = build_layers(
             image_plan,
             options=options,
             work_dir=Path(work),
             customisation=customisation,
-            progress=pusher.progress_hook(progress) if pusher else progress,
+            progress=streamer.progress_hook(hook) if streamer else hook,
             reuse=reuse,
         )
         result = finish_image(
@@ -214,6 +218,8 @@ def build_image(
             name=image_plan.name,
             started=started,
             pusher=pusher,
+            streamer=streamer,
+            stamps=cache.stamps if cache is not None else None,
         )
         if shared is not None:
             keys = layer_keys(image_plan, options, customisation)

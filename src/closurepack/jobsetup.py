@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from closurepack.basefiles import with_base_accounts
+from closurepack.blobstamp import BlobStamps
 from closurepack.build import (
     check_mtime,
     default_mtime,
@@ -29,6 +30,7 @@ from closurepack.image import (
     ImageConfig,
     ImageLayer,
     assemble_image,
+    rfc3339,
 )
 from closurepack.readback import read_base_image
 from closurepack.registry import (
@@ -45,6 +47,7 @@ from closurepack.transports import (
     parse_repo_tag,
     write_image,
 )
+from closurepack.transports.stdout import LayerStreamer
 
 __all__ = [
     "ImageOptions",
@@ -53,6 +56,7 @@ __all__ = [
     "finish_image",
     "fit_customisation",
     "image_pusher",
+    "image_streamer",
     "prepare_image",
 ]
 
@@ -219,6 +223,8 @@ def finish_image(
     name: str | None,
     started: float,
     pusher: ImagePusher | None = None,
+    streamer: LayerStreamer | None = None,
+    stamps: BlobStamps | None = None,
 ) -> str:
     image = assemble_image(layers, config=config, base=base)
     container = image.config.get("config") or {}
@@ -231,7 +237,12 @@ def finish_image(
     if pusher is not None:
         digest = pusher.push(image)
         return f"{pusher.ref.name}@{digest}"
-    write_image(image, parse_destination(dest), tags=tags, name=name, started=started)
+    if streamer is not None:
+        streamer.finish(image, tags=tags, name=name)
+        return str(image.manifest_digest)
+    write_image(
+        image, parse_destination(dest), tags=tags, name=name, started=started, stamps=stamps
+    )
     return str(image.manifest_digest)
 
 
@@ -255,4 +266,16 @@ def image_pusher(
         base_image=image.from_image,
         base_layers=base.layers if base is not None else (),
         readable=shared.mount_sources(ref) if shared is not None else (),
+    )
+
+
+def image_streamer(dest: str, config: ImageConfig, base: BaseImage | None) -> LayerStreamer | None:
+    """A streamer writing the layers to standard output as they are built when ``dest`` is
+    ``-``; else None."""
+    if is_registry_reference(dest) or parse_destination(dest).kind != "stdout":
+        return None
+    return LayerStreamer(
+        parse_destination(dest),
+        created=rfc3339(config.created),
+        base=base.layers if base is not None else (),
     )

@@ -69,10 +69,15 @@ class _Pipe:
     :func:`~closurepack._fs.blob_writer`, which hashes the result for the digest)."""
 
     def __init__(
-        self, compress: Callable[[Writable], Compressor], blob: Writable, *, where: str
+        self,
+        compress: Callable[[Writable], Compressor],
+        blob: Writable,
+        *,
+        where: str,
+        tar_hash: HashingWriter,
     ) -> None:
         self._where = where
-        self.tar_hash = HashingWriter()
+        self.tar_hash = tar_hash
         self._compressor = compress(blob)
         self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
         self._buf = bytearray()
@@ -176,14 +181,21 @@ def _build(
 ) -> BuiltLayer:
     resolve_level(compression, level)  # validate before doing any work
     media_type = layer_media_type(compression)
+    tar_hash = HashingWriter()
+    # uncompressed, the blob is the tar: its digest is the diff_id, hashed once
+    same = tar_hash if compression == "none" else None
     try:
-        with _counted(), blob_writer(dest_dir, fsync=fsync, buffering=_CHUNK) as blob:
+        with (
+            _counted(),
+            blob_writer(dest_dir, fsync=fsync, buffering=_CHUNK, digest_of=same) as blob,
+        ):
             pipe = _Pipe(
                 lambda sink: open_compressor(
                     compression, sink, level=level, threads=threads or _fair_share()
                 ),
                 blob,
                 where=str(dest_dir),
+                tar_hash=tar_hash,
             )
             try:
                 write_tar(pipe)
