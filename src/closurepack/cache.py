@@ -48,6 +48,7 @@ from closurepack._fs import (
     move_file,
     sweep_stale_temp_dirs,
 )
+from closurepack.blobstamp import BlobStamps
 from closurepack.cachegc import KEY, CacheUsage, blob_sizes, lock_file, remove_entries
 from closurepack.digest import Digest
 from closurepack.errors import CacheError, ImageError, StoreError
@@ -173,6 +174,12 @@ class LayerCache:
         if not KEY.fullmatch(key):
             raise CacheError(f"{self.root}: invalid cache key {key!r}")
         return self._keys / f"{key}.json"
+
+    @property
+    def stamps(self) -> BlobStamps:
+        """Records of the blobs builds with this cache wrote or hashed elsewhere (the blobs of
+        ``oci:`` layouts), in ``stamps/``: see :mod:`closurepack.blobstamp`."""
+        return BlobStamps(self.root / "stamps")
 
     def blob_path(self, digest: Digest) -> Path:
         """Where the blob with ``digest`` lives in the cache (whether or not it is there)."""

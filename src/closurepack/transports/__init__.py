@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from closurepack._fs import is_special_file
+from closurepack.blobstamp import BlobStamps
 from closurepack.errors import DestinationError, InputError, OptionError, SourceError
 from closurepack.image import Image
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
@@ -132,6 +133,7 @@ def write_image(
     registry: RegistryOptions | None = None,
     docker: bool = False,
     mount_from: Sequence[str] = (),
+    stamps: BlobStamps | None = None,
 ) -> str:
     """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string); return
     its manifest digest (``HOST/REPO@DIGEST`` for a registry).
@@ -143,7 +145,8 @@ def write_image(
     files that writes killed before ``started`` (the job's start; default: now) left at the
     destination are removed. A registry (``docker://``) is reached with ``registry`` (its
     options), gets the Docker schema 2 manifest with ``docker``, and has the blobs of its
-    repositories ``mount_from`` mounted rather than uploaded.
+    repositories ``mount_from`` mounted rather than uploaded. ``stamps`` spare rewriting or
+    rehashing unchanged blobs of an ``oci:`` layout (see :func:`oci_layout.write_blobs`).
     """
     if isinstance(tags, str):
         tags = (tags,)
@@ -163,7 +166,7 @@ def write_image(
     if dest.kind == "docker-archive":
         docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
     elif dest.kind == "oci":
-        oci_layout.write_image(image, dest, tags=tags, started=started)
+        oci_layout.write_image(image, dest, tags=tags, started=started, stamps=stamps)
     elif dest.kind == "oci-archive":
         oci_archive.write_image(image, dest, tags=tags, started=started)
     elif dest.kind == "stdout":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from closurepack._fs import TEMP_SUFFIX, clone_blob, sweep_stale_temps
+from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import Image, ImageLayer, canonical_json, host_architecture
@@ -76,22 +77,29 @@ def index_with(
     return out
 
 
-def write_blobs(image: Image, root: Path) -> None:
+def write_blobs(image: Image, root: Path, *, stamps: BlobStamps | None = None) -> None:
     """Store the layers, config and manifest of ``image`` under ``root/blobs/sha256``. Each is
     a file of its own, never a hard link to the cache (a change to one would show in the other);
-    a blob already there is checked and replaced when it is not what its name says."""
+    a blob already there is checked and replaced when it is not what its name says.
+
+    ``stamps``: records of the layout blobs earlier builds wrote or hashed; a layer blob that
+    still matches its record (same inode, size, mtime and ctime, see :mod:`closurepack.blobstamp`)
+    is kept without being read; every layer blob written or hashed here is recorded."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     for layer in image.layers:
-        if blob_is_good(blobs / layer.digest.hex, layer.digest, layer.size):
+        target = blobs / layer.digest.hex
+        if stamps is not None and stamps.matches(target, layer.digest, layer.size):
             continue
-        try:
-            if _clone_verified(layer, blobs):
-                continue
-            with layer.open() as src:
-                put_blob(blobs, layer.digest, src, size=layer.size)
-        except OSError as exc:
-            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        if not blob_is_good(target, layer.digest, layer.size):
+            try:
+                if not _clone_verified(layer, blobs):
+                    with layer.open() as src:
+                        put_blob(blobs, layer.digest, src, size=layer.size)
+            except OSError as exc:
+                raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        if stamps is not None:
+            stamps.record(target, layer.digest)
     put_blob(blobs, image.config_digest, image.config_bytes, size=len(image.config_bytes))
     put_blob(blobs, image.manifest_digest, image.manifest_bytes, size=len(image.manifest_bytes))
 
@@ -175,7 +183,12 @@ def check_existing(dest: Destination) -> None:
 
 
 def write_image(
-    image: Image, dest: Destination, *, tags: Sequence[str] = (), started: float | None = None
+    image: Image,
+    dest: Destination,
+    *,
+    tags: Sequence[str] = (),
+    started: float | None = None,
+    stamps: BlobStamps | None = None,
 ) -> None:
     """Add ``image`` to the OCI layout at ``dest.path`` under each of its tags (see
     :func:`oci_ref_names`), keeping other tags; temp files of writes killed before ``started``
@@ -195,7 +208,7 @@ def write_image(
                 # write takes, rather than a directory of blobs it would refuse as foreign
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
-            write_blobs(image, root)
+            write_blobs(image, root, stamps=stamps)
             index = index_with(_read_index(root), image, ref_names)
             with atomic_file(root / "index.json") as out:
                 out.write(canonical_json(index))
