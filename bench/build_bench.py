@@ -708,6 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     items_file.write_text("".join(p.lstrip("/") + "\n" for p in items))
     nar_total = sum(int(str(o.get("narSize", 0))) for o in closure)
     cores = len(os.sched_getaffinity(0))
+    # closurepack runs as installed, its bytecode cached (pip compiles it at install): a
+    # PYTHONDONTWRITEBYTECODE in this environment would have it recompiled on every run
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
     load_before = os.getloadavg()[0]
     drop = False
@@ -799,6 +802,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else ([[p] for p in items], "closurepack not installed; one layer per item")
     )
     print(f"  plan: {plan_note}", file=sys.stderr)
+    if cp is not None:  # (untimed: writes the bytecode caches)
+        subprocess.run([*cp, "--version"], capture_output=True, check=False)
 
     nix_name = "nixpkgs stream_layered_image"
     script = args.nixpkgs_stream_script

@@ -201,6 +201,8 @@ def build_image(
         hook = pusher.progress_hook(progress) if pusher else progress
         # -o -: layers go out as they are built, bottom first
         streamer = image_streamer(dest, config, base)
+        if streamer is not None:
+            options = dataclasses.replace(options, bottom_first=True)
         layers = build_layers(
             image_plan,
             options=options,
