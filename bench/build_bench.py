@@ -713,6 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
     load_before = os.getloadavg()[0]
+    versions = _tool_versions()  # now: the commit measured, whatever is committed meanwhile
     drop = False
     if args.page_cache in ("auto", "drop"):
         drop = drop_page_cache()
@@ -871,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": args.repeat,
         "stat": args.stat,
         "plan": plan_note,
-        **_tool_versions(),
+        **versions,
     }
     report_out = sys.stderr if args.json else sys.stdout
     print("", file=report_out)
