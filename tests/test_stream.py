@@ -130,3 +130,28 @@ def test_trusted_blob_is_sent_by_the_kernel_with_the_same_bytes(tmp_path: Path) 
 def test_trusted_blob_of_another_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DestinationError, match="is not 10 bytes long"):
         _tar_of_blob(tmp_path, b"0123456789abc", trusted=True, size=10)
+
+
+@pytest.mark.parametrize("dest", ["oci", "-"])
+def test_layers_start_largest_first_unless_streamed(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dest: str
+) -> None:
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(_Recorder()))
+    events: list[LayerEvent] = []
+    build_image(
+        closure_files=[app_closure],
+        store_root=store.root,
+        strategy="per-item",
+        jobs=1,
+        image=ImageOptions(cmd=("/bin/app",)),
+        dest=f"oci:{tmp_path / 'layout'}" if dest == "oci" else "-",
+        no_cache=True,
+        progress=events.append,
+    )
+    store_layers = [e for e in events if e.index < e.total - 1]  # (not the customisation layer)
+    sizes = [e.planned_size for e in store_layers]
+    assert len(set(sizes)) == len(sizes) == 4
+    if dest == "oci":
+        assert sizes == sorted(sizes, reverse=True)
+    else:
+        assert [e.index for e in store_layers] == [0, 1, 2, 3]

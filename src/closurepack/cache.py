@@ -7,6 +7,8 @@ Layout under the cache root::
     locks/<key>.lock       an flock so that two processes do not build one key twice
     locks/<key>.use        shared flocks of the builds using the entry (until the cache object
                            is closed); eviction and clearing take it exclusively or skip the entry
+    stamps/<dev>-<ino>     what blobs outside the cache (in oci: layouts) held when a build
+                           wrote or hashed them (closurepack.blobstamp)
     tmp/work-<pid>-*       flock-held work directories (layer builds, entry writes); blobs and
                            entries are renamed out of them. Those of killed processes are swept
                            by later runs; they never count as cache content.
