@@ -46,7 +46,6 @@ from closurepack.previous import read_previous
 from closurepack.registry import (
     RegistryOptions,
 )
-from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.record import RECORD_NAME
 from closurepack.workflow import (
     DEFAULT_MAX_LAYERS,
@@ -176,9 +175,13 @@ def build_image(
     if cache is not None and registry.blob_record is None:
         # where pushed blobs were seen, for cross-repository mounts, lives beside the layers
         registry = dataclasses.replace(registry, blob_record=cache.root / RECORD_NAME)
-    shared = SharedLayerCache.open(
-        cache_from=cache_from, cache_to=cache_to, options=registry, dest=dest
-    )
+    shared = None
+    if cache_from or cache_to:
+        from closurepack.registry.layercache import SharedLayerCache  # noqa: PLC0415 - HTTP stack
+
+        shared = SharedLayerCache.open(
+            cache_from=cache_from, cache_to=cache_to, options=registry, dest=dest
+        )
     options = BuildOptions(
         store_dir=plan.store_dir,
         store_root=store_root,

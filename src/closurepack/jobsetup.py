@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from closurepack.basefiles import with_base_accounts
 from closurepack.blobstamp import BlobStamps
@@ -39,8 +39,6 @@ from closurepack.registry import (
     parse_reference,
     push_tags,
 )
-from closurepack.registry.layercache import SharedLayerCache
-from closurepack.registry.push import ImagePusher, open_pusher
 from closurepack.transports import (
     check_destination,
     parse_destination,
@@ -48,6 +46,10 @@ from closurepack.transports import (
     write_image,
 )
 from closurepack.transports.stdout import LayerStreamer
+
+if TYPE_CHECKING:  # (imported where used: they load the HTTP stack)
+    from closurepack.registry.layercache import SharedLayerCache
+    from closurepack.registry.push import ImagePusher
 
 __all__ = [
     "ImageOptions",
@@ -257,6 +259,8 @@ def image_pusher(
     --cache-from repositories of its registry readable, to mount cached layers); else None."""
     if not is_registry_reference(dest):
         return contextlib.nullcontext()
+    from closurepack.registry.push import open_pusher  # noqa: PLC0415 - the HTTP stack
+
     ref = parse_reference(dest, for_push=True)
     return open_pusher(
         ref,

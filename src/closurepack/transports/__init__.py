@@ -27,7 +27,6 @@ from closurepack.image import Image
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
 from closurepack.registry import parse_reference as parse_registry_reference
 from closurepack.transports import docker_archive, oci_archive, oci_layout, stdout
-from closurepack.transports import registry as _registry
 from closurepack.transports._files import probe_writable
 from closurepack.transports._raw import RawBlob, RawImage, as_source_error, sniff_media_type
 from closurepack.transports.reference import (
@@ -103,6 +102,8 @@ def check_destination(
     writers check again when they write."""
     if isinstance(dest, str):
         if is_registry_reference(dest):
+            from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
             return _registry.check_destination(dest)
         dest = parse_destination(dest)
     if dest.kind == "stdout":
@@ -151,6 +152,8 @@ def write_image(
     if isinstance(tags, str):
         tags = (tags,)
     if isinstance(dest, str) and is_registry_reference(dest):
+        from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
         ref = _registry.check_destination(dest)
         pushed = _registry.write_image(
             image,
@@ -204,6 +207,8 @@ def read_raw(source: str, *, registry: RegistryOptions | None = None) -> RawImag
     What cannot be found or read is a SourceError (the image is where the user said it is or
     not: bad input), what is there but malformed an ImageError."""
     if is_registry_reference(source):
+        from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
         return _registry.read_image(source, registry)
     where = parse_source(source)
     path = Path(str(where.path))
