@@ -123,6 +123,9 @@ class RunResult:
     #: every round's run of this row (filled in for the reported one)
     walls: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
+    #: CPU seconds over the CPU limit's (its parts' sum), per round: the work done, which a
+    #: busy machine inflates alike for both, while wall times also wait for the others
+    cpu_ratios: list[float] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
 
@@ -475,12 +478,16 @@ def fill_ratios(
         if name not in BASELINES or not row.ok:
             continue
         base = BASELINES[name][0]
-        ratios = []
+        ratios, cpu_ratios = [], []
         for i, run in enumerate(history.get(name, [])):
             b = baseline(base, history, i, cores)
             if run.ok and b:
                 ratios.append(run.wall_s / b)
+            work = baseline(f"{base.split('@')[0]}@1", history, i, cores)
+            if run.ok and work and base.split("@")[0] in LIMIT_PARTS:
+                cpu_ratios.append(run.cpu_s / work)
         row.ratios = ratios
+        row.cpu_ratios = cpu_ratios
 
 
 def _median(values: Sequence[float]) -> float:
@@ -569,6 +576,8 @@ def render_table(rows: dict[str, RunResult], lims: dict[str, list[float]] | None
                 f"{_median(r.ratios):.3f}x {BASELINES[name][1]}"
                 f" ({'/'.join(f'{x:.2f}' for x in r.ratios)})"
             )
+        if r.cpu_ratios:
+            ratio += f"; CPU {_median(r.cpu_ratios):.2f}x the limit's CPU seconds"
         lines.append(
             f"{name:<26} {r.wall_s:7.2f} {r.cpu_s:7.2f} {r.load:5.1f} {r.peak_mib:8.1f}"
             f" {r.output_mib:8.1f} {layers:>6} {first:>8}  {ratio}"
