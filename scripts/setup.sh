@@ -2,7 +2,7 @@
 # Installs everything closurepack, its example and its tests need on Debian (bookworm or later):
 # the real tools the tests drive (Nix, podman, Docker, skopeo, umoci, runc, a registry, containerd,
 # htpasswd for registry auth tests, openssl for the TLS ones, chromium for the --html pages, fakeroot
-# for --fakeroot-script) from apt,
+# for --fakeroot-script; isal (igzip) for bench/build_bench.py's reference rows) from apt,
 # and closurepack itself with its test tools into ./.venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ packages=(
   python3 python3-venv python3-pip git
   nix-bin busybox-static
   podman skopeo umoci runc uidmap docker.io docker-registry containerd apache2-utils openssl
-  tar gzip pigz zstd curl chromium fakeroot
+  tar gzip pigz zstd isal curl chromium fakeroot
 )
 missing=()
 for p in "${packages[@]}"; do

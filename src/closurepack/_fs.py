@@ -165,7 +165,11 @@ def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterat
 
 @contextlib.contextmanager
 def blob_writer(
-    directory: Path, *, fsync: bool = True, buffering: int = -1
+    directory: Path,
+    *,
+    fsync: bool = True,
+    buffering: int = -1,
+    digest_of: HashingWriter | None = None,
 ) -> Iterator[HashingWriter]:
     """A :class:`HashingWriter` over a temp file in ``directory`` (created if missing).
 
@@ -173,12 +177,16 @@ def blob_writer(
     renamed to ``directory/<sha256 hex of what was written>``; a blob of that name already
     there is replaced, which is success (its name is its content). On any exception the temp
     file is removed. The writer's ``digest`` and ``size`` stay readable afterwards.
+
+    ``digest_of``: a writer that already hashes exactly the bytes written here (an
+    uncompressed layer's tar hash is its blob's digest); the blob is then not hashed a second
+    time, and its digest is that writer's.
     """
     directory.mkdir(parents=True, exist_ok=True)
     with _locked_temp(directory, prefix=".blob.") as (fd, tmp):
         try:
             with os.fdopen(fd, "wb", buffering=buffering) as handle:
-                writer = HashingWriter(handle)
+                writer = HashingWriter(handle, same_as=digest_of)
                 yield writer
                 handle.flush()
                 if fsync:

@@ -99,6 +99,9 @@ class BuildOptions:
     source: LayerSource | None = None
     #: ``--perms`` and ``--uid``/``--gid`` (for the store layers; ``store_dir`` is this one).
     perms: Perms | None = None
+    #: Start the layers bottom first (a stream sends them in that order); else largest first,
+    #: so that the last ones to finish are small and every CPU stays busy to the end.
+    bottom_first: bool = False
 
     def __post_init__(self) -> None:
         resolve_level(self.compression, self.level)  # an OptionError for either
@@ -253,7 +256,11 @@ def build_layers(
 
     jobs = max(1, min(options.jobs, len(planned) or 1))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layer") as pool:
-        futures = [pool.submit(guarded, i, layer) for i, layer in enumerate(planned)]
+        order = list(range(len(planned)))
+        if not options.bottom_first:
+            order.sort(key=lambda i: -planned[i].size)  # (a stable sort: ties bottom first)
+        submitted = {i: pool.submit(guarded, i, planned[i]) for i in order}
+        futures = [submitted[i] for i in range(len(planned))]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
             for future in futures:

@@ -41,6 +41,7 @@ from closurepack.jobsetup import (
     drop_repeated_customisation,
     fit_customisation,
     image_pusher,
+    image_streamer,
     prepare_image,
     requested_platform,
     warn_if_no_command,
@@ -63,8 +64,6 @@ from closurepack.registry import (
     is_registry_reference,
     parse_reference,
 )
-from closurepack.registry.client import prepare_ssl_context
-from closurepack.registry.layercache import SharedLayerCache
 from closurepack.registry.record import RECORD_NAME
 from closurepack.sbom import SbomOptions
 from closurepack.sbomjob import SbomJob
@@ -168,6 +167,8 @@ def build_image(
         if base is not None and image.from_image is not None:
             warn_foreign_base(target.platform, base.config, image.from_image)
     if is_registry_reference(dest):  # made while the build plans (the push needs it later)
+        from closurepack.registry.client import prepare_ssl_context  # noqa: PLC0415 - HTTP stack
+
         prepare_ssl_context(registry, parse_reference(dest, for_push=True).registry)
     mtime = image.layer_mtime
     from_image = image.from_image
@@ -288,9 +289,13 @@ def build_image(
     if cache is not None and registry.blob_record is None:
         # where pushed blobs were seen, for cross-repository mounts, lives beside the layers
         registry = dataclasses.replace(registry, blob_record=cache.root / RECORD_NAME)
-    shared = SharedLayerCache.open(
-        cache_from=cache_from, cache_to=cache_to, options=registry, dest=dest
-    )
+    shared = None
+    if cache_from or cache_to:
+        from closurepack.registry.layercache import SharedLayerCache  # noqa: PLC0415 - HTTP stack
+
+        shared = SharedLayerCache.open(
+            cache_from=cache_from, cache_to=cache_to, options=registry, dest=dest
+        )
     options = BuildOptions(
         store_dir=plan.store_dir,
         store_root=store_root,
@@ -312,6 +317,12 @@ def build_image(
         if shared is not None:
             layer_source = shared.source(compression=compression, cache=cache, pusher=pusher)
             options = dataclasses.replace(options, source=layer_source)
+        hook = pusher.progress_hook(progress) if pusher else progress
+        # -o -: layers go out as they are built, bottom first (one image: an index is refused)
+        streamer = None if targets else image_streamer(dest, jobs_of[0][1], jobs_of[0][3])
+        if streamer is not None:
+            options = dataclasses.replace(options, bottom_first=True)
+            hook = streamer.progress_hook(hook)
         images = []
         published: list[tuple[str, BuiltLayer | RemoteLayer]] = []
         for image_plan, config, customisation, base in jobs_of:
@@ -320,7 +331,7 @@ def build_image(
                 options=options,
                 work_dir=Path(work),
                 customisation=customisation,
-                progress=pusher.progress_hook(progress) if pusher else progress,
+                progress=hook,
                 reuse=reuse,
             )
             images.append(assemble_image(layers, config=config, base=base))
@@ -340,6 +351,8 @@ def build_image(
             started=started,
             pusher=pusher,
             attach=sbom_job.attachments if sbom_job is not None else None,
+            streamer=streamer,
+            stamps=cache.stamps if cache is not None else None,
         )
         if sbom_job is not None:
             sbom_job.write_files()

@@ -7,6 +7,8 @@ Layout under the cache root::
     locks/<key>.lock       an flock so that two processes do not build one key twice
     locks/<key>.use        shared flocks of the builds using the entry (until the cache object
                            is closed); eviction and clearing take it exclusively or skip the entry
+    stamps/<dev>-<ino>     what blobs outside the cache (in oci: layouts) held when a build
+                           wrote or hashed them (closurepack.blobstamp)
     tmp/work-<pid>-*       flock-held work directories (layer builds, entry writes); blobs and
                            entries are renamed out of them. Those of killed processes are swept
                            by later runs; they never count as cache content.
@@ -48,6 +50,7 @@ from closurepack._fs import (
     move_file,
     sweep_stale_temp_dirs,
 )
+from closurepack.blobstamp import BlobStamps
 from closurepack.cachegc import KEY, CacheUsage, blob_sizes, lock_file, remove_entries
 from closurepack.digest import Digest
 from closurepack.errors import CacheError, ImageError, StoreError
@@ -173,6 +176,12 @@ class LayerCache:
         if not KEY.fullmatch(key):
             raise CacheError(f"{self.root}: invalid cache key {key!r}")
         return self._keys / f"{key}.json"
+
+    @property
+    def stamps(self) -> BlobStamps:
+        """Records of the blobs builds with this cache wrote or hashed elsewhere (the blobs of
+        ``oci:`` layouts), in ``stamps/``: see :mod:`closurepack.blobstamp`."""
+        return BlobStamps(self.root / "stamps")
 
     def blob_path(self, digest: Digest) -> Path:
         """Where the blob with ``digest`` lives in the cache (whether or not it is there)."""

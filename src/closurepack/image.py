@@ -26,6 +26,7 @@ __all__ = [
     "canonical_json",
     "docker_manifest_bytes",
     "docker_media_type",
+    "epoch_of",
     "host_architecture",
     "layer_paths_from_config",
     "manifest_for",
@@ -72,6 +73,15 @@ def canonical_json(obj: Any) -> bytes:
 def rfc3339(epoch: int) -> str:
     """``1`` -> ``1970-01-01T00:00:01Z``."""
     return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_of(created: str) -> int:
+    """An RFC 3339 time as seconds since the epoch (1 if unparsable): archive mtimes."""
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return 1
+    return max(0, int(when.timestamp()))
 
 
 def host_architecture() -> tuple[str, str]:
@@ -245,11 +255,7 @@ class Image:
     @property
     def created_epoch(self) -> int:
         """``created`` as seconds since the epoch (1 if absent or unparsable): archive mtimes."""
-        try:
-            when = datetime.fromisoformat(self.created.replace("Z", "+00:00"))
-        except ValueError:
-            return 1
-        return max(0, int(when.timestamp()))
+        return epoch_of(self.created)
 
     @property
     def platform(self) -> dict[str, str]:

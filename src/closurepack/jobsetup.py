@@ -8,10 +8,11 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from closurepack.artifacts import Attachment
 from closurepack.basefiles import with_base_accounts
+from closurepack.blobstamp import BlobStamps
 from closurepack.build import (
     check_mtime,
     default_mtime,
@@ -32,6 +33,7 @@ from closurepack.image import (
     ImageConfig,
     ImageLayer,
     assemble_image,
+    rfc3339,
 )
 from closurepack.imageindex import ImageIndex
 from closurepack.perms import Perms
@@ -43,15 +45,17 @@ from closurepack.registry import (
     parse_reference,
     push_tags,
 )
-from closurepack.registry.layercache import SharedLayerCache
-from closurepack.registry.push import ImagePusher, open_pusher
-from closurepack.registry.referrers import attach_pushed
 from closurepack.transports import (
     check_destination,
     parse_destination,
     parse_repo_tag,
     write_image,
 )
+from closurepack.transports.stdout import LayerStreamer
+
+if TYPE_CHECKING:  # (imported where used: they load the HTTP stack)
+    from closurepack.registry.layercache import SharedLayerCache
+    from closurepack.registry.push import ImagePusher
 
 __all__ = [
     "ImageOptions",
@@ -61,6 +65,7 @@ __all__ = [
     "finish_image",
     "fit_customisation",
     "image_pusher",
+    "image_streamer",
     "prepare_image",
     "requested_platform",
     "warn_if_no_command",
@@ -313,17 +318,25 @@ def write_or_push(
     started: float,
     pusher: ImagePusher | None = None,
     attach: Callable[[Image], Sequence[Attachment]] | None = None,
+    streamer: LayerStreamer | None = None,
+    stamps: BlobStamps | None = None,
 ) -> str:
     """Write ``image`` (or a multi-platform image) to ``dest``, or push it with ``pusher``,
-    with what ``attach`` gives for a single image (an SBOM) as artifacts whose subject is its
-    manifest; return its digest (``REPO@DIGEST`` pushed)."""
+    or finish the stream ``streamer`` sent its layers to, with what ``attach`` gives for a
+    single image (an SBOM) as artifacts whose subject is its manifest; return its digest
+    (``REPO@DIGEST`` pushed). ``stamps`` spare rewriting unchanged blobs of an ``oci:`` layout."""
     attachments = attach(image) if attach is not None and isinstance(image, Image) else ()
     if pusher is not None:
         if isinstance(image, ImageIndex):
             return f"{pusher.ref.name}@{pusher.push_index(image)}"
+        from closurepack.registry.referrers import attach_pushed  # noqa: PLC0415 - HTTP stack
+
         digest = pusher.push(image)
         attach_pushed(pusher, attachments)
         return f"{pusher.ref.name}@{digest}"
+    if streamer is not None and isinstance(image, Image):
+        streamer.finish(image, tags=tags, name=name)
+        return str(image.manifest_digest)
     write_image(
         image,
         parse_destination(dest),
@@ -331,6 +344,7 @@ def write_or_push(
         name=name,
         started=started,
         attachments=attachments,
+        stamps=stamps,
     )
     return str(image.digest if isinstance(image, ImageIndex) else image.manifest_digest)
 
@@ -347,6 +361,8 @@ def image_pusher(
     registry readable, to mount cached layers); else None."""
     if not is_registry_reference(dest):
         return contextlib.nullcontext()
+    from closurepack.registry.push import open_pusher  # noqa: PLC0415 - the HTTP stack
+
     ref = parse_reference(dest, for_push=True)
     bases = [base] if isinstance(base, BaseImage) else list(base or ())
     return open_pusher(
@@ -357,4 +373,16 @@ def image_pusher(
         base_image=image.from_image,
         base_layers=[layer for b in bases for layer in b.layers],
         readable=shared.mount_sources(ref) if shared is not None else (),
+    )
+
+
+def image_streamer(dest: str, config: ImageConfig, base: BaseImage | None) -> LayerStreamer | None:
+    """A streamer writing the layers to standard output as they are built when ``dest`` is
+    ``-``; else None."""
+    if is_registry_reference(dest) or parse_destination(dest).kind != "stdout":
+        return None
+    return LayerStreamer(
+        parse_destination(dest),
+        created=rfc3339(config.created),
+        base=base.layers if base is not None else (),
     )

@@ -35,7 +35,6 @@ from closurepack.tarstream import TAR_FORMAT_VERSION, TreeEntry, write_store_tar
 __all__ = ["build_store_layer", "build_tree_layer", "layer_key"]
 
 _CHUNK = 1 << 20  # bytes handed to the compressing thread at a time
-_DIRECT = 1 << 18  # writes at least this big skip the coalescing buffer
 _QUEUE_DEPTH = 8  # chunks in flight: bounds memory to about _QUEUE_DEPTH MiB
 
 _active = 0  # layer builds running in this process (threads=0 shares the CPUs among them)
@@ -77,19 +76,31 @@ def layer_key(
 
 
 class _Pipe:
-    """The tar side of the pipeline: coalesces writes into chunks and queues them for the
+    """The tar side of the pipeline: gathers writes into chunks and queues them for the
     compressing thread, which hashes them (diff_id) and compresses them into ``blob`` (a
-    :func:`~closurepack._fs.blob_writer`, which hashes the result for the digest)."""
+    :func:`~closurepack._fs.blob_writer`, which hashes the result for the digest).
+
+    File contents are read straight into the chunk being filled (:meth:`write_from`), and
+    chunks come back to be filled again once the compressing thread is done with them (the
+    codecs copy what they keep), so each byte is copied once on its way to the codec."""
 
     def __init__(
-        self, compress: Callable[[Writable], Compressor], blob: Writable, *, where: str
+        self,
+        compress: Callable[[Writable], Compressor],
+        blob: Writable,
+        *,
+        where: str,
+        tar_hash: HashingWriter,
     ) -> None:
         self._where = where
-        self.tar_hash = HashingWriter()
+        self.tar_hash = tar_hash
         self._compressor = compress(blob)
         self.annotations: dict[str, str] = {}
-        self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
-        self._buf = bytearray()
+        self._queue: queue.Queue[tuple[bytearray, int] | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._buf = bytearray(_CHUNK)
+        self._view = memoryview(self._buf)
+        self._fill = 0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="closurepack-compress", daemon=True)
         self._thread.start()
@@ -97,10 +108,13 @@ class _Pipe:
     def _run(self) -> None:
         drained = False
         try:
-            while (chunk := self._queue.get()) is not None:
+            while (item := self._queue.get()) is not None:
                 if self._error is None:
-                    self.tar_hash.write(chunk)
-                    self._compressor.write(chunk)
+                    buf, size = item
+                    with memoryview(buf) as whole, whole[:size] as chunk:
+                        self.tar_hash.write(chunk)
+                        self._compressor.write(chunk)
+                    self._free.put(buf)
             drained = True
         except BaseException as exc:
             self._error = exc
@@ -116,27 +130,46 @@ class _Pipe:
             if self._error is None:
                 self._error = exc
 
-    def _send(self, chunk: bytes | bytearray) -> None:
-        if self._error is not None:
-            self._fail()
-        self._queue.put(chunk)
-
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         n = len(data)
-        if n >= _DIRECT:
-            self._flush_buf()
-            self._send(bytes(data))  # a copy: the caller may reuse its buffer
-        else:
-            self._buf += data
-            if len(self._buf) >= _CHUNK:
-                self._flush_buf()
+        with memoryview(data) as view:
+            pos = 0
+            while pos < n:
+                take = min(_CHUNK - self._fill, n - pos)
+                self._view[self._fill : self._fill + take] = view[pos : pos + take]
+                self._fill += take
+                pos += take
+                if self._fill == _CHUNK:
+                    self._flush_buf()
         return n
 
+    def write_from(self, fd: int, size: int) -> int:
+        """Read up to ``size`` bytes of the file ``fd`` into the stream; return how many there
+        were (fewer at the end of the file)."""
+        remaining = size
+        while remaining:
+            take = min(_CHUNK - self._fill, remaining)
+            n = os.readv(fd, [self._view[self._fill : self._fill + take]])
+            if not n:
+                break
+            self._fill += n
+            remaining -= n
+            if self._fill == _CHUNK:
+                self._flush_buf()
+        return size - remaining
+
     def _flush_buf(self) -> None:
-        """Queue the coalescing buffer itself (no copy) and start a new one."""
-        if self._buf:
-            chunk, self._buf = self._buf, bytearray()
-            self._send(chunk)
+        """Queue the chunk being filled and go on with a free one."""
+        if self._fill:
+            if self._error is not None:
+                self._fail()
+            self._queue.put((self._buf, self._fill))
+            try:
+                self._buf = self._free.get_nowait()
+            except queue.Empty:
+                self._buf = bytearray(_CHUNK)
+            self._view = memoryview(self._buf)
+            self._fill = 0
 
     def finish(self) -> None:
         self._flush_buf()
@@ -191,14 +224,21 @@ def _build(
 ) -> BuiltLayer:
     resolve_level(compression, level)  # validate before doing any work
     media_type = layer_media_type(compression)
+    tar_hash = HashingWriter()
+    # uncompressed, the blob is the tar: its digest is the diff_id, hashed once
+    same = tar_hash if compression == "none" else None
     try:
-        with _counted(), blob_writer(dest_dir, fsync=fsync, buffering=_CHUNK) as blob:
+        with (
+            _counted(),
+            blob_writer(dest_dir, fsync=fsync, buffering=_CHUNK, digest_of=same) as blob,
+        ):
             pipe = _Pipe(
                 lambda sink: open_compressor(
                     compression, sink, level=level, threads=threads or _fair_share()
                 ),
                 blob,
                 where=str(dest_dir),
+                tar_hash=tar_hash,
             )
             try:
                 write_tar(pipe)

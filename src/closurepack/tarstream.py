@@ -409,24 +409,31 @@ class _TarWriter:
         except OSError as exc:
             raise StoreError(f"{where}: cannot open: {exc.strerror}") from exc
         try:
-            if size <= _READ_CHUNK:
+            write_from = getattr(self._out, "write_from", None)
+            if write_from is not None:
+                # straight into the stream's buffer (see layerbuild._Pipe.write_from)
+                self._out.write(header)
+                if write_from(fd, size) != size or os.read(fd, 1):
+                    raise StoreError(f"{where}: changed size while being archived")
+            elif size <= _READ_CHUNK:
                 # small file: one read (one byte more to notice growth), one write
                 data = os.read(fd, size + 1)
                 if len(data) != size:
                     raise StoreError(f"{where}: changed size while being archived")
                 self._out.write(header + data + _padding(size))
                 return
-            self._out.write(header)
-            remaining = size
-            view = self._view
-            while remaining:
-                n = os.readv(fd, [view[: min(remaining, _READ_CHUNK)]])
-                if not n:
+            else:
+                self._out.write(header)
+                remaining = size
+                view = self._view
+                while remaining:
+                    n = os.readv(fd, [view[: min(remaining, _READ_CHUNK)]])
+                    if not n:
+                        raise StoreError(f"{where}: changed size while being archived")
+                    self._out.write(view[:n])
+                    remaining -= n
+                if os.read(fd, 1):
                     raise StoreError(f"{where}: changed size while being archived")
-                self._out.write(view[:n])
-                remaining -= n
-            if os.read(fd, 1):
-                raise StoreError(f"{where}: changed size while being archived")
         except OSError as exc:
             raise StoreError(f"{where}: cannot read: {exc.strerror}") from exc
         finally:

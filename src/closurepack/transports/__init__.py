@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from closurepack._fs import is_special_file
 from closurepack.artifacts import Attachment
+from closurepack.blobstamp import BlobStamps
 from closurepack.errors import DestinationError, InputError, OptionError, SourceError
 from closurepack.image import Image
 from closurepack.imageindex import ImageIndex
@@ -29,7 +30,6 @@ from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
 from closurepack.registry import parse_reference as parse_registry_reference
 from closurepack.transports import docker_archive, oci_archive, oci_layout, stdout
-from closurepack.transports import registry as _registry
 from closurepack.transports._files import probe_writable
 from closurepack.transports._raw import (
     RawBlob,
@@ -131,6 +131,8 @@ def check_destination(
     writers check again when they write."""
     if isinstance(dest, str):
         if is_registry_reference(dest):
+            from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
             return _registry.check_destination(dest)
         dest = parse_destination(dest)
     if dest.kind == "stdout":
@@ -162,6 +164,7 @@ def write_image(
     docker: bool = False,
     mount_from: Sequence[str] = (),
     attachments: Sequence[Attachment] = (),
+    stamps: BlobStamps | None = None,
 ) -> str:
     """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string); return
     its manifest digest (``HOST/REPO@DIGEST`` for a registry).
@@ -176,7 +179,8 @@ def write_image(
     repositories ``mount_from`` mounted rather than uploaded. ``attachments`` go with a single
     image as artifacts whose subject is its manifest, where :func:`attaches_artifacts`. A
     multi-platform image (an :class:`ImageIndex`) goes to ``oci:``, ``oci-archive:`` and
-    registries only.
+    registries only. ``stamps`` spare rewriting or rehashing unchanged blobs of an ``oci:``
+    layout (see :func:`oci_layout.write_blobs`).
     """
     if isinstance(tags, str):
         tags = (tags,)
@@ -184,6 +188,8 @@ def write_image(
         raise DestinationError(f"{dest}: takes no attached artifacts (oci:, oci-archive: and"
                                " docker:// do)")  # fmt: skip
     if isinstance(dest, str) and is_registry_reference(dest):
+        from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
         ref = _registry.check_destination(dest)
         pushed = _registry.write_image(
             image,
@@ -207,7 +213,9 @@ def write_image(
     if dest.kind == "docker-archive":
         docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
     elif dest.kind == "oci":
-        oci_layout.write_image(image, dest, tags=tags, started=started, attachments=attachments)
+        oci_layout.write_image(
+            image, dest, tags=tags, started=started, attachments=attachments, stamps=stamps
+        )
     elif dest.kind == "oci-archive":
         oci_archive.write_image(image, dest, tags=tags, started=started, attachments=attachments)
     elif dest.kind == "stdout":
@@ -258,6 +266,8 @@ def read_raw(
     What cannot be found or read is a SourceError (the image is where the user said it is or
     not: bad input), what is there but malformed an ImageError."""
     if is_registry_reference(source):
+        from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
         return _registry.read_image(source, registry, platform=platform)
     where, path = _source_path(source)
     with as_source_error():
@@ -272,6 +282,8 @@ def read_index(source: str, *, registry: RegistryOptions | None = None) -> RawIn
     """The multi-platform image at ``source`` (its index, and a reader of each image), as
     stored; None when ``source`` names a single image (a docker-archive always does)."""
     if is_registry_reference(source):
+        from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
         return _registry.read_index(source, registry)
     where, path = _source_path(source)
     with as_source_error():

@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import tarfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError, ImageError
-from closurepack.image import Image, canonical_json
+from closurepack.image import Image, ImageLayer, canonical_json, epoch_of
 from closurepack.mediatypes import MediaType
 from closurepack.transports._files import atomic_file, open_layer, sweep_beside
 from closurepack.transports._raw import (
@@ -38,10 +39,24 @@ from closurepack.transports._raw import (
 from closurepack.transports._tar import TarReader, TarWriter
 from closurepack.transports.reference import Destination, docker_repo_tags
 
-__all__ = ["check_existing", "read_image", "v1_ids", "write_image", "write_stream"]
+__all__ = [
+    "ArchiveStream",
+    "check_existing",
+    "read_image",
+    "v1_ids",
+    "write_image",
+    "write_stream",
+]
 
 # Registries a short name may have been expanded with by docker save / podman save.
 _DEFAULT_DOMAINS = ("docker.io", "docker.io/library", "localhost")
+
+
+def _next_id(parent: str, layer: ImageLayer) -> str:
+    seed = canonical_json(
+        {"parent": parent, "diff_id": str(layer.diff_id), "digest": str(layer.digest)}
+    )
+    return hashlib.sha256(seed).hexdigest()
 
 
 def v1_ids(image: Image) -> list[str]:
@@ -49,49 +64,124 @@ def v1_ids(image: Image) -> list[str]:
     ids: list[str] = []
     parent = ""
     for layer in image.layers:
-        seed = canonical_json(
-            {"parent": parent, "diff_id": str(layer.diff_id), "digest": str(layer.digest)}
-        )
-        parent = hashlib.sha256(seed).hexdigest()
+        parent = _next_id(parent, layer)
         ids.append(parent)
     return ids
 
 
-def _v1_json(image: Image, ids: list[str], index: int) -> bytes:
-    obj: dict[str, Any] = {"id": ids[index], "created": image.created, "container_config": {}}
+def _v1_json(created: str, ids: list[str], index: int, top: Image | None) -> bytes:
+    """Layer ``index``'s V1 json; ``top``: the image, when it is the top layer's."""
+    obj: dict[str, Any] = {"id": ids[index], "created": created, "container_config": {}}
     if index:
         obj["parent"] = ids[index - 1]
-    if index == len(ids) - 1:
-        obj["config"] = image.config.get("config", {})
-        obj["architecture"] = image.config.get("architecture", "")
-        obj["os"] = image.config.get("os", "linux")
+    if top is not None:
+        obj["config"] = top.config.get("config", {})
+        obj["architecture"] = top.config.get("architecture", "")
+        obj["os"] = top.config.get("os", "linux")
     return canonical_json(obj)
+
+
+class ArchiveStream:
+    """A docker-archive written to ``out`` while its layers are still being built: a layer
+    goes out as soon as it and every layer below it have come (:meth:`add`, from any thread),
+    bottom first, all but the top one, whose V1 json holds the image config; :meth:`finish`
+    writes the rest. The bytes are :func:`write_stream`'s for the same image (it is this).
+
+    ``created`` is the image's creation time as its config will say (it is in every V1 json
+    and is every entry's mtime); ``base``: the layers of the image below the ones to come.
+    """
+
+    def __init__(
+        self, out: Writable | BinaryIO, *, created: str, base: Sequence[ImageLayer] = ()
+    ) -> None:
+        self._tar = TarWriter(out, mtime=epoch_of(created))
+        self._created = created
+        self._ready: dict[int, ImageLayer] = dict(enumerate(base))
+        self._ids: list[str] = []
+        self._written: list[ImageLayer] = []
+        self._lock = threading.Lock()
+        self._writing = False  # a caller of add is writing layers
+        self._broken = False  # a write failed: nothing more goes out
+
+    def add(self, index: int, layer: ImageLayer, *, total: int) -> None:
+        """``layer`` is the image's layer ``index`` (counting the base's) of ``total``.
+
+        The caller that finds the next layers ready writes them, outside the lock: the
+        others go back to building meanwhile; while one writes, another's layer waits in
+        line for it."""
+        with self._lock:
+            self._ready[index] = layer
+            if self._writing or self._broken:
+                return
+            self._writing = True
+        try:
+            while True:
+                with self._lock:
+                    following = len(self._written)
+                    if following >= total - 1 or following not in self._ready:
+                        self._writing = False
+                        return
+                    layer = self._ready.pop(following)
+                self._write_layer(layer, None)
+        except BaseException:
+            with self._lock:
+                self._writing, self._broken = False, True
+            raise
+
+    def _write_layer(self, layer: ImageLayer, top: Image | None) -> None:
+        index = len(self._written)
+        self._ids.append(_next_id(self._ids[-1] if self._ids else "", layer))
+        name = self._ids[index]
+        tar = self._tar
+        tar.add_dir(name)
+        tar.add_bytes(f"{name}/VERSION", b"1.0")
+        tar.add_bytes(f"{name}/json", _v1_json(self._created, self._ids, index, top))
+        with open_layer(layer) as blob:
+            tar.add_blob(
+                f"{name}/layer.tar",
+                blob,
+                size=layer.size,
+                digest=layer.digest,
+                trusted=bool(getattr(layer, "verified", False)),
+            )
+        self._written.append(layer)
+
+    def finish(self, image: Image, *, repo_tags: Sequence[str]) -> None:
+        """Write the layers of ``image`` not written yet, its config, manifest.json and
+        ``repositories``; ``repo_tags`` (``name:tag`` each) all name it."""
+        with self._lock:
+            if self._broken:
+                raise DestinationError("the archive could not be written to the end")
+            done = [(layer.digest, layer.diff_id) for layer in self._written]
+            if image.created != self._created or done != [
+                (layer.digest, layer.diff_id) for layer in image.layers[: len(done)]
+            ]:
+                raise DestinationError("the archive streamed so far is not this image's")
+            for layer in image.layers[len(done) :]:
+                top = image if len(self._written) == len(image.layers) - 1 else None
+                self._write_layer(layer, top)
+            self._write_rest(image, repo_tags)
+
+    def _write_rest(self, image: Image, repo_tags: Sequence[str]) -> None:
+        tar = self._tar
+        layer_files = [f"{layer_id}/layer.tar" for layer_id in self._ids]
+        config_name = f"{image.config_digest.hex}.json"
+        tar.add_bytes(config_name, image.config_bytes)
+        manifest = [{"Config": config_name, "RepoTags": list(repo_tags), "Layers": layer_files}]
+        tar.add_bytes("manifest.json", canonical_json(manifest))
+        if self._ids:
+            repositories: dict[str, dict[str, str]] = {}
+            for repo_tag in repo_tags:
+                name, _, tag = repo_tag.rpartition(":")
+                repositories.setdefault(name, {})[tag] = self._ids[-1]
+            tar.add_bytes("repositories", canonical_json(repositories))
+        tar.close()
 
 
 def write_stream(image: Image, out: Writable | BinaryIO, *, repo_tags: Sequence[str]) -> None:
     """Stream ``image`` as a docker-archive to ``out`` in one pass, blobs copied in chunks;
     ``repo_tags`` (``name:tag`` each) all name it."""
-    repositories: dict[str, dict[str, str]] = {}
-    ids = v1_ids(image)
-    tar = TarWriter(out, mtime=image.created_epoch)
-    layer_files = []
-    for index, layer in enumerate(image.layers):
-        tar.add_dir(ids[index])
-        tar.add_bytes(f"{ids[index]}/VERSION", b"1.0")
-        tar.add_bytes(f"{ids[index]}/json", _v1_json(image, ids, index))
-        with open_layer(layer) as blob:
-            tar.add_blob(f"{ids[index]}/layer.tar", blob, size=layer.size, digest=layer.digest)
-        layer_files.append(f"{ids[index]}/layer.tar")
-    config_name = f"{image.config_digest.hex}.json"
-    tar.add_bytes(config_name, image.config_bytes)
-    manifest = [{"Config": config_name, "RepoTags": list(repo_tags), "Layers": layer_files}]
-    tar.add_bytes("manifest.json", canonical_json(manifest))
-    if ids:
-        for repo_tag in repo_tags:
-            name, _, tag = repo_tag.rpartition(":")
-            repositories.setdefault(name, {})[tag] = ids[-1]
-        tar.add_bytes("repositories", canonical_json(repositories))
-    tar.close()
+    ArchiveStream(out, created=image.created).finish(image, repo_tags=repo_tags)
 
 
 def check_existing(dest: Destination) -> None:

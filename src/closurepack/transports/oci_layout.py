@@ -31,6 +31,7 @@ from closurepack.artifacts import (
     referrer_descriptor,
     subject_descriptor,
 )
+from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import Image, ImageLayer, canonical_json
@@ -130,24 +131,31 @@ def attached_blobs(
     return merge_referrers(index, descriptors), blobs
 
 
-def write_blobs(image: Image | ImageIndex, root: Path) -> None:
+def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | None = None) -> None:
     """Store the layers, configs and manifests of ``image`` (and its index) under
     ``root/blobs/sha256``, a blob that several platforms share once. Each is a file of its
     own, never a hard link to the cache (a change to one would show in the other); a blob
-    already there is checked and replaced when it is not what its name says."""
+    already there is checked and replaced when it is not what its name says.
+
+    ``stamps``: records of the layout blobs earlier builds wrote or hashed; a layer blob that
+    still matches its record (same inode, size, mtime and ctime, see :mod:`closurepack.blobstamp`)
+    is kept without being read; every layer blob written or hashed here is recorded."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     layers, small = image_blobs(image)
     for layer in layers:
-        if blob_is_good(blobs / layer.digest.hex, layer.digest, layer.size):
+        target = blobs / layer.digest.hex
+        if stamps is not None and stamps.matches(target, layer.digest, layer.size):
             continue
-        try:
-            if _clone_verified(layer, blobs):
-                continue
-            with layer.open() as src:
-                put_blob(blobs, layer.digest, src, size=layer.size)
-        except OSError as exc:
-            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        if not blob_is_good(target, layer.digest, layer.size):
+            try:
+                if not _clone_verified(layer, blobs):
+                    with layer.open() as src:
+                        put_blob(blobs, layer.digest, src, size=layer.size)
+            except OSError as exc:
+                raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        if stamps is not None:
+            stamps.record(target, layer.digest)
     for digest, data in small.items():
         put_blob(blobs, digest, data, size=len(data))
 
@@ -248,6 +256,7 @@ def write_image(
     tags: Sequence[str] = (),
     started: float | None = None,
     attachments: Sequence[Attachment] = (),
+    stamps: BlobStamps | None = None,
 ) -> None:
     """Add ``image`` (or a multi-platform image's index) to the OCI layout at ``dest.path``
     under each of its tags (see :func:`oci_ref_names`), keeping other tags, with
@@ -268,7 +277,7 @@ def write_image(
                 # write takes, rather than a directory of blobs it would refuse as foreign
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
-            write_blobs(image, root)
+            write_blobs(image, root, stamps=stamps)
             old = _read_index(root)
             blobs = root / "blobs" / "sha256"
             index = drop_replaced_referrers(

@@ -1,0 +1,157 @@
+"""``-o -`` streams layers while the others are still being built (bottom first, the same bytes
+as a docker-archive file), blobs this process built are copied by the kernel without a second
+hash, and an uncompressed layer is hashed once (its tar digest is its blob digest)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from clistore import APP, Store, read_docker_archive
+from closurepack.build import LayerEvent, ProgressCallback
+from closurepack.buildjob import build_image
+from closurepack.digest import Digest, HashingWriter
+from closurepack.errors import DestinationError
+from closurepack.jobsetup import ImageOptions
+from closurepack.transports._tar import TarWriter
+
+
+class _Recorder(io.BytesIO):
+    """Standard output's buffer: what was written, readable at any time."""
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_first_layer_leaves_before_the_last_is_built(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = _Recorder()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(recorder))
+    seen: list[tuple[int, int, int]] = []  # (layer index, of total, bytes out when reported)
+
+    def progress(event: LayerEvent) -> None:
+        seen.append((event.index, event.total, len(recorder.getvalue())))
+
+    def build(dest: str, report: ProgressCallback | None = None) -> None:
+        build_image(
+            closure_files=[app_closure],
+            store_root=store.root,
+            strategy="per-item",
+            jobs=1,
+            compression="none",
+            image=ImageOptions(cmd=("/bin/app",)),
+            dest=dest,
+            cache_dir=tmp_path / "cache",
+            progress=report,
+        )
+
+    build("-", progress)
+    streamed = recorder.getvalue()
+    total = seen[0][1]
+    assert total == 5  # four store items, one layer each, and the customisation layer
+    first_out = next(out for index, _, out in seen if index == 0)
+    last_store_layer_done = next(out for index, _, out in seen if index == total - 2)
+    archive = tmp_path / "image.tar"
+    build(f"docker-archive:{archive}")
+    whole = archive.read_bytes()
+    assert streamed == whole
+    manifest, _ = read_docker_archive(archive)
+    bottom = manifest[0]["Layers"][0]
+    with tarfile.open(archive) as tar:
+        member = tar.getmember(bottom)
+        blob_end = member.offset_data + member.size
+    # the bottom layer is out when it is reported, before any later layer is built
+    assert first_out >= blob_end
+    assert 0 < first_out < last_store_layer_done < len(whole)
+
+
+def test_a_failure_midway_leaves_a_cut_off_stream_and_one_error_line(
+    store: Store, tmp_path: Path
+) -> None:
+    os.mkfifo(store.files(APP) / "lib" / "pipe")
+    closure = store.closure_file(tmp_path / "app.json", [APP])
+    argv = [sys.executable, "-m", "closurepack.cli", "build", "--closure", str(closure),
+            "--store-root", str(store.root), "--strategy", "per-item", "--jobs", "1",
+            "--no-cache", "--compression", "none", "-q", "-o", "-"]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, check=False, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("closurepack: error: ")
+    assert "pipe: is a fifo" in lines[0]
+    # the layers below the app's went out already: a stream cannot be taken back
+    assert result.stdout
+    assert b"manifest.json" not in result.stdout
+
+
+def test_hashing_writer_same_as_takes_the_others_digest() -> None:
+    tar_hash = HashingWriter()
+    sink = io.BytesIO()
+    blob = HashingWriter(sink, same_as=tar_hash)
+    for chunk in (b"abc", b"defg" * 1000):
+        tar_hash.write(chunk)
+        blob.write(chunk)
+    assert blob.digest == tar_hash.digest == Digest.of_bytes(sink.getvalue())
+    assert blob.size == len(sink.getvalue())
+    blob.write(b"x")  # bytes the other did not see: no digest to give
+    with pytest.raises(ValueError, match="4003 bytes hashed, 4004 written"):
+        _ = blob.digest
+
+
+def _tar_of_blob(tmp_path: Path, data: bytes, *, trusted: bool, size: int | None = None) -> bytes:
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    out_path = tmp_path / f"out-{trusted}"
+    with out_path.open("wb") as out, blob.open("rb") as src:
+        tar = TarWriter(out, mtime=1)
+        tar.add_blob(
+            "x/layer.tar",
+            src,
+            size=len(data) if size is None else size,
+            digest=Digest.of_bytes(data),
+            trusted=trusted,
+        )
+        tar.close()
+    return out_path.read_bytes()
+
+
+def test_trusted_blob_is_sent_by_the_kernel_with_the_same_bytes(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20) + b"tail"
+    assert _tar_of_blob(tmp_path, data, trusted=True) == _tar_of_blob(tmp_path, data, trusted=False)
+
+
+def test_trusted_blob_of_another_size_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DestinationError, match="is not 10 bytes long"):
+        _tar_of_blob(tmp_path, b"0123456789abc", trusted=True, size=10)
+
+
+@pytest.mark.parametrize("dest", ["oci", "-"])
+def test_layers_start_largest_first_unless_streamed(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dest: str
+) -> None:
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(_Recorder()))
+    events: list[LayerEvent] = []
+    build_image(
+        closure_files=[app_closure],
+        store_root=store.root,
+        strategy="per-item",
+        jobs=1,
+        image=ImageOptions(cmd=("/bin/app",)),
+        dest=f"oci:{tmp_path / 'layout'}" if dest == "oci" else "-",
+        no_cache=True,
+        progress=events.append,
+    )
+    store_layers = [e for e in events if e.index < e.total - 1]  # (not the customisation layer)
+    sizes = [e.planned_size for e in store_layers]
+    assert len(set(sizes)) == len(sizes) == 4
+    if dest == "oci":
+        assert sizes == sorted(sizes, reverse=True)
+    else:
+        assert [e.index for e in store_layers] == [0, 1, 2, 3]
