@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack.graph import Closure, StoreItem
+from closurepack.options import parse_size
 from closurepack.plan import ImagePlan, LayerPlan
 from closurepack.planner import plan_closures
 from closurepack.sources import load_closure_file
@@ -156,25 +157,34 @@ def sizes_of(closure: Closure) -> dict[str, int]:
 
 
 def plan_image(
-    closure: Closure, strategy: str, max_layers: int, previous: LayerPlan | None = None
+    closure: Closure,
+    strategy: str,
+    max_layers: int,
+    previous: LayerPlan | None = None,
+    *,
+    min_size: int | None = None,
 ) -> tuple[LayerPlan, ImagePlan]:
-    """``closurepack plan --closure C --strategy S --max-layers N [--previous P]``."""
+    """``closurepack plan --closure C --strategy S --max-layers N [--previous P]
+    --min-layer-size M``."""
     plan = plan_closures(
         [closure],
         strategy=strategy,
         max_layers=max_layers,
         previous=[previous] if previous is not None else [],
+        min_layer_size=min_size,
     )
     return plan, plan.images[0]
 
 
-def update_tallies(old: Closure, new: Closure, strategy: str, max_layers: int) -> dict[str, Tally]:
+def update_tallies(
+    old: Closure, new: Closure, strategy: str, max_layers: int, *, min_size: int | None = None
+) -> dict[str, Tally]:
     """Plan ``old``, then ``new`` alone and with ``old``'s plan as ``--previous``: the bytes
     shipped (plain and under the ChainID rule) and changed, for ``update``, ``+prev``, ``chain``
     and ``chain+prev``."""
-    old_plan, old_image = plan_image(old, strategy, max_layers)
-    _, alone = plan_image(new, strategy, max_layers)
-    _, again = plan_image(new, strategy, max_layers, previous=old_plan)
+    old_plan, old_image = plan_image(old, strategy, max_layers, min_size=min_size)
+    _, alone = plan_image(new, strategy, max_layers, min_size=min_size)
+    _, again = plan_image(new, strategy, max_layers, previous=old_plan, min_size=min_size)
     sizes = sizes_of(new)
     changed = changed_bytes(old, new)
     return {
@@ -191,16 +201,22 @@ def distinct_layer_tally(images: Iterable[ImagePlan], sizes: Mapping[str, int]) 
     return Tally(sum(layer_bytes(layer, sizes) for layer in distinct), sum(sizes.values()))
 
 
-def fleet_tally(closures: Sequence[Closure], strategy: str, max_layers: int) -> Tally:
+def fleet_tally(
+    closures: Sequence[Closure], strategy: str, max_layers: int, *, min_size: int | None = None
+) -> Tally:
     """``closures`` planned together (one ``closurepack plan`` with every ``--closure``)."""
-    plan = plan_closures(closures, strategy=strategy, max_layers=max_layers)
+    plan = plan_closures(
+        closures, strategy=strategy, max_layers=max_layers, min_layer_size=min_size
+    )
     sizes = {p: s for closure in closures for p, s in sizes_of(closure).items()}
     return distinct_layer_tally(plan.images, sizes)
 
 
-def fleet_alone_tally(closures: Sequence[Closure], strategy: str, max_layers: int) -> Tally:
+def fleet_alone_tally(
+    closures: Sequence[Closure], strategy: str, max_layers: int, *, min_size: int | None = None
+) -> Tally:
     """Each of ``closures`` planned on its own (as the single-image tools can only do)."""
-    images = [plan_image(closure, strategy, max_layers)[1] for closure in closures]
+    images = [plan_image(c, strategy, max_layers, min_size=min_size)[1] for c in closures]
     sizes = {p: s for closure in closures for p, s in sizes_of(closure).items()}
     return distinct_layer_tally(images, sizes)
 
@@ -263,16 +279,22 @@ def change_item(closure: Closure, path: str, *, tag: str) -> Closure:
 
 
 def random_tally(
-    closure: Closure, strategy: str, max_layers: int, rng: random.Random, draws: int
+    closure: Closure,
+    strategy: str,
+    max_layers: int,
+    rng: random.Random,
+    draws: int,
+    *,
+    min_size: int | None = None,
 ) -> Tally:
     """``update`` (no ``--previous``) summed over ``draws`` random one-item changes."""
-    _, old_image = plan_image(closure, strategy, max_layers)
+    _, old_image = plan_image(closure, strategy, max_layers, min_size=min_size)
     paths = sorted(closure.items)
     total = Tally()
     for draw in range(draws):
         path = rng.choice(paths)
         new = change_item(closure, path, tag=f"draw {draw} {rng.getrandbits(64):016x}")
-        _, new_image = plan_image(new, strategy, max_layers)
+        _, new_image = plan_image(new, strategy, max_layers, min_size=min_size)
         sizes = sizes_of(new)
         total += Tally(shipped_bytes(old_image, new_image, sizes), changed_bytes(closure, new))
     return total
@@ -290,27 +312,56 @@ class Row:
     totals: dict[str, Tally]
     per_app: dict[str, dict[str, Tally]]
     seconds: float
+    min_size: int | None = None
+    #: Mean store layers per base image, and the share of them under :data:`TINY` bytes.
+    layers: float = 0.0
+    tiny: float = 0.0
 
 
-def measure(pairs: Sequence[Pair], strategy: str, max_layers: int, *, seed: int, draws: int) -> Row:
+#: A layer under this many bytes counts as tiny (Nix issue 13155 counted layers under 100 KB).
+TINY = 100 * 1000
+
+
+def layer_counts(
+    closures: Sequence[Closure], strategy: str, max_layers: int, *, min_size: int | None = None
+) -> tuple[float, float]:
+    """Mean store layers per image of ``closures`` planned alone, and the share under TINY."""
+    images = [plan_image(c, strategy, max_layers, min_size=min_size)[1] for c in closures]
+    layers = [layer.size for image in images for layer in image.layers]
+    return len(layers) / len(images), sum(size < TINY for size in layers) / len(layers)
+
+
+def measure(
+    pairs: Sequence[Pair],
+    strategy: str,
+    max_layers: int,
+    *,
+    seed: int,
+    draws: int,
+    min_size: int | None = None,
+) -> Row:
     """All figures for one strategy and budget. The random draws of an app depend only on
     ``seed`` and the app, so every strategy sees the same changes."""
     started = time.perf_counter()
     per_app: dict[str, dict[str, Tally]] = {}
     for pair in pairs:
-        tallies = update_tallies(pair.base, pair.updated, strategy, max_layers)
+        tallies = update_tallies(pair.base, pair.updated, strategy, max_layers, min_size=min_size)
         if draws:
             rng = random.Random(f"{seed}:{pair.name}")
-            tallies["random"] = random_tally(pair.base, strategy, max_layers, rng, draws)
+            tallies["random"] = random_tally(
+                pair.base, strategy, max_layers, rng, draws, min_size=min_size
+            )
         per_app[pair.name] = tallies
     totals: dict[str, Tally] = {}
     for tallies in per_app.values():
         for figure, tally in tallies.items():
             totals[figure] = totals.get(figure, Tally()) + tally
     bases = [p.base for p in pairs]
-    totals["fleet"] = fleet_tally(bases, strategy, max_layers)
-    totals["fleet1"] = fleet_alone_tally(bases, strategy, max_layers)
-    return Row(strategy, max_layers, totals, per_app, time.perf_counter() - started)
+    totals["fleet"] = fleet_tally(bases, strategy, max_layers, min_size=min_size)
+    totals["fleet1"] = fleet_alone_tally(bases, strategy, max_layers, min_size=min_size)
+    layers, tiny = layer_counts(bases, strategy, max_layers, min_size=min_size)
+    seconds = time.perf_counter() - started
+    return Row(strategy, max_layers, totals, per_app, seconds, min_size, layers, tiny)
 
 
 def commit() -> str:
@@ -342,13 +393,27 @@ def load() -> str:
 
 
 def format_table(rows: Sequence[Row]) -> list[str]:
-    lines = [f"{'strategy':<12}{'layers':>7}" + "".join(f"{f:>11}" for f in FIGURES) + "    sec"]
+    head = f"{'strategy':<12}{'layers':>7}{'min':>6}" + "".join(f"{f:>11}" for f in FIGURES)
+    lines = [head + f"{'n':>7}{'tiny':>6}    sec"]
     for row in rows:
         cells = "".join(
             f"{row.totals[f].overhead:>11.3f}" if f in row.totals else f"{'-':>11}" for f in FIGURES
         )
-        lines.append(f"{row.strategy:<12}{row.max_layers:>7}{cells}{row.seconds:>7.1f}")
+        lines.append(
+            f"{row.strategy:<12}{row.max_layers:>7}{human(row.min_size):>6}{cells}"
+            f"{row.layers:>7.1f}{row.tiny:>6.0%}{row.seconds:>7.1f}"
+        )
     return lines
+
+
+def human(size: int | None) -> str:
+    """``0``, ``64K``, ``1M``: a --min-layer-size as it is written (``dflt``: the default)."""
+    if size is None:
+        return "dflt"
+    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
+        if size and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
 
 
 def format_per_app(rows: Sequence[Row]) -> list[str]:
@@ -373,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=100, help="random updates per app")
     parser.add_argument("--seed", type=int, help="seed of the random updates (default: fresh)")
     parser.add_argument("--verbose", action="store_true", help="per-app figures too")
+    parser.add_argument(
+        "--min-layer-size",
+        action="append",
+        dest="min_sizes",
+        help="plan with this --min-layer-size (repeat for several; 'default': closurepack's)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     pairs = load_pairs(args.data)
@@ -383,10 +454,15 @@ def main(argv: list[str] | None = None) -> int:
         f"data {args.data}: {len(pairs)} pairs ({', '.join(p.name for p in pairs)}); random"
         f" updates: {args.draws} draws per app, seed {seed}"
     )
+    min_sizes: list[int | None] = [
+        None if m == "default" else parse_size(m, option="--min-layer-size") or 0
+        for m in args.min_sizes or ["default"]
+    ]
     rows = [
-        measure(pairs, strategy, budget, seed=seed, draws=args.draws)
+        measure(pairs, strategy, budget, seed=seed, draws=args.draws, min_size=min_size)
         for budget in budgets
         for strategy in strategies
+        for min_size in min_sizes
     ]
     print()
     for line in format_table(rows):

@@ -99,7 +99,9 @@ def test_two_overlapping_closures_share_identical_layers(strategy: str) -> None:
     python3 = load("python3.base.json")
     git = load("git.base.json")
     both = set(python3.items) & set(git.items)
-    plan = plan_closures([python3, git], strategy=strategy, max_layers=40)
+    # No small-layer merge: it weighs the images a layer serves, which a union planned as one
+    # closure cannot (tests/test_minsize.py covers the joint merge).
+    plan = plan_closures([python3, git], strategy=strategy, max_layers=40, min_layer_size=0)
     check_image(plan, 0, python3)
     check_image(plan, 1, git)
     shared = set(plan.images[0].layers) & set(plan.images[1].layers)
@@ -107,7 +109,9 @@ def test_two_overlapping_closures_share_identical_layers(strategy: str) -> None:
     assert all(set(layer.paths) <= both for layer in shared)
     # Every layer of the joint plan (the union's, planned alone) that lies wholly inside both
     # closures is, unchanged, a layer of both images.
-    union = plan_closures([Closure.union([python3, git])], strategy=strategy, max_layers=40)
+    union = plan_closures(
+        [Closure.union([python3, git])], strategy=strategy, max_layers=40, min_layer_size=0
+    )
     inside_both = [layer for layer in union.images[0].layers if set(layer.paths) <= both]
     assert inside_both
     assert set(inside_both) <= shared

@@ -14,7 +14,12 @@ How :func:`plan_closures` decides, step by step:
    are left over, so the strategy always gets at least one layer. They stay at the bottom, in the
    order they had in their plan.
 4. The strategy plans the remaining items (the union restricted to them) with the remaining
-   budget; its result is checked (every item once, no empty layer, within budget).
+   budget; its result is checked (every item once, no empty layer, within budget). Its layers
+   smaller than ``min_layer_size`` are folded into others by the update-cost model
+   (:mod:`closurepack.strategies.minsize`); when that freed layers, the strategy is asked
+   again with the freed layers added to its budget and the result merged again, kept if it
+   fits (at most :data:`REFILL_ROUNDS` times). Without ``min_layer_size`` the minimum is
+   :func:`min_size_for` the union's bytes.
 5. Each image gets the union's layers restricted to its own items, in the same order, empty ones
    dropped: a layer wholly inside an image's closure is byte-for-byte the same layer in every
    image that contains it. Restriction never adds layers, so every image stays within budget.
@@ -27,11 +32,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from closurepack.errors import PlanError
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
-from closurepack.strategies import DEFAULT_STRATEGY, check_groups, get_strategy
+from closurepack.strategies import DEFAULT_STRATEGY, Strategy, check_groups, get_strategy
+from closurepack.strategies.minsize import merge_small_layers
 
-__all__ = ["format_plan_table", "human_size", "plan_closures", "plural", "store_budget"]
+__all__ = [
+    "DEFAULT_MIN_LAYER_SIZE",
+    "REFILL_ROUNDS",
+    "format_plan_table",
+    "human_size",
+    "min_size_for",
+    "plan_closures",
+    "plural",
+    "store_budget",
+]
 
 PREVIOUS = "previous"
+#: ``--min-layer-size`` when none is given, in bytes (chosen by ``bench/economy_bench.py``),
+#: lowered for small images to a quarter of an even share of the budget (:func:`min_size_for`).
+DEFAULT_MIN_LAYER_SIZE = 256 * 1024
+#: How many times the strategy is asked again, for the layers merging freed (module docstring).
+REFILL_ROUNDS = 2
 
 
 def store_budget(max_layers: int) -> int:
@@ -46,9 +66,16 @@ def plan_closures(
     max_layers: int = 100,
     previous: Sequence[LayerPlan] = (),
     names: Sequence[str | None] | None = None,
+    min_layer_size: int | None = None,
 ) -> LayerPlan:
     """Plan one image per closure, in order (see the module docstring for every rule)."""
     budget = store_budget(max_layers)
+    if min_layer_size is not None and (
+        isinstance(min_layer_size, bool) or not isinstance(min_layer_size, int)
+    ):
+        raise PlanError(f"minimum layer size {min_layer_size!r}: expected a number of bytes")
+    if min_layer_size is not None and min_layer_size < 0:
+        raise PlanError(f"minimum layer size {min_layer_size}: negative")
     if not closures:
         raise PlanError("no closure to plan")
     if names is not None and len(names) != len(closures):
@@ -64,7 +91,12 @@ def plan_closures(
     if remaining:
         rest = union if not covered else union.restrict(remaining)
         room = budget - len(reused)
-        groups = check_groups(rest, chosen(rest, budget=room), budget=room, name=strategy)
+        masks = _image_masks(closures) if len(closures) > 1 else None
+        if min_layer_size is None:
+            min_layer_size = min_size_for(sum(sizes.values()), budget)
+        groups = _plan_rest(
+            rest, chosen, room=room, name=strategy, min_size=min_layer_size, images=masks
+        )
         layers.extend(_layer(group, sizes) for group in groups)
 
     images = []
@@ -79,6 +111,48 @@ def plan_closures(
         name = names[index] if names is not None else None
         images.append(ImagePlan(tuple(own), name, tuple(closure.roots)))
     return LayerPlan(tuple(images), union.store_dir, strategy, max_layers)
+
+
+def min_size_for(total: int, budget: int) -> int:
+    """The default minimum layer size for ``total`` bytes in ``budget`` store layers:
+    :data:`DEFAULT_MIN_LAYER_SIZE`, or a quarter of ``total / budget`` when that is less (an
+    image of a few MiB keeps its layers)."""
+    return min(DEFAULT_MIN_LAYER_SIZE, total // (4 * max(budget, 1)))
+
+
+def _plan_rest(
+    rest: Closure,
+    chosen: Strategy,
+    *,
+    room: int,
+    name: str,
+    min_size: int,
+    images: Mapping[str, int] | None,
+) -> list[tuple[str, ...]]:
+    """The strategy's layers for ``rest`` within ``room``, small ones merged (step 4)."""
+    groups = check_groups(rest, chosen(rest, budget=room), budget=room, name=name)
+    merged = merge_small_layers(rest, groups, min_size=min_size, images=images)
+    asked = room
+    for _ in range(REFILL_ROUNDS):
+        if len(merged) >= room or len(groups) < asked or asked >= len(rest):
+            break
+        # Merging freed layers the strategy could use: ask it for more and merge again.
+        asked = min(asked + room - len(merged), len(rest))
+        groups = check_groups(rest, chosen(rest, budget=asked), budget=asked, name=name)
+        again = merge_small_layers(rest, groups, min_size=min_size, images=images)
+        if len(again) > room:
+            break
+        merged = again
+    return merged
+
+
+def _image_masks(closures: Sequence[Closure]) -> dict[str, int]:
+    """For each path, the bitmask of the closures (images) holding it."""
+    masks: dict[str, int] = {}
+    for bit, closure in enumerate(closures):
+        for path in closure.items:
+            masks[path] = masks.get(path, 0) | 1 << bit
+    return masks
 
 
 def _layer(paths: Iterable[str], sizes: Mapping[str, int], origin: str = "") -> PlannedLayer:
