@@ -114,13 +114,15 @@ def test_a_tiny_layer_of_one_image_does_not_join_a_layer_shared_with_another() -
         }
     )
     b_item = StoreItem(store_path(99, "b"), 20 * MIB, (p["lib"],))
-    c_b = Closure.from_items([c_a.items[p["lib"]], b_item], source="b")
-    plan = plan_closures([c_a, c_b], strategy="per-item", max_layers=10, min_layer_size=100 * KIB)
-    layers_a = [set(layer.paths) for layer in plan.images[0].layers]
-    layers_b = [set(layer.paths) for layer in plan.images[1].layers]
-    assert {p["lib"]} in layers_a
-    assert {p["lib"]} in layers_b
-    assert {p["mine"], p["a"]} in layers_a
+    union = Closure.from_items([*c_a, b_item], source="both")
+    images = {p["lib"]: 0b11, p["mine"]: 0b01, p["a"]: 0b01, b_item.path: 0b10}
+    groups = [(p["lib"],), (p["mine"],), (b_item.path,), (p["a"],)]
+    merged = merge_small_layers(union, groups, min_size=100 * KIB, images=images)
+    assert merged == [(p["lib"],), (b_item.path,), (p["mine"], p["a"])]
+    # Without the images, a and b cost the same and mine would join b, the nearer: a layer of
+    # image B's, which would leave image A's piece of it as small as before.
+    alone = merge_small_layers(union, groups, min_size=100 * KIB)
+    assert alone == [(p["lib"],), tuple(sorted((p["mine"], b_item.path))), (p["a"],)]
 
 
 def popular_tiny_closure() -> tuple[Closure, dict[str, str]]:

@@ -23,6 +23,13 @@ How :func:`plan_closures` decides, step by step:
 5. Each image gets the union's layers restricted to its own items, in the same order, empty ones
    dropped: a layer wholly inside an image's closure is byte-for-byte the same layer in every
    image that contains it. Restriction never adds layers, so every image stays within budget.
+6. No image is worse off for being planned with others: when several closures are planned,
+   each image's layers are compared with the plan the same call would make for its closure
+   alone, by the bytes a random one-item update ships on average
+   (:func:`~closurepack.strategies.economy.expected_shipped`, exact for that update). An image
+   whose joint layers would ship more is planned alone with the joint layers it holds whole
+   reused (as from ``--previous``), which keeps the layers it shares; if even that ships more,
+   it gets its plan alone. So no image has a worse update overhead than alone.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from closurepack.errors import PlanError
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
 from closurepack.strategies import DEFAULT_STRATEGY, Strategy, check_groups, get_strategy
+from closurepack.strategies.economy import expected_shipped
 from closurepack.strategies.minsize import merge_small_layers
 
 __all__ = [
@@ -92,25 +100,77 @@ def plan_closures(
         rest = union if not covered else union.restrict(remaining)
         room = budget - len(reused)
         masks = _image_masks(closures) if len(closures) > 1 else None
-        if min_layer_size is None:
-            min_layer_size = min_size_for(sum(sizes.values()), budget)
-        groups = _plan_rest(
-            rest, chosen, room=room, name=strategy, min_size=min_layer_size, images=masks
-        )
+        minimum = min_size_for(sum(sizes.values()), budget)
+        if min_layer_size is not None:
+            minimum = min_layer_size
+        groups = _plan_rest(rest, chosen, room=room, name=strategy, min_size=minimum, images=masks)
         layers.extend(_layer(group, sizes) for group in groups)
 
     images = []
     for index, closure in enumerate(closures):
         own = []
+        whole = []
         for layer in layers:
             kept = [p for p in layer.paths if p in closure.items]
             if len(kept) == len(layer.paths):
                 own.append(layer)
+                whole.append(layer)
             elif kept:
                 own.append(_layer(kept, sizes))
+        if len(closures) > 1:
+            own = _no_worse_than_alone(
+                closure,
+                own,
+                whole,
+                strategy=strategy,
+                max_layers=max_layers,
+                previous=previous,
+                min_layer_size=min_layer_size,
+            )
         name = names[index] if names is not None else None
         images.append(ImagePlan(tuple(own), name, tuple(closure.roots)))
     return LayerPlan(tuple(images), union.store_dir, strategy, max_layers)
+
+
+def _no_worse_than_alone(
+    closure: Closure,
+    joint: list[PlannedLayer],
+    whole: list[PlannedLayer],
+    *,
+    strategy: str,
+    max_layers: int,
+    previous: Sequence[LayerPlan],
+    min_layer_size: int | None,
+) -> list[PlannedLayer]:
+    """An image's layers (step 6 of the module docstring): ``joint``, its layers in the joint
+    plan, unless that ships more bytes for a random one-item update than its plan alone; then
+    its plan alone with the joint layers it holds ``whole`` (shared ones) reused, if that is no
+    worse than alone; else its plan alone."""
+
+    def alone(shared: Sequence[PlannedLayer]) -> list[PlannedLayer]:
+        extra = [LayerPlan((ImagePlan(tuple(shared)),), closure.store_dir)] if shared else []
+        plan = plan_closures(
+            [closure],
+            strategy=strategy,
+            max_layers=max_layers,
+            previous=[*previous, *extra],
+            min_layer_size=min_layer_size,
+        )
+        by_paths = {layer.paths: layer for layer in shared}  # keep their origin
+        return [by_paths.get(layer.paths, layer) for layer in plan.images[0].layers]
+
+    def cost(layers: Sequence[PlannedLayer]) -> float:
+        return expected_shipped(closure, [layer.paths for layer in layers])
+
+    own = alone(())
+    floor = cost(own)
+    if cost(joint) <= floor:
+        return joint
+    if whole:
+        sharing = alone(whole)
+        if cost(sharing) <= floor:
+            return sharing
+    return own
 
 
 def min_size_for(total: int, budget: int) -> int:

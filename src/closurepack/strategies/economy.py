@@ -10,9 +10,12 @@ its own items and every distinct restriction is stored: :func:`stored_bytes` cou
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
-__all__ = ["CHANGES", "bitset", "hit_table", "stored_bytes"]
+from closurepack.graph import Closure
+from closurepack.strategies._dag import Dag
+
+__all__ = ["CHANGES", "bitset", "expected_shipped", "hit_table", "stored_bytes"]
 
 #: How many items the model update changes at once (see ``strategies/stable.py``).
 CHANGES = 3
@@ -49,3 +52,18 @@ def bitset(indices: Collection[int], width: int) -> int:
     for i in indices:
         raw[i >> 3] |= 1 << (i & 7)
     return int.from_bytes(raw, "little")
+
+
+def expected_shipped(closure: Closure, layers: Iterable[Iterable[str]]) -> float:
+    """Bytes an image of these ``layers`` (a partition of ``closure``) ships, on average, for
+    an update of one item drawn uniformly from ``closure``: a layer ships when the item lies in
+    its down-set, so this is ``sum of s(L) * |D(L)| / n`` exactly."""
+    dag = Dag.from_closure(closure)
+    if not len(dag):
+        return 0.0
+    index = {path: i for i, path in enumerate(dag.paths)}
+    total = 0
+    for layer in layers:
+        members = [index[p] for p in layer]
+        total += sum(dag.sizes[i] for i in members) * len(dag.reach(members))
+    return total / len(dag)
