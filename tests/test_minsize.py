@@ -206,3 +206,35 @@ def test_cli_plan_and_build_take_the_option(
     assert "--min-layer-size" in err
     assert err.count("\n") == 1
     assert not dest.exists()
+
+
+def two_disjoint_images() -> list[Closure]:
+    images = []
+    for image in range(2):
+        items = [
+            StoreItem(store_path(10 * image + k, f"i{image}x{k}"), (k + 1 + 7 * image) * MIB, ())
+            for k in range(6)
+        ]
+        images.append(Closure.from_items(items, source=f"image{image}"))
+    return images
+
+
+def keep_joint_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn step 6 off (an image's plan alone instead of joint layers), to see the union's."""
+    monkeypatch.setattr(planner, "_no_worse_than_alone", lambda _c, joint, *_a, **_k: joint)
+
+
+def test_images_planned_together_get_more_of_their_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The union has 12 items; planned for 4 layers, each image holds only some of them. The
+    # strategy is asked again with more layers as long as every image stays within 4.
+    keep_joint_layers(monkeypatch)
+    images = two_disjoint_images()
+    plan = plan_closures(images, strategy="stable", max_layers=5, min_layer_size=0)
+    counts = [len(image.layers) for image in plan.images]
+    monkeypatch.setattr(planner, "REFILL_ROUNDS", 0)
+    once = plan_closures(images, strategy="stable", max_layers=5, min_layer_size=0)
+    first = [len(image.layers) for image in once.images]
+    assert max(counts) == 4
+    assert sum(counts) > sum(first)

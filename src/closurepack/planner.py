@@ -16,10 +16,12 @@ How :func:`plan_closures` decides, step by step:
 4. The strategy plans the remaining items (the union restricted to them) with the remaining
    budget; its result is checked (every item once, no empty layer, within budget). Its layers
    smaller than ``min_layer_size`` are folded into others by the update-cost model
-   (:mod:`closurepack.strategies.minsize`); when that freed layers, the strategy is asked
-   again with the freed layers added to its budget and the result merged again, kept if it
-   fits (at most :data:`REFILL_ROUNDS` times). Without ``min_layer_size`` the minimum is
-   :func:`min_size_for` the union's bytes.
+   (:mod:`closurepack.strategies.minsize`). While every image would be left with unused
+   layers (merging freed some, or, with several images, each holds only some of the union's
+   layers), the strategy is asked again with a larger budget (the spare layers times the
+   number of distinct image sets, else the spare layers alone) and the result merged again,
+   kept if every image still fits (at most :data:`REFILL_ROUNDS` times). Without
+   ``min_layer_size`` the minimum is :func:`min_size_for` the union's bytes.
 5. Each image gets the union's layers restricted to its own items, in the same order, empty ones
    dropped: a layer wholly inside an image's closure is byte-for-byte the same layer in every
    image that contains it. Restriction never adds layers, so every image stays within budget.
@@ -58,8 +60,8 @@ PREVIOUS = "previous"
 #: ``--min-layer-size`` when none is given, in bytes (chosen by ``bench/economy_bench.py``),
 #: lowered for small images to a quarter of an even share of the budget (:func:`min_size_for`).
 DEFAULT_MIN_LAYER_SIZE = 256 * 1024
-#: How many times the strategy is asked again, for the layers merging freed (module docstring).
-REFILL_ROUNDS = 2
+#: How many times the strategy is asked again, for the layers left unused (module docstring).
+REFILL_ROUNDS = 4
 
 
 def store_budget(max_layers: int) -> int:
@@ -189,21 +191,46 @@ def _plan_rest(
     min_size: int,
     images: Mapping[str, int] | None,
 ) -> list[tuple[str, ...]]:
-    """The strategy's layers for ``rest`` within ``room``, small ones merged (step 4)."""
+    """The strategy's layers for ``rest``, small ones merged, every image within ``room``
+    (step 4 of the module docstring)."""
     groups = check_groups(rest, chosen(rest, budget=room), budget=room, name=name)
     merged = merge_small_layers(rest, groups, min_size=min_size, images=images)
     asked = room
+    spread = len(set(images.values())) if images else 1
     for _ in range(REFILL_ROUNDS):
-        if len(merged) >= room or len(groups) < asked or asked >= len(rest):
+        spare = room - _most_layers(merged, images)
+        if spare <= 0 or len(groups) < asked or asked >= len(rest):
             break
-        # Merging freed layers the strategy could use: ask it for more and merge again.
-        asked = min(asked + room - len(merged), len(rest))
-        groups = check_groups(rest, chosen(rest, budget=asked), budget=asked, name=name)
-        again = merge_small_layers(rest, groups, min_size=min_size, images=images)
-        if len(again) > room:
+        # Layers are left that the strategy could use: merging freed them, or each image
+        # holds only some of the union's layers. Ask for more (for several images, as if each
+        # set of them had its own spare layers; then for just the spare ones), merge again.
+        for more in dict.fromkeys((spare * spread, spare)):
+            trial = min(asked + more, len(rest))
+            attempt = check_groups(rest, chosen(rest, budget=trial), budget=trial, name=name)
+            again = merge_small_layers(rest, attempt, min_size=min_size, images=images)
+            if _most_layers(again, images) <= room:
+                groups, merged, asked = attempt, again, trial
+                break
+        else:
             break
-        merged = again
     return merged
+
+
+def _most_layers(groups: Sequence[tuple[str, ...]], images: Mapping[str, int] | None) -> int:
+    """The most layers any image gets of ``groups`` (each image holds the layers that hold one
+    of its items; ``images`` maps paths to image bitmasks, ``None``: one image)."""
+    if images is None:
+        return len(groups)
+    counts: dict[int, int] = {}
+    for group in groups:
+        held = 0
+        for path in group:
+            held |= images[path]
+        while held:
+            bit = held & -held
+            held ^= bit
+            counts[bit] = counts.get(bit, 0) + 1
+    return max(counts.values(), default=0)
 
 
 def _image_masks(closures: Sequence[Closure]) -> dict[str, int]:
