@@ -20,8 +20,8 @@ How :func:`plan_closures` decides, step by step:
    layers (merging freed some, or, with several images, each holds only some of the union's
    layers), the strategy is asked again with a larger budget (the spare layers times the
    number of distinct image sets, else the spare layers alone) and the result merged again,
-   kept if every image still fits (at most :data:`REFILL_ROUNDS` times). Without
-   ``min_layer_size`` the minimum is :func:`min_size_for` the union's bytes.
+   kept if every image still fits (at most :data:`REFILL_ROUNDS` times; twice for one
+   image). Without ``min_layer_size`` the minimum is :func:`min_size_for` the union's bytes.
 5. Each image gets the union's layers restricted to its own items, in the same order, empty ones
    dropped: a layer wholly inside an image's closure is byte-for-byte the same layer in every
    image that contains it. Restriction never adds layers, so every image stays within budget.
@@ -197,7 +197,7 @@ def _plan_rest(
     merged = merge_small_layers(rest, groups, min_size=min_size, images=images)
     asked = room
     spread = len(set(images.values())) if images else 1
-    for _ in range(REFILL_ROUNDS):
+    for _ in range(REFILL_ROUNDS if images else min(REFILL_ROUNDS, 2)):
         spare = room - _most_layers(merged, images)
         if spare <= 0 or len(groups) < asked or asked >= len(rest):
             break

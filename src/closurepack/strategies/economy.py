@@ -61,7 +61,7 @@ def expected_shipped(closure: Closure, layers: Iterable[Iterable[str]]) -> float
     dag = Dag.from_closure(closure)
     if not len(dag):
         return 0.0
-    index = {path: i for i, path in enumerate(dag.paths)}
+    index = dag.index()
     total = 0
     for layer in layers:
         members = [index[p] for p in layer]

@@ -43,23 +43,23 @@ def merge_small_layers(
     """``groups`` (bottom first, a partition of ``closure``) with every layer below
     ``min_size`` bytes folded into another (module docstring); ``images`` maps a path to the
     bitmask of the images holding it, when several are planned together."""
-    sizes_of = {path: item.nar_size for path, item in closure.items.items()}
-    sizes = [sum(sizes_of[p] for p in group) for group in groups]
+    items = closure.items
+    sizes = [sum(items[p].nar_size for p in group) for group in groups]
     if min_size <= 0 or len(groups) < 2 or min(sizes) >= min_size:
         return list(groups)
     dag = Dag.from_closure(closure)
     n = len(dag)
-    index = {path: i for i, path in enumerate(dag.paths)}
+    index = dag.index()
     hit = hit_table(n)
     members = [[index[p] for p in group] for group in groups]
     sets = [bitset(dag.reach(m), n) for m in members]
     counts = [s.bit_count() for s in sets]
     pieces: list[dict[int, int]] = []
-    for group in groups:
+    for group in members:
         piece: dict[int, int] = {}
-        for p in group:
-            mask = images.get(p, 0) if images else 0
-            piece[mask] = piece.get(mask, 0) + sizes_of[p]
+        for i in group:
+            mask = images.get(dag.paths[i], 0) if images else 0
+            piece[mask] = piece.get(mask, 0) + dag.sizes[i]
         pieces.append(piece)
     stored = [stored_bytes(piece) for piece in pieces]
     alive = list(range(len(groups)))  # positions, bottom first
