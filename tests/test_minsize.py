@@ -155,6 +155,8 @@ def test_the_default_is_lowered_for_small_images() -> None:
     assert min_size_for(10**12, 99) == DEFAULT_MIN_LAYER_SIZE
     assert min_size_for(4 * 99 * 1000, 99) == 1000
     assert min_size_for(0, 99) == 0
+    assert min_size_for(10**12, 99, items=99) == 0  # every item fits a layer of its own
+    assert min_size_for(10**12, 99, items=100) == DEFAULT_MIN_LAYER_SIZE
     c, _ = popular_tiny_closure()  # 21 MiB in 5 layers: the default is 256 KiB here
     default = plan_closures([c], strategy="popularity", max_layers=6)
     assert all(layer.size >= DEFAULT_MIN_LAYER_SIZE for layer in default.images[0].layers)

@@ -102,7 +102,7 @@ def plan_closures(
         rest = union if not covered else union.restrict(remaining)
         room = budget - len(reused)
         masks = _image_masks(closures) if len(closures) > 1 else None
-        minimum = min_size_for(sum(sizes.values()), budget)
+        minimum = min_size_for(sum(sizes.values()), budget, items=len(union))
         if min_layer_size is not None:
             minimum = min_layer_size
         groups = _plan_rest(rest, chosen, room=room, name=strategy, min_size=minimum, images=masks)
@@ -175,10 +175,14 @@ def _no_worse_than_alone(
     return own
 
 
-def min_size_for(total: int, budget: int) -> int:
-    """The default minimum layer size for ``total`` bytes in ``budget`` store layers:
-    :data:`DEFAULT_MIN_LAYER_SIZE`, or a quarter of ``total / budget`` when that is less (an
-    image of a few MiB keeps its layers)."""
+def min_size_for(total: int, budget: int, *, items: int | None = None) -> int:
+    """The default minimum layer size for ``total`` bytes of ``items`` store items in
+    ``budget`` store layers: :data:`DEFAULT_MIN_LAYER_SIZE`, or a quarter of ``total / budget``
+    when that is less (an image of a few MiB keeps its layers); none at all when the budget
+    holds every item (each item a layer of its own is then the floor of every update, and an
+    explicit ``per-item`` stays one layer per item)."""
+    if items is not None and items <= budget:
+        return 0
     return min(DEFAULT_MIN_LAYER_SIZE, total // (4 * max(budget, 1)))
 
 
