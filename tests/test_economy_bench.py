@@ -165,17 +165,24 @@ def test_the_script_runs_on_a_data_directory(
             "--seed",
             "5",
             "--verbose",
+            "--held-out",
+            "2",
         ]
     )
     out = capsys.readouterr().out
+    tuned, held_out = out.split("held out (generated, never tuned on):")
+    assert "gen01" in held_out
+    assert "gen01" not in tuned.split("held out:")[0]
+    out = tuned
     assert code == 0
     assert "at commit " in out
     assert "seed 5" in out
     assert "3 draws per app" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if "     10 " in line}
     # single: y changed (310 of 410 bytes) and the one layer is shipped: 410 / 310.
-    assert float(rows["single"][2]) == pytest.approx(410 / 310, abs=1e-3)
-    assert float(rows["per-item"][2]) == 1.0
+    assert rows["single"][2] == "dflt"  # closurepack's default --min-layer-size
+    assert float(rows["single"][3]) == pytest.approx(410 / 310, abs=1e-3)
+    assert float(rows["per-item"][3]) == 1.0
     assert "fork" in out  # the per-app table
 
 
@@ -185,3 +192,23 @@ def test_a_base_without_its_update_is_refused(tmp_path: Path) -> None:
         eb.load_pairs(tmp_path)
     with pytest.raises(SystemExit, match=r"no APP\.base\.json"):
         eb.load_pairs(tmp_path / "empty")
+
+
+def test_generated_pairs_are_updates_of_one_distribution_and_repeatable() -> None:
+    pairs = eb.generated_pairs(4, 7)
+    assert [p.name for p in pairs] == ["gen00", "gen01", "gen02", "gen03"]
+    again = eb.generated_pairs(4, 7)
+    assert [sorted(p.base.items) for p in pairs] == [sorted(p.base.items) for p in again]
+    assert [sorted(p.base.items) for p in eb.generated_pairs(4, 8)] != [
+        sorted(p.base.items) for p in pairs
+    ]
+    for pair in pairs:
+        assert len(pair.base.roots) == 1
+        assert len(pair.updated) == len(pair.base)
+        changed = set(pair.updated.items) - set(pair.base.items)
+        # Whatever changed renamed everything above it: the app's root is among the new paths.
+        if changed:
+            assert set(pair.updated.roots) <= changed
+    shared = set(pairs[0].base.items) & set(pairs[1].base.items)
+    assert shared  # apps of one distribution share items, as the fleet figure needs
+    assert any(set(p.updated.items) != set(p.base.items) for p in pairs)

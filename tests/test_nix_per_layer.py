@@ -220,8 +220,9 @@ def test_image_equals_a_direct_build_of_the_same_plan(
     ]
     if args:
         # Three layers at most, one of them the customisation layer: items are merged, and
-        # a merged layer is named after its first item and how many more it holds.
-        assert len(plan_layers) == 2
+        # a merged layer is named after its first item and how many more it holds (the default
+        # --min-layer-size may fold the tiny items into one layer).
+        assert len(plan_layers) in (1, 2)
         assert any(len(paths) > 1 for paths in plan_layers)
         assert any(re.search(r"-closurepack-layer-.+-and-\d+$", str(p)) for p in layer_dirs)
     assert _run([built.closurepack, "verify", f"docker-archive:{image}"]).strip().endswith(": ok")

@@ -97,6 +97,7 @@ def build_image(
     image_selector: str | None = None,
     strategy: str | None = None,
     max_layers: int | None = None,
+    min_layer_size: str | int | None = None,
     previous: Sequence[str] = (),
     dest: str,
     compression: str = "gzip",
@@ -186,8 +187,10 @@ def build_image(
             raise OptionError("give either --plan or a closure, not both")
         if sbom.enabled:
             raise OptionError("--sbom is made from a closure's graph: give the closure, not --plan")
-        if strategy is not None or previous:
-            raise OptionError("--strategy and --previous make a plan: not with --plan")
+        if strategy is not None or previous or min_layer_size is not None:
+            raise OptionError(
+                "--strategy, --previous and --min-layer-size make a plan: not with --plan"
+            )
         plan = read_plan_file(plan_file)
         source = source_name(plan_file)
         check_readable_store(plan.store_dir, store_root=store_root, where=source)
@@ -247,6 +250,7 @@ def build_image(
             previous=[f.plan for f in found],
             names=names,
             registry=registry,
+            min_layer_size=min_layer_size,
         )
         source = "the plan"
     if targets:

@@ -61,6 +61,13 @@ def _plan_options(func: F) -> F:
         help="At most N layers in the image (1-127, default 100), counting the customisation"
         " layer and the --from image's layers.",
     )(func)
+    func = click.option(
+        "--min-layer-size",
+        default=None,
+        metavar="SIZE",
+        help="Fold layers smaller than SIZE (e.g. 100K, 1M; 0 for none) into the layer they"
+        " cost least in (default 256K).",
+    )(func)
     return click.option(
         "--previous",
         multiple=True,
@@ -96,6 +103,7 @@ def plan_command(
     store_root: Path | None,
     strategy: str | None,
     max_layers: int | None,
+    min_layer_size: str | None,
     previous: tuple[str, ...],
     as_json: bool,
     output: Path | None,
@@ -111,7 +119,12 @@ def plan_command(
     )
     names = image_names(store_paths=store_paths, closure_files=closure_files, store_root=store_root)
     plan = make_plan(
-        closures, strategy=strategy, max_layers=max_layers, previous=previous, names=names
+        closures,
+        strategy=strategy,
+        max_layers=max_layers,
+        previous=previous,
+        names=names,
+        min_layer_size=min_layer_size,
     )
     if html_file is not None:
         from closurepack.htmlview import plan_view, write_html

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from closurepack.errors import ClosureError
+
+_T = TypeVar("_T")
 
 __all__ = ["STORE_DIRS", "Closure", "StoreItem", "check_readable_store", "split_store_path"]
 
@@ -102,6 +105,7 @@ class Closure:
     source: str = "<closure>"
     _referrers: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
     _order: list[str] = field(default_factory=list, repr=False, compare=False)
+    _memo: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_items(
@@ -168,6 +172,14 @@ class Closure:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def memoized(self, key: str, compute: Callable[[], _T]) -> _T:
+        """``compute()``, once per closure and ``key``: a closure never changes, so what is
+        derived from it alone (a strategy's index, an order) is kept for the next caller, who
+        must not change it."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]  # type: ignore[return-value]  # the same key, the same type
 
     def __iter__(self) -> Iterator[StoreItem]:
         return iter(self.items.values())

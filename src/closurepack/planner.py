@@ -14,10 +14,24 @@ How :func:`plan_closures` decides, step by step:
    are left over, so the strategy always gets at least one layer. They stay at the bottom, in the
    order they had in their plan.
 4. The strategy plans the remaining items (the union restricted to them) with the remaining
-   budget; its result is checked (every item once, no empty layer, within budget).
+   budget; its result is checked (every item once, no empty layer, within budget). Its layers
+   smaller than ``min_layer_size`` are folded into others by the update-cost model
+   (:mod:`closurepack.strategies.minsize`). While every image would be left with unused
+   layers (merging freed some, or, with several images, each holds only some of the union's
+   layers), the strategy is asked again with a larger budget (the spare layers times the
+   number of distinct image sets, else the spare layers alone) and the result merged again,
+   kept if every image still fits (at most :data:`REFILL_ROUNDS` times; twice for one
+   image). Without ``min_layer_size`` the minimum is :func:`min_size_for` the union's bytes.
 5. Each image gets the union's layers restricted to its own items, in the same order, empty ones
    dropped: a layer wholly inside an image's closure is byte-for-byte the same layer in every
    image that contains it. Restriction never adds layers, so every image stays within budget.
+6. No image is worse off for being planned with others: when several closures are planned,
+   each image's layers are compared with the plan the same call would make for its closure
+   alone, by the bytes a random one-item update ships on average
+   (:func:`~closurepack.strategies.economy.expected_shipped`, exact for that update). An image
+   whose joint layers would ship more is planned alone with the joint layers it holds whole
+   reused (as from ``--previous``), which keeps the layers it shares; if even that ships more,
+   it gets its plan alone. So no image has a worse update overhead than alone.
 """
 
 from __future__ import annotations
@@ -27,11 +41,27 @@ from collections.abc import Iterable, Mapping, Sequence
 from closurepack.errors import PlanError
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
-from closurepack.strategies import DEFAULT_STRATEGY, check_groups, get_strategy
+from closurepack.strategies import DEFAULT_STRATEGY, Strategy, check_groups, get_strategy
+from closurepack.strategies.economy import expected_shipped
+from closurepack.strategies.minsize import merge_small_layers
 
-__all__ = ["format_plan_table", "human_size", "plan_closures", "plural", "store_budget"]
+__all__ = [
+    "DEFAULT_MIN_LAYER_SIZE",
+    "REFILL_ROUNDS",
+    "format_plan_table",
+    "human_size",
+    "min_size_for",
+    "plan_closures",
+    "plural",
+    "store_budget",
+]
 
 PREVIOUS = "previous"
+#: ``--min-layer-size`` when none is given, in bytes (chosen by ``bench/economy_bench.py``),
+#: lowered for small images to a quarter of an even share of the budget (:func:`min_size_for`).
+DEFAULT_MIN_LAYER_SIZE = 256 * 1024
+#: How many times the strategy is asked again, for the layers left unused (module docstring).
+REFILL_ROUNDS = 4
 
 
 def store_budget(max_layers: int) -> int:
@@ -46,9 +76,16 @@ def plan_closures(
     max_layers: int = 100,
     previous: Sequence[LayerPlan] = (),
     names: Sequence[str | None] | None = None,
+    min_layer_size: int | None = None,
 ) -> LayerPlan:
     """Plan one image per closure, in order (see the module docstring for every rule)."""
     budget = store_budget(max_layers)
+    if min_layer_size is not None and (
+        isinstance(min_layer_size, bool) or not isinstance(min_layer_size, int)
+    ):
+        raise PlanError(f"minimum layer size {min_layer_size!r}: expected a number of bytes")
+    if min_layer_size is not None and min_layer_size < 0:
+        raise PlanError(f"minimum layer size {min_layer_size}: negative")
     if not closures:
         raise PlanError("no closure to plan")
     if names is not None and len(names) != len(closures):
@@ -64,21 +101,149 @@ def plan_closures(
     if remaining:
         rest = union if not covered else union.restrict(remaining)
         room = budget - len(reused)
-        groups = check_groups(rest, chosen(rest, budget=room), budget=room, name=strategy)
+        masks = _image_masks(closures) if len(closures) > 1 else None
+        minimum = min_size_for(sum(sizes.values()), budget, items=len(union))
+        if min_layer_size is not None:
+            minimum = min_layer_size
+        groups = _plan_rest(rest, chosen, room=room, name=strategy, min_size=minimum, images=masks)
         layers.extend(_layer(group, sizes) for group in groups)
 
     images = []
     for index, closure in enumerate(closures):
         own = []
+        whole = []
         for layer in layers:
             kept = [p for p in layer.paths if p in closure.items]
             if len(kept) == len(layer.paths):
                 own.append(layer)
+                whole.append(layer)
             elif kept:
                 own.append(_layer(kept, sizes))
+        if len(closures) > 1:
+            own = _no_worse_than_alone(
+                closure,
+                own,
+                whole,
+                strategy=strategy,
+                max_layers=max_layers,
+                previous=previous,
+                min_layer_size=min_layer_size,
+            )
         name = names[index] if names is not None else None
         images.append(ImagePlan(tuple(own), name, tuple(closure.roots)))
     return LayerPlan(tuple(images), union.store_dir, strategy, max_layers)
+
+
+def _no_worse_than_alone(
+    closure: Closure,
+    joint: list[PlannedLayer],
+    whole: list[PlannedLayer],
+    *,
+    strategy: str,
+    max_layers: int,
+    previous: Sequence[LayerPlan],
+    min_layer_size: int | None,
+) -> list[PlannedLayer]:
+    """An image's layers (step 6 of the module docstring): ``joint``, its layers in the joint
+    plan, unless that ships more bytes for a random one-item update than its plan alone; then
+    its plan alone with the joint layers it holds ``whole`` (shared ones) reused, if that is no
+    worse than alone; else its plan alone."""
+
+    def alone(shared: Sequence[PlannedLayer]) -> list[PlannedLayer]:
+        extra = [LayerPlan((ImagePlan(tuple(shared)),), closure.store_dir)] if shared else []
+        plan = plan_closures(
+            [closure],
+            strategy=strategy,
+            max_layers=max_layers,
+            previous=[*previous, *extra],
+            min_layer_size=min_layer_size,
+        )
+        by_paths = {layer.paths: layer for layer in shared}  # keep their origin
+        return [by_paths.get(layer.paths, layer) for layer in plan.images[0].layers]
+
+    def cost(layers: Sequence[PlannedLayer]) -> float:
+        return expected_shipped(closure, [layer.paths for layer in layers])
+
+    own = alone(())
+    floor = cost(own)
+    if cost(joint) <= floor:
+        return joint
+    if whole:
+        sharing = alone(whole)
+        if cost(sharing) <= floor:
+            return sharing
+    return own
+
+
+def min_size_for(total: int, budget: int, *, items: int | None = None) -> int:
+    """The default minimum layer size for ``total`` bytes of ``items`` store items in
+    ``budget`` store layers: :data:`DEFAULT_MIN_LAYER_SIZE`, or a quarter of ``total / budget``
+    when that is less (an image of a few MiB keeps its layers); none at all when the budget
+    holds every item (each item a layer of its own is then the floor of every update, and an
+    explicit ``per-item`` stays one layer per item)."""
+    if items is not None and items <= budget:
+        return 0
+    return min(DEFAULT_MIN_LAYER_SIZE, total // (4 * max(budget, 1)))
+
+
+def _plan_rest(
+    rest: Closure,
+    chosen: Strategy,
+    *,
+    room: int,
+    name: str,
+    min_size: int,
+    images: Mapping[str, int] | None,
+) -> list[tuple[str, ...]]:
+    """The strategy's layers for ``rest``, small ones merged, every image within ``room``
+    (step 4 of the module docstring)."""
+    groups = check_groups(rest, chosen(rest, budget=room), budget=room, name=name)
+    merged = merge_small_layers(rest, groups, min_size=min_size, images=images)
+    asked = room
+    spread = len(set(images.values())) if images else 1
+    for _ in range(REFILL_ROUNDS if images else min(REFILL_ROUNDS, 2)):
+        spare = room - _most_layers(merged, images)
+        if spare <= 0 or len(groups) < asked or asked >= len(rest):
+            break
+        # Layers are left that the strategy could use: merging freed them, or each image
+        # holds only some of the union's layers. Ask for more (for several images, as if each
+        # set of them had its own spare layers; then for just the spare ones), merge again.
+        for more in dict.fromkeys((spare * spread, spare)):
+            trial = min(asked + more, len(rest))
+            attempt = check_groups(rest, chosen(rest, budget=trial), budget=trial, name=name)
+            again = merge_small_layers(rest, attempt, min_size=min_size, images=images)
+            if _most_layers(again, images) <= room:
+                groups, merged, asked = attempt, again, trial
+                break
+        else:
+            break
+    return merged
+
+
+def _most_layers(groups: Sequence[tuple[str, ...]], images: Mapping[str, int] | None) -> int:
+    """The most layers any image gets of ``groups`` (each image holds the layers that hold one
+    of its items; ``images`` maps paths to image bitmasks, ``None``: one image)."""
+    if images is None:
+        return len(groups)
+    counts: dict[int, int] = {}
+    for group in groups:
+        held = 0
+        for path in group:
+            held |= images[path]
+        while held:
+            bit = held & -held
+            held ^= bit
+            counts[bit] = counts.get(bit, 0) + 1
+    return max(counts.values(), default=0)
+
+
+def _image_masks(closures: Sequence[Closure]) -> dict[str, int]:
+    """For each path, the bitmask of the closures (images) holding it."""
+    masks: dict[str, int] = {}
+    for bit, closure in enumerate(closures):
+        for path in closure.items:
+            masks[path] = masks.get(path, 0) | 1 << bit
+    return masks
 
 
 def _layer(paths: Iterable[str], sizes: Mapping[str, int], origin: str = "") -> PlannedLayer:

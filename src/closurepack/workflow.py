@@ -13,6 +13,7 @@ from closurepack.errors import (
     PlanError,
 )
 from closurepack.graph import Closure
+from closurepack.options import parse_size
 from closurepack.plan import ImagePlan, LayerPlan, check_max_layers
 from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
@@ -114,14 +115,20 @@ def make_plan(
     previous: Sequence[str | LayerPlan] = (),
     names: Sequence[str] | None = None,
     registry: RegistryOptions | None = None,
+    min_layer_size: str | int | None = None,
 ) -> LayerPlan:
     """Plan ``closures`` together, counting the layers of ``previous`` plans/images (or plans
     read already) as existing.
 
     ``max_layers`` (default :data:`DEFAULT_MAX_LAYERS`) includes one layer kept for the
-    customisation layer; ``names`` name the images (see :func:`image_names`).
+    customisation layer; ``names`` name the images (see :func:`image_names`);
+    ``min_layer_size`` (``--min-layer-size``: bytes or ``256K``; ``none`` or 0 for no minimum;
+    default :func:`closurepack.planner.min_size_for`) folds smaller layers into others.
     """
     limit = check_max_layers(DEFAULT_MAX_LAYERS if max_layers is None else max_layers)
+    min_size = None
+    if min_layer_size is not None:
+        min_size = parse_size(min_layer_size, option="--min-layer-size") or 0
     return plan_closures(
         closures,
         strategy=strategy or DEFAULT_STRATEGY,
@@ -133,6 +140,7 @@ def make_plan(
             for p in previous
         ],
         names=names,
+        min_layer_size=min_size,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
 
@@ -33,9 +33,15 @@ class Dag:
     refs: tuple[tuple[int, ...], ...]
     referrers: tuple[tuple[int, ...], ...]
     sizes: tuple[int, ...]
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_closure(cls, closure: Closure) -> Dag:
+        """The closure's Dag, built once per closure (strategies and the planner share it)."""
+        return closure.memoized("dag", lambda: cls._build(closure))
+
+    @classmethod
+    def _build(cls, closure: Closure) -> Dag:
         order = closure.topological_order()
         index = {path: i for i, path in enumerate(order)}
         refs = tuple(tuple(sorted(index[r] for r in closure.items[p].references)) for p in order)
@@ -48,6 +54,13 @@ class Dag:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def index(self) -> dict[str, int]:
+        """``path -> i``, built on first use (the caller must not change it)."""
+        found = self._index
+        if not found:
+            found.update((path, i) for i, path in enumerate(self.paths))
+        return found
 
     def graph_roots(self) -> list[int]:
         """Items no other item refers to, in index order."""

@@ -39,6 +39,18 @@ POPULAR_PERCENTILE = 90
 def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     """Dominator-tree subtrees under a synthetic root, merged down to ``budget`` (docstring)."""
     dag = Dag.from_closure(closure)
+    layers = list(closure.memoized("dominator subtrees", lambda: _subtrees(closure, dag)))
+    if len(layers) > budget:
+        # Nixery merges the first layer into the second until the budget is met, without
+        # re-sorting: the lowest-rated ``len - budget + 1`` layers end up as one, at the bottom.
+        cut = len(layers) - max(budget, 1) + 1
+        merged = [m for layer in layers[:cut] for m in layer[2]]
+        layers[:cut] = [(sum(layer[0] for layer in layers[:cut]), "", merged)]
+    return [tuple(sorted(dag.paths[m] for m in members)) for _, _, members in layers]
+
+
+def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
+    """The rated subtrees under the synthetic root, lowest rating first (budget-free)."""
     n = len(dag)
     closure_size = [0] * n
 
@@ -89,13 +101,7 @@ def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
         rating = popularity[top] * sum(closure_size[m] for m in members)
         layers.append((rating, min(dag.paths[m] for m in members), members))
     layers.sort(key=lambda layer: (layer[0], layer[1]))
-    if len(layers) > budget:
-        # Nixery merges the first layer into the second until the budget is met, without
-        # re-sorting: the lowest-rated ``len - budget + 1`` layers end up as one, at the bottom.
-        cut = len(layers) - max(budget, 1) + 1
-        merged = [m for layer in layers[:cut] for m in layer[2]]
-        layers[:cut] = [(sum(layer[0] for layer in layers[:cut]), "", merged)]
-    return [tuple(sorted(dag.paths[m] for m in members)) for _, _, members in layers]
+    return layers
 
 
 def _intersect(a: int, b: int, idom: list[int], depth: list[int]) -> int:

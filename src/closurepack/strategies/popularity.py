@@ -58,9 +58,14 @@ def popularity_scores(closure: Closure) -> dict[str, int]:
 
 
 def popularity_order(closure: Closure) -> list[str]:
-    """Every path, most popular first, ties by name then hash (nixpkgs' exact order)."""
-    scores = popularity_scores(closure)
-    return sorted(scores, key=lambda p: (-scores[p], nixpkgs_name_key(p)))
+    """Every path, most popular first, ties by name then hash (nixpkgs' exact order); computed
+    once per closure (the planner may ask for several budgets)."""
+
+    def order() -> list[str]:
+        scores = popularity_scores(closure)
+        return sorted(scores, key=lambda p: (-scores[p], nixpkgs_name_key(p)))
+
+    return list(closure.memoized("popularity order", order))
 
 
 def popularity(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:

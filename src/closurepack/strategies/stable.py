@@ -57,6 +57,7 @@ from collections.abc import Callable, Collection
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
+from closurepack.strategies.economy import CHANGES, bitset, hit_table, stored_bytes
 
 __all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
 
@@ -67,8 +68,6 @@ EXACT_LIMIT = 300
 COARSE_LIMIT = 200
 #: Up to this many graph roots, each is taken for an image planned together with the others.
 MAX_IMAGES = 64
-#: How many items the model update changes at once (module docstring).
-CHANGES = 3
 
 
 def stable(
@@ -107,24 +106,6 @@ def _images(dag: Dag) -> list[int]:
         for r in dag.refs[i]:
             masks[r] |= masks[i]
     return masks
-
-
-def _stored(pieces: dict[int, int]) -> int:
-    """Bytes stored for a layer whose items lie in images ``pieces`` (mask -> bytes): each image
-    gets the layer restricted to its own items, and every distinct restriction is a layer."""
-    if len(pieces) == 1:
-        return next(iter(pieces.values()))
-    restrictions: dict[tuple[int, ...], int] = {}
-    union = 0
-    for mask in pieces:
-        union |= mask
-    while union:
-        bit = union & -union
-        union ^= bit
-        key = tuple(sorted(m for m in pieces if m & bit))
-        if key not in restrictions:
-            restrictions[key] = sum(pieces[m] for m in key)
-    return sum(restrictions.values())
 
 
 def _coarsen(dag: Dag, rank: list[int], images: list[int], limit: int) -> list[list[int]]:
@@ -234,8 +215,8 @@ def _merge_exactly(
         for i in members:
             piece[images[i]] = piece.get(images[i], 0) + dag.sizes[i]
         pieces.append(piece)
-    stored = [_stored(piece) for piece in pieces]
-    sets = [_bitset(dag.reach(members), len(dag)) for members in clusters]
+    stored = [stored_bytes(piece) for piece in pieces]
+    sets = [bitset(dag.reach(members), len(dag)) for members in clusters]
     counts = [bits.bit_count() for bits in sets]
     sizes = [sum(dag.sizes[i] for i in members) for members in clusters]
     groups: list[list[int] | None] = [list(members) for members in clusters]
@@ -243,8 +224,7 @@ def _merge_exactly(
     version = [0] * len(clusters)
     first = [min(rank[i] for i in members) for members in clusters]  # tie-breaks by name
 
-    keep = 1 - min(CHANGES, n) / n if n else 1.0
-    hit = [1 - keep**d for d in range(n + 1)]  # chance that one of d items changed
+    hit = hit_table(n)  # chance that one of CHANGES changes lies in d items
 
     def cost(a: int, b: int) -> float:
         both = hit[(sets[a] | sets[b]).bit_count()]
@@ -255,7 +235,7 @@ def _merge_exactly(
         joined = dict(pa)
         for mask, size in pb.items():
             joined[mask] = joined.get(mask, 0) + size
-        return update + (_stored(joined) - stored[a] - stored[b])
+        return update + (stored_bytes(joined) - stored[a] - stored[b])
 
     def entry(a: int, b: int) -> tuple[float, int, int, int, int, int, int]:
         low, high = (a, b) if first[a] < first[b] else (b, a)
@@ -278,7 +258,7 @@ def _merge_exactly(
         sizes[a] += sizes[b]
         for mask, size in pieces[b].items():
             pieces[a][mask] = pieces[a].get(mask, 0) + size
-        stored[a] = _stored(pieces[a])
+        stored[a] = stored_bytes(pieces[a])
         version[a] += 1
         alive -= 1
         if alive > budget:
@@ -289,11 +269,3 @@ def _merge_exactly(
     kept = [g for g, group in enumerate(groups) if group is not None]
     kept.sort(key=lambda g: (counts[g], -sizes[g], first[g]))
     return [sorted(groups[g] or []) for g in kept]
-
-
-def _bitset(indices: Collection[int], width: int) -> int:
-    """The set ``indices`` as an integer with those bits set."""
-    raw = bytearray((width + 7) // 8)
-    for i in indices:
-        raw[i >> 3] |= 1 << (i & 7)
-    return int.from_bytes(raw, "little")

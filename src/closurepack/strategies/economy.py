@@ -1,0 +1,69 @@
+"""The update-cost model the economy-minded steps share (``stable``, the small-layer merge).
+
+An update changes some items and, Nix-style, every item above them. A layer is shipped again
+when a changed item lies in its down-set ``D(L)`` (its items and all they reach). With
+:data:`CHANGES` of ``n`` items changing, each independently with chance ``q = CHANGES / n``, a
+layer of ``s`` bytes costs ``s * hit(|D(L)|)`` expected bytes per update, ``hit(d) = 1 - (1 -
+q) ** d``. When several images are planned together, each image gets every layer restricted to
+its own items and every distinct restriction is stored: :func:`stored_bytes` counts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+from closurepack.graph import Closure
+from closurepack.strategies._dag import Dag
+
+__all__ = ["CHANGES", "bitset", "expected_shipped", "hit_table", "stored_bytes"]
+
+#: How many items the model update changes at once (see ``strategies/stable.py``).
+CHANGES = 3
+
+
+def hit_table(n: int, changes: int = CHANGES) -> list[float]:
+    """``hit[d]``: the chance that one of ``changes`` random changes among ``n`` items lies
+    in a down-set of ``d`` items, for ``d`` in ``0..n``."""
+    keep = 1 - min(changes, n) / n if n else 1.0
+    return [1 - keep**d for d in range(n + 1)]
+
+
+def stored_bytes(pieces: Mapping[int, int]) -> int:
+    """Bytes stored for a layer whose items lie in images ``pieces`` (image mask -> bytes):
+    each image gets the layer restricted to its own items, every distinct restriction a layer."""
+    if len(pieces) == 1:
+        return next(iter(pieces.values()))
+    restrictions: dict[tuple[int, ...], int] = {}
+    union = 0
+    for mask in pieces:
+        union |= mask
+    while union:
+        bit = union & -union
+        union ^= bit
+        key = tuple(sorted(m for m in pieces if m & bit))
+        if key not in restrictions:
+            restrictions[key] = sum(pieces[m] for m in key)
+    return sum(restrictions.values())
+
+
+def bitset(indices: Collection[int], width: int) -> int:
+    """The set ``indices`` as an integer with those bits set."""
+    raw = bytearray((width + 7) // 8)
+    for i in indices:
+        raw[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(raw, "little")
+
+
+def expected_shipped(closure: Closure, layers: Iterable[Iterable[str]]) -> float:
+    """Bytes an image of these ``layers`` (a partition of ``closure``) ships, on average, for
+    an update of one item drawn uniformly from ``closure``: a layer ships when the item lies in
+    its down-set, so this is ``sum of s(L) * |D(L)| / n`` exactly."""
+    dag = Dag.from_closure(closure)
+    if not len(dag):
+        return 0.0
+    index = dag.index()
+    total = 0
+    for layer in layers:
+        members = [index[p] for p in layer]
+        total += sum(dag.sizes[i] for i in members) * len(dag.reach(members))
+    return total / len(dag)

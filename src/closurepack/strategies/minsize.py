@@ -1,0 +1,113 @@
+"""``--min-layer-size``: fold layers smaller than a size into the neighbour they cost least in.
+
+Tiny layers waste the layer budget and cost every pull a round trip or more per layer
+(nix2container issue 31, Nix issue 13155: half of 100 layers under 100 KB). Merging them
+anywhere would undo what the strategy planned for, so the merge follows the update-cost model of
+:mod:`closurepack.strategies.economy`: folding layer ``A`` into ``B`` costs
+
+    (s(A) + s(B)) * hit(|D(A) | D(B)|) - s(A) * hit(|D(A)|) - s(B) * hit(|D(B)|)
+
+expected bytes per update, plus, for images planned together, the bytes the merged layer stores
+in more distinct restrictions than the two did. A tiny layer therefore goes where its change-set
+already lies: into a layer above it that depends on it (that layer changes whenever the tiny one
+does, so it only adds the tiny layer's few bytes to what that layer ships), or, failing that,
+into the neighbour whose down-set overlaps its own most.
+
+Rule. While some layer is smaller than ``min_size`` and more than one layer is left, the
+smallest (ties: the lower) is merged into the layer of least cost (ties: the nearer, then the
+lower) among those held by every image that holds it (else those sharing an image with it,
+else any: a layer of other images would leave its images' piece as small); the merged layer
+takes the higher of the two positions, so every other layer keeps its order (and whatever the
+strategy made of it for Docker's ChainID rule). Layers the planner
+reused from ``--previous`` are never merged; the planner hands only the strategy's layers here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from closurepack.graph import Closure
+from closurepack.strategies._dag import Dag
+from closurepack.strategies.economy import bitset, hit_table, stored_bytes
+
+__all__ = ["merge_small_layers"]
+
+
+def merge_small_layers(
+    closure: Closure,
+    groups: Sequence[tuple[str, ...]],
+    *,
+    min_size: int,
+    images: Mapping[str, int] | None = None,
+) -> list[tuple[str, ...]]:
+    """``groups`` (bottom first, a partition of ``closure``) with every layer below
+    ``min_size`` bytes folded into another (module docstring); ``images`` maps a path to the
+    bitmask of the images holding it, when several are planned together."""
+    items = closure.items
+    sizes = [sum(items[p].nar_size for p in group) for group in groups]
+    if min_size <= 0 or len(groups) < 2 or min(sizes) >= min_size:
+        return list(groups)
+    dag = Dag.from_closure(closure)
+    n = len(dag)
+    index = dag.index()
+    hit = hit_table(n)
+    members = [[index[p] for p in group] for group in groups]
+    sets = [bitset(dag.reach(m), n) for m in members]
+    counts = [s.bit_count() for s in sets]
+    pieces: list[dict[int, int]] = []
+    for group in members:
+        piece: dict[int, int] = {}
+        for i in group:
+            mask = images.get(dag.paths[i], 0) if images else 0
+            piece[mask] = piece.get(mask, 0) + dag.sizes[i]
+        pieces.append(piece)
+    stored = [stored_bytes(piece) for piece in pieces]
+    alive = list(range(len(groups)))  # positions, bottom first
+
+    def cost(a: int, b: int) -> float:
+        both = hit[(sets[a] | sets[b]).bit_count()]
+        update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
+        pa, pb = pieces[a], pieces[b]
+        if len(pa) == 1 and pa.keys() == pb.keys():
+            return update
+        joined = dict(pa)
+        for mask, size in pb.items():
+            joined[mask] = joined.get(mask, 0) + size
+        return update + (stored_bytes(joined) - stored[a] - stored[b])
+
+    while len(alive) > 1:
+        small = min(alive, key=lambda g: (sizes[g], g))
+        if sizes[small] >= min_size:
+            break
+        partner = min(
+            _partners(small, alive, pieces), key=lambda g: (cost(small, g), abs(g - small), g)
+        )
+        low, high = sorted((small, partner))
+        members[high].extend(members[low])
+        sets[high] |= sets[low]
+        counts[high] = sets[high].bit_count()
+        sizes[high] += sizes[low]
+        for mask, size in pieces[low].items():
+            pieces[high][mask] = pieces[high].get(mask, 0) + size
+        stored[high] = stored_bytes(pieces[high])
+        alive.remove(low)
+    return [tuple(sorted(dag.paths[i] for i in members[g])) for g in alive]
+
+
+def _partners(small: int, alive: list[int], pieces: list[dict[int, int]]) -> list[int]:
+    """The layers ``small`` may join: those held by every image that holds ``small`` (so that
+    each of its images' small piece grows), else those sharing an image with it, else any."""
+    others = [g for g in alive if g != small]
+    mine = _union(pieces[small])
+    unions = {g: _union(pieces[g]) for g in others}
+    within = [g for g in others if unions[g] & mine == mine]
+    if within:
+        return within
+    return [g for g in others if unions[g] & mine] or others
+
+
+def _union(piece: dict[int, int]) -> int:
+    union = 0
+    for mask in piece:
+        union |= mask
+    return union

@@ -1,0 +1,242 @@
+"""``--min-layer-size``: small layers folded where their change-set lies, never reused ones,
+images planned together kept apart, freed budget handed back to the strategy; the CLI option."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clistore import run
+from closurepack import planner
+from closurepack.graph import Closure, StoreItem
+from closurepack.planner import DEFAULT_MIN_LAYER_SIZE, min_size_for, plan_closures
+from closurepack.strategies.minsize import merge_small_layers
+from test_strategies import dag_closures, store_path
+
+KIB = 1024
+MIB = 1024 * 1024
+
+
+def closure(spec: dict[str, tuple[int, list[str]]]) -> tuple[Closure, dict[str, str]]:
+    """Items named in ``spec`` (name -> size, references by name); also name -> path."""
+    paths = {name: store_path(number, name) for number, name in enumerate(spec, 1)}
+    items = [
+        StoreItem(paths[name], size, tuple(paths[r] for r in refs))
+        for name, (size, refs) in spec.items()
+    ]
+    return Closure.from_items(items, source="test"), paths
+
+
+def sizes(c: Closure, groups: list[tuple[str, ...]]) -> list[int]:
+    return [sum(c.items[p].nar_size for p in g) for g in groups]
+
+
+def test_a_tiny_layer_joins_the_layer_that_depends_on_it() -> None:
+    # "conf" is tiny and only "app" refers to it: merged into app's layer it ships only when
+    # app ships anyway (app changes whenever conf does); in "other" it would make other ship
+    # with every change of conf, in "base" it would ship with every change of base.
+    c, p = closure(
+        {
+            "base": (40 * MIB, []),
+            "conf": (2 * KIB, ["base"]),
+            "app": (30 * MIB, ["conf", "base"]),
+            "other": (30 * MIB, ["base"]),
+        }
+    )
+    groups = [(p["base"],), (p["conf"],), (p["other"],), (p["app"],)]
+    merged = merge_small_layers(c, groups, min_size=100 * KIB)
+    assert merged == [(p["base"],), (p["other"],), tuple(sorted((p["conf"], p["app"])))]
+
+
+def test_nothing_to_do_leaves_the_plan_as_it_is() -> None:
+    c, p = closure({"a": (5, []), "b": (7, ["a"])})
+    groups = [(p["a"],), (p["b"],)]
+    assert merge_small_layers(c, groups, min_size=0) == groups
+    assert merge_small_layers(c, groups, min_size=5) == groups
+    assert merge_small_layers(c, [(p["a"], p["b"])], min_size=10**9) == [(p["a"], p["b"])]
+    assert merge_small_layers(c, groups, min_size=10**9) == [(p["a"], p["b"])]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    c=dag_closures(max_items=20),
+    min_size=st.sampled_from([1, 1000, 10**6, 10**7, 10**9]),
+    seed=st.integers(0, 10**6),
+)
+def test_merged_plans_keep_every_item_once_and_no_small_layer(
+    c: Closure, min_size: int, seed: int
+) -> None:
+    paths = sorted(c.items)
+    count = 1 + seed % len(paths)
+    groups = [tuple(paths[k::count]) for k in range(count)]
+    merged = merge_small_layers(c, groups, min_size=min_size)
+    assert sorted(p for g in merged for p in g) == paths
+    assert all(merged)
+    assert len(merged) <= len(groups)
+    if len(merged) > 1:
+        assert min(sizes(c, merged)) >= min_size
+    # The layers left untouched keep their order.
+    untouched = [g for g in groups if g in merged]
+    assert [g for g in merged if g in untouched] == untouched
+
+
+def test_layers_reused_from_previous_are_never_merged() -> None:
+    c, p = closure(
+        {
+            "tiny": (10, []),
+            "big": (10 * MIB, ["tiny"]),
+            "app": (10 * MIB, ["big"]),
+        }
+    )
+    old = plan_closures([c], strategy="per-item", max_layers=10, min_layer_size=0)
+    assert next(layer.paths for layer in old.images[0].layers) == (p["tiny"],)
+    again = plan_closures([c], strategy="per-item", max_layers=10, previous=[old])
+    assert [layer.paths for layer in again.images[0].layers] == [
+        layer.paths for layer in old.images[0].layers
+    ]
+    fresh = plan_closures([c], strategy="per-item", max_layers=10, min_layer_size=MIB)
+    assert all(layer.size >= MIB for layer in fresh.images[0].layers)
+
+
+def test_a_tiny_layer_of_one_image_does_not_join_a_layer_shared_with_another() -> None:
+    # "mine" is tiny and held by image A only. The layer "lib" is shared by A and B, "a" by A
+    # only; "mine" refers to lib, so the cost model alone would put it in lib's layer, but that
+    # would split lib's shared layer into two distinct ones (lib, lib + mine).
+    c_a, p = closure(
+        {
+            "lib": (20 * MIB, []),
+            "mine": (KIB, ["lib"]),
+            "a": (20 * MIB, ["lib"]),
+        }
+    )
+    b_item = StoreItem(store_path(99, "b"), 20 * MIB, (p["lib"],))
+    union = Closure.from_items([*c_a, b_item], source="both")
+    images = {p["lib"]: 0b11, p["mine"]: 0b01, p["a"]: 0b01, b_item.path: 0b10}
+    groups = [(p["lib"],), (p["mine"],), (b_item.path,), (p["a"],)]
+    merged = merge_small_layers(union, groups, min_size=100 * KIB, images=images)
+    assert merged == [(p["lib"],), (b_item.path,), (p["mine"], p["a"])]
+    # Without the images, a and b cost the same and mine would join b, the nearer: a layer of
+    # image B's, which would leave image A's piece of it as small as before.
+    alone = merge_small_layers(union, groups, min_size=100 * KIB)
+    assert alone == [(p["lib"],), tuple(sorted((p["mine"], b_item.path))), (p["a"],)]
+
+
+def popular_tiny_closure() -> tuple[Closure, dict[str, str]]:
+    """Three tiny items every app refers to, six large apps: popularity gives each tiny item
+    a layer of its own."""
+    spec: dict[str, tuple[int, list[str]]] = {f"t{k}": (10, []) for k in range(3)}
+    for k in range(6):
+        spec[f"a{k}"] = ((k + 1) * MIB, ["t0", "t1", "t2"])
+    return closure(spec)
+
+
+def test_layers_freed_by_merging_go_back_to_the_strategy() -> None:
+    c, _ = popular_tiny_closure()
+    plan = plan_closures([c], strategy="popularity", max_layers=6, min_layer_size=KIB)
+    layers = plan.images[0].layers
+    # Budget 5: popularity alone makes t0, t1, t2, a5 and the rest; merged that is two layers,
+    # and asked again for 8 the strategy fills all 5 with the tiny ones folded in.
+    assert len(layers) == 5
+    assert all(layer.size >= KIB for layer in layers)
+
+
+def test_without_refill_the_freed_layers_stay_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    c, _ = popular_tiny_closure()
+    monkeypatch.setattr(planner, "REFILL_ROUNDS", 0)
+    plan = plan_closures([c], strategy="popularity", max_layers=6, min_layer_size=KIB)
+    assert len(plan.images[0].layers) < 5
+
+
+def test_the_default_is_lowered_for_small_images() -> None:
+    assert min_size_for(10**12, 99) == DEFAULT_MIN_LAYER_SIZE
+    assert min_size_for(4 * 99 * 1000, 99) == 1000
+    assert min_size_for(0, 99) == 0
+    assert min_size_for(10**12, 99, items=99) == 0  # every item fits a layer of its own
+    assert min_size_for(10**12, 99, items=100) == DEFAULT_MIN_LAYER_SIZE
+    c, _ = popular_tiny_closure()  # 21 MiB in 5 layers: the default is 256 KiB here
+    default = plan_closures([c], strategy="popularity", max_layers=6)
+    assert all(layer.size >= DEFAULT_MIN_LAYER_SIZE for layer in default.images[0].layers)
+    none = plan_closures([c], strategy="popularity", max_layers=6, min_layer_size=0)
+    assert min(layer.size for layer in none.images[0].layers) == 10
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "1K"])
+def test_bad_minimum_is_refused(bad: object) -> None:
+    c, _ = popular_tiny_closure()
+    with pytest.raises(planner.PlanError, match="minimum layer size"):
+        plan_closures([c], min_layer_size=bad)  # type: ignore[arg-type]
+
+
+def write(path: Path, c: Closure) -> Path:
+    entries = [{"path": i.path, "narSize": i.nar_size, "references": list(i.references)} for i in c]
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_cli_plan_and_build_take_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c, _ = popular_tiny_closure()
+    file = write(tmp_path / "c.json", c)
+    argv = ["plan", "--closure", file, "--strategy", "popularity", "--max-layers", "6", "--json"]
+    code, out, err = run([*argv, "--min-layer-size", "1K"], capsys)
+    assert code == 0, err
+    layers = json.loads(out)["images"][0]["layers"]
+    assert len(layers) == 5
+    assert min(layer["size"] for layer in layers) >= 1024
+    code, out, err = run([*argv, "--min-layer-size", "none"], capsys)
+    assert code == 0, err
+    assert min(layer["size"] for layer in json.loads(out)["images"][0]["layers"]) == 10
+
+    code, out, err = run([*argv, "--min-layer-size", "lots"], capsys)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "--min-layer-size 'lots'" in err
+
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(out or json.dumps(layers))
+    dest = tmp_path / "img.tar"
+    code, out, err = run(
+        ["build", "--plan", plan_file, "--min-layer-size", "1K", "-o", f"docker-archive:{dest}"],
+        capsys,
+    )
+    assert code == 2
+    assert "--min-layer-size" in err
+    assert err.count("\n") == 1
+    assert not dest.exists()
+
+
+def two_disjoint_images() -> list[Closure]:
+    images = []
+    for image in range(2):
+        items = [
+            StoreItem(store_path(10 * image + k, f"i{image}x{k}"), (k + 1 + 7 * image) * MIB, ())
+            for k in range(6)
+        ]
+        images.append(Closure.from_items(items, source=f"image{image}"))
+    return images
+
+
+def keep_joint_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn step 6 off (an image's plan alone instead of joint layers), to see the union's."""
+    monkeypatch.setattr(planner, "_no_worse_than_alone", lambda _c, joint, *_a, **_k: joint)
+
+
+def test_images_planned_together_get_more_of_their_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The union has 12 items; planned for 4 layers, each image holds only some of them. The
+    # strategy is asked again with more layers as long as every image stays within 4.
+    keep_joint_layers(monkeypatch)
+    images = two_disjoint_images()
+    plan = plan_closures(images, strategy="stable", max_layers=5, min_layer_size=0)
+    counts = [len(image.layers) for image in plan.images]
+    monkeypatch.setattr(planner, "REFILL_ROUNDS", 0)
+    once = plan_closures(images, strategy="stable", max_layers=5, min_layer_size=0)
+    first = [len(image.layers) for image in once.images]
+    assert max(counts) == 4
+    assert sum(counts) > sum(first)
