@@ -1,7 +1,7 @@
-"""A non-root image from a real Nix closure, with --user, --perms and --fakeroot-script, run by
-podman and Docker Engine: the user reads the store, writes its home and /tmp, and sees the
-modes and owners that --perms and the fakeroot script gave; with --uid/--gid the store is the
-user's to write."""
+"""A non-root image from a real Nix closure, with --user, --perms, --fakeroot-script and
+--nix-db, run by podman and Docker Engine: the user reads the store and the store database,
+writes its home and /tmp, and sees the modes and owners that --perms and the fakeroot script
+gave; with --uid/--gid the store is the user's to write."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ echo "perm $($B stat -c '%a %u %g' '{data}/tree/hard-a')"
 echo "plain $($B stat -c '%a %u %g' '{data}/tree/hard-b')"
 echo "srv $($B stat -c '%a %u %g' /srv/data) $($B cat /srv/data/file)"
 echo "secret $($B stat -c '%a %u %g' /srv/secret)"
+DB=/nix/var/nix/db/db.sqlite
+echo "db $($B stat -c '%a %u %g' $DB) $($B head -c 15 $DB)"
 $B cat /srv/secret 2>/dev/null && echo "secret readable" || echo "secret unreadable"
 $B mkdir /nix/store/probe 2>/dev/null && echo "store writable" || echo "store read-only"
 """
@@ -61,6 +63,7 @@ def _expected(nix: NixClosure, *, owner: str) -> list[str]:
         f"plain 444 {owner}",
         "srv 700 1000 1000 made by the script",
         "secret 600 0 0",
+        f"db 644 {owner} SQLite format 3",
         "secret unreadable",
         "store writable" if owner != "0 0" else "store read-only",
     ]
@@ -76,6 +79,7 @@ def _build(nix: NixClosure, dest: Path, tmp: Path, *extra: str) -> None:
         "--perms", f"{nix.item('data')}/tree/hard-a=0440:0:1000",
         "--perms", "/home/app=0700",
         "--fakeroot-script", str(script),
+        "--nix-db",
         "--tag", f"perms/{dest.stem}:1",
         *extra,
         "-o", f"docker-archive:{dest}",

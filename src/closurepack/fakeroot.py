@@ -178,5 +178,14 @@ def run_fakeroot_script(customisation: Customisation) -> Customisation:
         )
         prepared = _entries(json.loads(listed), root, script)
     stores = (customisation.store_dir,) if customisation.store_dir else STORE_DIRS
+    # A directory above the store (/nix, holding a --nix-db's /nix/var) is there as a parent
+    # only: it is left to the tar writer, which makes parents as every store layer has them.
+    prepared = [entry for entry in prepared if not _above_store(entry, stores)]
     check_store([entry.name for entry in prepared], stores, what)
     return dataclasses.replace(customisation, prepared=tuple(prepared))
+
+
+def _above_store(entry: TreeEntry, stores: tuple[str, ...]) -> bool:
+    """Whether ``entry`` is a directory that is a parent of one of ``stores``."""
+    name = entry.name.strip("/")
+    return entry.kind == "dir" and any(s.strip("/").startswith(name + "/") for s in stores)
