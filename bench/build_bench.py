@@ -324,6 +324,19 @@ def warm_up(root: Path, items_file: Path) -> None:
 # inputs
 
 
+def store_closure_file(root: Path, prog: str) -> Path | None:
+    """The closure.json of the store ``root`` made by make_debian_store.py; None (after a
+    line on stderr naming ``prog`` and how to make it) when it is missing."""
+    closure_file = root / "closure.json"
+    if not closure_file.is_file():
+        print(
+            f"{prog}: {closure_file} missing; run bench/make_debian_store.py {root} first",
+            file=sys.stderr,
+        )
+        return None
+    return closure_file
+
+
 def load_closure(path: Path) -> list[dict[str, object]]:
     obj = json.loads(path.read_text())
     if isinstance(obj, dict):  # newer nix path-info --json: an object keyed by path
@@ -701,12 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = args.store.resolve()
-    closure_file = root / "closure.json"
-    if not closure_file.is_file():
-        print(
-            f"build_bench: {closure_file} missing; run bench/make_debian_store.py {root} first",
-            file=sys.stderr,
-        )
+    closure_file = store_closure_file(root, "build_bench")
+    if closure_file is None:
         return 2
     closure = load_closure(closure_file)
     items = [str(o["path"]) for o in closure]

@@ -47,7 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_bench import drop_page_cache, load_closure, make_changed_store, warm_up
+from build_bench import (
+    drop_page_cache,
+    load_closure,
+    make_changed_store,
+    store_closure_file,
+    warm_up,
+)
 
 __all__ = [
     "CountedRequest",
@@ -758,12 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = args.store.resolve()
-    closure_file = root / "closure.json"
-    if not closure_file.is_file():
-        print(
-            f"push_bench: {closure_file} missing; run bench/make_debian_store.py {root} first",
-            file=sys.stderr,
-        )
+    closure_file = store_closure_file(root, "push_bench")
+    if closure_file is None:
         return 2
     for tool in (REGISTRY_BINARY, "skopeo"):
         if shutil.which(tool) is None:
