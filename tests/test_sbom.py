@@ -515,6 +515,13 @@ def test_registry_fallback_tag_holds_the_artifacts(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["Digest"] == digest
+    # skopeo finds the artifact too, under the fallback tag
+    fallback = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/app:{tag}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert fallback.returncode == 0, fallback.stderr
+    assert [m["digest"] for m in json.loads(fallback.stdout)["manifests"]] == [entry["digest"]]
 
     # a second attachment to the same image keeps the first entry (read-modify-write)
     again = _build(capsys, closure, store, dest, "--sbom", "cyclonedx", "--tls-verify=false")
