@@ -15,13 +15,13 @@ from closurepack.accounts import account_entries, split_user
 from closurepack.compression import codec_identity
 from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import OptionError
+from closurepack.graph import STORE_DIRS
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_tree_layer
 from closurepack.perms import Perms
 from closurepack.tarstream import TreeEntry, scan_host_tree, write_tree_tar
 
 __all__ = [
-    "STORE_DIRS",
     "Customisation",
     "ExtraTree",
     "build_customisation_layer",
@@ -36,7 +36,6 @@ _log = logging.getLogger(__name__)
 
 #: The store directories no --extra or --symlink entry may cover when the store in use is not
 #: known yet (checked again with the plan's own store directory before the layer is built).
-STORE_DIRS = ("/nix/store", "/gnu/store")
 
 
 @dataclass(frozen=True)

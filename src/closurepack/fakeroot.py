@@ -23,12 +23,12 @@ from pathlib import Path
 
 from closurepack._fs import locked_temp_dir
 from closurepack.customisation import (
-    STORE_DIRS,
     Customisation,
     check_store,
     customisation_entries,
 )
 from closurepack.errors import OptionError, StoreError, ToolError
+from closurepack.graph import STORE_DIRS
 from closurepack.tarstream import TreeEntry
 
 __all__ = ["LIMIT", "run_fakeroot_script"]

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from closurepack._fs import atomic_write
 from closurepack.build import (
+    BuildOptions,
     check_mtime,
     read_descriptors,
     scratch_dir,
+    store_layer_key,
 )
 from closurepack.cachegc import KEY
 from closurepack.chunkedtoc import is_chunked
@@ -42,7 +44,7 @@ from closurepack.jobsetup import (
     prepare_image,
 )
 from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
-from closurepack.layerbuild import build_store_layer, layer_key
+from closurepack.layerbuild import build_store_layer
 from closurepack.perms import Perms
 from closurepack.plan import MAX_LAYERS_LIMIT, PlannedLayer
 from closurepack.registry import (
@@ -121,18 +123,17 @@ def build_one_layer(
             comment=store_layer_comment(paths),
             perms=perms,
         )
-        touching = (
-            dataclasses.replace(perms, store_dir=store_dir).key_part(paths, store_root=store_root)
-            if perms is not None
-            else {}
-        )
-        key = layer_key(
-            paths,
-            store_dir=store_dir,
-            compression=compression,
-            level=level,
-            mtime=layer_mtime,
-            perms=touching,
+        # the key build gives the same layer (its --perms part included)
+        key = store_layer_key(
+            PlannedLayer(tuple(paths)),
+            BuildOptions(
+                store_dir=store_dir,
+                store_root=store_root,
+                compression=compression,
+                level=level,
+                mtime=layer_mtime,
+                perms=perms,
+            ),
         )
         obj = {**layer.to_json_obj(relative_to=out_dir), "key": key}
         descriptor = out_dir / "layer.json"

@@ -309,6 +309,8 @@ class _TarWriter:
         if not 0 <= mtime <= _MAX_OCTAL_11:
             raise OptionError(f"mtime {mtime} is out of range 0-{_MAX_OCTAL_11}")
         self._out = out
+        #: the stream's own file reader, looked up once rather than for every file
+        self._write_from = getattr(out, "write_from", None)
         self._mtime = mtime
         self._perms = perms if perms is not None and not perms.is_empty else None
         self._buf = bytearray(_READ_CHUNK)
@@ -409,7 +411,7 @@ class _TarWriter:
         except OSError as exc:
             raise StoreError(f"{where}: cannot open: {exc.strerror}") from exc
         try:
-            write_from = getattr(self._out, "write_from", None)
+            write_from = self._write_from
             if write_from is not None:
                 # straight into the stream's buffer (see layerbuild._Pipe.write_from)
                 self._out.write(header)

@@ -273,7 +273,7 @@ class SharedLayerCache:
         ref = self.cache_to
         if ref is None:
             return None
-        mount_from = [r.repository for r in self.cache_from if r.registry == ref.registry]
+        mount_from = self.mount_sources(ref)
         if dest is not None and dest.registry == ref.registry:
             mount_from.insert(0, dest.repository)
         with ImagePusher(
@@ -283,8 +283,6 @@ class SharedLayerCache:
                 pusher.submit(layer)
             try:
                 existing = fetch_mapping(pusher.client, ref) or {}
-            except NotALayerCacheError:
-                raise
             except ImageError as exc:
                 _log.warning("%s; writing a new one", exc)
                 existing = {}

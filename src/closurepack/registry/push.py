@@ -25,8 +25,8 @@ from types import TracebackType
 from closurepack.build import LayerEvent, ProgressCallback
 from closurepack.digest import Digest
 from closurepack.errors import RegistryError
-from closurepack.image import Image, ImageLayer, docker_manifest_bytes
-from closurepack.imageindex import ImageIndex
+from closurepack.image import Image, ImageLayer
+from closurepack.imageindex import ImageIndex, as_docker
 from closurepack.mediatypes import MediaType
 from closurepack.registry.blobs import Opener, blob_exists, mount_blob, upload_blob
 from closurepack.registry.client import RegistryClient, open_client
@@ -144,8 +144,7 @@ class ImagePusher:
             self.submit(layer)
         if self.docker:
             # a Docker manifest already (an image copied from one) is pushed as it is
-            is_docker = image.manifest.get("mediaType") == MediaType.DOCKER_MANIFEST
-            body = image.manifest_bytes if is_docker else docker_manifest_bytes(image)
+            body = as_docker(image).manifest_bytes
             media_type = MediaType.DOCKER_MANIFEST
         else:
             body, media_type = image.manifest_bytes, MediaType.OCI_MANIFEST

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack.errors import StoreError
+from closurepack.sources.scan import NIX_BASE32
 
 __all__ = ["NarDigest", "format_nar_hash", "nar_digest", "parse_nar_hash"]
 
 _CHUNK = 1 << 20
 _SHA256_SIZE = 32
-#: Nix's base-32 alphabet (no e, o, u, t).
-_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
-_BASE32_VALUES = {c: i for i, c in enumerate(_BASE32)}
+#: The value of each digit of Nix's base-32 alphabet.
+_BASE32_VALUES = {c: i for i, c in enumerate(NIX_BASE32)}
 _BASE32_LENGTH = (_SHA256_SIZE * 8 + 4) // 5  # 52
 
 
