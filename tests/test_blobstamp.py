@@ -14,6 +14,7 @@ import pytest
 from clistore import APP, Store, read_oci
 from closurepack.blobstamp import BlobStamps
 from closurepack.buildjob import build_image
+from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.digest import Digest
 from closurepack.jobsetup import ImageOptions
 from closurepack.transports import oci_layout
@@ -21,13 +22,10 @@ from closurepack.transports import oci_layout
 
 def _build(store: Store, closure: Path, layout: Path, cache: Path) -> None:
     build_image(
-        closure_files=[closure],
-        store_root=store.root,
-        strategy="per-item",
-        compression="zstd",
+        BuildInput(closure_files=[closure], store_root=store.root, strategy="per-item"),
+        layer_options=LayerOptions(compression="zstd", cache_dir=cache),
         image=ImageOptions(cmd=("/bin/app",)),
         dest=f"oci:{layout}",
-        cache_dir=cache,
     )
 
 

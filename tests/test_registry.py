@@ -396,6 +396,7 @@ def test_layers_are_pushed_while_the_build_goes_on(
 
     from closurepack.build import LayerEvent
     from closurepack.buildjob import build_image
+    from closurepack.buildoptions import BuildInput, LayerOptions
     from closurepack.jobsetup import ImageOptions
 
     events: list[LayerEvent] = []
@@ -413,11 +414,9 @@ def test_layers_are_pushed_while_the_build_goes_on(
             seen_during_build.append(False)
 
     out = build_image(
-        closure_files=[app_closure],
-        store_root=store.root,
+        BuildInput(closure_files=[app_closure], store_root=store.root),
         dest=f"docker://{registry.host}/app:1",
-        cache_dir=tmp_path / "c",
-        jobs=1,
+        layer_options=LayerOptions(cache_dir=tmp_path / "c", jobs=1),
         image=ImageOptions(entrypoint=("/bin/app",)),
         progress=progress,
     )

@@ -16,6 +16,7 @@ import pytest
 from clistore import APP, Store, read_docker_archive
 from closurepack.build import LayerEvent, ProgressCallback
 from closurepack.buildjob import build_image
+from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import DestinationError
 from closurepack.jobsetup import ImageOptions
@@ -41,14 +42,10 @@ def test_first_layer_leaves_before_the_last_is_built(
 
     def build(dest: str, report: ProgressCallback | None = None) -> None:
         build_image(
-            closure_files=[app_closure],
-            store_root=store.root,
-            strategy="per-item",
-            jobs=1,
-            compression="none",
+            BuildInput(closure_files=[app_closure], store_root=store.root, strategy="per-item"),
+            layer_options=LayerOptions(jobs=1, compression="none", cache_dir=tmp_path / "cache"),
             image=ImageOptions(cmd=("/bin/app",)),
             dest=dest,
-            cache_dir=tmp_path / "cache",
             progress=report,
         )
 
@@ -139,13 +136,10 @@ def test_layers_start_largest_first_unless_streamed(
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(_Recorder()))
     events: list[LayerEvent] = []
     build_image(
-        closure_files=[app_closure],
-        store_root=store.root,
-        strategy="per-item",
-        jobs=1,
+        BuildInput(closure_files=[app_closure], store_root=store.root, strategy="per-item"),
+        layer_options=LayerOptions(jobs=1, no_cache=True),
         image=ImageOptions(cmd=("/bin/app",)),
         dest=f"oci:{tmp_path / 'layout'}" if dest == "oci" else "-",
-        no_cache=True,
         progress=events.append,
     )
     store_layers = [e for e in events if e.index < e.total - 1]  # (not the customisation layer)

@@ -18,6 +18,7 @@ from closurepack.build import (
     layer_keys,
     scratch_dir,
 )
+from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.cache import LayerCache
 from closurepack.customisation import (
     Customisation,
@@ -56,7 +57,7 @@ from closurepack.multiarch import (
     without_bases,
 )
 from closurepack.options import parse_size
-from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, check_max_layers
+from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan
 from closurepack.platforms import Platform
 from closurepack.previous import read_previous
 from closurepack.registry import (
@@ -65,7 +66,6 @@ from closurepack.registry import (
     parse_reference,
 )
 from closurepack.registry.record import RECORD_NAME
-from closurepack.sbom import SbomOptions
 from closurepack.sbomjob import SbomJob
 from closurepack.sources.query import query_closure
 from closurepack.storedb import STORE_DBS, image_closure, store_db_entries
@@ -89,56 +89,34 @@ _log = logging.getLogger(__name__)
 
 
 def build_image(
+    build_input: BuildInput,
     *,
-    store_paths: Sequence[str] = (),
-    closure_files: Sequence[Path] = (),
-    store_root: Path | None = None,
-    plan_file: Path | None = None,
-    image_selector: str | None = None,
-    strategy: str | None = None,
-    max_layers: int | None = None,
-    min_layer_size: str | int | None = None,
-    previous: Sequence[str] = (),
     dest: str,
-    compression: str = "gzip",
-    level: int | None = None,
-    jobs: int | None = None,
-    cache_dir: Path | None = None,
-    cache_max_size: str | int | None = None,
-    cache_verify: Literal["auto", "full"] = "auto",
-    no_cache: bool = False,
+    layer_options: LayerOptions = LayerOptions(),
     image: ImageOptions = ImageOptions(),
     registry: RegistryOptions | None = None,
     progress: ProgressCallback | None = None,
-    cache_from: Sequence[str] = (),
-    cache_to: str | None = None,
-    store_db: Literal["nix", "guix"] | None = None,
-    sbom: SbomOptions = SbomOptions(),
-    platforms: Sequence[str] = (),
 ) -> str:
-    """The whole build: returns the manifest digest of the image written to ``dest``
+    """The whole build of ``build_input`` (what the image is made of), its layers made as
+    ``layer_options`` says: returns the manifest digest of the image written to ``dest``
     (``HOST/REPO@DIGEST`` for a registry, where the layers are pushed as they are built).
 
-    ``cache_from``/``cache_to`` are registry layer caches shared by builders (see
-    :mod:`closurepack.registry.layercache`): read before the build, written after it.
-    ``store_db`` puts a Nix or Guix store database registering the image's items in the
-    customisation layer (see :mod:`closurepack.storedb`).
-    ``sbom`` asks for SBOMs of the closure, attached to the image and/or written to files.
-
-    ``platforms`` (``OS/ARCH[/VARIANT]=CLOSURE_OR_STORE_PATH`` each, see
-    :mod:`closurepack.multiarch`) make a multi-platform image: one image per platform, their
-    closures planned together, under an image index (a Docker manifest list with
-    ``manifest_format="docker"``) whose digest is returned.
-
-    ``max_layers`` bounds the whole image: the ``--from`` layers, the store layers and the
-    customisation layer (default: the plan file's limit, else :data:`DEFAULT_MAX_LAYERS`).
+    ``image`` is everything the image gets beyond its store layers, ``registry`` how
+    registries are reached. ``build_input.platforms`` make a multi-platform image: one image
+    per platform, their closures planned together, under an image index (a Docker manifest
+    list with ``manifest_format="docker"``) whose digest is returned.
     Everything is checked before any layer is built; the destination is written last, atomically.
     """
+    # the options, under the names the steps below use
+    what, how = build_input, layer_options
+    store_paths, closure_files, store_root = what.store_paths, what.closure_files, what.store_root
+    plan_file, image_selector, platforms = what.plan_file, what.image_selector, what.platforms
+    strategy, max_layers, min_layer_size = what.strategy, what.max_layers, what.min_layer_size
+    previous, store_db, sbom = what.previous, what.store_db, what.sbom
+    compression, level, jobs, no_cache = how.compression, how.level, how.jobs, how.no_cache
+    cache_dir, cache_max_size, cache_verify = how.cache_dir, how.cache_max_size, how.cache_verify
+    cache_from, cache_to = how.cache_from, how.cache_to
     started = time.time()  # temp files older than this, and unlocked, are debris to sweep
-    if jobs is not None and jobs < 1:
-        raise OptionError(f"--jobs must be at least 1, not {jobs}")
-    if max_layers is not None:
-        check_max_layers(max_layers)
     targets = [parse_platform_closure(text) for text in platforms]
     if targets:
         check_platform_build(
@@ -175,8 +153,6 @@ def build_image(
     from_image = image.from_image
     base_count = max(len(base.layers) if base else 0 for _, _, base in prepared)
     reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
-    if store_db is not None and store_db not in STORE_DBS:
-        raise OptionError(f"store database {store_db!r}: expected one of {sorted(STORE_DBS)}")
     if targets and sbom.enabled:
         raise OptionError("--sbom describes one closure: not with --platform")
     whole: list[Closure] = []  # the closures as given, before the --from image's items go

@@ -416,6 +416,7 @@ def _shared_cache_options(func: F) -> F:
 def build_command(**kwargs: Any) -> None:
     """Build an image from a closure (or a plan) and write it to a destination."""
     from closurepack.buildjob import build_image
+    from closurepack.buildoptions import BuildInput, LayerOptions
     from closurepack.errors import OptionError
     from closurepack.sbom import SbomOptions
 
@@ -426,20 +427,28 @@ def build_command(**kwargs: Any) -> None:
     store_db: Literal["nix", "guix"] | None = "nix" if nix_db else "guix" if guix_db else None
     sbom = SbomOptions(formats=kwargs.pop("sbom_formats"), out=kwargs.pop("sbom_out"))
     image, options = _split_image_options(kwargs)
-    quiet = options.pop("quiet")
+    quiet, dest = options.pop("quiet"), options.pop("dest")
+    layer_options = LayerOptions(**{name: options.pop(name) for name in _LAYER_OPTIONS})
+    build_input = BuildInput(**options, store_db=store_db, sbom=sbom)
     with _progress_reporter(enabled=not quiet) as progress:
         digest = build_image(
-            **options,
+            build_input,
+            dest=dest,
+            layer_options=layer_options,
             image=image,
             registry=registry,
             progress=progress,
-            store_db=store_db,
-            sbom=sbom,
         )
-    if options["dest"] != "-":
+    if dest != "-":
         click.echo(digest)
     elif not quiet:  # standard output holds the archive: the digest must not follow it there
         click.echo(digest, err=True)
+
+
+_LAYER_OPTIONS = (
+    "compression", "level", "jobs", "cache_dir", "cache_max_size", "cache_verify", "no_cache",
+    "cache_from", "cache_to",
+)  # fmt: skip
 
 
 @cli.command("build-layer")
@@ -480,14 +489,16 @@ def build_layer_command(
     gid: str | None,
 ) -> None:
     """Build one layer (blob + JSON descriptor) into a directory, for `assemble` to use."""
-    from closurepack.layerjob import build_one_layer
+    from closurepack.layerjob import LayerChoice, build_one_layer
 
     descriptor = build_one_layer(
-        store_paths=store_paths,
-        plan_file=plan_file,
-        image_selector=image_selector,
-        layer_index=layer_index,
-        store_root=store_root,
+        LayerChoice(
+            store_paths=store_paths,
+            plan_file=plan_file,
+            image_selector=image_selector,
+            layer_index=layer_index,
+            store_root=store_root,
+        ),
         out_dir=out_dir,
         compression=compression,
         level=level,

@@ -55,6 +55,7 @@ from closurepack.sources.query import store_item_path
 from closurepack.workflow import read_plan_file, select_image, source_name
 
 __all__ = [
+    "LayerChoice",
     "assemble_from_descriptors",
     "build_one_layer",
 ]
@@ -62,24 +63,39 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerChoice:
+    """Which layer ``build-layer`` makes: of the items ``store_paths``, or layer
+    ``layer_index`` of a ``plan_file``'s image ``image_selector``; its files read under
+    ``store_root``."""
+
+    store_paths: Sequence[str] = ()
+    plan_file: Path | None = None
+    image_selector: str | None = None
+    layer_index: int | None = None
+    store_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "store_paths", tuple(self.store_paths))
+
+
 def build_one_layer(
+    which: LayerChoice,
     *,
-    store_paths: Sequence[str],
-    plan_file: Path | None,
-    image_selector: str | None,
-    layer_index: int | None,
-    store_root: Path | None,
     out_dir: Path,
     compression: str,
     level: int | None,
     mtime: int | None,
     perms: Perms | None = None,
 ) -> Path:
-    """Build one layer into ``out_dir`` (blob + ``layer.json``); return the descriptor's path.
+    """Build the layer ``which`` into ``out_dir`` (blob + ``layer.json``); return the
+    descriptor's path.
 
     Its files' mtime is ``mtime`` (default 1, never ``SOURCE_DATE_EPOCH``); ``perms`` sets
     modes and owners by path. The descriptor records the layer's cache key too (the one
     ``build`` gives the same layer), under which ``assemble --cache-to`` shares it."""
+    store_paths, plan_file, store_root = which.store_paths, which.plan_file, which.store_root
+    image_selector, layer_index = which.image_selector, which.layer_index
     if plan_file is not None:
         if store_paths:
             raise OptionError("give either --plan with --layer, or store paths, not both")
