@@ -1,5 +1,5 @@
-"""The one-way flow of STYLE.md, checked: imports only point backwards, click only in the CLI,
-and every module's ``__all__`` is sorted and complete."""
+"""The one-way flow of STYLE.md, checked: imports only point backwards, click only in the CLI
+package, and every module's ``__all__`` is sorted and complete."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ RANKS: dict[str, int] = {
     "cacheadmin": 9,
     "cli": 10,
     "__init__": 10,
+    "__main__": 10,
 }
 
 
@@ -119,7 +120,8 @@ def test_imports_point_backwards() -> None:
 
 def test_only_the_cli_imports_click() -> None:
     users = [m for m, p in _modules() if any(n.split(".")[0] == "click" for n in _imports(p))]
-    assert users == ["cli"]
+    assert users
+    assert [m for m in users if m.split(".")[0] != "cli"] == []
 
 
 def test_library_never_prints() -> None:

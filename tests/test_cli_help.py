@@ -49,6 +49,22 @@ def test_help_is_unchanged(name: str, words: list[str], monkeypatch: pytest.Monk
     assert _help(words) == (SNAPSHOT / f"{name}.txt").read_text()
 
 
+@pytest.mark.parametrize("module", ["closurepack", "closurepack.cli"])
+def test_python_m_runs_the_command(module: str) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", module, "build", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (SNAPSHOT / "build.txt").read_text()
+
+
 if __name__ == "__main__":  # pragma: no cover - rewrites the snapshot
     os.environ["COLUMNS"] = "200"
     for old in SNAPSHOT.glob("*.txt"):
