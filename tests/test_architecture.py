@@ -50,6 +50,7 @@ RANKS: dict[str, int] = {
     "sbom": 7,
     "platforms": 7,
     "imageindex": 7,
+    "imageconfig": 7,
     "readback": 8,
     "basefiles": 8,
     "validate": 8,
