@@ -1,6 +1,7 @@
 """Read an image from a registry: the manifest (through an index, for the platform asked for,
 by default this host's), the config, and layer blobs opened lazily and digest-checked while
-they stream; or an index itself, with a reader of each of its images.
+they stream (:mod:`closurepack.registry.blobstream`); or an index itself, with a reader of
+each of its images.
 
 What is read into memory is bounded: a manifest or index at most :data:`MANIFEST_LIMIT`, a
 config at most :data:`CONFIG_LIMIT`, and indexes nest at most :data:`INDEX_DEPTH` deep.
@@ -8,20 +9,16 @@ config at most :data:`CONFIG_LIMIT`, and indexes nest at most :data:`INDEX_DEPTH
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import httpx
-
 from closurepack.digest import Digest
-from closurepack.errors import ImageError, RegistryError, SourceError
+from closurepack.errors import ImageError, SourceError
 from closurepack.mediatypes import MediaType
 from closurepack.platforms import Platform, choose_entry
+from closurepack.registry.blobstream import blob_opener
 from closurepack.registry.client import RegistryClient, open_client, read_limited
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.record import BlobRecord
@@ -48,7 +45,6 @@ INDEX_DEPTH = 4
 _MANIFEST_TYPES = (MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value)
 _INDEX_TYPES = (MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value)
 _ACCEPT = ", ".join((*_MANIFEST_TYPES, *_INDEX_TYPES))
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -270,145 +266,3 @@ def _pull_manifest(
         config_size=csize if isinstance(csize, int) else None,
         layers=tuple(layers),
     )
-
-
-def blob_opener(
-    ref: RegistryRef, options: RegistryOptions, digest: Digest, size: int | None
-) -> Callable[[], BinaryIO]:
-    """Opens blob ``digest`` of ``ref``'s repository afresh at each call, on a connection of
-    its own; reading it to the end raises RegistryError when its digest or size is wrong."""
-
-    def opener() -> BinaryIO:
-        return io.BufferedReader(_BlobStream(ref, options, digest, size), _CHUNK)
-
-    return opener
-
-
-class _BlobStream(io.RawIOBase):
-    """A blob streamed from the registry; at its end the digest (and size) are checked.
-
-    A read that breaks on the way (a connection reset, a timeout) is taken up again where it
-    broke, up to the client's retries: ``Range: bytes=N-``, and from the answer's start when the
-    registry answers 206 for that range; else the blob from its beginning, its first N bytes
-    skipped. The digest is over every byte handed out, whichever answers they came from.
-    """
-
-    def __init__(
-        self, ref: RegistryRef, options: RegistryOptions, digest: Digest, size: int | None
-    ) -> None:
-        self._stack = contextlib.ExitStack()
-        self._what = f"blob {digest} of {ref}"
-        self._digest = digest
-        self._size = size
-        self._hash = hashlib.sha256()
-        self._count = 0
-        self._pending = b""
-        self._breaks = 0
-        self._response: httpx.Response | None = None
-        try:
-            self._client = self._stack.enter_context(
-                open_client(ref, options, [f"repository:{ref.repository}:pull"])
-            )
-            self._stack.callback(self._close_response)
-            self._chunks = self._open(0)
-        except BaseException:
-            self._stack.close()
-            raise
-        self._done = False
-
-    def _get(self, headers: dict[str, str] | None) -> httpx.Response:
-        self._close_response()
-        self._response = self._client.request(
-            "GET",
-            self._client.url(f"blobs/{self._digest}"),
-            what=self._what,
-            ok=(200, 206, 416) if headers else (200,),
-            headers=headers,
-            stream=True,
-            follow_redirects=True,
-        )
-        return self._response
-
-    def _open(self, offset: int) -> Iterator[bytes]:
-        """The blob's bytes from ``offset`` on, as they arrive (a chunk is not held back until
-        it is full: what came before a break counts)."""
-        if offset:
-            response = self._get({"Range": f"bytes={offset}-"})
-            if response.status_code == 206 and _range_start(response) == offset:
-                return response.iter_raw()
-            if response.status_code != 200:  # 416, or another range than asked for
-                response = self._get(None)
-        else:
-            response = self._get(None)
-        return _skip(response.iter_raw(), offset)
-
-    def _close_response(self) -> None:
-        if self._response is not None:
-            self._response.close()
-            self._response = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        while not self._pending and not self._done:
-            try:
-                self._pending = next(self._chunks)
-            except StopIteration:
-                self._done = True
-                self._finish()
-            except httpx.TransportError as exc:
-                self._resume(exc)
-                continue
-            except httpx.HTTPError as exc:
-                raise RegistryError(f"{self._what}: reading failed: {exc}") from exc
-            self._hash.update(self._pending)
-            self._count += len(self._pending)
-        n = min(len(view), len(self._pending))
-        view[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def _resume(self, exc: httpx.TransportError) -> None:
-        """Take the read up again after ``exc`` broke it, or give up after the retries."""
-        retries = self._client.options.retries
-        if self._breaks >= retries:
-            tries = f" (after {retries + 1} tries)" if retries else ""
-            raise RegistryError(
-                f"{self._what}: reading failed after {self._count} bytes: {exc}{tries}"
-            ) from exc
-        self._client.pause(self._breaks)
-        self._breaks += 1
-        self._chunks = self._open(self._count)
-
-    def _finish(self) -> None:
-        actual = Digest(self._hash.hexdigest())
-        if actual != self._digest:
-            raise RegistryError(f"{self._what}: the registry sent bytes whose digest is {actual}")
-        if self._size is not None and self._count != self._size:
-            raise RegistryError(
-                f"{self._what}: the registry sent {self._count} bytes, the manifest says"
-                f" {self._size}"
-            )
-
-    def close(self) -> None:
-        self._stack.close()
-        super().close()
-
-
-def _range_start(response: httpx.Response) -> int | None:
-    """The first byte of ``Content-Range: bytes FIRST-LAST/TOTAL``, None when unreadable."""
-    unit, _, rest = response.headers.get("Content-Range", "").partition(" ")
-    first = rest.partition("-")[0]
-    return int(first) if unit == "bytes" and first.isdigit() else None
-
-
-def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
-    """``chunks`` without their first ``count`` bytes."""
-    for chunk in chunks:
-        if count >= len(chunk):
-            count -= len(chunk)
-            continue
-        yield chunk[count:] if count else chunk
-        count = 0
