@@ -20,6 +20,7 @@ RANKS: dict[str, int] = {
     "mediatypes": 1,
     "options": 1,
     "_fs": 1,
+    "_workdirs": 1,
     "blobstamp": 1,
     "graph": 2,
     "sources": 3,
