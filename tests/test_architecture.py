@@ -39,6 +39,7 @@ RANKS: dict[str, int] = {
     "layerlist": 5,
     "cache": 5,
     "cachegc": 5,
+    "cacheentry": 5,
     "accounts": 5,
     "customisation": 5,
     "storedb": 5,

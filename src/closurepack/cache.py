@@ -13,7 +13,8 @@ Layout under the cache root::
                            entries are renamed out of them. Those of killed processes are swept
                            by later runs; they never count as cache content.
 
-Every hit checks the blob's size. With ``verify="auto"`` (the default) it rehashes the blob
+Every hit checks the blob's size (the entries' format and this check are in
+:mod:`closurepack.cacheentry`). With ``verify="auto"`` (the default) it rehashes the blob
 whenever its size and mtime differ from those recorded when it was last hashed (any rewrite
 of the file changes them; a copy that keeps mtimes, like ``cp -a``, does not need a rehash),
 so that warm builds stay fast; ``"full"`` rehashes on every hit, ``"size"`` never does. A
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -45,15 +45,15 @@ from closurepack._fs import (
     atomic_write,
     fs_now,
     fsync_dir,
-    hash_stream,
     locked_temp_dir,
     move_file,
     sweep_stale_temp_dirs,
 )
 from closurepack.blobstamp import BlobStamps
+from closurepack.cacheentry import check_blob, entry_text, hash_file, read_entry
 from closurepack.cachegc import KEY, CacheUsage, blob_sizes, lock_file, remove_entries
 from closurepack.digest import Digest
-from closurepack.errors import CacheError, ImageError, StoreError
+from closurepack.errors import CacheError, StoreError
 from closurepack.layer import BuiltLayer
 
 __all__ = ["DEFAULT_MAX_SIZE", "CacheUsage", "LayerCache", "default_cache_dir"]
@@ -76,16 +76,6 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
     return base / "closurepack"
-
-
-def _stamp(st: os.stat_result) -> list[int]:
-    """What says a blob is unchanged since it was last hashed: its size and mtime in ns."""
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _hash_file(path: Path) -> tuple[Digest, int]:
-    with path.open("rb", buffering=0) as handle:
-        return hash_stream(handle)
 
 
 class LayerCache:
@@ -190,38 +180,11 @@ class LayerCache:
     # -- reading -------------------------------------------------------------------------
 
     def _load(self, key: str) -> tuple[BuiltLayer, list[int] | None] | None:
-        entry = self._entry_path(key)
-        try:
-            text = entry.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CacheError(f"{entry}: cannot read cache entry: {exc.strerror}") from exc
-        try:
-            layer = BuiltLayer.from_json(text, source=entry)
-            stamp = json.loads(text).get("blob_stamp")
-        except (ImageError, ValueError, AttributeError) as exc:
-            log.warning("%s: bad cache entry (%s); removing it", entry, exc)
-            entry.unlink(missing_ok=True)
-            return None
-        if not (isinstance(stamp, list) and all(isinstance(v, int) for v in stamp)):
-            stamp = None
-        return replace(layer, blob_path=self.blob_path(layer.digest)), stamp
+        return read_entry(self._entry_path(key), self.blob_path)
 
     def _check(self, layer: BuiltLayer, stamp: list[int] | None) -> tuple[str | None, bool]:
         """(what is wrong with ``layer``'s blob or None, whether its stamp should be renewed)."""
-        try:
-            st = layer.blob_path.stat()
-        except FileNotFoundError:
-            return "blob missing", False
-        if st.st_size != layer.size:
-            return f"blob is {st.st_size} bytes, entry says {layer.size}", False
-        if self.verify == "size" or (self.verify == "auto" and stamp == _stamp(st)):
-            return None, False
-        digest, _ = _hash_file(layer.blob_path)
-        if digest != layer.digest:
-            return f"blob hashes to {digest}, entry says {layer.digest}", False
-        return None, stamp != _stamp(st)
+        return check_blob(layer, stamp, verify=self.verify)
 
     def get(self, key: str) -> BuiltLayer | None:
         """The layer cached under ``key``, checked against its blob; None on a miss.
@@ -269,10 +232,7 @@ class LayerCache:
     # -- writing -------------------------------------------------------------------------
 
     def _write_entry(self, key: str, layer: BuiltLayer) -> None:
-        obj = layer.to_json_obj()
-        obj["blob"] = f"../blobs/sha256/{layer.digest.hex}"
-        obj["blob_stamp"] = _stamp(layer.blob_path.stat())
-        text = json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n"
+        text = entry_text(layer)
         entry = self._entry_path(key)
         # written in a work directory, not beside the entry, so a kill leaves nothing in keys/
         with locked_temp_dir(self._tmp, _WORK) as work:
@@ -289,7 +249,7 @@ class LayerCache:
         dest = self.blob_path(layer.digest)
         try:
             if layer.blob_path != dest:
-                if dest.exists() and _hash_file(dest) == (layer.digest, layer.size):
+                if dest.exists() and hash_file(dest) == (layer.digest, layer.size):
                     layer.blob_path.unlink(missing_ok=True)
                 else:
                     move_file(layer.blob_path, dest)
