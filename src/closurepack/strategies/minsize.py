@@ -52,7 +52,15 @@ def merge_small_layers(
     index = dag.index()
     hit = hit_table(n)
     members = [[index[p] for p in group] for group in groups]
-    sets = [bitset(dag.reach(m), n) for m in members]
+    # A layer's down-set, kept per closure: the planner's refills ask again for the same
+    # closure, and most layers come back the same.
+    known: dict[tuple[str, ...], int] = closure.memoized("layer down-sets", dict)
+    sets = []
+    for group, m in zip(groups, members, strict=True):
+        bits = known.get(group)
+        if bits is None:
+            bits = known[group] = bitset(dag.reach(m), n)
+        sets.append(bits)
     counts = [s.bit_count() for s in sets]
     pieces: list[dict[int, int]] = []
     for group in members:
