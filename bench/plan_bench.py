@@ -3,16 +3,29 @@
 Usage::
 
     python bench/plan_bench.py [CLOSURE_FILE] [--strategy NAME ...] [--max-layers N]
+                               [--scale N ...] [--repeat R]
 
 The default closure is /work/shared/data/closures/debian-all.json.zst (63,436 Debian packages as
 ``nix path-info --json``). Each strategy runs in a fresh process so its peak memory
-(``ru_maxrss``, which includes loading the closure) is its own.
+(``ru_maxrss``, which includes loading the closure) is its own. Planning is
+:func:`closurepack.planner.plan_closures` with its defaults, as ``closurepack plan`` plans (so
+the default ``--min-layer-size`` merge and its refills are included).
+
+``--scale N`` (repeatable, e.g. ``--scale 1000 --scale 4000 --scale 16000``) also plans
+sub-closures of about N items cut from the closure: the first N items of its topological
+order, which is closed under references (every reference comes earlier), so each cut is a
+real closure of some of the graph's items; the whole closure is always the last size. For each
+strategy it prints the planning CPU seconds per size (the best of ``--repeat`` runs, each on a
+freshly loaded cut, so nothing memoised carries over) and the growth exponent ``k`` of
+``time ~ n^k`` between successive sizes and over all of them (least squares on the logs):
+about 1 is linear, about 1.1 is ``n log n`` at these sizes, 2 is quadratic.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -20,11 +33,14 @@ import time
 from pathlib import Path
 
 DEFAULT = Path("/work/shared/data/closures/debian-all.json.zst")
-STRATEGIES = ["auto", "popularity", "size", "dominator", "single"]
+STRATEGIES = ["auto", "popularity", "size", "dominator", "stable", "single"]
 
 
-def run_one(path: Path, strategy: str, max_layers: int) -> dict[str, object]:
+def run_one(
+    path: Path, strategy: str, max_layers: int, scale: list[int], repeat: int
+) -> dict[str, object]:
     """Load, plan, and report figures for one strategy (runs inside the child process)."""
+    from closurepack.graph import Closure
     from closurepack.planner import plan_closures
     from closurepack.sources import load_closure_file
 
@@ -36,6 +52,20 @@ def run_one(path: Path, strategy: str, max_layers: int) -> dict[str, object]:
     planned = time.perf_counter()
     cpu = time.process_time() - cpu
     layers = plan.images[0].layers
+    sizes: list[dict[str, float]] = []
+    if scale:
+        order = closure.topological_order()
+        for count in sorted({n for n in scale if 0 < n < len(closure)}):
+            best = math.inf
+            for _ in range(repeat):
+                # A fresh Closure each time: nothing derived from the last run is kept.
+                cut = closure.restrict(order[:count])
+                cut = Closure(cut.store_dir, cut.items, cut.roots, cut.source)
+                start = time.process_time()
+                plan_closures([cut], strategy=strategy, max_layers=max_layers)
+                best = min(best, time.process_time() - start)
+            sizes.append({"items": count, "cpu_s": best})
+        sizes.append({"items": len(closure), "cpu_s": cpu})
     return {
         "strategy": strategy,
         "items": len(closure),
@@ -45,7 +75,23 @@ def run_one(path: Path, strategy: str, max_layers: int) -> dict[str, object]:
         "plan_s": round(planned - loaded, 3),
         "plan_cpu_s": round(cpu, 3),
         "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "scale": sizes,
     }
+
+
+def growth(points: list[dict[str, float]]) -> tuple[list[float], float]:
+    """The exponents ``k`` of ``time ~ n^k`` between successive points, and the least-squares
+    slope over all of them (log-log); times under 1 ms count as 1 ms (timer noise)."""
+    xs = [math.log(p["items"]) for p in points]
+    ys = [math.log(max(p["cpu_s"], 1e-3)) for p in points]
+    steps = [(ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) for i in range(len(xs) - 1)]
+    if len(xs) < 2:
+        return steps, math.nan
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    return steps, slope
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,11 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("closure", nargs="?", type=Path, default=DEFAULT)
     parser.add_argument("--strategy", action="append", dest="strategies")
     parser.add_argument("--max-layers", type=int, default=100)
+    parser.add_argument("--scale", action="append", type=int, default=[], metavar="N")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     strategies = args.strategies or STRATEGIES
+    repeat = max(args.repeat, 1)
     if args.child:
-        print(json.dumps(run_one(args.closure, strategies[0], args.max_layers)))
+        result = run_one(args.closure, strategies[0], args.max_layers, args.scale, repeat)
+        print(json.dumps(result))
         return 0
     if not args.closure.exists():
         print(f"{args.closure}: not found", file=sys.stderr)
@@ -67,27 +117,28 @@ def main(argv: list[str] | None = None) -> int:
         f"{'peak MiB':>10}"
     )
     print(header)
+    scaled = []
     for strategy in strategies:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                str(args.closure),
-                "--child",
-                "--strategy",
-                strategy,
-                "--max-layers",
-                str(args.max_layers),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        command = [sys.executable, __file__, str(args.closure), "--child", "--strategy", strategy]
+        command += ["--max-layers", str(args.max_layers), "--repeat", str(repeat)]
+        command += [f"--scale={n}" for n in args.scale]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         r = json.loads(out)
         print(
             f"{r['strategy']:<12}{r['items']:>7}{r['layers']:>8}{r['load_s']:>8}"
-            f"{r['plan_s']:>8}{r['plan_cpu_s']:>12}{r['peak_mib']:>10}"
+            f"{r['plan_s']:>8}{r['plan_cpu_s']:>12}{r['peak_mib']:>10}",
+            flush=True,
         )
+        scaled.append(r)
+    if args.scale:
+        print()
+        print("planning CPU s by closure size; k: time ~ n^k between sizes, and overall")
+        for r in scaled:
+            points = r["scale"]
+            steps, slope = growth(points)
+            cells = "  ".join(f"{p['items']}: {p['cpu_s']:.3f}" for p in points)
+            ks = " ".join(f"{k:.2f}" for k in steps)
+            print(f"{r['strategy']:<12}{cells}   k {ks}   overall k {slope:.2f}")
     return 0
 
 

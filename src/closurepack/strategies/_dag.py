@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
@@ -44,13 +44,17 @@ class Dag:
     def _build(cls, closure: Closure) -> Dag:
         order = closure.topological_order()
         index = {path: i for i, path in enumerate(order)}
-        refs = tuple(tuple(sorted(index[r] for r in closure.items[p].references)) for p in order)
+        position = index.__getitem__
+        items = closure.items
+        refs = tuple(tuple(sorted(map(position, items[p].references))) for p in order)
         referrers: list[list[int]] = [[] for _ in order]
         for i, rs in enumerate(refs):
             for r in rs:
-                referrers[r].append(i)
-        sizes = tuple(closure.items[p].nar_size for p in order)
-        return cls(tuple(order), refs, tuple(tuple(r) for r in referrers), sizes)
+                referrers[r].append(i)  # i ascends: each list comes out sorted
+        sizes = tuple(items[p].nar_size for p in order)
+        dag = cls(tuple(order), refs, tuple(map(tuple, referrers)), sizes)
+        dag._index.update(index)
+        return dag
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -67,49 +71,68 @@ class Dag:
         return [i for i, rs in enumerate(self.referrers) if not rs]
 
     def reach(self, start: Iterable[int], *, up: bool = False) -> set[int]:
-        """``start`` and everything it reaches (its referrers instead, when ``up``)."""
+        """``start`` and everything it reaches (its referrers instead, when ``up``).
+
+        Breadth first, a level at a time, so that the work per item is done by set operations
+        in C rather than by Python steps."""
         edges = self.referrers if up else self.refs
-        seen: set[int] = set()
-        stack = list(start)
-        while stack:
-            i = stack.pop()
-            if i not in seen:
-                seen.add(i)
-                stack.extend(edges[i])
+        seen = set(start)
+        level: Collection[int] = seen
+        while level:
+            following = set().union(*map(edges.__getitem__, level))
+            following -= seen
+            seen |= following
+            level = following
         return seen
 
-    def walk_closures(self, visit: Callable[[int, Collection[int]], None]) -> None:
-        """Call ``visit(i, closure_of_i)`` for every item, dependencies first.
+    def closure_sums(self, weights: Sequence[int] | None = None, *, up: bool = False) -> list[int]:
+        """For every item, the sum of ``weights`` over it and every item it reaches (``up``:
+        every item that reaches it); with no ``weights``, the number of those items.
 
-        ``closure_of_i`` holds ``i`` and every item it reaches. Sets are built by union from the
-        largest child's set and freed once their last referrer has used them, which keeps the
-        whole walk linear in the total closure size in practice (63k Debian packages: < 1 s).
-        The set is reused afterwards: ``visit`` must not keep it or change it.
+        Exact, and linear in the size of the transitive closure rather than in the item
+        count: no exact algorithm linear in the item count is known for sums over the
+        reachable sets of a general DAG (those sets can hold ``n^2 / 4`` pairs between them,
+        and how two children's sets overlap is not told by their sums). What keeps it fast
+        on real closures (63k Debian packages: 4 million pairs, 264k references): each item's
+        set starts from the largest of the sets it is made of (taken over, not copied, when
+        no other item needs it) with that set's sum; only the items the other sets add are
+        looked at, in C set operations, and only they are added to the sum. A set is dropped
+        once its last user is built.
         """
-        remaining = [len(rs) for rs in self.referrers]
-        sets: list[set[int] | None] = [None] * len(self.paths)
-        for i, rs in enumerate(self.refs):
-            current: set[int] = set()
-            if rs:
-                biggest = max(rs, key=lambda r: len(sets[r] or ()))
-                if remaining[biggest] == 1:
-                    # This item is the last to need that set: take it over instead of copying.
-                    current = sets[biggest] or set()
-                    sets[biggest] = None
-                else:
-                    current = set(sets[biggest] or ())
-                for r in rs:
-                    child = sets[r]
-                    if r != biggest and child is not None:
-                        current.update(child)
+        n = len(self.paths)
+        parts_of = self.referrers if up else self.refs
+        users = self.refs if up else self.referrers
+        remaining = [len(u) for u in users]
+        gone: set[int] = set()  # shared by every slot not holding a needed set; never changed
+        sets = [gone] * n
+        sums = [0] * n
+        weigh = weights.__getitem__ if weights is not None else None
+        for i in range(n - 1, -1, -1) if up else range(n):
+            parts = parts_of[i]
+            current: set[int]
+            if not parts:
+                current, total = set(), 0
+            else:
+                biggest = parts[0]
+                if len(parts) > 1:
+                    biggest = max(parts, key=lambda r: len(sets[r]))
+                total = sums[biggest]
+                taken = sets[biggest]
+                current = taken if remaining[biggest] == 1 else set(taken)
+                for r in parts:
+                    remaining[r] -= 1
+                    if r != biggest:
+                        new = sets[r] - current
+                        if new:
+                            current |= new
+                            total += sum(map(weigh, new)) if weigh else len(new)
+                    if not remaining[r]:
+                        sets[r] = gone
             current.add(i)
-            for r in rs:
-                remaining[r] -= 1
-                if remaining[r] == 0:
-                    sets[r] = None
-            visit(i, current)
+            sums[i] = total + (weigh(i) if weigh else 1)
             if remaining[i]:
                 sets[i] = current
+        return sums
 
 
 def singles_then_rest(order: Sequence[str], budget: int) -> list[tuple[str, ...]]:

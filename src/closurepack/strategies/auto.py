@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Collection
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
@@ -45,14 +44,15 @@ def auto(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     primaries: list[int] = []  # item index of each primary, by ordinal
     by_size = sorted(range(n), key=lambda i: (dag.sizes[i], dag.paths[i]), reverse=True)
 
+    below: list[set[int]] = []  # the strict dependencies of each primary, by ordinal
+
     for new in by_size:
         deps = dag.reach(dag.refs[new])
-        users = dag.reach(dag.referrers[new], up=True)
         bit = 1 << len(primaries)
         users_mask = 0
         deps_mask = 0
         for k, item in enumerate(primaries):
-            if item in users:
+            if new in below[k]:  # the primary uses ``new``: no walk up from ``new`` needed
                 users_mask |= 1 << k
             elif item in deps:
                 deps_mask |= 1 << k
@@ -76,6 +76,7 @@ def auto(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
         for item, label in changes:
             labels[item] = label
         primaries.append(new)
+        below.append(deps)
 
     groups: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
@@ -130,6 +131,5 @@ def _closure_sizes_of_groups(dag: Dag, groups: list[list[int]]) -> list[int]:
     """Total NAR size of the closure of each group (the group's items and all they reach)."""
     sizes = []
     for group in groups:
-        reached: Collection[int] = dag.reach(group)
-        sizes.append(sum(dag.sizes[i] for i in reached))
+        sizes.append(sum(map(dag.sizes.__getitem__, dag.reach(group))))
     return sizes

@@ -23,8 +23,6 @@ every predecessor of an item is final before the item is visited).
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 
@@ -52,12 +50,7 @@ def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
 def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
     """The rated subtrees under the synthetic root, lowest rating first (budget-free)."""
     n = len(dag)
-    closure_size = [0] * n
-
-    def measure(i: int, reachable: Collection[int]) -> None:
-        closure_size[i] = sum(dag.sizes[j] for j in reachable)
-
-    dag.walk_closures(measure)
+    closure_size = dag.closure_sums(dag.sizes)
     popularity = [max(len(rs), 1) for rs in dag.referrers]
     ranked = sorted(len(rs) for rs in dag.referrers)
     popular_count = max(ranked[(POPULAR_PERCENTILE * n) // 100] if n else 0, 2)

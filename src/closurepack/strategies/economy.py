@@ -10,7 +10,9 @@ its own items and every distinct restriction is stored: :func:`stored_bytes` cou
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
+from itertools import repeat
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
@@ -46,12 +48,17 @@ def stored_bytes(pieces: Mapping[int, int]) -> int:
     return sum(restrictions.values())
 
 
-def bitset(indices: Collection[int], width: int) -> int:
-    """The set ``indices`` as an integer with those bits set."""
-    raw = bytearray((width + 7) // 8)
-    for i in indices:
-        raw[i >> 3] |= 1 << (i & 7)
-    return int.from_bytes(raw, "little")
+def bitset(indices: Iterable[int], width: int) -> int:
+    """The set ``indices`` (each below ``width``) as an integer with those bits set.
+
+    Written as a string of binary digits that ``int`` parses, so the work per index is done in
+    C (a map over the indices), not by a Python step each."""
+    if not width:
+        return 0
+    digits = bytearray(b"0") * width
+    deque(map(digits.__setitem__, indices, repeat(ord("1"))), maxlen=0)
+    digits.reverse()  # bit i is the i-th digit from the right
+    return int(digits, 2)
 
 
 def expected_shipped(closure: Closure, layers: Iterable[Iterable[str]]) -> float:

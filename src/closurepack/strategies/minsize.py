@@ -44,25 +44,38 @@ def merge_small_layers(
     ``min_size`` bytes folded into another (module docstring); ``images`` maps a path to the
     bitmask of the images holding it, when several are planned together."""
     items = closure.items
-    sizes = [sum(items[p].nar_size for p in group) for group in groups]
+    nar = closure.memoized("nar sizes", lambda: {p: item.nar_size for p, item in items.items()})
+    sizes = [sum(map(nar.__getitem__, group)) for group in groups]
     if min_size <= 0 or len(groups) < 2 or min(sizes) >= min_size:
         return list(groups)
     dag = Dag.from_closure(closure)
     n = len(dag)
     index = dag.index()
     hit = hit_table(n)
-    members = [[index[p] for p in group] for group in groups]
-    sets = [bitset(dag.reach(m), n) for m in members]
+    members = [list(map(index.__getitem__, group)) for group in groups]
+    # A layer's down-set, kept per closure: the planner's refills ask again for the same
+    # closure, and most layers come back the same.
+    known: dict[tuple[str, ...], int] = closure.memoized("layer down-sets", dict)
+    sets = []
+    for group, m in zip(groups, members, strict=True):
+        bits = known.get(group)
+        if bits is None:
+            bits = known[group] = bitset(dag.reach(m), n)
+        sets.append(bits)
     counts = [s.bit_count() for s in sets]
     pieces: list[dict[int, int]] = []
-    for group in members:
+    for number, indices in enumerate(members):
+        if not images:
+            pieces.append({0: sizes[number]})
+            continue
         piece: dict[int, int] = {}
-        for i in group:
-            mask = images.get(dag.paths[i], 0) if images else 0
+        for i in indices:
+            mask = images.get(dag.paths[i], 0)
             piece[mask] = piece.get(mask, 0) + dag.sizes[i]
         pieces.append(piece)
     stored = [stored_bytes(piece) for piece in pieces]
     alive = list(range(len(groups)))  # positions, bottom first
+    merged: set[int] = set()  # positions that took in another layer
 
     def cost(a: int, b: int) -> float:
         both = hit[(sets[a] | sets[b]).bit_count()]
@@ -91,7 +104,11 @@ def merge_small_layers(
             pieces[high][mask] = pieces[high].get(mask, 0) + size
         stored[high] = stored_bytes(pieces[high])
         alive.remove(low)
-    return [tuple(sorted(dag.paths[i] for i in members[g])) for g in alive]
+        merged.add(high)
+    return [
+        tuple(sorted(map(dag.paths.__getitem__, members[g]) if g in merged else groups[g]))
+        for g in alive
+    ]
 
 
 def _partners(small: int, alive: list[int], pieces: list[dict[int, int]]) -> list[int]:

@@ -11,9 +11,15 @@ counts, for each item ``y``, every tree node that lies on a path to a copy of ``
     score(y) = sum of P(z) over every item z that reaches y, y itself included
 
 where ``P(z)`` is the number of distinct paths from the roots to ``z`` (``P(root) = 1``). ``P`` is a
-dynamic programme over the topological order (exact Python integers), and the sum uses one
-reachability walk (:meth:`Dag.walk_closures`), so a 63k-item closure takes about a second
-where the original tree expansion runs out of memory.
+dynamic programme over the topological order (exact Python integers). The score is not a path
+count (a path count would be a second such programme): it sums ``P`` over the *distinct* items
+above ``y``, which are the nodes of the trie of all root-to-``y`` paths, and two referrers of
+``y`` share the items above both, so it cannot be had from the referrers' scores. It is summed
+exactly by :meth:`Dag.closure_sums` over the items that reach each item, which is linear in the
+size of the transitive closure, not in the closure's (no exact algorithm linear in the item
+count is known for sums over reachable sets of a general DAG); on real closures most of that
+work is C set operations (63k Debian packages: well under a second), where the original tree
+expansion runs out of memory.
 
 Roots are always the items no other item refers to, as in nixpkgs, even when the closure was
 given explicit roots.
@@ -30,8 +36,6 @@ and every other item shares the last one, most popular at the bottom. This is wh
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key, singles_then_rest
 
@@ -45,15 +49,8 @@ def popularity_scores(closure: Closure) -> dict[str, int]:
     paths_to = [0] * n
     for i in range(n - 1, -1, -1):
         referrers = dag.referrers[i]
-        paths_to[i] = sum(paths_to[j] for j in referrers) if referrers else 1
-    scores = [0] * n
-
-    def add(i: int, reachable: Collection[int]) -> None:
-        weight = paths_to[i]
-        for j in reachable:
-            scores[j] += weight
-
-    dag.walk_closures(add)
+        paths_to[i] = sum(map(paths_to.__getitem__, referrers)) if referrers else 1
+    scores = dag.closure_sums(paths_to, up=True)
     return dict(zip(dag.paths, scores, strict=True))
 
 

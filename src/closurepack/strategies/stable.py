@@ -53,7 +53,7 @@ step depends only on the graph, sizes and paths, so a shuffled input gives the s
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
@@ -111,12 +111,7 @@ def _images(dag: Dag) -> list[int]:
 def _coarsen(dag: Dag, rank: list[int], images: list[int], limit: int) -> list[list[int]]:
     """Step 1 of the module docstring: at most ``limit`` clusters."""
     n = len(dag)
-    down = [0] * n
-
-    def measure(i: int, reachable: Collection[int]) -> None:
-        down[i] = len(reachable)
-
-    dag.walk_closures(measure)
+    down = dag.closure_sums()
     parent = list(range(n))  # union-find over cluster ids (the top item of each cluster)
     weight = list(dag.sizes)  # bytes of the cluster a top item stands for
 
