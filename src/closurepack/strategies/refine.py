@@ -79,6 +79,7 @@ class _Search:
         self.groups: list[set[int]] = []
         self.bytes_of: list[int] = []
         self.down_of: list[int] = []
+        self.count_of: list[int] = []  # |down_of[g]|, kept to spare a popcount per move weighed
         self.where: dict[int, int] = {}
 
     def add(self, units: Sequence[int]) -> None:
@@ -87,17 +88,19 @@ class _Search:
         self.groups.append(set(units))
         self.bytes_of.append(sum(self.sizes[u] for u in units))
         self.down_of.append(_union(self.downs, units))
+        self.count_of.append(self.down_of[-1].bit_count())
 
-    def cost(self, size: int, down: int) -> float:
-        return size * self.hit[down.bit_count()]
+    def cost(self, size: int, count: int) -> float:
+        return size * self.hit[count]
 
     def move(self, u: int) -> bool:
         """Move unit ``u`` where the plan costs least, if that saves more than EPSILON."""
         a, size = self.where[u], self.sizes[u]
         here = self.groups[a]
         rest_down = _union(self.downs, here - {u})
-        out = self.cost(self.bytes_of[a] - size, rest_down) - self.cost(
-            self.bytes_of[a], self.down_of[a]
+        rest_count = rest_down.bit_count()
+        out = self.cost(self.bytes_of[a] - size, rest_count) - self.cost(
+            self.bytes_of[a], self.count_of[a]
         )
         best, target = -EPSILON * max(size, 1), -2
         for b, there in enumerate(self.groups):
@@ -105,28 +108,29 @@ class _Search:
                 continue
             delta = (
                 out
-                + self.cost(self.bytes_of[b] + size, self.down_of[b] | self.downs[u])
-                - self.cost(self.bytes_of[b], self.down_of[b])
+                + self.cost(self.bytes_of[b] + size, (self.down_of[b] | self.downs[u]).bit_count())
+                - self.cost(self.bytes_of[b], self.count_of[b])
             )
             if delta < best:
                 best, target = delta, b
         if len(here) > 1 and sum(1 for g in self.groups if g) < self.limit:
-            delta = out + self.cost(size, self.downs[u])
+            delta = out + self.cost(size, self.downs[u].bit_count())
             if delta < best:
                 target = -1
         if target == -2:
             return False
         if target == -1:
-            target = next((g for g, layer in enumerate(self.groups) if not layer), None)
-            if target is None:
+            target = next((g for g, layer in enumerate(self.groups) if not layer), -1)
+            if target < 0:
                 self.add([])
                 target = len(self.groups) - 1
         here.discard(u)
         self.bytes_of[a] -= size
-        self.down_of[a] = rest_down
+        self.down_of[a], self.count_of[a] = rest_down, rest_count
         self.groups[target].add(u)
         self.bytes_of[target] += size
         self.down_of[target] |= self.downs[u]
+        self.count_of[target] = self.down_of[target].bit_count()
         self.where[u] = target
         return True
 
