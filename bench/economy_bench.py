@@ -27,7 +27,16 @@ summed likewise, so large updates weigh by their bytes (the issue's anchors are 
     layers whose item set no layer of the old image has, over the bytes of the items that
     changed (paths of the new closure that the old one lacks).
 ``+prev``
-    The same with the new closure planned with the old plan as ``--previous``.
+    The same with the new closure planned with the old plan as ``--previous``. The old plan is
+    the base planned from scratch, the same one ``update`` compares against, as the issue
+    defines the figure (the new image against the image shipped before). What ``--previous``
+    can do is bounded by that old plan: every old layer whose items are all still present is
+    kept, and every other one holds a changed item, so its unchanged items ship again however
+    the new plan groups them. ``+prev`` is therefore that floor, ``(bytes of the new closure -
+    bytes of the old layers kept) / bytes changed``, and ``update`` is at least as high; they
+    differ where the new closure planned from scratch does not reproduce the old layers that
+    the change left whole (a real update also changes the sizes of the items it replaces). Only
+    a better old plan lowers ``+prev``.
 ``chain`` / ``chain+prev``
     The same under classic Docker's ChainID rule: a layer is reused only when it and every
     layer below it are the same as in the old image, so everything from the first difference

@@ -40,9 +40,21 @@ Algorithm.
    other).
 2. Exact greedy: with the down-sets as bitsets, the pair of clusters whose merge costs least is
    merged (ties: by the clusters' first names) until the budget is met.
-3. Order, bottom first: the least likely to change first (``|D(L)|`` ascending), then the larger
-   layer, then the first name, so that under Docker's ChainID rule (a layer is reused only
-   with everything below it) the stable layers stay reusable.
+3. Local search (:func:`~closurepack.strategies.refine.refine`): the greedy never undoes a
+   merge, so each cluster, in name order, moves to the layer (or a layer of its own while the
+   budget has room) where the plan's cost is least, while a move lowers it, at most
+   :data:`~closurepack.strategies.refine.PASSES` passes; a cluster joins only a layer of
+   clusters of the same images.
+4. Order, bottom first, for Docker's ChainID rule (a layer is reused only with everything
+   below it: :func:`~closurepack.strategies.refine.chain_order`): next the layer of least
+   ``p / ((1 - p) * s(L))``, ``p`` its chance to break given that the layers below did not,
+   so the large layers that few changes reach are at the bottom and a layer that changes
+   only with the ones below it goes right above them.
+
+Complexity: coarsening is ``O((n + edges) log n)`` plus the down-set walk; every later step
+works on at most ``max(EXACT_LIMIT, COARSE_LIMIT)`` clusters with ``n``-bit sets, so it is
+linear in ``n`` (the exact greedy's pairs, the search's moves and the order are bounded by the
+cluster count, not by ``n``).
 
 Ties. Every tie is broken by names (:func:`nixpkgs_name_key`: the package name, then the hash),
 never by hashes first: an update renames the items above a change, and the plan of the new
@@ -58,6 +70,7 @@ from collections.abc import Callable
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
 from closurepack.strategies.economy import CHANGES, bitset, hit_table, stored_bytes
+from closurepack.strategies.refine import chain_order, refine
 
 __all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
 
@@ -214,7 +227,9 @@ def _merge_exactly(
     sets = [bitset(dag.reach(members), len(dag)) for members in clusters]
     counts = [bits.bit_count() for bits in sets]
     sizes = [sum(dag.sizes[i] for i in members) for members in clusters]
-    groups: list[list[int] | None] = [list(members) for members in clusters]
+    groups: list[list[int] | None] = [[c] for c in range(len(clusters))]  # cluster ids
+    unit_sizes, unit_sets = list(sizes), list(sets)
+    unit_images = [tuple(sorted(piece)) for piece in pieces]
     alive = len(clusters)
     version = [0] * len(clusters)
     first = [min(rank[i] for i in members) for members in clusters]  # tie-breaks by name
@@ -261,6 +276,31 @@ def _merge_exactly(
                 if group is not None and other != a:
                     heapq.heappush(heap, entry(a, other))
 
-    kept = [g for g, group in enumerate(groups) if group is not None]
-    kept.sort(key=lambda g: (counts[g], -sizes[g], first[g]))
-    return [sorted(groups[g] or []) for g in kept]
+    # Layers and units in name order, so that renames leave the search (and its ties) as it was.
+    named = sorted(
+        (sorted(group, key=lambda c: first[c]) for group in groups if group is not None),
+        key=lambda group: first[group[0]],
+    )
+    layers = refine(
+        named,
+        sizes=unit_sizes,
+        downs=unit_sets,
+        images=unit_images,
+        hit=hit,
+        budget=budget,
+        visit=sorted(range(len(clusters)), key=lambda c: first[c]),
+    )
+    downs = [_union(unit_sets, layer) for layer in layers]
+    weights = [sum(unit_sizes[c] for c in layer) for layer in layers]
+    keys = [f"{min(first[c] for c in layer):012d}" for layer in layers]
+    return [
+        sorted(i for c in layers[g] for i in clusters[c])
+        for g in chain_order(downs, weights, hit, keys)
+    ]
+
+
+def _union(sets: list[int], units: list[int]) -> int:
+    joined = 0
+    for c in units:
+        joined |= sets[c]
+    return joined
