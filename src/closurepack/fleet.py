@@ -24,17 +24,18 @@ twice; (4) the least expected update bytes, summed over the images. How:
    lower atoms), if every holder's expected bytes stay within its plan alone. A merge within a
    region keeps every layer whole in every image that holds it.
 3. When no such merge is left, the image most over budget (ties: the lower) gets a copy of its
-   own of its smallest shared region (in bytes; ties: the lower mask):
-   those items are then stored twice, the cheapest duplication first (as the floor counts it),
-   its atoms as they were (so no image ships more), now free to merge with its own.
-   An image with no shared region left that still cannot merge gets its plan alone.
+   own of its smallest shared atom (in bytes; ties: the lower): those items are then stored
+   twice, the cheapest duplication first, the atom as it was (so no image ships more), now free
+   to merge with the image's own atoms (across regions) at the cost of that image alone.
+   An image with no shared atom left that still cannot merge gets its plan alone.
 4. Atoms smaller than ``min_size`` bytes are merged, smallest first, into the atom of their
    region that adds the least expected bytes, within the same guarantee.
 5. Layers are ordered bottom first by how many images hold them (most first), then by their
    lowest item in the union's topological order (dependencies first), so shared and stable
    layers sit at the bottom, as Docker's ChainID reuse wants.
 
-Complexity: with ``A_R`` atoms in region ``R``, ``N`` items in the union and ``K`` images,
+Complexity: with ``A_R`` atoms ever in region ``R`` (an image's own region also receives the
+copies of step 3), ``N`` items in the union and ``K`` images,
 ``O(sum_R A_R^2 (log A_R + N / 64) + A N)``: every pair of atoms of a region is costed once,
 a merge costs the new atom against its region's others; the per-item attempt has ``A_R`` the
 region's items. Quadratic in the largest region's items, then: real fleets (8 images, 500
@@ -313,14 +314,11 @@ class _Joint:
             self.limit[k] = self.spent[k]  # its plan alone: nothing may be merged into it
             return
 
-        def region_bytes(owner: int) -> int:
-            return sum(self.atoms[i].size for i in self.regions[owner])
-
-        owner = min(shared, key=lambda o: (region_bytes(o), o))
-        for ident in sorted(self.regions[owner]):
-            atom = self.remove(ident)
-            self.add(owner & ~bit, atom.members, down=atom.down)
-            self.add(bit, atom.members, down=atom.down)
+        atoms = [i for o in shared for i in self.regions[o]]
+        ident = min(atoms, key=lambda i: (self.atoms[i].size, i))
+        atom = self.remove(ident)
+        self.add(atom.owner & ~bit, atom.members, down=atom.down)
+        self.add(bit, atom.members, down=atom.down)
 
     def fold_small(self, min_size: int) -> None:
         """Step 4 of the module docstring."""
