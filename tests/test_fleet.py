@@ -151,6 +151,7 @@ def test_joint_plans_keep_every_invariant(
     )
     budget = store_budget(max_layers)
     assert len(plan.images) == len(closures)
+    separate = []
     for image, closure in zip(plan.images, closures, strict=True):
         # Each image's layers cover exactly its closure, once, within its budget.
         assert sorted(image.paths) == sorted(closure.items)
@@ -163,12 +164,16 @@ def test_joint_plans_keep_every_invariant(
         alone = plan_closures(
             [closure], strategy=strategy, max_layers=max_layers, min_layer_size=min_layer_size
         )
+        separate.append(alone.images[0])
         together = _one_change_average(closure, [layer.paths for layer in image.layers])
         by_itself = _one_change_average(closure, [layer.paths for layer in alone.images[0].layers])
         assert together <= by_itself * (1 + 1e-12) + 1e-9
-    # Never below the floor; deterministic, also for the closures' items in another order.
+    # Never below the floor, never above the images planned alone; deterministic, also for
+    # the closures' items in another order.
     floor = fleet_floor(closures, budget)
     assert stored(plan, closures) >= floor.total + floor.duplicated
+    alone_plan = LayerPlan(tuple(separate), plan.store_dir)
+    assert stored(plan, closures) <= stored(alone_plan, closures)
     again = plan_closures(
         [Closure.from_items(list(reversed(list(c))), source="again") for c in closures],
         strategy=strategy,

@@ -16,7 +16,8 @@ twice; (4) the least expected update bytes, summed over the images. How:
    per update than alone (splitting a layer never ships more: each part's down-set lies in the
    whole's). A second attempt starts from one atom per item (the cheapest layering of all,
    free to be merged along the fleet's regions rather than along each image's plan); of the
-   two results, the one storing fewer bytes is kept (ties: the fewer expected bytes summed).
+   two results and the images' plans alone, the one storing fewer bytes is kept (ties: the
+   fewer expected bytes summed, then the first), so a fleet never stores more than alone.
 2. While some image has more atoms than its budget, two atoms of one region are merged: of the
    regions that hold an image over budget, the pair whose merge adds the least expected bytes
    (``(s_a + s_b) |D(a | b)| - s_a |D(a)| - s_b |D(b)|``, over each holder's item count, summed
@@ -372,6 +373,11 @@ def plan_jointly(
     dag = Dag.from_closure(union)
     masks = image_masks(closures)
     tries = [_attempt(dag, masks, alone, room, min_size, fine=fine) for fine in (False, True)]
+    separate = _Joint(dag, alone, room)  # each image its plan alone, if that stores less
+    for k, layers in enumerate(alone):
+        for layer in layers:
+            separate.add(1 << k, [separate.index[p] for p in layer], pair=False)
+    tries.append(separate)
     best = min(tries, key=lambda joint: (joint.stored(), sum(joint.spent)))
     return best.layers(len(closures))
 
