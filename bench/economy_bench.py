@@ -54,6 +54,11 @@ summed likewise, so large updates weigh by their bytes (the issue's anchors are 
 ``fleet1``
     The same with each base closure planned on its own, as a single-image tool must (the
     issue's fleet anchors are this figure).
+``floor``
+    A lower bound on ``fleet`` for any plan that gives each base image at most ``N - 1``
+    store layers, whatever the strategy (:func:`closurepack.fleet.fleet_floor`: an item can
+    only be in a layer shared by images that all hold it, so an image holding more regions,
+    sets of items held by the same images, than its budget stores some of them twice).
 """
 
 from __future__ import annotations
@@ -72,10 +77,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack.errors import PlanError
+from closurepack.fleet import fleet_floor
 from closurepack.graph import Closure, StoreItem
 from closurepack.options import parse_size
 from closurepack.plan import ImagePlan, LayerPlan
-from closurepack.planner import plan_closures
+from closurepack.planner import plan_closures, store_budget
 from closurepack.sources import load_closure_file
 from closurepack.strategies import STRATEGIES
 
@@ -84,7 +90,7 @@ DEFAULT_DATA = Path("/work/shared/data/closures")
 #: given with --strategy single).
 DEFAULT_STRATEGIES = tuple(s for s in sorted(STRATEGIES) if s not in ("per-item", "single"))
 DEFAULT_BUDGETS = (100, 30)
-FIGURES = ("update", "+prev", "chain", "chain+prev", "random", "fleet", "fleet1")
+FIGURES = ("update", "+prev", "chain", "chain+prev", "random", "fleet", "fleet1", "floor")
 
 LayerId = frozenset[str]
 
@@ -234,6 +240,13 @@ def fleet_alone_tally(
     images = [plan_image(c, strategy, max_layers, min_size=min_size)[1] for c in closures]
     sizes = {p: s for closure in closures for p, s in sizes_of(closure).items()}
     return distinct_layer_tally(images, sizes)
+
+
+def floor_tally(closures: Sequence[Closure], max_layers: int) -> Tally:
+    """The least ``fleet`` tally any plan of ``closures`` at ``max_layers`` can have (a lower
+    bound: :func:`closurepack.fleet.fleet_floor` with the store layers of ``max_layers``)."""
+    floor = fleet_floor(closures, store_budget(max_layers))
+    return Tally(floor.total + floor.duplicated, floor.total)
 
 
 # -- random updates, Nix-style --------------------------------------------------------------------
@@ -438,6 +451,7 @@ def measure(
     bases = [p.base for p in pairs]
     totals["fleet"] = fleet_tally(bases, strategy, max_layers, min_size=min_size)
     totals["fleet1"] = fleet_alone_tally(bases, strategy, max_layers, min_size=min_size)
+    totals["floor"] = floor_tally(bases, max_layers)
     layers, tiny = layer_counts(bases, strategy, max_layers, min_size=min_size)
     seconds = time.perf_counter() - started
     return Row(strategy, max_layers, totals, per_app, seconds, min_size, layers, tiny)

@@ -28,6 +28,7 @@ RANKS: dict[str, int] = {
     "plan": 3,
     "strategies": 4,
     "planner": 4,
+    "fleet": 4,
     "chunkedtoc": 4,
     "chunked": 5,
     "chunkedcheck": 5,

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from clistore import run
 from closurepack import planner
+from closurepack.fleet import image_masks
 from closurepack.graph import Closure, StoreItem
 from closurepack.planner import DEFAULT_MIN_LAYER_SIZE, min_size_for, plan_closures
+from closurepack.strategies import get_strategy
 from closurepack.strategies.minsize import merge_small_layers
 from test_strategies import dag_closures, store_path
 
@@ -221,9 +223,18 @@ def two_disjoint_images() -> list[Closure]:
     return images
 
 
-def keep_joint_layers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Turn step 6 off (an image's plan alone instead of joint layers), to see the union's."""
-    monkeypatch.setattr(planner, "_no_worse_than_alone", lambda _c, joint, *_a, **_k: joint)
+def per_image_counts(images: list[Closure]) -> list[int]:
+    """Layers each image gets of the union's plan (planner step 4, the path taken when several
+    closures reuse ``--previous`` layers): the layers holding one of its items."""
+    groups = planner._plan_rest(
+        Closure.union(images),
+        get_strategy("stable"),
+        room=4,
+        name="stable",
+        min_size=0,
+        images=image_masks(images),
+    )
+    return [sum(1 for g in groups if set(g) & set(image.items)) for image in images]
 
 
 def test_images_planned_together_get_more_of_their_budget(
@@ -231,12 +242,9 @@ def test_images_planned_together_get_more_of_their_budget(
 ) -> None:
     # The union has 12 items; planned for 4 layers, each image holds only some of them. The
     # strategy is asked again with more layers as long as every image stays within 4.
-    keep_joint_layers(monkeypatch)
     images = two_disjoint_images()
-    plan = plan_closures(images, strategy="stable", max_layers=5, min_layer_size=0)
-    counts = [len(image.layers) for image in plan.images]
+    counts = per_image_counts(images)
     monkeypatch.setattr(planner, "REFILL_ROUNDS", 0)
-    once = plan_closures(images, strategy="stable", max_layers=5, min_layer_size=0)
-    first = [len(image.layers) for image in once.images]
+    first = per_image_counts(images)
     assert max(counts) == 4
     assert sum(counts) > sum(first)

@@ -117,16 +117,20 @@ def test_two_overlapping_closures_share_identical_layers(strategy: str) -> None:
             assert set(inside_both) <= set(image.layers)
 
 
-def test_partial_layers_are_restricted_to_the_image() -> None:
+def test_images_planned_together_share_their_common_items_as_identical_layers() -> None:
     python3 = load("python3.base.json")
     nginx = load("nginx.base.json")
-    plan = plan_closures([python3, nginx], strategy="single", max_layers=5)
-    (py_layer,) = plan.images[0].layers
-    (ng_layer,) = plan.images[1].layers
-    assert set(py_layer.paths) == set(python3.items)
-    assert set(ng_layer.paths) == set(nginx.items)
     shared = set(python3.items) & set(nginx.items)
     assert shared, "the two closures share libc and friends"
+    # Alone, `single` puts each image in one layer, and libc and friends are stored twice.
+    # Together, the items both hold are layers of both, and nothing is stored twice.
+    plan = plan_closures([python3, nginx], strategy="single", max_layers=5)
+    check_image(plan, 0, python3)
+    check_image(plan, 1, nginx)
+    common = set(plan.images[0].layers) & set(plan.images[1].layers)
+    assert {p for layer in common for p in layer.paths} == shared
+    distinct = {layer for image in plan.images for layer in image.layers}
+    assert sum(layer.size for layer in distinct) == Closure.union([python3, nginx]).total_size
 
 
 def test_update_reuses_unchanged_layers() -> None:

@@ -7,7 +7,13 @@ How :func:`plan_closures` decides, step by step:
    layers. With ``max_layers = 1`` the budget is still 1, which leaves no room for a
    customisation layer: a build then leaves it out when it would hold only ``/tmp``, and refuses
    with an OptionError when more was asked for.
-2. All closures are planned together, as their union, so images can share layers.
+2. Several closures are planned together, so that their images share identical layers. Without
+   ``previous`` layers to reuse, by :func:`closurepack.fleet.plan_jointly`: each closure is
+   planned alone (these steps, one image), then the fleet's layers are laid on its regions
+   (items held by the same images), refining and merging those plans so that every image is
+   within budget, no image ships more per update than alone, and the fewest bytes are stored
+   twice (see that module). Steps 3 to 6 below are then for one image. With ``previous``
+   layers to reuse, the closures are planned as their union (steps 3 to 6).
 3. Layers of ``previous`` plans whose paths all lie in the union are reused unchanged (origin
    ``"previous"``): the largest first (ties: the earlier plan, image and layer), skipping any that
    overlaps one already taken, at most ``budget`` of them, and at most ``budget - 1`` while items
@@ -25,9 +31,9 @@ How :func:`plan_closures` decides, step by step:
 5. Each image gets the union's layers restricted to its own items, in the same order, empty ones
    dropped: a layer wholly inside an image's closure is byte-for-byte the same layer in every
    image that contains it. Restriction never adds layers, so every image stays within budget.
-6. No image is worse off for being planned with others: when several closures are planned,
-   each image's layers are compared with the plan the same call would make for its closure
-   alone, by the bytes a random one-item update ships on average
+6. No image is worse off for being planned with others: when several closures are planned
+   as their union, each image's layers are compared with the plan the same call would make for
+   its closure alone, by the bytes a random one-item update ships on average
    (:func:`~closurepack.strategies.economy.expected_shipped`, exact for that update). An image
    whose joint layers would ship more is planned alone with the joint layers it holds whole
    reused (as from ``--previous``), which keeps the layers it shares; if even that ships more,
@@ -39,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from closurepack.errors import PlanError
+from closurepack.fleet import image_masks, plan_jointly
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
 from closurepack.strategies import DEFAULT_STRATEGY, Strategy, check_groups, get_strategy
@@ -95,13 +102,33 @@ def plan_closures(
     sizes = {path: item.nar_size for path, item in union.items.items()}
 
     reused = _pick_previous(previous, sizes, budget)
+    if len(closures) > 1 and not reused:
+        joint = _plan_fleet(
+            closures,
+            union,
+            strategy=strategy,
+            max_layers=max_layers,
+            previous=previous,
+            min_layer_size=min_layer_size,
+        )
+        return LayerPlan(
+            tuple(
+                ImagePlan(
+                    layers, names[index] if names is not None else None, closures[index].roots
+                )
+                for index, layers in enumerate(joint)
+            ),
+            union.store_dir,
+            strategy,
+            max_layers,
+        )
     covered = {p for layer in reused for p in layer.paths}
     layers = list(reused)
     remaining = [p for p in union.items if p not in covered]
     if remaining:
         rest = union if not covered else union.restrict(remaining)
         room = budget - len(reused)
-        masks = _image_masks(closures) if len(closures) > 1 else None
+        masks = image_masks(closures) if len(closures) > 1 else None
         minimum = min_size_for(sum(sizes.values()), budget, items=len(union))
         if min_layer_size is not None:
             minimum = min_layer_size
@@ -132,6 +159,43 @@ def plan_closures(
         name = names[index] if names is not None else None
         images.append(ImagePlan(tuple(own), name, tuple(closure.roots)))
     return LayerPlan(tuple(images), union.store_dir, strategy, max_layers)
+
+
+def _plan_fleet(
+    closures: Sequence[Closure],
+    union: Closure,
+    *,
+    strategy: str,
+    max_layers: int,
+    previous: Sequence[LayerPlan],
+    min_layer_size: int | None,
+) -> list[tuple[PlannedLayer, ...]]:
+    """Each image's layers for several closures planned together (step 2 of the module
+    docstring): their plans alone, laid on the fleet's regions by
+    :func:`~closurepack.fleet.plan_jointly`; a layer keeps the origin it had alone."""
+    sizes = {path: item.nar_size for path, item in union.items.items()}
+    alone = [
+        plan_closures(
+            [closure],
+            strategy=strategy,
+            max_layers=max_layers,
+            previous=previous,
+            min_layer_size=min_layer_size,
+        ).images[0]
+        for closure in closures
+    ]
+    origins = {layer.paths: layer.origin for image in alone for layer in image.layers}
+    minimum = min_size_for(sum(sizes.values()), store_budget(max_layers), items=len(union))
+    joint = plan_jointly(
+        closures,
+        union,
+        [[layer.paths for layer in image.layers] for image in alone],
+        room=store_budget(max_layers),
+        min_size=minimum if min_layer_size is None else min_layer_size,
+    )
+    return [
+        tuple(_layer(paths, sizes, origins.get(paths, "")) for paths in layers) for layers in joint
+    ]
 
 
 def _no_worse_than_alone(
@@ -235,15 +299,6 @@ def _most_layers(groups: Sequence[tuple[str, ...]], images: Mapping[str, int] | 
             held ^= bit
             counts[bit] = counts.get(bit, 0) + 1
     return max(counts.values(), default=0)
-
-
-def _image_masks(closures: Sequence[Closure]) -> dict[str, int]:
-    """For each path, the bitmask of the closures (images) holding it."""
-    masks: dict[str, int] = {}
-    for bit, closure in enumerate(closures):
-        for path in closure.items:
-            masks[path] = masks.get(path, 0) | 1 << bit
-    return masks
 
 
 def _layer(paths: Iterable[str], sizes: Mapping[str, int], origin: str = "") -> PlannedLayer:
