@@ -10,13 +10,16 @@ import hashlib
 import http.client
 import http.server
 import json
+import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import tarfile
 import threading
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,12 @@ from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from clistore import APP, GLIBC, GRAPH, LIBFOO, ZLIB, Store, read_oci, run
+from closurepack import sbom as sbom_module
+from closurepack import storedb
 from closurepack.artifacts import parse_referrer
 from closurepack.errors import ClosurepackError, StoreError
 from closurepack.sbom import SbomOptions
+from closurepack.sources import narhash
 from closurepack.sources.narhash import nar_digest, parse_nar_hash
 from handmade import oci_validator
 from nixfixture import NixClosure
@@ -191,6 +197,50 @@ def test_both_documents_validate_and_hold_every_item_once(
     assert graph.pop(image_ref) == {APP}
     assert graph == {p: set(GRAPH[p][0]) for p in items}
     assert cdx["metadata"]["component"]["type"] == "container"
+
+
+def test_sbom_and_store_database_hash_each_item_once(
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--sbom with --nix-db: an item without a narHash is NAR-hashed once, its digest shared by
+    the SBOM and the store database (both hold the files' own hash)."""
+    calls: Counter[str] = Counter()
+    real = narhash.nar_digest
+
+    def counting(path: Path | str | bytes) -> narhash.NarDigest:
+        calls[os.fsdecode(path)] += 1
+        return real(path)
+
+    for module in (narhash, sbom_module, storedb):  # wherever the hashing function is looked up
+        if hasattr(module, "nar_digest"):
+            monkeypatch.setattr(module, "nar_digest", counting)
+    closure = _closure_without_hashes(store, tmp_path / "app.json")
+    out = tmp_path / "app.cdx.json"
+    _build(capsys, closure, store, f"oci:{tmp_path / 'layout'}:v1", "--sbom", "cyclonedx",
+           "--sbom-out", out, "--nix-db")  # fmt: skip
+    items = store.closure_of([APP])
+    assert sorted(calls) == sorted(str(store.files(p)) for p in items)
+    assert set(calls.values()) == {1}
+    expected = {p: real(store.files(p)).sha256.hex() for p in items}
+    sbom_hashes = {
+        c["bom-ref"]: c["hashes"][0]["content"] for c in json.loads(out.read_text())["components"]
+    }
+    assert sbom_hashes == expected
+    image = read_oci(tmp_path / "layout", "v1")
+    database = image.layer_file(len(image.layer_digests) - 1, "nix/var/nix/db/db.sqlite")
+    assert _valid_paths(database, tmp_path) == {p: "sha256:" + h for p, h in expected.items()}
+
+
+def _valid_paths(data: bytes, tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "db.sqlite").write_bytes(data)
+    connection = sqlite3.connect(tmp_path / "db.sqlite")
+    try:
+        return dict(connection.execute("SELECT path, hash FROM ValidPaths"))
+    finally:
+        connection.close()
 
 
 def test_the_nar_hash_of_the_closure_source_is_used_as_it_is(

@@ -21,7 +21,12 @@ from hypothesis import strategies as st
 from clistore import APP, GLIBC, LIBFOO, TOOL, ZLIB, Store, item, read_oci, run
 from closurepack.errors import ClosureError, OptionError, StoreError
 from closurepack.graph import Closure, StoreItem
-from closurepack.sources.narhash import format_nar_hash, nar_digest, parse_nar_hash
+from closurepack.sources.narhash import (
+    NarDigests,
+    format_nar_hash,
+    nar_digest,
+    parse_nar_hash,
+)
 from closurepack.sources.narsize import nar_size
 from closurepack.storedb import (
     GUIX_DB,
@@ -234,7 +239,7 @@ def test_registrations_compute_missing_hashes_and_keep_self_references(tmp_path:
         ],
         source="graph",
     )
-    regs = registrations(closure, store_root=tmp_path)
+    regs = registrations(closure, NarDigests(tmp_path))
     computed = nar_digest(glibc)
     assert regs == [
         Registration(GLIBC, computed.nar_hash, computed.size, item("8", "glibc.drv"), (GLIBC,)),
@@ -247,7 +252,7 @@ def test_a_deriver_that_is_no_store_path_is_refused() -> None:
         [StoreItem(GLIBC, 1, (), "sha256:" + "0" * 64, "not a path")], source="graph.json"
     )
     with pytest.raises(ClosureError, match=rf"graph.json: {GLIBC}: deriver: store path"):
-        registrations(closure, store_root=None)
+        registrations(closure, NarDigests(None))
 
 
 def test_an_item_referring_outside_the_image_cannot_be_registered() -> None:

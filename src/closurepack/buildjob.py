@@ -67,6 +67,7 @@ from closurepack.registry import (
 from closurepack.registry.record import RECORD_NAME
 from closurepack.sbom import SbomOptions
 from closurepack.sbomjob import SbomJob
+from closurepack.sources.narhash import NarDigests
 from closurepack.sources.query import query_closure
 from closurepack.storedb import STORE_DBS, image_closure, store_db_entries
 from closurepack.tarstream import TreeEntry
@@ -258,10 +259,11 @@ def build_image(
     else:
         image_plans = [select_image(plan, image_selector, source=source)]
     sbom_job = None
+    digests = NarDigests(store_root)  # an item's files hashed once for SBOM and store database
     if sbom.enabled:  # one image: --platform is refused above
         number = _image_number(plan.images, image_plans[0])
         sbom_job = SbomJob(
-            sbom, whole[number], name=image_plans[0].name, dest=dest, store_root=store_root
+            sbom, whole[number], name=image_plans[0].name, dest=dest, digests=digests
         )
     jobs_of: list[tuple[ImagePlan, ImageConfig, Customisation, BaseImage | None]] = []
     for image_plan, (config, wanted, base) in zip(image_plans, prepared, strict=True):
@@ -273,7 +275,7 @@ def build_image(
                 closures=[whole[number]] if targets else whole,
                 provided=provided[number] if provided else set(),
                 image=image_plan,
-                store_root=store_root,
+                digests=digests,
                 mtime=mtime,
                 source=source,
             )
@@ -371,24 +373,23 @@ def _store_db_entries(
     closures: Sequence[Closure],
     provided: set[str],
     image: ImagePlan,
-    store_root: Path | None,
+    digests: NarDigests,
     mtime: int,
     source: str,
 ) -> tuple[TreeEntry, ...]:
     """The customisation layer's store database for the image planned as ``image``: its
     items (those of its layers, and those of the closure a ``--from`` image already holds),
     with the graph and hashes of ``closures``, or for a plan file (no closures) asked of the
-    store that holds them (scanned under ``store_root``)."""
+    store that holds them (scanned under ``digests.store_root``); NAR hashes the closures
+    lack from ``digests``, shared with the SBOM."""
     paths = set(image.paths)
     if closures:
         whole = closures[0] if len(closures) == 1 else Closure.union(closures, source=source)
         paths = (paths | provided) & whole.items.keys()
     else:
-        whole = query_closure(sorted(paths), store_root=store_root)
+        whole = query_closure(sorted(paths), store_root=digests.store_root)
     closure = image_closure(whole, sorted(paths), where=source)
-    entries = store_db_entries(
-        closure, STORE_DBS[kind], registration_time=mtime, store_root=store_root
-    )
+    entries = store_db_entries(closure, STORE_DBS[kind], registration_time=mtime, digests=digests)
     return tuple(entries)
 
 
