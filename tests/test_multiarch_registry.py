@@ -230,3 +230,29 @@ def test_podman_pulls_each_platform(
         ).split()
         assert shown == [arch, configs[arch]]
     assert podman_runner.run(ref) == nix_closure.expected_output
+
+
+def test_a_single_image_previous_of_a_multi_platform_build_is_read_with_one_manifest_get(
+    registry: Registry,
+    store: Store,
+    closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--previous docker://... naming a single image, in a build of several platforms: the
+    registry's log shows one GET of the tag's manifest (not one to learn it is no index and
+    one more to read the image)."""
+    host = registry.host
+    status, _, err = run(
+        ["build", "--closure", closures["amd64"], "--store-root", store.root, "-q",
+         "--no-cache", "--entrypoint", "/bin/app", "-o", f"docker://{host}/prev/app:1"],
+        capsys,
+    )  # fmt: skip
+    assert status == 0, err
+    mark = registry.mark()
+    build_multi(
+        store, closures, f"oci:{tmp_path / 'layout'}:v2", capsys,
+        "--previous", f"docker://{host}/prev/app:1", cache=tmp_path / "c",
+    )  # fmt: skip
+    gets = [r for r in registry.requests(mark) if r.method == "GET" and "/manifests/" in r.path]
+    assert [(r.path, r.status) for r in gets] == [("/v2/prev/app/manifests/1", 200)]

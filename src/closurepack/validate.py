@@ -22,10 +22,10 @@ from closurepack.errors import ClosurepackError, ImageError, SourceError
 from closurepack.image import LAYERS_LABEL, Image, layer_paths_from_config
 from closurepack.planner import human_size, plural
 from closurepack.platforms import Platform, entry_platform
-from closurepack.readback import image_from_raw, read_image
+from closurepack.readback import image_from_raw
 from closurepack.referrers import attached_artifacts
 from closurepack.registry import RegistryOptions
-from closurepack.transports import RawBlob, RawImage, RawIndex, read_index, read_raw
+from closurepack.transports import RawBlob, RawImage, RawIndex, read_image_or_index, read_raw
 
 __all__ = ["format_inspection", "inspect_image", "verify_image", "verify_index", "verify_raw"]
 
@@ -184,11 +184,10 @@ def verify_image(
     destinations); return every problem found (empty = good). Raise only when the image
     cannot be read at all. A multi-platform image has every platform's image verified (see
     :func:`verify_index`), or only ``platform``'s when one is given."""
-    if platform is None:
-        index = read_index(source, registry=registry)
-        if index is not None:
-            return verify_index(index)
-    return verify_raw(read_raw(source, registry=registry, platform=platform))
+    if platform is not None:
+        return verify_raw(read_raw(source, registry=registry, platform=platform))
+    found = read_image_or_index(source, registry=registry)  # one manifest GET
+    return verify_index(found) if isinstance(found, RawIndex) else verify_raw(found)
 
 
 def verify_index(index: RawIndex) -> list[str]:
@@ -228,9 +227,9 @@ def inspect_image(
     """Layers (digest, diff_id, size, media type, store items) and a config summary. Of a
     multi-platform image, its platforms (under ``index``) and the image for ``platform``
     (default: the host's; none when the index has no image for the host's)."""
-    index = read_index(source, registry=registry)
-    if index is None:
-        return _inspect(read_image(source, registry=registry), source, registry)
+    index = read_image_or_index(source, registry=registry)  # one manifest GET
+    if isinstance(index, RawImage):
+        return _inspect(image_from_raw(index), source, registry)
     listing = {
         "digest": str(index.index_digest or Digest.of_bytes(index.index_bytes)),
         "media_type": index.media_type,

@@ -36,6 +36,7 @@ __all__ = [
     "PulledIndex",
     "blob_opener",
     "pull_image",
+    "pull_image_or_index",
     "pull_index",
 ]
 
@@ -148,31 +149,56 @@ def pull_image(
     default this host's: see :func:`~closurepack.platforms.choose_entry`); its layers are
     opened later, each on a connection of its own."""
     with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
-        where = str(ref)
-        body, media_type, declared = _get_manifest(
-            client, ref.reference, f"manifest of {where}", missing=where
-        )
-        manifest_digest = ref.digest or declared or Digest.of_bytes(body)
-        manifest = _json(body, f"{where}: manifest")
+        body, media_type, declared, manifest = _top_manifest(client)
         if _is_index(media_type, manifest):
-            entry = choose_entry(_index_entries(manifest, where), platform, where=where)
+            entry = choose_entry(_index_entries(manifest, str(ref)), platform, where=str(ref))
             return _pull_entry(client, entry, platform, None)
-        entry = {"digest": str(manifest_digest), "mediaType": media_type}
-        return _pull_entry(client, entry, platform, (body, media_type))
+        return _pull_single(client, body, media_type, declared)
 
 
 def pull_index(ref: RegistryRef, options: RegistryOptions) -> PulledIndex | None:
     """The image index (or manifest list) ``ref`` names, as stored, with a reader of each of
     its images; None when ``ref`` names a single image."""
     with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
-        where = str(ref)
-        body, media_type, declared = _get_manifest(
-            client, ref.reference, f"manifest of {where}", missing=where
-        )
-        manifest = _json(body, f"{where}: manifest")
+        body, media_type, declared, manifest = _top_manifest(client)
+    if not _is_index(media_type, manifest):
+        return None
+    return _pulled_index(ref, options, body, declared, manifest)
+
+
+def pull_image_or_index(ref: RegistryRef, options: RegistryOptions) -> PulledImage | PulledIndex:
+    """What ``ref`` names, from one GET of its manifest: the index (or manifest list) as
+    stored, with a reader of each of its images, or the single image (its config read)."""
+    with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
+        body, media_type, declared, manifest = _top_manifest(client)
         if not _is_index(media_type, manifest):
-            return None
-        entries = _index_entries(manifest, where)
+            return _pull_single(client, body, media_type, declared)
+    return _pulled_index(ref, options, body, declared, manifest)
+
+
+def _top_manifest(client: RegistryClient) -> tuple[bytes, str, Digest | None, Any]:
+    """The manifest (or index) the client's reference names: body, media type, the digest
+    the registry declared, and the body parsed."""
+    where = str(client.ref)
+    body, media_type, declared = _get_manifest(
+        client, client.ref.reference, f"manifest of {where}", missing=where
+    )
+    return body, media_type, declared, _json(body, f"{where}: manifest")
+
+
+def _pull_single(
+    client: RegistryClient, body: bytes, media_type: str, declared: Digest | None
+) -> PulledImage:
+    """The single image whose manifest ``body`` the reference named."""
+    digest = client.ref.digest or declared or Digest.of_bytes(body)
+    entry = {"digest": str(digest), "mediaType": media_type}
+    return _pull_entry(client, entry, None, (body, media_type))
+
+
+def _pulled_index(
+    ref: RegistryRef, options: RegistryOptions, body: bytes, declared: Digest | None, manifest: Any
+) -> PulledIndex:
+    entries = _index_entries(manifest, str(ref))
 
     def reader(entry: Mapping[str, Any]) -> PulledImage:
         with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:

@@ -65,6 +65,7 @@ __all__ = [
     "parse_reference",
     "parse_repo_tag",
     "parse_source",
+    "read_image_or_index",
     "read_index",
     "read_raw",
     "sniff_media_type",
@@ -292,6 +293,18 @@ def read_index(source: str, *, registry: RegistryOptions | None = None) -> RawIn
         if where.kind == "oci":
             return oci_layout.read_index(where, path, source)
         return oci_archive.read_index(where, path, source)
+
+
+def read_image_or_index(
+    source: str, *, registry: RegistryOptions | None = None
+) -> RawImage | RawIndex:
+    """The multi-platform image at ``source`` as :func:`read_index` gives it, else the single
+    image as :func:`read_raw` does; a registry is asked for the manifest once."""
+    if is_registry_reference(source):
+        from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
+        return _registry.read_image_or_index(source, registry)
+    return read_index(source, registry=registry) or read_raw(source, registry=registry)
 
 
 def _source_path(source: str) -> tuple[Destination, Path]:

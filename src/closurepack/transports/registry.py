@@ -12,12 +12,24 @@ from closurepack.image import Image
 from closurepack.imageindex import ImageIndex
 from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, parse_reference
-from closurepack.registry.pull import PulledImage, pull_image, pull_index
+from closurepack.registry.pull import (
+    PulledImage,
+    PulledIndex,
+    pull_image,
+    pull_image_or_index,
+    pull_index,
+)
 from closurepack.registry.push import ImagePusher
 from closurepack.registry.referrers import attach_pushed
 from closurepack.transports._raw import RawBlob, RawImage, RawIndex
 
-__all__ = ["check_destination", "read_image", "read_index", "write_image"]
+__all__ = [
+    "check_destination",
+    "read_image",
+    "read_image_or_index",
+    "read_index",
+    "write_image",
+]
 
 
 def check_destination(text: str) -> RegistryRef:
@@ -40,8 +52,20 @@ def read_index(source: str, registry: RegistryOptions | None = None) -> RawIndex
     """The image index (or manifest list) ``source`` names, as stored; None when it names a
     single image."""
     pulled = pull_index(parse_reference(source), registry or RegistryOptions())
-    if pulled is None:
-        return None
+    return None if pulled is None else _raw_index(source, pulled)
+
+
+def read_image_or_index(
+    source: str, registry: RegistryOptions | None = None
+) -> RawImage | RawIndex:
+    """The index ``source`` names, or the single image it names, from one manifest GET."""
+    pulled = pull_image_or_index(parse_reference(source), registry or RegistryOptions())
+    if isinstance(pulled, PulledIndex):
+        return _raw_index(source, pulled)
+    return _raw(source, pulled)
+
+
+def _raw_index(source: str, pulled: PulledIndex) -> RawIndex:
     reader = pulled.reader
 
     def read(entry: Mapping[str, Any]) -> RawImage:
