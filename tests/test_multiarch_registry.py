@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from clistore import APP, TOOL, Store, run
+from closurepack.registry import record
 from nixfixture import NixClosure
 from registry_fixtures import Registry
 from runtimes import PodmanRunner, require_tool, run_tool
@@ -256,3 +257,32 @@ def test_a_single_image_previous_of_a_multi_platform_build_is_read_with_one_mani
     )  # fmt: skip
     gets = [r for r in registry.requests(mark) if r.method == "GET" and "/manifests/" in r.path]
     assert [(r.path, r.status) for r in gets] == [("/v2/prev/app/manifests/1", 200)]
+
+
+def test_a_multi_platform_push_writes_the_blob_record_once(  # noqa: PLR0917 - fixtures
+    registry: Registry,
+    store: Store,
+    closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record of where blobs were seen is rewritten once for the whole push (not once per
+    platform manifest and again for the index), and names every blob of every platform."""
+    writes: list[Path] = []
+    real = record.atomic_write
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.name == record.RECORD_NAME:
+            writes.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(record, "atomic_write", counting)
+    host = registry.host
+    build_multi(store, closures, f"docker://{host}/rec:1", capsys, cache=tmp_path / "c")
+    assert writes == [tmp_path / "c" / record.RECORD_NAME]
+    index = _raw(f"{host}/rec:1")
+    manifests = [_raw(f"{host}/rec@{e['digest']}") for e in index["manifests"]]
+    blobs = {d["digest"] for m in manifests for d in [m["config"], *m["layers"]]}
+    kept = json.loads(writes[0].read_text())["registries"][host]
+    assert {d for d, repos in kept.items() if "rec" in repos} == blobs
