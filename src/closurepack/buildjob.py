@@ -14,8 +14,7 @@ from typing import Literal
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
-    build_layers,
-    layer_keys,
+    build_keyed_layers,
     scratch_dir,
 )
 from closurepack.cache import LayerCache
@@ -332,7 +331,7 @@ def build_image(
         images = []
         published: list[tuple[str, BuiltLayer | RemoteLayer]] = []
         for image_plan, config, customisation, base in jobs_of:
-            layers = build_layers(
+            keyed = build_keyed_layers(
                 image_plan,
                 options=options,
                 work_dir=Path(work),
@@ -340,9 +339,9 @@ def build_image(
                 progress=hook,
                 reuse=reuse,
             )
+            layers = [layer for _, layer in keyed]
             images.append(assemble_image(layers, config=config, base=base))
-            keys = layer_keys(image_plan, options, customisation)
-            published.extend(zip(keys, layers, strict=True))
+            published.extend(keyed)
         warn_if_no_command(images[0], dest)
         result = write_or_push(
             ImageIndex.of(
