@@ -26,6 +26,7 @@ from typing import Any
 from closurepack.cachegc import KEY
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError, OptionError
+from closurepack.jsontext import parse_json_object
 from closurepack.mediatypes import MediaType
 from closurepack.registry.client import RegistryClient, read_limited
 from closurepack.registry.pull import MANIFEST_LIMIT
@@ -128,7 +129,7 @@ def fetch_mapping(client: RegistryClient, ref: RegistryRef) -> dict[str, CacheEn
     )  # fmt: skip
     if body is None:
         return None
-    manifest = _parse_json(body, f"{where}: manifest")
+    manifest = parse_json_object(body, f"{where}: manifest")
     config = manifest.get("config")
     if not isinstance(config, dict) or config.get("mediaType") != CONFIG_TYPE:
         raise NotALayerCacheError(f"{where}: the tag holds something else than a layer cache")
@@ -145,16 +146,6 @@ def fetch_mapping(client: RegistryClient, ref: RegistryRef) -> dict[str, CacheEn
     return _parse_mapping(data, ref)
 
 
-def _parse_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ImageError(f"{what}: not a JSON object")
-    return obj
-
-
 def _digest(value: object, what: str) -> Digest:
     try:
         return Digest.parse(str(value))
@@ -164,7 +155,7 @@ def _digest(value: object, what: str) -> Digest:
 
 def _parse_mapping(data: bytes, ref: RegistryRef) -> dict[str, CacheEntry]:
     what = f"layer cache {ref}: mapping"
-    obj = _parse_json(data, what)
+    obj = parse_json_object(data, what)
     layers = obj.get("layers")
     if obj.get("format") != _FORMAT or not isinstance(layers, dict):
         raise ImageError(f"{what}: not a {_FORMAT} mapping")

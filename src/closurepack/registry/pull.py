@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -20,6 +19,7 @@ import httpx
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, RegistryError, SourceError
+from closurepack.jsontext import parse_json
 from closurepack.mediatypes import MediaType
 from closurepack.platforms import Platform, choose_entry
 from closurepack.registry.client import RegistryClient, open_client, read_limited
@@ -88,13 +88,6 @@ class PulledIndex:
     index_digest: Digest
     entries: tuple[dict[str, Any], ...]
     reader: Callable[[Mapping[str, Any]], PulledImage] = field(repr=False, compare=False)
-
-
-def _json(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
 
 
 def _get_manifest(
@@ -183,7 +176,7 @@ def _top_manifest(client: RegistryClient) -> tuple[bytes, str, Digest | None, An
     body, media_type, declared = _get_manifest(
         client, client.ref.reference, f"manifest of {where}", missing=where
     )
-    return body, media_type, declared, _json(body, f"{where}: manifest")
+    return body, media_type, declared, parse_json(body, f"{where}: manifest")
 
 
 def _pull_single(
@@ -235,7 +228,7 @@ def _pull_entry(
                 client, str(manifest_digest), f"manifest {manifest_digest} of {where}"
             )
         fetched = None
-        manifest = _json(body, f"{where}: manifest {manifest_digest}")
+        manifest = parse_json(body, f"{where}: manifest {manifest_digest}")
         if not _is_index(media_type, manifest):
             break
         if depth == INDEX_DEPTH:
@@ -254,7 +247,7 @@ def _pull_manifest(
     """The config and layer descriptors of the image manifest ``body``."""
     ref, options = client.ref, client.options
     where = str(ref)
-    manifest = _json(body, f"{where}: manifest {manifest_digest}")
+    manifest = parse_json(body, f"{where}: manifest {manifest_digest}")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
         raise ImageError(f"{where}: manifest {manifest_digest} has no config descriptor")
     kind = media_type or str(manifest.get("mediaType", ""))

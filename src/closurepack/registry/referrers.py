@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from closurepack.artifacts import (
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import canonical_json
+from closurepack.jsontext import parse_json
 from closurepack.mediatypes import MediaType
 from closurepack.registry.blobs import blob_exists, upload_blob
 from closurepack.registry.client import RegistryClient, open_client, read_limited
@@ -68,10 +68,7 @@ def _get(client: RegistryClient, path: str, what: str, accept: str) -> tuple[byt
 
 
 def _index(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
+    obj = parse_json(data, what)
     # (a tag holding anything else, an image, is never overwritten with an index)
     if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
         raise ImageError(f"{what}: not an OCI image index")

@@ -13,13 +13,12 @@ malformed answer) is "nothing known": every blob is then checked with its own ``
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, RegistryAuthError, RegistryError
+from closurepack.jsontext import parse_json_object
 from closurepack.mediatypes import MediaType
 from closurepack.registry.client import RegistryClient, read_limited
 from closurepack.registry.pull import MANIFEST_LIMIT
@@ -103,12 +102,7 @@ def manifest_blobs(body: bytes, media_type: str) -> dict[Digest, int]:
     """The blobs (digest -> size) the image manifest ``body`` (served as ``media_type``, or
     "" when not said) names: config and layers, foreign layers left out; a blob named with
     two sizes is left out too. An ImageError when ``body`` is not an image manifest."""
-    try:
-        manifest: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ImageError(f"not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise ImageError("not a JSON object")
+    manifest = parse_json_object(body, "the manifest")
     kinds = {str(k) for k in (media_type, manifest.get("mediaType")) if k}
     if len(kinds) != 1 or not kinds <= set(_MANIFEST_TYPES):
         raise ImageError(f"not an image manifest ({', '.join(map(repr, sorted(kinds)))})")
