@@ -33,7 +33,7 @@ from closurepack.image import canonical_json
 from closurepack.jsontext import parse_json
 from closurepack.mediatypes import MediaType
 from closurepack.registry.blobs import blob_exists, upload_blob
-from closurepack.registry.client import RegistryClient, open_client, read_limited
+from closurepack.registry.client import RegistryClient, get_if_there, open_client
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.pull import MANIFEST_LIMIT
 from closurepack.registry.push import ImagePusher
@@ -54,19 +54,6 @@ _ANY_MANIFEST = ", ".join(
 )
 
 
-def _get(client: RegistryClient, path: str, what: str, accept: str) -> tuple[bytes, str] | None:
-    """The body and content type of ``GET /v2/<repo>/<path>``; None when it is 404."""
-    response = client.request(
-        "GET", client.url(path), what=what, ok=(200, 404), headers={"Accept": accept},
-        stream=True,
-    )  # fmt: skip
-    if response.status_code == 404:
-        response.close()
-        return None
-    kind = response.headers.get("Content-Type", "").partition(";")[0].strip()
-    return read_limited(response, MANIFEST_LIMIT, what, error=ImageError), kind
-
-
 def _index(data: bytes, what: str) -> dict[str, Any]:
     obj = parse_json(data, what)
     # (a tag holding anything else, an image, is never overwritten with an index)
@@ -80,13 +67,19 @@ def referrers_index(client: RegistryClient, subject: Digest) -> tuple[dict[str, 
     came from the referrers API (False: from the fallback tag; the index is None when that tag
     does not exist either)."""
     where = f"referrers of {client.ref.name}@{subject}"
-    found = _get(client, f"referrers/{subject}", where, _INDEX)
+    found = get_if_there(client, f"referrers/{subject}", where, limit=MANIFEST_LIMIT, accept=_INDEX)
     if found is not None:
         return _index(found[0], where), True
     tag = fallback_tag(subject)
     # every manifest type accepted: distribution 2.8 answers 404 for a manifest of a type not
     # accepted, and an image under that tag would then be overwritten
-    found = _get(client, f"manifests/{tag}", f"{client.ref.name}:{tag}", _ANY_MANIFEST)
+    found = get_if_there(
+        client,
+        f"manifests/{tag}",
+        f"{client.ref.name}:{tag}",
+        limit=MANIFEST_LIMIT,
+        accept=_ANY_MANIFEST,
+    )
     return (_index(found[0], f"{client.ref.name}:{tag}") if found else None), False
 
 
@@ -152,7 +145,9 @@ def list_referrers(ref: RegistryRef, options: RegistryOptions, subject: Digest) 
                 continue
             digest = Digest.parse(entry["digest"])
             where = f"artifact {ref.name}@{digest}"
-            body = _get(client, f"manifests/{digest}", where, _MANIFEST)
+            body = get_if_there(
+                client, f"manifests/{digest}", where, limit=MANIFEST_LIMIT, accept=_MANIFEST
+            )
             if body is None:
                 continue  # listed, but gone (deleted since)
             if Digest.of_bytes(body[0]) != digest:
