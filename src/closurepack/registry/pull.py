@@ -20,7 +20,7 @@ import httpx
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, RegistryError, SourceError
 from closurepack.jsontext import parse_json
-from closurepack.mediatypes import MediaType
+from closurepack.mediatypes import ANY_MANIFEST_ACCEPT, IMAGE_MANIFEST_TYPES, INDEX_TYPES, MediaType
 from closurepack.platforms import Platform, choose_entry
 from closurepack.registry.client import RegistryClient, open_client, read_limited
 from closurepack.registry.options import RegistryOptions
@@ -46,9 +46,6 @@ MANIFEST_LIMIT = 4 << 20
 CONFIG_LIMIT = 32 << 20
 INDEX_DEPTH = 4
 
-_MANIFEST_TYPES = (MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value)
-_INDEX_TYPES = (MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value)
-_ACCEPT = ", ".join((*_MANIFEST_TYPES, *_INDEX_TYPES))
 _CHUNK = 1 << 20
 
 
@@ -100,7 +97,7 @@ def _get_manifest(
         client.url(f"manifests/{reference}"),
         what=what,
         ok=(200, 404) if missing else (200,),
-        headers={"Accept": _ACCEPT},
+        headers={"Accept": ANY_MANIFEST_ACCEPT},
         stream=True,
     )
     if response.status_code == 404:
@@ -124,7 +121,7 @@ def _descriptor_digest(desc: Any, where: str) -> Digest:
 
 def _is_index(media_type: str, manifest: Any) -> bool:
     kind = media_type or (manifest.get("mediaType") if isinstance(manifest, dict) else "")
-    return kind in _INDEX_TYPES
+    return kind in INDEX_TYPES
 
 
 def _index_entries(manifest: Any, where: str) -> list[dict[str, Any]]:
@@ -251,7 +248,7 @@ def _pull_manifest(
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
         raise ImageError(f"{where}: manifest {manifest_digest} has no config descriptor")
     kind = media_type or str(manifest.get("mediaType", ""))
-    if kind and kind not in _MANIFEST_TYPES:
+    if kind and kind not in IMAGE_MANIFEST_TYPES:
         raise ImageError(f"{where}: unsupported manifest media type {kind!r}")
     config_desc = manifest["config"]
     config_digest = _descriptor_digest(config_desc, f"{where}: config")

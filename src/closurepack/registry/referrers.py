@@ -31,7 +31,7 @@ from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import canonical_json
 from closurepack.jsontext import parse_json
-from closurepack.mediatypes import MediaType
+from closurepack.mediatypes import ANY_MANIFEST_ACCEPT, MediaType
 from closurepack.registry.blobs import blob_exists, upload_blob
 from closurepack.registry.client import RegistryClient, get_if_there, open_client
 from closurepack.registry.options import RegistryOptions
@@ -43,15 +43,6 @@ __all__ = ["attach", "attach_pushed", "list_referrers", "referrers_index"]
 
 _INDEX = str(MediaType.OCI_INDEX)
 _MANIFEST = str(MediaType.OCI_MANIFEST)
-_ANY_MANIFEST = ", ".join(
-    str(t)
-    for t in (
-        MediaType.OCI_INDEX,
-        MediaType.OCI_MANIFEST,
-        MediaType.DOCKER_MANIFEST_LIST,
-        MediaType.DOCKER_MANIFEST,
-    )
-)
 
 
 def _index(data: bytes, what: str) -> dict[str, Any]:
@@ -78,7 +69,7 @@ def referrers_index(client: RegistryClient, subject: Digest) -> tuple[dict[str, 
         f"manifests/{tag}",
         f"{client.ref.name}:{tag}",
         limit=MANIFEST_LIMIT,
-        accept=_ANY_MANIFEST,
+        accept=ANY_MANIFEST_ACCEPT,
     )
     return (_index(found[0], f"{client.ref.name}:{tag}") if found else None), False
 

@@ -22,7 +22,7 @@ from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
 from closurepack.imageindex import ImageIndex
-from closurepack.mediatypes import MediaType
+from closurepack.mediatypes import IMAGE_MANIFEST_TYPES, INDEX_TYPES
 from closurepack.platforms import Platform
 from closurepack.transports._files import (
     atomic_file,
@@ -45,8 +45,6 @@ from closurepack.transports.reference import Destination, oci_ref_names
 __all__ = ["check_existing", "read_image", "read_index", "write_image", "write_stream"]
 
 _BLOBS = "blobs/sha256/"
-_INDEXES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
-_MANIFESTS = {MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value}
 
 
 def write_stream(
@@ -160,7 +158,7 @@ def _reachable(
             )
         found[hex_digest] = member
         media_type = descriptor.get("mediaType")
-        if media_type in _INDEXES or media_type in _MANIFESTS:
+        if media_type in INDEX_TYPES or media_type in IMAGE_MANIFEST_TYPES:
             with _member(archive, member) as handle:
                 try:
                     inner = json.loads(handle.read())

@@ -36,7 +36,7 @@ from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import Image, ImageLayer, canonical_json
 from closurepack.imageindex import ImageIndex
-from closurepack.mediatypes import MediaType
+from closurepack.mediatypes import INDEX_TYPES, MediaType
 from closurepack.platforms import Platform, choose_entry
 from closurepack.transports._files import atomic_file, blob_is_good, probe_writable, put_blob
 from closurepack.transports._raw import RawBlob, RawImage, RawIndex, missing_blob, parse_json
@@ -63,7 +63,6 @@ __all__ = [
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = canonical_json({"imageLayoutVersion": "1.0.0"})
-_INDEX_TYPES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
 
 
 def manifest_descriptor(image: Image | ImageIndex, ref_name: str) -> dict[str, Any]:
@@ -376,7 +375,7 @@ def read_stored_index(
     """The multi-platform image tagged ``reference`` (or the only one) in ``store``, as
     stored; None when the tag names a single image."""
     entry = _tagged(store, reference, where)
-    if entry.get("mediaType") not in _INDEX_TYPES:
+    if entry.get("mediaType") not in INDEX_TYPES:
         return None
     data, entries = _index_entries(store, entry, where)
     digest, _ = _blob_name(entry.get("digest"), where)
@@ -403,7 +402,7 @@ def _through_indexes(
 ) -> Mapping[str, Any]:
     """The manifest entry ``entry`` leads to, through nested indexes (for ``platform``)."""
     for _ in range(INDEX_DEPTH):
-        if entry.get("mediaType") not in _INDEX_TYPES:
+        if entry.get("mediaType") not in INDEX_TYPES:
             return entry
         _, entries = _index_entries(store, entry, where)
         entry = choose_entry(entries, platform, where=where)
