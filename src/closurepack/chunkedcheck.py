@@ -32,8 +32,11 @@ from closurepack.chunkedtoc import (
     FOOTER_MAGIC,
     FOOTER_SIZE,
     POSITION_KEYS,
+    SKIPPABLE_MAGIC,
+    TAR_ENTRY_TYPES,
     TARSPLIT_KEY,
     TOC_TYPE,
+    is_skippable_magic,
     mtime_text,
     parse_position,
 )
@@ -43,17 +46,6 @@ __all__ = ["ChunkedCheck", "Readable", "check_chunked_layer", "chunked_check"]
 
 _CHUNK = 1 << 20
 _MAX_TOC = 150 << 20  # what containers/storage accepts
-_TYPES = {
-    tarfile.REGTYPE: "reg",
-    tarfile.AREGTYPE: "reg",
-    tarfile.CONTTYPE: "reg",
-    tarfile.LNKTYPE: "hardlink",
-    tarfile.SYMTYPE: "symlink",
-    tarfile.CHRTYPE: "char",
-    tarfile.BLKTYPE: "block",
-    tarfile.DIRTYPE: "dir",
-    tarfile.FIFOTYPE: "fifo",
-}
 
 
 class Readable(Protocol):
@@ -128,7 +120,7 @@ def _check_footer(blob: IO[bytes], toc_pos: tuple[int, ...], split_pos: tuple[in
     frame = _read_at(blob, size - FOOTER_SIZE - 8, FOOTER_SIZE + 8, "the footer")
     magic, length = struct.unpack("<II", frame[:8])
     values = struct.unpack("<7Q", frame[8:64])
-    if magic != 0x184D2A50 or length != FOOTER_SIZE or frame[64:] != FOOTER_MAGIC:
+    if magic != SKIPPABLE_MAGIC or length != FOOTER_SIZE or frame[64:] != FOOTER_MAGIC:
         raise _ChunkedError("the blob does not end with a zstd:chunked footer frame")
     if (*values[:3], values[3]) != toc_pos or values[4:] != split_pos:
         raise _ChunkedError(
@@ -144,7 +136,7 @@ def _skippable(blob: IO[bytes], pos: tuple[int, ...], what: str) -> bytes:
         raise _ChunkedError(f"{what} offset {offset} leaves no room for its frame header")
     header = _read_at(blob, offset - 8, 8, what)
     magic, size = struct.unpack("<II", header)
-    if magic & 0xFFFFFFF0 != 0x184D2A50 or size != length:
+    if not is_skippable_magic(magic) or size != length:
         raise _ChunkedError(
             f"{what} at {offset} is not the content of a skippable frame of {length}"
         )
@@ -160,7 +152,7 @@ def _tar_members(plain: IO[bytes]) -> list[_Member]:
     with tarfile.open(fileobj=plain, mode="r|", encoding="utf-8") as tar:
         for info in tar:
             meta: dict[str, Any] = {
-                "type": _TYPES.get(info.type, repr(info.type)),
+                "type": TAR_ENTRY_TYPES.get(info.type, repr(info.type)),
                 "name": info.name,
                 "linkName": info.linkname,
                 "mode": info.mode,
