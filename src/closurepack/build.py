@@ -38,6 +38,7 @@ __all__ = [
     "build_keyed_layers",
     "build_layers",
     "check_mtime",
+    "customisation_layer",
     "default_mtime",
     "read_descriptors",
     "scratch_dir",
@@ -150,10 +151,25 @@ def _perms_part(layer: PlannedLayer, options: BuildOptions) -> dict[str, object]
     return perms.key_part(layer.paths, store_root=options.store_root)
 
 
-def _customisation_key(customisation: Customisation, options: BuildOptions) -> str:
-    return customisation_layer_key(
-        customisation, compression=options.compression, level=options.level, mtime=options.mtime
+def customisation_layer(
+    customisation: Customisation,
+    *,
+    compression: str,
+    level: int | None,
+    mtime: int,
+    work_dir: Path,
+    source: LayerSource | None,
+) -> tuple[str, BuiltLayer | RemoteLayer, bool]:
+    """The customisation layer's key and the layer: from ``source`` (a shared layer cache)
+    when it has it, else built into ``work_dir``; and whether ``source`` had it."""
+    key = customisation_layer_key(customisation, compression=compression, level=level, mtime=mtime)
+    found = source(key, PlannedLayer(()), work_dir) if source is not None else None
+    if found is not None:
+        return key, dataclasses.replace(found, verified=True, comment="customisation"), True
+    built = build_customisation_layer(
+        customisation, compression=compression, level=level, mtime=mtime, dest_dir=work_dir
     )
+    return key, built, False
 
 
 def build_layers(
@@ -295,21 +311,14 @@ def build_keyed_layers(
 
     if customisation is not None and not customisation.is_empty:
         started = time.perf_counter()
-        top: BuiltLayer | RemoteLayer | None = None
-        key = _customisation_key(customisation, options)
-        if options.source is not None:
-            top = options.source(key, PlannedLayer(()), work_dir)
-        reused = top is not None
-        if top is None:
-            top = build_customisation_layer(
-                customisation,
-                compression=options.compression,
-                level=options.level,
-                mtime=options.mtime,
-                dest_dir=work_dir,
-            )
-        else:
-            top = dataclasses.replace(top, verified=True, comment="customisation")
+        key, top, reused = customisation_layer(
+            customisation,
+            compression=options.compression,
+            level=options.level,
+            mtime=options.mtime,
+            work_dir=work_dir,
+            source=options.source,
+        )
         layers.append((key, top))
         if progress is not None:
             progress(
