@@ -73,11 +73,6 @@ class RawIndex:
         declared = index.get("mediaType") if isinstance(index, dict) else None
         return str(declared or MediaType.OCI_INDEX)
 
-    @property
-    def platforms(self) -> list[Platform]:
-        """The platforms of the entries that name one (attestations left out), in order."""
-        return [p for e in self.entries if (p := entry_platform(e)) is not None]
-
     def image(self, platform: Platform | None = None) -> RawImage:
         """The image for ``platform`` (default: the host's); see
         :func:`~closurepack.platforms.choose_entry`."""
