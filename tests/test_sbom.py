@@ -515,6 +515,83 @@ def test_sbom_out_names() -> None:
     assert bare.out_paths() == {"spdx": Path("sbom.spdx.json"), "cyclonedx": Path("sbom.cdx.json")}
 
 
+# One SBOM per platform ----------------------------------------------------------------------------
+
+
+def _blob_of(dest: str, digest: str, registry: Registry | None) -> bytes:
+    """Blob ``digest`` of the image at ``dest`` (an oci: layout, an oci-archive or a registry)."""
+    hex_digest = digest.split(":", 1)[1]
+    if registry is not None:
+        status, body = _get(registry, f"/v2/multi/blobs/{digest}", "*/*")
+        assert status == 200
+        return body
+    path = Path(dest.split(":", 1)[1].rsplit(":", 1)[0])
+    if dest.startswith("oci:"):
+        return (path / "blobs" / "sha256" / hex_digest).read_bytes()
+    with tarfile.open(path) as tar:
+        member = tar.extractfile(f"blobs/sha256/{hex_digest}")
+        assert member is not None
+        return member.read()
+
+
+@pytest.mark.parametrize("kind", ["oci", "oci-archive", "docker"])
+def test_each_platform_image_gets_its_own_sbom(
+    kind: str,
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+) -> None:
+    """build --platform ... --sbom: one SBOM per platform image, describing that platform's
+    closure, attached to that image's manifest; inspect --platform lists it."""
+    registry: Registry | None = request.getfixturevalue("registry") if kind == "docker" else None
+    dest = {
+        "oci": f"oci:{tmp_path / 'layout'}:v1",
+        "oci-archive": f"oci-archive:{tmp_path / 'multi.tar'}:v1",
+        "docker": f"docker://{registry.host}/multi:v1" if registry else "",
+    }[kind]
+    closures = {
+        "amd64": store.closure_file(tmp_path / "app.json", [APP]),
+        "arm64": store.closure_file(tmp_path / "glibc.json", [GLIBC]),
+    }
+    argv = ["build", "-q", "--no-cache", "--store-root", store.root, "--entrypoint", "/bin/app"]
+    for arch, closure in closures.items():
+        argv += ["--platform", f"linux/{arch}={closure}"]
+    status, _, err = run([*argv, "--sbom", "cyclonedx", "-o", dest], capsys)
+    assert status == 0, err
+    for arch, items in (("amd64", store.closure_of([APP])), ("arm64", store.closure_of([GLIBC]))):
+        status, out, err = run(["inspect", "--json", "--platform", f"linux/{arch}", dest], capsys)
+        assert status == 0, err
+        (artifact,) = json.loads(out)["artifacts"]
+        assert artifact["artifact_type"] == CYCLONEDX
+        (document,) = artifact["documents"]
+        sbom = json.loads(_blob_of(dest, document["digest"], registry))
+        assert sorted(c["bom-ref"] for c in sbom["components"]) == items
+    if kind == "oci":  # the layout's index: the image under its tag, and the two artifacts
+        index = json.loads((tmp_path / "layout" / "index.json").read_text())
+        assert sorted(m.get("artifactType", "") for m in index["manifests"]) == [
+            "",
+            CYCLONEDX,
+            CYCLONEDX,
+        ]
+
+
+def test_sbom_out_with_platform_is_one_line(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closure = store.closure_file(tmp_path / "app.json", [APP])
+    status, out, err = run(
+        ["build", "--store-root", store.root, "--platform", f"linux/amd64={closure}",
+         "--sbom", "spdx", "--sbom-out", tmp_path / "x.json", "-o", f"oci:{tmp_path / 'l'}"],
+        capsys,
+    )  # fmt: skip
+    assert (status, out) == (2, "")
+    assert err == (
+        "closurepack: error: --sbom-out names one file per format: not with --platform\n"
+    )
+    assert not (tmp_path / "l").exists()
+
+
 # A registry without a referrers API -------------------------------------------------------------
 
 

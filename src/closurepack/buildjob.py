@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from closurepack.artifacts import Attachment
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
@@ -30,6 +31,7 @@ from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import Closure, check_readable_store
 from closurepack.image import (
     BaseImage,
+    Image,
     ImageConfig,
     assemble_image,
     layer_paths_from_config,
@@ -177,8 +179,8 @@ def build_image(
     reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
     if store_db is not None and store_db not in STORE_DBS:
         raise OptionError(f"store database {store_db!r}: expected one of {sorted(STORE_DBS)}")
-    if targets and sbom.enabled:
-        raise OptionError("--sbom describes one closure: not with --platform")
+    if targets and sbom.out is not None:
+        raise OptionError("--sbom-out names one file per format: not with --platform")
     whole: list[Closure] = []  # the closures as given, before the --from image's items go
     provided: list[set[str]] = []  # per closure: the items its --from image holds
 
@@ -257,13 +259,13 @@ def build_image(
         image_plans = list(plan.images)
     else:
         image_plans = [select_image(plan, image_selector, source=source)]
-    sbom_job = None
     digests = NarDigests(store_root)  # an item's files hashed once for SBOM and store database
-    if sbom.enabled:  # one image: --platform is refused above
-        number = _image_number(plan.images, image_plans[0])
-        sbom_job = SbomJob(
-            sbom, whole[number], name=image_plans[0].name, dest=dest, digests=digests
-        )
+    sbom_jobs = []  # one per image (per platform): each describes its own closure
+    if sbom.enabled:
+        for image_plan in image_plans:
+            number = _image_number(plan.images, image_plan)
+            name = image_plan.name
+            sbom_jobs.append(SbomJob(sbom, whole[number], name=name, dest=dest, digests=digests))
     jobs_of: list[tuple[ImagePlan, ImageConfig, Customisation, BaseImage | None]] = []
     for image_plan, (config, wanted, base) in zip(image_plans, prepared, strict=True):
         customisation = dataclasses.replace(wanted, store_dir=plan.store_dir)
@@ -355,11 +357,11 @@ def build_image(
             name=None if targets else image_plans[0].name,
             started=started,
             pusher=pusher,
-            attach=sbom_job.attachments if sbom_job is not None else None,
+            attach=_sbom_attacher(images, sbom_jobs) if sbom_jobs else None,
             streamer=streamer,
             stamps=cache.stamps if cache is not None else None,
         )
-        if sbom_job is not None:
+        for sbom_job in sbom_jobs:
             sbom_job.write_files()
         if shared is not None:
             shared.publish(list(dict(published).items()), dest=pusher.ref if pusher else None)
@@ -390,6 +392,15 @@ def _store_db_entries(
     closure = image_closure(whole, sorted(paths), where=source)
     entries = store_db_entries(closure, STORE_DBS[kind], registration_time=mtime, digests=digests)
     return tuple(entries)
+
+
+def _sbom_attacher(
+    images: Sequence[Image], jobs: Sequence[SbomJob]
+) -> Callable[[Image], Sequence[Attachment]]:
+    """The SBOMs of each image built (``images[i]`` is ``jobs[i]``'s), found by its config
+    (an index in Docker's flavour holds converted copies of the images, with their configs)."""
+    by_config = {image.config_digest: job for image, job in zip(images, jobs, strict=True)}
+    return lambda image: by_config[image.config_digest].attachments(image)
 
 
 def _image_number(images: Sequence[ImagePlan], image_plan: ImagePlan) -> int:

@@ -30,6 +30,7 @@ from closurepack.artifacts import (
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import canonical_json
+from closurepack.imageindex import Attachments, ImageIndex, attachment_subjects
 from closurepack.jsontext import parse_json
 from closurepack.mediatypes import ANY_MANIFEST_ACCEPT, MediaType
 from closurepack.registry.blobs import blob_exists, upload_blob
@@ -39,7 +40,7 @@ from closurepack.registry.pull import MANIFEST_LIMIT
 from closurepack.registry.push import ImagePusher
 from closurepack.registry.reference import RegistryRef
 
-__all__ = ["attach", "attach_pushed", "list_referrers", "referrers_index"]
+__all__ = ["attach", "attach_platforms", "attach_pushed", "list_referrers", "referrers_index"]
 
 _INDEX = str(MediaType.OCI_INDEX)
 _MANIFEST = str(MediaType.OCI_MANIFEST)
@@ -123,6 +124,13 @@ def attach_pushed(pusher: ImagePusher, attachments: Sequence[Attachment]) -> lis
         raise ImageError(f"{pusher.ref}: no image was pushed to attach artifacts to")
     media_type, body = pusher.pushed
     return attach(pusher.client, subject_descriptor(media_type, body), attachments)
+
+
+def attach_platforms(pusher: ImagePusher, index: ImageIndex, attachments: Attachments) -> None:
+    """:func:`attach` to each platform's image of the multi-platform image ``pusher`` pushed
+    the documents ``attachments`` gives for it (by its manifest's digest)."""
+    for subject, documents in attachment_subjects(index, attachments):
+        attach(pusher.client, subject, documents)
 
 
 def list_referrers(ref: RegistryRef, options: RegistryOptions, subject: Digest) -> list[Referrer]:

@@ -17,11 +17,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from closurepack.artifacts import Attachment, drop_replaced_referrers
+from closurepack.artifacts import drop_replaced_referrers
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
-from closurepack.imageindex import ImageIndex
+from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.mediatypes import IMAGE_MANIFEST_TYPES, INDEX_TYPES
 from closurepack.platforms import Platform
 from closurepack.transports._files import (
@@ -53,7 +53,7 @@ def write_stream(
     *,
     ref_names: Sequence[str],
     existing: tarfile.TarFile | None = None,
-    attachments: Sequence[Attachment] = (),
+    attachments: Attachments = (),
 ) -> None:
     """Stream ``image`` (or a multi-platform image's index) as an oci-archive tagged with each
     of ``ref_names``, with ``attachments`` as artifacts whose subject is its manifest (a single
@@ -63,9 +63,7 @@ def write_stream(
     index = index_with(old_index, image, ref_names)
     if existing is not None:
         index = drop_replaced_referrers(old_index, index, functools.partial(_small_blob, existing))
-    small: dict[str, bytes] = {}
-    if isinstance(image, Image):  # artifacts are attached to single images only
-        index, small = attached_blobs(image, index, attachments)
+    index, small = attached_blobs(image, index, attachments)
     own_layers, own_small = image_blobs(image)
     small.update((digest.hex, data) for digest, data in own_small.items())
     layers = {layer.digest.hex: layer for layer in own_layers}
@@ -208,7 +206,7 @@ def write_image(
     *,
     tags: Sequence[str] = (),
     started: float | None = None,
-    attachments: Sequence[Attachment] = (),
+    attachments: Attachments = (),
 ) -> None:
     """Write ``image`` to the oci-archive ``dest.path``, adding its tags (see
     :func:`oci_ref_names`) and ``attachments`` (artifacts whose subject is its manifest) to an

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from closurepack.artifacts import Attachment
 from closurepack.digest import Digest
 from closurepack.image import Image
-from closurepack.imageindex import ImageIndex
+from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, parse_reference
 from closurepack.registry.pull import (
@@ -20,7 +19,7 @@ from closurepack.registry.pull import (
     pull_index,
 )
 from closurepack.registry.push import ImagePusher
-from closurepack.registry.referrers import attach_pushed
+from closurepack.registry.referrers import attach_platforms, attach_pushed
 from closurepack.transports._raw import RawBlob, RawImage, RawIndex
 
 __all__ = [
@@ -107,19 +106,22 @@ def write_image(
     tags: Sequence[str] = (),
     docker: bool = False,
     mount_from: Sequence[str] = (),
-    attachments: Sequence[Attachment] = (),
+    attachments: Attachments = (),
 ) -> Digest:
     """Push ``image`` to ``ref`` under ``tags`` (default: the reference's own); return the
     digest of the manifest pushed (Docker schema 2 with ``docker``). Blobs the repository has
     are not sent again; blobs of the repositories ``mount_from`` (of the same registry) are
     mounted from there rather than uploaded. A multi-platform image has every image pushed
-    by digest, then its index under the tags. ``attachments`` follow a single image as
-    artifacts whose subject is the manifest pushed."""
+    by digest, then its index under the tags. ``attachments`` follow as artifacts whose
+    subject is the manifest pushed (of an index: each platform's image's)."""
     with ImagePusher(
         ref, options=options, tags=tags, docker=docker, mount_from=mount_from
     ) as pusher:
         if isinstance(image, ImageIndex):
-            return pusher.push_index(image)
+            digest = pusher.push_index(image)
+            attach_platforms(pusher, image, attachments)
+            return digest
         digest = pusher.push(image)
-        attach_pushed(pusher, attachments)
+        if not isinstance(attachments, Mapping):
+            attach_pushed(pusher, attachments)
         return digest
