@@ -10,12 +10,19 @@ its own items and every distinct restriction is stored: :func:`stored_bytes` cou
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 
-__all__ = ["CHANGES", "bitset", "expected_shipped", "hit_table", "stored_bytes"]
+__all__ = [
+    "CHANGES",
+    "MergeFigures",
+    "bitset",
+    "expected_shipped",
+    "hit_table",
+    "stored_bytes",
+]
 
 #: How many items the model update changes at once (see ``strategies/stable.py``).
 CHANGES = 3
@@ -44,6 +51,47 @@ def stored_bytes(pieces: Mapping[int, int]) -> int:
         if key not in restrictions:
             restrictions[key] = sum(pieces[m] for m in key)
     return sum(restrictions.values())
+
+
+class MergeFigures:
+    """What the merging steps (``stable``'s, the small-layer merge) know of each candidate
+    layer: its down-set (a :func:`bitset`), its size and its bytes per image mask, with the
+    cost of merging two (more expected bytes per update, plus more bytes stored for images
+    planned together) and the merge itself."""
+
+    def __init__(
+        self, sets: Sequence[int], sizes: Sequence[int], pieces: Sequence[dict[int, int]], n: int
+    ) -> None:
+        self.sets = list(sets)
+        self.counts = [bits.bit_count() for bits in sets]
+        self.sizes = list(sizes)
+        self.pieces = list(pieces)
+        self.stored = [stored_bytes(piece) for piece in pieces]
+        self._hit = hit_table(n)  # chance that one of CHANGES changes lies in d items
+
+    def cost(self, a: int, b: int) -> float:
+        """Expected bytes per update (and stored) that merging layers ``a`` and ``b`` adds."""
+        hit, sizes, counts = self._hit, self.sizes, self.counts
+        both = hit[(self.sets[a] | self.sets[b]).bit_count()]
+        update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
+        pa, pb = self.pieces[a], self.pieces[b]
+        if len(pa) == 1 and pa.keys() == pb.keys():
+            return update
+        joined = dict(pa)
+        for mask, size in pb.items():
+            joined[mask] = joined.get(mask, 0) + size
+        return update + (stored_bytes(joined) - self.stored[a] - self.stored[b])
+
+    def merge(self, into: int, other: int) -> None:
+        """Layer ``into`` takes ``other``'s items (its figures then say so; ``other``'s are
+        left as they were, for the caller to drop)."""
+        self.sets[into] |= self.sets[other]
+        self.counts[into] = self.sets[into].bit_count()
+        self.sizes[into] += self.sizes[other]
+        piece = self.pieces[into]
+        for mask, size in self.pieces[other].items():
+            piece[mask] = piece.get(mask, 0) + size
+        self.stored[into] = stored_bytes(piece)
 
 
 def bitset(indices: Collection[int], width: int) -> int:

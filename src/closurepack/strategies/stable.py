@@ -57,7 +57,7 @@ from collections.abc import Callable, Collection
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
-from closurepack.strategies.economy import CHANGES, bitset, hit_table, stored_bytes
+from closurepack.strategies.economy import CHANGES, MergeFigures, bitset
 
 __all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
 
@@ -215,27 +215,14 @@ def _merge_exactly(
         for i in members:
             piece[images[i]] = piece.get(images[i], 0) + dag.sizes[i]
         pieces.append(piece)
-    stored = [stored_bytes(piece) for piece in pieces]
     sets = [bitset(dag.reach(members), len(dag)) for members in clusters]
-    counts = [bits.bit_count() for bits in sets]
     sizes = [sum(dag.sizes[i] for i in members) for members in clusters]
+    figures = MergeFigures(sets, sizes, pieces, n)
     groups: list[list[int] | None] = [list(members) for members in clusters]
     alive = len(clusters)
     version = [0] * len(clusters)
     first = [min(rank[i] for i in members) for members in clusters]  # tie-breaks by name
-
-    hit = hit_table(n)  # chance that one of CHANGES changes lies in d items
-
-    def cost(a: int, b: int) -> float:
-        both = hit[(sets[a] | sets[b]).bit_count()]
-        update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
-        pa, pb = pieces[a], pieces[b]
-        if len(pa) == 1 and pa.keys() == pb.keys():
-            return update
-        joined = dict(pa)
-        for mask, size in pb.items():
-            joined[mask] = joined.get(mask, 0) + size
-        return update + (stored_bytes(joined) - stored[a] - stored[b])
+    cost = figures.cost
 
     def entry(a: int, b: int) -> tuple[float, int, int, int, int, int, int]:
         low, high = (a, b) if first[a] < first[b] else (b, a)
@@ -253,12 +240,7 @@ def _merge_exactly(
         # Merge b into a (a has the first name): a's figures change, b is gone.
         ga.extend(gb)
         groups[b] = None
-        sets[a] |= sets[b]
-        counts[a] = sets[a].bit_count()
-        sizes[a] += sizes[b]
-        for mask, size in pieces[b].items():
-            pieces[a][mask] = pieces[a].get(mask, 0) + size
-        stored[a] = stored_bytes(pieces[a])
+        figures.merge(a, b)
         version[a] += 1
         alive -= 1
         if alive > budget:
@@ -267,5 +249,5 @@ def _merge_exactly(
                     heapq.heappush(heap, entry(a, other))
 
     kept = [g for g, group in enumerate(groups) if group is not None]
-    kept.sort(key=lambda g: (counts[g], -sizes[g], first[g]))
+    kept.sort(key=lambda g: (figures.counts[g], -figures.sizes[g], first[g]))
     return [sorted(groups[g] or []) for g in kept]
