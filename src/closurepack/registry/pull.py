@@ -173,7 +173,7 @@ def _top_manifest(client: RegistryClient) -> tuple[bytes, str, Digest | None, An
     body, media_type, declared = _get_manifest(
         client, client.ref.reference, f"manifest of {where}", missing=where
     )
-    return body, media_type, declared, parse_json(body, f"{where}: manifest")
+    return body, media_type, declared, parse_json(body, f"{where}: manifest", deep_error=True)
 
 
 def _pull_single(
@@ -225,7 +225,7 @@ def _pull_entry(
                 client, str(manifest_digest), f"manifest {manifest_digest} of {where}"
             )
         fetched = None
-        manifest = parse_json(body, f"{where}: manifest {manifest_digest}")
+        manifest = parse_json(body, f"{where}: manifest {manifest_digest}", deep_error=True)
         if not _is_index(media_type, manifest):
             break
         if depth == INDEX_DEPTH:
@@ -244,7 +244,7 @@ def _pull_manifest(
     """The config and layer descriptors of the image manifest ``body``."""
     ref, options = client.ref, client.options
     where = str(ref)
-    manifest = parse_json(body, f"{where}: manifest {manifest_digest}")
+    manifest = parse_json(body, f"{where}: manifest {manifest_digest}", deep_error=True)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
         raise ImageError(f"{where}: manifest {manifest_digest} has no config descriptor")
     kind = media_type or str(manifest.get("mediaType", ""))

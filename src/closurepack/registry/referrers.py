@@ -47,7 +47,7 @@ _MANIFEST = str(MediaType.OCI_MANIFEST)
 
 
 def _index(data: bytes, what: str) -> dict[str, Any]:
-    obj = parse_json(data, what)
+    obj = parse_json(data, what, deep_error=True)
     # (a tag holding anything else, an image, is never overwritten with an index)
     if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
         raise ImageError(f"{what}: not an OCI image index")
