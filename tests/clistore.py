@@ -24,8 +24,14 @@ __all__ = [
     "OciImage",
     "Store",
     "app_closure",
+    "build_app",
+    "build_ok",
+    "build_platforms",
     "item",
     "make_store",
+    "no_source_date_epoch",
+    "platform_args",
+    "platform_closures",
     "read_docker_archive",
     "read_oci",
     "run",
@@ -124,6 +130,68 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     status = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return status, out, err
+
+
+@pytest.fixture
+def no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``SOURCE_DATE_EPOCH`` from the environment the tests run in (CI sets one)."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+@pytest.fixture
+def platform_closures(store: Store, tmp_path: Path) -> dict[str, Path]:
+    """Closures of two platforms sharing glibc and zlib (the "arch-independent" items):
+    amd64's is :data:`APP`'s, arm64's :data:`TOOL`'s."""
+    return {
+        "amd64": store.closure_file(tmp_path / "app.json", [APP]),
+        "arm64": store.closure_file(tmp_path / "tool.json", [TOOL]),
+    }
+
+
+def platform_args(store: Store, closures: dict[str, Path]) -> list[object]:
+    """``--store-root`` and a ``--platform linux/ARCH=CLOSURE`` per entry of ``closures``."""
+    argv: list[object] = ["--store-root", store.root]
+    for arch, closure in closures.items():
+        argv += ["--platform", f"linux/{arch}={closure}"]
+    return argv
+
+
+def build_ok(capsys: pytest.CaptureFixture[str], *argv: object, quiet: bool = True) -> str:
+    """``closurepack build -q ARGV``, which must succeed (and with ``quiet`` say nothing on
+    stderr); what it printed, stripped."""
+    status, out, err = run(["build", "-q", *map(str, argv)], capsys)
+    assert status == 0, err
+    if quiet:
+        assert err == ""
+    return out.strip()
+
+
+def build_app(
+    store: Store,
+    closure: Path,
+    dest: str,
+    capsys: pytest.CaptureFixture[str],
+    *extra: object,
+    cache: Path,
+) -> str:
+    """``closure`` of ``store`` built to ``dest`` through the cache ``cache``, entrypoint
+    ``/bin/app``: the reference or digest printed."""
+    argv = ["--closure", closure, "--store-root", store.root, "--cache-dir", cache]
+    return build_ok(capsys, *argv, "--entrypoint", "/bin/app", "-o", dest, *extra)
+
+
+def build_platforms(
+    store: Store,
+    closures: dict[str, Path],
+    dest: str,
+    capsys: pytest.CaptureFixture[str],
+    *extra: object,
+    cache: Path,
+) -> str:
+    """One image per entry of ``closures`` (see :func:`platform_args`) under an index at
+    ``dest``, through the cache ``cache``, entrypoint ``/bin/app``: the digest printed."""
+    argv = [*platform_args(store, closures), "--cache-dir", cache, "--entrypoint", "/bin/app"]
+    return build_ok(capsys, *argv, "-o", dest, *extra)
 
 
 @dataclass

@@ -16,6 +16,7 @@ SRC = Path(closurepack.__file__).parent
 # modules of its own rank or lower, never higher.
 RANKS: dict[str, int] = {
     "errors": 0,
+    "jsontext": 1,
     "digest": 1,
     "mediatypes": 1,
     "options": 1,

@@ -23,6 +23,7 @@ import pytest
 import zstandard
 
 from clistore import Store, read_oci, run
+from closurepack import chunkedcheck, decompression, validate
 from closurepack.chunked import MAX_CHUNK, MIN_CHUNK
 from closurepack.chunkedcheck import check_chunked_layer
 from closurepack.chunkedtoc import (
@@ -384,6 +385,37 @@ def test_oci_layouts_carry_the_annotations_and_verify_checks_the_toc(
         check=True,
     ).stdout
     assert json.loads(raw)["layers"] == image.manifest["layers"]
+
+
+def test_verify_decompresses_each_chunked_layer_once(
+    chunky_store: tuple[Store, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify reads the diff_id, the TOC's entries and the tar-split's from one decompression
+    of each zstd:chunked blob (the decompressor is wrapped where the modules look it up)."""
+    store, closure = chunky_store
+    layout = tmp_path / "layout"
+    argv = ["build", "--store-root", store.root, "--closure", closure, "--quiet", "--no-cache"]
+    status, _, err = run([*argv, "--compression", "zstd:chunked", "-o", f"oci:{layout}"], capsys)
+    assert status == 0, err
+    layers = read_oci(layout).manifest["layers"]
+    opened: list[str] = []
+    real = decompression.open_decompressed
+
+    def counting(compression: str, src: Any) -> Any:
+        opened.append(compression)
+        return real(compression, src)
+
+    for module in (decompression, validate, chunkedcheck):
+        if hasattr(module, "open_decompressed"):
+            monkeypatch.setattr(module, "open_decompressed", counting)
+    status, out, err = run(["verify", f"oci:{layout}"], capsys)
+    assert status == 0, err
+    assert out.strip().endswith("ok")
+    assert len(opened) == len(layers)  # one decompression per layer, chunked or not
+    assert sum(bool(la.get("annotations")) for la in layers) >= 1
 
 
 def test_verify_reports_a_layout_whose_toc_lies(

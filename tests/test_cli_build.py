@@ -29,10 +29,7 @@ from clistore import (
 )
 from closurepack.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+pytestmark = pytest.mark.usefixtures("no_source_date_epoch")
 
 
 def _build(

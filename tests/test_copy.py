@@ -267,6 +267,39 @@ def test_copy_within_a_registry_mounts_and_a_second_copy_uploads_nothing(
 
 
 @pytest.mark.integration
+def test_copy_verify_and_inspect_get_a_single_images_manifest_once(
+    tmp_path: Path,
+    source: tuple[Image, str],
+    registry: Registry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A single image in a registry: copy, verify and inspect each GET its tag's manifest
+    once (counted in the registry's log), not once to learn it is no index and once more."""
+    image, ref = source
+    repo = f"docker://{registry.host}/once/app:1"
+    _copy(capsys, ref, repo)
+
+    def manifest_gets(mark: int) -> list[str]:
+        return [
+            r.path
+            for r in registry.requests(mark)
+            if r.method == "GET" and r.path == "/v2/once/app/manifests/1"
+        ]
+
+    mark = registry.mark()
+    assert _copy(capsys, repo, f"oci:{tmp_path / 'layout'}") == str(image.manifest_digest)
+    assert manifest_gets(mark) == ["/v2/once/app/manifests/1"]
+    mark = registry.mark()
+    assert verify_image(repo) == []
+    assert manifest_gets(mark) == ["/v2/once/app/manifests/1"]
+    mark = registry.mark()
+    code, out, err = run(["inspect", "--json", repo], capsys)
+    assert code == 0, err
+    assert json.loads(out)["layers"][0]["digest"] == str(image.layers[0].digest)
+    assert manifest_gets(mark) == ["/v2/once/app/manifests/1"]
+
+
+@pytest.mark.integration
 def test_registry_to_registry_converts_formats_blobs_unchanged(
     tmp_path: Path,
     source: tuple[Image, str],

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from clistore import APP, GLIBC, TOOL, ZLIB, Store, run
+from clistore import APP, GLIBC, TOOL, ZLIB, Store, build_platforms, platform_args, run
 from closurepack.platforms import host_platform
 from handmade import oci_validator
 from runtimes import require_tool, run_tool
@@ -23,49 +23,7 @@ MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-@pytest.fixture(autouse=True)
-def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-
-
-@pytest.fixture
-def closures(store: Store, tmp_path: Path) -> dict[str, Path]:
-    """Two closures sharing glibc and zlib (the "arch-independent" items of this test)."""
-    return {
-        "amd64": store.closure_file(tmp_path / "app.json", [APP]),
-        "arm64": store.closure_file(tmp_path / "tool.json", [TOOL]),
-    }
-
-
-def build_multi(
-    store: Store,
-    closures: dict[str, Path],
-    dest: str,
-    capsys: pytest.CaptureFixture[str],
-    *extra: object,
-    cache: Path,
-) -> str:
-    argv = [
-        "build",
-        "--store-root",
-        store.root,
-        "--platform",
-        f"linux/amd64={closures['amd64']}",
-        "--platform",
-        f"linux/arm64={closures['arm64']}",
-        "--cache-dir",
-        cache,
-        "--entrypoint",
-        "/bin/app",
-        "-q",
-        "-o",
-        dest,
-        *extra,
-    ]
-    status, out, err = run(argv, capsys)
-    assert status == 0, err
-    assert err == ""
-    return out.strip()
+pytestmark = pytest.mark.usefixtures("no_source_date_epoch")
 
 
 def _blob(layout: Path, digest: str) -> Any:
@@ -78,10 +36,15 @@ def _layer_paths(config: dict[str, Any]) -> list[list[str]]:
 
 
 def test_oci_layout_holds_an_index_over_both_platforms(
-    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store,
+    platform_closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     layout = tmp_path / "layout"
-    digest = build_multi(store, closures, f"oci:{layout}:v1", capsys, cache=tmp_path / "c")
+    digest = build_platforms(
+        store, platform_closures, f"oci:{layout}:v1", capsys, cache=tmp_path / "c"
+    )
 
     top = json.loads((layout / "index.json").read_bytes())
     assert top["manifests"] == [
@@ -138,7 +101,10 @@ def test_oci_layout_holds_an_index_over_both_platforms(
 
 
 def test_variant_is_set_in_the_config_and_the_index(
-    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store,
+    platform_closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     layout = tmp_path / "layout"
     argv = [
@@ -146,9 +112,9 @@ def test_variant_is_set_in_the_config_and_the_index(
         "--store-root",
         store.root,
         "--platform",
-        f"linux/arm/v7={closures['arm64']}",
+        f"linux/arm/v7={platform_closures['arm64']}",
         "--platform",
-        f"linux/aarch64={closures['amd64']}",  # machine names are mapped
+        f"linux/aarch64={platform_closures['amd64']}",  # machine names are mapped
         "--cache-dir",
         tmp_path / "c",
         "-q",
@@ -167,10 +133,15 @@ def test_variant_is_set_in_the_config_and_the_index(
 
 
 def test_oci_archive_holds_the_index_and_shared_blobs_once(
-    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store,
+    platform_closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     archive = tmp_path / "multi.tar"
-    digest = build_multi(store, closures, f"oci-archive:{archive}:v1", capsys, cache=tmp_path / "c")
+    digest = build_platforms(
+        store, platform_closures, f"oci-archive:{archive}:v1", capsys, cache=tmp_path / "c"
+    )
     with tarfile.open(archive) as tar:
         names = [m.name for m in tar.getmembers() if m.isfile()]
         top = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
@@ -189,7 +160,9 @@ def test_oci_archive_holds_the_index_and_shared_blobs_once(
     )  # fmt: skip
     assert arm["architecture"] == "arm64"
     # adding a second tag keeps the first one's index and blobs
-    build_multi(store, closures, f"oci-archive:{archive}:v2", capsys, cache=tmp_path / "c")
+    build_platforms(
+        store, platform_closures, f"oci-archive:{archive}:v2", capsys, cache=tmp_path / "c"
+    )
     argv = ["verify", "--platform", "linux/arm64", f"oci-archive:{archive}:v1"]
     status, out, err = run(argv, capsys)
     assert status == 0, err
@@ -203,25 +176,13 @@ def test_oci_archive_holds_the_index_and_shared_blobs_once(
 def test_docker_archive_cannot_hold_an_index(
     dest: str,
     store: Store,
-    closures: dict[str, Path],
+    platform_closures: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     target = dest.format(tmp=tmp_path)
     cache = tmp_path / "cache"
-    argv = [
-        "build",
-        "--store-root",
-        store.root,
-        "--platform",
-        f"linux/amd64={closures['amd64']}",
-        "--platform",
-        f"linux/arm64={closures['arm64']}",
-        "--cache-dir",
-        cache,
-        "-o",
-        target,
-    ]
+    argv = ["build", *platform_args(store, platform_closures), "--cache-dir", cache, "-o", target]
     status, out, err = run(argv, capsys)
     assert status == 2
     assert out == ""
@@ -248,19 +209,23 @@ def test_docker_archive_cannot_hold_an_index(
 def test_what_cannot_go_with_platform_is_one_line(
     case: tuple[list[str], str],
     store: Store,
-    closures: dict[str, Path],
+    platform_closures: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     extra, message = case
     cache = tmp_path / "cache"
-    values = {"app": closures["amd64"], "tool": closures["arm64"], "tmp": tmp_path}
+    values = {
+        "app": platform_closures["amd64"],
+        "tool": platform_closures["arm64"],
+        "tmp": tmp_path,
+    }
     argv = [
         "build",
         "--store-root",
         store.root,
         "--platform",
-        f"linux/amd64={closures['amd64']}",
+        f"linux/amd64={platform_closures['amd64']}",
         *(e.format(**values) for e in extra),
         "--cache-dir",
         cache,
@@ -360,11 +325,20 @@ def test_from_an_index_takes_each_platforms_base(
 
 
 def test_previous_index_reuses_the_layers_of_the_platform_built(
-    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store,
+    platform_closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     layout = tmp_path / "layout"
-    first = build_multi(
-        store, closures, f"oci:{layout}:v1", capsys, "--strategy", "single", cache=tmp_path / "c"
+    first = build_platforms(
+        store,
+        platform_closures,
+        f"oci:{layout}:v1",
+        capsys,
+        "--strategy",
+        "single",
+        cache=tmp_path / "c",
     )
     old = _platform_layers(layout, first)
     # `single` for each image, planned together: the items arm64 shares with the other
@@ -373,7 +347,7 @@ def test_previous_index_reuses_the_layers_of_the_platform_built(
     common = ("--store-root", store.root, "--cache-dir", tmp_path / "c", "--entrypoint", "/bin/app")
     # one image for arm64: the arm64 image's store layer is what its closure fits
     single = _build(
-        capsys, *common, "--closure", closures["arm64"], "--arch", "arm64", "--previous",
+        capsys, *common, "--closure", platform_closures["arm64"], "--arch", "arm64", "--previous",
         f"oci:{layout}:v1", "-o", f"oci:{layout}:arm",
     )  # fmt: skip
     assert _image_layers(layout, single) == old["linux/arm64"]
@@ -385,23 +359,30 @@ def test_previous_index_reuses_the_layers_of_the_platform_built(
     before = _build(
         capsys, *common, "--strategy", "single", "--max-layers", "2",
         "--platform", f"linux/amd64={glibc}",
-        "--platform", f"linux/arm64={closures['arm64']}", "-o", f"oci:{layout}:before",
+        "--platform", f"linux/arm64={platform_closures['arm64']}", "-o", f"oci:{layout}:before",
     )  # fmt: skip
     previous = _platform_layers(layout, before)
-    again = build_multi(
-        store, closures, f"oci:{layout}:v2", capsys, "--previous", f"oci:{layout}:before",
+    again = build_platforms(
+        store, platform_closures, f"oci:{layout}:v2", capsys, "--previous", f"oci:{layout}:before",
         cache=tmp_path / "c",
     )  # fmt: skip
     assert _platform_layers(layout, again)["linux/arm64"] == previous["linux/arm64"]
-    fresh = build_multi(store, closures, f"oci:{layout}:v3", capsys, cache=tmp_path / "c")
+    fresh = build_platforms(
+        store, platform_closures, f"oci:{layout}:v3", capsys, cache=tmp_path / "c"
+    )
     assert _platform_layers(layout, fresh)["linux/arm64"] != previous["linux/arm64"]
 
 
 def test_verify_checks_every_platform_and_the_index(
-    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store,
+    platform_closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     layout = tmp_path / "layout"
-    digest = build_multi(store, closures, f"oci:{layout}:v1", capsys, cache=tmp_path / "c")
+    digest = build_platforms(
+        store, platform_closures, f"oci:{layout}:v1", capsys, cache=tmp_path / "c"
+    )
     blobs = layout / "blobs" / "sha256"
     index = _blob(layout, digest)
     # the index lists the arm64 image as s390x's
@@ -439,10 +420,15 @@ def test_verify_checks_every_platform_and_the_index(
 
 
 def test_diff_and_copy_choose_a_platform(
-    store: Store, closures: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store,
+    platform_closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     archive = tmp_path / "multi.tar"
-    build_multi(store, closures, f"oci-archive:{archive}:v1", capsys, cache=tmp_path / "c")
+    build_platforms(
+        store, platform_closures, f"oci-archive:{archive}:v1", capsys, cache=tmp_path / "c"
+    )
     source = f"oci-archive:{archive}:v1"
     status, out, err = run(["diff", "--json", "--platform", "linux/arm64", source, source], capsys)
     assert status == 0, err

@@ -15,31 +15,17 @@ from typing import Any
 
 import pytest
 
-from clistore import APP, TOOL, Store, run
+from clistore import Store, build_platforms, run
+from closurepack.registry import record
 from nixfixture import NixClosure
 from registry_fixtures import Registry
 from runtimes import PodmanRunner, require_tool, run_tool
-from test_multiarch import build_multi
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_source_date_epoch")]
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-@pytest.fixture(autouse=True)
-def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-
-
-@pytest.fixture
-def closures(store: Store, tmp_path: Path) -> dict[str, Path]:
-    """Two closures sharing glibc and zlib."""
-    return {
-        "amd64": store.closure_file(tmp_path / "app.json", [APP]),
-        "arm64": store.closure_file(tmp_path / "tool.json", [TOOL]),
-    }
 
 
 def _raw_bytes(ref: str) -> bytes:
@@ -68,15 +54,15 @@ def _uploads(registry: Registry, since: int = 0) -> Counter[str]:
 def test_index_pushed_last_and_shared_layers_uploaded_once(
     registry: Registry,
     store: Store,
-    closures: dict[str, Path],
+    platform_closures: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     require_tool("skopeo")
     host = registry.host
-    out = build_multi(
+    out = build_platforms(
         store,
-        closures,
+        platform_closures,
         f"docker://{host}/multi:1",
         capsys,
         "--tag",
@@ -113,7 +99,9 @@ def test_index_pushed_last_and_shared_layers_uploaded_once(
 
     # pushed again: nothing is sent
     mark = registry.mark()
-    again = build_multi(store, closures, f"docker://{host}/multi:1", capsys, cache=tmp_path / "c")
+    again = build_platforms(
+        store, platform_closures, f"docker://{host}/multi:1", capsys, cache=tmp_path / "c"
+    )
     assert again == out
     assert [r for r in registry.requests(mark) if r.method in ("POST", "PATCH", "PUT")] == []
 
@@ -164,14 +152,14 @@ def test_index_pushed_last_and_shared_layers_uploaded_once(
 def test_docker_format_pushes_a_manifest_list(
     registry: Registry,
     store: Store,
-    closures: dict[str, Path],
+    platform_closures: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     require_tool("skopeo")
     host = registry.host
-    out = build_multi(
-        store, closures, f"docker://{host}/list:1", capsys, "--format", "docker",
+    out = build_platforms(
+        store, platform_closures, f"docker://{host}/list:1", capsys, "--format", "docker",
         cache=tmp_path / "c",
     )  # fmt: skip
     body = _raw_bytes(f"{host}/list:1")
@@ -230,3 +218,60 @@ def test_podman_pulls_each_platform(
         ).split()
         assert shown == [arch, configs[arch]]
     assert podman_runner.run(ref) == nix_closure.expected_output
+
+
+def test_a_single_image_previous_of_a_multi_platform_build_is_read_with_one_manifest_get(
+    registry: Registry,
+    store: Store,
+    platform_closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--previous docker://... naming a single image, in a build of several platforms: the
+    registry's log shows one GET of the tag's manifest (not one to learn it is no index and
+    one more to read the image)."""
+    host = registry.host
+    status, _, err = run(
+        ["build", "--closure", platform_closures["amd64"], "--store-root", store.root, "-q",
+         "--no-cache", "--entrypoint", "/bin/app", "-o", f"docker://{host}/prev/app:1"],
+        capsys,
+    )  # fmt: skip
+    assert status == 0, err
+    mark = registry.mark()
+    build_platforms(
+        store, platform_closures, f"oci:{tmp_path / 'layout'}:v2", capsys,
+        "--previous", f"docker://{host}/prev/app:1", cache=tmp_path / "c",
+    )  # fmt: skip
+    gets = [r for r in registry.requests(mark) if r.method == "GET" and "/manifests/" in r.path]
+    assert [(r.path, r.status) for r in gets] == [("/v2/prev/app/manifests/1", 200)]
+
+
+def test_a_multi_platform_push_writes_the_blob_record_once(  # noqa: PLR0917 - fixtures
+    registry: Registry,
+    store: Store,
+    platform_closures: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record of where blobs were seen is rewritten once for the whole push (not once per
+    platform manifest and again for the index), and names every blob of every platform."""
+    writes: list[Path] = []
+    real = record.atomic_write
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.name == record.RECORD_NAME:
+            writes.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(record, "atomic_write", counting)
+    host = registry.host
+    build_platforms(
+        store, platform_closures, f"docker://{host}/rec:1", capsys, cache=tmp_path / "c"
+    )
+    assert writes == [tmp_path / "c" / record.RECORD_NAME]
+    index = _raw(f"{host}/rec:1")
+    manifests = [_raw(f"{host}/rec@{e['digest']}") for e in index["manifests"]]
+    blobs = {d["digest"] for m in manifests for d in [m["config"], *m["layers"]]}
+    kept = json.loads(writes[0].read_text())["registries"][host]
+    assert {d for d, repos in kept.items() if "rec" in repos} == blobs

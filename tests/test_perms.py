@@ -9,11 +9,14 @@ import os
 import re
 import subprocess
 import tarfile
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from clistore import APP, GLIBC, LIBFOO, ZLIB, OciImage, Store, read_oci, run
+from closurepack import build
 from closurepack.errors import OptionError
 from closurepack.perms import PermRule, Perms, parse_perm, parse_store_owner
 from closurepack.tarstream import TreeEntry, write_store_tar, write_tree_tar
@@ -257,6 +260,39 @@ def test_only_layers_a_rule_touches_change(
     # and a build without rules still gets the plain layer from the cache
     plain_again = _image(store, app_closure, tmp_path / "d", "--cache-dir", cache, capsys=capsys)
     assert plain_again.layer_digests == plain.layer_digests
+
+
+def test_each_layers_key_and_perms_part_are_worked_out_once_per_build(
+    store: Store,
+    app_closure: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A build works out each store layer's cache key, and the part of it --perms decides,
+    once: the key it looks the layer up by is the one a --cache-to publication names
+    (counted by wrapping the key functions where build.py looks them up)."""
+    keys: Counter[tuple[str, ...]] = Counter()
+    parts: Counter[tuple[str, ...]] = Counter()
+    real_key, real_part = build.layer_key, Perms.key_part
+
+    def counting_key(paths: Any, **kwargs: Any) -> str:
+        keys[tuple(sorted(paths))] += 1
+        return real_key(paths, **kwargs)
+
+    def counting_part(self: Perms, paths: Any, *, store_root: Path | None) -> dict[str, object]:
+        parts[tuple(sorted(paths))] += 1
+        return real_part(self, paths, store_root=store_root)
+
+    monkeypatch.setattr(build, "layer_key", counting_key)
+    monkeypatch.setattr(Perms, "key_part", counting_part)
+    image = _image(
+        store, app_closure, tmp_path / "a", "--cache-dir", tmp_path / "cache",
+        "--perms", f"{LIBFOO}/lib/deep/data.txt=0600:1:1", capsys=capsys,
+    )  # fmt: skip
+    layers = {(item,) for item in _items(image)}
+    assert set(keys) == set(parts) == layers == {(APP,), (LIBFOO,), (GLIBC,), (ZLIB,)}
+    assert set(keys.values()) == set(parts.values()) == {1}
 
 
 def _items(image: OciImage) -> list[str]:

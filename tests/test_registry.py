@@ -10,48 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from clistore import APP, GRAPH, Store, item, make_store, run
+from clistore import APP, GRAPH, Store, build_app, item, make_store, run
 from closurepack.errors import OptionError
 from closurepack.registry import RegistryOptions, is_loopback, parse_reference
 from closurepack.validate import inspect_image
 from registry_fixtures import Registry
 from runtimes import require_tool, run_tool
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-
-
-def _push(
-    store: Store,
-    closure: Path,
-    dest: str,
-    capsys: pytest.CaptureFixture[str],
-    *extra: object,
-    cache: Path,
-) -> str:
-    argv = [
-        "build",
-        "--closure",
-        closure,
-        "--store-root",
-        store.root,
-        "--cache-dir",
-        cache,
-        "--entrypoint",
-        "/bin/app",
-        "-q",
-        "-o",
-        dest,
-        *extra,
-    ]
-    status, out, err = run(argv, capsys)
-    assert status == 0, err
-    assert err == ""
-    return out.strip()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_source_date_epoch")]
 
 
 def _uploaded_digests(registry: Registry, since: int) -> set[str]:
@@ -78,7 +44,9 @@ def test_push_is_read_back_by_skopeo(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     require_tool("skopeo")
-    out = _push(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=tmp_path / "c")
+    out = build_app(
+        store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=tmp_path / "c"
+    )
     name, _, digest = out.partition("@")
     assert name == f"{registry.host}/app"
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
@@ -117,10 +85,10 @@ def test_repush_uploads_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = f"docker://{registry.host}/app:1"
-    first = _push(store, app_closure, dest, capsys, cache=tmp_path / "c")
+    first = build_app(store, app_closure, dest, capsys, cache=tmp_path / "c")
     assert _uploaded_digests(registry, 0)  # the first push did upload
     mark = registry.mark()
-    second = _push(store, app_closure, dest, capsys, cache=tmp_path / "c")
+    second = build_app(store, app_closure, dest, capsys, cache=tmp_path / "c")
     assert second == first
     later = registry.requests(mark)
     assert later  # it did talk to the registry ...
@@ -128,7 +96,7 @@ def test_repush_uploads_nothing(
     assert writes == []  # ... but only to look: no blob, no manifest sent again
     # A fresh cache (so no record of where blobs are) still finds them all by HEAD.
     mark = registry.mark()
-    third = _push(store, app_closure, dest, capsys, cache=tmp_path / "c2")
+    third = build_app(store, app_closure, dest, capsys, cache=tmp_path / "c2")
     assert third == first
     assert registry.blob_writes(mark) == []
 
@@ -140,13 +108,13 @@ def test_app_update_uploads_only_its_layer_and_the_config(
     app2 = item("6", "app-2.0")
     store = make_store(tmp_path / "root", {**GRAPH, app2: GRAPH[APP]})
     dest = f"docker://{registry.host}/app:1"
-    _push(
+    build_app(
         store, store.closure_file(tmp_path / "v1.json", [APP]), dest, capsys, cache=tmp_path / "c"
     )
     before = inspect_image(dest)
     mark = registry.mark()
     closure = store.closure_file(tmp_path / "v2.json", [app2])
-    _push(store, closure, dest, capsys, cache=tmp_path / "c")
+    build_app(store, closure, dest, capsys, cache=tmp_path / "c")
     after = inspect_image(dest)
     new_blobs = _blobs(after) - _blobs(before)
     app_layers = [layer for layer in after["layers"] if app2 in layer["paths"]]
@@ -165,10 +133,12 @@ def test_second_repository_mounts_every_blob(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     cache = tmp_path / "c"
-    _push(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=cache)
+    build_app(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=cache)
     assert (cache / "registry-blobs.json").is_file()
     mark = registry.mark()
-    out = _push(store, app_closure, f"docker://{registry.host}/team/other:2", capsys, cache=cache)
+    out = build_app(
+        store, app_closure, f"docker://{registry.host}/team/other:2", capsys, cache=cache
+    )
     writes = registry.blob_writes(mark)
     blobs = _blobs(inspect_image(f"docker://{registry.host}/team/other:2"))
     mounts = [r for r in writes if r.method == "POST" and "mount=" in r.path and r.status == 201]
@@ -186,7 +156,7 @@ def test_unreadable_blob_record_is_only_a_lost_hint(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     cache = tmp_path / "c"
-    _push(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=cache)
+    build_app(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=cache)
     record = cache / "registry-blobs.json"
     record.write_text("{not json")
     mark = registry.mark()
@@ -215,7 +185,7 @@ def test_docker_format_pushes_a_schema2_manifest(
 ) -> None:
     require_tool("skopeo")
     dest = f"docker://{registry.host}/app:docker"
-    out = _push(store, app_closure, dest, capsys, "--format", "docker", cache=tmp_path / "c")
+    out = build_app(store, app_closure, dest, capsys, "--format", "docker", cache=tmp_path / "c")
     raw = json.loads(run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", dest))
     assert raw["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     assert raw["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
@@ -246,7 +216,9 @@ def test_inspect_and_verify_docker_reference(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = _push(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=tmp_path / "c")
+    out = build_app(
+        store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=tmp_path / "c"
+    )
     status, text, err = run(["inspect", "--json", f"docker://{registry.host}/app:1"], capsys)
     assert status == 0, err
     info = json.loads(text)
@@ -264,7 +236,7 @@ def test_verify_catches_a_blob_changed_in_the_registry(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = f"docker://{registry.host}/app:1"
-    _push(store, app_closure, dest, capsys, cache=tmp_path / "c")
+    build_app(store, app_closure, dest, capsys, cache=tmp_path / "c")
     layer = inspect_image(dest)["layers"][0]["digest"].partition(":")[2]
     data = next((registry.root / "data").rglob(f"blobs/sha256/{layer[:2]}/{layer}/data"))
     blob = bytearray(data.read_bytes())
@@ -286,11 +258,11 @@ def test_build_from_and_previous_docker_references(
     base_closure = store.closure_file(tmp_path / "base.json", [ZLIB])
     app_closure = store.closure_file(tmp_path / "app.json", [APP])
     base = f"docker://{registry.host}/base:1"
-    _push(store, base_closure, base, capsys, "--no-tmp", cache=cache)
+    build_app(store, base_closure, base, capsys, "--no-tmp", cache=cache)
     base_layers = [la["digest"] for la in inspect_image(base)["layers"]]
     mark = registry.mark()
     dest = f"docker://{registry.host}/app:1"
-    _push(store, app_closure, dest, capsys, "--from", base, cache=tmp_path / "fresh")
+    build_app(store, app_closure, dest, capsys, "--from", base, cache=tmp_path / "fresh")
     info = inspect_image(dest)
     layers = [la["digest"] for la in info["layers"]]
     assert layers[: len(base_layers)] == base_layers
@@ -305,7 +277,9 @@ def test_build_from_and_previous_docker_references(
 
     # --previous docker://: the earlier image's layers are reused as they are.
     mark = registry.mark()
-    again = _push(store, app_closure, dest, capsys, "--from", base, "--previous", dest, cache=cache)
+    again = build_app(
+        store, app_closure, dest, capsys, "--from", base, "--previous", dest, cache=cache
+    )
     assert again.partition("@")[2] == info["manifest_digest"]
     assert registry.blob_writes(mark) == []
 
@@ -435,7 +409,9 @@ def test_every_tag_is_pushed(
     from closurepack.readback import read_image
     from closurepack.registry.push import push_image
 
-    out = _push(store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=tmp_path / "c")
+    out = build_app(
+        store, app_closure, f"docker://{registry.host}/app:1", capsys, cache=tmp_path / "c"
+    )
     image = read_image(f"docker://{out}")
     ref = parse_reference(f"docker://{registry.host}/copy", for_push=True)
     digest = push_image(image, ref, options=RegistryOptions(), tags=["a", "b"])

@@ -29,12 +29,7 @@ from closurepack.validate import inspect_image
 from registry_auth_fixtures import PASSWORD, USER, AuthRegistry, TokenServer
 from registry_fixtures import Registry, start_registry
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_source_date_epoch")]
 
 
 def _build(

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clistore import APP, GRAPH, Store, item, make_store, run
+from clistore import APP, GRAPH, Store, build_app, item, make_store, run
 from closurepack.digest import Digest
 from closurepack.errors import ImageError
 from closurepack.mediatypes import MediaType
@@ -46,11 +46,7 @@ def proxy(registry: Registry) -> Iterator[FaultProxy]:
 def _push(
     store: Store, closure: Path, dest: str, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> str:
-    argv = ["build", "--closure", closure, "--store-root", store.root, "--cache-dir", cache,
-            "--entrypoint", "/bin/app", "-q", "-o", dest]  # fmt: skip
-    status, out, err = run(argv, capsys)
-    assert status == 0, err
-    return out.strip()
+    return build_app(store, closure, dest, capsys, cache=cache)
 
 
 def _heads(requests: list[Request]) -> list[str]:

@@ -10,13 +10,16 @@ import hashlib
 import http.client
 import http.server
 import json
+import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import tarfile
 import threading
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,12 @@ from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from clistore import APP, GLIBC, GRAPH, LIBFOO, ZLIB, Store, read_oci, run
+from closurepack import sbom as sbom_module
+from closurepack import storedb
 from closurepack.artifacts import parse_referrer
 from closurepack.errors import ClosurepackError, StoreError
 from closurepack.sbom import SbomOptions
+from closurepack.sources import narhash
 from closurepack.sources.narhash import nar_digest, parse_nar_hash
 from handmade import oci_validator
 from nixfixture import NixClosure
@@ -191,6 +197,50 @@ def test_both_documents_validate_and_hold_every_item_once(
     assert graph.pop(image_ref) == {APP}
     assert graph == {p: set(GRAPH[p][0]) for p in items}
     assert cdx["metadata"]["component"]["type"] == "container"
+
+
+def test_sbom_and_store_database_hash_each_item_once(
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--sbom with --nix-db: an item without a narHash is NAR-hashed once, its digest shared by
+    the SBOM and the store database (both hold the files' own hash)."""
+    calls: Counter[str] = Counter()
+    real = narhash.nar_digest
+
+    def counting(path: Path | str | bytes) -> narhash.NarDigest:
+        calls[os.fsdecode(path)] += 1
+        return real(path)
+
+    for module in (narhash, sbom_module, storedb):  # wherever the hashing function is looked up
+        if hasattr(module, "nar_digest"):
+            monkeypatch.setattr(module, "nar_digest", counting)
+    closure = _closure_without_hashes(store, tmp_path / "app.json")
+    out = tmp_path / "app.cdx.json"
+    _build(capsys, closure, store, f"oci:{tmp_path / 'layout'}:v1", "--sbom", "cyclonedx",
+           "--sbom-out", out, "--nix-db")  # fmt: skip
+    items = store.closure_of([APP])
+    assert sorted(calls) == sorted(str(store.files(p)) for p in items)
+    assert set(calls.values()) == {1}
+    expected = {p: real(store.files(p)).sha256.hex() for p in items}
+    sbom_hashes = {
+        c["bom-ref"]: c["hashes"][0]["content"] for c in json.loads(out.read_text())["components"]
+    }
+    assert sbom_hashes == expected
+    image = read_oci(tmp_path / "layout", "v1")
+    database = image.layer_file(len(image.layer_digests) - 1, "nix/var/nix/db/db.sqlite")
+    assert _valid_paths(database, tmp_path) == {p: "sha256:" + h for p, h in expected.items()}
+
+
+def _valid_paths(data: bytes, tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "db.sqlite").write_bytes(data)
+    connection = sqlite3.connect(tmp_path / "db.sqlite")
+    try:
+        return dict(connection.execute("SELECT path, hash FROM ValidPaths"))
+    finally:
+        connection.close()
 
 
 def test_the_nar_hash_of_the_closure_source_is_used_as_it_is(
@@ -463,6 +513,83 @@ def test_sbom_out_names() -> None:
     }
     bare = SbomOptions(formats=("spdx", "cyclonedx"), out=Path("sbom"))
     assert bare.out_paths() == {"spdx": Path("sbom.spdx.json"), "cyclonedx": Path("sbom.cdx.json")}
+
+
+# One SBOM per platform ----------------------------------------------------------------------------
+
+
+def _blob_of(dest: str, digest: str, registry: Registry | None) -> bytes:
+    """Blob ``digest`` of the image at ``dest`` (an oci: layout, an oci-archive or a registry)."""
+    hex_digest = digest.split(":", 1)[1]
+    if registry is not None:
+        status, body = _get(registry, f"/v2/multi/blobs/{digest}", "*/*")
+        assert status == 200
+        return body
+    path = Path(dest.split(":", 1)[1].rsplit(":", 1)[0])
+    if dest.startswith("oci:"):
+        return (path / "blobs" / "sha256" / hex_digest).read_bytes()
+    with tarfile.open(path) as tar:
+        member = tar.extractfile(f"blobs/sha256/{hex_digest}")
+        assert member is not None
+        return member.read()
+
+
+@pytest.mark.parametrize("kind", ["oci", "oci-archive", "docker"])
+def test_each_platform_image_gets_its_own_sbom(
+    kind: str,
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+) -> None:
+    """build --platform ... --sbom: one SBOM per platform image, describing that platform's
+    closure, attached to that image's manifest; inspect --platform lists it."""
+    registry: Registry | None = request.getfixturevalue("registry") if kind == "docker" else None
+    dest = {
+        "oci": f"oci:{tmp_path / 'layout'}:v1",
+        "oci-archive": f"oci-archive:{tmp_path / 'multi.tar'}:v1",
+        "docker": f"docker://{registry.host}/multi:v1" if registry else "",
+    }[kind]
+    closures = {
+        "amd64": store.closure_file(tmp_path / "app.json", [APP]),
+        "arm64": store.closure_file(tmp_path / "glibc.json", [GLIBC]),
+    }
+    argv = ["build", "-q", "--no-cache", "--store-root", store.root, "--entrypoint", "/bin/app"]
+    for arch, closure in closures.items():
+        argv += ["--platform", f"linux/{arch}={closure}"]
+    status, _, err = run([*argv, "--sbom", "cyclonedx", "-o", dest], capsys)
+    assert status == 0, err
+    for arch, items in (("amd64", store.closure_of([APP])), ("arm64", store.closure_of([GLIBC]))):
+        status, out, err = run(["inspect", "--json", "--platform", f"linux/{arch}", dest], capsys)
+        assert status == 0, err
+        (artifact,) = json.loads(out)["artifacts"]
+        assert artifact["artifact_type"] == CYCLONEDX
+        (document,) = artifact["documents"]
+        sbom = json.loads(_blob_of(dest, document["digest"], registry))
+        assert sorted(c["bom-ref"] for c in sbom["components"]) == items
+    if kind == "oci":  # the layout's index: the image under its tag, and the two artifacts
+        index = json.loads((tmp_path / "layout" / "index.json").read_text())
+        assert sorted(m.get("artifactType", "") for m in index["manifests"]) == [
+            "",
+            CYCLONEDX,
+            CYCLONEDX,
+        ]
+
+
+def test_sbom_out_with_platform_is_one_line(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closure = store.closure_file(tmp_path / "app.json", [APP])
+    status, out, err = run(
+        ["build", "--store-root", store.root, "--platform", f"linux/amd64={closure}",
+         "--sbom", "spdx", "--sbom-out", tmp_path / "x.json", "-o", f"oci:{tmp_path / 'l'}"],
+        capsys,
+    )  # fmt: skip
+    assert (status, out) == (2, "")
+    assert err == (
+        "closurepack: error: --sbom-out names one file per format: not with --platform\n"
+    )
+    assert not (tmp_path / "l").exists()
 
 
 # A registry without a referrers API -------------------------------------------------------------

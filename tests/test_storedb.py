@@ -4,9 +4,11 @@ customisation layer, NAR hashes read in every form and computed from files, and 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -15,13 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from clistore import APP, GLIBC, LIBFOO, TOOL, ZLIB, Store, item, read_oci, run
 from closurepack.errors import ClosureError, OptionError, StoreError
 from closurepack.graph import Closure, StoreItem
-from closurepack.sources.narhash import format_nar_hash, nar_digest, parse_nar_hash
+from closurepack.sources.narhash import (
+    NarDigests,
+    format_nar_hash,
+    nar_digest,
+    parse_nar_hash,
+)
 from closurepack.sources.narsize import nar_size
 from closurepack.storedb import (
     GUIX_DB,
@@ -234,7 +241,7 @@ def test_registrations_compute_missing_hashes_and_keep_self_references(tmp_path:
         ],
         source="graph",
     )
-    regs = registrations(closure, store_root=tmp_path)
+    regs = registrations(closure, NarDigests(tmp_path))
     computed = nar_digest(glibc)
     assert regs == [
         Registration(GLIBC, computed.nar_hash, computed.size, item("8", "glibc.drv"), (GLIBC,)),
@@ -247,7 +254,7 @@ def test_a_deriver_that_is_no_store_path_is_refused() -> None:
         [StoreItem(GLIBC, 1, (), "sha256:" + "0" * 64, "not a path")], source="graph.json"
     )
     with pytest.raises(ClosureError, match=rf"graph.json: {GLIBC}: deriver: store path"):
-        registrations(closure, store_root=None)
+        registrations(closure, NarDigests(None))
 
 
 def test_an_item_referring_outside_the_image_cannot_be_registered() -> None:
@@ -318,6 +325,23 @@ def test_a_file_that_is_no_derivation_is_one_line(tmp_path: Path, text: str) -> 
 _DRV_SEED = 'Derive([("dev","/nix/store/a-x-dev","",""),("out","/nix/store/b-x","","")],[])'
 
 
+_OUTPUT = re.compile(r'\("([^"\\]*)","([^"\\]*)","[^"\\]*","[^"\\]*"\)')
+
+
+def _outputs_by_hand(text: str) -> tuple[tuple[str, str], ...] | None:
+    """The outputs of a derivation without escapes, read with a regular expression of its
+    entries (independently of the parser under test); None when it is not one."""
+    if not text.startswith("Derive(["):
+        return None
+    at, found = len("Derive(["), {}
+    while entry := _OUTPUT.match(text, at):
+        found[entry[1]] = entry[2]
+        at = entry.end() + text.startswith(",", entry.end())
+    if not text.startswith("]", at):
+        return None
+    return tuple(sorted((name, path) for name, path in found.items() if path))
+
+
 @settings(max_examples=300, deadline=None, database=None)
 @given(
     st.text(max_size=80)
@@ -328,32 +352,76 @@ _DRV_SEED = 'Derive([("dev","/nix/store/a-x-dev","",""),("out","/nix/store/b-x",
     )
     | st.integers(0, len(_DRV_SEED)).map(lambda cut: _DRV_SEED[:cut])
 )
+@example(_DRV_SEED)
 def test_any_text_is_a_derivation_or_one_line(text: str) -> None:
+    """A derivation's outputs are exactly those its text lists (checked against a reading
+    by hand wherever the text has no escapes); anything else is one line naming the file."""
     with tempfile.TemporaryDirectory() as directory:
         drv = Path(directory, "x.drv")
         drv.write_text(text, encoding="utf-8", errors="surrogatepass")
         try:
-            outputs = derivation_outputs(drv, where="x.drv")
-        except StoreError as exc:
-            outputs, message = (), str(exc)
+            text.encode()
+        except UnicodeEncodeError:  # lone surrogates: the file is not UTF-8
+            expected = None
         else:
-            message = "x.drv: read"
-    assert len(message.splitlines()) == 1
-    assert message.startswith("x.drv: ")
-    assert all(isinstance(name, str) and path for name, path in outputs)
+            expected = _outputs_by_hand(text) if "\\" not in text else ...
+        try:
+            outputs: tuple[tuple[str, str], ...] | None = derivation_outputs(drv, where="x.drv")
+        except StoreError as exc:
+            message = str(exc)
+            assert len(message.splitlines()) == 1
+            assert message.startswith("x.drv: ")
+            outputs = None
+    if expected is not ...:
+        assert outputs == expected
+    if text == _DRV_SEED:
+        assert outputs == (("dev", "/nix/store/a-x-dev"), ("out", "/nix/store/b-x"))
+
+
+def _spellings(digest: bytes) -> list[str]:
+    """Every way a NAR hash may be written (written here from the formats' definitions)."""
+    hex_text, nix32, b64 = digest.hex(), _nix32(digest), base64.b64encode(digest).decode()
+    bodies = [hex_text, hex_text.upper(), nix32, b64]
+    return [*bodies, *(f"sha256:{b}" for b in bodies), f"sha256-{b64}"]
+
+
+def _edited(digest: bytes, pick: int, at: int, junk: str, drop: int) -> str:
+    text = _spellings(digest)[pick % 9]
+    return text[:at] + junk + text[at + drop :]
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(st.binary(min_size=32, max_size=32), st.text(max_size=70))
-def test_any_hash_text_reads_as_32_bytes_or_one_line(digest: bytes, text: str) -> None:
-    assert parse_nar_hash("sha256:" + _nix32(digest), where="x") == digest
+@given(
+    st.binary(min_size=32, max_size=32),
+    st.text(max_size=70)
+    | st.builds(  # a spelling of a hash with a few characters changed, dropped or added
+        _edited,
+        st.binary(min_size=32, max_size=32),
+        st.integers(0, 8),
+        st.integers(0, 72),
+        st.sampled_from(["", " ", "  ", "0", "a", "=", "-", ":", "\n"]),
+        st.integers(0, 2),
+    ),
+)
+@example(bytes(32), "sha256:" + "aa " * 21 + " ")  # 64 characters, fromhex reads 21 bytes
+def test_any_hash_text_reads_as_its_32_bytes_or_one_line(digest: bytes, text: str) -> None:
+    """Every spelling of a digest reads as that digest; any other text either is a spelling
+    of the 32 bytes it reads as, or fails in one line naming where it was read."""
+    for spelling in _spellings(digest):
+        assert parse_nar_hash(spelling, where="x") == digest, spelling
     try:
-        parsed, message = parse_nar_hash(text, where="x"), "x: read"
+        parsed = parse_nar_hash(text, where="x")
     except StoreError as exc:
-        parsed, message = bytes(32), str(exc)
-    assert len(message.splitlines()) == 1
-    assert message.startswith("x: ")
+        message = str(exc)
+        assert len(message.splitlines()) == 1
+        assert message.startswith("x: ")
+        return
     assert len(parsed) == 32
+    assert (
+        text in _spellings(parsed)
+        or base64.b64decode(text.removeprefix("sha256-").removeprefix("sha256:"), validate=True)
+        == parsed
+    )  # base-64 whose unused low bits are set still decodes to these bytes
 
 
 # Through the CLI ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from clistore import read_oci, run
+from closurepack.sources.narhash import NarDigests
 from closurepack.sources.query import query_closure
 from closurepack.storedb import NIX_DB, database_bytes, registrations
 from nixfixture import NixClosure
@@ -58,7 +59,7 @@ def test_schema_and_rows_are_those_nix_load_db_makes(
     closure = query_closure([nix_closure.app])
     ours_file = tmp_path / "ours.sqlite"
     ours_file.write_bytes(
-        database_bytes(registrations(closure, store_root=None), NIX_DB, registration_time=1)
+        database_bytes(registrations(closure, NarDigests(None)), NIX_DB, registration_time=1)
     )
     theirs, ours = sqlite3.connect(theirs_file), sqlite3.connect(ours_file)
     try:
@@ -208,7 +209,7 @@ def test_derivations_register_their_outputs_as_load_db_does(
     theirs = sqlite3.connect(_load_db(root, paths))
     ours_file = tmp_path / "ours.sqlite"
     closure = query_closure([drv])
-    regs = registrations(closure, store_root=None)
+    regs = registrations(closure, NarDigests(None))
     ours_file.write_bytes(database_bytes(regs, NIX_DB, registration_time=1))
     ours = sqlite3.connect(ours_file)
     try:

@@ -12,7 +12,6 @@ bytes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from closurepack.digest import Digest
 from closurepack.errors import ImageError
 from closurepack.image import canonical_json
+from closurepack.jsontext import parse_json_object
 from closurepack.mediatypes import MediaType
 
 __all__ = [
@@ -203,12 +203,7 @@ class Referrer:
 
 def parse_referrer(manifest: bytes, *, where: str) -> Referrer:
     """An artifact manifest's parts; an ImageError naming ``where`` when it is not one."""
-    try:
-        obj = json.loads(manifest)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ImageError(f"{where}: not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ImageError(f"{where}: not a JSON object")
+    obj = parse_json_object(manifest, where)
     config = obj.get("config")
     config = config if isinstance(config, dict) else {}
     artifact_type = obj.get("artifactType") or config.get("mediaType")

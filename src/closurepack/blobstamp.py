@@ -61,8 +61,3 @@ class BlobStamps:
             self.directory.mkdir(parents=True, exist_ok=True)
             with atomic_write(self._record(st), fsync=False) as out:
                 out.write(f"{digest} {_stamp(st)}\n".encode())
-
-    def forget(self, path: Path) -> None:
-        """Drop ``path``'s record (before it is replaced)."""
-        with contextlib.suppress(OSError):
-            self._record(os.stat(path, follow_symlinks=False)).unlink()

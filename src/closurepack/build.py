@@ -35,10 +35,11 @@ __all__ = [
     "LayerEvent",
     "LayerSource",
     "ProgressCallback",
+    "build_keyed_layers",
     "build_layers",
     "check_mtime",
+    "customisation_layer",
     "default_mtime",
-    "layer_keys",
     "read_descriptors",
     "scratch_dir",
     "store_layer_key",
@@ -128,13 +129,17 @@ ProgressCallback = Callable[[LayerEvent], None]
 
 def store_layer_key(layer: PlannedLayer, options: BuildOptions) -> str:
     """The cache key of the planned store layer ``layer`` built with ``options``."""
+    return _store_key(layer, options, _perms_part(layer, options))
+
+
+def _store_key(layer: PlannedLayer, options: BuildOptions, perms: dict[str, object]) -> str:
     return layer_key(
         layer.paths,
         store_dir=options.store_dir,
         compression=options.compression,
         level=options.level,
         mtime=options.mtime,
-        perms=_perms_part(layer, options),
+        perms=perms,
     )
 
 
@@ -146,20 +151,25 @@ def _perms_part(layer: PlannedLayer, options: BuildOptions) -> dict[str, object]
     return perms.key_part(layer.paths, store_root=options.store_root)
 
 
-def _customisation_key(customisation: Customisation, options: BuildOptions) -> str:
-    return customisation_layer_key(
-        customisation, compression=options.compression, level=options.level, mtime=options.mtime
+def customisation_layer(
+    customisation: Customisation,
+    *,
+    compression: str,
+    level: int | None,
+    mtime: int,
+    work_dir: Path,
+    source: LayerSource | None,
+) -> tuple[str, BuiltLayer | RemoteLayer, bool]:
+    """The customisation layer's key and the layer: from ``source`` (a shared layer cache)
+    when it has it, else built into ``work_dir``; and whether ``source`` had it."""
+    key = customisation_layer_key(customisation, compression=compression, level=level, mtime=mtime)
+    found = source(key, PlannedLayer(()), work_dir) if source is not None else None
+    if found is not None:
+        return key, dataclasses.replace(found, verified=True, comment="customisation"), True
+    built = build_customisation_layer(
+        customisation, compression=compression, level=level, mtime=mtime, dest_dir=work_dir
     )
-
-
-def layer_keys(
-    image: ImagePlan, options: BuildOptions, customisation: Customisation | None = None
-) -> list[str]:
-    """The cache keys of the layers :func:`build_layers` returns for these arguments."""
-    keys = [store_layer_key(layer, options) for layer in image.layers]
-    if customisation is not None and not customisation.is_empty:
-        keys.append(_customisation_key(customisation, options))
-    return keys
+    return key, built, False
 
 
 def build_layers(
@@ -171,8 +181,30 @@ def build_layers(
     progress: ProgressCallback | None = None,
     reuse: Mapping[tuple[str, ...], Callable[[Path], BuiltLayer]] | None = None,
 ) -> list[BuiltLayer | RemoteLayer]:
+    """The layers of :func:`build_keyed_layers`, without their keys."""
+    keyed = build_keyed_layers(
+        image,
+        options=options,
+        work_dir=work_dir,
+        customisation=customisation,
+        progress=progress,
+        reuse=reuse,
+    )
+    return [layer for _, layer in keyed]
+
+
+def build_keyed_layers(
+    image: ImagePlan,
+    *,
+    options: BuildOptions,
+    work_dir: Path,
+    customisation: Customisation | None = None,
+    progress: ProgressCallback | None = None,
+    reuse: Mapping[tuple[str, ...], Callable[[Path], BuiltLayer]] | None = None,
+) -> list[tuple[str, BuiltLayer | RemoteLayer]]:
     """Build every planned layer of ``image`` (``options.jobs`` at a time), bottom first, plus
-    the customisation layer on top when it has anything to add.
+    the customisation layer on top when it has anything to add; each with its cache key
+    (computed once: the build and a ``--cache-to`` publication use the same).
 
     A layer whose sorted paths are a key of ``reuse`` is not built: its function puts an
     existing blob (a ``--previous`` image's) into ``work_dir`` and describes it.
@@ -192,9 +224,10 @@ def build_layers(
     total = len(planned) + (1 if customisation and not customisation.is_empty else 0)
     total_size = sum(layer.size for layer in planned)
 
-    def one(index: int, layer: PlannedLayer) -> BuiltLayer | RemoteLayer:
+    def one(index: int, layer: PlannedLayer) -> tuple[str, BuiltLayer | RemoteLayer]:
         started = time.perf_counter()
-        key = store_layer_key(layer, options)
+        perms = _perms_part(layer, options)
+        key = _store_key(layer, options, perms)
 
         def build(dest_dir: Path) -> BuiltLayer:
             return build_store_layer(
@@ -210,8 +243,7 @@ def build_layers(
 
         hit: BuiltLayer | RemoteLayer | None = None
         # a --previous image's blob has none of the modes and owners --perms gives
-        touched = bool(_perms_part(layer, options))
-        reused = None if touched else (reuse or {}).get(tuple(sorted(layer.paths)))
+        reused = None if perms else (reuse or {}).get(tuple(sorted(layer.paths)))
         if reused is not None:
             hit = reused(work_dir)
         if hit is None and options.cache is not None:
@@ -240,12 +272,12 @@ def build_layers(
                     total_size,
                 )
             )
-        return built
+        return key, built
 
     # The first failure stops the build: layers not started by then never start.
     failed = threading.Event()
 
-    def guarded(index: int, layer: PlannedLayer) -> BuiltLayer | RemoteLayer:
+    def guarded(index: int, layer: PlannedLayer) -> tuple[str, BuiltLayer | RemoteLayer]:
         if failed.is_set():
             raise CancelledError
         try:
@@ -279,22 +311,15 @@ def build_layers(
 
     if customisation is not None and not customisation.is_empty:
         started = time.perf_counter()
-        top: BuiltLayer | RemoteLayer | None = None
-        if options.source is not None:
-            key = _customisation_key(customisation, options)
-            top = options.source(key, PlannedLayer(()), work_dir)
-        reused = top is not None
-        if top is None:
-            top = build_customisation_layer(
-                customisation,
-                compression=options.compression,
-                level=options.level,
-                mtime=options.mtime,
-                dest_dir=work_dir,
-            )
-        else:
-            top = dataclasses.replace(top, verified=True, comment="customisation")
-        layers.append(top)
+        key, top, reused = customisation_layer(
+            customisation,
+            compression=options.compression,
+            level=options.level,
+            mtime=options.mtime,
+            work_dir=work_dir,
+            source=options.source,
+        )
+        layers.append((key, top))
         if progress is not None:
             progress(
                 LayerEvent(

@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from closurepack.artifacts import Attachment
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
-    build_layers,
-    layer_keys,
+    build_keyed_layers,
     scratch_dir,
 )
 from closurepack.buildoptions import BuildInput, LayerOptions
@@ -32,6 +32,7 @@ from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import Closure, check_readable_store
 from closurepack.image import (
     BaseImage,
+    Image,
     ImageConfig,
     assemble_image,
     layer_paths_from_config,
@@ -67,6 +68,7 @@ from closurepack.registry import (
 )
 from closurepack.registry.record import RECORD_NAME
 from closurepack.sbomjob import SbomJob
+from closurepack.sources.narhash import NarDigests
 from closurepack.sources.query import query_closure
 from closurepack.storedb import STORE_DBS, image_closure, store_db_entries
 from closurepack.tarstream import TreeEntry
@@ -153,8 +155,8 @@ def build_image(
     from_image = image.from_image
     base_count = max(len(base.layers) if base else 0 for _, _, base in prepared)
     reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
-    if targets and sbom.enabled:
-        raise OptionError("--sbom describes one closure: not with --platform")
+    if targets and sbom.out is not None:
+        raise OptionError("--sbom-out names one file per format: not with --platform")
     whole: list[Closure] = []  # the closures as given, before the --from image's items go
     provided: list[set[str]] = []  # per closure: the items its --from image holds
 
@@ -233,12 +235,13 @@ def build_image(
         image_plans = list(plan.images)
     else:
         image_plans = [select_image(plan, image_selector, source=source)]
-    sbom_job = None
-    if sbom.enabled:  # one image: --platform is refused above
-        number = _image_number(plan.images, image_plans[0])
-        sbom_job = SbomJob(
-            sbom, whole[number], name=image_plans[0].name, dest=dest, store_root=store_root
-        )
+    digests = NarDigests(store_root)  # an item's files hashed once for SBOM and store database
+    sbom_jobs = []  # one per image (per platform): each describes its own closure
+    if sbom.enabled:
+        for image_plan in image_plans:
+            number = _image_number(plan.images, image_plan)
+            name = image_plan.name
+            sbom_jobs.append(SbomJob(sbom, whole[number], name=name, dest=dest, digests=digests))
     jobs_of: list[tuple[ImagePlan, ImageConfig, Customisation, BaseImage | None]] = []
     for image_plan, (config, wanted, base) in zip(image_plans, prepared, strict=True):
         customisation = dataclasses.replace(wanted, store_dir=plan.store_dir)
@@ -249,7 +252,7 @@ def build_image(
                 closures=[whole[number]] if targets else whole,
                 provided=provided[number] if provided else set(),
                 image=image_plan,
-                store_root=store_root,
+                digests=digests,
                 mtime=mtime,
                 source=source,
             )
@@ -306,7 +309,7 @@ def build_image(
         images = []
         published: list[tuple[str, BuiltLayer | RemoteLayer]] = []
         for image_plan, config, customisation, base in jobs_of:
-            layers = build_layers(
+            keyed = build_keyed_layers(
                 image_plan,
                 options=options,
                 work_dir=Path(work),
@@ -314,9 +317,9 @@ def build_image(
                 progress=hook,
                 reuse=reuse,
             )
+            layers = [layer for _, layer in keyed]
             images.append(assemble_image(layers, config=config, base=base))
-            keys = layer_keys(image_plan, options, customisation)
-            published.extend(zip(keys, layers, strict=True))
+            published.extend(keyed)
         warn_if_no_command(images[0], dest)
         result = write_or_push(
             ImageIndex.of(
@@ -330,11 +333,11 @@ def build_image(
             name=None if targets else image_plans[0].name,
             started=started,
             pusher=pusher,
-            attach=sbom_job.attachments if sbom_job is not None else None,
+            attach=_sbom_attacher(images, sbom_jobs) if sbom_jobs else None,
             streamer=streamer,
             stamps=cache.stamps if cache is not None else None,
         )
-        if sbom_job is not None:
+        for sbom_job in sbom_jobs:
             sbom_job.write_files()
         if shared is not None:
             shared.publish(list(dict(published).items()), dest=pusher.ref if pusher else None)
@@ -347,25 +350,33 @@ def _store_db_entries(
     closures: Sequence[Closure],
     provided: set[str],
     image: ImagePlan,
-    store_root: Path | None,
+    digests: NarDigests,
     mtime: int,
     source: str,
 ) -> tuple[TreeEntry, ...]:
     """The customisation layer's store database for the image planned as ``image``: its
     items (those of its layers, and those of the closure a ``--from`` image already holds),
     with the graph and hashes of ``closures``, or for a plan file (no closures) asked of the
-    store that holds them (scanned under ``store_root``)."""
+    store that holds them (scanned under ``digests.store_root``); NAR hashes the closures
+    lack from ``digests``, shared with the SBOM."""
     paths = set(image.paths)
     if closures:
         whole = closures[0] if len(closures) == 1 else Closure.union(closures, source=source)
         paths = (paths | provided) & whole.items.keys()
     else:
-        whole = query_closure(sorted(paths), store_root=store_root)
+        whole = query_closure(sorted(paths), store_root=digests.store_root)
     closure = image_closure(whole, sorted(paths), where=source)
-    entries = store_db_entries(
-        closure, STORE_DBS[kind], registration_time=mtime, store_root=store_root
-    )
+    entries = store_db_entries(closure, STORE_DBS[kind], registration_time=mtime, digests=digests)
     return tuple(entries)
+
+
+def _sbom_attacher(
+    images: Sequence[Image], jobs: Sequence[SbomJob]
+) -> Callable[[Image], Sequence[Attachment]]:
+    """The SBOMs of each image built (``images[i]`` is ``jobs[i]``'s), found by its config
+    (an index in Docker's flavour holds converted copies of the images, with their configs)."""
+    by_config = {image.config_digest: job for image, job in zip(images, jobs, strict=True)}
+    return lambda image: by_config[image.config_digest].attachments(image)
 
 
 def _image_number(images: Sequence[ImagePlan], image_plan: ImagePlan) -> int:

@@ -32,6 +32,7 @@ import pyfastcdc
 import zstandard
 
 from closurepack.chunkedtoc import (
+    TAR_ENTRY_TYPES,
     annotations_for,
     footer_bytes,
     mtime_text,
@@ -62,17 +63,6 @@ _BATCH = 8 << 20  # uncompressed bytes compressed in one parallel call
 _BATCH_FRAMES = 4096
 
 _BLOCK = 512
-_TYPES = {
-    b"0": "reg",
-    b"\0": "reg",
-    b"7": "reg",
-    b"1": "hardlink",
-    b"2": "symlink",
-    b"3": "char",
-    b"4": "block",
-    b"5": "dir",
-    b"6": "fifo",
-}
 
 
 def chunked_identity() -> str:
@@ -233,7 +223,7 @@ class ChunkedCompressor:
                 self._state, self._need = "pax", size + (-size % _BLOCK)
             return
         pax, self._pax = self._pax, {}
-        kind = _TYPES.get(typeflag)
+        kind = TAR_ENTRY_TYPES.get(typeflag)
         if kind is None:
             raise StoreError(f"tar entry type {typeflag!r} cannot go in a zstd:chunked layer")
         name_b = pax.get(b"path")

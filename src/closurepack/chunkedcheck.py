@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import shutil
 import struct
@@ -21,7 +22,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol
 
 import fastcrc
 import zstandard
@@ -31,28 +32,26 @@ from closurepack.chunkedtoc import (
     FOOTER_MAGIC,
     FOOTER_SIZE,
     POSITION_KEYS,
+    SKIPPABLE_MAGIC,
+    TAR_ENTRY_TYPES,
     TARSPLIT_KEY,
     TOC_TYPE,
+    is_skippable_magic,
     mtime_text,
     parse_position,
 )
 from closurepack.decompression import open_decompressed
 
-__all__ = ["check_chunked_layer"]
+__all__ = ["ChunkedCheck", "Readable", "check_chunked_layer", "chunked_check"]
 
 _CHUNK = 1 << 20
 _MAX_TOC = 150 << 20  # what containers/storage accepts
-_TYPES = {
-    tarfile.REGTYPE: "reg",
-    tarfile.AREGTYPE: "reg",
-    tarfile.CONTTYPE: "reg",
-    tarfile.LNKTYPE: "hardlink",
-    tarfile.SYMTYPE: "symlink",
-    tarfile.CHRTYPE: "char",
-    tarfile.BLKTYPE: "block",
-    tarfile.DIRTYPE: "dir",
-    tarfile.FIFOTYPE: "fifo",
-}
+
+
+class Readable(Protocol):
+    """What the check reads a decompressed tar from."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class _ChunkedError(Exception):
@@ -121,7 +120,7 @@ def _check_footer(blob: IO[bytes], toc_pos: tuple[int, ...], split_pos: tuple[in
     frame = _read_at(blob, size - FOOTER_SIZE - 8, FOOTER_SIZE + 8, "the footer")
     magic, length = struct.unpack("<II", frame[:8])
     values = struct.unpack("<7Q", frame[8:64])
-    if magic != 0x184D2A50 or length != FOOTER_SIZE or frame[64:] != FOOTER_MAGIC:
+    if magic != SKIPPABLE_MAGIC or length != FOOTER_SIZE or frame[64:] != FOOTER_MAGIC:
         raise _ChunkedError("the blob does not end with a zstd:chunked footer frame")
     if (*values[:3], values[3]) != toc_pos or values[4:] != split_pos:
         raise _ChunkedError(
@@ -137,7 +136,7 @@ def _skippable(blob: IO[bytes], pos: tuple[int, ...], what: str) -> bytes:
         raise _ChunkedError(f"{what} offset {offset} leaves no room for its frame header")
     header = _read_at(blob, offset - 8, 8, what)
     magic, size = struct.unpack("<II", header)
-    if magic & 0xFFFFFFF0 != 0x184D2A50 or size != length:
+    if not is_skippable_magic(magic) or size != length:
         raise _ChunkedError(
             f"{what} at {offset} is not the content of a skippable frame of {length}"
         )
@@ -148,16 +147,12 @@ def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _tar_members(opener: Callable[[], BinaryIO]) -> list[_Member]:
+def _tar_members(plain: IO[bytes]) -> list[_Member]:
     members: list[_Member] = []
-    with (
-        opener() as src,
-        open_decompressed("zstd", src) as plain,
-        tarfile.open(fileobj=plain, mode="r|", encoding="utf-8") as tar,  # type: ignore[call-overload]
-    ):
+    with tarfile.open(fileobj=plain, mode="r|", encoding="utf-8") as tar:
         for info in tar:
             meta: dict[str, Any] = {
-                "type": _TYPES.get(info.type, repr(info.type)),
+                "type": TAR_ENTRY_TYPES.get(info.type, repr(info.type)),
                 "name": info.name,
                 "linkName": info.linkname,
                 "mode": info.mode,
@@ -245,41 +240,126 @@ def _check_frames(
     return problems
 
 
-def _check_tarsplit(
-    opener: Callable[[], BinaryIO], lines: list[Any], names: list[str]
-) -> list[str]:
-    """The tar rebuilt from the tar-split's segments and the tar's own file contents must be
-    the tar: every segment equal to the tar's bytes there, every file's size and CRC-64."""
-    files = []
-    with opener() as src, open_decompressed("zstd", src) as plain:
-        for number, line in enumerate(lines):
+class _SplitFollower:
+    """The tar-split checked against the tar as its bytes pass (:meth:`feed`, in order):
+    every segment equal to the tar's bytes there, every file's size and CRC-64; the first
+    problem is kept in :attr:`problem`."""
+
+    def __init__(self, lines: list[Any]) -> None:
+        self._lines = lines
+        self._at = -1  # the line the coming bytes belong to
+        self._segment = b""  # a segment line's bytes, and how many of them have passed
+        self._done = 0
+        self._left = 0  # a file line's content bytes still to come, and their CRC so far
+        self._crc: int | None = None
+        self.files: list[str] = []
+        self.problem: str | None = None
+        self._next()
+
+    def _next(self) -> None:
+        """On to the next line that expects bytes (lines that expect none are done now)."""
+        while self.problem is None:
+            self._at += 1
+            if self._at == len(self._lines):
+                return
+            number, line = self._at, self._lines[self._at]
             if not isinstance(line, dict) or line.get("position") != number:
-                return [f"tar-split line {number} is not an entry at position {number}"]
+                self.problem = f"tar-split line {number} is not an entry at position {number}"
+            elif line.get("type") == 2:
+                self._segment, self._done = base64.b64decode(line.get("payload") or ""), 0
+                if self._segment:
+                    return
+            elif line.get("type") != 1:
+                self.problem = f"tar-split line {number} has unknown type {line.get('type')!r}"
+            else:
+                self.files.append(str(line.get("name")))
+                self._left, self._crc = int(line.get("size", 0)), None
+                if self._left:
+                    return
+                self._file_done()
+
+    def _file_done(self) -> None:
+        line = self._lines[self._at]
+        crc = self._crc
+        want_crc = None if crc is None else base64.b64encode(crc.to_bytes(8, "big")).decode()
+        if line.get("payload") != want_crc:
+            self.problem = f"tar-split: {line.get('name')}: CRC-64 differs from its content's"
+
+    def feed(self, data: bytes) -> None:
+        """The tar's next bytes."""
+        view = memoryview(data)  # slices of it copy nothing
+        while view and self.problem is None:
+            if self._at == len(self._lines):
+                self.problem = "tar-split ends before the tar does"
+                return
+            if self._lines[self._at].get("type") == 2:
+                n = min(len(self._segment) - self._done, len(view))
+                if view[:n] != self._segment[self._done : self._done + n]:
+                    self.problem = (
+                        f"tar-split segment {self._at} differs from the tar's bytes there"
+                    )
+                    return
+                self._done += n
+                view = view[n:]
+                if self._done == len(self._segment):
+                    self._next()
+            else:
+                n = min(self._left, len(view))
+                self._crc = fastcrc.crc64.go_iso(bytes(view[:n]), self._crc)
+                self._left -= n
+                view = view[n:]
+                if not self._left:
+                    self._file_done()
+                    if self.problem is None:
+                        self._next()
+
+    def finish(self, names: list[str]) -> list[str]:
+        """Every problem, once the tar has ended; ``names`` are the TOC's entries."""
+        if self.problem is None and self._at < len(self._lines):
+            line = self._lines[self._at]
             if line.get("type") == 2:
-                want = base64.b64decode(line.get("payload") or "")
-                if plain.read(len(want)) != want:
-                    return [f"tar-split segment {number} differs from the tar's bytes there"]
-                continue
-            if line.get("type") != 1:
-                return [f"tar-split line {number} has unknown type {line.get('type')!r}"]
-            files.append(str(line.get("name")))
-            size = int(line.get("size", 0))
-            crc: int | None = None
-            left = size
-            while left:
-                data = plain.read(min(left, _CHUNK))
-                if not data:
-                    return [f"tar-split: {line.get('name')}: the tar ends inside it"]
-                crc = fastcrc.crc64.go_iso(data, crc)
-                left -= len(data)
-            want_crc = None if crc is None else base64.b64encode(crc.to_bytes(8, "big")).decode()
-            if line.get("payload") != want_crc:
-                return [f"tar-split: {line.get('name')}: CRC-64 differs from its content's"]
-        if plain.read(1):
-            return ["tar-split ends before the tar does"]
-    if files != names:
-        return ["the tar-split's file entries differ from the TOC's entries"]
-    return []
+                self.problem = f"tar-split segment {self._at} differs from the tar's bytes there"
+            else:
+                self.problem = f"tar-split: {line.get('name')}: the tar ends inside it"
+        if self.problem is not None:
+            return [self.problem]
+        if self.files != names:
+            return ["the tar-split's file entries differ from the TOC's entries"]
+        return []
+
+
+class _Following(io.RawIOBase):
+    """``plain`` read through, each piece given to ``follower`` as it passes."""
+
+    def __init__(self, plain: Readable, follower: _SplitFollower) -> None:
+        self._plain = plain
+        self._follower = follower
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._plain.read(len(view))
+        view[: len(data)] = data
+        self._follower.feed(data)
+        return len(data)
+
+
+class _Borrowed(io.RawIOBase):
+    """The check's copy of the blob read from where it is; closing this leaves it open."""
+
+    def __init__(self, blob: IO[bytes]) -> None:
+        self._blob = blob
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._blob.read(len(view))
+        view[: len(data)] = data
+        return len(data)
 
 
 def _read_toc(blob: IO[bytes], digest: str, pos: tuple[int, ...]) -> dict[str, Any]:
@@ -328,23 +408,88 @@ def _compare_entries(
     return problems
 
 
+class ChunkedCheck:
+    """The check of one zstd:chunked layer (see module doc), in parts, so that the one
+    decompression of the blob that ``verify`` makes for the diff_id serves it too: the
+    annotations, footer, TOC and tar-split are read now from ``blob`` (seekable); the tar
+    is given to :meth:`read_tar` as it is decompressed; :meth:`problems` checks the frames
+    against the TOC and lists every problem, each line starting with ``where``."""
+
+    def __init__(self, blob: IO[bytes], annotations: Mapping[str, str], *, where: str) -> None:
+        self._blob = blob
+        self._where = where
+        self._stop: str | None = None
+        self._files: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        self._lines: list[Any] = []
+        self._members: list[_Member] = []
+        self._split_problems: list[str] = []
+        try:
+            digest, toc_pos, split_pos = _annotated(annotations)
+            _check_footer(blob, toc_pos, split_pos)
+            toc = _read_toc(blob, digest, toc_pos)
+            self._lines = _read_tarsplit(blob, toc.get("tarSplitDigest"), split_pos)
+            self._files = _files(list(toc.get("entries") or []))
+        except _ChunkedError as exc:
+            self._stop = str(exc)
+
+    @property
+    def wants_tar(self) -> bool:
+        """Whether :meth:`read_tar` has anything to check (not when the check stopped early:
+        the annotations, footer, TOC or tar-split are wrong)."""
+        return self._stop is None
+
+    def open_blob(self) -> BinaryIO:
+        """The blob from its start, from the check's copy (a registry blob is not read
+        again); closing it leaves the copy open."""
+        self._blob.seek(0)
+        return io.BufferedReader(_Borrowed(self._blob), _CHUNK)
+
+    def read_tar(self, plain: Readable) -> None:
+        """Read the layer's tar (the blob decompressed) to its end: its entries, and the
+        tar-split followed along. Decompression errors are the caller's."""
+        if self._stop is not None:
+            return
+        follower = _SplitFollower(self._lines)
+        following = io.BufferedReader(_Following(plain, follower), _CHUNK)
+        try:
+            self._members = _tar_members(following)
+        except tarfile.TarError as exc:
+            self._stop = f"the tar cannot be read: {exc}"
+        while following.read(_CHUNK):  # the end-of-archive blocks, and anything after them
+            pass
+        self._split_problems = follower.finish([str(e.get("name")) for e, _ in self._files])
+
+    def problems(self) -> list[str]:
+        """Every problem found (after :meth:`read_tar`)."""
+        if self._stop is not None:
+            return [f"{self._where}: zstd:chunked: {self._stop}"]
+        try:
+            problems = _compare_entries(self._files, self._members)
+            for entry, chunks in self._files:
+                if entry.get("type") == "reg" and int(entry.get("size", 0)):
+                    problems.extend(_check_frames(self._blob, entry, chunks))
+        except _ChunkedError as exc:
+            return [f"{self._where}: zstd:chunked: {exc}"]
+        return [f"{self._where}: zstd:chunked: {p}" for p in [*problems, *self._split_problems]]
+
+
+@contextlib.contextmanager
+def chunked_check(
+    opener: Callable[[], BinaryIO], annotations: Mapping[str, str], *, where: str
+) -> Iterator[ChunkedCheck]:
+    """The :class:`ChunkedCheck` of the blob ``opener`` opens (read once: a blob that is not
+    seekable is copied to a temporary file for the check's random reads)."""
+    with _seekable(opener) as blob:
+        yield ChunkedCheck(blob, annotations, where=where)
+
+
 def check_chunked_layer(
     opener: Callable[[], BinaryIO], annotations: Mapping[str, str], *, where: str
 ) -> list[str]:
     """Every problem of the zstd:chunked layer whose blob ``opener`` opens (see module doc);
-    each line starts with ``where``."""
-    try:
-        digest, toc_pos, split_pos = _annotated(annotations)
-        with _seekable(opener) as blob:
-            _check_footer(blob, toc_pos, split_pos)
-            toc = _read_toc(blob, digest, toc_pos)
-            lines = _read_tarsplit(blob, toc.get("tarSplitDigest"), split_pos)
-            files = _files(list(toc.get("entries") or []))
-            problems = _compare_entries(files, _tar_members(opener))
-            for entry, chunks in files:
-                if entry.get("type") == "reg" and int(entry.get("size", 0)):
-                    problems.extend(_check_frames(blob, entry, chunks))
-            problems.extend(_check_tarsplit(opener, lines, [str(e.get("name")) for e, _ in files]))
-    except _ChunkedError as exc:
-        return [f"{where}: zstd:chunked: {exc}"]
-    return [f"{where}: zstd:chunked: {p}" for p in problems]
+    each line starts with ``where``. The blob is decompressed once."""
+    with chunked_check(opener, annotations, where=where) as check:
+        if check.wants_tar:
+            with check.open_blob() as src, open_decompressed("zstd", src) as plain:
+                check.read_tar(plain)
+        return check.problems()

@@ -39,11 +39,14 @@ __all__ = [
     "FOOTER_MAGIC",
     "FOOTER_SIZE",
     "POSITION_KEYS",
+    "SKIPPABLE_MAGIC",
     "TARSPLIT_KEY",
+    "TAR_ENTRY_TYPES",
     "TOC_TYPE",
     "annotations_for",
     "footer_bytes",
     "is_chunked",
+    "is_skippable_magic",
     "mtime_text",
     "parse_position",
     "skippable_frame",
@@ -64,13 +67,32 @@ TARSPLIT_KEY = _NEW + "tarsplit-position"
 TOC_TYPE = 1
 FOOTER_SIZE = 64
 FOOTER_MAGIC = b"GNUlInUx"
-_SKIPPABLE_MAGIC = 0x184D2A50
+#: The magic number this format's skippable frames are written with (RFC 8878, 3.1.2).
+SKIPPABLE_MAGIC = 0x184D2A50
 _SKIPPABLE_HEADER = 8
+#: The TOC's ``type`` of each tar typeflag (those the TOC can list).
+TAR_ENTRY_TYPES = {
+    b"0": "reg",
+    b"\0": "reg",
+    b"7": "reg",
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "char",
+    b"4": "block",
+    b"5": "dir",
+    b"6": "fifo",
+}
+
+
+def is_skippable_magic(value: int) -> bool:
+    """Whether a frame's first four bytes (little-endian) start a skippable frame: any of
+    the sixteen magics ``0x184D2A50``..``0x184D2A5F`` (RFC 8878, 3.1.2)."""
+    return value & 0xFFFFFFF0 == SKIPPABLE_MAGIC
 
 
 def skippable_frame(data: bytes) -> bytes:
     """``data`` as a zstd skippable frame (RFC 8878, section 3.1.2): magic, size, data."""
-    return struct.pack("<II", _SKIPPABLE_MAGIC, len(data)) + data
+    return struct.pack("<II", SKIPPABLE_MAGIC, len(data)) + data
 
 
 def footer_bytes(toc: tuple[int, int, int], tarsplit: tuple[int, int, int]) -> bytes:

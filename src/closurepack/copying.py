@@ -33,7 +33,7 @@ from closurepack.transports import (
     parse_reference,
     parse_repo_tag,
     parse_source,
-    read_index,
+    read_image_or_index,
     read_raw,
     write_image,
 )
@@ -152,13 +152,17 @@ def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) ->
             "--format docker is for docker:// destinations (docker-archive is Docker's already)"
         )
     check_destination(dest)
-    index = None if options.platform else read_index(source, registry=options.registry)
-    if index is not None:
+    found: RawImage | RawIndex
+    if options.platform:
+        found = read_raw(source, registry=options.registry, platform=options.platform)
+    else:  # one manifest GET: the index, or the single image it turns out to be
+        found = read_image_or_index(source, registry=options.registry)
+    if isinstance(found, RawIndex):
         check_index_destination(dest, hint=", or copy one image with --platform OS/ARCH")
-        image: Image | ImageIndex = _copied_index(index, fmt if to_registry else "oci")
+        image: Image | ImageIndex = _copied_index(found, fmt if to_registry else "oci")
         flavour = "docker" if isinstance(image, ImageIndex) and image.docker else "oci"
     else:
-        raw = read_raw(source, registry=options.registry, platform=options.platform)
+        raw = found
         _check_declared(raw)
         image = image_from_raw(raw)
         flavour = (fmt or manifest_flavour(image)) if to_registry else "oci"

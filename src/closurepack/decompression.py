@@ -13,6 +13,7 @@ import isal.igzip
 import isal.isal_zlib
 import zstandard
 
+from closurepack.chunkedtoc import is_skippable_magic
 from closurepack.errors import ImageError, OptionError
 
 __all__ = ["open_decompressed"]
@@ -168,7 +169,7 @@ class _ZstdFrames:
 
     def _parse(self, value: int) -> None:
         if self._state == "magic":
-            if value & 0xFFFFFFF0 == 0x184D2A50:
+            if is_skippable_magic(value):
                 self._state = "skippable"  # then its size, and that many bytes
             elif value == 0xFD2FB528:
                 self._state = "descriptor"

@@ -8,16 +8,21 @@ each digest once, so a writer stores or uploads it once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from closurepack.artifacts import Attachment, subject_descriptor
 from closurepack.digest import Digest
 from closurepack.errors import OptionError
 from closurepack.image import Image, ImageLayer, canonical_json, docker_manifest_bytes
 from closurepack.mediatypes import MediaType
 from closurepack.platforms import Platform
 
-__all__ = ["ImageIndex", "PlatformImage", "as_docker"]
+__all__ = ["Attachments", "ImageIndex", "PlatformImage", "as_docker", "attachment_subjects"]
+
+#: Documents to attach as artifacts: to a single image, a sequence; to a multi-platform
+#: image, each platform image's, by the digest of that image's manifest (as the index lists it).
+Attachments = Sequence[Attachment] | Mapping[Digest, Sequence[Attachment]]
 
 
 @dataclass(frozen=True)
@@ -114,3 +119,26 @@ class ImageIndex:
             out[entry.image.manifest_digest] = entry.image.manifest_bytes
         out[self.digest] = self.index_bytes
         return out
+
+
+def attachment_subjects(
+    image: Image | ImageIndex, attachments: Attachments, *, media_type: str | None = None
+) -> list[tuple[dict[str, object], Sequence[Attachment]]]:
+    """(subject descriptor, its documents) for each image of ``image`` that ``attachments``
+    gives documents for: the single image (its manifest as ``media_type``, default its own),
+    or each platform's image of an index (its manifest as the index lists it)."""
+    if isinstance(image, Image):
+        found = (
+            attachments.get(image.manifest_digest, ())
+            if isinstance(attachments, Mapping)
+            else attachments
+        )
+        kind = media_type or str(image.manifest.get("mediaType") or MediaType.OCI_MANIFEST)
+        return [(subject_descriptor(kind, image.manifest_bytes), found)] if found else []
+    if not isinstance(attachments, Mapping):
+        return []
+    return [
+        (subject_descriptor(entry.media_type, entry.image.manifest_bytes), documents)
+        for entry in image.images
+        if (documents := attachments.get(entry.image.manifest_digest, ()))
+    ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -35,7 +35,7 @@ from closurepack.image import (
     assemble_image,
     rfc3339,
 )
-from closurepack.imageindex import ImageIndex
+from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.perms import Perms
 from closurepack.platforms import Platform
 from closurepack.readback import read_base_image
@@ -322,17 +322,29 @@ def write_or_push(
     stamps: BlobStamps | None = None,
 ) -> str:
     """Write ``image`` (or a multi-platform image) to ``dest``, or push it with ``pusher``,
-    or finish the stream ``streamer`` sent its layers to, with what ``attach`` gives for a
-    single image (an SBOM) as artifacts whose subject is its manifest; return its digest
+    or finish the stream ``streamer`` sent its layers to, with what ``attach`` gives for the
+    image (an SBOM; of a multi-platform image, for each platform's) as artifacts whose
+    subject is its manifest; return its digest
     (``REPO@DIGEST`` pushed). ``stamps`` spare rewriting unchanged blobs of an ``oci:`` layout."""
-    attachments = attach(image) if attach is not None and isinstance(image, Image) else ()
+    attachments: Attachments = ()
+    if attach is not None:
+        if isinstance(image, ImageIndex):  # each platform's image its own
+            attachments = {e.image.manifest_digest: attach(e.image) for e in image.images}
+        else:
+            attachments = attach(image)
     if pusher is not None:
+        from closurepack.registry.referrers import (  # noqa: PLC0415 - HTTP stack
+            attach_platforms,
+            attach_pushed,
+        )
+
         if isinstance(image, ImageIndex):
-            return f"{pusher.ref.name}@{pusher.push_index(image)}"
-        from closurepack.registry.referrers import attach_pushed  # noqa: PLC0415 - HTTP stack
+            digest = pusher.push_index(image)
+            attach_platforms(pusher, image, attachments)
+            return f"{pusher.ref.name}@{digest}"
 
         digest = pusher.push(image)
-        attach_pushed(pusher, attachments)
+        attach_pushed(pusher, list(attachments) if not isinstance(attachments, Mapping) else [])
         return f"{pusher.ref.name}@{digest}"
     if streamer is not None and isinstance(image, Image):
         streamer.finish(image, tags=tags, name=name)

@@ -15,6 +15,7 @@ from closurepack._fs import atomic_write
 from closurepack.build import (
     BuildOptions,
     check_mtime,
+    customisation_layer,
     read_descriptors,
     scratch_dir,
     store_layer_key,
@@ -22,9 +23,7 @@ from closurepack.build import (
 from closurepack.cachegc import KEY
 from closurepack.chunkedtoc import is_chunked
 from closurepack.customisation import (
-    build_customisation_layer,
     customisation_entries,
-    customisation_layer_key,
 )
 from closurepack.errors import (
     ClosureError,
@@ -218,20 +217,14 @@ def assemble_from_descriptors(
                 if key is not None:
                     shared.mount(key, layer)
         if not customisation.is_empty:
-            key = customisation_layer_key(
-                customisation, compression=compression, level=level, mtime=mtime
+            key, top, _ = customisation_layer(
+                customisation,
+                compression=compression,
+                level=level,
+                mtime=mtime,
+                work_dir=Path(work),
+                source=shared,
             )
-            top = shared(key, PlannedLayer(()), Path(work)) if shared is not None else None
-            if top is None:
-                top = build_customisation_layer(
-                    customisation,
-                    compression=compression,
-                    level=level,
-                    mtime=mtime,
-                    dest_dir=Path(work),
-                )
-            else:
-                top = dataclasses.replace(top, verified=True, comment="customisation")
             layers.append(top)
             keys.append(key)
         result = finish_image(

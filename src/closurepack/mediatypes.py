@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["MediaType", "layer_media_type"]
+__all__ = [
+    "ANY_MANIFEST_ACCEPT",
+    "IMAGE_MANIFEST_TYPES",
+    "INDEX_TYPES",
+    "MediaType",
+    "layer_media_type",
+]
 
 
 class MediaType(StrEnum):
@@ -30,6 +36,18 @@ class MediaType(StrEnum):
         if self.value.endswith("+zstd"):
             return "zstd"
         return "none"
+
+
+#: The media types of an image manifest: OCI, Docker schema 2.
+IMAGE_MANIFEST_TYPES: tuple[str, ...] = (
+    MediaType.OCI_MANIFEST.value,
+    MediaType.DOCKER_MANIFEST.value,
+)
+#: The media types of a multi-platform image: OCI index, Docker manifest list.
+INDEX_TYPES: tuple[str, ...] = (MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value)
+#: An Accept header for any of them: a registry answers 404 for a tag whose kind the header
+#: leaves out, which would pass for "no such tag".
+ANY_MANIFEST_ACCEPT = ", ".join((*IMAGE_MANIFEST_TYPES, *INDEX_TYPES))
 
 
 def layer_media_type(compression: str, *, oci: bool = True) -> MediaType:

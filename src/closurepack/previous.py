@@ -23,7 +23,7 @@ from closurepack.mediatypes import MediaType
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer
 from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions
-from closurepack.transports import RawImage, read_index, read_raw
+from closurepack.transports import RawImage, RawIndex, read_image_or_index, read_raw
 
 __all__ = [
     "ForeignLayer",
@@ -182,9 +182,12 @@ def read_previous(
             spec = f"docker-archive:{spec}"
         else:
             raise PlanError(f"--previous {spec}: no such plan file or image")
-    index = read_index(spec, registry=registry) if every_platform else None
-    if index is not None:
-        found = [_previous_image(raw, store_dir, keep_blobs) for _, raw in index.images()]
+    if every_platform:  # one manifest GET: the index, or the single image it turns out to be
+        read = read_image_or_index(spec, registry=registry)
+    else:
+        read = read_raw(spec, registry=registry, platform=platform)
+    if isinstance(read, RawIndex):
+        found = [_previous_image(raw, store_dir, keep_blobs) for _, raw in read.images()]
         if not found:
             raise PlanError(f"--previous {spec}: the index lists no image for any platform")
         plan = LayerPlan(
@@ -193,9 +196,7 @@ def read_previous(
             strategy="previous",
         )
         return Previous(plan, tuple(layer for f in found for layer in f.foreign))
-    return _previous_image(
-        read_raw(spec, registry=registry, platform=platform), store_dir, keep_blobs
-    )
+    return _previous_image(read, store_dir, keep_blobs)
 
 
 def _previous_image(raw: RawImage, store_dir: str, keep_blobs: bool) -> Previous:

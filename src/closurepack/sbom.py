@@ -31,8 +31,7 @@ from closurepack.digest import Digest
 from closurepack.errors import DestinationError, OptionError, StoreError
 from closurepack.graph import Closure, StoreItem
 from closurepack.image import rfc3339
-from closurepack.sources.files import store_file
-from closurepack.sources.narhash import nar_digest, parse_nar_hash
+from closurepack.sources.narhash import NarDigests, parse_nar_hash
 from closurepack.storenames import split_name
 
 __all__ = [
@@ -96,16 +95,16 @@ class SbomSubject:
     created: int
 
 
-def item_hashes(closure: Closure, *, store_root: Path | None) -> dict[str, str]:
+def item_hashes(closure: Closure, digests: NarDigests) -> dict[str, str]:
     """Store path -> NAR sha256 (hex) of every item: the closure source's ``narHash`` where
-    it has one, else computed from the item's files (under ``store_root`` when given)."""
+    it has one, else computed from the item's files by ``digests`` (once per build)."""
     out = {}
     for path, item in closure.items.items():
         if item.nar_hash is not None:
             out[path] = parse_nar_hash(item.nar_hash, where=f"{closure.source}: {path}").hex()
             continue
         try:
-            out[path] = nar_digest(store_file(path, store_root)).sha256.hex()
+            out[path] = digests.of(path).sha256.hex()
         except StoreError as exc:
             raise StoreError(
                 f"{path}: {closure.source} gives no narHash, and its files cannot be hashed: {exc}"

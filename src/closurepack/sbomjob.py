@@ -16,6 +16,7 @@ from closurepack.sbom import (
     sbom_attachments,
     write_sbom_files,
 )
+from closurepack.sources.narhash import NarDigests
 from closurepack.transports import attaches_artifacts
 from closurepack.transports._files import probe_writable
 
@@ -24,7 +25,8 @@ __all__ = ["SbomJob"]
 
 class SbomJob:
     """The SBOM of one build: made from ``closure`` (every item's NAR hash found or computed
-    now, so that a problem shows before the build), for the image written to ``dest``."""
+    now, by ``digests``, which the build's store database shares, so that a problem shows
+    before the build), for the image written to ``dest``."""
 
     def __init__(
         self,
@@ -33,7 +35,7 @@ class SbomJob:
         *,
         name: str | None,
         dest: str,
-        store_root: Path | None,
+        digests: NarDigests,
     ) -> None:
         self.options = options
         self.attached = attaches_artifacts(dest)
@@ -48,7 +50,7 @@ class SbomJob:
         self._name = name or "image"
         # a narHash that cannot be read, or an item without one whose files are missing,
         # fails here, before the build
-        self._hashes = item_hashes(closure, store_root=store_root)
+        self._hashes = item_hashes(closure, digests)
         self.documents: list[Attachment] = []
 
     def attachments(self, image: Image) -> list[Attachment]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from closurepack.errors import ClosureError, OptionError, StoreError
 from closurepack.graph import Closure, split_store_path
 from closurepack.sources.files import store_file
-from closurepack.sources.narhash import format_nar_hash, nar_digest, parse_nar_hash
+from closurepack.sources.narhash import NarDigests, format_nar_hash, parse_nar_hash
 from closurepack.tarstream import TreeEntry
 
 __all__ = [
@@ -161,11 +161,11 @@ def image_closure(closure: Closure, paths: Sequence[str], *, where: str) -> Clos
     return closure.restrict(keep)
 
 
-def registrations(closure: Closure, *, store_root: Path | None) -> list[Registration]:
+def registrations(closure: Closure, digests: NarDigests) -> list[Registration]:
     """Every item of ``closure`` as it is registered, in path order.
 
     A NAR hash the source gave is read (any form Nix prints) and written in base 16; an item
-    without one gets hash and size from its files (under ``store_root`` when given). A
+    without one gets hash and size from its files (by ``digests``: once per build). A
     StoreError names an item whose hash is malformed or whose files cannot be read; a
     ClosureError a deriver that is not a store path.
     """
@@ -176,7 +176,7 @@ def registrations(closure: Closure, *, store_root: Path | None) -> list[Registra
             nar_hash = format_nar_hash(parse_nar_hash(item.nar_hash, where=where))
             size = item.nar_size
         else:
-            digest = nar_digest(store_file(item.path, store_root))
+            digest = digests.of(item.path)
             nar_hash, size = digest.nar_hash, digest.size
         if item.deriver is not None:
             split_store_path(item.deriver, where=f"{where}: deriver")
@@ -185,7 +185,7 @@ def registrations(closure: Closure, *, store_root: Path | None) -> list[Registra
             refs = tuple(sorted((*refs, item.path)))
         outputs: tuple[tuple[str, str], ...] = ()
         if item.path.endswith(".drv"):
-            outputs = derivation_outputs(store_file(item.path, store_root), where=where)
+            outputs = derivation_outputs(store_file(item.path, digests.store_root), where=where)
         result.append(Registration(item.path, nar_hash, size, item.deriver, refs, outputs))
     return result
 
@@ -296,7 +296,7 @@ def store_db_entries(
     kind: StoreDbKind,
     *,
     registration_time: int,
-    store_root: Path | None = None,
+    digests: NarDigests | None = None,
 ) -> list[TreeEntry]:
     """The customisation layer's entries for ``kind``'s state directory: the database
     registering every item of ``closure`` (and nothing else), the files the daemon keeps
@@ -306,14 +306,17 @@ def store_db_entries(
     (``gcroots/closurepack/<name>``), so that a collection inside the container keeps the
     image's items. The 8 MiB ``db/reserved`` is left out: the daemon makes it when missing.
 
-    An OptionError when the closure's store is not ``kind``'s.
+    NAR hashes the closure lacks come from ``digests`` (files under no store root when not
+    given). An OptionError when the closure's store is not ``kind``'s.
     """
     if closure.store_dir != kind.store_dir:
         raise OptionError(
             f"{kind.option}: the image's store is {closure.store_dir}, not {kind.store_dir}"
         )
     data = database_bytes(
-        registrations(closure, store_root=store_root), kind, registration_time=registration_time
+        registrations(closure, digests or NarDigests(None)),
+        kind,
+        registration_time=registration_time,
     )
     state = kind.state_dir
     entries = [

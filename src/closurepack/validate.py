@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from closurepack._fs import hash_stream
-from closurepack.chunkedcheck import check_chunked_layer
+from closurepack.chunkedcheck import ChunkedCheck, Readable, chunked_check
 from closurepack.chunkedtoc import is_chunked
 from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest
@@ -22,10 +22,10 @@ from closurepack.errors import ClosurepackError, ImageError, SourceError
 from closurepack.image import LAYERS_LABEL, Image, layer_paths_from_config
 from closurepack.planner import human_size, plural
 from closurepack.platforms import Platform, entry_platform
-from closurepack.readback import image_from_raw, read_image
+from closurepack.readback import image_from_raw
 from closurepack.referrers import attached_artifacts
 from closurepack.registry import RegistryOptions
-from closurepack.transports import RawBlob, RawImage, RawIndex, read_index, read_raw
+from closurepack.transports import RawBlob, RawImage, RawIndex, read_image_or_index, read_raw
 
 __all__ = ["format_inspection", "inspect_image", "verify_image", "verify_index", "verify_raw"]
 
@@ -35,7 +35,7 @@ _CHUNK = 1 << 20
 class _HashingReader(io.RawIOBase):
     """Read from ``src`` while hashing and counting what passes."""
 
-    def __init__(self, src: BinaryIO) -> None:
+    def __init__(self, src: Readable) -> None:
         self._src = src
         self.sha = hashlib.sha256()
         self.size = 0
@@ -58,22 +58,29 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
-def _measure(opener: Callable[[], BinaryIO], compression: str) -> tuple[Digest, int, Digest]:
-    """(digest, size, diff_id) of a blob, in one pass."""
+def _measure(
+    opener: Callable[[], BinaryIO], compression: str, chunked: ChunkedCheck | None = None
+) -> tuple[Digest, int, Digest]:
+    """(digest, size, diff_id) of a blob, in one pass; the tar it holds is also given to
+    ``chunked`` as it is decompressed."""
     with opener() as src:
         reader = _HashingReader(src)
-        uncompressed = hashlib.sha256()
         with open_decompressed(compression, io.BufferedReader(reader, _CHUNK)) as stream:
-            while chunk := stream.read(_CHUNK):
-                uncompressed.update(chunk)
+            plain = _HashingReader(stream)
+            if chunked is not None and chunked.wants_tar:
+                chunked.read_tar(io.BufferedReader(plain, _CHUNK))
+            plain.drain()
         reader.drain()
-    return Digest(reader.sha.hexdigest()), reader.size, Digest(uncompressed.hexdigest())
+    return Digest(reader.sha.hexdigest()), reader.size, Digest(plain.sha.hexdigest())
 
 
-def _check_layer(index: int, blob: RawBlob, diff_id: str | None) -> list[str]:
+def _check_layer(
+    index: int, blob: RawBlob, diff_id: str | None, chunked: ChunkedCheck | None = None
+) -> list[str]:
     where = f"layer {index} ({blob.name})"
     try:
-        digest, size, actual_diff = _measure(blob.opener, blob.media_type.compression)
+        opener = chunked.open_blob if chunked is not None else blob.opener
+        digest, size, actual_diff = _measure(opener, blob.media_type.compression, chunked)
     except (OSError, ClosurepackError) as exc:  # decoder errors come as ImageError
         # open_decompressed names the stream in its ImageError; ``where`` names it here
         reason = exc.__cause__ if isinstance(exc, ImageError) and exc.__cause__ else exc
@@ -154,11 +161,19 @@ def verify_raw(raw: RawImage) -> list[str]:
     annotations = _layer_annotations(raw)
     for index, blob in enumerate(raw.layers):
         expected = diff_ids[index] if index < len(diff_ids) else None
-        layer_problems = _check_layer(index, blob, expected)
-        problems.extend(layer_problems)
-        if not layer_problems and is_chunked(annotations[index]):
-            where = f"layer {index} ({blob.name})"
-            problems.extend(check_chunked_layer(blob.opener, annotations[index], where=where))
+        if not is_chunked(annotations[index]):
+            problems.extend(_check_layer(index, blob, expected))
+            continue
+        where = f"layer {index} ({blob.name})"
+        # one read and one decompression of the blob for its digests and the chunked check
+        with contextlib.ExitStack() as stack:
+            chunked: ChunkedCheck | None = None
+            with contextlib.suppress(OSError, ClosurepackError):  # unreadable: said below
+                chunked = stack.enter_context(
+                    chunked_check(blob.opener, annotations[index], where=where)
+                )
+            layer_problems = _check_layer(index, blob, expected, chunked)
+            problems.extend(layer_problems or (chunked.problems() if chunked else []))
     return problems
 
 
@@ -184,11 +199,10 @@ def verify_image(
     destinations); return every problem found (empty = good). Raise only when the image
     cannot be read at all. A multi-platform image has every platform's image verified (see
     :func:`verify_index`), or only ``platform``'s when one is given."""
-    if platform is None:
-        index = read_index(source, registry=registry)
-        if index is not None:
-            return verify_index(index)
-    return verify_raw(read_raw(source, registry=registry, platform=platform))
+    if platform is not None:
+        return verify_raw(read_raw(source, registry=registry, platform=platform))
+    found = read_image_or_index(source, registry=registry)  # one manifest GET
+    return verify_index(found) if isinstance(found, RawIndex) else verify_raw(found)
 
 
 def verify_index(index: RawIndex) -> list[str]:
@@ -228,9 +242,9 @@ def inspect_image(
     """Layers (digest, diff_id, size, media type, store items) and a config summary. Of a
     multi-platform image, its platforms (under ``index``) and the image for ``platform``
     (default: the host's; none when the index has no image for the host's)."""
-    index = read_index(source, registry=registry)
-    if index is None:
-        return _inspect(read_image(source, registry=registry), source, registry)
+    index = read_image_or_index(source, registry=registry)  # one manifest GET
+    if isinstance(index, RawImage):
+        return _inspect(image_from_raw(index), source, registry)
     listing = {
         "digest": str(index.index_digest or Digest.of_bytes(index.index_bytes)),
         "media_type": index.media_type,

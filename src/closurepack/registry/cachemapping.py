@@ -26,8 +26,9 @@ from typing import Any
 from closurepack.cachegc import KEY
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError, OptionError
+from closurepack.jsontext import parse_json_object
 from closurepack.mediatypes import MediaType
-from closurepack.registry.client import RegistryClient, read_limited
+from closurepack.registry.client import RegistryClient, get_if_there
 from closurepack.registry.pull import MANIFEST_LIMIT
 from closurepack.registry.reference import RegistryRef, is_registry_reference, parse_reference
 
@@ -103,32 +104,18 @@ class NotALayerCacheError(DestinationError):
     """The tag holds something that is not a closurepack layer cache."""
 
 
-def _read_bounded(
-    client: RegistryClient, url: str, what: str, limit: int, accept: str
-) -> bytes | None:
-    """The answer to ``GET url`` (at most ``limit`` bytes), None when it is 404."""
-    response = client.request(
-        "GET", url, what=what, ok=(200, 404), headers={"Accept": accept}, stream=True,
-        follow_redirects=True,
-    )  # fmt: skip
-    if response.status_code == 404:
-        response.close()
-        return None
-    return read_limited(response, limit, what, error=ImageError)
-
-
 def fetch_mapping(client: RegistryClient, ref: RegistryRef) -> dict[str, CacheEntry] | None:
     """The mapping under ``ref`` (None when the repository or tag does not exist);
     NotALayerCacheError when the tag holds something else, ImageError when the mapping is
     malformed."""
     where = f"layer cache {ref}"
-    body = _read_bounded(
-        client, client.url(f"manifests/{ref.reference}"), where, MANIFEST_LIMIT,
-        str(MediaType.OCI_MANIFEST),
+    found = get_if_there(
+        client, f"manifests/{ref.reference}", where, limit=MANIFEST_LIMIT,
+        accept=str(MediaType.OCI_MANIFEST),
     )  # fmt: skip
-    if body is None:
+    if found is None:
         return None
-    manifest = _parse_json(body, f"{where}: manifest")
+    manifest = parse_json_object(found[0], f"{where}: manifest")
     config = manifest.get("config")
     if not isinstance(config, dict) or config.get("mediaType") != CONFIG_TYPE:
         raise NotALayerCacheError(f"{where}: the tag holds something else than a layer cache")
@@ -137,22 +124,13 @@ def fetch_mapping(client: RegistryClient, ref: RegistryRef) -> dict[str, CacheEn
         raise ImageError(f"{where}: the manifest has not exactly one layer")
     digest = _digest(layers[0].get("digest"), f"{where}: the manifest's layer")
     what = f"{where}: mapping {digest}"
-    data = _read_bounded(client, client.url(f"blobs/{digest}"), what, MAPPING_LIMIT, "*/*")
-    if data is None:
+    blob = get_if_there(client, f"blobs/{digest}", what, limit=MAPPING_LIMIT, accept="*/*")
+    if blob is None:
         raise ImageError(f"{what}: the blob is missing")
+    data = blob[0]
     if Digest.of_bytes(data) != digest:
         raise ImageError(f"{what}: the registry sent other bytes")
     return _parse_mapping(data, ref)
-
-
-def _parse_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ImageError(f"{what}: not a JSON object")
-    return obj
 
 
 def _digest(value: object, what: str) -> Digest:
@@ -164,7 +142,7 @@ def _digest(value: object, what: str) -> Digest:
 
 def _parse_mapping(data: bytes, ref: RegistryRef) -> dict[str, CacheEntry]:
     what = f"layer cache {ref}: mapping"
-    obj = _parse_json(data, what)
+    obj = parse_json_object(data, what)
     layers = obj.get("layers")
     if obj.get("format") != _FORMAT or not isinstance(layers, dict):
         raise ImageError(f"{what}: not a {_FORMAT} mapping")

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from closurepack import __version__
-from closurepack.errors import ClosurepackError, RegistryAuthError, RegistryError
+from closurepack.errors import ClosurepackError, ImageError, RegistryAuthError, RegistryError
 from closurepack.registry.auth import RegistryAuth
 from closurepack.registry.credentials import lookup_credentials
 from closurepack.registry.options import RegistryOptions
@@ -32,6 +32,7 @@ __all__ = [
     "Body",
     "RegistryClient",
     "TransientRegistryError",
+    "get_if_there",
     "open_client",
     "prepare_ssl_context",
     "read_limited",
@@ -152,6 +153,22 @@ def read_limited(
         raise RegistryError(f"{what}: reading the answer failed: {exc}") from exc
     finally:
         response.close()
+
+
+def get_if_there(
+    client: RegistryClient, path: str, what: str, *, limit: int, accept: str
+) -> tuple[bytes, str] | None:
+    """The body (at most ``limit`` bytes: an ImageError past that) and content type of
+    ``GET /v2/<repo>/<path>`` (redirects followed); None when the answer is 404."""
+    response = client.request(
+        "GET", client.url(path), what=what, ok=(200, 404), headers={"Accept": accept},
+        stream=True, follow_redirects=True,
+    )  # fmt: skip
+    if response.status_code == 404:
+        response.close()
+        return None
+    kind = response.headers.get("Content-Type", "").partition(";")[0].strip()
+    return read_limited(response, limit, what, error=ImageError), kind
 
 
 class RegistryClient:

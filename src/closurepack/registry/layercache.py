@@ -1,9 +1,9 @@
 """A registry repository as a layer cache shared by many builders (as BuildKit's registry cache).
 
 ``--cache-to docker://HOST/REPO[:TAG]`` publishes, after a build, which blob each layer's cache
-key (:func:`closurepack.build.layer_keys`: the store layers' and the customisation layer's)
-stands for, as the artifact :mod:`closurepack.registry.cachemapping` describes. The layer blobs
-are put in the cache repository first (present, mounted from the image's repository or another
+key (:func:`closurepack.build.build_keyed_layers`: the store layers' and the customisation
+layer's) stands for, as the artifact :mod:`closurepack.registry.cachemapping` describes. The layer
+blobs are put in the cache repository first (present, mounted from the image's repository or another
 cache repository of the same registry, else uploaded), so the mapping never names a blob the
 repository lacks. The mapping already there is merged in (a key's newest entry wins, new
 entries go last, the oldest beyond :data:`~closurepack.registry.cachemapping.MAX_ENTRIES` are

@@ -9,14 +9,14 @@ config at most :data:`CONFIG_LIMIT`, and indexes nest at most :data:`INDEX_DEPTH
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, SourceError
-from closurepack.mediatypes import MediaType
+from closurepack.jsontext import parse_json
+from closurepack.mediatypes import ANY_MANIFEST_ACCEPT, IMAGE_MANIFEST_TYPES, INDEX_TYPES, MediaType
 from closurepack.platforms import Platform, choose_entry
 from closurepack.registry.blobstream import blob_opener
 from closurepack.registry.client import RegistryClient, open_client, read_limited
@@ -33,6 +33,7 @@ __all__ = [
     "PulledIndex",
     "blob_opener",
     "pull_image",
+    "pull_image_or_index",
     "pull_index",
 ]
 
@@ -41,10 +42,6 @@ MANIFEST_LIMIT = 4 << 20
 #: Configs of closurepack images record every store path (a big closure: several MiB).
 CONFIG_LIMIT = 32 << 20
 INDEX_DEPTH = 4
-
-_MANIFEST_TYPES = (MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value)
-_INDEX_TYPES = (MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value)
-_ACCEPT = ", ".join((*_MANIFEST_TYPES, *_INDEX_TYPES))
 
 
 @dataclass(frozen=True)
@@ -85,13 +82,6 @@ class PulledIndex:
     reader: Callable[[Mapping[str, Any]], PulledImage] = field(repr=False, compare=False)
 
 
-def _json(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
-
-
 def _get_manifest(
     client: RegistryClient, reference: str, what: str, *, missing: str | None = None
 ) -> tuple[bytes, str, Digest | None]:
@@ -102,7 +92,7 @@ def _get_manifest(
         client.url(f"manifests/{reference}"),
         what=what,
         ok=(200, 404) if missing else (200,),
-        headers={"Accept": _ACCEPT},
+        headers={"Accept": ANY_MANIFEST_ACCEPT},
         stream=True,
     )
     if response.status_code == 404:
@@ -126,7 +116,7 @@ def _descriptor_digest(desc: Any, where: str) -> Digest:
 
 def _is_index(media_type: str, manifest: Any) -> bool:
     kind = media_type or (manifest.get("mediaType") if isinstance(manifest, dict) else "")
-    return kind in _INDEX_TYPES
+    return kind in INDEX_TYPES
 
 
 def _index_entries(manifest: Any, where: str) -> list[dict[str, Any]]:
@@ -144,31 +134,56 @@ def pull_image(
     default this host's: see :func:`~closurepack.platforms.choose_entry`); its layers are
     opened later, each on a connection of its own."""
     with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
-        where = str(ref)
-        body, media_type, declared = _get_manifest(
-            client, ref.reference, f"manifest of {where}", missing=where
-        )
-        manifest_digest = ref.digest or declared or Digest.of_bytes(body)
-        manifest = _json(body, f"{where}: manifest")
+        body, media_type, declared, manifest = _top_manifest(client)
         if _is_index(media_type, manifest):
-            entry = choose_entry(_index_entries(manifest, where), platform, where=where)
+            entry = choose_entry(_index_entries(manifest, str(ref)), platform, where=str(ref))
             return _pull_entry(client, entry, platform, None)
-        entry = {"digest": str(manifest_digest), "mediaType": media_type}
-        return _pull_entry(client, entry, platform, (body, media_type))
+        return _pull_single(client, body, media_type, declared)
 
 
 def pull_index(ref: RegistryRef, options: RegistryOptions) -> PulledIndex | None:
     """The image index (or manifest list) ``ref`` names, as stored, with a reader of each of
     its images; None when ``ref`` names a single image."""
     with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
-        where = str(ref)
-        body, media_type, declared = _get_manifest(
-            client, ref.reference, f"manifest of {where}", missing=where
-        )
-        manifest = _json(body, f"{where}: manifest")
+        body, media_type, declared, manifest = _top_manifest(client)
+    if not _is_index(media_type, manifest):
+        return None
+    return _pulled_index(ref, options, body, declared, manifest)
+
+
+def pull_image_or_index(ref: RegistryRef, options: RegistryOptions) -> PulledImage | PulledIndex:
+    """What ``ref`` names, from one GET of its manifest: the index (or manifest list) as
+    stored, with a reader of each of its images, or the single image (its config read)."""
+    with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
+        body, media_type, declared, manifest = _top_manifest(client)
         if not _is_index(media_type, manifest):
-            return None
-        entries = _index_entries(manifest, where)
+            return _pull_single(client, body, media_type, declared)
+    return _pulled_index(ref, options, body, declared, manifest)
+
+
+def _top_manifest(client: RegistryClient) -> tuple[bytes, str, Digest | None, Any]:
+    """The manifest (or index) the client's reference names: body, media type, the digest
+    the registry declared, and the body parsed."""
+    where = str(client.ref)
+    body, media_type, declared = _get_manifest(
+        client, client.ref.reference, f"manifest of {where}", missing=where
+    )
+    return body, media_type, declared, parse_json(body, f"{where}: manifest", deep_error=True)
+
+
+def _pull_single(
+    client: RegistryClient, body: bytes, media_type: str, declared: Digest | None
+) -> PulledImage:
+    """The single image whose manifest ``body`` the reference named."""
+    digest = client.ref.digest or declared or Digest.of_bytes(body)
+    entry = {"digest": str(digest), "mediaType": media_type}
+    return _pull_entry(client, entry, None, (body, media_type))
+
+
+def _pulled_index(
+    ref: RegistryRef, options: RegistryOptions, body: bytes, declared: Digest | None, manifest: Any
+) -> PulledIndex:
+    entries = _index_entries(manifest, str(ref))
 
     def reader(entry: Mapping[str, Any]) -> PulledImage:
         with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
@@ -205,7 +220,7 @@ def _pull_entry(
                 client, str(manifest_digest), f"manifest {manifest_digest} of {where}"
             )
         fetched = None
-        manifest = _json(body, f"{where}: manifest {manifest_digest}")
+        manifest = parse_json(body, f"{where}: manifest {manifest_digest}", deep_error=True)
         if not _is_index(media_type, manifest):
             break
         if depth == INDEX_DEPTH:
@@ -224,11 +239,11 @@ def _pull_manifest(
     """The config and layer descriptors of the image manifest ``body``."""
     ref, options = client.ref, client.options
     where = str(ref)
-    manifest = _json(body, f"{where}: manifest {manifest_digest}")
+    manifest = parse_json(body, f"{where}: manifest {manifest_digest}", deep_error=True)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
         raise ImageError(f"{where}: manifest {manifest_digest} has no config descriptor")
     kind = media_type or str(manifest.get("mediaType", ""))
-    if kind and kind not in _MANIFEST_TYPES:
+    if kind and kind not in IMAGE_MANIFEST_TYPES:
         raise ImageError(f"{where}: unsupported manifest media type {kind!r}")
     config_desc = manifest["config"]
     config_digest = _descriptor_digest(config_desc, f"{where}: config")

@@ -73,6 +73,7 @@ class ImagePusher:
         self._client: RegistryClient | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._futures: dict[Digest, Future[None]] = {}
+        self._recorded: set[Digest] = set()  # the blobs the blob record was given
         self._lock = threading.Lock()
         #: What happened to each blob: "present", "mounted" or "uploaded".
         self.outcomes: dict[Digest, str] = {}
@@ -160,7 +161,11 @@ class ImagePusher:
             image = entry.image
             digest = image.manifest_digest
             self.push_manifest(
-                image.manifest_bytes, entry.media_type, [image.config_bytes], tags=(str(digest),)
+                image.manifest_bytes,
+                entry.media_type,
+                [image.config_bytes],
+                tags=(str(digest),),
+                record=False,  # the index's push records every image's blobs at once
             )
         return self.push_manifest(index.index_bytes, str(index.media_type), [])
 
@@ -171,15 +176,20 @@ class ImagePusher:
         blobs: Sequence[bytes],
         *,
         tags: Sequence[str] | None = None,
+        record: bool = True,
     ) -> Digest:
         """Push the small ``blobs`` (a config, an artifact's data), wait for every blob
         submitted, then put ``body`` (of ``media_type``) under every tag (``tags``, default
-        the pusher's); return its digest."""
+        the pusher's); return its digest. With ``record``, the blob record learns the blobs
+        it has not been told of yet (one rewrite of the record, or none)."""
         for blob in blobs:
             self._submit(Digest.of_bytes(blob), len(blob), functools.partial(io.BytesIO, blob))
         for future in list(self._futures.values()):
             future.result()
-        self.record.add(self.ref.registry, self.ref.repository, list(self._futures))
+        if record:
+            fresh = [d for d in self._futures if d not in self._recorded]
+            self.record.add(self.ref.registry, self.ref.repository, fresh)
+            self._recorded.update(fresh)
         digest = Digest.of_bytes(body)
         for tag in self.tags if tags is None else tags:
             self._put_manifest(tag, body, digest, media_type)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,47 +30,24 @@ from closurepack.artifacts import (
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import canonical_json
-from closurepack.mediatypes import MediaType
+from closurepack.imageindex import Attachments, ImageIndex, attachment_subjects
+from closurepack.jsontext import parse_json
+from closurepack.mediatypes import ANY_MANIFEST_ACCEPT, MediaType
 from closurepack.registry.blobs import blob_exists, upload_blob
-from closurepack.registry.client import RegistryClient, open_client, read_limited
+from closurepack.registry.client import RegistryClient, get_if_there, open_client
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.pull import MANIFEST_LIMIT
 from closurepack.registry.push import ImagePusher
 from closurepack.registry.reference import RegistryRef
 
-__all__ = ["attach", "attach_pushed", "list_referrers", "referrers_index"]
+__all__ = ["attach", "attach_platforms", "attach_pushed", "list_referrers", "referrers_index"]
 
 _INDEX = str(MediaType.OCI_INDEX)
 _MANIFEST = str(MediaType.OCI_MANIFEST)
-_ANY_MANIFEST = ", ".join(
-    str(t)
-    for t in (
-        MediaType.OCI_INDEX,
-        MediaType.OCI_MANIFEST,
-        MediaType.DOCKER_MANIFEST_LIST,
-        MediaType.DOCKER_MANIFEST,
-    )
-)
-
-
-def _get(client: RegistryClient, path: str, what: str, accept: str) -> tuple[bytes, str] | None:
-    """The body and content type of ``GET /v2/<repo>/<path>``; None when it is 404."""
-    response = client.request(
-        "GET", client.url(path), what=what, ok=(200, 404), headers={"Accept": accept},
-        stream=True,
-    )  # fmt: skip
-    if response.status_code == 404:
-        response.close()
-        return None
-    kind = response.headers.get("Content-Type", "").partition(";")[0].strip()
-    return read_limited(response, MANIFEST_LIMIT, what, error=ImageError), kind
 
 
 def _index(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
+    obj = parse_json(data, what, deep_error=True)
     # (a tag holding anything else, an image, is never overwritten with an index)
     if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
         raise ImageError(f"{what}: not an OCI image index")
@@ -83,13 +59,19 @@ def referrers_index(client: RegistryClient, subject: Digest) -> tuple[dict[str, 
     came from the referrers API (False: from the fallback tag; the index is None when that tag
     does not exist either)."""
     where = f"referrers of {client.ref.name}@{subject}"
-    found = _get(client, f"referrers/{subject}", where, _INDEX)
+    found = get_if_there(client, f"referrers/{subject}", where, limit=MANIFEST_LIMIT, accept=_INDEX)
     if found is not None:
         return _index(found[0], where), True
     tag = fallback_tag(subject)
     # every manifest type accepted: distribution 2.8 answers 404 for a manifest of a type not
     # accepted, and an image under that tag would then be overwritten
-    found = _get(client, f"manifests/{tag}", f"{client.ref.name}:{tag}", _ANY_MANIFEST)
+    found = get_if_there(
+        client,
+        f"manifests/{tag}",
+        f"{client.ref.name}:{tag}",
+        limit=MANIFEST_LIMIT,
+        accept=ANY_MANIFEST_ACCEPT,
+    )
     return (_index(found[0], f"{client.ref.name}:{tag}") if found else None), False
 
 
@@ -144,6 +126,13 @@ def attach_pushed(pusher: ImagePusher, attachments: Sequence[Attachment]) -> lis
     return attach(pusher.client, subject_descriptor(media_type, body), attachments)
 
 
+def attach_platforms(pusher: ImagePusher, index: ImageIndex, attachments: Attachments) -> None:
+    """:func:`attach` to each platform's image of the multi-platform image ``pusher`` pushed
+    the documents ``attachments`` gives for it (by its manifest's digest)."""
+    for subject, documents in attachment_subjects(index, attachments):
+        attach(pusher.client, subject, documents)
+
+
 def list_referrers(ref: RegistryRef, options: RegistryOptions, subject: Digest) -> list[Referrer]:
     """The artifacts whose subject is ``subject`` in ``ref``'s repository (the referrers API,
     else the fallback tag), each artifact manifest read."""
@@ -155,7 +144,9 @@ def list_referrers(ref: RegistryRef, options: RegistryOptions, subject: Digest) 
                 continue
             digest = Digest.parse(entry["digest"])
             where = f"artifact {ref.name}@{digest}"
-            body = _get(client, f"manifests/{digest}", where, _MANIFEST)
+            body = get_if_there(
+                client, f"manifests/{digest}", where, limit=MANIFEST_LIMIT, accept=_MANIFEST
+            )
             if body is None:
                 continue  # listed, but gone (deleted since)
             if Digest.of_bytes(body[0]) != digest:

@@ -13,14 +13,13 @@ malformed answer) is "nothing known": every blob is then checked with its own ``
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, RegistryAuthError, RegistryError
-from closurepack.mediatypes import MediaType
+from closurepack.jsontext import parse_json_object
+from closurepack.mediatypes import ANY_MANIFEST_ACCEPT, IMAGE_MANIFEST_TYPES, INDEX_TYPES
 from closurepack.registry.client import RegistryClient, read_limited
 from closurepack.registry.pull import MANIFEST_LIMIT
 
@@ -28,10 +27,6 @@ __all__ = ["TagState", "manifest_blobs", "read_tag"]
 
 _log = logging.getLogger(__name__)
 
-_MANIFEST_TYPES = (MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value)
-#: Asked for too: a registry answers 404 for a tag whose kind the Accept header leaves out,
-#: which would pass for "no such tag".
-_INDEX_TYPES = (MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value)
 #: Layers a registry does not have to hold (they are fetched from their ``urls``).
 _FOREIGN = (
     "application/vnd.docker.image.rootfs.foreign.",
@@ -65,7 +60,7 @@ def read_tag(client: RegistryClient, tag: str) -> TagState:
             client.url(f"manifests/{tag}"),
             what=what,
             ok=(200, 404),
-            headers={"Accept": ", ".join(_MANIFEST_TYPES + _INDEX_TYPES)},
+            headers={"Accept": ANY_MANIFEST_ACCEPT},
             stream=True,
         )
         if response.status_code == 404:
@@ -89,7 +84,7 @@ def read_tag(client: RegistryClient, tag: str) -> TagState:
             digest,
         )
         return TagState()
-    if media_type in _INDEX_TYPES:  # a multi-platform image: its digest, no blobs known
+    if media_type in INDEX_TYPES:  # a multi-platform image: its digest, no blobs known
         return TagState(digest, {}, known=True)
     try:
         blobs = manifest_blobs(body, media_type)
@@ -103,14 +98,9 @@ def manifest_blobs(body: bytes, media_type: str) -> dict[Digest, int]:
     """The blobs (digest -> size) the image manifest ``body`` (served as ``media_type``, or
     "" when not said) names: config and layers, foreign layers left out; a blob named with
     two sizes is left out too. An ImageError when ``body`` is not an image manifest."""
-    try:
-        manifest: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ImageError(f"not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise ImageError("not a JSON object")
+    manifest = parse_json_object(body, "the manifest")
     kinds = {str(k) for k in (media_type, manifest.get("mediaType")) if k}
-    if len(kinds) != 1 or not kinds <= set(_MANIFEST_TYPES):
+    if len(kinds) != 1 or not kinds <= set(IMAGE_MANIFEST_TYPES):
         raise ImageError(f"not an image manifest ({', '.join(map(repr, sorted(kinds)))})")
     layers = manifest.get("layers")
     if not isinstance(layers, list):

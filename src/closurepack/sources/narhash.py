@@ -20,15 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack.errors import StoreError
+from closurepack.sources.files import store_file
 from closurepack.sources.scan import NIX_BASE32
 
-__all__ = ["NarDigest", "format_nar_hash", "nar_digest", "parse_nar_hash"]
+__all__ = [
+    "NarDigest",
+    "NarDigests",
+    "format_nar_hash",
+    "nar_digest",
+    "parse_nar_hash",
+]
 
 _CHUNK = 1 << 20
 _SHA256_SIZE = 32
 #: The value of each digit of Nix's base-32 alphabet.
 _BASE32_VALUES = {c: i for i, c in enumerate(NIX_BASE32)}
 _BASE32_LENGTH = (_SHA256_SIZE * 8 + 4) // 5  # 52
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +50,23 @@ class NarDigest:
     def nar_hash(self) -> str:
         """As Nix writes it in its database: ``sha256:`` and base-16."""
         return format_nar_hash(self.sha256)
+
+
+class NarDigests:
+    """The NAR digests of one build's store items, each computed from its files once (under
+    ``store_root`` when given): the SBOM and the store database of a build share one, so an
+    item without a ``narHash`` is walked and hashed once however many ask for it."""
+
+    def __init__(self, store_root: Path | None) -> None:
+        self.store_root = store_root
+        self._known: dict[str, NarDigest] = {}
+
+    def of(self, path: str) -> NarDigest:
+        """The NAR digest of store path ``path``; StoreError as :func:`nar_digest`."""
+        known = self._known.get(path)
+        if known is None:
+            known = self._known[path] = nar_digest(store_file(path, self.store_root))
+        return known
 
 
 def format_nar_hash(digest: bytes) -> str:
@@ -63,10 +88,8 @@ def parse_nar_hash(text: str, *, where: str) -> bytes:
     if algorithm != "sha256":
         raise StoreError(f"{where}: NAR hash {text!r} is not sha256")
     if len(body) == 2 * _SHA256_SIZE:
-        try:
+        if all(c in _HEX_DIGITS for c in body):  # fromhex would skip whitespace
             return bytes.fromhex(body)
-        except ValueError:
-            pass
     elif len(body) == _BASE32_LENGTH:
         return _base32(body, text, where)
     elif len(body) == 44:

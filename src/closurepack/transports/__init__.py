@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from closurepack._fs import is_special_file
-from closurepack.artifacts import Attachment
 from closurepack.blobstamp import BlobStamps
 from closurepack.errors import DestinationError, InputError, OptionError, SourceError
 from closurepack.image import Image
-from closurepack.imageindex import ImageIndex
+from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
 from closurepack.registry import parse_reference as parse_registry_reference
@@ -65,6 +64,7 @@ __all__ = [
     "parse_reference",
     "parse_repo_tag",
     "parse_source",
+    "read_image_or_index",
     "read_index",
     "read_raw",
     "sniff_media_type",
@@ -163,7 +163,7 @@ def write_image(
     registry: RegistryOptions | None = None,
     docker: bool = False,
     mount_from: Sequence[str] = (),
-    attachments: Sequence[Attachment] = (),
+    attachments: Attachments = (),
     stamps: BlobStamps | None = None,
 ) -> str:
     """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string); return
@@ -176,8 +176,9 @@ def write_image(
     files that writes killed before ``started`` (the job's start; default: now) left at the
     destination are removed. A registry (``docker://``) is reached with ``registry`` (its
     options), gets the Docker schema 2 manifest with ``docker``, and has the blobs of its
-    repositories ``mount_from`` mounted rather than uploaded. ``attachments`` go with a single
-    image as artifacts whose subject is its manifest, where :func:`attaches_artifacts`. A
+    repositories ``mount_from`` mounted rather than uploaded. ``attachments`` go with the
+    image (each platform's image, of an index) as artifacts whose subject is its manifest,
+    where :func:`attaches_artifacts`. A
     multi-platform image (an :class:`ImageIndex`) goes to ``oci:``, ``oci-archive:`` and
     registries only. ``stamps`` spare rewriting or rehashing unchanged blobs of an ``oci:``
     layout (see :func:`oci_layout.write_blobs`).
@@ -206,9 +207,11 @@ def write_image(
     if isinstance(image, ImageIndex):
         check_index_destination(str(dest))
         if dest.kind == "oci":
-            oci_layout.write_image(image, dest, tags=tags, started=started)
+            oci_layout.write_image(image, dest, tags=tags, started=started, attachments=attachments)
         else:
-            oci_archive.write_image(image, dest, tags=tags, started=started)
+            oci_archive.write_image(
+                image, dest, tags=tags, started=started, attachments=attachments
+            )
         return str(image.digest)
     if dest.kind == "docker-archive":
         docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
@@ -292,6 +295,18 @@ def read_index(source: str, *, registry: RegistryOptions | None = None) -> RawIn
         if where.kind == "oci":
             return oci_layout.read_index(where, path, source)
         return oci_archive.read_index(where, path, source)
+
+
+def read_image_or_index(
+    source: str, *, registry: RegistryOptions | None = None
+) -> RawImage | RawIndex:
+    """The multi-platform image at ``source`` as :func:`read_index` gives it, else the single
+    image as :func:`read_raw` does; a registry is asked for the manifest once."""
+    if is_registry_reference(source):
+        from closurepack.transports import registry as _registry  # noqa: PLC0415 - the HTTP stack, loaded for docker:// only
+
+        return _registry.read_image_or_index(source, registry)
+    return read_index(source, registry=registry) or read_raw(source, registry=registry)
 
 
 def _source_path(source: str) -> tuple[Destination, Path]:

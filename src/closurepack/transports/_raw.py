@@ -4,13 +4,13 @@ small helpers the readers share."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from closurepack.digest import Digest
-from closurepack.errors import DestinationError, ImageError, SourceError
+from closurepack.errors import DestinationError, SourceError
+from closurepack.jsontext import parse_json
 from closurepack.mediatypes import MediaType
 from closurepack.platforms import Platform, choose_entry, entry_platform
 
@@ -73,11 +73,6 @@ class RawIndex:
         declared = index.get("mediaType") if isinstance(index, dict) else None
         return str(declared or MediaType.OCI_INDEX)
 
-    @property
-    def platforms(self) -> list[Platform]:
-        """The platforms of the entries that name one (attestations left out), in order."""
-        return [p for e in self.entries if (p := entry_platform(e)) is not None]
-
     def image(self, platform: Platform | None = None) -> RawImage:
         """The image for ``platform`` (default: the host's); see
         :func:`~closurepack.platforms.choose_entry`."""
@@ -86,14 +81,6 @@ class RawIndex:
     def images(self) -> list[tuple[Platform, RawImage]]:
         """Every image of the index that names a platform, in order."""
         return [(p, self.reader(e)) for e in self.entries if (p := entry_platform(e)) is not None]
-
-
-def parse_json(data: bytes, what: str) -> Any:
-    """``data`` parsed, or an ImageError naming ``what``."""
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ImageError(f"{what}: not valid JSON: {exc}") from exc
 
 
 def sniff_media_type(opener: Callable[[], BinaryIO]) -> MediaType:

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, Protocol
 
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
-from closurepack.mediatypes import MediaType
+from closurepack.mediatypes import INDEX_TYPES, MediaType
 from closurepack.platforms import Platform, choose_entry
 from closurepack.transports._raw import RawBlob, RawImage, RawIndex, missing_blob, parse_json
 
@@ -24,7 +24,6 @@ __all__ = [
 ]
 
 REF_NAME = "org.opencontainers.image.ref.name"
-_INDEX_TYPES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
 
 
 class BlobStore(Protocol):
@@ -109,7 +108,7 @@ def read_stored_index(
     """The multi-platform image tagged ``reference`` (or the only one) in ``store``, as
     stored; None when the tag names a single image."""
     entry = _tagged(store, reference, where)
-    if entry.get("mediaType") not in _INDEX_TYPES:
+    if entry.get("mediaType") not in INDEX_TYPES:
         return None
     data, entries = _index_entries(store, entry, where)
     digest, _ = _blob_name(entry.get("digest"), where)
@@ -136,7 +135,7 @@ def _through_indexes(
 ) -> Mapping[str, Any]:
     """The manifest entry ``entry`` leads to, through nested indexes (for ``platform``)."""
     for _ in range(INDEX_DEPTH):
-        if entry.get("mediaType") not in _INDEX_TYPES:
+        if entry.get("mediaType") not in INDEX_TYPES:
             return entry
         _, entries = _index_entries(store, entry, where)
         entry = choose_entry(entries, platform, where=where)

@@ -17,12 +17,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from closurepack.artifacts import Attachment, drop_replaced_referrers
+from closurepack.artifacts import drop_replaced_referrers
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
-from closurepack.imageindex import ImageIndex
-from closurepack.mediatypes import MediaType
+from closurepack.imageindex import Attachments, ImageIndex
+from closurepack.mediatypes import IMAGE_MANIFEST_TYPES, INDEX_TYPES
 from closurepack.platforms import Platform
 from closurepack.transports._files import (
     atomic_file,
@@ -45,8 +45,6 @@ from closurepack.transports.reference import Destination, oci_ref_names
 __all__ = ["check_existing", "read_image", "read_index", "write_image", "write_stream"]
 
 _BLOBS = "blobs/sha256/"
-_INDEXES = {MediaType.OCI_INDEX.value, MediaType.DOCKER_MANIFEST_LIST.value}
-_MANIFESTS = {MediaType.OCI_MANIFEST.value, MediaType.DOCKER_MANIFEST.value}
 
 
 def write_stream(
@@ -55,7 +53,7 @@ def write_stream(
     *,
     ref_names: Sequence[str],
     existing: tarfile.TarFile | None = None,
-    attachments: Sequence[Attachment] = (),
+    attachments: Attachments = (),
 ) -> None:
     """Stream ``image`` (or a multi-platform image's index) as an oci-archive tagged with each
     of ``ref_names``, with ``attachments`` as artifacts whose subject is its manifest (a single
@@ -65,9 +63,7 @@ def write_stream(
     index = index_with(old_index, image, ref_names)
     if existing is not None:
         index = drop_replaced_referrers(old_index, index, functools.partial(_small_blob, existing))
-    small: dict[str, bytes] = {}
-    if isinstance(image, Image):  # artifacts are attached to single images only
-        index, small = attached_blobs(image, index, attachments)
+    index, small = attached_blobs(image, index, attachments)
     own_layers, own_small = image_blobs(image)
     small.update((digest.hex, data) for digest, data in own_small.items())
     layers = {layer.digest.hex: layer for layer in own_layers}
@@ -160,7 +156,7 @@ def _reachable(
             )
         found[hex_digest] = member
         media_type = descriptor.get("mediaType")
-        if media_type in _INDEXES or media_type in _MANIFESTS:
+        if media_type in INDEX_TYPES or media_type in IMAGE_MANIFEST_TYPES:
             with _member(archive, member) as handle:
                 try:
                     inner = json.loads(handle.read())
@@ -210,7 +206,7 @@ def write_image(
     *,
     tags: Sequence[str] = (),
     started: float | None = None,
-    attachments: Sequence[Attachment] = (),
+    attachments: Attachments = (),
 ) -> None:
     """Write ``image`` to the oci-archive ``dest.path``, adding its tags (see
     :func:`oci_ref_names`) and ``attachments`` (artifacts whose subject is its manifest) to an

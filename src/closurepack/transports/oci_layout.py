@@ -25,18 +25,16 @@ from typing import Any
 
 from closurepack._fs import TEMP_SUFFIX, clone_blob, sweep_stale_temps
 from closurepack.artifacts import (
-    Attachment,
     artifact_manifests,
     drop_replaced_referrers,
     merge_referrers,
     referrer_descriptor,
-    subject_descriptor,
 )
 from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError
 from closurepack.image import Image, ImageLayer, canonical_json
-from closurepack.imageindex import ImageIndex
+from closurepack.imageindex import Attachments, ImageIndex, attachment_subjects
 from closurepack.mediatypes import MediaType
 from closurepack.platforms import Platform
 from closurepack.transports._files import atomic_file, blob_is_good, probe_writable, put_blob
@@ -121,20 +119,22 @@ def index_with(
 
 
 def attached_blobs(
-    image: Image, index: dict[str, Any], attachments: Sequence[Attachment]
+    image: Image | ImageIndex, index: dict[str, Any], attachments: Attachments
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """``index`` with an entry for the artifact manifest of each of ``attachments`` whose
-    subject is ``image``'s manifest (no ref name: an artifact is found by its subject), and
-    the blobs those manifests need, by hex digest."""
-    if not attachments:
-        return index, {}
-    subject = subject_descriptor(str(MediaType.OCI_MANIFEST), image.manifest_bytes)
+    subject is ``image``'s manifest (of a multi-platform image: each platform image's; no
+    ref name: an artifact is found by its subject), and the blobs those manifests need, by
+    hex digest."""
     blobs: dict[str, bytes] = {}
     descriptors = []
-    for manifest, parts in artifact_manifests(subject, attachments):
-        for blob in (*parts, manifest):
-            blobs[Digest.of_bytes(blob).hex] = blob
-        descriptors.append(referrer_descriptor(manifest))
+    subjects = attachment_subjects(image, attachments, media_type=str(MediaType.OCI_MANIFEST))
+    for subject, documents in subjects:
+        for manifest, parts in artifact_manifests(subject, documents):
+            for blob in (*parts, manifest):
+                blobs[Digest.of_bytes(blob).hex] = blob
+            descriptors.append(referrer_descriptor(manifest))
+    if not descriptors:
+        return index, {}
     return merge_referrers(index, descriptors), blobs
 
 
@@ -262,7 +262,7 @@ def write_image(
     *,
     tags: Sequence[str] = (),
     started: float | None = None,
-    attachments: Sequence[Attachment] = (),
+    attachments: Attachments = (),
     stamps: BlobStamps | None = None,
 ) -> None:
     """Add ``image`` (or a multi-platform image's index) to the OCI layout at ``dest.path``
@@ -290,9 +290,7 @@ def write_image(
             index = drop_replaced_referrers(
                 old, index_with(old, image, ref_names), functools.partial(_read_blob, blobs)
             )
-            extra: dict[str, bytes] = {}
-            if isinstance(image, Image):  # artifacts are attached to single images only
-                index, extra = attached_blobs(image, index, attachments)
+            index, extra = attached_blobs(image, index, attachments)
             for hex_digest, blob in sorted(extra.items()):
                 put_blob(blobs, Digest(hex_digest), blob, size=len(blob))
             with atomic_file(root / "index.json") as out:

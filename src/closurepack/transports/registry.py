@@ -6,18 +6,29 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from closurepack.artifacts import Attachment
 from closurepack.digest import Digest
 from closurepack.image import Image
-from closurepack.imageindex import ImageIndex
+from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, parse_reference
-from closurepack.registry.pull import PulledImage, pull_image, pull_index
+from closurepack.registry.pull import (
+    PulledImage,
+    PulledIndex,
+    pull_image,
+    pull_image_or_index,
+    pull_index,
+)
 from closurepack.registry.push import ImagePusher
-from closurepack.registry.referrers import attach_pushed
+from closurepack.registry.referrers import attach_platforms, attach_pushed
 from closurepack.transports._raw import RawBlob, RawImage, RawIndex
 
-__all__ = ["check_destination", "read_image", "read_index", "write_image"]
+__all__ = [
+    "check_destination",
+    "read_image",
+    "read_image_or_index",
+    "read_index",
+    "write_image",
+]
 
 
 def check_destination(text: str) -> RegistryRef:
@@ -40,8 +51,20 @@ def read_index(source: str, registry: RegistryOptions | None = None) -> RawIndex
     """The image index (or manifest list) ``source`` names, as stored; None when it names a
     single image."""
     pulled = pull_index(parse_reference(source), registry or RegistryOptions())
-    if pulled is None:
-        return None
+    return None if pulled is None else _raw_index(source, pulled)
+
+
+def read_image_or_index(
+    source: str, registry: RegistryOptions | None = None
+) -> RawImage | RawIndex:
+    """The index ``source`` names, or the single image it names, from one manifest GET."""
+    pulled = pull_image_or_index(parse_reference(source), registry or RegistryOptions())
+    if isinstance(pulled, PulledIndex):
+        return _raw_index(source, pulled)
+    return _raw(source, pulled)
+
+
+def _raw_index(source: str, pulled: PulledIndex) -> RawIndex:
     reader = pulled.reader
 
     def read(entry: Mapping[str, Any]) -> RawImage:
@@ -83,19 +106,22 @@ def write_image(
     tags: Sequence[str] = (),
     docker: bool = False,
     mount_from: Sequence[str] = (),
-    attachments: Sequence[Attachment] = (),
+    attachments: Attachments = (),
 ) -> Digest:
     """Push ``image`` to ``ref`` under ``tags`` (default: the reference's own); return the
     digest of the manifest pushed (Docker schema 2 with ``docker``). Blobs the repository has
     are not sent again; blobs of the repositories ``mount_from`` (of the same registry) are
     mounted from there rather than uploaded. A multi-platform image has every image pushed
-    by digest, then its index under the tags. ``attachments`` follow a single image as
-    artifacts whose subject is the manifest pushed."""
+    by digest, then its index under the tags. ``attachments`` follow as artifacts whose
+    subject is the manifest pushed (of an index: each platform's image's)."""
     with ImagePusher(
         ref, options=options, tags=tags, docker=docker, mount_from=mount_from
     ) as pusher:
         if isinstance(image, ImageIndex):
-            return pusher.push_index(image)
+            digest = pusher.push_index(image)
+            attach_platforms(pusher, image, attachments)
+            return digest
         digest = pusher.push(image)
-        attach_pushed(pusher, attachments)
+        if not isinstance(attachments, Mapping):
+            attach_pushed(pusher, attachments)
         return digest
