@@ -1,7 +1,8 @@
 """oci transport: an OCI image layout directory, shared with other tags already in it.
 
 Blobs go in first (each written atomically; good ones already there kept, bad ones replaced;
-copies or reflinks, never hard links to the cache), ``index.json`` is replaced atomically last,
+reflinks or kernel copies of blobs this process built or verified, else checked copies; never hard
+links to the cache), ``index.json`` is replaced atomically last,
 under an exclusive lock on the directory, so a failed or interrupted write leaves the previous
 tags as they were (at most some unreferenced blobs). A multi-platform image is an index blob
 that ``index.json`` names by its tag (as ``skopeo copy --all`` writes one), its images' blobs
@@ -161,9 +162,9 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
 
 
 def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
-    """Reflink a blob this process built or verified (see ``BuiltLayer.verified``) instead of
-    copying and rehashing it; False when the layer is not verified or the filesystem cannot
-    clone it there."""
+    """Reflink (else copy in the kernel) a blob this process built or verified (see
+    ``BuiltLayer.verified``) instead of copying and rehashing it in Python; False when the
+    layer is not verified or neither is possible there."""
     source = getattr(layer, "blob_path", None)
     if not getattr(layer, "verified", False) or not isinstance(source, Path):
         return False
