@@ -150,11 +150,19 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
             continue
         if not blob_is_good(target, layer.digest, layer.size):
             try:
-                if not _clone_verified(layer, blobs):
+                cloned = _clone_verified(layer, blobs)
+            except OSError as exc:  # a kernel copy: mostly the layout's disk being full
+                raise DestinationError(
+                    f"{target}: cannot write blob: {exc.strerror or exc}"
+                ) from exc
+            if not cloned:
+                try:
                     with layer.open() as src:
                         put_blob(blobs, layer.digest, src, size=layer.size)
-            except OSError as exc:
-                raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+                except OSError as exc:
+                    raise DestinationError(
+                        f"layer {layer.digest}: cannot read blob: {exc}"
+                    ) from exc
         if stamps is not None:
             stamps.record(target, layer.digest)
     for digest, data in small.items():
