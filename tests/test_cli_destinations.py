@@ -5,6 +5,7 @@ destination checks that fail before any layer is built."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -264,24 +265,52 @@ def test_a_bad_blob_in_the_layout_is_replaced(
     assert status == 0, err
 
 
-def test_clone_blob_makes_a_file_of_its_own_or_declines(tmp_path: Path) -> None:
-    """A reflink where the filesystem has them (an independent inode sharing blocks), else
-    False with nothing left behind: the caller copies."""
+def test_clone_blob_makes_a_file_of_its_own(tmp_path: Path) -> None:
+    """A reflink where the filesystem has them, else a kernel copy (ext4, tmpfs: issue 11's
+    cold build into a layout no longer reads and rehashes its blobs in Python): in both cases
+    an independent inode with the same bytes, nothing left behind."""
     source = tmp_path / "source"
-    source.write_bytes(b"layer bytes" * 1000)
+    source.write_bytes(b"layer bytes" * 300_000)  # several MiB: more than one kernel call
     digest = Digest.of_bytes(source.read_bytes())
     blobs = tmp_path / "blobs"
     blobs.mkdir()
-    if clone_blob(blobs, source, digest):
-        clone = blobs / digest.hex
-        assert not clone.samefile(source)
-        assert clone.read_bytes() == source.read_bytes()
-        assert [p.name for p in blobs.iterdir()] == [digest.hex]
-    else:
-        assert list(blobs.iterdir()) == []
+    assert clone_blob(blobs, source, digest)
+    clone = blobs / digest.hex
+    assert not clone.samefile(source)
+    assert clone.read_bytes() == source.read_bytes()
+    assert [p.name for p in blobs.iterdir()] == [digest.hex]
+    assert clone.stat().st_mode & 0o777 == 0o644
+    clone.write_bytes(b"changed")  # its own file: the source is untouched
+    assert Digest.of_bytes(source.read_bytes()) == digest
     with pytest.raises(FileNotFoundError):
         clone_blob(blobs, tmp_path / "missing", digest)
     assert [p.name for p in blobs.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_clone_blob_refuses_a_source_that_ends_early(tmp_path: Path) -> None:
+    """The kernel copy checks it copied every byte the source's size promised: a source that
+    shrinks while copied is an error, nothing is left in the layout."""
+    source = tmp_path / "source"
+    source.write_bytes(b"x" * 4096)
+    digest = Digest.of_bytes(source.read_bytes())
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    real = os.copy_file_range
+
+    def shrinking(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        os.truncate(source, 100)  # the blob changes under the copy
+        return real(src, dst, count, offset_src)
+
+    def no_reflink(*args: object) -> int:
+        raise OSError(errno.EOPNOTSUPP, "no reflinks here")  # as on ext4 or tmpfs
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fcntl, "ioctl", no_reflink)
+        mp.setattr(os, "copy_file_range", shrinking)
+        mp.setattr(os, "sendfile", lambda *a: 0)  # (in case the filesystem refuses the first)
+        with pytest.raises(OSError, match="blob ended after 100 of 4096 bytes"):
+            clone_blob(blobs, source, digest)
+    assert list(blobs.iterdir()) == []
 
 
 # 5. temp files of killed builds are swept by later builds to the same place --------------------

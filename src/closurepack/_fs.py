@@ -11,7 +11,7 @@ import fcntl
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -270,22 +270,24 @@ _NO_CLONE = {
 
 
 def clone_blob(directory: Path, source: Path, digest: Digest) -> bool:
-    """Put a copy-on-write clone (reflink) of ``source``, whose content is known to hash to
-    ``digest`` (a verified cache blob), at ``directory/<hex>``: a file of its own (a change to
-    either never shows in the other) that shares the source's blocks, so nothing is copied or
-    rehashed. An existing blob of that name is replaced atomically. False when the filesystem
-    cannot clone (ext4, tmpfs, across devices): the caller then copies, e.g. with
-    :func:`put_blob`."""
+    """Put a file of its own (a change to either never shows in the other) holding the bytes
+    of ``source``, whose content is known to hash to ``digest`` (a verified cache blob), at
+    ``directory/<hex>``, without reading it into this process or rehashing it: a
+    copy-on-write clone (reflink) sharing the source's blocks where the filesystem has them,
+    else a copy made by the kernel (:func:`_kernel_copy`: ``copy_file_range``, or
+    ``sendfile``). An existing blob of that name is replaced atomically. False when neither
+    is possible here: the caller then copies, e.g. with :func:`put_blob`."""
     with _locked_temp(directory, prefix=".blob.") as (fd, tmp):
         try:
             with os.fdopen(fd, "wb") as handle, source.open("rb") as src:
                 try:
                     fcntl.ioctl(handle.fileno(), _FICLONE, src.fileno())
                 except OSError as exc:
-                    if exc.errno in _NO_CLONE:
+                    if exc.errno not in _NO_CLONE:
+                        raise
+                    if not _kernel_copy(src.fileno(), handle.fileno()):
                         tmp.unlink()
                         return False
-                    raise
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, directory / digest.hex)
@@ -294,3 +296,29 @@ def clone_blob(directory: Path, source: Path, digest: Digest) -> bool:
             raise
     fsync_dir(directory)
     return True
+
+
+def _kernel_copy(src: int, dst: int) -> bool:
+    """Copy the whole of file ``src`` to the empty file ``dst`` inside the kernel (no user-space
+    buffers: a cold build into an OCI layout on ext4 or tmpfs spends no CPU hashing or copying
+    its blobs a second time, issue 11); False, nothing written, when this kernel can do
+    neither ``copy_file_range`` nor ``sendfile`` between them. A source that ends before its
+    size said is an OSError (the blob changed under us)."""
+    size = os.fstat(src).st_size
+    copied = 0
+    ways: tuple[Callable[[int], int], ...] = (
+        lambda done: os.copy_file_range(src, dst, size - done, done),
+        lambda done: os.sendfile(dst, src, done, size - done),
+    )
+    for copy in ways:
+        try:
+            while copied < size:
+                n = copy(copied)
+                if not n:
+                    raise OSError(errno.EIO, f"blob ended after {copied} of {size} bytes")
+                copied += n
+            return True
+        except OSError as exc:
+            if copied or exc.errno not in _NO_CLONE:
+                raise
+    return False

@@ -1,7 +1,8 @@
 """oci transport: an OCI image layout directory, shared with other tags already in it.
 
 Blobs go in first (each written atomically; good ones already there kept, bad ones replaced;
-copies or reflinks, never hard links to the cache), ``index.json`` is replaced atomically last,
+reflinks or kernel copies of blobs this process built or verified, else checked copies; never hard
+links to the cache), ``index.json`` is replaced atomically last,
 under an exclusive lock on the directory, so a failed or interrupted write leaves the previous
 tags as they were (at most some unreferenced blobs). A multi-platform image is an index blob
 that ``index.json`` names by its tag (as ``skopeo copy --all`` writes one), its images' blobs
@@ -156,11 +157,19 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
             continue
         if not blob_is_good(target, layer.digest, layer.size):
             try:
-                if not _clone_verified(layer, blobs):
+                cloned = _clone_verified(layer, blobs)
+            except OSError as exc:  # a kernel copy: mostly the layout's disk being full
+                raise DestinationError(
+                    f"{target}: cannot write blob: {exc.strerror or exc}"
+                ) from exc
+            if not cloned:
+                try:
                     with layer.open() as src:
                         put_blob(blobs, layer.digest, src, size=layer.size)
-            except OSError as exc:
-                raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+                except OSError as exc:
+                    raise DestinationError(
+                        f"layer {layer.digest}: cannot read blob: {exc}"
+                    ) from exc
         if stamps is not None:
             stamps.record(target, layer.digest)
     for digest, data in small.items():
@@ -168,9 +177,9 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
 
 
 def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
-    """Reflink a blob this process built or verified (see ``BuiltLayer.verified``) instead of
-    copying and rehashing it; False when the layer is not verified or the filesystem cannot
-    clone it there."""
+    """Reflink (else copy in the kernel) a blob this process built or verified (see
+    ``BuiltLayer.verified``) instead of copying and rehashing it in Python; False when the
+    layer is not verified or neither is possible there."""
     source = getattr(layer, "blob_path", None)
     if not getattr(layer, "verified", False) or not isinstance(source, Path):
         return False
