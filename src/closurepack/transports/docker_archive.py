@@ -133,7 +133,7 @@ class ArchiveStream:
                         return
                     layer = self._ready.pop(following)
                 self._write_layer(layer, None)
-        except BaseException as exc:  # noqa: BLE001 - kept for finish to raise
+        except BaseException as exc:  # kept for finish (and the next add) to raise
             with self._lock:
                 self._sender, self._error = None, exc
 
