@@ -11,6 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clistore import APP, GLIBC, Store, read_oci, run
 from closurepack.build import BuildOptions, build_layers
@@ -136,7 +138,20 @@ def test_no_tar_entry_names_a_path_outside_the_root(name: bytes) -> None:
 
 
 def test_entry_names_inside_the_root_pass() -> None:
-    for name in (b"nix", b"nix/store/x-y", b"etc/..hidden", b"a/b.../c"):
+    for name in (b"nix", b"nix/store/x-y", b"etc/..hidden", b"a/b.../c", b"a/.b", b".x/y"):
+        _check_entry_name(name)
+
+
+@settings(deadline=None)  # a busy machine is no failure
+@given(st.lists(st.sampled_from([b"a", b".", b"/", b"\0", b".."]), max_size=8).map(b"".join))
+def test_the_quick_name_check_agrees_with_the_definition(name: bytes) -> None:
+    # the definition: relative, no empty, "." or ".." part, no NUL
+    parts = name.split(b"/")
+    bad = not name or b"\0" in name or any(part in (b"", b".", b"..") for part in parts)
+    if bad:
+        with pytest.raises(StoreError, match="must stay inside the image root"):
+            _check_entry_name(name)
+    else:
         _check_entry_name(name)
 
 

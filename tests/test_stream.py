@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,16 @@ def test_first_layer_leaves_before_the_last_is_built(
     recorder = _Recorder()
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(recorder))
     seen: list[tuple[int, int, int]] = []  # (layer index, of total, bytes out when reported)
+    # Layers go out on a thread of their own: once the second layer is built (and the three
+    # above it are not), wait a while for the bottom one's bytes; a stream that sent nothing
+    # before the build ended would not give them.
+    bottom_end = [0]
 
     def progress(event: LayerEvent) -> None:
+        if event.index == 1 and bottom_end[0]:
+            deadline = time.monotonic() + 60
+            while len(recorder.getvalue()) < bottom_end[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
         seen.append((event.index, event.total, len(recorder.getvalue())))
 
     def build(dest: str, report: ProgressCallback | None = None) -> None:
@@ -49,24 +59,20 @@ def test_first_layer_leaves_before_the_last_is_built(
             progress=report,
         )
 
-    build("-", progress)
-    streamed = recorder.getvalue()
-    total = seen[0][1]
-    assert total == 5  # four store items, one layer each, and the customisation layer
-    first_out = next(out for index, _, out in seen if index == 0)
-    last_store_layer_done = next(out for index, _, out in seen if index == total - 2)
     archive = tmp_path / "image.tar"
     build(f"docker-archive:{archive}")
     whole = archive.read_bytes()
-    assert streamed == whole
     manifest, _ = read_docker_archive(archive)
-    bottom = manifest[0]["Layers"][0]
     with tarfile.open(archive) as tar:
-        member = tar.getmember(bottom)
-        blob_end = member.offset_data + member.size
-    # the bottom layer is out when it is reported, before any later layer is built
-    assert first_out >= blob_end
-    assert 0 < first_out < last_store_layer_done < len(whole)
+        member = tar.getmember(manifest[0]["Layers"][0])
+        bottom_end[0] = member.offset_data + member.size
+    build("-", progress)
+    assert recorder.getvalue() == whole
+    total = seen[0][1]
+    assert total == 5  # four store items, one layer each, and the customisation layer
+    second_built = next(out for index, _, out in seen if index == 1)
+    # the bottom layer was out before the layers above the second one were built
+    assert bottom_end[0] <= second_built < len(whole)
 
 
 def test_a_failure_midway_leaves_a_cut_off_stream_and_one_error_line(
@@ -149,3 +155,69 @@ def test_layers_start_largest_first_unless_streamed(
         assert sizes == sorted(sizes, reverse=True)
     else:
         assert [e.index for e in store_layers] == [0, 1, 2, 3]
+
+
+class _ClosedPipe(_Recorder):
+    """A reader that goes away after the first few KiB."""
+
+    def write(self, data: object) -> int:  # type: ignore[override]
+        if self.tell() > 4096:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(data)  # type: ignore[arg-type]
+
+
+def test_a_reader_that_goes_away_stops_the_build_with_one_error(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the layers go out on a thread of their own: its write error still ends the build
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(_ClosedPipe()))
+    with pytest.raises(DestinationError, match=r"^standard output: cannot write image: .*Broken"):
+        build_image(
+            closure_files=[app_closure],
+            store_root=store.root,
+            strategy="per-item",
+            jobs=1,
+            compression="none",
+            image=ImageOptions(cmd=("/bin/app",)),
+            dest="-",
+            cache_dir=tmp_path / "cache",
+        )
+
+
+def test_a_slow_reader_does_not_hold_up_the_build(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released = threading.Event()
+
+    class Stalled(_Recorder):
+        """A reader that takes nothing until every store layer is built (10 s at most)."""
+
+        def write(self, data: object) -> int:  # type: ignore[override]
+            if not released.wait(timeout=10):
+                released.set()  # the build waited for the reader: let it end (and fail)
+            return super().write(data)  # type: ignore[arg-type]
+
+    out = Stalled()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out))
+    out_when_built: dict[int, int] = {}
+
+    def progress(event: LayerEvent) -> None:
+        out_when_built[event.index] = len(out.getvalue())
+        if event.index == event.total - 2:  # the last store layer
+            released.set()
+
+    build_image(
+        closure_files=[app_closure],
+        store_root=store.root,
+        strategy="per-item",
+        jobs=1,
+        compression="none",
+        image=ImageOptions(cmd=("/bin/app",)),
+        dest="-",
+        cache_dir=tmp_path / "cache",
+        progress=progress,
+    )
+    # every store layer was built while the reader took nothing: none waited for the writes
+    assert [out_when_built[i] for i in range(4)] == [0, 0, 0, 0]
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        assert "manifest.json" in tar.getnames()

@@ -44,7 +44,6 @@ from typing import Literal
 from closurepack._fs import (
     atomic_write,
     fs_now,
-    fsync_dir,
     locked_temp_dir,
     move_file,
     sweep_stale_temp_dirs,
@@ -234,13 +233,15 @@ class LayerCache:
     def _write_entry(self, key: str, layer: BuiltLayer) -> None:
         text = entry_text(layer)
         entry = self._entry_path(key)
-        # written in a work directory, not beside the entry, so a kill leaves nothing in keys/
+        # written in a work directory, not beside the entry, so a kill leaves nothing in keys/.
+        # Not fsynced, as the blob is not (build_store_layer's fsync=False): syncing the entry
+        # alone never made the pair durable, and cost every layer two journal commits. After a
+        # crash an entry is there whole, or missing, or unreadable (removed when read): a miss.
         with locked_temp_dir(self._tmp, _WORK) as work:
             staged = work / "entry.json"
-            with atomic_write(staged) as handle:
+            with atomic_write(staged, fsync=False) as handle:
                 handle.write(text.encode())
             os.replace(staged, entry)
-        fsync_dir(self._keys)
 
     def put(self, key: str, layer: BuiltLayer) -> BuiltLayer:
         """Move ``layer``'s blob into the cache and record it under ``key``; return the layer

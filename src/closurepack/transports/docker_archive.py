@@ -100,33 +100,59 @@ class ArchiveStream:
         self._ids: list[str] = []
         self._written: list[ImageLayer] = []
         self._lock = threading.Lock()
-        self._writing = False  # a caller of add is writing layers
-        self._broken = False  # a write failed: nothing more goes out
+        #: the thread writing the layers that are ready, while it runs
+        self._sender: threading.Thread | None = None
+        self._error: BaseException | None = None  # a write failed: nothing more goes out
 
     def add(self, index: int, layer: ImageLayer, *, total: int) -> None:
         """``layer`` is the image's layer ``index`` (counting the base's) of ``total``.
 
-        The caller that finds the next layers ready writes them, outside the lock: the
-        others go back to building meanwhile; while one writes, another's layer waits in
-        line for it."""
+        The layers that are ready go out on a thread of their own (started here when none
+        is running), so the caller goes back to building at once instead of waiting for a
+        slow reader of ``out``. A write error is raised by :meth:`finish`, and by the next
+        :meth:`add` (so the build stops)."""
         with self._lock:
             self._ready[index] = layer
-            if self._writing or self._broken:
-                return
-            self._writing = True
+            self._raise_error()
+            if self._sender is not None:
+                return  # it takes this layer too when it is next
+            sender = threading.Thread(
+                target=self._send_ready, args=(total,), name="closurepack-stream", daemon=True
+            )
+            self._sender = sender
+        sender.start()
+
+    def _send_ready(self, total: int) -> None:
+        """Write the next layers while they are ready (all but the top one), then stop."""
         try:
             while True:
                 with self._lock:
                     following = len(self._written)
                     if following >= total - 1 or following not in self._ready:
-                        self._writing = False
+                        self._sender = None
                         return
                     layer = self._ready.pop(following)
                 self._write_layer(layer, None)
-        except BaseException:
+        except BaseException as exc:  # kept for finish (and the next add) to raise
             with self._lock:
-                self._writing, self._broken = False, True
-            raise
+                self._sender, self._error = None, exc
+
+    def _wait_for_sender(self) -> None:
+        """Let the running sender (if any) finish; raise what stopped it."""
+        with self._lock:
+            sender = self._sender
+        if sender is not None:
+            sender.join()
+        with self._lock:
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        """Raise what stopped the sender, if anything did (called holding the lock)."""
+        error = self._error
+        if isinstance(error, OSError | DestinationError):
+            raise error
+        if error is not None:
+            raise DestinationError(f"the archive could not be written: {error!r}") from error
 
     def _write_layer(self, layer: ImageLayer, top: Image | None) -> None:
         index = len(self._written)
@@ -149,9 +175,8 @@ class ArchiveStream:
     def finish(self, image: Image, *, repo_tags: Sequence[str]) -> None:
         """Write the layers of ``image`` not written yet, its config, manifest.json and
         ``repositories``; ``repo_tags`` (``name:tag`` each) all name it."""
+        self._wait_for_sender()
         with self._lock:
-            if self._broken:
-                raise DestinationError("the archive could not be written to the end")
             done = [(layer.digest, layer.diff_id) for layer in self._written]
             if image.created != self._created or done != [
                 (layer.digest, layer.diff_id) for layer in image.layers[: len(done)]
