@@ -24,12 +24,13 @@ def _no_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
 
 
-def _argv(store: Store, closure: Path, dest: str, cache: Path, *extra: str) -> list[object]:
-    return ["build", "--closure", closure, "--store-root", store.root, "--cache-dir", cache,
+def _argv(store: Store, closure: Path, dest: str, cache: Path, *extra: str) -> list[str]:
+    argv = ["build", "--closure", closure, "--store-root", store.root, "--cache-dir", cache,
             "--entrypoint", "/bin/app", "-q", "-o", dest, *extra]  # fmt: skip
+    return [str(a) for a in argv]
 
 
-def _push(argv: list[object], capsys: pytest.CaptureFixture[str]) -> str:
+def _push(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     status, out, err = run(argv, capsys)
     assert status == 0, err
     return out.strip()
@@ -77,8 +78,9 @@ def test_the_no_command_warning_is_given_again(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir",
-            tmp_path / "c", "-q", "-o", f"docker://{registry.host}/app:1"]  # fmt: skip
+    argv = _argv(store, app_closure, f"docker://{registry.host}/app:1", tmp_path / "c")
+    argv.remove("--entrypoint")
+    argv.remove("/bin/app")
     warnings = []
     for _ in range(2):
         status, _, err = run(argv, capsys)
@@ -271,7 +273,11 @@ def test_the_key_ignores_how_the_image_is_built_and_sent(tmp_path: Path) -> None
     assert same is not None
     assert same.path == base.path
     assert "secret" not in same.path.name
-    for changes in ({"tag": ("stable",)}, {"entrypoint": "/bin/app"}, {"dest": "docker://registry.example/b:1"}):
+    for changes in (
+        {"tag": ("stable",)},
+        {"entrypoint": "/bin/app"},
+        {"dest": "docker://registry.example/b:1"},
+    ):
         other = PushRecord.for_build(_options(tmp_path, **changes))
         assert other is not None
         assert other.path != base.path, changes
