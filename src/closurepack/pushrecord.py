@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,8 +211,8 @@ def _code_fingerprint() -> str:
     for root in roots:
         paths = sorted(root.rglob("*")) if root.is_dir() else [root]
         for path in paths:
-            if "__pycache__" in path.parts:
-                continue
             st = path.stat()
+            if "__pycache__" in path.parts or not stat.S_ISREG(st.st_mode):
+                continue  # (a directory's mtime moves when its bytecode is first written)
             stamps.append(f"{path} {st.st_size} {st.st_mtime_ns}")
     return hashlib.sha256("\n".join(stamps).encode()).hexdigest()
