@@ -6,6 +6,8 @@ registry's own access log."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -296,3 +298,46 @@ def test_a_bad_record_is_no_record(tmp_path: Path) -> None:
     assert record.recorded() is None
     record.save("registry.example/app@sha256:" + "1" * 64)
     assert str(record.recorded()) == "sha256:" + "1" * 64
+
+
+_PROGRAM = (
+    "import sys\n"
+    "from closurepack.cli import main\n"
+    "status = main(sys.argv[1:])\n"
+    "print(status, sorted(m for m in sys.modules if m in sys.argv[0].split(',')))\n"
+)
+
+
+def _modules_loaded(argv: list[str], watched: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROGRAM.replace("sys.argv[0]", repr(watched)), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1]
+
+
+def test_an_unchanged_repush_loads_no_build_machinery(
+    registry: Registry, store: Store, app_closure: Path, tmp_path: Path
+) -> None:
+    """Start-up is most of a re-push: with a record, nothing of the build is even imported."""
+    argv = _argv(store, app_closure, f"docker://{registry.host}/app:1", tmp_path / "c")
+    watched = "closurepack.buildjob,closurepack.planner,closurepack.compression,isal"
+    first = _modules_loaded(argv, watched)
+    loaded = "'closurepack.buildjob', 'closurepack.compression', 'closurepack.planner', 'isal'"
+    assert first == f"0 [{loaded}]"
+    assert _modules_loaded(argv, watched) == "0 []"
+
+
+def test_a_build_loads_no_zstd_chunked_library(
+    store: Store, app_closure: Path, tmp_path: Path
+) -> None:
+    """importlib.metadata (with email's parsers), pyfastcdc and fastcrc serve zstd:chunked
+    layers only: a plain build does not pay for importing them."""
+    argv = ["build", "--closure", str(app_closure), "--store-root", str(store.root),
+            "--cache-dir", str(tmp_path / "c"), "-q", "-o", f"oci:{tmp_path / 'out'}",
+            "--compression", "zstd", "--entrypoint", "/bin/app"]  # fmt: skip
+    assert _modules_loaded(argv, "importlib.metadata,pyfastcdc,fastcrc") == "0 []"
