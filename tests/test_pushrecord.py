@@ -341,3 +341,11 @@ def test_a_build_loads_no_zstd_chunked_library(
             "--cache-dir", str(tmp_path / "c"), "-q", "-o", f"oci:{tmp_path / 'out'}",
             "--compression", "zstd", "--entrypoint", "/bin/app"]  # fmt: skip
     assert _modules_loaded(argv, "importlib.metadata,pyfastcdc,fastcrc") == "0 []"
+
+
+def test_no_record_is_written_where_there_is_no_cache(tmp_path: Path) -> None:
+    """A build without a usable cache (no home directory, as in a Nix build) leaves nothing."""
+    record = PushRecord.for_build(_options(tmp_path, cache_dir=tmp_path / "home" / "cache"))
+    assert record is not None
+    record.save("registry.example/app@sha256:" + "1" * 64)
+    assert not (tmp_path / "home").exists()

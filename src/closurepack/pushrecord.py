@@ -148,7 +148,9 @@ class PushRecord:
         Best effort: a record that cannot be written only costs a build next time."""
         with contextlib.suppress(OSError, ValueError, ClosurepackError):
             digest = Digest.parse(pushed.rpartition("@")[2])
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # only into a cache the build used: never a directory it could not make (a
+            # missing home, as in a Nix build)
+            self.path.parent.mkdir(exist_ok=True)
             with atomic_write(self.path, fsync=False) as out:
                 out.write(f"{digest}\n".encode())
 
