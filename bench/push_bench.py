@@ -776,6 +776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("push_bench: closurepack is not on PATH (give --closurepack)", file=sys.stderr)
         return 2
     closure = load_closure(closure_file)
+    # closurepack runs as installed, its bytecode cached (as build_bench does): with
+    # PYTHONDONTWRITEBYTECODE every command would compile its modules again, which costs a
+    # re-push more than all its work
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     work = Path(tempfile.mkdtemp(prefix="cp-push-bench-", dir=args.work_dir))
     try:
         items_file = work / "items.txt"

@@ -72,6 +72,7 @@ RANKS: dict[str, int] = {
     "sbomjob": 9,
     "multiarch": 9,
     "copying": 9,
+    "pushrecord": 9,
     "cacheadmin": 9,
     "cli": 10,
     "__init__": 10,

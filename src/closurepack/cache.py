@@ -9,6 +9,8 @@ Layout under the cache root::
                            is closed); eviction and clearing take it exclusively or skip the entry
     stamps/<dev>-<ino>     what blobs outside the cache (in oci: layouts) held when a build
                            wrote or hashed them (closurepack.blobstamp)
+    pushes/<key>           the manifest digest a push of these inputs left in a registry
+                           (closurepack.pushrecord)
     tmp/work-<pid>-*       flock-held work directories (layer builds, entry writes); blobs and
                            entries are renamed out of them. Those of killed processes are swept
                            by later runs; they never count as cache content.

@@ -38,6 +38,7 @@ from closurepack.image import (
 from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.perms import Perms
 from closurepack.platforms import Platform
+from closurepack.pushrecord import warn_no_command
 from closurepack.readback import read_base_image
 from closurepack.registry import (
     RegistryOptions,
@@ -302,11 +303,7 @@ def finish_image(
 def warn_if_no_command(image: Image, dest: str) -> None:
     container = image.config.get("config") or {}
     if not container.get("Entrypoint") and not container.get("Cmd"):
-        _log.warning(
-            "%s: the image has no Entrypoint and no Cmd: it runs only when given a command"
-            " (--entrypoint or --cmd set one)",
-            dest,
-        )
+        warn_no_command(dest)
 
 
 def write_or_push(

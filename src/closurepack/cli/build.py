@@ -86,12 +86,19 @@ __all__ = [
 @registry_options
 def build_command(**kwargs: Any) -> None:
     """Build an image from a closure (or a plan) and write it to a destination."""
+    from closurepack.pushrecord import PushRecord
+
+    record = PushRecord.for_build(kwargs)  # before anything heavy is imported
+    registry = split_registry_options(kwargs)
+    if record is not None and (pushed := record.unchanged(registry)) is not None:
+        click.echo(pushed)  # the tags hold this build's image already: nothing to do
+        return
+
     from closurepack.buildjob import build_image
     from closurepack.buildoptions import BuildInput, LayerOptions
     from closurepack.errors import OptionError
     from closurepack.sbom import SbomOptions
 
-    registry = split_registry_options(kwargs)
     nix_db, guix_db = kwargs.pop("nix_db"), kwargs.pop("guix_db")
     if nix_db and guix_db:
         raise OptionError("--nix-db and --guix-db: an image holds the items of one store")
@@ -110,6 +117,8 @@ def build_command(**kwargs: Any) -> None:
             registry=registry,
             progress=progress,
         )
+    if record is not None:
+        record.save(digest)
     if dest != "-":
         click.echo(digest)
     elif not quiet:  # standard output holds the archive: the digest must not follow it there
