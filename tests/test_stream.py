@@ -173,14 +173,10 @@ def test_a_reader_that_goes_away_stops_the_build_with_one_error(
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(_ClosedPipe()))
     with pytest.raises(DestinationError, match=r"^standard output: cannot write image: .*Broken"):
         build_image(
-            closure_files=[app_closure],
-            store_root=store.root,
-            strategy="per-item",
-            jobs=1,
-            compression="none",
+            BuildInput(closure_files=[app_closure], store_root=store.root, strategy="per-item"),
+            layer_options=LayerOptions(jobs=1, compression="none", cache_dir=tmp_path / "cache"),
             image=ImageOptions(cmd=("/bin/app",)),
             dest="-",
-            cache_dir=tmp_path / "cache",
         )
 
 
@@ -207,14 +203,10 @@ def test_a_slow_reader_does_not_hold_up_the_build(
             released.set()
 
     build_image(
-        closure_files=[app_closure],
-        store_root=store.root,
-        strategy="per-item",
-        jobs=1,
-        compression="none",
+        BuildInput(closure_files=[app_closure], store_root=store.root, strategy="per-item"),
+        layer_options=LayerOptions(jobs=1, compression="none", cache_dir=tmp_path / "cache"),
         image=ImageOptions(cmd=("/bin/app",)),
         dest="-",
-        cache_dir=tmp_path / "cache",
         progress=progress,
     )
     # every store layer was built while the reader took nothing: none waited for the writes
