@@ -404,6 +404,7 @@ def _edited(digest: bytes, pick: int, at: int, junk: str, drop: int) -> str:
     ),
 )
 @example(bytes(32), "sha256:" + "aa " * 21 + " ")  # 64 characters, fromhex reads 21 bytes
+@example(bytes(32), "0" * 62 + "Aa")  # mixed-case hex: found by a CI run, a spelling too
 def test_any_hash_text_reads_as_its_32_bytes_or_one_line(digest: bytes, text: str) -> None:
     """Every spelling of a digest reads as that digest; any other text either is a spelling
     of the 32 bytes it reads as, or fails in one line naming where it was read."""
@@ -419,6 +420,11 @@ def test_any_hash_text_reads_as_its_32_bytes_or_one_line(digest: bytes, text: st
     assert len(parsed) == 32
     assert (
         text in _spellings(parsed)
+        # hex is read in either case, mixed too ("...Aa"): the digits alone decide
+        or (
+            re.fullmatch(r"(sha256:)?[0-9a-fA-F]{64}", text) is not None
+            and bytes.fromhex(text.removeprefix("sha256:")) == parsed
+        )
         or base64.b64decode(text.removeprefix("sha256-").removeprefix("sha256:"), validate=True)
         == parsed
     )  # base-64 whose unused low bits are set still decodes to these bytes
