@@ -16,6 +16,7 @@ from closurepack.fleet import image_masks
 from closurepack.graph import Closure, StoreItem
 from closurepack.planner import DEFAULT_MIN_LAYER_SIZE, min_size_for, plan_closures
 from closurepack.strategies import get_strategy
+from closurepack.strategies.economy import MergeCosts, hit_table, stored_bytes
 from closurepack.strategies.minsize import merge_small_layers
 from test_strategies import dag_closures, store_path
 
@@ -248,3 +249,27 @@ def test_images_planned_together_get_more_of_their_budget(
     first = per_image_counts(images)
     assert max(counts) == 4
     assert sum(counts) > sum(first)
+
+
+def test_merge_costs_are_the_model_cost_it_adds() -> None:
+    """MergeCosts (shared by stable's greedy and this merge): the cost of merging two layers is
+    the model cost after minus before, stored bytes included, and a merge updates the figures."""
+    hit = hit_table(6)
+    sizes, sets = [100, 40, 7], [0b000011, 0b000110, 0b110000]
+    pieces = [{1: 100}, {1: 30, 3: 10}, {2: 7}]
+
+    def model(layers: list[tuple[int, int, dict[int, int]]]) -> float:
+        return sum(s * hit[d.bit_count()] + stored_bytes(p) for s, d, p in layers)
+
+    merging = MergeCosts(hit, sizes, sets, pieces)
+    before = model([(100, 0b11, {1: 100}), (40, 0b110, {1: 30, 3: 10}), (7, 0b110000, {2: 7})])
+    after = model([(140, 0b111, {1: 130, 3: 10}), (7, 0b110000, {2: 7})])
+    assert merging.cost(0, 1) == pytest.approx(after - before)
+    # A layer of image 1's items joined with one held by images 1 and 2: image 1's part of
+    # it (110 bytes) and image 2's (10 bytes) are stored apart, 10 bytes once more.
+    shared = MergeCosts(hit, [100, 10], [0b1, 0b10], [{1: 100}, {3: 10}])
+    assert shared.cost(0, 1) == pytest.approx(110 * hit[2] - 110 * hit[1] + 10)
+    merging.merge(0, 1)
+    assert (merging.sizes[0], merging.sets[0], merging.counts[0]) == (140, 0b111, 3)
+    assert merging.pieces[0] == {1: 130, 3: 10}
+    assert merging.stored[0] == stored_bytes({1: 130, 3: 10})

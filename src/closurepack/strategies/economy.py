@@ -11,13 +11,13 @@ its own items and every distinct restriction is stored: :func:`stored_bytes` cou
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 
-__all__ = ["CHANGES", "bitset", "expected_shipped", "hit_table", "stored_bytes"]
+__all__ = ["CHANGES", "MergeCosts", "bitset", "expected_shipped", "hit_table", "stored_bytes"]
 
 #: How many items the model update changes at once (see ``strategies/stable.py``).
 CHANGES = 3
@@ -46,6 +46,49 @@ def stored_bytes(pieces: Mapping[int, int]) -> int:
         if key not in restrictions:
             restrictions[key] = sum(pieces[m] for m in key)
     return sum(restrictions.values())
+
+
+class MergeCosts:
+    """Layers being merged pairwise (``stable``'s greedy, the small-layer merge): each one's
+    bytes, down-set (a bitset) and bytes per image mask, and what merging two of them costs in
+    the model: the expected update bytes it adds plus the bytes it stores twice."""
+
+    def __init__(
+        self,
+        hit: Sequence[float],
+        sizes: Sequence[int],
+        sets: Sequence[int],
+        pieces: Sequence[dict[int, int]],
+    ) -> None:
+        self.hit = hit
+        self.sizes = list(sizes)
+        self.sets = list(sets)
+        self.counts = [bits.bit_count() for bits in sets]
+        self.pieces = list(pieces)
+        self.stored = [stored_bytes(piece) for piece in pieces]
+
+    def cost(self, a: int, b: int) -> float:
+        """What merging layers ``a`` and ``b`` adds to the model's cost."""
+        hit, sizes, counts = self.hit, self.sizes, self.counts
+        both = hit[(self.sets[a] | self.sets[b]).bit_count()]
+        update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
+        pa, pb = self.pieces[a], self.pieces[b]
+        if len(pa) == 1 and pa.keys() == pb.keys():
+            return update
+        joined = dict(pa)
+        for mask, size in pb.items():
+            joined[mask] = joined.get(mask, 0) + size
+        return update + (stored_bytes(joined) - self.stored[a] - self.stored[b])
+
+    def merge(self, into: int, other: int) -> None:
+        """Layer ``other`` joins layer ``into`` (whose figures change; ``other``'s are stale)."""
+        self.sets[into] |= self.sets[other]
+        self.counts[into] = self.sets[into].bit_count()
+        self.sizes[into] += self.sizes[other]
+        piece = self.pieces[into]
+        for mask, size in self.pieces[other].items():
+            piece[mask] = piece.get(mask, 0) + size
+        self.stored[into] = stored_bytes(piece)
 
 
 def bitset(indices: Iterable[int], width: int) -> int:

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
-from closurepack.strategies.economy import bitset, hit_table, stored_bytes
+from closurepack.strategies.economy import MergeCosts, bitset, hit_table
 
 __all__ = ["merge_small_layers"]
 
@@ -62,7 +62,6 @@ def merge_small_layers(
         if bits is None:
             bits = known[group] = bitset(dag.reach(m), n)
         sets.append(bits)
-    counts = [s.bit_count() for s in sets]
     pieces: list[dict[int, int]] = []
     for number, indices in enumerate(members):
         if not images:
@@ -73,36 +72,21 @@ def merge_small_layers(
             mask = images.get(dag.paths[i], 0)
             piece[mask] = piece.get(mask, 0) + dag.sizes[i]
         pieces.append(piece)
-    stored = [stored_bytes(piece) for piece in pieces]
+    layers = MergeCosts(hit, sizes, sets, pieces)
     alive = list(range(len(groups)))  # positions, bottom first
     merged: set[int] = set()  # positions that took in another layer
 
-    def cost(a: int, b: int) -> float:
-        both = hit[(sets[a] | sets[b]).bit_count()]
-        update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
-        pa, pb = pieces[a], pieces[b]
-        if len(pa) == 1 and pa.keys() == pb.keys():
-            return update
-        joined = dict(pa)
-        for mask, size in pb.items():
-            joined[mask] = joined.get(mask, 0) + size
-        return update + (stored_bytes(joined) - stored[a] - stored[b])
-
     while len(alive) > 1:
-        small = min(alive, key=lambda g: (sizes[g], g))
-        if sizes[small] >= min_size:
+        small = min(alive, key=lambda g: (layers.sizes[g], g))
+        if layers.sizes[small] >= min_size:
             break
         partner = min(
-            _partners(small, alive, pieces), key=lambda g: (cost(small, g), abs(g - small), g)
+            _partners(small, alive, layers.pieces),
+            key=lambda g: (layers.cost(small, g), abs(g - small), g),
         )
         low, high = sorted((small, partner))
         members[high].extend(members[low])
-        sets[high] |= sets[low]
-        counts[high] = sets[high].bit_count()
-        sizes[high] += sizes[low]
-        for mask, size in pieces[low].items():
-            pieces[high][mask] = pieces[high].get(mask, 0) + size
-        stored[high] = stored_bytes(pieces[high])
+        layers.merge(high, low)
         alive.remove(low)
         merged.add(high)
     return [

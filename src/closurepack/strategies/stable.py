@@ -69,7 +69,7 @@ from collections.abc import Callable
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
-from closurepack.strategies.economy import CHANGES, bitset, hit_table, stored_bytes
+from closurepack.strategies.economy import CHANGES, MergeCosts, bitset, hit_table
 from closurepack.strategies.refine import chain_order, refine
 
 __all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
@@ -223,9 +223,7 @@ def _merge_exactly(
         for i in members:
             piece[images[i]] = piece.get(images[i], 0) + dag.sizes[i]
         pieces.append(piece)
-    stored = [stored_bytes(piece) for piece in pieces]
     sets = [bitset(dag.reach(members), len(dag)) for members in clusters]
-    counts = [bits.bit_count() for bits in sets]
     sizes = [sum(dag.sizes[i] for i in members) for members in clusters]
     groups: list[list[int] | None] = [[c] for c in range(len(clusters))]  # cluster ids
     unit_sizes, unit_sets = list(sizes), list(sets)
@@ -235,21 +233,11 @@ def _merge_exactly(
     first = [min(rank[i] for i in members) for members in clusters]  # tie-breaks by name
 
     hit = hit_table(n)  # chance that one of CHANGES changes lies in d items
-
-    def cost(a: int, b: int) -> float:
-        both = hit[(sets[a] | sets[b]).bit_count()]
-        update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
-        pa, pb = pieces[a], pieces[b]
-        if len(pa) == 1 and pa.keys() == pb.keys():
-            return update
-        joined = dict(pa)
-        for mask, size in pb.items():
-            joined[mask] = joined.get(mask, 0) + size
-        return update + (stored_bytes(joined) - stored[a] - stored[b])
+    merging = MergeCosts(hit, sizes, sets, pieces)
 
     def entry(a: int, b: int) -> tuple[float, int, int, int, int, int, int]:
         low, high = (a, b) if first[a] < first[b] else (b, a)
-        return (cost(a, b), first[low], first[high], low, high, version[low], version[high])
+        return (merging.cost(a, b), first[low], first[high], low, high, version[low], version[high])
 
     heap: list[tuple[float, int, int, int, int, int, int]] = []
     if alive > budget:
@@ -263,12 +251,7 @@ def _merge_exactly(
         # Merge b into a (a has the first name): a's figures change, b is gone.
         ga.extend(gb)
         groups[b] = None
-        sets[a] |= sets[b]
-        counts[a] = sets[a].bit_count()
-        sizes[a] += sizes[b]
-        for mask, size in pieces[b].items():
-            pieces[a][mask] = pieces[a].get(mask, 0) + size
-        stored[a] = stored_bytes(pieces[a])
+        merging.merge(a, b)
         version[a] += 1
         alive -= 1
         if alive > budget:
