@@ -9,22 +9,25 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from clistore import run
+from clistore import APP, GLIBC, Store, run
 from closurepack.copying import manifest_flavour, with_flavour
 from closurepack.image import Image
 from closurepack.mediatypes import MediaType
 from closurepack.readback import read_image
 from closurepack.transports import write_image
 from closurepack.validate import verify_image
-from handmade import busybox_image
+from handmade import busybox_image, oci_validator
 from registry_auth_fixtures import PASSWORD, USER, AuthRegistry
 from registry_fixtures import Registry
 from runtimes import PodmanRunner, require_tool, run_tool
 
 GREETING = "hi from closurepack\n"
+SPDX = "application/spdx+json"
+CYCLONEDX = "application/vnd.cyclonedx+json"
 
 
 @pytest.fixture(scope="module")
@@ -422,3 +425,126 @@ def test_missing_registry_source_is_one_line_exit_2(
             assert out == ""
             assert err == f"closurepack: error: {expected}\n"
     assert list(out_dir.iterdir()) == []
+
+
+# --- artifacts (SBOMs) carried -------------------------------------------------------------
+
+
+def _listed(capsys: pytest.CaptureFixture[str], ref: str, *extra: str) -> list[dict[str, Any]]:
+    code, out, err = run(["inspect", "--json", *extra, ref], capsys)
+    assert code == 0, err
+    artifacts: list[dict[str, Any]] = json.loads(out)["artifacts"]
+    return artifacts
+
+
+def _documents(listed: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(a["artifact_type"], d["digest"]) for a in listed for d in a["documents"]]
+
+
+def _layout_blob(layout: Path, digest: str) -> bytes:
+    return (layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes()
+
+
+def _check_layout_schemas(layout: Path) -> list[dict[str, Any]]:
+    """The layout's index and each artifact manifest valid under the OCI schemas; those."""
+    index = json.loads((layout / "index.json").read_text())
+    assert list(oci_validator("image-index-schema.json").iter_errors(index)) == []
+    manifests = []
+    for entry in index["manifests"]:
+        if entry.get("artifactType"):
+            manifest = json.loads(_layout_blob(layout, entry["digest"]))
+            assert list(oci_validator("image-manifest-schema.json").iter_errors(manifest)) == []
+            manifests.append(manifest)
+    return manifests
+
+
+def _build_with_sbom(
+    capsys: pytest.CaptureFixture[str], store: Store, dest: str, *platforms: tuple[str, str]
+) -> None:
+    argv = ["build", "-q", "--no-cache", "--store-root", store.root, "--cmd", "/bin/app"]
+    for arch, item in platforms:
+        closure = store.closure_file(store.root.parent / f"{arch}.json", [item])
+        argv += ["--platform", f"linux/{arch}={closure}"] if arch else ["--closure", closure]
+    code, _, err = run([*argv, "--sbom", "spdx", "--sbom", "cyclonedx", "-o", dest], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.integration
+def test_sboms_go_with_the_image_from_oci_to_a_registry_to_an_oci_archive(
+    tmp_path: Path,
+    store: Store,
+    registry: Registry,
+    shared_registry: Registry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    layout = tmp_path / "layout"
+    _build_with_sbom(capsys, store, f"oci:{layout}:v1", ("", APP))
+    start = _listed(capsys, f"oci:{layout}:v1")
+    assert [a["artifact_type"] for a in start] == [SPDX, CYCLONEDX]
+    pushed = f"docker://{registry.host}/sb/app:1"
+    _copy(capsys, f"oci:{layout}:v1", pushed)
+    assert _listed(capsys, pushed) == start  # the same artifact manifests, byte for byte
+    # distribution 2.8 has no referrers API: the fallback tag lists them
+    digest = json.loads(run(["inspect", "--json", pushed], capsys)[1])["manifest_digest"]
+    tag = f"docker://{registry.host}/sb/app:{digest.replace(':', '-')}"
+    raw = json.loads(run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", tag))
+    assert [m["digest"] for m in raw["manifests"]] == [a["digest"] for a in start]
+    archive = tmp_path / "o.tar"
+    _copy(capsys, pushed, f"oci-archive:{archive}:v1")
+    assert _listed(capsys, f"oci-archive:{archive}:v1") == start
+    back = tmp_path / "back"
+    _copy(capsys, f"oci-archive:{archive}:v1", f"oci:{back}")
+    for manifest in _check_layout_schemas(back):
+        document = manifest["layers"][0]["digest"]
+        assert _layout_blob(back, document) == _layout_blob(layout, document)
+    # registry to registry: as it is, and as a Docker manifest (the subject rewritten)
+    other = f"docker://{shared_registry.host}/sb/app:1"
+    _copy(capsys, pushed, other)
+    assert _listed(capsys, other) == start
+    mark = shared_registry.mark()  # copied again: every blob is there, none is sent
+    _copy(capsys, pushed, other)
+    assert shared_registry.blob_writes(mark) == []
+    assert _listed(capsys, other) == start
+    docker = f"docker://{shared_registry.host}/sb/app:docker"
+    _copy(capsys, pushed, docker, "--format", "docker")
+    converted = _listed(capsys, docker)
+    assert _documents(converted) == _documents(start)
+    assert {a["digest"] for a in converted}.isdisjoint(a["digest"] for a in start)
+    skipped = tmp_path / "skipped"
+    _copy(capsys, pushed, f"oci:{skipped}", "--no-artifacts")
+    assert _listed(capsys, f"oci:{skipped}") == []
+
+
+def test_a_docker_archive_leaves_the_artifacts_with_one_warning(
+    tmp_path: Path, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout"
+    _build_with_sbom(capsys, store, f"oci:{layout}:v1", ("", APP))
+    archive = tmp_path / "d.tar"
+    code, _, err = run(["copy", f"oci:{layout}:v1", f"docker-archive:{archive}"], capsys)
+    assert code == 0, err
+    (line,) = err.splitlines()
+    assert f"docker-archive:{archive}: a docker-archive holds no artifacts: 2 artifact(s)" in line
+    code, _, err = run(
+        ["copy", "--no-artifacts", f"oci:{layout}:v1", f"docker-archive:{archive}"], capsys
+    )
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.integration
+def test_each_platform_images_sboms_are_copied_with_an_index(
+    tmp_path: Path, store: Store, registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout"
+    _build_with_sbom(capsys, store, f"oci:{layout}:v1", ("amd64", APP), ("arm64", GLIBC))
+    pushed = f"docker://{registry.host}/sb/multi:1"
+    _copy(capsys, f"oci:{layout}:v1", pushed)
+    back = tmp_path / "back"
+    _copy(capsys, pushed, f"oci:{back}:v1")
+    for arch in ("amd64", "arm64"):
+        platform = ("--platform", f"linux/{arch}")
+        start = _listed(capsys, f"oci:{layout}:v1", *platform)
+        assert len(start) == 2
+        assert _listed(capsys, pushed, *platform) == start
+        assert _listed(capsys, f"oci:{back}:v1", *platform) == start
+    assert len(_check_layout_schemas(back)) == 4
