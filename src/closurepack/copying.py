@@ -39,6 +39,7 @@ from closurepack.transports import (
     Destination,
     RawImage,
     RawIndex,
+    WriteOptions,
     attaches_artifacts,
     check_destination,
     check_index_destination,
@@ -226,8 +227,10 @@ def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) ->
         image,
         dest,
         tags=_default_tags(source_ref, dest_ref, options.tags),
-        registry=options.registry,
-        docker=flavour == "docker",
-        mount_from=_mount_from(source_ref, dest_ref),
         attachments=attachments,
+        options=WriteOptions(
+            registry=options.registry,
+            docker=flavour == "docker",
+            mount_from=_mount_from(source_ref, dest_ref),
+        ),
     )
