@@ -47,6 +47,30 @@ def _copy(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return out.strip()
 
 
+def _copy_to_layout(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image: Image, src: str, *extra: str
+) -> Path:
+    """Copy ``src`` to a new ``oci:`` layout: its manifest is ``image``'s, and it verifies."""
+    layout = tmp_path / "layout"
+    assert _copy(capsys, src, f"oci:{layout}", *extra) == str(image.manifest_digest)
+    assert verify_image(f"oci:{layout}") == []
+    return layout
+
+
+def _pushed(
+    capsys: pytest.CaptureFixture[str],
+    source: tuple[Image, str],
+    host: str,
+    repo: str,
+    *extra: str,
+) -> tuple[Image, str, str]:
+    """The source image copied to ``docker://HOST/REPO``: the image, that reference and what
+    copy printed."""
+    image, ref = source
+    dest = f"docker://{host}/{repo}"
+    return image, dest, _copy(capsys, ref, dest, *extra)
+
+
 def _layer_digests(image: Image) -> list[str]:
     return [str(layer.digest) for layer in image.layers]
 
@@ -212,9 +236,7 @@ def test_oci_to_registry_is_pulled_and_run_by_podman(
     podman_runner: PodmanRunner,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image, ref = source
-    dest = f"docker://{registry.host}/cp/app:1"
-    printed = _copy(capsys, ref, dest)
+    image, dest, printed = _pushed(capsys, source, registry.host, "cp/app:1")
     assert printed == f"{registry.host}/cp/app@{image.manifest_digest}"  # kept byte for byte
     info = _skopeo("inspect", "--tls-verify=false", dest)
     assert info["Digest"] == str(image.manifest_digest)
@@ -233,9 +255,7 @@ def test_registry_to_docker_archive_is_loaded_and_run_by_podman(
     podman_runner: PodmanRunner,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image, ref = source
-    pushed = f"docker://{registry.host}/cp/load:7"
-    _copy(capsys, ref, pushed, "--format", "docker")
+    image, pushed, _ = _pushed(capsys, source, registry.host, "cp/load:7", "--format", "docker")
     archive = tmp_path / "d.tar"
     # the archive is named after the source, as docker load and podman load show it
     assert _copy(capsys, pushed, f"docker-archive:{archive}") == str(image.manifest_digest)
@@ -249,9 +269,7 @@ def test_registry_to_docker_archive_is_loaded_and_run_by_podman(
 def test_copy_within_a_registry_mounts_and_a_second_copy_uploads_nothing(
     source: tuple[Image, str], registry: Registry, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    image, ref = source
-    repo_a = f"docker://{registry.host}/team/a:1"
-    _copy(capsys, ref, repo_a)
+    image, repo_a, _ = _pushed(capsys, source, registry.host, "team/a:1")
     mark = registry.mark()
     repo_b = f"docker://{registry.host}/team/b:2"
     assert _copy(capsys, repo_a, repo_b) == f"{registry.host}/team/b@{image.manifest_digest}"
@@ -278,9 +296,7 @@ def test_copy_verify_and_inspect_get_a_single_images_manifest_once(
 ) -> None:
     """A single image in a registry: copy, verify and inspect each GET its tag's manifest
     once (counted in the registry's log), not once to learn it is no index and once more."""
-    image, ref = source
-    repo = f"docker://{registry.host}/once/app:1"
-    _copy(capsys, ref, repo)
+    image, repo, _ = _pushed(capsys, source, registry.host, "once/app:1")
 
     def manifest_gets(mark: int) -> list[str]:
         return [
@@ -310,9 +326,7 @@ def test_registry_to_registry_converts_formats_blobs_unchanged(
     shared_registry: Registry,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image, ref = source
-    oci = f"docker://{registry.host}/fmt/app:oci"
-    _copy(capsys, ref, oci)
+    image, oci, _ = _pushed(capsys, source, registry.host, "fmt/app:oci")
     docker = f"docker://{shared_registry.host}/fmt/app:docker"
     printed = _copy(capsys, oci, docker, "--format", "docker", "--tag", "x:extra")
     raw = json.loads(run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", docker))
@@ -328,9 +342,7 @@ def test_registry_to_registry_converts_formats_blobs_unchanged(
     assert _copy(capsys, docker, again).endswith(printed.partition("@")[2])
     back = f"docker://{registry.host}/fmt/back:1"
     assert _copy(capsys, docker, back, "--format", "oci").endswith(str(image.manifest_digest))
-    layout = tmp_path / "layout"
-    assert _copy(capsys, docker, f"oci:{layout}") == str(image.manifest_digest)
-    assert verify_image(f"oci:{layout}") == []
+    _copy_to_layout(capsys, tmp_path, image, docker)
 
 
 @pytest.mark.integration
@@ -350,10 +362,8 @@ def test_a_docker_manifest_written_by_skopeo_is_copied_byte_for_byte(
     assert _copy(capsys, theirs, ours) == f"{registry.host}/sk/copy@{skopeo_digest}"
     raw = run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", ours)
     assert run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", theirs) == raw
-    layout = tmp_path / "layout"
     # an OCI layout holds OCI manifests: the same config and blobs under OCI media types
-    assert _copy(capsys, theirs, f"oci:{layout}") == str(image.manifest_digest)
-    assert verify_image(f"oci:{layout}") == []
+    _copy_to_layout(capsys, tmp_path, image, theirs)
 
 
 def test_copy_to_standard_output_streams_a_docker_archive(
@@ -385,13 +395,10 @@ def test_copy_takes_registry_credentials(
     htpasswd_registry: AuthRegistry,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image, ref = source
-    dest = f"docker://{htpasswd_registry.host}/copied:1"
     creds = ["--creds", f"{USER}:{PASSWORD}", "--tls-verify=false"]
-    assert _copy(capsys, ref, dest, *creds).endswith(str(image.manifest_digest))
-    layout = tmp_path / "layout"
-    assert _copy(capsys, dest, f"oci:{layout}", *creds) == str(image.manifest_digest)
-    assert verify_image(f"oci:{layout}") == []
+    image, dest, printed = _pushed(capsys, source, htpasswd_registry.host, "copied:1", *creds)
+    assert printed.endswith(str(image.manifest_digest))
+    _copy_to_layout(capsys, tmp_path, image, dest, *creds)
     wrong = "not-the-pw-SECRET-52"
     code, out, err = run(
         ["copy", dest, f"oci:{tmp_path / 'no'}", "--creds", f"{USER}:{wrong}"], capsys
