@@ -9,22 +9,25 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from clistore import run
+from clistore import APP, GLIBC, Store, run
 from closurepack.copying import manifest_flavour, with_flavour
 from closurepack.image import Image
 from closurepack.mediatypes import MediaType
 from closurepack.readback import read_image
 from closurepack.transports import write_image
 from closurepack.validate import verify_image
-from handmade import busybox_image
+from handmade import busybox_image, oci_validator
 from registry_auth_fixtures import PASSWORD, USER, AuthRegistry
 from registry_fixtures import Registry
 from runtimes import PodmanRunner, require_tool, run_tool
 
 GREETING = "hi from closurepack\n"
+SPDX = "application/spdx+json"
+CYCLONEDX = "application/vnd.cyclonedx+json"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,30 @@ def _copy(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     assert code == 0, err
     assert err == ""
     return out.strip()
+
+
+def _copy_to_layout(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image: Image, src: str, *extra: str
+) -> Path:
+    """Copy ``src`` to a new ``oci:`` layout: its manifest is ``image``'s, and it verifies."""
+    layout = tmp_path / "layout"
+    assert _copy(capsys, src, f"oci:{layout}", *extra) == str(image.manifest_digest)
+    assert verify_image(f"oci:{layout}") == []
+    return layout
+
+
+def _pushed(
+    capsys: pytest.CaptureFixture[str],
+    source: tuple[Image, str],
+    host: str,
+    repo: str,
+    *extra: str,
+) -> tuple[Image, str, str]:
+    """The source image copied to ``docker://HOST/REPO``: the image, that reference and what
+    copy printed."""
+    image, ref = source
+    dest = f"docker://{host}/{repo}"
+    return image, dest, _copy(capsys, ref, dest, *extra)
 
 
 def _layer_digests(image: Image) -> list[str]:
@@ -209,9 +236,7 @@ def test_oci_to_registry_is_pulled_and_run_by_podman(
     podman_runner: PodmanRunner,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image, ref = source
-    dest = f"docker://{registry.host}/cp/app:1"
-    printed = _copy(capsys, ref, dest)
+    image, dest, printed = _pushed(capsys, source, registry.host, "cp/app:1")
     assert printed == f"{registry.host}/cp/app@{image.manifest_digest}"  # kept byte for byte
     info = _skopeo("inspect", "--tls-verify=false", dest)
     assert info["Digest"] == str(image.manifest_digest)
@@ -230,9 +255,7 @@ def test_registry_to_docker_archive_is_loaded_and_run_by_podman(
     podman_runner: PodmanRunner,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image, ref = source
-    pushed = f"docker://{registry.host}/cp/load:7"
-    _copy(capsys, ref, pushed, "--format", "docker")
+    image, pushed, _ = _pushed(capsys, source, registry.host, "cp/load:7", "--format", "docker")
     archive = tmp_path / "d.tar"
     # the archive is named after the source, as docker load and podman load show it
     assert _copy(capsys, pushed, f"docker-archive:{archive}") == str(image.manifest_digest)
@@ -246,9 +269,7 @@ def test_registry_to_docker_archive_is_loaded_and_run_by_podman(
 def test_copy_within_a_registry_mounts_and_a_second_copy_uploads_nothing(
     source: tuple[Image, str], registry: Registry, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    image, ref = source
-    repo_a = f"docker://{registry.host}/team/a:1"
-    _copy(capsys, ref, repo_a)
+    image, repo_a, _ = _pushed(capsys, source, registry.host, "team/a:1")
     mark = registry.mark()
     repo_b = f"docker://{registry.host}/team/b:2"
     assert _copy(capsys, repo_a, repo_b) == f"{registry.host}/team/b@{image.manifest_digest}"
@@ -275,9 +296,7 @@ def test_copy_verify_and_inspect_get_a_single_images_manifest_once(
 ) -> None:
     """A single image in a registry: copy, verify and inspect each GET its tag's manifest
     once (counted in the registry's log), not once to learn it is no index and once more."""
-    image, ref = source
-    repo = f"docker://{registry.host}/once/app:1"
-    _copy(capsys, ref, repo)
+    image, repo, _ = _pushed(capsys, source, registry.host, "once/app:1")
 
     def manifest_gets(mark: int) -> list[str]:
         return [
@@ -307,9 +326,7 @@ def test_registry_to_registry_converts_formats_blobs_unchanged(
     shared_registry: Registry,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image, ref = source
-    oci = f"docker://{registry.host}/fmt/app:oci"
-    _copy(capsys, ref, oci)
+    image, oci, _ = _pushed(capsys, source, registry.host, "fmt/app:oci")
     docker = f"docker://{shared_registry.host}/fmt/app:docker"
     printed = _copy(capsys, oci, docker, "--format", "docker", "--tag", "x:extra")
     raw = json.loads(run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", docker))
@@ -325,9 +342,7 @@ def test_registry_to_registry_converts_formats_blobs_unchanged(
     assert _copy(capsys, docker, again).endswith(printed.partition("@")[2])
     back = f"docker://{registry.host}/fmt/back:1"
     assert _copy(capsys, docker, back, "--format", "oci").endswith(str(image.manifest_digest))
-    layout = tmp_path / "layout"
-    assert _copy(capsys, docker, f"oci:{layout}") == str(image.manifest_digest)
-    assert verify_image(f"oci:{layout}") == []
+    _copy_to_layout(capsys, tmp_path, image, docker)
 
 
 @pytest.mark.integration
@@ -347,10 +362,8 @@ def test_a_docker_manifest_written_by_skopeo_is_copied_byte_for_byte(
     assert _copy(capsys, theirs, ours) == f"{registry.host}/sk/copy@{skopeo_digest}"
     raw = run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", ours)
     assert run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", theirs) == raw
-    layout = tmp_path / "layout"
     # an OCI layout holds OCI manifests: the same config and blobs under OCI media types
-    assert _copy(capsys, theirs, f"oci:{layout}") == str(image.manifest_digest)
-    assert verify_image(f"oci:{layout}") == []
+    _copy_to_layout(capsys, tmp_path, image, theirs)
 
 
 def test_copy_to_standard_output_streams_a_docker_archive(
@@ -382,13 +395,10 @@ def test_copy_takes_registry_credentials(
     htpasswd_registry: AuthRegistry,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image, ref = source
-    dest = f"docker://{htpasswd_registry.host}/copied:1"
     creds = ["--creds", f"{USER}:{PASSWORD}", "--tls-verify=false"]
-    assert _copy(capsys, ref, dest, *creds).endswith(str(image.manifest_digest))
-    layout = tmp_path / "layout"
-    assert _copy(capsys, dest, f"oci:{layout}", *creds) == str(image.manifest_digest)
-    assert verify_image(f"oci:{layout}") == []
+    image, dest, printed = _pushed(capsys, source, htpasswd_registry.host, "copied:1", *creds)
+    assert printed.endswith(str(image.manifest_digest))
+    _copy_to_layout(capsys, tmp_path, image, dest, *creds)
     wrong = "not-the-pw-SECRET-52"
     code, out, err = run(
         ["copy", dest, f"oci:{tmp_path / 'no'}", "--creds", f"{USER}:{wrong}"], capsys
@@ -422,3 +432,126 @@ def test_missing_registry_source_is_one_line_exit_2(
             assert out == ""
             assert err == f"closurepack: error: {expected}\n"
     assert list(out_dir.iterdir()) == []
+
+
+# --- artifacts (SBOMs) carried -------------------------------------------------------------
+
+
+def _listed(capsys: pytest.CaptureFixture[str], ref: str, *extra: str) -> list[dict[str, Any]]:
+    code, out, err = run(["inspect", "--json", *extra, ref], capsys)
+    assert code == 0, err
+    artifacts: list[dict[str, Any]] = json.loads(out)["artifacts"]
+    return artifacts
+
+
+def _documents(listed: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(a["artifact_type"], d["digest"]) for a in listed for d in a["documents"]]
+
+
+def _layout_blob(layout: Path, digest: str) -> bytes:
+    return (layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes()
+
+
+def _check_layout_schemas(layout: Path) -> list[dict[str, Any]]:
+    """The layout's index and each artifact manifest valid under the OCI schemas; those."""
+    index = json.loads((layout / "index.json").read_text())
+    assert list(oci_validator("image-index-schema.json").iter_errors(index)) == []
+    manifests = []
+    for entry in index["manifests"]:
+        if entry.get("artifactType"):
+            manifest = json.loads(_layout_blob(layout, entry["digest"]))
+            assert list(oci_validator("image-manifest-schema.json").iter_errors(manifest)) == []
+            manifests.append(manifest)
+    return manifests
+
+
+def _build_with_sbom(
+    capsys: pytest.CaptureFixture[str], store: Store, dest: str, *platforms: tuple[str, str]
+) -> None:
+    argv = ["build", "-q", "--no-cache", "--store-root", store.root, "--cmd", "/bin/app"]
+    for arch, item in platforms:
+        closure = store.closure_file(store.root.parent / f"{arch}.json", [item])
+        argv += ["--platform", f"linux/{arch}={closure}"] if arch else ["--closure", closure]
+    code, _, err = run([*argv, "--sbom", "spdx", "--sbom", "cyclonedx", "-o", dest], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.integration
+def test_sboms_go_with_the_image_from_oci_to_a_registry_to_an_oci_archive(
+    tmp_path: Path,
+    store: Store,
+    registry: Registry,
+    shared_registry: Registry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    layout = tmp_path / "layout"
+    _build_with_sbom(capsys, store, f"oci:{layout}:v1", ("", APP))
+    start = _listed(capsys, f"oci:{layout}:v1")
+    assert [a["artifact_type"] for a in start] == [SPDX, CYCLONEDX]
+    pushed = f"docker://{registry.host}/sb/app:1"
+    _copy(capsys, f"oci:{layout}:v1", pushed)
+    assert _listed(capsys, pushed) == start  # the same artifact manifests, byte for byte
+    # distribution 2.8 has no referrers API: the fallback tag lists them
+    digest = json.loads(run(["inspect", "--json", pushed], capsys)[1])["manifest_digest"]
+    tag = f"docker://{registry.host}/sb/app:{digest.replace(':', '-')}"
+    raw = json.loads(run_tool("skopeo", "inspect", "--raw", "--tls-verify=false", tag))
+    assert [m["digest"] for m in raw["manifests"]] == [a["digest"] for a in start]
+    archive = tmp_path / "o.tar"
+    _copy(capsys, pushed, f"oci-archive:{archive}:v1")
+    assert _listed(capsys, f"oci-archive:{archive}:v1") == start
+    back = tmp_path / "back"
+    _copy(capsys, f"oci-archive:{archive}:v1", f"oci:{back}")
+    for manifest in _check_layout_schemas(back):
+        document = manifest["layers"][0]["digest"]
+        assert _layout_blob(back, document) == _layout_blob(layout, document)
+    # registry to registry: as it is, and as a Docker manifest (the subject rewritten)
+    other = f"docker://{shared_registry.host}/sb/app:1"
+    _copy(capsys, pushed, other)
+    assert _listed(capsys, other) == start
+    mark = shared_registry.mark()  # copied again: every blob is there, none is sent
+    _copy(capsys, pushed, other)
+    assert shared_registry.blob_writes(mark) == []
+    assert _listed(capsys, other) == start
+    docker = f"docker://{shared_registry.host}/sb/app:docker"
+    _copy(capsys, pushed, docker, "--format", "docker")
+    converted = _listed(capsys, docker)
+    assert _documents(converted) == _documents(start)
+    assert {a["digest"] for a in converted}.isdisjoint(a["digest"] for a in start)
+    skipped = tmp_path / "skipped"
+    _copy(capsys, pushed, f"oci:{skipped}", "--no-artifacts")
+    assert _listed(capsys, f"oci:{skipped}") == []
+
+
+def test_a_docker_archive_leaves_the_artifacts_with_one_warning(
+    tmp_path: Path, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout"
+    _build_with_sbom(capsys, store, f"oci:{layout}:v1", ("", APP))
+    archive = tmp_path / "d.tar"
+    code, _, err = run(["copy", f"oci:{layout}:v1", f"docker-archive:{archive}"], capsys)
+    assert code == 0, err
+    (line,) = err.splitlines()
+    assert f"docker-archive:{archive}: a docker-archive holds no artifacts: 2 artifact(s)" in line
+    code, _, err = run(
+        ["copy", "--no-artifacts", f"oci:{layout}:v1", f"docker-archive:{archive}"], capsys
+    )
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.integration
+def test_each_platform_images_sboms_are_copied_with_an_index(
+    tmp_path: Path, store: Store, registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout"
+    _build_with_sbom(capsys, store, f"oci:{layout}:v1", ("amd64", APP), ("arm64", GLIBC))
+    pushed = f"docker://{registry.host}/sb/multi:1"
+    _copy(capsys, f"oci:{layout}:v1", pushed)
+    back = tmp_path / "back"
+    _copy(capsys, pushed, f"oci:{back}:v1")
+    for arch in ("amd64", "arm64"):
+        platform = ("--platform", f"linux/{arch}")
+        start = _listed(capsys, f"oci:{layout}:v1", *platform)
+        assert len(start) == 2
+        assert _listed(capsys, pushed, *platform) == start
+        assert _listed(capsys, f"oci:{back}:v1", *platform) == start
+    assert len(_check_layout_schemas(back)) == 4

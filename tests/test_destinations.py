@@ -21,6 +21,7 @@ from closurepack.layer import BuiltLayer
 from closurepack.mediatypes import MediaType
 from closurepack.readback import read_image
 from closurepack.transports import (
+    WriteOptions,
     image_repo_name,
     parse_destination,
     parse_repo_tag,
@@ -153,13 +154,15 @@ def test_docker_archive_tags(tmp_path: Path, image: Image) -> None:
     }
     write_image(image, f"docker-archive:{out}", tags="one:1")  # a lone string is one tag
     assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["one:1"]
-    write_image(image, f"docker-archive:{out}", tags=["a:1", "a:1"], name="ignored")
+    write_image(
+        image, f"docker-archive:{out}", tags=["a:1", "a:1"], options=WriteOptions(name="ignored")
+    )
     assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["a:1"]
-    write_image(image, f"docker-archive:{out}", name="Hello World-2.12")
+    write_image(image, f"docker-archive:{out}", options=WriteOptions(name="Hello World-2.12"))
     assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == [
         "hello-world-2.12:latest"
     ]
-    write_image(image, f"docker-archive:{out}", name="+++")
+    write_image(image, f"docker-archive:{out}", options=WriteOptions(name="+++"))
     assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["closurepack:latest"]
     write_image(image, f"docker-archive:{out}")
     assert json.loads(_read_member(out, "manifest.json"))[0]["RepoTags"] == ["closurepack:latest"]
@@ -209,7 +212,7 @@ def test_stdout_stream_equals_the_archive_file(tmp_path: Path, image: Image) -> 
     out = tmp_path / "file.tar"
     write_image(image, f"docker-archive:{out}:a/b:c")
     stream = io.BytesIO()
-    write_image(image, "-", tags=["a/b:c"], stream=stream)
+    write_image(image, "-", tags=["a/b:c"], options=WriteOptions(stream=stream))
     assert stream.getvalue() == out.read_bytes()
 
 
@@ -220,7 +223,7 @@ def test_stdout_refuses_a_terminal(image: Image) -> None:
             os.fdopen(follower, "wb", closefd=False) as tty,
             pytest.raises(DestinationError, match="terminal"),
         ):
-            write_image(image, "-", stream=tty)
+            write_image(image, "-", options=WriteOptions(stream=tty))
     finally:
         os.close(leader)
         os.close(follower)
@@ -244,7 +247,7 @@ def test_stdout_memory_stays_bounded(tmp_path: Path) -> None:
     sink = Sink()
     tracemalloc.start()
     try:
-        write_image(img, "-", stream=sink)  # type: ignore[arg-type]
+        write_image(img, "-", options=WriteOptions(stream=sink))  # type: ignore[arg-type]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -26,7 +26,9 @@ __all__ = [
     "EMPTY_CONFIG",
     "EMPTY_MEDIA_TYPE",
     "TITLE",
+    "Artifact",
     "Attachment",
+    "CarriedArtifact",
     "Referrer",
     "artifact_manifest",
     "artifact_manifests",
@@ -59,6 +61,31 @@ class Attachment:
     def blobs(self) -> tuple[bytes, ...]:
         """The blobs its manifest names: the empty config and the document."""
         return (EMPTY_CONFIG, self.data)
+
+    def manifest_for(self, subject: Mapping[str, Any]) -> bytes:
+        """Its artifact manifest, attached to ``subject``."""
+        return artifact_manifest(self, subject)
+
+
+@dataclass(frozen=True)
+class CarriedArtifact:
+    """An artifact read from an image's source, carried by ``copy``: its manifest as stored
+    and the blobs it names (config and documents), byte for byte."""
+
+    manifest: bytes
+    blobs: tuple[bytes, ...]
+
+    def manifest_for(self, subject: Mapping[str, Any]) -> bytes:
+        """Its manifest as stored when ``subject`` is the one it names; else the same
+        manifest with ``subject`` in its place (the copied image's manifest was converted)."""
+        obj = parse_json_object(self.manifest, f"artifact {Digest.of_bytes(self.manifest)}")
+        if (obj.get("subject") or {}).get("digest") == subject.get("digest"):
+            return self.manifest
+        return canonical_json({**obj, "subject": dict(subject)})
+
+
+#: What can be attached to an image: a document made here, or an artifact carried by copy.
+Artifact = Attachment | CarriedArtifact
 
 
 def subject_descriptor(media_type: str, manifest: bytes) -> dict[str, Any]:
@@ -136,10 +163,10 @@ def merge_referrers(
 
 
 def artifact_manifests(
-    subject: Mapping[str, Any], attachments: Sequence[Attachment]
+    subject: Mapping[str, Any], attachments: Sequence[Artifact]
 ) -> list[tuple[bytes, tuple[bytes, ...]]]:
     """(manifest, the blobs it names) of each of ``attachments`` attached to ``subject``."""
-    return [(artifact_manifest(a, subject), a.blobs) for a in attachments]
+    return [(a.manifest_for(subject), a.blobs) for a in attachments]
 
 
 def _image_digests(index: Mapping[str, Any] | None) -> set[str]:

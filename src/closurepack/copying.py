@@ -8,13 +8,24 @@ makes it), and a registry gets the source's manifest as it is, or one of the fla
 ``--format`` asks for. Blobs the destination holds already are not written again: a registry
 is asked first (``HEAD``) and, within one registry, mounts them from the source repository; an
 OCI layout keeps the good blobs it has.
+
+The artifacts that refer to the image (its SBOMs; of an index, each platform image's) go with
+it by default (``carry_artifacts``): read whole from the source's layout index or referrers
+(within :mod:`closurepack.registry.referrers`'s limits), written byte for byte where the image's
+manifest is kept (with the subject rewritten where it was converted), each listed in the
+destination's index or referrers (the ``sha256-<hex>`` fallback tag). A docker-archive (and
+``-``) holds no artifacts: they are left behind with one warning. Artifacts of the index
+itself, and any whose subject is another image, are not copied.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
+from closurepack.artifacts import CarriedArtifact
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, OptionError
 from closurepack.image import Image, manifest_for
@@ -22,11 +33,14 @@ from closurepack.imageindex import ImageIndex
 from closurepack.mediatypes import MediaType
 from closurepack.platforms import Platform
 from closurepack.readback import image_from_raw
+from closurepack.referrers import carried_artifacts
 from closurepack.registry import RegistryOptions, RegistryRef
 from closurepack.transports import (
     Destination,
     RawImage,
     RawIndex,
+    WriteOptions,
+    attaches_artifacts,
     check_destination,
     check_index_destination,
     is_registry_reference,
@@ -40,6 +54,7 @@ from closurepack.transports import (
 
 __all__ = ["CopyOptions", "copy_image", "manifest_flavour", "with_flavour"]
 
+_log = logging.getLogger(__name__)
 _DOCKER_TYPES = {MediaType.DOCKER_MANIFEST.value, MediaType.DOCKER_CONFIG.value}
 
 
@@ -54,6 +69,8 @@ class CopyOptions:
     registry: RegistryOptions = dataclasses.field(default_factory=RegistryOptions)
     #: Of a multi-platform source, copy only this platform's image (None: every platform's).
     platform: Platform | None = None
+    #: Carry the artifacts (SBOMs) whose subject is the image (or each platform image).
+    carry_artifacts: bool = True
 
 
 def manifest_flavour(image: Image) -> Literal["oci", "docker"]:
@@ -109,13 +126,18 @@ def _mount_from(source: Destination | RegistryRef, dest: Destination | RegistryR
     return [source.repository] if source.registry == dest.registry else []
 
 
-def _copied_index(index: RawIndex, fmt: Literal["oci", "docker"] | None) -> ImageIndex:
+def _copied_index(
+    index: RawIndex, fmt: Literal["oci", "docker"] | None
+) -> tuple[ImageIndex, list[RawImage]]:
     """Every platform's image of ``index`` (blobs as they are), under an index of ``fmt``
-    (default: the source's flavour), the source's own bytes kept when nothing changed."""
+    (default: the source's flavour), the source's own bytes kept when nothing changed; and
+    each platform's image as stored."""
     docker = index.media_type == MediaType.DOCKER_MANIFEST_LIST if fmt is None else fmt == "docker"
     flavour: Literal["oci", "docker"] = "docker" if docker else "oci"
     images = []
+    raws = []
     for platform, raw in index.images():
+        raws.append(raw)
         _check_declared(raw)
         images.append((platform, with_flavour(image_from_raw(raw), flavour)))
     kept = (
@@ -126,7 +148,34 @@ def _copied_index(index: RawIndex, fmt: Literal["oci", "docker"] | None) -> Imag
             for (_, image), entry in zip(images, index.entries, strict=True)
         )
     )
-    return ImageIndex.of(images, docker=docker, stored=index.index_bytes if kept else None)
+    stored = index.index_bytes if kept else None
+    return ImageIndex.of(images, docker=docker, stored=stored), raws
+
+
+def _artifacts(
+    source: str,
+    dest: str,
+    copied: Sequence[tuple[RawImage, Image]],
+    options: CopyOptions,
+) -> Mapping[Digest, list[CarriedArtifact]]:
+    """The source's artifacts of each copied image, by the copied manifest's digest; none
+    (with one warning when there are some) for a destination that cannot hold them."""
+    if not options.carry_artifacts:
+        return {}
+    subjects = {raw.manifest_digest: image for raw, image in copied if raw.manifest_digest}
+    found = carried_artifacts(source, list(subjects), registry=options.registry)
+    count = sum(len(v) for v in found.values())
+    if not attaches_artifacts(dest):
+        if count:
+            _log.warning(
+                "%s: a docker-archive holds no artifacts: %d artifact(s) of %s not copied"
+                " (--no-artifacts: not looked for)",
+                dest,
+                count,
+                source,
+            )
+        return {}
+    return {subjects[d].manifest_digest: list(v) for d, v in found.items() if v}
 
 
 def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) -> str:
@@ -159,19 +208,29 @@ def copy_image(source: str, dest: str, *, options: CopyOptions | None = None) ->
         found = read_image_or_index(source, registry=options.registry)
     if isinstance(found, RawIndex):
         check_index_destination(dest, hint=", or copy one image with --platform OS/ARCH")
-        image: Image | ImageIndex = _copied_index(found, fmt if to_registry else "oci")
-        flavour = "docker" if isinstance(image, ImageIndex) and image.docker else "oci"
+        index, raws = _copied_index(found, fmt if to_registry else "oci")
+        image: Image | ImageIndex = index
+        flavour = "docker" if index.docker else "oci"
+        pairs = [(raw, entry.image) for raw, entry in zip(raws, index.images, strict=True)]
+        attachments: Mapping[Digest, Sequence[CarriedArtifact]] | Sequence[CarriedArtifact]
+        attachments = _artifacts(source, dest, pairs, options)
     else:
         raw = found
         _check_declared(raw)
         image = image_from_raw(raw)
         flavour = (fmt or manifest_flavour(image)) if to_registry else "oci"
         image = with_flavour(image, flavour)
+        attachments = _artifacts(source, dest, [(raw, image)], options).get(
+            image.manifest_digest, []
+        )
     return write_image(
         image,
         dest,
         tags=_default_tags(source_ref, dest_ref, options.tags),
-        registry=options.registry,
-        docker=flavour == "docker",
-        mount_from=_mount_from(source_ref, dest_ref),
+        attachments=attachments,
+        options=WriteOptions(
+            registry=options.registry,
+            docker=flavour == "docker",
+            mount_from=_mount_from(source_ref, dest_ref),
+        ),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from closurepack.artifacts import Attachment, subject_descriptor
+from closurepack.artifacts import Artifact, subject_descriptor
 from closurepack.digest import Digest
 from closurepack.errors import OptionError
 from closurepack.image import Image, ImageLayer, canonical_json, docker_manifest_bytes
@@ -22,7 +22,7 @@ __all__ = ["Attachments", "ImageIndex", "PlatformImage", "as_docker", "attachmen
 
 #: Documents to attach as artifacts: to a single image, a sequence; to a multi-platform
 #: image, each platform image's, by the digest of that image's manifest (as the index lists it).
-Attachments = Sequence[Attachment] | Mapping[Digest, Sequence[Attachment]]
+Attachments = Sequence[Artifact] | Mapping[Digest, Sequence[Artifact]]
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class ImageIndex:
 
 def attachment_subjects(
     image: Image | ImageIndex, attachments: Attachments, *, media_type: str | None = None
-) -> list[tuple[dict[str, object], Sequence[Attachment]]]:
+) -> list[tuple[dict[str, object], Sequence[Artifact]]]:
     """(subject descriptor, its documents) for each image of ``image`` that ``attachments``
     gives documents for: the single image (its manifest as ``media_type``, default its own),
     or each platform's image of an index (its manifest as the index lists it)."""

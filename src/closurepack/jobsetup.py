@@ -47,6 +47,7 @@ from closurepack.registry import (
     push_tags,
 )
 from closurepack.transports import (
+    WriteOptions,
     check_destination,
     parse_destination,
     parse_repo_tag,
@@ -350,10 +351,8 @@ def write_or_push(
         image,
         parse_destination(dest),
         tags=tags,
-        name=name,
-        started=started,
         attachments=attachments,
-        stamps=stamps,
+        options=WriteOptions(name=name, started=started, stamps=stamps),
     )
     return str(image.digest if isinstance(image, ImageIndex) else image.manifest_digest)
 

@@ -35,10 +35,21 @@ __all__ = [
     help="Manifest pushed to a docker:// destination (default: the source's; OCI when the"
     " source has none).",
 )
+@click.option(
+    "--no-artifacts",
+    is_flag=True,
+    help="Leave behind the artifacts (SBOMs) that refer to the image (default: copied with it"
+    " to oci:, oci-archive: and docker://).",
+)
 @platform_option("copy only this platform's image (default: every platform's, and the index)")
 @registry_options
 def copy_command(
-    source: str, dest: str, tag: tuple[str, ...], platform_text: str | None, **kwargs: Any
+    source: str,
+    dest: str,
+    tag: tuple[str, ...],
+    platform_text: str | None,
+    no_artifacts: bool,
+    **kwargs: Any,
 ) -> None:
     """Copy an image between any two transports (oci:, oci-archive:, docker-archive:,
     docker://; DEST may be '-'), layer blobs byte for byte, reusing what DEST holds."""
@@ -49,6 +60,7 @@ def copy_command(
         manifest_format=kwargs.pop("manifest_format"),
         registry=split_registry_options(kwargs),
         platform=optional_platform(platform_text),
+        carry_artifacts=not no_artifacts,
     )
     digest = copy_image(source, dest, options=options)
     click.echo(digest, err=dest == "-")  # standard output holds the archive

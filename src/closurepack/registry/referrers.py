@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from closurepack.artifacts import (
-    Attachment,
+    Artifact,
+    CarriedArtifact,
     Referrer,
     artifact_manifests,
     fallback_tag,
@@ -40,7 +41,16 @@ from closurepack.registry.pull import MANIFEST_LIMIT
 from closurepack.registry.push import ImagePusher
 from closurepack.registry.reference import RegistryRef
 
-__all__ = ["attach", "attach_platforms", "attach_pushed", "list_referrers", "referrers_index"]
+__all__ = [
+    "ARTIFACT_BLOB_LIMIT",
+    "ARTIFACT_COUNT_LIMIT",
+    "attach",
+    "attach_platforms",
+    "attach_pushed",
+    "carried_referrers",
+    "list_referrers",
+    "referrers_index",
+]
 
 _INDEX = str(MediaType.OCI_INDEX)
 _MANIFEST = str(MediaType.OCI_MANIFEST)
@@ -84,7 +94,7 @@ def _put(client: RegistryClient, reference: str, body: bytes, media_type: str, w
 
 
 def attach(
-    client: RegistryClient, subject: Mapping[str, Any], attachments: Sequence[Attachment]
+    client: RegistryClient, subject: Mapping[str, Any], attachments: Sequence[Artifact]
 ) -> list[Digest]:
     """Push ``attachments`` as artifacts whose subject is the manifest ``subject`` (its
     descriptor) in the client's repository; keep the fallback tag's index where the registry
@@ -116,7 +126,7 @@ def attach(
     return [Digest.of_bytes(m) for m in pushed]
 
 
-def attach_pushed(pusher: ImagePusher, attachments: Sequence[Attachment]) -> list[Digest]:
+def attach_pushed(pusher: ImagePusher, attachments: Sequence[Artifact]) -> list[Digest]:
     """:func:`attach` to the manifest ``pusher`` pushed last (as pushed: OCI or Docker)."""
     if not attachments:
         return []
@@ -133,25 +143,79 @@ def attach_platforms(pusher: ImagePusher, index: ImageIndex, attachments: Attach
         attach(pusher.client, subject, documents)
 
 
+#: At most this many artifacts are carried per image, each blob at most this many bytes:
+#: what an untrusted source can make ``copy`` read into memory.
+ARTIFACT_COUNT_LIMIT = 64
+ARTIFACT_BLOB_LIMIT = 64 << 20
+
+
+def _referrer_manifests(client: RegistryClient, subject: Digest) -> list[tuple[bytes, Referrer]]:
+    """The artifact manifests (bytes, parsed) whose subject is ``subject`` in the client's
+    repository (the referrers API, else the fallback tag)."""
+    ref = client.ref
+    index, _ = referrers_index(client, subject)
+    found = []
+    for entry in (index or {}).get("manifests") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+            continue
+        digest = Digest.parse(entry["digest"])
+        where = f"artifact {ref.name}@{digest}"
+        body = get_if_there(
+            client, f"manifests/{digest}", where, limit=MANIFEST_LIMIT, accept=_MANIFEST
+        )
+        if body is None:
+            continue  # listed, but gone (deleted since)
+        if Digest.of_bytes(body[0]) != digest:
+            raise ImageError(f"{where}: the registry sent other bytes")
+        referrer = parse_referrer(body[0], where=where)
+        if referrer.subject == subject:
+            found.append((body[0], referrer))
+    return found
+
+
 def list_referrers(ref: RegistryRef, options: RegistryOptions, subject: Digest) -> list[Referrer]:
     """The artifacts whose subject is ``subject`` in ``ref``'s repository (the referrers API,
     else the fallback tag), each artifact manifest read."""
     with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
-        index, _ = referrers_index(client, subject)
-        found = []
-        for entry in (index or {}).get("manifests") or []:
-            if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
-                continue
-            digest = Digest.parse(entry["digest"])
-            where = f"artifact {ref.name}@{digest}"
-            body = get_if_there(
-                client, f"manifests/{digest}", where, limit=MANIFEST_LIMIT, accept=_MANIFEST
-            )
-            if body is None:
-                continue  # listed, but gone (deleted since)
-            if Digest.of_bytes(body[0]) != digest:
-                raise ImageError(f"{where}: the registry sent other bytes")
-            referrer = parse_referrer(body[0], where=where)
-            if referrer.subject == subject:
-                found.append(referrer)
-        return found
+        return [referrer for _, referrer in _referrer_manifests(client, subject)]
+
+
+def _blob(client: RegistryClient, descriptor: Mapping[str, Any], where: str) -> bytes:
+    digest = Digest.parse(str(descriptor.get("digest")))
+    what = f"{where}: blob {digest}"
+    size = descriptor.get("size")
+    if not isinstance(size, int) or not 0 <= size <= ARTIFACT_BLOB_LIMIT:
+        raise ImageError(f"{what}: size {size!r} is not 0 to {ARTIFACT_BLOB_LIMIT} bytes")
+    found = get_if_there(client, f"blobs/{digest}", what, limit=size, accept="*/*")
+    if found is None:
+        raise ImageError(f"{what}: missing")
+    if Digest.of_bytes(found[0]) != digest or len(found[0]) != size:
+        raise ImageError(f"{what}: the registry sent other bytes")
+    return found[0]
+
+
+def carried_referrers(
+    ref: RegistryRef, options: RegistryOptions, subjects: Sequence[Digest]
+) -> dict[Digest, list[CarriedArtifact]]:
+    """The artifacts of each of ``subjects`` in ``ref``'s repository with their blobs, for
+    ``copy`` (at most :data:`ARTIFACT_COUNT_LIMIT` each, each blob at most
+    :data:`ARTIFACT_BLOB_LIMIT` bytes: an ImageError past either)."""
+    out: dict[Digest, list[CarriedArtifact]] = {}
+    with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
+        for subject in subjects:
+            found = _referrer_manifests(client, subject)
+            where = f"referrers of {ref.name}@{subject}"
+            if len(found) > ARTIFACT_COUNT_LIMIT:
+                raise ImageError(f"{where}: more than {ARTIFACT_COUNT_LIMIT} artifacts")
+            carried = []
+            for body, referrer in found:
+                parsed = parse_json(body, f"artifact {referrer.digest}", deep_error=True)
+                config = parsed.get("config") if isinstance(parsed, dict) else None
+                descriptors = (
+                    [config, *referrer.layers] if isinstance(config, dict) else [*referrer.layers]
+                )
+                blobs = tuple(_blob(client, d, f"artifact {ref.name}@{referrer.digest}")
+                              for d in descriptors)  # fmt: skip
+                carried.append(CarriedArtifact(manifest=body, blobs=blobs))
+            out[subject] = carried
+    return out

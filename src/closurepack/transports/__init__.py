@@ -15,6 +15,7 @@ reference              module                      notes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "RawBlob",
     "RawImage",
     "RawIndex",
+    "WriteOptions",
     "as_source_error",
     "attaches_artifacts",
     "check_destination",
@@ -152,37 +154,45 @@ def check_destination(
     return dest
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WriteOptions:
+    """How :func:`write_image` writes, besides what and where: ``name`` names a docker-archive
+    that has no tags (a plan's or a closure's); ``stream`` takes ``-``'s docker-archive (default:
+    standard output's binary buffer); temp files that writes killed before ``started`` (the
+    job's start; default: now) left at the destination are removed; a registry is reached with
+    ``registry``, gets the Docker schema 2 manifest with ``docker`` and has the blobs of its
+    repositories ``mount_from`` mounted rather than uploaded; ``stamps`` spare rewriting or
+    rehashing unchanged blobs of an ``oci:`` layout (see :func:`oci_layout.write_blobs`)."""
+
+    name: str | None = None
+    stream: BinaryIO | None = None
+    started: float | None = None
+    registry: RegistryOptions | None = None
+    docker: bool = False
+    mount_from: Sequence[str] = ()
+    stamps: BlobStamps | None = None
+
+
 def write_image(
     image: Image | ImageIndex,
     dest: Destination | str,
     *,
     tags: Sequence[str] | str = (),
-    name: str | None = None,
-    stream: BinaryIO | None = None,
-    started: float | None = None,
-    registry: RegistryOptions | None = None,
-    docker: bool = False,
-    mount_from: Sequence[str] = (),
     attachments: Attachments = (),
-    stamps: BlobStamps | None = None,
+    options: WriteOptions | None = None,
 ) -> str:
     """Write ``image`` to ``dest`` (a :class:`Destination` or a destination string); return
     its manifest digest (``HOST/REPO@DIGEST`` for a registry).
 
     ``tags`` are the ``--tag NAME:TAG`` options: each is written, after the destination's own
     tag (see :func:`docker_repo_tags`, :func:`oci_ref_names`); with none, a docker-archive is
-    named after the image's ``name`` (a plan's or a closure's). For ``-``
-    the docker-archive goes to ``stream`` (default: standard output's binary buffer). Temp
-    files that writes killed before ``started`` (the job's start; default: now) left at the
-    destination are removed. A registry (``docker://``) is reached with ``registry`` (its
-    options), gets the Docker schema 2 manifest with ``docker``, and has the blobs of its
-    repositories ``mount_from`` mounted rather than uploaded. ``attachments`` go with the
+    named after ``options.name``. ``attachments`` go with the
     image (each platform's image, of an index) as artifacts whose subject is its manifest,
-    where :func:`attaches_artifacts`. A
-    multi-platform image (an :class:`ImageIndex`) goes to ``oci:``, ``oci-archive:`` and
-    registries only. ``stamps`` spare rewriting or rehashing unchanged blobs of an ``oci:``
-    layout (see :func:`oci_layout.write_blobs`).
+    where :func:`attaches_artifacts`. A multi-platform image (an :class:`ImageIndex`) goes to
+    ``oci:``, ``oci-archive:`` and registries only. ``options``: see :class:`WriteOptions`.
     """
+    opts = options or WriteOptions()
+    name, stream, started = opts.name, opts.stream, opts.started
     if isinstance(tags, str):
         tags = (tags,)
     if attachments and not attaches_artifacts(dest):
@@ -195,10 +205,10 @@ def write_image(
         pushed = _registry.write_image(
             image,
             ref,
-            options=registry or RegistryOptions(),
+            options=opts.registry or RegistryOptions(),
             tags=_registry_tags(ref, tags),
-            docker=docker,
-            mount_from=mount_from,
+            docker=opts.docker,
+            mount_from=opts.mount_from,
             attachments=attachments,
         )
         return f"{ref.name}@{pushed}"
@@ -217,7 +227,7 @@ def write_image(
         docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
     elif dest.kind == "oci":
         oci_layout.write_image(
-            image, dest, tags=tags, started=started, attachments=attachments, stamps=stamps
+            image, dest, tags=tags, started=started, attachments=attachments, stamps=opts.stamps
         )
     elif dest.kind == "oci-archive":
         oci_archive.write_image(image, dest, tags=tags, started=started, attachments=attachments)
