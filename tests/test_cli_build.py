@@ -113,24 +113,14 @@ def test_image_by_index_and_by_name(
     plan = tmp_path / "plan.json"
     status, _, err = run(["plan", "--closure", app, "--closure", tool, "-o", plan], capsys)
     assert status == 0, err
+
+    def by_plan(selector: str) -> list[object]:
+        return ["--plan", plan, "--image", selector, "--store-root", store.root]
+
     digests = {}
     for selector in ("0", "1", "app", "tool"):
         dest = tmp_path / f"img-{selector}"
-        out, _ = _build(
-            [
-                "--plan",
-                plan,
-                "--image",
-                selector,
-                "--store-root",
-                store.root,
-                "--no-cache",
-                "--no-tmp",
-                "-o",
-                f"oci:{dest}",
-            ],
-            capsys,
-        )
+        out, _ = _build([*by_plan(selector), "--no-cache", "--no-tmp", "-o", f"oci:{dest}"], capsys)
         digests[selector] = out.strip()
         paths = {
             p
@@ -169,20 +159,7 @@ def test_image_by_index_and_by_name(
     )
     _one_line_error(err, str(plan), "2 images", "--image")
     for selector, text in (("2", "no image 2"), ("nope", "no image named 'nope'")):
-        _, err = _build(
-            [
-                "--plan",
-                plan,
-                "--image",
-                selector,
-                "--store-root",
-                store.root,
-                "-o",
-                f"oci:{tmp_path / 'x'}",
-            ],
-            capsys,
-            status=2,
-        )
+        _, err = _build([*by_plan(selector), "-o", f"oci:{tmp_path / 'x'}"], capsys, status=2)
         _one_line_error(err, str(plan), text)
     assert not (tmp_path / "x").exists()
 
@@ -205,18 +182,8 @@ def test_compression_media_types(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = tmp_path / "layout"
-    _build(
-        [
-            *_base_argv(store, app_closure),
-            "--compression",
-            compression,
-            "--cache-dir",
-            tmp_path / "cache",
-            "-o",
-            f"oci:{dest}",
-        ],
-        capsys,
-    )
+    argv = [*_base_argv(store, app_closure), "--compression", compression]
+    _build([*argv, "--cache-dir", tmp_path / "cache", "-o", f"oci:{dest}"], capsys)
     image = read_oci(dest)
     assert {layer["mediaType"] for layer in image.manifest["layers"]} == {media_type}
     magic = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}.get(compression)
@@ -230,18 +197,7 @@ def test_compression_media_types(
     assert any(name.startswith("nix/store/") for name in members)
     # docker-archive: Docker's own media types in the manifest
     archive = tmp_path / "image.tar"
-    _build(
-        [
-            *_base_argv(store, app_closure),
-            "--compression",
-            compression,
-            "--cache-dir",
-            tmp_path / "cache",
-            "-o",
-            f"docker-archive:{archive}",
-        ],
-        capsys,
-    )
+    _build([*argv, "--cache-dir", tmp_path / "cache", "-o", f"docker-archive:{archive}"], capsys)
     assert run(["verify", f"docker-archive:{archive}"], capsys)[0] == 0
 
 
