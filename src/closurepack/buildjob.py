@@ -39,7 +39,9 @@ from closurepack.image import (
 )
 from closurepack.imageindex import ImageIndex
 from closurepack.jobsetup import (
+    Delivery,
     ImageOptions,
+    ImageTarget,
     drop_repeated_customisation,
     fit_customisation,
     image_pusher,
@@ -328,14 +330,18 @@ def build_image(
             )
             if targets
             else images[0],
-            dest=dest,
-            tags=image.tags,
-            name=None if targets else image_plans[0].name,
-            started=started,
-            pusher=pusher,
-            attach=_sbom_attacher(images, sbom_jobs) if sbom_jobs else None,
-            streamer=streamer,
-            stamps=cache.stamps if cache is not None else None,
+            target=ImageTarget(
+                dest=dest,
+                tags=image.tags,
+                name=None if targets else image_plans[0].name,
+                started=started,
+            ),
+            delivery=Delivery(
+                pusher=pusher,
+                streamer=streamer,
+                stamps=cache.stamps if cache is not None else None,
+                attach=_sbom_attacher(images, sbom_jobs) if sbom_jobs else None,
+            ),
         )
         for sbom_job in sbom_jobs:
             sbom_job.write_files()

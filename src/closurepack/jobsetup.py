@@ -60,7 +60,9 @@ if TYPE_CHECKING:  # (imported where used: they load the HTTP stack)
     from closurepack.registry.push import ImagePusher
 
 __all__ = [
+    "Delivery",
     "ImageOptions",
+    "ImageTarget",
     "check_chunked_destination",
     "check_level",
     "drop_repeated_customisation",
@@ -280,25 +282,43 @@ def requested_platform(config: ImageConfig, image: ImageOptions) -> Platform | N
     return Platform(config.os, config.arch, config.variant) if image.arch else None
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageTarget:
+    """Where a finished image goes: the destination string, the tags to give it, the name
+    (docker-archive's repository) and when the job started (temporary files older than
+    that, left by killed writes, are removed)."""
+
+    dest: str
+    tags: Sequence[str]
+    name: str | None
+    started: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Delivery:
+    """How a finished image leaves, beside writing it to its destination: ``pusher`` (an
+    open registry push), ``streamer`` (the stream its layers went to), ``stamps`` (the
+    ``oci:`` layout blobs known good) and ``attach`` (its artifacts, an SBOM)."""
+
+    pusher: ImagePusher | None = None
+    streamer: LayerStreamer | None = None
+    stamps: BlobStamps | None = None
+    attach: Callable[[Image], Sequence[Attachment]] | None = None
+
+
 def finish_image(
     layers: Sequence[ImageLayer],
     *,
     base: BaseImage | None,
     config: ImageConfig,
-    dest: str,
-    tags: Sequence[str],
-    name: str | None,
-    started: float,
-    pusher: ImagePusher | None = None,
-    attach: Callable[[Image], Sequence[Attachment]] | None = None,
+    target: ImageTarget,
+    delivery: Delivery = Delivery(),
 ) -> str:
-    """Assemble the image and write or push it, with what ``attach`` gives for it (an SBOM)
-    as artifacts whose subject is its manifest."""
+    """Assemble the image and write or push it as ``delivery`` says, with what its
+    ``attach`` gives for it (an SBOM) as artifacts whose subject is its manifest."""
     image = assemble_image(layers, config=config, base=base)
-    warn_if_no_command(image, dest)
-    return write_or_push(
-        image, dest=dest, tags=tags, name=name, started=started, pusher=pusher, attach=attach
-    )
+    warn_if_no_command(image, target.dest)
+    return write_or_push(image, target=target, delivery=delivery)
 
 
 def warn_if_no_command(image: Image, dest: str) -> None:
@@ -308,22 +328,16 @@ def warn_if_no_command(image: Image, dest: str) -> None:
 
 
 def write_or_push(
-    image: Image | ImageIndex,
-    *,
-    dest: str,
-    tags: Sequence[str],
-    name: str | None,
-    started: float,
-    pusher: ImagePusher | None = None,
-    attach: Callable[[Image], Sequence[Attachment]] | None = None,
-    streamer: LayerStreamer | None = None,
-    stamps: BlobStamps | None = None,
+    image: Image | ImageIndex, *, target: ImageTarget, delivery: Delivery = Delivery()
 ) -> str:
-    """Write ``image`` (or a multi-platform image) to ``dest``, or push it with ``pusher``,
-    or finish the stream ``streamer`` sent its layers to, with what ``attach`` gives for the
-    image (an SBOM; of a multi-platform image, for each platform's) as artifacts whose
-    subject is its manifest; return its digest
-    (``REPO@DIGEST`` pushed). ``stamps`` spare rewriting unchanged blobs of an ``oci:`` layout."""
+    """Write ``image`` (or a multi-platform image) to ``target``, or push it with the
+    delivery's ``pusher``, or finish the stream its ``streamer`` sent its layers to, with what
+    its ``attach`` gives for the image (an SBOM; of a multi-platform image, for each
+    platform's) as artifacts whose subject is its manifest; return its digest
+    (``REPO@DIGEST`` pushed). Its ``stamps`` spare rewriting unchanged blobs of an ``oci:``
+    layout."""
+    dest, tags, name, started = target.dest, target.tags, target.name, target.started
+    pusher, streamer, attach = delivery.pusher, delivery.streamer, delivery.attach
     attachments: Attachments = ()
     if attach is not None:
         if isinstance(image, ImageIndex):  # each platform's image its own
@@ -352,7 +366,7 @@ def write_or_push(
         parse_destination(dest),
         tags=tags,
         attachments=attachments,
-        options=WriteOptions(name=name, started=started, stamps=stamps),
+        options=WriteOptions(name=name, started=started, stamps=delivery.stamps),
     )
     return str(image.digest if isinstance(image, ImageIndex) else image.manifest_digest)
 

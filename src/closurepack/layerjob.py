@@ -34,7 +34,9 @@ from closurepack.errors import (
 from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import check_readable_store, split_store_path
 from closurepack.jobsetup import (
+    Delivery,
     ImageOptions,
+    ImageTarget,
     check_chunked_destination,
     check_level,
     drop_repeated_customisation,
@@ -231,11 +233,8 @@ def assemble_from_descriptors(
             layers,
             base=base,
             config=config,
-            dest=dest,
-            tags=image.tags,
-            name=None,
-            started=started,
-            pusher=pusher,
+            target=ImageTarget(dest=dest, tags=image.tags, name=None, started=started),
+            delivery=Delivery(pusher=pusher),
         )
         if shared is not None:
             shared.publish(
