@@ -23,6 +23,8 @@ from closurepack.jsontext import parse_json_object
 from closurepack.mediatypes import MediaType
 
 __all__ = [
+    "ARTIFACT_BLOB_LIMIT",
+    "ARTIFACT_COUNT_LIMIT",
     "EMPTY_CONFIG",
     "EMPTY_MEDIA_TYPE",
     "TITLE",
@@ -32,6 +34,7 @@ __all__ = [
     "Referrer",
     "artifact_manifest",
     "artifact_manifests",
+    "carry",
     "drop_replaced_referrers",
     "fallback_tag",
     "merge_referrers",
@@ -86,6 +89,49 @@ class CarriedArtifact:
 
 #: What can be attached to an image: a document made here, or an artifact carried by copy.
 Artifact = Attachment | CarriedArtifact
+
+#: At most this many artifacts are carried per image, each blob at most this many bytes:
+#: what an untrusted source can make ``copy`` read into memory.
+ARTIFACT_COUNT_LIMIT = 64
+ARTIFACT_BLOB_LIMIT = 64 << 20
+
+
+def carry(
+    found: Sequence[tuple[bytes, Referrer]],
+    read_blob: Callable[[Digest, int], bytes | None],
+    where: str,
+) -> list[CarriedArtifact]:
+    """The artifacts ``found`` (manifest bytes, parsed) of one image with the blobs each names
+    (its config, then its documents), read by ``read_blob(digest, size)`` (None: missing) and
+    checked against their descriptors; an ImageError past :data:`ARTIFACT_COUNT_LIMIT`
+    artifacts or a blob past :data:`ARTIFACT_BLOB_LIMIT` bytes."""
+    if len(found) > ARTIFACT_COUNT_LIMIT:
+        raise ImageError(f"{where}: more than {ARTIFACT_COUNT_LIMIT} artifacts")
+    carried = []
+    for body, referrer in found:
+        manifest = parse_json_object(body, f"artifact {referrer.digest}")
+        config = manifest.get("config")
+        descriptors = [config, *referrer.layers] if isinstance(config, dict) else referrer.layers
+        what = f"{where}: artifact {referrer.digest}"
+        blobs = tuple(_carried_blob(d, read_blob, what) for d in descriptors)
+        carried.append(CarriedArtifact(manifest=body, blobs=blobs))
+    return carried
+
+
+def _carried_blob(
+    descriptor: Mapping[str, Any], read_blob: Callable[[Digest, int], bytes | None], where: str
+) -> bytes:
+    digest = Digest.parse(str(descriptor.get("digest")))
+    what = f"{where}: blob {digest}"
+    size = descriptor.get("size")
+    if not isinstance(size, int) or not 0 <= size <= ARTIFACT_BLOB_LIMIT:
+        raise ImageError(f"{what}: size {size!r} is not 0 to {ARTIFACT_BLOB_LIMIT} bytes")
+    data = read_blob(digest, size)
+    if data is None:
+        raise ImageError(f"{what}: missing")
+    if len(data) != size or Digest.of_bytes(data) != digest:
+        raise ImageError(f"{what}: does not match its digest")
+    return data
 
 
 def subject_descriptor(media_type: str, manifest: bytes) -> dict[str, Any]:

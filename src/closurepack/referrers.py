@@ -7,18 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from closurepack.artifacts import CarriedArtifact, Referrer, parse_referrer
+from closurepack.artifacts import CarriedArtifact, Referrer, carry, parse_referrer
 from closurepack.digest import Digest
 from closurepack.errors import ImageError
 from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference
-from closurepack.registry.referrers import (
-    ARTIFACT_BLOB_LIMIT,
-    ARTIFACT_COUNT_LIMIT,
-    carried_referrers,
-    list_referrers,
-)
+from closurepack.registry.referrers import carried_referrers, list_referrers
 from closurepack.transports import parse_source
 from closurepack.transports._raw import as_source_error, parse_json
 from closurepack.transports._tar import TarReader
@@ -54,36 +48,16 @@ def _layout_manifests(
     return found
 
 
-def _layout_blob(store: BlobStore, descriptor: dict[str, Any], where: str) -> bytes:
-    digest = Digest.parse(str(descriptor.get("digest")))
-    size = descriptor.get("size")
-    name = f"blobs/{digest.algorithm}/{digest.hex}"
-    if not isinstance(size, int) or not 0 <= size <= ARTIFACT_BLOB_LIMIT:
-        raise ImageError(f"{where}: blob {digest}: size {size!r} is not 0 to"
-                         f" {ARTIFACT_BLOB_LIMIT} bytes")  # fmt: skip
-    if not store.has(name):
-        raise ImageError(f"{where}: blob {digest} is missing")
-    with store.opener(name)() as handle:
-        data = handle.read(size + 1)
-    if Digest.of_bytes(data) != digest or len(data) != size:
-        raise ImageError(f"{where}: blob {digest} does not match its digest")
-    return data
-
-
 def _carried(store: BlobStore, subject: Digest, where: str) -> list[CarriedArtifact]:
+    def read_blob(digest: Digest, size: int) -> bytes | None:
+        name = f"blobs/{digest.algorithm}/{digest.hex}"
+        if not store.has(name):
+            return None
+        with store.opener(name)() as handle:
+            return handle.read(size + 1)  # one more: a longer blob does not match
+
     found = _layout_manifests(store, subject, where)
-    if len(found) > ARTIFACT_COUNT_LIMIT:
-        raise ImageError(f"{where}: more than {ARTIFACT_COUNT_LIMIT} artifacts of {subject}")
-    carried = []
-    for body, referrer in found:
-        config = parse_json(body, f"{where}: artifact {referrer.digest}")
-        descriptors = [*referrer.layers]
-        if isinstance(config, dict) and isinstance(config.get("config"), dict):
-            descriptors.insert(0, config["config"])
-        blobs = tuple(_layout_blob(store, dict(d), f"{where}: artifact {referrer.digest}")
-                      for d in descriptors)  # fmt: skip
-        carried.append(CarriedArtifact(manifest=body, blobs=blobs))
-    return carried
+    return carry(found, read_blob, f"{where}: artifacts of {subject}")
 
 
 def carried_artifacts(

@@ -22,6 +22,7 @@ from closurepack.artifacts import (
     CarriedArtifact,
     Referrer,
     artifact_manifests,
+    carry,
     fallback_tag,
     merge_referrers,
     parse_referrer,
@@ -42,8 +43,6 @@ from closurepack.registry.push import ImagePusher
 from closurepack.registry.reference import RegistryRef
 
 __all__ = [
-    "ARTIFACT_BLOB_LIMIT",
-    "ARTIFACT_COUNT_LIMIT",
     "attach",
     "attach_platforms",
     "attach_pushed",
@@ -143,12 +142,6 @@ def attach_platforms(pusher: ImagePusher, index: ImageIndex, attachments: Attach
         attach(pusher.client, subject, documents)
 
 
-#: At most this many artifacts are carried per image, each blob at most this many bytes:
-#: what an untrusted source can make ``copy`` read into memory.
-ARTIFACT_COUNT_LIMIT = 64
-ARTIFACT_BLOB_LIMIT = 64 << 20
-
-
 def _referrer_manifests(client: RegistryClient, subject: Digest) -> list[tuple[bytes, Referrer]]:
     """The artifact manifests (bytes, parsed) whose subject is ``subject`` in the client's
     repository (the referrers API, else the fallback tag)."""
@@ -180,42 +173,23 @@ def list_referrers(ref: RegistryRef, options: RegistryOptions, subject: Digest) 
         return [referrer for _, referrer in _referrer_manifests(client, subject)]
 
 
-def _blob(client: RegistryClient, descriptor: Mapping[str, Any], where: str) -> bytes:
-    digest = Digest.parse(str(descriptor.get("digest")))
-    what = f"{where}: blob {digest}"
-    size = descriptor.get("size")
-    if not isinstance(size, int) or not 0 <= size <= ARTIFACT_BLOB_LIMIT:
-        raise ImageError(f"{what}: size {size!r} is not 0 to {ARTIFACT_BLOB_LIMIT} bytes")
-    found = get_if_there(client, f"blobs/{digest}", what, limit=size, accept="*/*")
-    if found is None:
-        raise ImageError(f"{what}: missing")
-    if Digest.of_bytes(found[0]) != digest or len(found[0]) != size:
-        raise ImageError(f"{what}: the registry sent other bytes")
-    return found[0]
-
-
 def carried_referrers(
     ref: RegistryRef, options: RegistryOptions, subjects: Sequence[Digest]
 ) -> dict[Digest, list[CarriedArtifact]]:
     """The artifacts of each of ``subjects`` in ``ref``'s repository with their blobs, for
-    ``copy`` (at most :data:`ARTIFACT_COUNT_LIMIT` each, each blob at most
-    :data:`ARTIFACT_BLOB_LIMIT` bytes: an ImageError past either)."""
-    out: dict[Digest, list[CarriedArtifact]] = {}
+    ``copy`` (within :func:`closurepack.artifacts.carry`'s limits)."""
     with open_client(ref, options, [f"repository:{ref.repository}:pull"]) as client:
-        for subject in subjects:
-            found = _referrer_manifests(client, subject)
-            where = f"referrers of {ref.name}@{subject}"
-            if len(found) > ARTIFACT_COUNT_LIMIT:
-                raise ImageError(f"{where}: more than {ARTIFACT_COUNT_LIMIT} artifacts")
-            carried = []
-            for body, referrer in found:
-                parsed = parse_json(body, f"artifact {referrer.digest}", deep_error=True)
-                config = parsed.get("config") if isinstance(parsed, dict) else None
-                descriptors = (
-                    [config, *referrer.layers] if isinstance(config, dict) else [*referrer.layers]
-                )
-                blobs = tuple(_blob(client, d, f"artifact {ref.name}@{referrer.digest}")
-                              for d in descriptors)  # fmt: skip
-                carried.append(CarriedArtifact(manifest=body, blobs=blobs))
-            out[subject] = carried
-    return out
+
+        def read_blob(digest: Digest, size: int) -> bytes | None:
+            found = get_if_there(client, f"blobs/{digest}", f"blob {digest}", limit=size,
+                                 accept="*/*")  # fmt: skip
+            return None if found is None else found[0]
+
+        return {
+            subject: carry(
+                _referrer_manifests(client, subject),
+                read_blob,
+                f"referrers of {ref.name}@{subject}",
+            )
+            for subject in subjects
+        }
