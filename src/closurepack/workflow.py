@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from closurepack.options import parse_size
 from closurepack.plan import ImagePlan, LayerPlan, check_max_layers
 from closurepack.planner import plan_closures
 from closurepack.previous import load_previous
+from closurepack.readall import read_all
 from closurepack.registry import (
     RegistryOptions,
 )
@@ -178,9 +178,7 @@ def source_name(path: Path) -> str:
 
 def _read_input(path: Path) -> bytes:
     """The bytes of ``path``, or of standard input for :data:`STDIN` (raises OSError)."""
-    if path == STDIN:
-        return sys.stdin.buffer.read()
-    return path.read_bytes()
+    return read_all(None if path == STDIN else path)
 
 
 def read_plan_file(plan_file: Path) -> LayerPlan:

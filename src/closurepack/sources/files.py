@@ -30,6 +30,7 @@ import zstandard
 
 from closurepack.errors import ClosureError, StoreError
 from closurepack.graph import Closure, StoreItem
+from closurepack.readall import read_all
 from closurepack.sources.narsize import nar_size
 
 __all__ = [
@@ -55,7 +56,7 @@ def load_closure_file(path: Path, *, store_root: Path | None = None) -> Closure:
     """
     source = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = read_all(Path(path))
     except OSError as exc:
         raise ClosureError(f"{source}: cannot read: {exc.strerror}") from exc
     return parse_closure(data, source=source, store_root=store_root)
