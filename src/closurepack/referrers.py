@@ -22,15 +22,15 @@ __all__ = ["attached_artifacts", "carried_artifacts"]
 
 
 def _layout_referrers(store: BlobStore, subject: Digest, where: str) -> list[Referrer]:
-    return [referrer for _, referrer in _layout_manifests(store, subject, where)]
+    return [referrer for _, referrer in _layout_manifests(store, where).get(subject, [])]
 
 
-def _layout_manifests(
-    store: BlobStore, subject: Digest, where: str
-) -> list[tuple[bytes, Referrer]]:
+def _layout_manifests(store: BlobStore, where: str) -> dict[Digest, list[tuple[bytes, Referrer]]]:
+    """Every artifact manifest the layout's ``index.json`` lists (bytes and parsed), by subject,
+    in the index's order: read once however many images' artifacts are asked for."""
     index = parse_json(store.read("index.json"), f"{where}: index.json")
     entries = index.get("manifests") if isinstance(index, dict) else None
-    found = []
+    found: dict[Digest, list[tuple[bytes, Referrer]]] = {}
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict) or not entry.get("artifactType"):
             continue
@@ -43,12 +43,14 @@ def _layout_manifests(
             raise ImageError(f"{where}: artifact manifest {digest} is missing")
         body = store.read(name)
         referrer = parse_referrer(body, where=f"{where}: artifact {digest}")
-        if referrer.subject == subject:
-            found.append((body, referrer))
+        if referrer.subject is not None:
+            found.setdefault(referrer.subject, []).append((body, referrer))
     return found
 
 
-def _carried(store: BlobStore, subject: Digest, where: str) -> list[CarriedArtifact]:
+def _carried(
+    store: BlobStore, subjects: Sequence[Digest], where: str
+) -> dict[Digest, list[CarriedArtifact]]:
     def read_blob(digest: Digest, size: int) -> bytes | None:
         name = f"blobs/{digest.algorithm}/{digest.hex}"
         if not store.has(name):
@@ -56,8 +58,11 @@ def _carried(store: BlobStore, subject: Digest, where: str) -> list[CarriedArtif
         with store.opener(name)() as handle:
             return handle.read(size + 1)  # one more: a longer blob does not match
 
-    found = _layout_manifests(store, subject, where)
-    return carry(found, read_blob, f"{where}: artifacts of {subject}")
+    by_subject = _layout_manifests(store, where)
+    return {
+        subject: carry(by_subject.get(subject, []), read_blob, f"{where}: artifacts of {subject}")
+        for subject in subjects
+    }
 
 
 def carried_artifacts(
@@ -74,7 +79,7 @@ def carried_artifacts(
         return {}
     with as_source_error():
         store: BlobStore = DirStore(path) if where.kind == "oci" else TarReader(path)
-        return {subject: _carried(store, subject, str(path)) for subject in subjects}
+        return _carried(store, subjects, str(path))
 
 
 def attached_artifacts(
