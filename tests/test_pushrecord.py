@@ -1,6 +1,7 @@
 """Push records against a real registry: an unchanged re-push stops after the tag's manifest
-(nothing of the closure, the plan, the layer cache or the store is read), and every change of
-the registry or of the inputs falls back to the whole build. Requests are counted from the
+and a HEAD of each of its blobs (nothing of the closure, the plan, the layer cache or the store
+is read), and every change of the registry or of the inputs falls back to the whole build (a
+deleted blob: tests/test_registry_repair.py). Requests are counted from the
 registry's own access log."""
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _manifest_puts(requests: list[Request]) -> list[Request]:
     return [r for r in requests if r.method == "PUT" and "/manifests/" in r.path]
 
 
-def test_an_unchanged_repush_reads_only_the_tag(
+def test_an_unchanged_repush_reads_only_the_tags_and_heads_the_blobs(
     registry: Registry,
     store: Store,
     app_closure: Path,
@@ -66,10 +67,11 @@ def test_an_unchanged_repush_reads_only_the_tag(
     shutil.rmtree(tmp_path / "c" / "keys")
     mark = registry.mark()
     assert _push(argv, capsys) == first
-    assert _calls(registry.requests(mark)) == [
-        ("GET", "/v2/app/manifests/1"),
-        ("GET", "/v2/app/manifests/stable"),
-    ]
+    calls = _calls(registry.requests(mark))
+    assert calls[:2] == [("GET", "/v2/app/manifests/1"), ("GET", "/v2/app/manifests/stable")]
+    image = inspect_image(dest)
+    blobs = [image["config_digest"], *(la["digest"] for la in image["layers"])]
+    assert sorted(calls[2:]) == sorted(("HEAD", f"/v2/app/blobs/{d}") for d in blobs)
     assert verify_image(dest) == []
 
 
