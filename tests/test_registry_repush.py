@@ -307,3 +307,26 @@ def test_tls_contexts_are_made_once_per_setting(tmp_path: Path) -> None:
         ssl_context(options, "registry.example")
     (certs / "client.cert").unlink()
     assert ssl_context(options, "registry.example") is ssl_context(options, "elsewhere")
+
+
+def test_a_plain_http_loopback_registry_never_loads_the_system_trust_store(
+    registry: Registry,
+) -> None:
+    """HTTPS is tried first on loopback, but the handshake with a plain-HTTP registry fails
+    before any certificate: no context holding the system trust store is made."""
+    import subprocess
+    import sys
+
+    program = (
+        "from closurepack.registry import RegistryOptions, parse_reference\n"
+        "from closurepack.registry.client import _CONTEXTS, open_client\n"
+        f"ref = parse_reference('docker://{registry.host}/app:1', for_push=True)\n"
+        "with open_client(ref, RegistryOptions(), ['repository:app:pull']) as client:\n"
+        "    print(client.base)\n"
+        "print(sorted(f.result().cert_store_stats()['x509_ca'] for f in _CONTEXTS.values()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"http://{registry.host}", "[0]"]

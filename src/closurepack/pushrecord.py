@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack import __version__
-from closurepack._fs import atomic_write
-from closurepack.cache import default_cache_dir
+from closurepack.cachedir import default_cache_dir
 from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, RegistryAuthError, RegistryError
 from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference, push_tags
@@ -169,6 +168,8 @@ class PushRecord:
     def save(self, pushed: str) -> None:
         """Record the manifest digest of ``pushed`` (``REPO@DIGEST``, what the build returned).
         Best effort: a record that cannot be written only costs a build next time."""
+        from closurepack._fs import atomic_write  # noqa: PLC0415 - loaded by the build by now
+
         with contextlib.suppress(OSError, ValueError, ClosurepackError):
             digest = Digest.parse(pushed.rpartition("@")[2])
             # only into a cache the build used: never a directory it could not make (a
@@ -234,10 +235,30 @@ def _code_fingerprint() -> str:
             origin = Path(spec.origin)
             roots.append(origin.parent if origin.name == "__init__.py" else origin)
     for root in roots:
-        paths = sorted(root.rglob("*")) if root.is_dir() else [root]
-        for path in paths:
-            st = path.stat()
-            if "__pycache__" in path.parts or not stat.S_ISREG(st.st_mode):
-                continue  # (a directory's mtime moves when its bytecode is first written)
-            stamps.append(f"{path} {st.st_size} {st.st_mtime_ns}")
+        if root.is_dir():
+            stamps += _file_stamps(str(root))
+        else:
+            st = root.stat()
+            if stat.S_ISREG(st.st_mode):
+                stamps.append(f"{root} {st.st_size} {st.st_mtime_ns}")
     return hashlib.sha256("\n".join(stamps).encode()).hexdigest()
+
+
+def _file_stamps(root: str) -> list[str]:
+    """``PATH SIZE MTIME_NS`` of each regular file under ``root`` (symbolic links followed to
+    files, not to directories), sorted; ``__pycache__`` directories are not entered (their
+    directory's mtime moves when bytecode is first written, and the files are derived)."""
+    stamps: list[str] = []
+    directories = [root]
+    while directories:
+        with os.scandir(directories.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        directories.append(entry.path)
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # (a dangling link)
+                    st = entry.stat()
+                    if stat.S_ISREG(st.st_mode):
+                        stamps.append(f"{entry.path} {st.st_size} {st.st_mtime_ns}")
+    return sorted(stamps)
