@@ -351,3 +351,34 @@ def test_no_record_is_written_where_there_is_no_cache(tmp_path: Path) -> None:
     assert record is not None
     record.save("registry.example/app@sha256:" + "1" * 64)
     assert not (tmp_path / "home").exists()
+
+
+def test_the_code_stamps_list_every_regular_file_outside_bytecode(tmp_path: Path) -> None:
+    """What the code fingerprint covers, against os.walk: every regular file (a link to one
+    too) by path, size and mtime, sorted; nothing under __pycache__, no directory, no dangling
+    link."""
+    import os
+
+    from closurepack.pushrecord import _file_stamps
+
+    root = tmp_path / "pkg"
+    (root / "sub" / "__pycache__").mkdir(parents=True)
+    (root / "__pycache__").mkdir()
+    (root / "a.py").write_text("a")
+    (root / "sub" / "b.so").write_bytes(b"bb")
+    (root / "sub" / "__pycache__" / "b.pyc").write_bytes(b"c")
+    (root / "__pycache__" / "a.pyc").write_bytes(b"c")
+    (root / "link.py").symlink_to(root / "a.py")
+    (root / "dangling").symlink_to(root / "nowhere")
+    expected = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                st = os.stat(path)
+                expected.append(f"{path} {st.st_size} {st.st_mtime_ns}")
+    assert len(expected) == 3
+    assert _file_stamps(str(root)) == sorted(expected)
+    os.utime(root / "sub" / "b.so", ns=(1, 1))
+    assert _file_stamps(str(root)) != sorted(expected)
