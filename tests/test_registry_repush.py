@@ -330,3 +330,21 @@ def test_a_plain_http_loopback_registry_never_loads_the_system_trust_store(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"http://{registry.host}", "[0]"]
+
+
+def test_the_context_without_cas_checks_as_the_default_one() -> None:
+    """The loopback registry's first context is ssl.create_default_context's in every setting
+    but the CAs loaded."""
+    import ssl
+
+    from closurepack.registry.client import ssl_context
+
+    lean = ssl_context(RegistryOptions(), "127.0.0.1:5000", system_trust=False)
+    reference = ssl.create_default_context()
+    settings = (
+        "verify_mode", "check_hostname", "verify_flags", "options", "minimum_version",
+        "maximum_version", "protocol", "post_handshake_auth", "keylog_filename",
+    )  # fmt: skip
+    assert {n: getattr(lean, n) for n in settings} == {n: getattr(reference, n) for n in settings}
+    assert lean.get_ciphers() == reference.get_ciphers()
+    assert lean.cert_store_stats()["x509_ca"] == 0 < reference.cert_store_stats()["x509_ca"]

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import os
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -103,6 +105,18 @@ def _trust_on_demand(options: RegistryOptions, host: str) -> bool:
     return options.plain_http_allowed(host) and not options.insecure(host)
 
 
+def _context_without_cas() -> ssl.SSLContext:
+    """What ``ssl.create_default_context()`` makes, without loading the system trust store:
+    certificate and host name required, the same verification flags and key log."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+    if sys.version_info >= (3, 13):  # as create_default_context sets them since 3.13
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog and not sys.flags.ignore_environment:
+        context.keylog_filename = keylog
+    return context
+
+
 def _make_ssl_context(options: RegistryOptions, host: str, *, system_trust: bool) -> ssl.SSLContext:
     if options.insecure(host):
         # nothing is verified: the system trust store is not even loaded
@@ -112,8 +126,7 @@ def _make_ssl_context(options: RegistryOptions, host: str, *, system_trust: bool
     elif system_trust:
         context = ssl.create_default_context()
     else:
-        # create_default_context's checks (certificate and host name required), no CA yet
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context = _context_without_cas()
     cert_dir = options.cert_dir
     if cert_dir is None:
         return context
