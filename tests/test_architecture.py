@@ -41,6 +41,7 @@ RANKS: dict[str, int] = {
     "layerbuild": 5,
     "layerlist": 5,
     "cache": 5,
+    "cachedir": 1,
     "cachegc": 5,
     "cacheentry": 5,
     "accounts": 5,

@@ -1,6 +1,7 @@
 """Push records against a real registry: an unchanged re-push stops after the tag's manifest
-(nothing of the closure, the plan, the layer cache or the store is read), and every change of
-the registry or of the inputs falls back to the whole build. Requests are counted from the
+and a HEAD of each of its blobs (nothing of the closure, the plan, the layer cache or the store
+is read), and every change of the registry or of the inputs falls back to the whole build (a
+deleted blob: tests/test_registry_repair.py). Requests are counted from the
 registry's own access log."""
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _manifest_puts(requests: list[Request]) -> list[Request]:
     return [r for r in requests if r.method == "PUT" and "/manifests/" in r.path]
 
 
-def test_an_unchanged_repush_reads_only_the_tag(
+def test_an_unchanged_repush_reads_only_the_tags_and_heads_the_blobs(
     registry: Registry,
     store: Store,
     app_closure: Path,
@@ -66,10 +67,11 @@ def test_an_unchanged_repush_reads_only_the_tag(
     shutil.rmtree(tmp_path / "c" / "keys")
     mark = registry.mark()
     assert _push(argv, capsys) == first
-    assert _calls(registry.requests(mark)) == [
-        ("GET", "/v2/app/manifests/1"),
-        ("GET", "/v2/app/manifests/stable"),
-    ]
+    calls = _calls(registry.requests(mark))
+    assert calls[:2] == [("GET", "/v2/app/manifests/1"), ("GET", "/v2/app/manifests/stable")]
+    image = inspect_image(dest)
+    blobs = [image["config_digest"], *(la["digest"] for la in image["layers"])]
+    assert sorted(calls[2:]) == sorted(("HEAD", f"/v2/app/blobs/{d}") for d in blobs)
     assert verify_image(dest) == []
 
 
@@ -349,3 +351,34 @@ def test_no_record_is_written_where_there_is_no_cache(tmp_path: Path) -> None:
     assert record is not None
     record.save("registry.example/app@sha256:" + "1" * 64)
     assert not (tmp_path / "home").exists()
+
+
+def test_the_code_stamps_list_every_regular_file_outside_bytecode(tmp_path: Path) -> None:
+    """What the code fingerprint covers, against os.walk: every regular file (a link to one
+    too) by path, size and mtime, sorted; nothing under __pycache__, no directory, no dangling
+    link."""
+    import os
+
+    from closurepack.pushrecord import _file_stamps
+
+    root = tmp_path / "pkg"
+    (root / "sub" / "__pycache__").mkdir(parents=True)
+    (root / "__pycache__").mkdir()
+    (root / "a.py").write_text("a")
+    (root / "sub" / "b.so").write_bytes(b"bb")
+    (root / "sub" / "__pycache__" / "b.pyc").write_bytes(b"c")
+    (root / "__pycache__" / "a.pyc").write_bytes(b"c")
+    (root / "link.py").symlink_to(root / "a.py")
+    (root / "dangling").symlink_to(root / "nowhere")
+    expected = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                st = os.stat(path)
+                expected.append(f"{path} {st.st_size} {st.st_mtime_ns}")
+    assert len(expected) == 3
+    assert _file_stamps(str(root)) == sorted(expected)
+    os.utime(root / "sub" / "b.so", ns=(1, 1))
+    assert _file_stamps(str(root)) != sorted(expected)

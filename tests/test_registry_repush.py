@@ -1,7 +1,7 @@
-"""Re-pushing to a real registry costs one GET: the blobs the tag's manifest names are in the
-repository (the registry took that manifest only with them), so they are not checked again, and a
-tag already holding the manifest is left alone. An answer that does not hold up is not trusted:
-every blob is then checked as before. Requests are counted from the registry's access log."""
+"""Re-pushing to a real registry costs one GET of the tag and a HEAD per blob: a tag already
+holding the manifest is left alone, and every blob is checked even when that manifest names it
+(a blob can be deleted under a tag that stays: tests/test_registry_repair.py). An answer that does
+not hold up is not trusted. Requests are counted from the registry's access log."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _blobs(dest: str) -> set[str]:
     return {str(image["config_digest"])} | {str(la["digest"]) for la in image["layers"]}
 
 
-def test_repush_of_an_unchanged_image_is_one_manifest_get(
+def test_repush_of_an_unchanged_image_is_one_manifest_get_and_a_head_per_blob(
     registry: Registry,
     store: Store,
     app_closure: Path,
@@ -71,14 +71,16 @@ def test_repush_of_an_unchanged_image_is_one_manifest_get(
     mark = registry.mark()
     assert _push(store, app_closure, dest, tmp_path / "c", capsys) == first
     later = registry.requests(mark)
-    # the ping, then the tag's manifest: no HEAD of any blob or of the manifest, nothing sent
-    assert [(r.method, r.path) for r in later if r.path != "/v2/"] == [
-        ("GET", "/v2/app/manifests/1")
-    ]
+    # the ping, then the tag's manifest, then each blob once; no HEAD of the manifest, nothing
+    # sent
+    calls = [(r.method, r.path) for r in later if r.path != "/v2/"]
+    assert calls[0] == ("GET", "/v2/app/manifests/1")
+    assert sorted(_heads(later)) == sorted(_blobs(dest))
+    assert len(calls) == 1 + len(_blobs(dest))
     assert verify_image(dest) == []
 
 
-def test_update_checks_only_the_blobs_the_tag_does_not_name(
+def test_update_checks_every_blob_and_uploads_only_the_new_ones(
     registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app2 = item("6", "app-2.0")
@@ -91,7 +93,10 @@ def test_update_checks_only_the_blobs_the_tag_does_not_name(
     later = registry.requests(mark)
     new = _blobs(dest) - before
     assert len(new) == 2  # the app's layer and the config
-    assert sorted(_heads(later)) == sorted(new)
+    assert sorted(_heads(later)) == sorted(_blobs(dest))  # even those the old manifest names
+    uploaded = {r.path.rpartition("digest=")[2].replace("%3A", ":") for r in later
+                if r.method == "PUT" and "/blobs/uploads/" in r.path}  # fmt: skip
+    assert uploaded == new
     assert [r.method for r in later if "/manifests/" in r.path] == ["GET", "PUT"]
     assert verify_image(dest) == []
 
@@ -196,8 +201,8 @@ def _check_foreign_layers(registry: Registry) -> None:
         state = read_tag(client, "1")
         missing = read_tag(client, "2")
     assert state.digest == Digest.of_bytes(body)
-    assert state.blobs == {Digest.of_bytes(config): len(config)}
-    assert not state.holds(foreign, 9)
+    assert state.blobs == {Digest.of_bytes(config): len(config)}  # the foreign layer left out
+    assert foreign not in state.blobs
     assert missing.digest is None
     assert missing.blobs == {}
 
@@ -302,3 +307,44 @@ def test_tls_contexts_are_made_once_per_setting(tmp_path: Path) -> None:
         ssl_context(options, "registry.example")
     (certs / "client.cert").unlink()
     assert ssl_context(options, "registry.example") is ssl_context(options, "elsewhere")
+
+
+def test_a_plain_http_loopback_registry_never_loads_the_system_trust_store(
+    registry: Registry,
+) -> None:
+    """HTTPS is tried first on loopback, but the handshake with a plain-HTTP registry fails
+    before any certificate: no context holding the system trust store is made."""
+    import subprocess
+    import sys
+
+    program = (
+        "from closurepack.registry import RegistryOptions, parse_reference\n"
+        "from closurepack.registry.client import _CONTEXTS, open_client\n"
+        f"ref = parse_reference('docker://{registry.host}/app:1', for_push=True)\n"
+        "with open_client(ref, RegistryOptions(), ['repository:app:pull']) as client:\n"
+        "    print(client.base)\n"
+        "print(sorted(f.result().cert_store_stats()['x509_ca'] for f in _CONTEXTS.values()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"http://{registry.host}", "[0]"]
+
+
+def test_the_context_without_cas_checks_as_the_default_one() -> None:
+    """The loopback registry's first context is ssl.create_default_context's in every setting
+    but the CAs loaded."""
+    import ssl
+
+    from closurepack.registry.client import ssl_context
+
+    lean = ssl_context(RegistryOptions(), "127.0.0.1:5000", system_trust=False)
+    reference = ssl.create_default_context()
+    settings = (
+        "verify_mode", "check_hostname", "verify_flags", "options", "minimum_version",
+        "maximum_version", "protocol", "post_handshake_auth", "keylog_filename",
+    )  # fmt: skip
+    assert {n: getattr(lean, n) for n in settings} == {n: getattr(reference, n) for n in settings}
+    assert lean.get_ciphers() == reference.get_ciphers()
+    assert lean.cert_store_stats()["x509_ca"] == 0 < reference.cert_store_stats()["x509_ca"]

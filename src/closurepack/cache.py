@@ -51,6 +51,7 @@ from closurepack._fs import (
     sweep_stale_temp_dirs,
 )
 from closurepack.blobstamp import BlobStamps
+from closurepack.cachedir import default_cache_dir
 from closurepack.cacheentry import check_blob, entry_text, hash_file, read_entry
 from closurepack.cachegc import KEY, CacheUsage, blob_sizes, lock_file, remove_entries
 from closurepack.digest import Digest
@@ -70,13 +71,6 @@ _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _WORK = "work-"
 #: The limit builds keep the cache under unless told otherwise (``--cache-max-size``).
 DEFAULT_MAX_SIZE = "20G"
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/closurepack``, else ``~/.cache/closurepack`` (read at call time)."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "closurepack"
 
 
 class LayerCache:

@@ -11,9 +11,11 @@ makes new keys). Layer keys and plans are functions of these, so they are covere
 
 The next build with the same key reads each tag's manifest (:func:`registry.tagged.read_tag`:
 the digest the registry declares must be that of the bytes it sent) and, when every tag holds
-the recorded digest, stops there: no closure loaded, no plan, no cache lookup, no layer, no
-``HEAD``. Anything else (no record, no such tag, the tag moved, an answer not trusted, any
-failure) falls back to the whole build, which pushes what is missing and records again.
+the recorded digest, checks with a ``HEAD`` each (several at a time) that the repository still
+holds every blob that manifest names (a blob can be deleted under a tag that stays); when it
+does, the build stops there: no closure loaded, no plan, no cache lookup, no layer. Anything
+else (no record, no such tag, the tag moved, a blob missing, an answer not trusted, any
+failure) falls back to the whole build, which uploads what is missing and records again.
 
 Inputs that are not files of the command line, or can change behind the same spelling, make
 no record: store paths (asked of a live store), standard input, ``--from``, ``--previous``,
@@ -36,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack import __version__
-from closurepack._fs import atomic_write
-from closurepack.cache import default_cache_dir
+from closurepack.cachedir import default_cache_dir
 from closurepack.digest import Digest
-from closurepack.errors import ClosurepackError
+from closurepack.errors import ClosurepackError, RegistryAuthError, RegistryError
 from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference, push_tags
 
 __all__ = ["RECORDS_DIR", "PushRecord", "warn_no_command"]
@@ -121,24 +122,45 @@ class PushRecord:
             return None
 
     def unchanged(self, registry: RegistryOptions) -> str | None:
-        """``REPO@DIGEST`` when every tag of the destination holds the recorded manifest (one
-        manifest ``GET`` per tag after the ping); None when the build must run. Only a registry
-        that cannot be reached or refuses the credentials raises: the push would fail so too."""
+        """``REPO@DIGEST`` when every tag of the destination holds the recorded manifest and
+        the repository every blob it names (one manifest ``GET`` per tag after the ping, then a
+        ``HEAD`` per blob, several at a time); None when the build must run (it then uploads
+        what is missing). Only a registry that cannot be reached or refuses the credentials
+        raises: the push would fail so too."""
         digest = self.recorded()
         if digest is None:
             return None
         # the HTTP stack, only now that there is something to ask
+        from closurepack.registry.blobs import missing_blobs  # noqa: PLC0415
         from closurepack.registry.client import open_client  # noqa: PLC0415
         from closurepack.registry.tagged import read_tag  # noqa: PLC0415
 
         ref = parse_reference(self.dest, for_push=True)
         # (a registry that cannot be reached fails here as the push would)
         with open_client(ref, registry, [f"repository:{ref.repository}:pull"]) as client:
+            blobs: dict[Digest, int] = {}
             for tag in self.tags:
                 state = read_tag(client, tag)
                 if not (state.known and state.digest == digest):
                     _log.info("%s:%s does not hold %s: building", ref.name, tag, digest)
                     return None
+                blobs = state.blobs  # the same manifest for every tag
+            if not blobs:  # (an index, or a manifest naming none: not one of our pushes)
+                _log.info("%s names no blobs to check: building", digest)
+                return None
+            try:
+                missing = missing_blobs(client, blobs)
+            except RegistryAuthError:
+                raise
+            except RegistryError as exc:
+                _log.info("%s: building", exc)
+                return None
+        if missing:
+            _log.info(
+                "%s lacks %d blob(s) of %s (%s): building", ref.name, len(missing), digest,
+                ", ".join(map(str, missing[:3])) + (", ..." if len(missing) > 3 else ""),
+            )  # fmt: skip
+            return None
         if not self.has_command:
             warn_no_command(self.dest)
         return f"{ref.name}@{digest}"
@@ -146,6 +168,8 @@ class PushRecord:
     def save(self, pushed: str) -> None:
         """Record the manifest digest of ``pushed`` (``REPO@DIGEST``, what the build returned).
         Best effort: a record that cannot be written only costs a build next time."""
+        from closurepack._fs import atomic_write  # noqa: PLC0415 - loaded by the build by now
+
         with contextlib.suppress(OSError, ValueError, ClosurepackError):
             digest = Digest.parse(pushed.rpartition("@")[2])
             # only into a cache the build used: never a directory it could not make (a
@@ -211,10 +235,30 @@ def _code_fingerprint() -> str:
             origin = Path(spec.origin)
             roots.append(origin.parent if origin.name == "__init__.py" else origin)
     for root in roots:
-        paths = sorted(root.rglob("*")) if root.is_dir() else [root]
-        for path in paths:
-            st = path.stat()
-            if "__pycache__" in path.parts or not stat.S_ISREG(st.st_mode):
-                continue  # (a directory's mtime moves when its bytecode is first written)
-            stamps.append(f"{path} {st.st_size} {st.st_mtime_ns}")
+        if root.is_dir():
+            stamps += _file_stamps(str(root))
+        else:
+            st = root.stat()
+            if stat.S_ISREG(st.st_mode):
+                stamps.append(f"{root} {st.st_size} {st.st_mtime_ns}")
     return hashlib.sha256("\n".join(stamps).encode()).hexdigest()
+
+
+def _file_stamps(root: str) -> list[str]:
+    """``PATH SIZE MTIME_NS`` of each regular file under ``root`` (symbolic links followed to
+    files, not to directories), sorted; ``__pycache__`` directories are not entered (their
+    directory's mtime moves when bytecode is first written, and the files are derived)."""
+    stamps: list[str] = []
+    directories = [root]
+    while directories:
+        with os.scandir(directories.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        directories.append(entry.path)
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # (a dangling link)
+                    st = entry.stat()
+                    if stat.S_ISREG(st.st_mode):
+                        stamps.append(f"{entry.path} {st.st_size} {st.st_mtime_ns}")
+    return sorted(stamps)

@@ -9,7 +9,8 @@ connection error, 5xx, 429) is started again from the ``POST``, up to ``retries`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 import httpx
@@ -18,7 +19,7 @@ from closurepack.digest import Digest
 from closurepack.errors import RegistryError
 from closurepack.registry.client import RegistryClient, TransientRegistryError
 
-__all__ = ["Opener", "blob_exists", "mount_blob", "upload_blob"]
+__all__ = ["Opener", "blob_exists", "missing_blobs", "mount_blob", "upload_blob"]
 
 #: Opens a blob's bytes afresh (each try of an upload reads it again).
 Opener = Callable[[], BinaryIO]
@@ -41,6 +42,21 @@ def blob_exists(client: RegistryClient, digest: Digest, size: int | None = None)
         return False
     length = response.headers.get("Content-Length")
     return size is None or length is None or not length.isdigit() or int(length) == size
+
+
+def missing_blobs(client: RegistryClient, blobs: Mapping[Digest, int]) -> list[Digest]:
+    """The blobs of ``blobs`` (digest -> size) that the client's repository does not hold, in
+    their order: one ``HEAD`` each, ``client.options.jobs`` at a time over the client's
+    connection pool (a manifest's blobs can be deleted while its tag stays). The first
+    failure of any ``HEAD`` is raised."""
+    items = list(blobs.items())
+    if len(items) <= 1:
+        return [d for d, size in items if not blob_exists(client, d, size)]
+    with ThreadPoolExecutor(
+        min(client.options.jobs, len(items)), thread_name_prefix="head"
+    ) as pool:
+        present = list(pool.map(lambda item: blob_exists(client, *item), items))
+    return [d for (d, _), there in zip(items, present, strict=True) if not there]
 
 
 def mount_blob(client: RegistryClient, digest: Digest, source: str) -> str | None:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from closurepack.errors import RegistryAuthError
-from closurepack.registry.credhelper import run_helper
 
 __all__ = [
     "Credentials",
@@ -159,13 +158,23 @@ def _helper_server(host: str) -> str:
     return _DOCKER_HUB_SERVER if host == _DOCKER_HUB else host
 
 
+def _run_helper(
+    name: str, server: str, *, where: str, environ: Mapping[str, str]
+) -> tuple[str, str] | None:
+    """:func:`~closurepack.registry.credhelper.run_helper`, imported (with subprocess) only
+    when an auth file names a helper: most pushes run none."""
+    from closurepack.registry.credhelper import run_helper  # noqa: PLC0415
+
+    return run_helper(name, server, where=where, environ=environ)
+
+
 def _lookup_in_file(path: Path, keys: list[str], env: Mapping[str, str]) -> Credentials | None:
     config = _read_auth_file(path)
     host = keys[-1]
     helpers = _string_map(config, "credHelpers", path)
     for key, name in helpers.items():
         if _normalise_key(key) == host:
-            found = run_helper(
+            found = _run_helper(
                 name, _helper_server(host), where=f"{path}: credHelpers[{key!r}]", environ=env
             )
             if found is not None:
@@ -180,7 +189,7 @@ def _lookup_in_file(path: Path, keys: list[str], env: Mapping[str, str]) -> Cred
         if not isinstance(store, str):
             raise RegistryAuthError(f"{path}: credsStore is not a string")
         if store:
-            found = run_helper(
+            found = _run_helper(
                 store, _helper_server(host), where=f"{path}: credsStore", environ=env
             )
             if found is not None:

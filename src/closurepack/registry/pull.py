@@ -23,6 +23,7 @@ from closurepack.registry.client import RegistryClient, open_client, read_limite
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.record import BlobRecord
 from closurepack.registry.reference import RegistryRef
+from closurepack.registry.tagged import MANIFEST_LIMIT
 
 __all__ = [
     "CONFIG_LIMIT",
@@ -37,8 +38,6 @@ __all__ = [
     "pull_index",
 ]
 
-#: The distribution spec lets registries refuse manifests over 4 MiB; so do we.
-MANIFEST_LIMIT = 4 << 20
 #: Configs of closurepack images record every store path (a big closure: several MiB).
 CONFIG_LIMIT = 32 << 20
 INDEX_DEPTH = 4

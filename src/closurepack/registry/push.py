@@ -1,14 +1,15 @@
 """Push an image to a registry: blobs first (several at once), the manifest last, every tag.
 
-First the manifest the (first) tag holds now is read (:mod:`closurepack.registry.tagged`): the
-blobs it names are in the repository already and are not checked again. Each other blob is
-checked with ``HEAD`` and skipped when the repository has it; one that the blob record says
+First the manifest the (first) tag holds now is read (:mod:`closurepack.registry.tagged`).
+Every blob is checked with ``HEAD`` (several at a time, over the client's connection pool) and
+skipped when the repository has it, even one that manifest names: a blob can be deleted under
+a tag that stays, and a re-push is how such an image is repaired. One that the blob record says
 lives in another repository of the same registry is mounted from there; anything else is
 uploaded. Layers may be handed over while the build is still going
 (:meth:`ImagePusher.submit`), so each is pushed as soon as it is built. The manifest goes last,
 after every blob it names is in place, so a tag never points at a missing blob; a tag that
 already points at the same manifest is left alone (so re-pushing an unchanged image sends
-nothing but that one ``GET``).
+nothing but that ``GET`` and a ``HEAD`` per blob).
 """
 
 from __future__ import annotations
@@ -132,11 +133,7 @@ class ImagePusher:
         with self._lock:
             if digest in self._futures:
                 return
-            if self.tagged.holds(digest, size):
-                self._futures[digest] = _done()
-                self.outcomes[digest] = "present"
-            else:
-                self._futures[digest] = self._pool.submit(self._push_blob, digest, size, opener)
+            self._futures[digest] = self._pool.submit(self._push_blob, digest, size, opener)
 
     def push(self, image: Image) -> Digest:
         """Push every layer not pushed yet, the config, then the manifest under every tag;
@@ -201,7 +198,7 @@ class ImagePusher:
         from repository ``source`` of the same registry when it did not; such a blob is not
         pushed again. A mount the registry turns into an upload session is cancelled."""
         client = self._require_client()
-        present = self.tagged.holds(digest, size) or blob_exists(client, digest, size)
+        present = blob_exists(client, digest, size)
         if not present and source is not None and source != self.ref.repository:
             location = mount_blob(client, digest, source)
             if location is None:

@@ -1,14 +1,17 @@
 """What a tag of the destination holds before a push: its manifest, checked, and the blobs it
-names, which the repository is known to hold.
+names.
 
-A distribution registry accepts a manifest only when every blob it names (config and layers,
-foreign layers aside) is in that repository (the distribution spec's ``MANIFEST_BLOB_UNKNOWN``),
-so one ``GET`` of the tag's manifest stands for a ``HEAD`` of each of its blobs. The answer is
-trusted only when it holds up: the ``Docker-Content-Digest`` the registry gives must be the
-sha256 of the bytes that came, the body at most
-:data:`~closurepack.registry.pull.MANIFEST_LIMIT` bytes, an image manifest (OCI or Docker
-schema 2) whose descriptors are well formed. Anything else (no such tag, an index, a failed or
-malformed answer) is "nothing known": every blob is then checked with its own ``HEAD``.
+The answer is trusted only when it holds up: the ``Docker-Content-Digest`` the registry gives
+must be the sha256 of the bytes that came, the body at most :data:`MANIFEST_LIMIT` bytes, an
+image manifest (OCI or Docker schema 2) whose descriptors are well formed. Anything else (no
+such tag, an index, a failed or malformed answer) is "nothing known".
+
+A tag holding a manifest does not prove that the repository still holds its blobs: a registry
+takes a manifest only with every blob it names (the distribution spec's
+``MANIFEST_BLOB_UNKNOWN``), but a blob can be deleted afterwards (``DELETE
+/v2/NAME/blobs/DIGEST``, or storage lost) and the tag goes on naming it. So the blobs listed
+here are what a push still has to ``HEAD`` (:func:`~closurepack.registry.blobs.missing_blobs`),
+never taken as present.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from closurepack.errors import ImageError, RegistryAuthError, RegistryError
 from closurepack.jsontext import parse_json_object
 from closurepack.mediatypes import ANY_MANIFEST_ACCEPT, IMAGE_MANIFEST_TYPES, INDEX_TYPES
 from closurepack.registry.client import RegistryClient, read_limited
-from closurepack.registry.pull import MANIFEST_LIMIT
 
-__all__ = ["TagState", "manifest_blobs", "read_tag"]
+__all__ = ["MANIFEST_LIMIT", "TagState", "manifest_blobs", "read_tag"]
 
 _log = logging.getLogger(__name__)
+
+#: The distribution spec lets registries refuse manifests over 4 MiB; so do we (here, and in
+#: pull, referrers and cache artifacts, through registry.pull).
+MANIFEST_LIMIT = 4 << 20
 
 #: Layers a registry does not have to hold (they are fetched from their ``urls``).
 _FOREIGN = (
@@ -37,22 +43,18 @@ _FOREIGN = (
 @dataclass(frozen=True)
 class TagState:
     """The tag's manifest digest (None: no such tag, or nothing known) and the blobs (digest
-    -> size) its manifest names; ``known`` is False when the answer was not trusted (or none
-    came)."""
+    -> size) its manifest names, which the repository may or may not still hold; ``known`` is
+    False when the answer was not trusted (or none came)."""
 
     digest: Digest | None = None
     blobs: dict[Digest, int] = field(default_factory=dict)
     known: bool = False
 
-    def holds(self, digest: Digest, size: int) -> bool:
-        """Whether the repository is known to hold blob ``digest`` of ``size`` bytes."""
-        return self.blobs.get(digest) == size
-
 
 def read_tag(client: RegistryClient, tag: str) -> TagState:
     """What ``tag`` of the client's repository holds (see the module doc). Only an
     authentication failure is raised (the push cannot go on); any other failure is logged
-    and the push checks every blob itself."""
+    and counts as nothing known (the manifest is then put again)."""
     what = f"manifest of {client.ref.name}:{tag}"
     try:
         response = client.request(
@@ -72,7 +74,7 @@ def read_tag(client: RegistryClient, tag: str) -> TagState:
     except RegistryAuthError:
         raise
     except RegistryError as exc:
-        _log.info("%s; checking every blob instead", exc)
+        _log.info("%s; not known", exc)
         return TagState()
     digest = Digest.of_bytes(body)
     if declared != str(digest):
@@ -89,7 +91,7 @@ def read_tag(client: RegistryClient, tag: str) -> TagState:
     try:
         blobs = manifest_blobs(body, media_type)
     except ImageError as exc:
-        _log.info("%s: %s; checking every blob instead", what, exc)
+        _log.info("%s: %s; not known", what, exc)
         return TagState()
     return TagState(digest, blobs, known=True)
 
