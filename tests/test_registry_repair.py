@@ -2,10 +2,11 @@
 
 A registry keeps a tag after one of its manifest's blobs is deleted (``DELETE
 /v2/NAME/blobs/DIGEST``, allowed by the fixture's ``storage: delete: enabled: true``): pulls
-of the image then fail. A re-push, with the push record (the shortcut) or without it (the
-whole push), checks every blob the manifest names with ``HEAD``, uploads the missing one and
-keeps the tag. What was uploaded is read from the registry's own access log; that the image
-works again is checked by skopeo copying it and by our verify reading every blob back."""
+of the image then fail. A whole push (no push record), and the record's shortcut with
+``--cache-verify full``, check every blob the manifest names with ``HEAD``, upload the missing
+one and keep the tag; the default shortcut trusts the tag's manifest and does not see it. What
+was uploaded is read from the registry's own access log; that the image works again is checked
+by skopeo copying it and by our verify reading every blob back."""
 
 from __future__ import annotations
 
@@ -48,9 +49,19 @@ def _skopeo_copy(registry: Registry, layout: Path) -> subprocess.CompletedProces
     return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
 
 
-@pytest.mark.parametrize("cache", ["same", "fresh"], ids=["record", "no-record"])
+#: The re-push through the record's shortcut (the first push's cache), told to check the blobs;
+#: and a whole push (a fresh cache, so no record).
+_REPUSHES = pytest.mark.parametrize(
+    ("cache", "extra"),
+    [("c", ("--cache-verify", "full")), ("fresh", ())],
+    ids=["record", "no-record"],
+)
+
+
+@_REPUSHES
 def test_a_deleted_layer_blob_is_uploaded_again_and_the_tag_kept(
     cache: str,
+    extra: tuple[str, ...],
     registry: Registry,
     *,
     store: Store,
@@ -75,7 +86,7 @@ def test_a_deleted_layer_blob_is_uploaded_again_and_the_tag_kept(
     assert victim.removeprefix("sha256:") in broken.stderr
 
     mark = registry.mark()
-    again = build_app(store, app_closure, dest, capsys, cache=tmp_path / cache)
+    again = build_app(store, app_closure, dest, capsys, *extra, cache=tmp_path / cache)
     assert again == first
     later = registry.requests(mark)
     assert _uploaded(later) == [victim]  # that blob and nothing else
@@ -90,11 +101,15 @@ def test_a_deleted_layer_blob_is_uploaded_again_and_the_tag_kept(
 
     # now whole again, the next re-push takes the shortcut: nothing uploaded, nothing built
     mark = registry.mark()
-    assert build_app(store, app_closure, dest, capsys, cache=tmp_path / cache) == first
+    assert build_app(store, app_closure, dest, capsys, *extra, cache=tmp_path / cache) == first
     assert _uploaded(registry.requests(mark)) == []
 
 
+@_REPUSHES
 def test_a_deleted_config_blob_is_uploaded_again(
+    cache: str,
+    extra: tuple[str, ...],
+    *,
     registry: Registry,
     store: Store,
     app_closure: Path,
@@ -108,7 +123,7 @@ def test_a_deleted_config_blob_is_uploaded_again(
     gone = httpx.delete(f"http://{registry.host}/v2/app/blobs/{config}")
     assert gone.status_code == 202, gone.text
     mark = registry.mark()
-    assert build_app(store, app_closure, dest, capsys, cache=tmp_path / "c") == first
+    assert build_app(store, app_closure, dest, capsys, *extra, cache=tmp_path / cache) == first
     assert _uploaded(registry.requests(mark)) == [config]
     run_tool("skopeo", "inspect", "--tls-verify=false", f"docker://{registry.host}/app:1")
     assert verify_image(dest) == []

@@ -1,7 +1,7 @@
-"""Re-pushing to a real registry costs one GET of the tag and a HEAD per blob: a tag already
-holding the manifest is left alone, and every blob is checked even when that manifest names it
-(a blob can be deleted under a tag that stays: tests/test_registry_repair.py). An answer that does
-not hold up is not trusted. Requests are counted from the registry's access log."""
+"""Re-pushing to a real registry: with the push record, one GET of the tag; a whole push HEADs
+every blob, even those the tag's manifest names (a blob can be deleted under a tag that stays:
+tests/test_registry_repair.py), and leaves a tag already holding the manifest alone. An answer
+that does not hold up is not trusted. Requests are counted from the registry's access log."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _blobs(dest: str) -> set[str]:
     return {str(image["config_digest"])} | {str(la["digest"]) for la in image["layers"]}
 
 
-def test_repush_of_an_unchanged_image_is_one_manifest_get_and_a_head_per_blob(
+def test_repush_of_an_unchanged_image_is_one_manifest_get(
     registry: Registry,
     store: Store,
     app_closure: Path,
@@ -71,12 +71,10 @@ def test_repush_of_an_unchanged_image_is_one_manifest_get_and_a_head_per_blob(
     mark = registry.mark()
     assert _push(store, app_closure, dest, tmp_path / "c", capsys) == first
     later = registry.requests(mark)
-    # the ping, then the tag's manifest, then each blob once; no HEAD of the manifest, nothing
-    # sent
-    calls = [(r.method, r.path) for r in later if r.path != "/v2/"]
-    assert calls[0] == ("GET", "/v2/app/manifests/1")
-    assert sorted(_heads(later)) == sorted(_blobs(dest))
-    assert len(calls) == 1 + len(_blobs(dest))
+    # the push record's shortcut: the ping, then the tag's manifest; no HEAD, nothing sent
+    assert [(r.method, r.path) for r in later if r.path != "/v2/"] == [
+        ("GET", "/v2/app/manifests/1")
+    ]
     assert verify_image(dest) == []
 
 

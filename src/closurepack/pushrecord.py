@@ -11,11 +11,13 @@ makes new keys). Layer keys and plans are functions of these, so they are covere
 
 The next build with the same key reads each tag's manifest (:func:`registry.tagged.read_tag`:
 the digest the registry declares must be that of the bytes it sent) and, when every tag holds
-the recorded digest, checks with a ``HEAD`` each (several at a time) that the repository still
-holds every blob that manifest names (a blob can be deleted under a tag that stays); when it
-does, the build stops there: no closure loaded, no plan, no cache lookup, no layer. Anything
-else (no record, no such tag, the tag moved, a blob missing, an answer not trusted, any
-failure) falls back to the whole build, which uploads what is missing and records again.
+the recorded digest, stops there: no closure loaded, no plan, no cache lookup, no layer. That
+trusts the registry to hold the blobs of a manifest it serves, as it did when it took it; a blob
+deleted since under a tag that stays is not seen. With ``--cache-verify full`` (check
+everything, trust nothing recorded) the shortcut also checks every blob the manifest names with
+a ``HEAD`` (several at a time), and builds when one is missing. Anything else (no record, no
+such tag, the tag moved, a blob missing, an answer not trusted, any failure) falls back to the
+whole build, which HEADs every blob, uploads what is missing and records again.
 
 Inputs that are not files of the command line, or can change behind the same spelling, make
 no record: store paths (asked of a live store), standard input, ``--from``, ``--previous``,
@@ -36,12 +38,16 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from closurepack import __version__
 from closurepack.cachedir import default_cache_dir
 from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, RegistryAuthError, RegistryError
 from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference, push_tags
+
+if TYPE_CHECKING:
+    from closurepack.registry.client import RegistryClient
 
 __all__ = ["RECORDS_DIR", "PushRecord", "warn_no_command"]
 
@@ -87,6 +93,8 @@ class PushRecord:
     tags: tuple[str, ...]
     #: Whether the image has an Entrypoint or a Cmd (no --from: exactly when one was given).
     has_command: bool
+    #: Whether the shortcut HEADs every blob of the manifest too (``--cache-verify full``).
+    check_blobs: bool = False
 
     @classmethod
     def for_build(cls, options: Mapping[str, object]) -> PushRecord | None:
@@ -112,7 +120,10 @@ class PushRecord:
         cache_dir = options.get("cache_dir")
         root = Path(cache_dir) if isinstance(cache_dir, (str, Path)) else default_cache_dir()
         has_command = bool(options.get("entrypoint") or options.get("cmd"))
-        return cls(root / RECORDS_DIR / key, dest, tags or (ref.reference,), has_command)
+        check_blobs = options.get("cache_verify") == "full"
+        return cls(
+            root / RECORDS_DIR / key, dest, tags or (ref.reference,), has_command, check_blobs
+        )
 
     def recorded(self) -> Digest | None:
         """The manifest digest recorded, or None."""
@@ -122,45 +133,30 @@ class PushRecord:
             return None
 
     def unchanged(self, registry: RegistryOptions) -> str | None:
-        """``REPO@DIGEST`` when every tag of the destination holds the recorded manifest and
-        the repository every blob it names (one manifest ``GET`` per tag after the ping, then a
-        ``HEAD`` per blob, several at a time); None when the build must run (it then uploads
-        what is missing). Only a registry that cannot be reached or refuses the credentials
-        raises: the push would fail so too."""
+        """``REPO@DIGEST`` when every tag of the destination holds the recorded manifest (one
+        manifest ``GET`` per tag after the ping) and, with :attr:`check_blobs`, the repository
+        every blob it names (a ``HEAD`` per blob, several at a time); None when the build must
+        run (it then uploads what is missing). Only a registry that cannot be reached or
+        refuses the credentials raises: the push would fail so too."""
         digest = self.recorded()
         if digest is None:
             return None
         # the HTTP stack, only now that there is something to ask
-        from closurepack.registry.blobs import missing_blobs  # noqa: PLC0415
         from closurepack.registry.client import open_client  # noqa: PLC0415
         from closurepack.registry.tagged import read_tag  # noqa: PLC0415
 
         ref = parse_reference(self.dest, for_push=True)
         # (a registry that cannot be reached fails here as the push would)
         with open_client(ref, registry, [f"repository:{ref.repository}:pull"]) as client:
-            blobs: dict[Digest, int] = {}
+            blobs: Mapping[Digest, int] = {}
             for tag in self.tags:
                 state = read_tag(client, tag)
                 if not (state.known and state.digest == digest):
                     _log.info("%s:%s does not hold %s: building", ref.name, tag, digest)
                     return None
                 blobs = state.blobs  # the same manifest for every tag
-            if not blobs:  # (an index, or a manifest naming none: not one of our pushes)
-                _log.info("%s names no blobs to check: building", digest)
+            if self.check_blobs and not _holds_every_blob(client, ref.name, digest, blobs):
                 return None
-            try:
-                missing = missing_blobs(client, blobs)
-            except RegistryAuthError:
-                raise
-            except RegistryError as exc:
-                _log.info("%s: building", exc)
-                return None
-        if missing:
-            _log.info(
-                "%s lacks %d blob(s) of %s (%s): building", ref.name, len(missing), digest,
-                ", ".join(map(str, missing[:3])) + (", ..." if len(missing) > 3 else ""),
-            )  # fmt: skip
-            return None
         if not self.has_command:
             warn_no_command(self.dest)
         return f"{ref.name}@{digest}"
@@ -223,6 +219,32 @@ def _key(options: Mapping[str, object]) -> str | None:
 def _file_digest(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _holds_every_blob(
+    client: RegistryClient, name: str, digest: Digest, blobs: Mapping[Digest, int]
+) -> bool:
+    """Whether the repository answers ``HEAD`` for every one of ``blobs`` (the manifest
+    ``digest``'s); a manifest naming none is not one of our pushes (build again)."""
+    from closurepack.registry.blobs import missing_blobs  # noqa: PLC0415
+
+    if not blobs:
+        _log.info("%s names no blobs to check: building", digest)
+        return False
+    try:
+        missing = missing_blobs(client, blobs)
+    except RegistryAuthError:
+        raise
+    except RegistryError as exc:
+        _log.info("%s: building", exc)
+        return False
+    if missing:
+        _log.info(
+            "%s lacks %d blob(s) of %s (%s): building", name, len(missing), digest,
+            ", ".join(map(str, missing[:3])) + (", ..." if len(missing) > 3 else ""),
+        )  # fmt: skip
+        return False
+    return True
 
 
 def _code_fingerprint() -> str:

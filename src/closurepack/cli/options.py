@@ -149,7 +149,8 @@ def layer_options(func: F) -> F:
             default="auto",
             show_default=True,
             help="How cached layers are checked before reuse: size, and the digest when the "
-            "blob changed since it was last hashed (auto); or the digest every time (full).",
+            "blob changed since it was last hashed (auto); or the digest every time (full; a "
+            "recorded re-push then also checks every blob is still in the registry).",
         ),
         click.option("--no-cache", is_flag=True, help="Build every layer; use no cache."),
         click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
