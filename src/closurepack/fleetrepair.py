@@ -93,10 +93,21 @@ class ImageRepair:
         ]
         best: tuple[float, int, int] | None = None
         for a, here in enumerate(self.own):
-            for i in sorted(here):
-                rest = here - {i}
+            order = sorted(here)
+            # The down-set of the layer without its j-th item: the items before | those after.
+            before = [0]
+            for i in order:
+                before.append(before[-1] | downs[i])
+            after = [0]
+            for i in reversed(order):
+                after.append(after[-1] | downs[i])
+            after.reverse()
+            for j, i in enumerate(order):
                 rest_size = self.size[a] - sizes[i]
-                out = rest_size * union_of(downs, rest).bit_count() - costs[a]
+                out = rest_size * (before[j] | after[j + 1]).bit_count() - costs[a]
+                if out + sizes[i] * downs[i].bit_count() >= 0:
+                    continue  # no layer takes it for less than a layer of its own would
+                rest = here - {i}
                 removed = self._new_bytes(rest, rest_size) if rest else 0
                 removed -= freed[a]
                 for b, there in enumerate(self.own):

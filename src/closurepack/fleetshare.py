@@ -157,10 +157,8 @@ class _Union:
 
     def delta(self, a: int, b: int) -> float:
         """What merging layers ``a`` and ``b`` adds to the objective."""
-        joined = dict(self.pieces[a])
-        for mask, size in self.pieces[b].items():
-            joined[mask] = joined.get(mask, 0) + size
-        total = float(stored_bytes(joined) - self.stored[a] - self.stored[b])
+        total = float(_stored_together(self.pieces[a], self.pieces[b]))
+        total -= self.stored[a] + self.stored[b]
         first, second = self.parts[a], self.parts[b]
         for k in _bits(self.held[a] & self.held[b]):
             sa, da, _ = first[k]
@@ -223,9 +221,7 @@ class _Union:
             else:
                 if delta >= best:
                     continue
-                joined = dict(self.pieces[b])
-                joined[mask] = joined.get(mask, 0) + size
-                delta += stored_bytes(joined) - self.stored[b]
+                delta += _stored_together(self.pieces[b], {mask: size}) - self.stored[b]
                 if delta < best:
                     best, target = delta, b
         if len(group) > 1 and not full:
@@ -251,6 +247,17 @@ class _Union:
             for k in _bits(held):
                 planned[k].append({i for i in group if self.masks[i] >> k & 1})
         return planned
+
+
+def _stored_together(first: dict[int, int], second: dict[int, int]) -> int:
+    """Stored bytes of one layer of both ``first``'s and ``second``'s items (image mask ->
+    bytes): their sum when all are of one image mask (nothing is stored twice)."""
+    if len(first) == 1 and first.keys() == second.keys():
+        return sum(first.values()) + sum(second.values())
+    joined = dict(first)
+    for mask, size in second.items():
+        joined[mask] = joined.get(mask, 0) + size
+    return stored_bytes(joined)
 
 
 def _greedy(layers: _Union) -> None:
