@@ -31,6 +31,8 @@ RANKS: dict[str, int] = {
     "strategies": 4,
     "planner": 4,
     "fleet": 4,
+    "fleetshare": 4,
+    "fleetrepair": 4,
     "chunkedtoc": 4,
     "chunked": 5,
     "chunkedcheck": 5,

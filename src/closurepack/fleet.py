@@ -18,6 +18,12 @@ twice; (4) the least expected update bytes, summed over the images. How:
    free to be merged along the fleet's regions rather than along each image's plan); of the
    two results and the images' plans alone, the one storing fewer bytes is kept (ties: the
    fewer expected bytes summed, then the first), so a fleet never stores more than alone.
+   When that one still stores more than :data:`ACROSS_ABOVE` of the items twice, a fourth
+   candidate is planned across regions (:func:`closurepack.fleetshare.plan_across`: layers
+   of the union that may mix regions at the bytes that stores twice, each image repaired or
+   given its plan alone where it would ship more than alone), kept on the same terms; this
+   is what lets ``stable``'s images, whose plans alone leave no room for merges inside
+   regions, share most of their layers.
 2. While some image has more atoms than its budget, two atoms of one region are merged: of the
    regions that hold an image over budget, the pair whose merge adds the least expected bytes
    (``(s_a + s_b) |D(a | b)| - s_a |D(a)| - s_b |D(b)|``, over each holder's item count, summed
@@ -54,12 +60,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from closurepack.fleetshare import plan_across
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 from closurepack.strategies.economy import bitset
 
-__all__ = ["FleetFloor", "fleet_floor", "image_masks", "plan_jointly"]
+__all__ = ["ACROSS_ABOVE", "FleetFloor", "fleet_floor", "image_masks", "plan_jointly"]
 
+#: A fleet whose best plan of steps 1 to 4 stores more than this share of its items twice is
+#: also planned across regions (:mod:`closurepack.fleetshare`).
+ACROSS_ABOVE = 0.01
 #: Subgradient rounds of :func:`fleet_floor`'s Lagrangian bound.
 FLOOR_ROUNDS = 300
 
@@ -378,8 +388,46 @@ def plan_jointly(
         for layer in layers:
             separate.add(1 << k, [separate.index[p] for p in layer], pair=False)
     tries.append(separate)
+    if min(joint.stored() for joint in tries) > sum(dag.sizes) * (1 + ACROSS_ABOVE):
+        across = _across(dag, masks, alone, room, min_size)
+        if across is not None:
+            tries.append(across)
     best = min(tries, key=lambda joint: (joint.stored(), sum(joint.spent)))
     return best.layers(len(closures))
+
+
+def _across(
+    dag: Dag,
+    masks: dict[str, int],
+    alone: Sequence[Sequence[tuple[str, ...]]],
+    room: int,
+    min_size: int,
+) -> _Joint | None:
+    """The fleet planned across regions (:func:`closurepack.fleetshare.plan_across`) from the
+    atoms of step 1, as a :class:`_Joint` for the comparison and the order of step 5."""
+    joint = _Joint(dag, alone, room)
+    atoms: dict[tuple[int, ...], list[int]] = {}
+    for i, path in enumerate(dag.paths):
+        mask = masks[path]
+        atoms.setdefault((mask, *(joint.where[k][i] for k in _bits(mask))), []).append(i)
+    found = plan_across(
+        dag,
+        [masks[path] for path in dag.paths],
+        [atoms[key] for key in sorted(atoms)],
+        [[[joint.index[p] for p in layer] for layer in layers] for layers in alone],
+        room,
+    )
+    if found is None:
+        return None
+    owners: dict[tuple[int, ...], int] = {}
+    for k, layers in enumerate(found):
+        for layer in layers:
+            owners[tuple(layer)] = owners.get(tuple(layer), 0) | 1 << k
+    for members in sorted(owners):
+        joint.add(owners[members], list(members), pair=False)
+    if min_size > 0:
+        joint.fold_small(min_size)
+    return joint
 
 
 def _attempt(
