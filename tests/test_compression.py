@@ -55,6 +55,31 @@ def test_output_independent_of_threads(compression: str) -> None:
     assert compress(compression, DATA, threads=1) == compress(compression, DATA, threads=3)
 
 
+def _many_jobs_data() -> bytes:
+    """~40 MiB: five of zstd's 8 MiB jobs at level 3 (DATA fits in one, where the worker count
+    cannot matter; its single-threaded mode gives other bytes here, job boundaries show) and
+    forty of ISA-L's 1 MiB blocks; cheap to make and to compress."""
+    rng = random.Random(11)
+    words = [
+        bytes(rng.choice(b"abcdefghijklmnop") for _ in range(rng.randint(2, 9)))
+        for _ in range(4096)
+    ]
+    line = b" ".join(rng.choice(words) for _ in range(1 << 16)) + b"\n"
+    return b"".join(bytes([i]) + line for i in range(((40 << 20) // len(line)) + 1))
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_output_independent_of_threads_across_many_jobs(compression: str) -> None:
+    # a layer gets as many codec threads as there are idle cores when it starts, so the bytes
+    # must be those of one thread for every count (and every write size the pipe uses)
+    data = _many_jobs_data()
+    one = compress(compression, data, threads=1, chunk=1 << 20)
+    for threads in (2, 3, 4):
+        assert compress(compression, data, threads=threads, chunk=(1 << 20) - threads) == one
+    with open_decompressed(compression, io.BytesIO(one)) as reader:
+        assert reader.read() == data
+
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
 def test_output_independent_of_write_sizes(compression: str) -> None:
     expected = compress(compression, DATA)
