@@ -201,3 +201,35 @@ def test_truncated_gzip_is_an_image_error() -> None:
     # sanity: zlib itself also refuses it
     with pytest.raises(zlib.error):
         zlib.decompress(blob, 31)
+
+
+def _fresh_zstd(data: bytes) -> bytes:
+    obj = zstandard.ZstdCompressor(level=3, threads=2, write_checksum=True).compressobj()
+    return b"".join(obj.compress(data[i : i + 100_000]) for i in range(0, len(data), 100_000)) + (
+        obj.flush()
+    )
+
+
+def test_reused_zstd_context_gives_the_bytes_of_a_fresh_one() -> None:
+    # layers reuse idle zstd contexts (their buffers and workers); a context whose frame was
+    # abandoned mid-stream by a failed write must not leak anything into the next frame either
+    class Broken(io.BytesIO):
+        def write(self, data: object, /) -> int:
+            raise OSError("disk full")
+
+    def fail_midway() -> None:  # as layerbuild's pipe does: close after the failed write
+        broken = open_compressor("zstd", Broken(), threads=2)
+        data = DATA * 3  # past zstd's first 8 MiB job: output, and the error, come mid-stream
+        try:
+            for start in range(0, len(data), 1 << 20):
+                broken.write(data[start : start + (1 << 20)])
+        finally:
+            broken.close()
+
+    expected, small = _fresh_zstd(DATA), _fresh_zstd(DATA[:1000])
+    for _ in range(2):
+        with pytest.raises(OSError, match="disk full"):
+            fail_midway()
+        assert compress("zstd", DATA, threads=2) == expected
+        assert compress("zstd", DATA[:1000], threads=2) == small
+        assert compress("zstd", DATA, threads=2) == expected

@@ -150,28 +150,25 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
     still matches its record (same inode, size, mtime and ctime, see :mod:`closurepack.blobstamp`)
     is kept without being read; every layer blob written or hashed here is recorded.
 
-    The layer blobs are placed by several threads at once (:data:`_PLACERS`): each is a kernel
-    copy and an fsync, so one at a time a cold build ended in a serial tail of copies and disk
-    waits (issue 11); the directory is synced once, after all of them and before any small
-    blob or ``index.json`` names them."""
+    The layer blobs are placed by several threads at once (:data:`_PLACERS`): each is a
+    kernel copy and an fsync, so one at a time a cold build ended in a serial tail of copies
+    and disk waits (issue 11); their directory entries are synced once, after all of them. The
+    configs and manifests follow only when every layer is in place, so a write that fails
+    leaves nothing that names a missing layer."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     layers, small = image_blobs(image)
     unique = list({layer.digest: layer for layer in layers}.values())
-    if len(unique) <= 1:
-        for layer in unique:
-            _place_layer(layer, blobs, stamps)
-    else:
-        with ThreadPoolExecutor(
-            max_workers=min(_PLACERS, len(unique)), thread_name_prefix="layout-blob"
-        ) as pool:
-            futures = [pool.submit(_place_layer, layer, blobs, stamps) for layer in unique]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                future.cancel()  # after a failure, the ones not started never start
-            for future in futures:  # the first failure in layer order is the one reported
-                if not future.cancelled():
-                    future.result()
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(_PLACERS, len(unique))), thread_name_prefix="layout-blob"
+    ) as pool:
+        futures = [pool.submit(_place_layer, layer, blobs, stamps) for layer in unique]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            future.cancel()  # after a failure, the ones not started never start
+        for future in futures:  # the first failure in layer order is the one reported
+            if not future.cancelled():
+                future.result()
     fsync_dir(blobs)
     for digest, data in small.items():
         put_blob(blobs, digest, data, size=len(data))
