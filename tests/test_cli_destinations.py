@@ -373,9 +373,12 @@ def test_temp_files_of_a_killed_build_are_swept_by_the_next(
         )
         assert killed.returncode == -9, killed.stderr
         left.append(_temps(where))
-    # each killed write leaves its temp file; the second run swept the first one's
-    assert [len(names) for names in left] == [1, 1], left
-    assert left[0] != left[1]
+    # each killed write leaves its temp files (an oci: layout places its layer blobs several
+    # at a time, so there may be more than one); the second run swept the first one's
+    assert all(left), left
+    assert not set(left[0]) & set(left[1]), left
+    if kind != "oci":
+        assert [len(names) for names in left] == [1, 1], left
 
     # a temp file a live writer holds (locked), and one newer than the next build: both stay
     live = where / ".live.12345678.tmp"

@@ -55,6 +55,31 @@ def test_output_independent_of_threads(compression: str) -> None:
     assert compress(compression, DATA, threads=1) == compress(compression, DATA, threads=3)
 
 
+def _many_jobs_data() -> bytes:
+    """~40 MiB: five of zstd's 8 MiB jobs at level 3 (DATA fits in one, where the worker count
+    cannot matter; its single-threaded mode gives other bytes here, job boundaries show) and
+    forty of ISA-L's 1 MiB blocks; cheap to make and to compress."""
+    rng = random.Random(11)
+    words = [
+        bytes(rng.choice(b"abcdefghijklmnop") for _ in range(rng.randint(2, 9)))
+        for _ in range(4096)
+    ]
+    line = b" ".join(rng.choice(words) for _ in range(1 << 16)) + b"\n"
+    return b"".join(bytes([i]) + line for i in range(((40 << 20) // len(line)) + 1))
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_output_independent_of_threads_across_many_jobs(compression: str) -> None:
+    # a layer gets as many codec threads as there are idle cores when it starts, so the bytes
+    # must be those of one thread for every count (and every write size the pipe uses)
+    data = _many_jobs_data()
+    one = compress(compression, data, threads=1, chunk=1 << 20)
+    for threads in (2, 3, 4):
+        assert compress(compression, data, threads=threads, chunk=(1 << 20) - threads) == one
+    with open_decompressed(compression, io.BytesIO(one)) as reader:
+        assert reader.read() == data
+
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
 def test_output_independent_of_write_sizes(compression: str) -> None:
     expected = compress(compression, DATA)
@@ -176,3 +201,35 @@ def test_truncated_gzip_is_an_image_error() -> None:
     # sanity: zlib itself also refuses it
     with pytest.raises(zlib.error):
         zlib.decompress(blob, 31)
+
+
+def _fresh_zstd(data: bytes) -> bytes:
+    obj = zstandard.ZstdCompressor(level=3, threads=2, write_checksum=True).compressobj()
+    return b"".join(obj.compress(data[i : i + 100_000]) for i in range(0, len(data), 100_000)) + (
+        obj.flush()
+    )
+
+
+def test_reused_zstd_context_gives_the_bytes_of_a_fresh_one() -> None:
+    # layers reuse idle zstd contexts (their buffers and workers); a context whose frame was
+    # abandoned mid-stream by a failed write must not leak anything into the next frame either
+    class Broken(io.BytesIO):
+        def write(self, data: object, /) -> int:
+            raise OSError("disk full")
+
+    def fail_midway() -> None:  # as layerbuild's pipe does: close after the failed write
+        broken = open_compressor("zstd", Broken(), threads=2)
+        data = DATA * 3  # past zstd's first 8 MiB job: output, and the error, come mid-stream
+        try:
+            for start in range(0, len(data), 1 << 20):
+                broken.write(data[start : start + (1 << 20)])
+        finally:
+            broken.close()
+
+    expected, small = _fresh_zstd(DATA), _fresh_zstd(DATA[:1000])
+    for _ in range(2):
+        with pytest.raises(OSError, match="disk full"):
+            fail_midway()
+        assert compress("zstd", DATA, threads=2) == expected
+        assert compress("zstd", DATA[:1000], threads=2) == small
+        assert compress("zstd", DATA, threads=2) == expected

@@ -269,14 +269,15 @@ _NO_CLONE = {
 }
 
 
-def clone_blob(directory: Path, source: Path, digest: Digest) -> bool:
+def clone_blob(directory: Path, source: Path, digest: Digest, *, sync_dir: bool = True) -> bool:
     """Put a file of its own (a change to either never shows in the other) holding the bytes
     of ``source``, whose content is known to hash to ``digest`` (a verified cache blob), at
     ``directory/<hex>``, without reading it into this process or rehashing it: a
     copy-on-write clone (reflink) sharing the source's blocks where the filesystem has them,
     else a copy made by the kernel (:func:`_kernel_copy`: ``copy_file_range``, or
     ``sendfile``). An existing blob of that name is replaced atomically. False when neither
-    is possible here: the caller then copies, e.g. with :func:`put_blob`."""
+    is possible here: the caller then copies, e.g. with :func:`put_blob`. ``sync_dir`` False
+    leaves the rename's durability to the caller (one :func:`fsync_dir` after many blobs)."""
     with _locked_temp(directory, prefix=".blob.") as (fd, tmp):
         try:
             with os.fdopen(fd, "wb") as handle, source.open("rb") as src:
@@ -294,7 +295,8 @@ def clone_blob(directory: Path, source: Path, digest: Digest) -> bool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
     return True
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 from typing import IO, Protocol
 
 import isal
@@ -189,11 +190,42 @@ class _Gzip:
         self._file.close()
 
 
+#: Idle zstd contexts of one (level, workers) kind, kept for the next layer: a context holds
+#: its multi-threaded buffers (an input ring of about (workers + 3) x 8 MiB at level 3) and
+#: worker threads, so a fresh one per layer meant mapping, zero-filling and unmapping tens of
+#: MiB per layer, most layers being smaller than that. ``compressobj`` starts a new frame with
+#: the same parameters, so the bytes are those of a fresh context. At most as many are kept
+#: as layers are built at once by default (one per CPU), and only of the kind last returned,
+#: so no more contexts are alive than layers in flight would have anyway.
+_idle_zstd: list[tuple[tuple[int, int], zstandard.ZstdCompressor]] = []
+_idle_zstd_lock = threading.Lock()
+
+
+def _zstd_context(level: int, threads: int) -> zstandard.ZstdCompressor:
+    """An idle context for ``level`` and ``threads`` workers, else a new one."""
+    with _idle_zstd_lock:
+        for i, (kind, cctx) in enumerate(_idle_zstd):
+            if kind == (level, threads):
+                del _idle_zstd[i]
+                return cctx
+    return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+
+
+def _zstd_done(level: int, threads: int, cctx: zstandard.ZstdCompressor) -> None:
+    """Keep the context of a frame that ended well for the next layer."""
+    kind = (level, threads)
+    with _idle_zstd_lock:
+        _idle_zstd[:] = [entry for entry in _idle_zstd if entry[0] == kind]
+        if len(_idle_zstd) < (os.cpu_count() or 1):
+            _idle_zstd.append((kind, cctx))
+
+
 class _Zstd:
     def __init__(self, sink: Writable, level: int, threads: int) -> None:
         self._sink = sink
-        cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-        self._obj = cctx.compressobj()
+        self._kind = (level, threads)
+        self._cctx = _zstd_context(level, threads)
+        self._obj = self._cctx.compressobj()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         out = self._obj.compress(data)
@@ -203,6 +235,7 @@ class _Zstd:
 
     def close(self) -> None:
         out = self._obj.flush()
+        _zstd_done(*self._kind, self._cctx)  # (a frame that failed keeps its context)
         if out:
             self._sink.write(out)
         flush = getattr(self._sink, "flush", None)

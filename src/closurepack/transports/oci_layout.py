@@ -21,10 +21,11 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from closurepack._fs import TEMP_SUFFIX, clone_blob, sweep_stale_temps
+from closurepack._fs import TEMP_SUFFIX, clone_blob, fsync_dir, sweep_stale_temps
 from closurepack.artifacts import (
     artifact_manifests,
     drop_replaced_referrers,
@@ -147,33 +148,56 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
 
     ``stamps``: records of the layout blobs earlier builds wrote or hashed; a layer blob that
     still matches its record (same inode, size, mtime and ctime, see :mod:`closurepack.blobstamp`)
-    is kept without being read; every layer blob written or hashed here is recorded."""
+    is kept without being read; every layer blob written or hashed here is recorded.
+
+    The layer blobs are placed by several threads at once (:data:`_PLACERS`): each is a
+    kernel copy and an fsync, so one at a time a cold build ended in a serial tail of copies
+    and disk waits (issue 11); their directory entries are synced once, after all of them. The
+    configs and manifests follow only when every layer is in place, so a write that fails
+    leaves nothing that names a missing layer."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     layers, small = image_blobs(image)
-    for layer in layers:
-        target = blobs / layer.digest.hex
-        if stamps is not None and stamps.matches(target, layer.digest, layer.size):
-            continue
-        if not blob_is_good(target, layer.digest, layer.size):
-            try:
-                cloned = _clone_verified(layer, blobs)
-            except OSError as exc:  # a kernel copy: mostly the layout's disk being full
-                raise DestinationError(
-                    f"{target}: cannot write blob: {exc.strerror or exc}"
-                ) from exc
-            if not cloned:
-                try:
-                    with layer.open() as src:
-                        put_blob(blobs, layer.digest, src, size=layer.size)
-                except OSError as exc:
-                    raise DestinationError(
-                        f"layer {layer.digest}: cannot read blob: {exc}"
-                    ) from exc
-        if stamps is not None:
-            stamps.record(target, layer.digest)
+    unique = list({layer.digest: layer for layer in layers}.values())
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(_PLACERS, len(unique))), thread_name_prefix="layout-blob"
+    ) as pool:
+        futures = [pool.submit(_place_layer, layer, blobs, stamps) for layer in unique]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            future.cancel()  # after a failure, the ones not started never start
+        for future in futures:  # the first failure in layer order is the one reported
+            if not future.cancelled():
+                future.result()
+    fsync_dir(blobs)
     for digest, data in small.items():
         put_blob(blobs, digest, data, size=len(data))
+
+
+#: Layer blobs placed at once by :func:`write_blobs`: copies are CPU in the kernel, fsyncs
+#: are disk waits that the filesystem's journal can commit together.
+_PLACERS = 8
+
+
+def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> None:
+    """Make ``blobs/<hex>`` the layer's blob (kept when its stamp or its bytes say it already
+    is; else a kernel copy of a verified blob, or a checked copy) and record its stamp."""
+    target = blobs / layer.digest.hex
+    if stamps is not None and stamps.matches(target, layer.digest, layer.size):
+        return
+    if not blob_is_good(target, layer.digest, layer.size):
+        try:
+            cloned = _clone_verified(layer, blobs)
+        except OSError as exc:  # a kernel copy: mostly the layout's disk being full
+            raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
+        if not cloned:
+            try:
+                with layer.open() as src:
+                    put_blob(blobs, layer.digest, src, size=layer.size)
+            except OSError as exc:
+                raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+    if stamps is not None:
+        stamps.record(target, layer.digest)
 
 
 def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
@@ -185,7 +209,7 @@ def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
         return False
     if source.stat().st_size != layer.size:
         return False
-    return clone_blob(blobs, source, layer.digest)
+    return clone_blob(blobs, source, layer.digest, sync_dir=False)
 
 
 @contextlib.contextmanager
