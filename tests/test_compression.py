@@ -233,3 +233,24 @@ def test_reused_zstd_context_gives_the_bytes_of_a_fresh_one() -> None:
         assert compress("zstd", DATA, threads=2) == expected
         assert compress("zstd", DATA[:1000], threads=2) == small
         assert compress("zstd", DATA, threads=2) == expected
+
+
+def test_gzip_identity_follows_what_isal_makes_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ISA-L's kernels differ by CPU and so may its bytes: the identity (hence layer keys)
+    carries a fingerprint of its output on a probe, so other bytes make another identity."""
+    from closurepack import compression
+
+    before = codec_identity("gzip", None)
+    assert before == codec_identity("gzip", 9)
+    other = zlib.compressobj  # another deflater: other, equally valid bytes
+
+    compression._isal_probe.cache_clear()
+    monkeypatch.setattr(compression.isal.isal_zlib, "compressobj", other)
+    try:
+        changed = codec_identity("gzip", None)
+    finally:
+        monkeypatch.undo()
+        compression._isal_probe.cache_clear()
+    assert changed != before
+    assert changed.rpartition("/probe-")[0] == before.rpartition("/probe-")[0]
+    assert codec_identity("gzip", None) == before

@@ -7,10 +7,13 @@ Levels (``--level``) are given on each tool's own scale and mapped here:
   within ~12% of ``gzip -6`` while compressing several times faster. Output comes from
   ISA-L's block-parallel writer (1 MiB blocks, each primed with the previous 32 KiB), which
   is byte-identical for any thread count >= 1 and any way the input is split into writes.
-  The gzip header has no file name, mtime 0. ISA-L picks SIMD kernels at run time; its output
-  is reported identical across x86-64 hosts with SSE4.2 or newer, but another architecture
-  (or a very old CPU) may produce different, equally valid gzip bytes for the same tar, so the
-  machine type is part of the codec identity. diff_ids never depend on it.
+  The gzip header has no file name, mtime 0. ISA-L picks SIMD kernels at run time (by CPU:
+  AVX-512, AVX2, SSE, or another architecture's), and they do not all give the same bytes: an
+  AVX-512 host makes other, equally valid gzip bytes for the same tar than the hosts the pins
+  of ``tests/test_tar_reference.py`` were first taken on. So the codec identity carries a
+  fingerprint of what this host's ISA-L makes of a fixed probe (:func:`_isal_probe`, at that
+  level): two hosts share gzip cache entries and registry cache mappings only when their
+  kernels agree on it. diff_ids never depend on it; zstd's bytes do not depend on the CPU.
 * ``zstd``: levels -7..22, default 3 (well under ``gzip -6`` in size at a fraction of its
   time). Always compressed in zstd's multi-threaded mode, whose output is identical for any
   worker count >= 1 (single-threaded mode would produce different bytes). Frames carry
@@ -26,6 +29,8 @@ them may change the bytes, so it goes into layer cache keys.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import platform
 import threading
@@ -60,6 +65,8 @@ _ZSTD_DEFAULT = 3
 _ZSTD_RANGE = (-7, 22)
 # ISA-L's block-parallel writer: the block size is part of the output format, keep it fixed.
 _GZIP_BLOCK = 1 << 20
+#: The words of :func:`_isal_probe`'s probe (about 7 bytes each with their space).
+_PROBE_WORDS = 1 << 16
 
 
 class Compressor(Protocol):
@@ -108,8 +115,8 @@ def codec_identity(compression: str, level: int | None) -> str:
     lvl = resolve_level(compression, level)
     if compression == "gzip":
         return (
-            f"gzip/isal-{isal.__version__}/level-{lvl}/blocks-{_GZIP_BLOCK}"
-            f"/{platform.machine() or 'unknown'}"
+            f"gzip/isal-{isal.__version__}/libisal-{isal.ISAL_VERSION}/level-{lvl}"
+            f"/blocks-{_GZIP_BLOCK}/{platform.machine() or 'unknown'}/probe-{_isal_probe(lvl)}"
         )
     if compression == "zstd":
         return (
@@ -122,6 +129,25 @@ def codec_identity(compression: str, level: int | None) -> str:
             f"/libzstd-{zstandard.ZSTD_VERSION}/level-{lvl}/st/checksum/{chunked_identity()}"
         )
     return "none"
+
+
+@functools.cache
+def _isal_probe(isal_level: int) -> str:
+    """12 hex digits of the sha256 of what ISA-L, with the kernels it picked on this CPU, makes
+    of a fixed 512 KiB probe at ``isal_level`` (raw deflate, as each block of the gzip writer):
+    32 runs of text-like words (long and short matches), each followed by 1 KiB of bytes with
+    none. A few milliseconds, once per process and level."""
+    stream = hashlib.shake_256(b"closurepack isal probe").digest(_PROBE_WORDS + 32 * 1024)
+    words = [hashlib.sha256(bytes([i])).hexdigest()[: 2 + i % 11].encode() for i in range(256)]
+    text = b" ".join([words[b] for b in stream[:_PROBE_WORDS]])
+    run = len(text) // 32
+    noise = stream[_PROBE_WORDS:]
+    probe = b"".join(
+        text[i * run : (i + 1) * run] + noise[i * 1024 : (i + 1) * 1024] for i in range(32)
+    )
+    deflate = isal.isal_zlib.compressobj(isal_level, isal.isal_zlib.DEFLATED, -15)
+    made = deflate.compress(probe) + deflate.flush()
+    return hashlib.sha256(made).hexdigest()[:12]
 
 
 def _thread_count(threads: int) -> int:
