@@ -11,6 +11,7 @@ Regular files are read in one call, as before."""
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import stat
@@ -31,7 +32,12 @@ _CHUNK = 1 << 20
 def read_all(path: Path | None) -> bytes:
     """Every byte of ``path`` (standard input for None); raises OSError as ``open`` does."""
     if path is None:
-        return read_all_fd(sys.stdin.buffer.fileno())
+        stdin = sys.stdin.buffer
+        try:
+            fd = stdin.fileno()
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            return stdin.read()  # (replaced by a stream of no descriptor, as by an embedding)
+        return read_all_fd(fd)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return read_all_fd(fd)
