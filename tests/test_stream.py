@@ -4,6 +4,7 @@ hash, and an uncompressed layer is hashed once (its tar digest is its blob diges
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import subprocess
@@ -16,13 +17,15 @@ from pathlib import Path
 import pytest
 
 from clistore import APP, Store, read_docker_archive
-from closurepack.build import LayerEvent, ProgressCallback
+from closurepack.build import LayerEvent, ProgressCallback, stream_order
 from closurepack.buildjob import build_image
 from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import DestinationError
 from closurepack.jobsetup import ImageOptions
 from closurepack.transports._tar import TarWriter
+from closurepack.transports.reference import parse_destination
+from closurepack.transports.stdout import PIPE_SIZE, LayerStreamer, widen_pipe
 
 
 class _Recorder(io.BytesIO):
@@ -213,3 +216,70 @@ def test_a_slow_reader_does_not_hold_up_the_build(
     assert [out_when_built[i] for i in range(4)] == [0, 0, 0, 0]
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
         assert "manifest.json" in tar.getnames()
+
+
+def _pipe_size(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="Linux pipes only")
+def test_a_pipe_on_standard_output_is_widened_before_the_stream(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        assert _pipe_size(write_end) < PIPE_SIZE  # the kernel's default, 64 KiB
+        with open(write_end, "wb", closefd=False) as out:
+            LayerStreamer(parse_destination("-"), created="1970-01-01T00:00:01Z", stream=out)
+        assert _pipe_size(write_end) == PIPE_SIZE
+        # never narrowed; a regular file is left as it is
+        with open(write_end, "wb", closefd=False) as out:
+            widen_pipe(out, size=PIPE_SIZE // 2)
+        assert _pipe_size(write_end) == PIPE_SIZE
+        with (tmp_path / "file").open("wb") as regular:
+            widen_pipe(regular)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_stream_order_starts_the_layers_that_would_end_last_early() -> None:
+    # an application (50) over small libraries: started in its turn, two builders would
+    # spend its whole build with one of them idle
+    sizes = [3, 1, 1, 2, 1, 1, 50, 4]
+    assert stream_order(sizes, jobs=1) == list(range(8))
+    order = stream_order(sizes, jobs=2)
+    assert order[:3] == [0, 6, 7]  # bottom (the stream starts), then the large top ones
+    assert order[3:] == [1, 2, 3, 4, 5]  # the rest bottom first
+    # with more builders the share of the layers above is smaller: more start early
+    assert stream_order([1, 1, 1, 6, 1, 8, 1], jobs=4)[:4] == [0, 5, 3, 6]
+    for jobs in (1, 2, 3, 8):
+        assert sorted(stream_order(sizes, jobs=jobs)) == list(range(8))
+    # equal layers: bottom first but for the top one
+    assert stream_order([5] * 6, jobs=2) == [0, 5, 1, 2, 3, 4]
+    assert stream_order([], jobs=2) == []
+    assert stream_order([7, 9], jobs=2) == [0, 1]
+
+
+def test_a_stream_built_out_of_order_has_the_archive_file_bytes(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two jobs: the top store layer starts second (stream_order), is ready before the ones
+    # below it and must wait for them
+    recorder = _Recorder()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(recorder))
+    ready: list[int] = []
+
+    def build(dest: str, cache: str) -> None:
+        build_image(
+            BuildInput(closure_files=[app_closure], store_root=store.root, strategy="per-item"),
+            layer_options=LayerOptions(jobs=2, compression="none", cache_dir=tmp_path / cache),
+            image=ImageOptions(cmd=("/bin/app",)),
+            dest=dest,
+            progress=lambda event: ready.append(event.index),
+        )
+
+    archive = tmp_path / "image.tar"
+    build(f"docker-archive:{archive}", "cache-file")
+    ready.clear()
+    build("-", "cache-stream")
+    assert sorted(ready) == [0, 1, 2, 3, 4]
+    assert recorder.getvalue() == archive.read_bytes()

@@ -332,3 +332,25 @@ def test_tree_tar_refuses_entries_below_a_file_or_symlink() -> None:
                 TreeEntry("bin/sh", "file", data=b"#!"),
             ],
         )
+
+
+def test_files_larger_than_a_read_are_whole_in_any_sink(tmp_path: Path) -> None:
+    # a plain sink (no write_from) reads files over 1 MiB through the writer's own buffer,
+    # made once the first one comes; GNU tar (when there) and tarfile must find them whole
+    root = make_store(tmp_path / "store")
+    big = os.urandom((5 << 20) // 2 + 7)
+    (host(root, LIB) / "lib" / "big.so").write_bytes(big)
+    (host(root, LIB) / "lib" / "big2.so").write_bytes(big[::-1])
+    data = tar_of([LIB], root)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for name, content in (("big.so", big), ("big2.so", big[::-1])):
+            member = tar.extractfile(f"{LIB[1:]}/lib/{name}")
+            assert member is not None
+            assert member.read() == content
+    if shutil.which("tar") is not None:
+        archive = tmp_path / "layer.tar"
+        archive.write_bytes(data)
+        out = tmp_path / "out"
+        out.mkdir()
+        subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
+        assert (out / LIB[1:] / "lib" / "big.so").read_bytes() == big

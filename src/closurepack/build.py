@@ -43,6 +43,7 @@ __all__ = [
     "read_descriptors",
     "scratch_dir",
     "store_layer_key",
+    "stream_order",
 ]
 
 
@@ -100,8 +101,9 @@ class BuildOptions:
     source: LayerSource | None = None
     #: ``--perms`` and ``--uid``/``--gid`` (for the store layers; ``store_dir`` is this one).
     perms: Perms | None = None
-    #: Start the layers bottom first (a stream sends them in that order); else largest first,
-    #: so that the last ones to finish are small and every CPU stays busy to the end.
+    #: Start the layers in :func:`stream_order` (bottom first, the few that would make the
+    #: end wait first: a stream sends them bottom first); else largest first, so that the
+    #: last ones to finish are small and every CPU stays busy to the end.
     bottom_first: bool = False
 
     def __post_init__(self) -> None:
@@ -289,7 +291,9 @@ def build_keyed_layers(
     jobs = max(1, min(options.jobs, len(planned) or 1))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layer") as pool:
         order = list(range(len(planned)))
-        if not options.bottom_first:
+        if options.bottom_first:
+            order = stream_order([layer.size for layer in planned], jobs=jobs)
+        else:
             order.sort(key=lambda i: -planned[i].size)  # (a stable sort: ties bottom first)
         submitted = {i: pool.submit(guarded, i, planned[i]) for i in order}
         futures = [submitted[i] for i in range(len(planned))]
@@ -333,6 +337,29 @@ def build_keyed_layers(
                 )
             )
     return layers
+
+
+def stream_order(sizes: Sequence[int], *, jobs: int) -> list[int]:
+    """The order to start layers of these planned ``sizes`` (bottom first) in when they are
+    streamed: the bottom one first (the stream can start), then every layer that, started in
+    its turn, would still be building after the layers above it are done (larger than they
+    are together, shared among the other ``jobs - 1`` builders), largest first; then the
+    rest bottom first. Bottom first alone ends with the top layers (often the largest: an
+    application over its libraries) built one at a time while the other builders idle; one
+    builder takes them early instead, while the others feed the stream from the bottom. With
+    one job the order is bottom first."""
+    count = len(sizes)
+    if jobs < 2 or count < 3:
+        return list(range(count))
+    early: list[int] = []
+    above = 0
+    for index in range(count - 1, 0, -1):
+        if sizes[index] * (jobs - 1) > above:
+            early.append(index)
+        above += sizes[index]
+    early.sort(key=lambda i: -sizes[i])  # (stable: ties top first, as found)
+    chosen = set(early)
+    return [0, *early, *(i for i in range(1, count) if i not in chosen)]
 
 
 #: The name of scratch directories: ``$TMPDIR/closurepack-<pid>-<random>``.

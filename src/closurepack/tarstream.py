@@ -326,8 +326,9 @@ class _TarWriter:
         self._write_from = getattr(out, "write_from", None)
         self._mtime = mtime
         self._perms = perms if perms is not None and not perms.is_empty else None
-        self._buf = bytearray(_READ_CHUNK)
-        self._view = memoryview(self._buf)
+        #: the read buffer of files over _READ_CHUNK, made when the first one comes (a stream
+        #: with ``write_from`` reads into its own: a layer build never needs this MiB)
+        self._view: memoryview | None = None
         self._first_names: dict[tuple[int, int, int, tuple[int, int]], bytes] = {}
 
     def write_all(self, entries: list[_Entry]) -> None:
@@ -441,6 +442,8 @@ class _TarWriter:
                 self._out.write(header)
                 remaining = size
                 view = self._view
+                if view is None:
+                    view = self._view = memoryview(bytearray(_READ_CHUNK))
                 while remaining:
                     n = os.readv(fd, [view[: min(remaining, _READ_CHUNK)]])
                     if not n:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
@@ -12,11 +16,32 @@ from closurepack.image import Image, ImageLayer
 from closurepack.transports import docker_archive
 from closurepack.transports.reference import Destination, docker_repo_tags
 
-__all__ = ["LayerStreamer", "check_destination", "write_image"]
+__all__ = ["PIPE_SIZE", "LayerStreamer", "check_destination", "widen_pipe", "write_image"]
 
 
 def _stdout(stream: BinaryIO | None) -> BinaryIO:
     return stream if stream is not None else sys.stdout.buffer
+
+
+#: The pipe buffer asked for on standard output: Linux's default limit for unprivileged
+#: processes (``/proc/sys/fs/pipe-max-size``). Blobs go into the pipe by ``sendfile``, which
+#: passes page references, not bytes: in a default 64 KiB pipe (16 pages) the writer and the
+#: reader wake each other every 64 KiB; in 1 MiB every 256 pages.
+PIPE_SIZE = 1 << 20
+
+
+def widen_pipe(out: BinaryIO, size: int = PIPE_SIZE) -> None:
+    """Grow ``out``'s pipe buffer to ``size`` bytes when ``out`` is a pipe with a smaller one
+    (never shrink it). Best effort: not a pipe, no ``F_SETPIPE_SZ``, or the user's pipe
+    limits reached (EPERM), and the stream goes through the buffer there is."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", None)
+    if set_size is None or get_size is None:
+        return
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        fd = out.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, get_size) < size:
+            fcntl.fcntl(fd, set_size, size)
 
 
 def _is_terminal(out: BinaryIO) -> bool:
@@ -44,6 +69,7 @@ def write_image(
     out = _stdout(stream)
     if _is_terminal(out):
         raise DestinationError("standard output is a terminal: redirect the image archive")
+    widen_pipe(out)
     try:
         repo_tags = docker_repo_tags(dest, tags, name=name)
         docker_archive.write_stream(image, out, repo_tags=repo_tags)
@@ -80,6 +106,7 @@ class LayerStreamer:
     ) -> None:
         self._dest = dest
         self._out = _stdout(stream)
+        widen_pipe(self._out)
         self._base = len(base)
         self._archive = docker_archive.ArchiveStream(self._out, created=created, base=base)
 
