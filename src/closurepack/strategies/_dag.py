@@ -95,33 +95,46 @@ class Dag:
         and how two children's sets overlap is not told by their sums). What keeps it fast
         on real closures (63k Debian packages: 4 million pairs, 264k references): each item's
         set starts from the largest of the sets it is made of (taken over, not copied, when
-        no other item needs it) with that set's sum; only the items the other sets add are
-        looked at, in C set operations, and only they are added to the sum. A set is dropped
-        once its last user is built.
+        no other item needs it) with that set's sum; another set whose own item is in already
+        adds nothing (every set is closed under reaching, so their union is) and is skipped
+        (on the Debian closure, half the items the differences walked); only the items the
+        other sets add are looked at, in C set operations, and only they are added to the
+        sum. A set is dropped once its last user is built.
         """
         n = len(self.paths)
         parts_of = self.referrers if up else self.refs
         users = self.refs if up else self.referrers
-        remaining = [len(u) for u in users]
+        remaining = list(map(len, users))
         gone: set[int] = set()  # shared by every slot not holding a needed set; never changed
         sets = [gone] * n
+        held = [0] * n  # len(sets[i]) while sets[i] is needed: the largest is found in C
         sums = [0] * n
         weigh = weights.__getitem__ if weights is not None else None
+        largest = held.__getitem__
         for i in range(n - 1, -1, -1) if up else range(n):
             parts = parts_of[i]
             current: set[int]
             if not parts:
                 current, total = set(), 0
+            elif len(parts) == 1:
+                (only,) = parts
+                total = sums[only]
+                remaining[only] -= 1
+                if remaining[only]:
+                    current = set(sets[only])
+                else:
+                    current = sets[only]
+                    sets[only] = gone
             else:
-                biggest = parts[0]
-                if len(parts) > 1:
-                    biggest = max(parts, key=lambda r: len(sets[r]))
+                biggest = max(parts, key=largest)
                 total = sums[biggest]
                 taken = sets[biggest]
                 current = taken if remaining[biggest] == 1 else set(taken)
                 for r in parts:
                     remaining[r] -= 1
-                    if r != biggest:
+                    # Every set here is closed (an item's holds all it reaches), so is their
+                    # union: one that holds r holds all of r's set already.
+                    if r not in current:
                         new = sets[r] - current
                         if new:
                             current |= new
@@ -132,6 +145,7 @@ class Dag:
             sums[i] = total + (weigh(i) if weigh else 1)
             if remaining[i]:
                 sets[i] = current
+                held[i] = len(current)
         return sums
 
 
