@@ -27,6 +27,8 @@ class Dag:
 
     ``paths[i]`` is the i-th item in :meth:`Closure.topological_order` (references before
     referrers, ties by path), so every reference of ``i`` has an index below ``i``.
+    ``refs[i]`` lists them in the order of the item's references (by path: sorting 63k tuples
+    of indices took a third of the build), ``referrers[i]`` ascending.
     """
 
     paths: tuple[str, ...]
@@ -43,15 +45,15 @@ class Dag:
     @classmethod
     def _build(cls, closure: Closure) -> Dag:
         order = closure.topological_order()
-        index = {path: i for i, path in enumerate(order)}
+        index = dict(zip(order, range(len(order)), strict=True))
         position = index.__getitem__
         items = closure.items
-        refs = tuple(tuple(sorted(map(position, items[p].references))) for p in order)
+        refs = tuple([tuple(map(position, items[p].references)) for p in order])
         referrers: list[list[int]] = [[] for _ in order]
         for i, rs in enumerate(refs):
             for r in rs:
                 referrers[r].append(i)  # i ascends: each list comes out sorted
-        sizes = tuple(items[p].nar_size for p in order)
+        sizes = tuple([items[p].nar_size for p in order])
         dag = cls(tuple(order), refs, tuple(map(tuple, referrers)), sizes)
         dag._index.update(index)
         return dag

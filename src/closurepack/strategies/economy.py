@@ -10,6 +10,7 @@ its own items and every distinct restriction is stored: :func:`stored_bytes` cou
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,11 +25,13 @@ __all__ = ["CHANGES", "MergeCosts", "bitset", "expected_shipped", "hit_table", "
 CHANGES = 3
 
 
-def hit_table(n: int, changes: int = CHANGES) -> list[float]:
+@functools.lru_cache(maxsize=4)
+def hit_table(n: int, changes: int = CHANGES) -> tuple[float, ...]:
     """``hit[d]``: the chance that one of ``changes`` random changes among ``n`` items lies
-    in a down-set of ``d`` items, for ``d`` in ``0..n``."""
+    in a down-set of ``d`` items, for ``d`` in ``0..n``; kept for the next caller (the
+    planner's refills ask again for the same ``n``)."""
     keep = 1 - min(changes, n) / n if n else 1.0
-    return [1 - keep**d for d in range(n + 1)]
+    return tuple([1 - keep**d for d in range(n + 1)])
 
 
 def stored_bytes(pieces: Mapping[int, int]) -> int:

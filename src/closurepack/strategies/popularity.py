@@ -45,13 +45,18 @@ __all__ = ["popularity", "popularity_order", "popularity_scores"]
 def popularity_scores(closure: Closure) -> dict[str, int]:
     """nixpkgs' popularity score of every item (see the module docstring)."""
     dag = Dag.from_closure(closure)
+    return dict(zip(dag.paths, _scores(dag), strict=True))
+
+
+def _scores(dag: Dag) -> list[int]:
+    """The score of every item, by index."""
     n = len(dag)
     paths_to = [0] * n
+    count = paths_to.__getitem__
     for i in range(n - 1, -1, -1):
         referrers = dag.referrers[i]
-        paths_to[i] = sum(map(paths_to.__getitem__, referrers)) if referrers else 1
-    scores = dag.closure_sums(paths_to, up=True)
-    return dict(zip(dag.paths, scores, strict=True))
+        paths_to[i] = sum(map(count, referrers)) if referrers else 1
+    return dag.closure_sums(paths_to, up=True)
 
 
 def popularity_order(closure: Closure) -> list[str]:
@@ -59,8 +64,12 @@ def popularity_order(closure: Closure) -> list[str]:
     once per closure (the planner may ask for several budgets)."""
 
     def order() -> list[str]:
-        scores = popularity_scores(closure)
-        return sorted(scores, key=lambda p: (-scores[p], nixpkgs_name_key(p)))
+        dag = Dag.from_closure(closure)
+        keys = [
+            (-score, nixpkgs_name_key(path))
+            for score, path in zip(_scores(dag), dag.paths, strict=True)
+        ]
+        return list(map(dag.paths.__getitem__, sorted(range(len(dag)), key=keys.__getitem__)))
 
     return list(closure.memoized("popularity order", order))
 

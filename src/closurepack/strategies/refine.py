@@ -144,18 +144,21 @@ class _Search:
             self.bytes_of[a], self.count_of[a]
         )
         best, target = -EPSILON * max(size, 1), -2
-        mine = self.images[u]
+        mine, alone, bounded = self.images[u], self.alone[u], self.bounded
+        hit, bytes_of, count_of, images_of = self.hit, self.bytes_of, self.count_of, self.images_of
         for b, there in enumerate(self.groups):
-            if b == a or not there or self.images_of[b] != mine:
+            if b == a or not there or images_of[b] != mine:
                 continue
+            # The figures of self.cost, written out (this loop is the search's inner one).
             # The joined down-set has at least the larger count: a move that could not win
             # even so is not weighed exactly (hit[] rises with the count, so in floating
             # point too this bound is never above the exact figure).
-            stay = self.cost(self.bytes_of[b], self.count_of[b])
-            floor = max(self.count_of[b], self.alone[u])
-            if self.bounded and out + self.cost(self.bytes_of[b] + size, floor) - stay >= best:
+            held, count = bytes_of[b], count_of[b]
+            stay = held * hit[count]
+            grown = held + size
+            if bounded and out + grown * hit[max(count, alone)] - stay >= best:
                 continue
-            delta = out + self.cost(self.bytes_of[b] + size, self._joined_count(b, u)) - stay
+            delta = out + grown * hit[self._joined_count(b, u)] - stay
             if delta < best:
                 best, target = delta, b
         if len(here) > 1 and self.filled < self.limit:

@@ -201,16 +201,16 @@ def _coarsen(dag: Dag, rank: list[int], images: list[int], limit: int) -> list[l
     if count > limit:
         # Only root-topped clusters are left to merge: the least valuable join the cluster of
         # their top's largest reference (isolated items, with no reference, join each other).
-        tops = sorted(
-            (c for c in range(n) if parent[c] == c), key=lambda c: (weight[c] * down[c], rank[c])
-        )
+        # By (weight * down, rank): ranks differ, so the tops themselves are never compared.
+        tops = sorted([(weight[c] * down[c], rank[c], c) for c in range(n) if parent[c] == c])
+        largest = [d * n + (n - 1 - r) for d, r in zip(down, rank, strict=True)]  # (down, -rank)
         alone: int | None = None
-        for top in tops:
+        for _, _, top in tops:
             if count <= limit:
                 break
             outside = _nearest_outside(dag, top, find)
             if outside:
-                target = find(max(outside, key=lambda r: (down[r], -rank[r])))
+                target = find(max(outside, key=largest.__getitem__))
             elif alone is None:
                 alone = top
                 continue
