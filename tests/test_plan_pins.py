@@ -151,3 +151,16 @@ def test_stable_plans_of_several_images_are_the_pinned_ones(images: Closure) -> 
         for limit in (300, 40)
     ]
     assert found == STABLE_IMAGES
+
+
+def test_stable_after_a_smaller_budget_plans_as_afresh(big: Closure) -> None:
+    """stable keeps its greedy's merges per closure and replays them for a larger budget (the
+    planner's refills): the plan must be the one a fresh closure gets."""
+
+    def fresh() -> Closure:
+        return Closure(big.store_dir, big.items, big.roots, big.source)
+
+    reused = fresh()
+    stable(reused, budget=67)  # coarsened to 200 clusters, as for every budget from 67
+    for budget in (70, 99, 67):
+        assert stable(reused, budget=budget) == stable(fresh(), budget=budget)

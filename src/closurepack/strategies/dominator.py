@@ -52,8 +52,8 @@ def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
     """The rated subtrees under the synthetic root, lowest rating first (budget-free)."""
     n = len(dag)
     closure_size = dag.closure_sums(dag.sizes)
-    popularity = [max(len(rs), 1) for rs in dag.referrers]
-    ranked = sorted(len(rs) for rs in dag.referrers)
+    popularity = [len(rs) or 1 for rs in dag.referrers]
+    ranked = sorted(map(len, dag.referrers))
     popular_count = max(ranked[(POPULAR_PERCENTILE * n) // 100] if n else 0, 2)
     index = dag.index()
     roots = {index[p] for p in closure.roots}
@@ -69,7 +69,7 @@ def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
     idom = [root] * (n + 1)
     depth = [0] * (n + 1)
     for i in range(n - 1, -1, -1):  # referrers before references
-        preds = list(dag.referrers[i])
+        preds = dag.referrers[i]
         if from_root[i] or not preds:
             idom[i] = root
             depth[i] = 1

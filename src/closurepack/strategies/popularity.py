@@ -36,6 +36,8 @@ and every other item shares the last one, most popular at the bottom. This is wh
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key, singles_then_rest
 
@@ -64,12 +66,19 @@ def popularity_order(closure: Closure) -> list[str]:
     once per closure (the planner may ask for several budgets)."""
 
     def order() -> list[str]:
+        # By score, then each run of equal scores by name: only the items that tie (the
+        # roots, which all score 1, and a few others) need their name key.
         dag = Dag.from_closure(closure)
-        keys = [
-            (-score, nixpkgs_name_key(path))
-            for score, path in zip(_scores(dag), dag.paths, strict=True)
-        ]
-        return list(map(dag.paths.__getitem__, sorted(range(len(dag)), key=keys.__getitem__)))
+        scores = _scores(dag)
+        by_score = sorted(range(len(dag)), key=scores.__getitem__, reverse=True)
+        path = dag.paths.__getitem__
+        ordered: list[str] = []
+        for _, equal in groupby(by_score, key=scores.__getitem__):
+            run = list(map(path, equal))
+            if len(run) > 1:
+                run.sort(key=nixpkgs_name_key)
+            ordered.extend(run)
+        return ordered
 
     return list(closure.memoized("popularity order", order))
 

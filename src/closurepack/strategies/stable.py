@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
@@ -102,7 +103,8 @@ def stable(
     clusters, sets = closure.memoized(
         f"stable clusters {target}", lambda: _clusters(dag, rank, images, target)
     )
-    layers = _merge_exactly(dag, rank, images, clusters, sets=sets, budget=budget)
+    log = closure.memoized(f"stable merges {target}", _MergeLog)
+    layers = _merge_exactly(dag, rank, images, clusters, sets=sets, budget=budget, log=log)
     return [tuple(sorted(dag.paths[i] for i in members)) for members in layers]
 
 
@@ -253,8 +255,12 @@ def _merge_exactly(
     *,
     sets: list[int],
     budget: int,
+    log: _MergeLog,
 ) -> list[list[int]]:
-    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered."""
+    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered.
+
+    The greedy's merges are the same whatever the budget, which only says when they stop: a
+    ``log`` of a run down to a budget no larger than this one is replayed instead."""
     n = len(dag)
     pieces: list[dict[int, int]] = []
     for members in clusters:
@@ -284,6 +290,14 @@ def _merge_exactly(
         value = merging.cost(a, b) if floor is None else floor
         return (value, first[low], first[high], low, high, version[low], version[high], exact)
 
+    if log.budget is not None and log.budget <= budget:
+        for a, b in log.merges[: max(0, alive - budget)]:
+            kept, gone = groups[a], groups[b]
+            if kept is not None and gone is not None:  # always, as when they were logged
+                kept.extend(gone)
+                groups[b] = None
+        alive = budget  # not used again: the greedy below does not run
+    merges: list[tuple[int, int]] = []
     heap: list[_Entry] = []
     if alive > budget:
         heap = [entry(a, b) for a in range(len(clusters)) for b in range(a + 1, len(clusters))]
@@ -300,6 +314,7 @@ def _merge_exactly(
         # Merge b into a (a has the first name): a's figures change, b is gone.
         ga.extend(gb)
         groups[b] = None
+        merges.append((a, b))
         merging.merge(a, b)
         version[a] += 1
         alive -= 1
@@ -308,6 +323,8 @@ def _merge_exactly(
                 if group is not None and other != a:
                     heapq.heappush(heap, entry(a, other))
 
+    if log.budget is None or log.budget > budget:
+        log.budget, log.merges = budget, merges
     # Layers and units in name order, so that renames leave the search (and its ties) as it was.
     named = sorted(
         (sorted(group, key=lambda c: first[c]) for group in groups if group is not None),
@@ -329,6 +346,14 @@ def _merge_exactly(
         sorted(i for c in layers[g] for i in clusters[c])
         for g in chain_order(downs, weights, hit, keys)
     ]
+
+
+@dataclass
+class _MergeLog:
+    """The greedy's merges (kept, merged) for a closure's clusters, down to ``budget``."""
+
+    budget: int | None = None
+    merges: list[tuple[int, int]] = field(default_factory=list)
 
 
 #: A pair in the greedy's heap: cost (or a bound on it), both first names, both clusters, their
