@@ -164,3 +164,12 @@ def test_stable_after_a_smaller_budget_plans_as_afresh(big: Closure) -> None:
     stable(reused, budget=67)  # coarsened to 200 clusters, as for every budget from 67
     for budget in (70, 99, 67):
         assert stable(reused, budget=budget) == stable(fresh(), budget=budget)
+
+
+def test_auto_after_other_budgets_plans_as_afresh(big: Closure) -> None:
+    """auto continues its labelling from the largest budget it ran for on the closure: a
+    smaller budget afterwards must not see the larger one's labels, a larger one must."""
+    reused = Closure(big.store_dir, big.items, big.roots, big.source)
+    for budget in (40, 12, 60, 60, 3):
+        fresh = Closure(big.store_dir, big.items, big.roots, big.source)
+        assert STRATEGIES["auto"](reused, budget=budget) == STRATEGIES["auto"](fresh, budget=budget)
