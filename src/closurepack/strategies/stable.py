@@ -105,7 +105,8 @@ def stable(
     )
     log = closure.memoized(f"stable merges {target}", _MergeLog)
     layers = _merge_exactly(dag, rank, images, clusters, sets=sets, budget=budget, log=log)
-    return [tuple(sorted(dag.paths[i] for i in members)) for members in layers]
+    path = dag.paths.__getitem__
+    return [tuple(sorted(map(path, members))) for members in layers]
 
 
 def _name_ranks(dag: Dag) -> list[int]:
@@ -262,19 +263,23 @@ def _merge_exactly(
     The greedy's merges are the same whatever the budget, which only says when they stop: a
     ``log`` of a run down to a budget no larger than this one is replayed instead."""
     n = len(dag)
+    sizes = [sum(map(dag.sizes.__getitem__, members)) for members in clusters]
     pieces: list[dict[int, int]] = []
-    for members in clusters:
+    one_image = not any(images)  # every item's mask is 0
+    for members, size in zip(clusters, sizes, strict=True):
+        if one_image:
+            pieces.append({0: size})
+            continue
         piece: dict[int, int] = {}
         for i in members:
             piece[images[i]] = piece.get(images[i], 0) + dag.sizes[i]
         pieces.append(piece)
-    sizes = [sum(dag.sizes[i] for i in members) for members in clusters]
     groups: list[list[int] | None] = [[c] for c in range(len(clusters))]  # cluster ids
     unit_sizes, unit_sets = list(sizes), list(sets)
     unit_images = [tuple(sorted(piece)) for piece in pieces]
     alive = len(clusters)
     version = [0] * len(clusters)
-    first = [min(rank[i] for i in members) for members in clusters]  # tie-breaks by name
+    first = [min(map(rank.__getitem__, members)) for members in clusters]  # ties by name
 
     hit = hit_table(n)  # chance that one of CHANGES changes lies in d items
     merging = MergeCosts(hit, sizes, sets, pieces)
