@@ -27,6 +27,8 @@ class Dag:
 
     ``paths[i]`` is the i-th item in :meth:`Closure.topological_order` (references before
     referrers, ties by path), so every reference of ``i`` has an index below ``i``.
+    ``refs[i]`` lists them in the order of the item's references (by path: sorting 63k tuples
+    of indices took a third of the build), ``referrers[i]`` ascending.
     """
 
     paths: tuple[str, ...]
@@ -43,15 +45,15 @@ class Dag:
     @classmethod
     def _build(cls, closure: Closure) -> Dag:
         order = closure.topological_order()
-        index = {path: i for i, path in enumerate(order)}
+        index = dict(zip(order, range(len(order)), strict=True))
         position = index.__getitem__
         items = closure.items
-        refs = tuple(tuple(sorted(map(position, items[p].references))) for p in order)
+        refs = tuple([tuple(map(position, items[p].references)) for p in order])
         referrers: list[list[int]] = [[] for _ in order]
         for i, rs in enumerate(refs):
             for r in rs:
                 referrers[r].append(i)  # i ascends: each list comes out sorted
-        sizes = tuple(items[p].nar_size for p in order)
+        sizes = tuple([items[p].nar_size for p in order])
         dag = cls(tuple(order), refs, tuple(map(tuple, referrers)), sizes)
         dag._index.update(index)
         return dag
@@ -95,33 +97,46 @@ class Dag:
         and how two children's sets overlap is not told by their sums). What keeps it fast
         on real closures (63k Debian packages: 4 million pairs, 264k references): each item's
         set starts from the largest of the sets it is made of (taken over, not copied, when
-        no other item needs it) with that set's sum; only the items the other sets add are
-        looked at, in C set operations, and only they are added to the sum. A set is dropped
-        once its last user is built.
+        no other item needs it) with that set's sum; another set whose own item is in already
+        adds nothing (every set is closed under reaching, so their union is) and is skipped
+        (on the Debian closure, half the items the differences walked); only the items the
+        other sets add are looked at, in C set operations, and only they are added to the
+        sum. A set is dropped once its last user is built.
         """
         n = len(self.paths)
         parts_of = self.referrers if up else self.refs
         users = self.refs if up else self.referrers
-        remaining = [len(u) for u in users]
+        remaining = list(map(len, users))
         gone: set[int] = set()  # shared by every slot not holding a needed set; never changed
         sets = [gone] * n
+        held = [0] * n  # len(sets[i]) while sets[i] is needed: the largest is found in C
         sums = [0] * n
         weigh = weights.__getitem__ if weights is not None else None
+        largest = held.__getitem__
         for i in range(n - 1, -1, -1) if up else range(n):
             parts = parts_of[i]
             current: set[int]
             if not parts:
                 current, total = set(), 0
+            elif len(parts) == 1:
+                (only,) = parts
+                total = sums[only]
+                remaining[only] -= 1
+                if remaining[only]:
+                    current = set(sets[only])
+                else:
+                    current = sets[only]
+                    sets[only] = gone
             else:
-                biggest = parts[0]
-                if len(parts) > 1:
-                    biggest = max(parts, key=lambda r: len(sets[r]))
+                biggest = max(parts, key=largest)
                 total = sums[biggest]
                 taken = sets[biggest]
                 current = taken if remaining[biggest] == 1 else set(taken)
                 for r in parts:
                     remaining[r] -= 1
-                    if r != biggest:
+                    # Every set here is closed (an item's holds all it reaches), so is their
+                    # union: one that holds r holds all of r's set already.
+                    if r not in current:
                         new = sets[r] - current
                         if new:
                             current |= new
@@ -132,6 +147,7 @@ class Dag:
             sums[i] = total + (weigh(i) if weigh else 1)
             if remaining[i]:
                 sets[i] = current
+                held[i] = len(current)
         return sums
 
 

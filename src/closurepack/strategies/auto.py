@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from dataclasses import dataclass, replace
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
@@ -38,45 +39,17 @@ __all__ = ["auto"]
 def auto(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     """Group items by the minimal set of large "primary" items that use them (module docstring)."""
     dag = Dag.from_closure(closure)
-    n = len(dag)
-    labels = [0] * n  # bit k set: the k-th primary
-    counts: Counter[int] = Counter({0: n})
-    primaries: list[int] = []  # item index of each primary, by ordinal
-    by_size = sorted(range(n), key=lambda i: (dag.sizes[i], dag.paths[i]), reverse=True)
-
-    below: list[set[int]] = []  # the strict dependencies of each primary, by ordinal
-
-    for new in by_size:
-        deps = dag.reach(dag.refs[new])
-        bit = 1 << len(primaries)
-        users_mask = 0
-        deps_mask = 0
-        for k, item in enumerate(primaries):
-            if new in below[k]:  # the primary uses ``new``: no walk up from ``new`` needed
-                users_mask |= 1 << k
-            elif item in deps:
-                deps_mask |= 1 << k
-        changes: list[tuple[int, int]] = [(new, bit)]
-        for d in deps:
-            label = labels[d] & ~users_mask
-            if not label & deps_mask:
-                label |= bit
-            if label != labels[d]:
-                changes.append((d, label))
-        trial = counts.copy()
-        for item, label in changes:
-            old = labels[item]
-            trial[old] -= 1
-            if not trial[old]:
-                del trial[old]
-            trial[label] += 1
-        if len(trial) > budget:
-            break
-        counts = trial
-        for item, label in changes:
-            labels[item] = label
-        primaries.append(new)
-        below.append(deps)
+    # The labelling for a budget is the one for any smaller budget, continued: it only stops
+    # later. The planner asks again with larger budgets (its refills), so the run stopped at
+    # the largest budget so far is kept per closure and continued from where it stopped.
+    kept: dict[str, _Labelling] = closure.memoized("auto labelling", dict)
+    known = kept.get("run")
+    resumed = known is not None and known.budget <= budget
+    run = known.copy() if known is not None and resumed else _Labelling.start(dag)
+    run.advance(dag, budget)
+    if known is None or resumed:
+        kept["run"] = run  # not changed below; the next call continues from a copy
+    labels = run.labels
 
     groups: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
@@ -86,6 +59,73 @@ def auto(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     keys = [(closure_size[g], min(dag.paths[i] for i in layers[g])) for g in range(len(layers))]
     order = _dependencies_first(dag, labels, layers, keys)
     return [tuple(sorted(dag.paths[i] for i in layers[g])) for g in order]
+
+
+@dataclass
+class _Labelling:
+    """The primaries chosen so far, every item's label, and where in the size order the
+    run stopped (the next candidate) for ``budget``."""
+
+    by_size: list[int]
+    labels: list[int]  # bit k set: the k-th primary
+    counts: Counter[int]
+    primaries: list[int]  # item index of each primary, by ordinal
+    below: list[set[int]]  # the strict dependencies of each primary, by ordinal (never changed)
+    next: int = 0
+    budget: int = 0
+
+    @classmethod
+    def start(cls, dag: Dag) -> _Labelling:
+        n = len(dag)
+        by_size = sorted(range(n), key=lambda i: (dag.sizes[i], dag.paths[i]), reverse=True)
+        return cls(by_size, [0] * n, Counter({0: n}), [], [])
+
+    def copy(self) -> _Labelling:
+        return replace(
+            self,
+            labels=list(self.labels),
+            counts=self.counts.copy(),
+            primaries=list(self.primaries),
+            below=list(self.below),
+        )
+
+    def advance(self, dag: Dag, budget: int) -> None:
+        """Make primaries in size order while the labels fit in ``budget`` (docstring)."""
+        labels, primaries, below = self.labels, self.primaries, self.below
+        self.budget = budget
+        while self.next < len(self.by_size):
+            new = self.by_size[self.next]
+            deps = dag.reach(dag.refs[new])
+            bit = 1 << len(primaries)
+            users_mask = 0
+            deps_mask = 0
+            for k, item in enumerate(primaries):
+                if new in below[k]:  # the primary uses ``new``: no walk up from ``new`` needed
+                    users_mask |= 1 << k
+                elif item in deps:
+                    deps_mask |= 1 << k
+            changes: list[tuple[int, int]] = [(new, bit)]
+            for d in deps:
+                label = labels[d] & ~users_mask
+                if not label & deps_mask:
+                    label |= bit
+                if label != labels[d]:
+                    changes.append((d, label))
+            trial = self.counts.copy()
+            for item, label in changes:
+                old = labels[item]
+                trial[old] -= 1
+                if not trial[old]:
+                    del trial[old]
+                trial[label] += 1
+            if len(trial) > budget:
+                return
+            self.counts = trial
+            for item, label in changes:
+                labels[item] = label
+            primaries.append(new)
+            below.append(deps)
+            self.next += 1
 
 
 def _dependencies_first(

@@ -43,18 +43,19 @@ def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
         # re-sorting: the lowest-rated ``len - budget + 1`` layers end up as one, at the bottom.
         cut = len(layers) - max(budget, 1) + 1
         merged = [m for layer in layers[:cut] for m in layer[2]]
-        layers[:cut] = [(sum(layer[0] for layer in layers[:cut]), "", merged)]
-    return [tuple(sorted(dag.paths[m] for m in members)) for _, _, members in layers]
+        layers[:cut] = [(sum([layer[0] for layer in layers[:cut]]), "", merged)]
+    path = dag.paths.__getitem__
+    return [tuple(sorted(map(path, members))) for _, _, members in layers]
 
 
 def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
     """The rated subtrees under the synthetic root, lowest rating first (budget-free)."""
     n = len(dag)
     closure_size = dag.closure_sums(dag.sizes)
-    popularity = [max(len(rs), 1) for rs in dag.referrers]
-    ranked = sorted(len(rs) for rs in dag.referrers)
+    popularity = [len(rs) or 1 for rs in dag.referrers]
+    ranked = sorted(map(len, dag.referrers))
     popular_count = max(ranked[(POPULAR_PERCENTILE * n) // 100] if n else 0, 2)
-    index = {path: i for i, path in enumerate(dag.paths)}
+    index = dag.index()
     roots = {index[p] for p in closure.roots}
     from_root = [
         i in roots
@@ -68,7 +69,7 @@ def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
     idom = [root] * (n + 1)
     depth = [0] * (n + 1)
     for i in range(n - 1, -1, -1):  # referrers before references
-        preds = list(dag.referrers[i])
+        preds = dag.referrers[i]
         if from_root[i] or not preds:
             idom[i] = root
             depth[i] = 1
@@ -85,15 +86,16 @@ def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
     for i in range(n):
         children[idom[i]].append(i)
     layers: list[tuple[int, str, list[int]]] = []
+    path, size = dag.paths.__getitem__, closure_size.__getitem__
     for top in children[root]:
         members = [top]
         k = 0
         while k < len(members):
             members.extend(children[members[k]])
             k += 1
-        rating = popularity[top] * sum(closure_size[m] for m in members)
-        layers.append((rating, min(dag.paths[m] for m in members), members))
-    layers.sort(key=lambda layer: (layer[0], layer[1]))
+        rating = popularity[top] * sum(map(size, members))
+        layers.append((rating, min(map(path, members)), members))
+    layers.sort()  # by rating, then smallest path: no two layers share a path
     return layers
 
 

@@ -10,6 +10,8 @@ its own items and every distinct restriction is stored: :func:`stored_bytes` cou
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
@@ -23,11 +25,13 @@ __all__ = ["CHANGES", "MergeCosts", "bitset", "expected_shipped", "hit_table", "
 CHANGES = 3
 
 
-def hit_table(n: int, changes: int = CHANGES) -> list[float]:
+@functools.lru_cache(maxsize=4)
+def hit_table(n: int, changes: int = CHANGES) -> tuple[float, ...]:
     """``hit[d]``: the chance that one of ``changes`` random changes among ``n`` items lies
-    in a down-set of ``d`` items, for ``d`` in ``0..n``."""
+    in a down-set of ``d`` items, for ``d`` in ``0..n``; kept for the next caller (the
+    planner's refills ask again for the same ``n``)."""
     keep = 1 - min(changes, n) / n if n else 1.0
-    return [1 - keep**d for d in range(n + 1)]
+    return tuple([1 - keep**d for d in range(n + 1)])
 
 
 def stored_bytes(pieces: Mapping[int, int]) -> int:
@@ -66,6 +70,9 @@ class MergeCosts:
         self.counts = [bits.bit_count() for bits in sets]
         self.pieces = list(pieces)
         self.stored = [stored_bytes(piece) for piece in pieces]
+        # Whether hit[] never falls in floating point too (it rises in exact arithmetic),
+        # which :meth:`floor` needs to be a bound.
+        self.rising = all(map(operator.le, hit, hit[1:]))
 
     def cost(self, a: int, b: int) -> float:
         """What merging layers ``a`` and ``b`` adds to the model's cost."""
@@ -79,6 +86,17 @@ class MergeCosts:
         for mask, size in pb.items():
             joined[mask] = joined.get(mask, 0) + size
         return update + (stored_bytes(joined) - self.stored[a] - self.stored[b])
+
+    def floor(self, a: int, b: int) -> float | None:
+        """A lower bound on :meth:`cost` that needs no OR and popcount of the down-sets (the
+        merged one has at least the larger count, and ``hit`` never falls), or ``None`` for
+        layers of several images (whose stored bytes it does not bound)."""
+        pa, pb = self.pieces[a], self.pieces[b]
+        if not self.rising or len(pa) != 1 or pa.keys() != pb.keys():
+            return None
+        hit, sizes, counts = self.hit, self.sizes, self.counts
+        both = hit[max(counts[a], counts[b])]
+        return sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
 
     def merge(self, into: int, other: int) -> None:
         """Layer ``other`` joins layer ``into`` (whose figures change; ``other``'s are stale)."""

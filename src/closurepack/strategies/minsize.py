@@ -25,6 +25,7 @@ reused from ``--previous`` are never merged; the planner hands only the strategy
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import chain
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
@@ -45,36 +46,35 @@ def merge_small_layers(
     bitmask of the images holding it, when several are planned together."""
     items = closure.items
     nar = closure.memoized("nar sizes", lambda: {p: item.nar_size for p, item in items.items()})
-    sizes = [sum(map(nar.__getitem__, group)) for group in groups]
+    sizes = _group_sizes(closure, groups, nar)
     if min_size <= 0 or len(groups) < 2 or min(sizes) >= min_size:
         return list(groups)
     dag = Dag.from_closure(closure)
     n = len(dag)
     index = dag.index()
     hit = hit_table(n)
-    members = [list(map(index.__getitem__, group)) for group in groups]
     # A layer's down-set, kept per closure: the planner's refills ask again for the same
     # closure, and most layers come back the same.
     known: dict[tuple[str, ...], int] = closure.memoized("layer down-sets", dict)
     sets = []
-    for group, m in zip(groups, members, strict=True):
+    for group in groups:
         bits = known.get(group)
         if bits is None:
-            bits = known[group] = bitset(dag.reach(m), n)
+            bits = known[group] = bitset(dag.reach(map(index.__getitem__, group)), n)
         sets.append(bits)
     pieces: list[dict[int, int]] = []
-    for number, indices in enumerate(members):
+    for number, group in enumerate(groups):
         if not images:
             pieces.append({0: sizes[number]})
             continue
         piece: dict[int, int] = {}
-        for i in indices:
-            mask = images.get(dag.paths[i], 0)
-            piece[mask] = piece.get(mask, 0) + dag.sizes[i]
+        for path in group:
+            mask = images.get(path, 0)
+            piece[mask] = piece.get(mask, 0) + nar[path]
         pieces.append(piece)
     layers = MergeCosts(hit, sizes, sets, pieces)
     alive = list(range(len(groups)))  # positions, bottom first
-    merged: set[int] = set()  # positions that took in another layer
+    joined = [[g] for g in range(len(groups))]  # the strategy's groups each position holds
 
     while len(alive) > 1:
         small = min(alive, key=lambda g: (layers.sizes[g], g))
@@ -85,14 +85,25 @@ def merge_small_layers(
             key=lambda g: (layers.cost(small, g), abs(g - small), g),
         )
         low, high = sorted((small, partner))
-        members[high].extend(members[low])
+        joined[high].extend(joined[low])
         layers.merge(high, low)
         alive.remove(low)
-        merged.add(high)
-    return [
-        tuple(sorted(map(dag.paths.__getitem__, members[g]) if g in merged else groups[g]))
-        for g in alive
+    return [tuple(sorted(chain.from_iterable(map(groups.__getitem__, joined[g])))) for g in alive]
+
+
+def _group_sizes(
+    closure: Closure, groups: Sequence[tuple[str, ...]], nar: Mapping[str, int]
+) -> list[int]:
+    """The bytes of each group of a partition of ``closure``: the largest group's are the
+    closure's less the others' (often most of the items are in one group)."""
+    if len(groups) < 2 or sum(map(len, groups)) != len(closure):
+        return [sum(map(nar.__getitem__, group)) for group in groups]
+    longest = max(range(len(groups)), key=lambda g: len(groups[g]))
+    sizes = [
+        0 if g == longest else sum(map(nar.__getitem__, group)) for g, group in enumerate(groups)
     ]
+    sizes[longest] = closure.memoized("total size", lambda: sum(nar.values())) - sum(sizes)
+    return sizes
 
 
 def _partners(small: int, alive: list[int], pieces: list[dict[int, int]]) -> list[int]:

@@ -36,6 +36,8 @@ and every other item shares the last one, most popular at the bottom. This is wh
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key, singles_then_rest
 
@@ -45,13 +47,18 @@ __all__ = ["popularity", "popularity_order", "popularity_scores"]
 def popularity_scores(closure: Closure) -> dict[str, int]:
     """nixpkgs' popularity score of every item (see the module docstring)."""
     dag = Dag.from_closure(closure)
+    return dict(zip(dag.paths, _scores(dag), strict=True))
+
+
+def _scores(dag: Dag) -> list[int]:
+    """The score of every item, by index."""
     n = len(dag)
     paths_to = [0] * n
+    count = paths_to.__getitem__
     for i in range(n - 1, -1, -1):
         referrers = dag.referrers[i]
-        paths_to[i] = sum(map(paths_to.__getitem__, referrers)) if referrers else 1
-    scores = dag.closure_sums(paths_to, up=True)
-    return dict(zip(dag.paths, scores, strict=True))
+        paths_to[i] = sum(map(count, referrers)) if referrers else 1
+    return dag.closure_sums(paths_to, up=True)
 
 
 def popularity_order(closure: Closure) -> list[str]:
@@ -59,8 +66,19 @@ def popularity_order(closure: Closure) -> list[str]:
     once per closure (the planner may ask for several budgets)."""
 
     def order() -> list[str]:
-        scores = popularity_scores(closure)
-        return sorted(scores, key=lambda p: (-scores[p], nixpkgs_name_key(p)))
+        # By score, then each run of equal scores by name: only the items that tie (the
+        # roots, which all score 1, and a few others) need their name key.
+        dag = Dag.from_closure(closure)
+        scores = _scores(dag)
+        by_score = sorted(range(len(dag)), key=scores.__getitem__, reverse=True)
+        path = dag.paths.__getitem__
+        ordered: list[str] = []
+        for _, equal in groupby(by_score, key=scores.__getitem__):
+            run = list(map(path, equal))
+            if len(run) > 1:
+                run.sort(key=nixpkgs_name_key)
+            ordered.extend(run)
+        return ordered
 
     return list(closure.memoized("popularity order", order))
 

@@ -27,6 +27,7 @@ bounded number of units ``stable`` hands here; the order is ``O(layers^2 * n / 6
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 
 __all__ = ["EPSILON", "PASSES", "chain_order", "refine"]
@@ -65,7 +66,13 @@ def refine(
 
 
 class _Search:
-    """The layers being refined, with each one's bytes and down-set kept up to date."""
+    """The layers being refined, with each one's bytes and down-set kept up to date.
+
+    What a move weighs is kept between moves, as only the two layers a move changes have other
+    figures after it: for each layer and unit, the size of their joined down-sets (an OR and a
+    popcount of ``n``-bit sets, the search's main cost), and for each unit the down-set of its
+    layer without it; both are keyed by the layer's version, bumped when its units change. Each
+    layer's images are kept too (those of all its units, or :data:`_MIXED`)."""
 
     def __init__(
         self,
@@ -80,7 +87,16 @@ class _Search:
         self.bytes_of: list[int] = []
         self.down_of: list[int] = []
         self.count_of: list[int] = []  # |down_of[g]|, kept to spare a popcount per move weighed
+        self.images_of: list[object] = []  # the images of every unit of g, or _MIXED
+        self.version: list[int] = []  # bumped whenever g's units change
         self.where: dict[int, int] = {}
+        self.filled = 0  # layers that hold a unit
+        self.joined: dict[tuple[int, int], tuple[int, int]] = {}  # (g, u) -> (version, count)
+        self.without: dict[int, tuple[int, int, int, int]] = {}  # u -> (g, version, down, count)
+        self.alone = [bits.bit_count() for bits in downs]
+        # Lower bounds on a move's figure are used only if hit[] never falls (it rises with
+        # the count in exact arithmetic; this checks the floating point table too).
+        self.bounded = all(map(operator.le, hit, hit[1:]))
 
     def add(self, units: Sequence[int]) -> None:
         for u in units:
@@ -89,32 +105,64 @@ class _Search:
         self.bytes_of.append(sum(self.sizes[u] for u in units))
         self.down_of.append(_union(self.downs, units))
         self.count_of.append(self.down_of[-1].bit_count())
+        self.images_of.append(self._images(self.groups[-1]))
+        self.version.append(0)
+        self.filled += bool(units)
+
+    def _images(self, units: set[int]) -> object:
+        found = {self.images[u] for u in units}
+        return found.pop() if len(found) == 1 else _MIXED
 
     def cost(self, size: int, count: int) -> float:
         return size * self.hit[count]
+
+    def _joined_count(self, b: int, u: int) -> int:
+        """``|down_of[b] | downs[u]|``, computed once per version of layer ``b``."""
+        known = self.joined.get((b, u))
+        if known is not None and known[0] == self.version[b]:
+            return known[1]
+        count = (self.down_of[b] | self.downs[u]).bit_count()
+        self.joined[b, u] = (self.version[b], count)
+        return count
+
+    def _rest(self, a: int, u: int) -> tuple[int, int]:
+        """The down-set of layer ``a`` without unit ``u`` (which it holds), and its size."""
+        known = self.without.get(u)
+        if known is not None and known[0] == a and known[1] == self.version[a]:
+            return known[2], known[3]
+        rest_down = _union(self.downs, self.groups[a] - {u})
+        rest_count = rest_down.bit_count()
+        self.without[u] = (a, self.version[a], rest_down, rest_count)
+        return rest_down, rest_count
 
     def move(self, u: int) -> bool:
         """Move unit ``u`` where the plan costs least, if that saves more than EPSILON."""
         a, size = self.where[u], self.sizes[u]
         here = self.groups[a]
-        rest_down = _union(self.downs, here - {u})
-        rest_count = rest_down.bit_count()
+        rest_down, rest_count = self._rest(a, u)
         out = self.cost(self.bytes_of[a] - size, rest_count) - self.cost(
             self.bytes_of[a], self.count_of[a]
         )
         best, target = -EPSILON * max(size, 1), -2
+        mine, alone, bounded = self.images[u], self.alone[u], self.bounded
+        hit, bytes_of, count_of, images_of = self.hit, self.bytes_of, self.count_of, self.images_of
         for b, there in enumerate(self.groups):
-            if b == a or not there or any(self.images[v] != self.images[u] for v in there):
+            if b == a or not there or images_of[b] != mine:
                 continue
-            delta = (
-                out
-                + self.cost(self.bytes_of[b] + size, (self.down_of[b] | self.downs[u]).bit_count())
-                - self.cost(self.bytes_of[b], self.count_of[b])
-            )
+            # The figures of self.cost, written out (this loop is the search's inner one).
+            # The joined down-set has at least the larger count: a move that could not win
+            # even so is not weighed exactly (hit[] rises with the count, so in floating
+            # point too this bound is never above the exact figure).
+            held, count = bytes_of[b], count_of[b]
+            stay = held * hit[count]
+            grown = held + size
+            if bounded and out + grown * hit[max(count, alone)] - stay >= best:
+                continue
+            delta = out + grown * hit[self._joined_count(b, u)] - stay
             if delta < best:
                 best, target = delta, b
-        if len(here) > 1 and sum(1 for g in self.groups if g) < self.limit:
-            delta = out + self.cost(size, self.downs[u].bit_count())
+        if len(here) > 1 and self.filled < self.limit:
+            delta = out + self.cost(size, self.alone[u])
             if delta < best:
                 target = -1
         if target == -2:
@@ -124,15 +172,27 @@ class _Search:
             if target < 0:
                 self.add([])
                 target = len(self.groups) - 1
+        if not self.groups[target]:
+            self.filled += 1
         here.discard(u)
+        if not here:
+            self.filled -= 1
         self.bytes_of[a] -= size
         self.down_of[a], self.count_of[a] = rest_down, rest_count
+        self.images_of[a] = self._images(here)
+        self.version[a] += 1
         self.groups[target].add(u)
         self.bytes_of[target] += size
         self.down_of[target] |= self.downs[u]
         self.count_of[target] = self.down_of[target].bit_count()
+        self.images_of[target] = self._images(self.groups[target])
+        self.version[target] += 1
         self.where[u] = target
         return True
+
+
+#: The images of a layer whose units do not all belong to the same images.
+_MIXED = object()
 
 
 def _union(downs: Sequence[int], units: Iterable[int]) -> int:

@@ -20,5 +20,5 @@ __all__ = ["size"]
 
 def size(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     """Largest items first, one layer each, the rest together in the last layer."""
-    order = sorted(closure.items, key=lambda p: (-closure.items[p].nar_size, p))
-    return singles_then_rest(order, budget)
+    keys = sorted([(-item.nar_size, path) for path, item in closure.items.items()])
+    return singles_then_rest([path for _, path in keys], budget)

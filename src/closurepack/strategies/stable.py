@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
@@ -92,18 +93,52 @@ def stable(
     dag = Dag.from_closure(closure)
     n = len(dag)
     budget = max(budget, 1)
-    by_name = sorted(range(n), key=lambda i: nixpkgs_name_key(dag.paths[i]))
-    rank = [0] * n
-    for position, i in enumerate(by_name):
-        rank[i] = position
-    images = _images(dag)
+    # Kept per closure: the planner asks again with larger budgets (its refills), and what
+    # follows depends on the budget only through the cluster count.
+    rank, images = closure.memoized("stable ranks", lambda: (_name_ranks(dag), _images(dag)))
     if n <= max(budget, exact_limit):
-        clusters = [[i] for i in range(n)]
+        target = n
     else:
         target = max(budget, min(exact_limit, COARSE_LIMIT, 3 * budget))
-        clusters = _coarsen(dag, rank, images, target)
-    layers = _merge_exactly(dag, rank, images, clusters, budget)
-    return [tuple(sorted(dag.paths[i] for i in members)) for members in layers]
+    clusters, sets = closure.memoized(
+        f"stable clusters {target}", lambda: _clusters(dag, rank, images, target)
+    )
+    log = closure.memoized(f"stable merges {target}", _MergeLog)
+    layers = _merge_exactly(dag, rank, images, clusters, sets=sets, budget=budget, log=log)
+    path = dag.paths.__getitem__
+    return [tuple(sorted(map(path, members))) for members in layers]
+
+
+def _name_ranks(dag: Dag) -> list[int]:
+    """Each item's place in :func:`nixpkgs_name_key` order (every tie-break by name)."""
+    keys = list(map(nixpkgs_name_key, dag.paths))
+    by_name = sorted(range(len(dag)), key=keys.__getitem__)
+    rank = [0] * len(dag)
+    for position, i in enumerate(by_name):
+        rank[i] = position
+    return rank
+
+
+def _clusters(
+    dag: Dag, rank: list[int], images: list[int], target: int
+) -> tuple[list[list[int]], list[int]]:
+    """At most ``target`` clusters (every item alone when that is the item count, else step 1
+    of the module docstring), and each one's down-set as a bitset."""
+    if target >= len(dag):
+        return [[i] for i in range(len(dag))], _down_sets(dag)
+    clusters = _coarsen(dag, rank, images, target)
+    return clusters, [bitset(dag.reach(members), len(dag)) for members in clusters]
+
+
+def _down_sets(dag: Dag) -> list[int]:
+    """Every item's down-set as a bitset (for small closures: ``n`` sets of ``n`` bits)."""
+    sets: list[int] = []
+    for i, refs in enumerate(dag.refs):
+        bits = 1 << i
+        for r in refs:
+            bits |= sets[r]
+        sets.append(bits)
+    return sets
 
 
 def _images(dag: Dag) -> list[int]:
@@ -139,27 +174,28 @@ def _coarsen(dag: Dag, rank: list[int], images: list[int], limit: int) -> list[l
     # Each item joins the cluster of its referrer (of the same images) with the smallest
     # down-set, wherever that referrer's cluster has gone: a cluster of the same images, so a
     # layer of items of different images (stored once per distinct part) is not made here.
-    via = [
-        min(
-            (r for r in dag.referrers[i] if images[r] == images[i]),
-            key=lambda r: (down[r], rank[r]),
-            default=-1,
-        )
-        for i in range(n)
-    ]
+    order_key = [d * n + r for d, r in zip(down, rank, strict=True)]  # (down, rank) in one int
+    nearest = order_key.__getitem__
+    if not any(images):  # one image: every referrer is of the same images
+        via = [min(rs, key=nearest) if rs else -1 for rs in dag.referrers]
+    else:
+        via = [
+            min((r for r in rs if images[r] == images[i]), key=nearest, default=-1)
+            for i, rs in enumerate(dag.referrers)
+        ]
 
-    def absorb_cost(top: int) -> tuple[int, int, int]:
-        target = find(via[top])
-        return weight[top] * (down[target] - down[top]), rank[top], target
-
-    heap = [(*absorb_cost(i), i) for i in range(n) if via[i] >= 0]
+    # (cost of absorbing top's cluster into target's, rank[top], target, top); parents are
+    # all still themselves here, so every target is its own cluster.
+    heap = [(weight[i] * (down[t] - down[i]), rank[i], t, i) for i, t in enumerate(via) if t >= 0]
     heapq.heapify(heap)
     count = n
+    pop, push = heapq.heappop, heapq.heappush
     while heap and count > limit:
-        cost, _, _, top = heapq.heappop(heap)
-        fresh, order, target = absorb_cost(top)
+        cost, order, _, top = pop(heap)
+        target = find(via[top])
+        fresh = weight[top] * (down[target] - down[top])
         if fresh > cost or (heap and (fresh, order, target, top) > heap[0]):
-            heapq.heappush(heap, (fresh, order, target, top))
+            push(heap, (fresh, order, target, top))
             continue
         parent[top] = target
         weight[target] += weight[top]
@@ -168,16 +204,16 @@ def _coarsen(dag: Dag, rank: list[int], images: list[int], limit: int) -> list[l
     if count > limit:
         # Only root-topped clusters are left to merge: the least valuable join the cluster of
         # their top's largest reference (isolated items, with no reference, join each other).
-        tops = sorted(
-            (c for c in range(n) if parent[c] == c), key=lambda c: (weight[c] * down[c], rank[c])
-        )
+        # By (weight * down, rank): ranks differ, so the tops themselves are never compared.
+        tops = sorted([(weight[c] * down[c], rank[c], c) for c in range(n) if parent[c] == c])
+        largest = [d * n + (n - 1 - r) for d, r in zip(down, rank, strict=True)]  # (down, -rank)
         alone: int | None = None
-        for top in tops:
+        for _, _, top in tops:
             if count <= limit:
                 break
             outside = _nearest_outside(dag, top, find)
             if outside:
-                target = find(max(outside, key=lambda r: (down[r], -rank[r])))
+                target = find(max(outside, key=largest.__getitem__))
             elif alone is None:
                 alone = top
                 continue
@@ -213,44 +249,77 @@ def _nearest_outside(dag: Dag, top: int, find: Callable[[int], int]) -> list[int
 
 
 def _merge_exactly(
-    dag: Dag, rank: list[int], images: list[int], clusters: list[list[int]], budget: int
+    dag: Dag,
+    rank: list[int],
+    images: list[int],
+    clusters: list[list[int]],
+    *,
+    sets: list[int],
+    budget: int,
+    log: _MergeLog,
 ) -> list[list[int]]:
-    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered."""
+    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered.
+
+    The greedy's merges are the same whatever the budget, which only says when they stop: a
+    ``log`` of a run down to a budget no larger than this one is replayed instead."""
     n = len(dag)
+    sizes = [sum(map(dag.sizes.__getitem__, members)) for members in clusters]
     pieces: list[dict[int, int]] = []
-    for members in clusters:
+    one_image = not any(images)  # every item's mask is 0
+    for members, size in zip(clusters, sizes, strict=True):
+        if one_image:
+            pieces.append({0: size})
+            continue
         piece: dict[int, int] = {}
         for i in members:
             piece[images[i]] = piece.get(images[i], 0) + dag.sizes[i]
         pieces.append(piece)
-    sets = [bitset(dag.reach(members), len(dag)) for members in clusters]
-    sizes = [sum(dag.sizes[i] for i in members) for members in clusters]
     groups: list[list[int] | None] = [[c] for c in range(len(clusters))]  # cluster ids
     unit_sizes, unit_sets = list(sizes), list(sets)
     unit_images = [tuple(sorted(piece)) for piece in pieces]
     alive = len(clusters)
     version = [0] * len(clusters)
-    first = [min(rank[i] for i in members) for members in clusters]  # tie-breaks by name
+    first = [min(map(rank.__getitem__, members)) for members in clusters]  # ties by name
 
     hit = hit_table(n)  # chance that one of CHANGES changes lies in d items
     merging = MergeCosts(hit, sizes, sets, pieces)
 
-    def entry(a: int, b: int) -> tuple[float, int, int, int, int, int, int]:
+    def entry(a: int, b: int) -> _Entry:
+        """The heap entry of merging ``a`` and ``b``: its cost, or a lower bound on it (last
+        field False) that is made exact when it comes to the top. The merge order is the one
+        of exact costs alone: an entry pops only when every other pair's bound, and so its
+        cost, is no lower."""
         low, high = (a, b) if first[a] < first[b] else (b, a)
-        return (merging.cost(a, b), first[low], first[high], low, high, version[low], version[high])
+        floor = merging.floor(a, b)
+        exact = floor is None
+        value = merging.cost(a, b) if floor is None else floor
+        return (value, first[low], first[high], low, high, version[low], version[high], exact)
 
-    heap: list[tuple[float, int, int, int, int, int, int]] = []
+    if log.budget is not None and log.budget <= budget:
+        for a, b in log.merges[: max(0, alive - budget)]:
+            kept, gone = groups[a], groups[b]
+            if kept is not None and gone is not None:  # always, as when they were logged
+                kept.extend(gone)
+                groups[b] = None
+        alive = budget  # not used again: the greedy below does not run
+    merges: list[tuple[int, int]] = []
+    heap: list[_Entry] = []
     if alive > budget:
         heap = [entry(a, b) for a in range(len(clusters)) for b in range(a + 1, len(clusters))]
         heapq.heapify(heap)
     while alive > budget and heap:
-        _, _, _, a, b, va, vb = heapq.heappop(heap)
+        _, first_a, first_b, a, b, va, vb, exact = heapq.heappop(heap)
         ga, gb = groups[a], groups[b]
         if ga is None or gb is None or version[a] != va or version[b] != vb:
+            continue
+        if not exact:
+            cost = merging.cost(a, b)
+            heapq.heappush(heap, (cost, first_a, first_b, a, b, va, vb, True))
             continue
         # Merge b into a (a has the first name): a's figures change, b is gone.
         ga.extend(gb)
         groups[b] = None
+        merges.append((a, b))
         merging.merge(a, b)
         version[a] += 1
         alive -= 1
@@ -259,6 +328,8 @@ def _merge_exactly(
                 if group is not None and other != a:
                     heapq.heappush(heap, entry(a, other))
 
+    if log.budget is None or log.budget > budget:
+        log.budget, log.merges = budget, merges
     # Layers and units in name order, so that renames leave the search (and its ties) as it was.
     named = sorted(
         (sorted(group, key=lambda c: first[c]) for group in groups if group is not None),
@@ -280,6 +351,19 @@ def _merge_exactly(
         sorted(i for c in layers[g] for i in clusters[c])
         for g in chain_order(downs, weights, hit, keys)
     ]
+
+
+@dataclass
+class _MergeLog:
+    """The greedy's merges (kept, merged) for a closure's clusters, down to ``budget``."""
+
+    budget: int | None = None
+    merges: list[tuple[int, int]] = field(default_factory=list)
+
+
+#: A pair in the greedy's heap: cost (or a bound on it), both first names, both clusters, their
+#: versions, whether the cost is exact.
+_Entry = tuple[float, int, int, int, int, int, int, bool]
 
 
 def _union(sets: list[int], units: list[int]) -> int:
