@@ -38,6 +38,8 @@ RANKS: dict[str, int] = {
     "chunkedcheck": 5,
     "compression": 5,
     "decompression": 5,
+    "tarheader": 5,
+    "tarentries": 5,
     "tarstream": 5,
     "layer": 5,
     "layerbuild": 5,
