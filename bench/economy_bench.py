@@ -56,7 +56,7 @@ summed likewise, so large updates weigh by their bytes (the issue's anchors are 
     issue's fleet anchors are this figure).
 ``floor``
     A lower bound on ``fleet`` for any plan that gives each base image at most ``N - 1``
-    store layers, whatever the strategy (:func:`closurepack.fleet.fleet_floor`: an item can
+    store layers, whatever the strategy (:func:`closurepack.fleetfloor.fleet_floor`: an item can
     only be in a layer shared by images that all hold it, so an image holding more regions,
     sets of items held by the same images, than its budget stores some of them twice).
 """
@@ -77,7 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closurepack.errors import PlanError
-from closurepack.fleet import fleet_floor
+from closurepack.fleetfloor import fleet_floor
 from closurepack.graph import Closure, StoreItem
 from closurepack.options import parse_size
 from closurepack.plan import ImagePlan, LayerPlan
@@ -244,7 +244,7 @@ def fleet_alone_tally(
 
 def floor_tally(closures: Sequence[Closure], max_layers: int) -> Tally:
     """The least ``fleet`` tally any plan of ``closures`` at ``max_layers`` can have (a lower
-    bound: :func:`closurepack.fleet.fleet_floor` with the store layers of ``max_layers``)."""
+    bound: :func:`closurepack.fleetfloor.fleet_floor` with the store layers of ``max_layers``)."""
     floor = fleet_floor(closures, store_budget(max_layers))
     return Tally(floor.total + floor.duplicated, floor.total)
 

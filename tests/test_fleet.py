@@ -8,7 +8,8 @@ from collections.abc import Iterator, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closurepack.fleet import fleet_floor, image_masks
+from closurepack.fleetfloor import fleet_floor
+from closurepack.fleetregions import image_masks
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import LayerPlan
 from closurepack.planner import plan_closures, store_budget

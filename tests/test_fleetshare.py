@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closurepack.fleet import image_masks
+from closurepack.fleetregions import image_masks
 from closurepack.fleetshare import plan_across
 from closurepack.graph import Closure, StoreItem
 from closurepack.planner import plan_closures, store_budget

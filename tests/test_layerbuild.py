@@ -19,7 +19,8 @@ from closurepack.decompression import open_decompressed
 from closurepack.errors import OptionError, StoreError
 from closurepack.layerbuild import build_store_layer, build_tree_layer, layer_key
 from closurepack.mediatypes import MediaType
-from closurepack.tarstream import TreeEntry, write_store_tar
+from closurepack.tarentries import TreeEntry
+from closurepack.tarstream import write_store_tar
 
 APP = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-app-1.0"
 LIB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-lib-2.0"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from clistore import run
 from closurepack import planner
-from closurepack.fleet import image_masks
+from closurepack.fleetregions import image_masks
 from closurepack.graph import Closure, StoreItem
 from closurepack.planner import DEFAULT_MIN_LAYER_SIZE, min_size_for, plan_closures
 from closurepack.strategies import get_strategy

@@ -19,7 +19,8 @@ from clistore import APP, GLIBC, LIBFOO, ZLIB, OciImage, Store, read_oci, run
 from closurepack import build
 from closurepack.errors import OptionError
 from closurepack.perms import PermRule, Perms, parse_perm, parse_store_owner
-from closurepack.tarstream import TreeEntry, write_store_tar, write_tree_tar
+from closurepack.tarentries import TreeEntry
+from closurepack.tarstream import write_store_tar, write_tree_tar
 
 
 def _build(argv: list[object], capsys: pytest.CaptureFixture[str], status: int = 0) -> str:

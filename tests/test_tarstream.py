@@ -12,13 +12,9 @@ from pathlib import Path
 import pytest
 
 from closurepack.errors import ClosureError, OptionError, StoreError
-from closurepack.tarstream import (
-    TreeEntry,
-    scan_host_tree,
-    tar_header,
-    write_store_tar,
-    write_tree_tar,
-)
+from closurepack.tarentries import TreeEntry, scan_host_tree
+from closurepack.tarheader import tar_header
+from closurepack.tarstream import write_store_tar, write_tree_tar
 
 STORE = "/nix/store"
 APP = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-app-1.0"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from closurepack.errors import OptionError
-from closurepack.tarstream import MAX_ID, TreeEntry
+from closurepack.perms import MAX_ID
+from closurepack.tarentries import TreeEntry
 
 __all__ = [
     "FIRST_UID",

@@ -28,7 +28,7 @@ from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer, layer_key
 from closurepack.perms import Perms
 from closurepack.plan import ImagePlan, PlannedLayer
-from closurepack.tarstream import MAX_MTIME
+from closurepack.tarheader import MAX_MTIME
 
 __all__ = [
     "BuildOptions",

@@ -19,7 +19,8 @@ from closurepack.graph import STORE_DIRS
 from closurepack.layer import BuiltLayer
 from closurepack.layerbuild import build_tree_layer
 from closurepack.perms import Perms
-from closurepack.tarstream import TreeEntry, scan_host_tree, write_tree_tar
+from closurepack.tarentries import TreeEntry, scan_host_tree
+from closurepack.tarstream import write_tree_tar
 
 __all__ = [
     "Customisation",

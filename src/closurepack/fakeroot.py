@@ -29,7 +29,7 @@ from closurepack.customisation import (
 )
 from closurepack.errors import OptionError, StoreError, ToolError
 from closurepack.graph import STORE_DIRS
-from closurepack.tarstream import TreeEntry
+from closurepack.tarentries import TreeEntry
 
 __all__ = ["LIMIT", "run_fakeroot_script"]
 

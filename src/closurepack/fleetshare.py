@@ -49,6 +49,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from closurepack.fleetregions import mask_bits
 from closurepack.fleetrepair import ImageRepair, union_of
 from closurepack.strategies._dag import Dag
 from closurepack.strategies.economy import bitset, stored_bytes
@@ -67,15 +68,6 @@ REPAIR_STEPS = 1
 REPAIR_WITHIN = 0.05
 #: Fleets of more atoms than this are left to :mod:`closurepack.fleet` alone.
 MAX_UNITS = 1500
-
-
-def _bits(mask: int) -> list[int]:
-    found = []
-    while mask:
-        low = mask & -mask
-        found.append(low.bit_length() - 1)
-        mask ^= low
-    return found
 
 
 class _Union:
@@ -122,7 +114,7 @@ class _Union:
         self.where[i] = g
         pieces, parts = self.pieces[g], self.parts[g]
         pieces[mask] = pieces.get(mask, 0) + size
-        for k in _bits(mask):
+        for k in mask_bits(mask):
             part_size, down, held = parts.get(k, (0, 0, 0))
             if not held:
                 self.count[k] += 1
@@ -139,7 +131,7 @@ class _Union:
         pieces[mask] -= size
         if not any(self.masks[v] == mask for v in group):
             del pieces[mask]
-        for k in _bits(mask):
+        for k in mask_bits(mask):
             part_size, _, held = parts[k]
             if held == 1:
                 del parts[k]
@@ -160,7 +152,7 @@ class _Union:
         total = float(_stored_together(self.pieces[a], self.pieces[b]))
         total -= self.stored[a] + self.stored[b]
         first, second = self.parts[a], self.parts[b]
-        for k in _bits(self.held[a] & self.held[b]):
+        for k in mask_bits(self.held[a] & self.held[b]):
             sa, da, _ = first[k]
             sb, db, _ = second[k]
             added = (sa + sb) * (da | db).bit_count() - sa * da.bit_count() - sb * db.bit_count()
@@ -178,7 +170,7 @@ class _Union:
         """Step 3 for item ``i``: move it where the objective is least, if that lowers it."""
         dag, masks, weights = self.dag, self.masks, self.weights
         a, size, mask, mine = self.where[i], dag.sizes[i], masks[i], self.downs[i]
-        bits = _bits(mask)
+        bits = mask_bits(mask)
         group = self.groups[a]
         pieces = dict(self.pieces[a])
         pieces[mask] -= size
@@ -244,7 +236,7 @@ class _Union:
         """Each image's layers: every layer restricted to its items."""
         planned: list[list[set[int]]] = [[] for _ in self.count]
         for group, held in zip(self.groups, self.held, strict=True):
-            for k in _bits(held):
+            for k in mask_bits(held):
                 planned[k].append({i for i in group if self.masks[i] >> k & 1})
         return planned
 

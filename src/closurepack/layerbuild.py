@@ -30,7 +30,8 @@ from closurepack.errors import OptionError, StoreError
 from closurepack.layer import BuiltLayer
 from closurepack.mediatypes import layer_media_type
 from closurepack.perms import Perms
-from closurepack.tarstream import TAR_FORMAT_VERSION, TreeEntry, write_store_tar, write_tree_tar
+from closurepack.tarentries import TreeEntry
+from closurepack.tarstream import TAR_FORMAT_VERSION, write_store_tar, write_tree_tar
 
 __all__ = ["build_store_layer", "build_tree_layer", "layer_key"]
 

@@ -35,7 +35,7 @@ from closurepack.errors import ClosureError, OptionError, StoreError
 from closurepack.graph import Closure, split_store_path
 from closurepack.sources.files import store_file
 from closurepack.sources.narhash import NarDigests, format_nar_hash, parse_nar_hash
-from closurepack.tarstream import TreeEntry
+from closurepack.tarentries import TreeEntry
 
 __all__ = [
     "GUIX_DB",
