@@ -9,9 +9,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from closurepack.artifacts import Attachment
 from closurepack.build import (
     BuildOptions,
     ProgressCallback,
@@ -28,7 +27,6 @@ from closurepack.errors import (
     CacheError,
     OptionError,
 )
-from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import Closure, check_readable_store
 from closurepack.image import (
     BaseImage,
@@ -37,7 +35,6 @@ from closurepack.image import (
     assemble_image,
     layer_paths_from_config,
 )
-from closurepack.imageindex import ImageIndex
 from closurepack.jobsetup import (
     Delivery,
     ImageOptions,
@@ -52,28 +49,14 @@ from closurepack.jobsetup import (
     write_or_push,
 )
 from closurepack.layer import BuiltLayer, RemoteLayer
-from closurepack.multiarch import (
-    check_platform_build,
-    load_platform_closures,
-    parse_platform_closure,
-    warn_foreign_base,
-    without_bases,
-)
 from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan
-from closurepack.platforms import Platform
-from closurepack.previous import read_previous
 from closurepack.registry import (
     RegistryOptions,
     is_registry_reference,
     parse_reference,
 )
 from closurepack.registry.record import RECORD_NAME
-from closurepack.sbomjob import SbomJob
-from closurepack.sources.narhash import NarDigests
-from closurepack.sources.query import query_closure
-from closurepack.storedb import STORE_DBS, image_closure, store_db_entries
-from closurepack.tarstream import TreeEntry
 from closurepack.workflow import (
     DEFAULT_MAX_LAYERS,
     image_names,
@@ -83,6 +66,13 @@ from closurepack.workflow import (
     select_image,
     source_name,
 )
+
+if TYPE_CHECKING:  # (imported where used: a plain build needs none of them)
+    from closurepack.artifacts import Attachment
+    from closurepack.platforms import Platform
+    from closurepack.sbomjob import SbomJob
+    from closurepack.sources.narhash import NarDigests
+    from closurepack.tarstream import TreeEntry
 
 __all__ = [
     "base_paths",
@@ -121,8 +111,13 @@ def build_image(
     cache_dir, cache_max_size, cache_verify = how.cache_dir, how.cache_max_size, how.cache_verify
     cache_from, cache_to = how.cache_from, how.cache_to
     started = time.time()  # temp files older than this, and unlocked, are debris to sweep
-    targets = [parse_platform_closure(text) for text in platforms]
-    if targets:
+    if platforms:  # (multiarch: only for --platform)
+        from closurepack.multiarch import (  # noqa: PLC0415 - only for --platform
+            check_platform_build,
+            parse_platform_closure,
+        )
+
+        targets = [parse_platform_closure(text) for text in platforms]
         check_platform_build(
             targets,
             dest=dest,
@@ -132,6 +127,8 @@ def build_image(
             image_selector=image_selector,
             arch=image.arch,
         )
+    else:
+        targets = []
     cache_limit = parse_size(cache_max_size)
     registry = registry or RegistryOptions()
     wanted_platforms: list[Platform | None] = [t.platform for t in targets] or [None]
@@ -148,6 +145,8 @@ def build_image(
     ]
     for target, (_, _, base) in zip(targets, prepared, strict=False):
         if base is not None and image.from_image is not None:
+            from closurepack.multiarch import warn_foreign_base  # noqa: PLC0415 - --platform
+
             warn_foreign_base(target.platform, base.config, image.from_image)
     if is_registry_reference(dest):  # made while the build plans (the push needs it later)
         from closurepack.registry.client import prepare_ssl_context  # noqa: PLC0415 - HTTP stack
@@ -188,6 +187,8 @@ def build_image(
                 f"--max-layers {limit} leaves no room above the {base_count} layers of {from_image}"
             )
         if targets:
+            from closurepack.multiarch import load_platform_closures  # noqa: PLC0415 - --platform
+
             closures = load_platform_closures(targets, store_root=store_root)
         else:
             closures = load_closures(
@@ -202,6 +203,8 @@ def build_image(
         # Store items the --from image already holds (as it records them) are not added
         # again on top of it.
         if any(bases):
+            from closurepack.multiarch import without_bases  # noqa: PLC0415 - only with --from
+
             provided = [base_paths(base) if base else set() for base in bases]
             closures = without_bases(closures, provided)
         if targets:
@@ -210,6 +213,8 @@ def build_image(
             names = image_names(
                 store_paths=store_paths, closure_files=closure_files, store_root=store_root
             )
+        if previous:
+            from closurepack.previous import read_previous  # noqa: PLC0415 - reads images
         found = [
             read_previous(
                 p,
@@ -237,18 +242,26 @@ def build_image(
         image_plans = list(plan.images)
     else:
         image_plans = [select_image(plan, image_selector, source=source)]
-    digests = NarDigests(store_root)  # an item's files hashed once for SBOM and store database
+    digests: NarDigests | None = None  # an item's files hashed once for SBOM and store database
+    if sbom.enabled or store_db is not None:
+        from closurepack.sources.narhash import NarDigests  # noqa: PLC0415 - --sbom, --nix-db
+
+        digests = NarDigests(store_root)
     sbom_jobs = []  # one per image (per platform): each describes its own closure
     if sbom.enabled:
+        from closurepack.sbomjob import SbomJob  # noqa: PLC0415 - only for --sbom
+
         for image_plan in image_plans:
             number = _image_number(plan.images, image_plan)
             name = image_plan.name
+            assert digests is not None  # (made above for --sbom)
             sbom_jobs.append(SbomJob(sbom, whole[number], name=name, dest=dest, digests=digests))
     jobs_of: list[tuple[ImagePlan, ImageConfig, Customisation, BaseImage | None]] = []
     for image_plan, (config, wanted, base) in zip(image_plans, prepared, strict=True):
         customisation = dataclasses.replace(wanted, store_dir=plan.store_dir)
         if store_db is not None:
             number = _image_number(plan.images, image_plan)
+            assert digests is not None  # (made above for --nix-db, --guix-db)
             entries = _store_db_entries(
                 store_db,
                 closures=[whole[number]] if targets else whole,
@@ -260,7 +273,10 @@ def build_image(
             )
             customisation = dataclasses.replace(customisation, store_db=entries)
         customisation_entries(customisation)  # nothing over the store in use
-        customisation = run_fakeroot_script(customisation)
+        if customisation.fakeroot_script is not None:
+            from closurepack.fakeroot import run_fakeroot_script  # noqa: PLC0415 - subprocess
+
+            customisation = run_fakeroot_script(customisation)
         customisation = fit_customisation(
             drop_repeated_customisation(customisation, base=base, mtime=mtime),
             base=len(base.layers) if base else 0,
@@ -323,6 +339,8 @@ def build_image(
             images.append(assemble_image(layers, config=config, base=base))
             published.extend(keyed)
         warn_if_no_command(images[0], dest)
+        if targets:
+            from closurepack.imageindex import ImageIndex  # noqa: PLC0415 - only for --platform
         result = write_or_push(
             ImageIndex.of(
                 [(t.platform, i) for t, i in zip(targets, images, strict=True)],
@@ -365,6 +383,9 @@ def _store_db_entries(
     with the graph and hashes of ``closures``, or for a plan file (no closures) asked of the
     store that holds them (scanned under ``digests.store_root``); NAR hashes the closures
     lack from ``digests``, shared with the SBOM."""
+    from closurepack.sources.query import query_closure  # noqa: PLC0415 - only for --nix-db
+    from closurepack.storedb import STORE_DBS, image_closure, store_db_entries  # noqa: PLC0415
+
     paths = set(image.paths)
     if closures:
         whole = closures[0] if len(closures) == 1 else Closure.union(closures, source=source)

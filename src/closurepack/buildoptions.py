@@ -12,7 +12,6 @@ from typing import Literal
 from closurepack.errors import OptionError
 from closurepack.plan import check_max_layers
 from closurepack.sbom import SbomOptions
-from closurepack.storedb import STORE_DBS
 
 __all__ = [
     "BuildInput",
@@ -59,10 +58,13 @@ class BuildInput:
         _freeze(self, "store_paths", "closure_files", "platforms", "previous")
         if self.max_layers is not None:
             check_max_layers(self.max_layers)
-        if self.store_db is not None and self.store_db not in STORE_DBS:
-            raise OptionError(
-                f"store database {self.store_db!r}: expected one of {sorted(STORE_DBS)}"
-            )
+        if self.store_db is not None:
+            from closurepack.storedb import STORE_DBS  # noqa: PLC0415 - sqlite3: for --nix-db only
+
+            if self.store_db not in STORE_DBS:
+                raise OptionError(
+                    f"store database {self.store_db!r}: expected one of {sorted(STORE_DBS)}"
+                )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -33,18 +33,15 @@ import functools
 import hashlib
 import os
 import platform
+import sys
 import threading
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-import isal
-import isal.igzip
-import isal.igzip_threaded
-import isal.isal_zlib
-import zstandard
-
-from closurepack.chunked import ChunkedCompressor, chunked_identity
 from closurepack.digest import Writable
 from closurepack.errors import OptionError
+
+if TYPE_CHECKING:  # (the codecs are imported where used: an uncompressed build loads neither)
+    import zstandard
 
 __all__ = [
     "CHUNKED",
@@ -114,16 +111,24 @@ def codec_identity(compression: str, level: int | None) -> str:
     """A string naming everything about the codec that can change the compressed bytes."""
     lvl = resolve_level(compression, level)
     if compression == "gzip":
+        import isal  # noqa: PLC0415 - ISA-L: only for gzip
+
         return (
             f"gzip/isal-{isal.__version__}/libisal-{isal.ISAL_VERSION}/level-{lvl}"
             f"/blocks-{_GZIP_BLOCK}/{platform.machine() or 'unknown'}/probe-{_isal_probe(lvl)}"
         )
     if compression == "zstd":
+        import zstandard  # noqa: PLC0415 - only for zstd
+
         return (
             f"zstd/python-zstandard-{zstandard.__version__}/libzstd-{zstandard.ZSTD_VERSION}"
             f"/level-{lvl}/mt/checksum"
         )
     if compression == CHUNKED:
+        import zstandard  # noqa: PLC0415 - only for zstd
+
+        from closurepack.chunked import chunked_identity  # noqa: PLC0415 - zstd:chunked only
+
         return (
             f"zstd-chunked/python-zstandard-{zstandard.__version__}"
             f"/libzstd-{zstandard.ZSTD_VERSION}/level-{lvl}/st/checksum/{chunked_identity()}"
@@ -145,6 +150,8 @@ def _isal_probe(isal_level: int) -> str:
     probe = b"".join(
         text[i * run : (i + 1) * run] + noise[i * 1024 : (i + 1) * 1024] for i in range(32)
     )
+    import isal.isal_zlib  # noqa: PLC0415 - ISA-L: only for gzip
+
     deflate = isal.isal_zlib.compressobj(isal_level, isal.isal_zlib.DEFLATED, -15)
     made = deflate.compress(probe) + deflate.flush()
     return hashlib.sha256(made).hexdigest()[:12]
@@ -178,6 +185,8 @@ class _SinkFile:
 
 class _Gzip:
     def __init__(self, sink: Writable, level: int, threads: int) -> None:
+        import isal.igzip_threaded  # noqa: PLC0415 - ISA-L: only for gzip
+
         # igzip_threaded closes the file object it is given; _SinkFile keeps the sink open.
         self._file: IO[bytes] = isal.igzip_threaded.open(  # type: ignore[no-untyped-call]
             _SinkFile(sink),
@@ -234,6 +243,8 @@ def _zstd_context(level: int, threads: int) -> zstandard.ZstdCompressor:
             if kind == (level, threads):
                 del _idle_zstd[i]
                 return cctx
+    import zstandard  # noqa: PLC0415 - only for zstd
+
     return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
 
 
@@ -282,10 +293,15 @@ def open_compressor(
     if compression == "zstd":
         return _Zstd(sink, lvl, _thread_count(threads))
     if compression == CHUNKED:
+        from closurepack.chunked import ChunkedCompressor  # noqa: PLC0415 - zstd:chunked only
+
         return ChunkedCompressor(sink, lvl, _thread_count(threads))
     return _SinkFile(sink)
 
 
 def layer_annotations(compressor: Compressor) -> dict[str, str]:
     """The annotations a closed compressor's layer descriptor carries (zstd:chunked's TOC)."""
-    return dict(compressor.annotations) if isinstance(compressor, ChunkedCompressor) else {}
+    chunked = sys.modules.get("closurepack.chunked")  # (made one: it is imported)
+    if chunked is not None and isinstance(compressor, chunked.ChunkedCompressor):
+        return dict(compressor.annotations)
+    return {}

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from closurepack.artifacts import Attachment
-from closurepack.basefiles import with_base_accounts
 from closurepack.blobstamp import BlobStamps
 from closurepack.build import (
     check_mtime,
@@ -39,7 +38,6 @@ from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.perms import Perms
 from closurepack.platforms import Platform
 from closurepack.pushrecord import warn_no_command
-from closurepack.readback import read_base_image
 from closurepack.registry import (
     RegistryOptions,
     is_registry_reference,
@@ -265,12 +263,12 @@ def prepare_image(
     customisation_entries(
         dataclasses.replace(customisation, user=None) if image.from_image else customisation
     )
-    base = (
-        read_base_image(image.from_image, registry=registry, platform=platform)
-        if image.from_image
-        else None
-    )
-    if base is not None:
+    base = None
+    if image.from_image:
+        from closurepack.basefiles import with_base_accounts  # noqa: PLC0415 - --from only
+        from closurepack.readback import read_base_image  # noqa: PLC0415 - --from only
+
+        base = read_base_image(image.from_image, registry=registry, platform=platform)
         customisation = with_base_accounts(customisation, base.layers, where=str(image.from_image))
         customisation_entries(customisation)  # an --extra /etc/passwd --user now needs fails here
     return config, customisation, base

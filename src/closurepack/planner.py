@@ -45,7 +45,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from closurepack.errors import PlanError
-from closurepack.fleet import image_masks, plan_jointly
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
 from closurepack.strategies import DEFAULT_STRATEGY, Strategy, check_groups, get_strategy
@@ -128,7 +127,11 @@ def plan_closures(
     if remaining:
         rest = union if not covered else union.restrict(remaining)
         room = budget - len(reused)
-        masks = image_masks(closures) if len(closures) > 1 else None
+        masks = None
+        if len(closures) > 1:
+            from closurepack.fleet import image_masks  # noqa: PLC0415 - several closures only
+
+            masks = image_masks(closures)
         minimum = min_size_for(sum(sizes.values()), budget, items=len(union))
         if min_layer_size is not None:
             minimum = min_layer_size
@@ -186,6 +189,8 @@ def _plan_fleet(
     ]
     origins = {layer.paths: layer.origin for image in alone for layer in image.layers}
     minimum = min_size_for(sum(sizes.values()), store_budget(max_layers), items=len(union))
+    from closurepack.fleet import plan_jointly  # noqa: PLC0415 - several closures only
+
     joint = plan_jointly(
         closures,
         union,

@@ -21,18 +21,19 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from closurepack import __version__
 from closurepack._fs import atomic_write
-from closurepack.artifacts import Attachment
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, OptionError, StoreError
 from closurepack.graph import Closure, StoreItem
 from closurepack.image import rfc3339
-from closurepack.sources.narhash import NarDigests, parse_nar_hash
-from closurepack.storenames import split_name
+
+if TYPE_CHECKING:  # (imported where used: --sbom's options are read by every build)
+    from closurepack.artifacts import Attachment
+    from closurepack.sources.narhash import NarDigests
 
 __all__ = [
     "FORMATS",
@@ -98,6 +99,8 @@ class SbomSubject:
 def item_hashes(closure: Closure, digests: NarDigests) -> dict[str, str]:
     """Store path -> NAR sha256 (hex) of every item: the closure source's ``narHash`` where
     it has one, else computed from the item's files by ``digests`` (once per build)."""
+    from closurepack.sources.narhash import parse_nar_hash  # noqa: PLC0415 - only for --sbom
+
     out = {}
     for path, item in closure.items.items():
         if item.nar_hash is not None:
@@ -113,6 +116,8 @@ def item_hashes(closure: Closure, digests: NarDigests) -> dict[str, str]:
 
 
 def _name_version(item: StoreItem) -> tuple[str, str]:
+    from closurepack.storenames import split_name  # noqa: PLC0415 - only for --sbom
+
     name, version = split_name(item.path)
     return (name or item.package_name or item.name), version
 
@@ -285,6 +290,8 @@ def sbom_attachments(
 ) -> list[Attachment]:
     """The SBOM of ``image`` in each of ``formats``, ready to attach or write (``hashes``:
     path -> NAR hex of every item, from :func:`item_hashes`)."""
+    from closurepack.artifacts import Attachment  # noqa: PLC0415 - only for --sbom
+
     return [
         Attachment(
             artifact_type=MEDIA_TYPES[name],

@@ -15,14 +15,11 @@ from closurepack.graph import Closure
 from closurepack.options import parse_size
 from closurepack.plan import ImagePlan, LayerPlan, check_max_layers
 from closurepack.planner import plan_closures
-from closurepack.previous import load_previous
 from closurepack.readall import read_all
 from closurepack.registry import (
     RegistryOptions,
 )
-from closurepack.sources import load_closure_file, query_closure
-from closurepack.sources.files import parse_closure
-from closurepack.sources.query import store_item_path
+from closurepack.sources.files import load_closure_file, parse_closure
 from closurepack.strategies import DEFAULT_STRATEGY
 
 __all__ = [
@@ -58,7 +55,11 @@ def load_closures(
     """
     if list(closure_files).count(STDIN) > 1:
         raise OptionError("--closure -: standard input can be read only once")
-    items = [store_item_path(p, store_root=store_root) for p in store_paths]
+    items = []
+    if store_paths:  # (the store's tools and scanner: not for graph files)
+        from closurepack.sources.query import query_closure, store_item_path  # noqa: PLC0415
+
+        items = [store_item_path(p, store_root=store_root) for p in store_paths]
     closures = [_load_closure(f, store_root=store_root) for f in closure_files]
     if items:
         closures.append(query_closure(items, store_root=store_root))
@@ -95,6 +96,8 @@ def image_names(
             name = name.rsplit(".", 1)[0]
         names.append(name or path.name)
     if store_paths:
+        from closurepack.sources.query import store_item_path  # noqa: PLC0415 - store paths only
+
         base = store_item_path(store_paths[0], store_root=store_root).rsplit("/", 1)[-1]
         names.append(base.split("-", 1)[1] if "-" in base else base)
     unique: list[str] = []
@@ -129,6 +132,8 @@ def make_plan(
     min_size = None
     if min_layer_size is not None:
         min_size = parse_size(min_layer_size, option="--min-layer-size") or 0
+    if any(not isinstance(p, LayerPlan) for p in previous):
+        from closurepack.previous import load_previous  # noqa: PLC0415 - reads images, registries
     return plan_closures(
         closures,
         strategy=strategy or DEFAULT_STRATEGY,

@@ -23,10 +23,12 @@ PREFIX = "docker://"
 
 # OCI distribution spec, "Pulling manifests": <name> and <reference> grammars.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+# Patterns, not compiled regexes: re compiles (and caches) them at the first reference parsed,
+# not on import (~3 ms here), as every build imports this module and most parse none.
+_REPOSITORY = rf"{_COMPONENT}(?:/{_COMPONENT})*"
+_TAG = r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}"
 _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?")
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?"
 _DOCKER_HUB = ("docker.io", "index.docker.io")
 #: Where Docker Hub's API actually answers.
 _DOCKER_HUB_API = "registry-1.docker.io"
@@ -101,21 +103,21 @@ def parse_reference(text: str, *, for_push: bool = False) -> RegistryRef:
             f"registry reference {text!r}: name the registry host first,"
             " e.g. docker://localhost:5000/app:1 or docker://docker.io/library/debian"
         )
-    if not _HOST.fullmatch(host) or (":" in host and not _port_ok(host)):
+    if not re.fullmatch(_HOST, host) or (":" in host and not _port_ok(host)):
         raise OptionError(f"registry reference {text!r}: invalid registry host {host!r}")
     tag = None
     last_slash = path.rfind("/")
     colon = path.rfind(":")
     if colon > last_slash:
         path, tag = path[:colon], path[colon + 1 :]
-        if not _TAG.fullmatch(tag):
+        if not re.fullmatch(_TAG, tag):
             raise OptionError(
                 f"registry reference {text!r}: invalid tag {tag!r}"
                 " (letters, digits, _ . -; at most 128, not starting with . or -)"
             )
     if host in _DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
-    if not _REPOSITORY.fullmatch(path):
+    if not re.fullmatch(_REPOSITORY, path):
         raise OptionError(
             f"registry reference {text!r}: invalid repository {path!r}"
             " (lower-case letters, digits and . _ - between /-separated parts)"
@@ -137,7 +139,7 @@ def push_tags(ref: RegistryRef, tags: Sequence[str]) -> tuple[str, ...]:
     for text in tags:
         slash, colon = text.rfind("/"), text.rfind(":")
         if colon <= slash:  # a bare TAG
-            if not _TAG.fullmatch(text):
+            if not re.fullmatch(_TAG, text):
                 raise OptionError(
                     f"--tag {text!r}: invalid tag (letters, digits, _ . -; at most 128,"
                     " not starting with . or -), or NAME:TAG"

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import gzip
 import json
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import zstandard
 
 from closurepack.errors import ClosureError, StoreError
 from closurepack.graph import Closure, StoreItem
@@ -104,9 +101,12 @@ def _collection_paused() -> Iterator[None]:
 
 
 def decompress(data: bytes, *, source: str) -> bytes:
-    """Undo zstd or gzip compression, told by the magic number; other data is returned as is."""
-    try:
-        if data.startswith(_ZSTD_MAGIC):
+    """Undo zstd or gzip compression, told by the magic number; other data is returned as is.
+    (The codecs are imported only for compressed data: a plain graph file needs neither.)"""
+    if data.startswith(_ZSTD_MAGIC):
+        import zstandard  # noqa: PLC0415 - only for compressed graph files
+
+        try:
             # One decompressobj per frame: ZstdDecompressor.decompress would stop after the
             # first frame of a multi-frame file without a word.
             dctx = zstandard.ZstdDecompressor()
@@ -117,11 +117,16 @@ def decompress(data: bytes, *, source: str) -> bytes:
                 if not frame.eof:
                     raise ClosureError(f"{source}: cannot decompress: truncated zstd data")
                 rest = frame.unused_data
-            return b"".join(chunks)
-        if data.startswith(_GZIP_MAGIC):
+        except (zstandard.ZstdError, OSError, EOFError) as exc:
+            raise ClosureError(f"{source}: cannot decompress: {exc}") from exc
+        return b"".join(chunks)
+    if data.startswith(_GZIP_MAGIC):
+        import gzip  # noqa: PLC0415 - only for compressed graph files
+
+        try:
             return gzip.decompress(data)
-    except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
-        raise ClosureError(f"{source}: cannot decompress: {exc}") from exc
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ClosureError(f"{source}: cannot decompress: {exc}") from exc
     return data
 
 

@@ -29,7 +29,7 @@ from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
 from closurepack.registry import parse_reference as parse_registry_reference
-from closurepack.transports import docker_archive, oci_archive, oci_layout, stdout
+from closurepack.transports import docker_archive, stdout
 from closurepack.transports._files import probe_writable
 from closurepack.transports._raw import (
     RawBlob,
@@ -112,6 +112,8 @@ def _check_archive_path(path: Path) -> None:
 
 def _check_layout_path(dest: Destination, path: Path) -> None:
     if path.exists():
+        from closurepack.transports import oci_layout  # noqa: PLC0415 - oci: only
+
         oci_layout.check_existing(dest)
         return
     ancestor = path.parent
@@ -150,6 +152,8 @@ def check_destination(
         if dest.kind == "docker-archive":
             docker_archive.check_existing(dest)  # an old image is replaced, nothing else
         else:
+            from closurepack.transports import oci_archive  # noqa: PLC0415 - oci-archive: only
+
             oci_archive.check_existing(dest)  # tags are added to an existing archive
     return dest
 
@@ -216,6 +220,8 @@ def write_image(
         dest = parse_destination(dest)
     if isinstance(image, ImageIndex):
         check_index_destination(str(dest))
+        from closurepack.transports import oci_archive, oci_layout  # noqa: PLC0415 - OCI only
+
         if dest.kind == "oci":
             oci_layout.write_image(image, dest, tags=tags, started=started, attachments=attachments)
         else:
@@ -226,10 +232,14 @@ def write_image(
     if dest.kind == "docker-archive":
         docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
     elif dest.kind == "oci":
+        from closurepack.transports import oci_layout  # noqa: PLC0415 - oci: only
+
         oci_layout.write_image(
             image, dest, tags=tags, started=started, attachments=attachments, stamps=opts.stamps
         )
     elif dest.kind == "oci-archive":
+        from closurepack.transports import oci_archive  # noqa: PLC0415 - oci-archive: only
+
         oci_archive.write_image(image, dest, tags=tags, started=started, attachments=attachments)
     elif dest.kind == "stdout":
         stdout.write_image(image, dest, tags=tags, name=name, stream=stream)
@@ -286,6 +296,8 @@ def read_raw(
     with as_source_error():
         if where.kind == "docker-archive":
             return docker_archive.read_image(where, path, source)
+        from closurepack.transports import oci_archive, oci_layout  # noqa: PLC0415 - OCI only
+
         if where.kind == "oci":
             return oci_layout.read_image(where, path, source, platform=platform)
         return oci_archive.read_image(where, path, source, platform=platform)
@@ -302,6 +314,8 @@ def read_index(source: str, *, registry: RegistryOptions | None = None) -> RawIn
     with as_source_error():
         if where.kind == "docker-archive":
             return None
+        from closurepack.transports import oci_archive, oci_layout  # noqa: PLC0415 - OCI only
+
         if where.kind == "oci":
             return oci_layout.read_index(where, path, source)
         return oci_archive.read_index(where, path, source)
