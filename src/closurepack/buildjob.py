@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # (imported where used: a plain build needs none of them)
     from closurepack.platforms import Platform
     from closurepack.sbomjob import SbomJob
     from closurepack.sources.narhash import NarDigests
-    from closurepack.tarstream import TreeEntry
+    from closurepack.tarentries import TreeEntry
 
 __all__ = [
     "base_paths",

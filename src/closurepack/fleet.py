@@ -64,9 +64,9 @@ from closurepack.fleetshare import plan_across
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 
-# Defined in fleetfloor and fleetregions, importable from here too: fleet_floor and FleetFloor
-# (README.md names closurepack.fleet.fleet_floor) and image_masks (planner takes it from here).
-__all__ = ["ACROSS_ABOVE", "FleetFloor", "fleet_floor", "image_masks", "plan_jointly"]
+# fleet_floor and FleetFloor are defined in fleetfloor and importable from here too (README.md
+# names closurepack.fleet.fleet_floor).
+__all__ = ["ACROSS_ABOVE", "FleetFloor", "fleet_floor", "plan_jointly"]
 
 #: A fleet whose best plan of steps 1 to 4 stores more than this share of its items twice is
 #: also planned across regions (:mod:`closurepack.fleetshare`).

@@ -129,7 +129,7 @@ def plan_closures(
         room = budget - len(reused)
         masks = None
         if len(closures) > 1:
-            from closurepack.fleet import image_masks  # noqa: PLC0415 - several closures only
+            from closurepack.fleetregions import image_masks  # noqa: PLC0415 - several closures only
 
             masks = image_masks(closures)
         minimum = min_size_for(sum(sizes.values()), budget, items=len(union))

@@ -53,10 +53,8 @@ from closurepack.tarheader import (
     tar_header,
 )
 
-# TreeEntry is what write_tree_tar takes; it is defined in tarentries and imported from here too.
 __all__ = [
     "TAR_FORMAT_VERSION",
-    "TreeEntry",
     "write_store_tar",
     "write_tree_tar",
 ]
