@@ -13,6 +13,7 @@ from closurepack.fleetregions import image_masks
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import LayerPlan
 from closurepack.planner import plan_closures, store_budget
+from slowcount import one_change_average
 
 STORE = "/nix/store"
 
@@ -118,25 +119,6 @@ def test_the_floor_counts_regions_and_the_cheapest_duplication() -> None:
     assert image_masks([a, b]) == {x: 3, y: 3, z: 2, own_a: 1, own_b: 2}
 
 
-def _one_change_average(closure: Closure, layers: Sequence[tuple[str, ...]]) -> float:
-    """Bytes shipped, averaged over every one-item change of ``closure``, counted the slow way."""
-    total = 0
-    for changed in closure.items:
-        renamed = {changed}
-        todo = [changed]
-        while todo:
-            for referrer in closure.referrers(todo.pop()):
-                if referrer not in renamed:
-                    renamed.add(referrer)
-                    todo.append(referrer)
-        total += sum(
-            sum(closure.items[p].nar_size for p in layer)
-            for layer in layers
-            if renamed.intersection(layer)
-        )
-    return total / len(closure)
-
-
 @settings(max_examples=120, deadline=None)
 @given(
     closures=fleets(),
@@ -166,8 +148,8 @@ def test_joint_plans_keep_every_invariant(
             [closure], strategy=strategy, max_layers=max_layers, min_layer_size=min_layer_size
         )
         separate.append(alone.images[0])
-        together = _one_change_average(closure, [layer.paths for layer in image.layers])
-        by_itself = _one_change_average(closure, [layer.paths for layer in alone.images[0].layers])
+        together = one_change_average(closure, [layer.paths for layer in image.layers])
+        by_itself = one_change_average(closure, [layer.paths for layer in alone.images[0].layers])
         assert together <= by_itself * (1 + 1e-12) + 1e-9
     # Never below the floor, never above the images planned alone; deterministic, also for
     # the closures' items in another order.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -15,6 +14,7 @@ from closurepack.fleetshare import plan_across
 from closurepack.graph import Closure, StoreItem
 from closurepack.planner import plan_closures, store_budget
 from closurepack.strategies._dag import Dag
+from slowcount import shipped_per_change
 
 STORE = "/nix/store"
 
@@ -39,27 +39,6 @@ def fleets(draw: st.DrawFn) -> list[Closure]:
         tops = draw(st.lists(st.sampled_from(paths), min_size=1, max_size=3, unique=True))
         chosen.append(whole.restrict(whole.requisites(tops), source="image"))
     return chosen
-
-
-def shipped_per_change(closure: Closure, layers: Sequence[Sequence[str]]) -> int:
-    """Bytes shipped summed over every one-item change of ``closure`` (the change renames the
-    item and everything above it; a layer holding a renamed item ships), counted the slow way:
-    the guarantee's cost times the item count, independently of the planner's bitsets."""
-    total = 0
-    for changed in closure.items:
-        renamed = {changed}
-        todo = [changed]
-        while todo:
-            for referrer in closure.referrers(todo.pop()):
-                if referrer not in renamed:
-                    renamed.add(referrer)
-                    todo.append(referrer)
-        total += sum(
-            sum(closure.items[p].nar_size for p in layer)
-            for layer in layers
-            if renamed.intersection(layer)
-        )
-    return total
 
 
 @settings(max_examples=60, deadline=None)

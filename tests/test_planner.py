@@ -14,6 +14,7 @@ from closurepack.graph import Closure, StoreItem
 from closurepack.plan import LayerPlan
 from closurepack.planner import format_plan_table, human_size, plan_closures, store_budget
 from closurepack.strategies import STRATEGIES
+from slowcount import one_change_average
 
 DATA = Path(__file__).parent / "data" / "strategies"
 
@@ -228,26 +229,6 @@ def test_table() -> None:
     ]
 
 
-def _one_change_average(closure: Closure, layers: list[tuple[str, ...]]) -> float:
-    """Bytes shipped, averaged over every one-item change of ``closure``, counted the slow way:
-    the item and everything above it get new paths; a layer holding any of them ships."""
-    total = 0
-    for path in closure.items:
-        renamed = {path}
-        todo = [path]
-        while todo:
-            for referrer in closure.referrers(todo.pop()):
-                if referrer not in renamed:
-                    renamed.add(referrer)
-                    todo.append(referrer)
-        total += sum(
-            sum(closure.items[p].nar_size for p in layer)
-            for layer in layers
-            if renamed.intersection(layer)
-        )
-    return total / len(closure)
-
-
 @st.composite
 def fleets(draw: st.DrawFn) -> list[Closure]:
     """2 to 4 images over one random DAG: each the closure of a few of its items."""
@@ -280,7 +261,7 @@ def test_no_image_ships_more_per_update_planned_jointly_than_alone(
         alone = plan_closures([closure], strategy=strategy, max_layers=max_layers)
         together = [layer.paths for layer in joint.images[index].layers]
         by_itself = [layer.paths for layer in alone.images[0].layers]
-        assert _one_change_average(closure, together) <= _one_change_average(closure, by_itself) * (
+        assert one_change_average(closure, together) <= one_change_average(closure, by_itself) * (
             1 + 1e-12
         )
         check_image(joint, index, closure)
