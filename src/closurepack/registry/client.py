@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
-import os
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -54,22 +52,18 @@ class TransientRegistryError(RegistryError):
     broke like this is started again."""
 
 
-#: The TLS contexts made so far, by (verification off, cert_dir, system trust store loaded):
-#: loading the system trust store takes tens of milliseconds, and every blob read opens a
-#: client of its own.
-_CONTEXTS: dict[tuple[bool, Path | None, bool], Future[ssl.SSLContext]] = {}
+#: The TLS contexts made so far, by (verification off, cert_dir): loading the system trust
+#: store takes tens of milliseconds, and every blob read opens a client of its own.
+_CONTEXTS: dict[tuple[bool, Path | None], Future[ssl.SSLContext]] = {}
 _CONTEXTS_LOCK = threading.Lock()
 
 
-def ssl_context(
-    options: RegistryOptions, host: str, *, system_trust: bool = True
-) -> ssl.SSLContext:
-    """The TLS context for ``host``: the system trust store (unless ``system_trust`` is
-    false) plus ``cert_dir``'s CAs and client certificate; no verification at all for
-    insecure hosts. Made once per process for each such setting (``cert_dir`` is read then),
-    and shared by the clients; a failure is not kept (the next call tries again)."""
-    insecure = options.insecure(host)
-    key = (insecure, options.cert_dir, system_trust and not insecure)
+def ssl_context(options: RegistryOptions, host: str) -> ssl.SSLContext:
+    """The TLS context for ``host``: the system trust store plus ``cert_dir``'s CAs and client
+    certificate; no verification at all for insecure hosts. Made once per process for each
+    such setting (``cert_dir`` is read then), and shared by the clients; a failure is not
+    kept (the next call tries again)."""
+    key = (options.insecure(host), options.cert_dir)
     with _CONTEXTS_LOCK:
         made = _CONTEXTS.get(key)
         mine = made is None
@@ -77,7 +71,7 @@ def ssl_context(
             made = _CONTEXTS[key] = Future()
     if mine:
         try:
-            made.set_result(_make_ssl_context(options, host, system_trust=key[2]))
+            made.set_result(_make_ssl_context(options, host))
         except BaseException as exc:
             with _CONTEXTS_LOCK:
                 del _CONTEXTS[key]
@@ -92,41 +86,19 @@ def prepare_ssl_context(options: RegistryOptions, host: str) -> None:
 
     def make() -> None:
         with contextlib.suppress(ClosurepackError, OSError, ssl.SSLError):
-            ssl_context(options, host, system_trust=not _trust_on_demand(options, host))
+            ssl_context(options, host)
 
     threading.Thread(target=make, name="tls-context", daemon=True).start()
 
 
-def _trust_on_demand(options: RegistryOptions, host: str) -> bool:
-    """Whether :func:`open_client` first tries ``host`` without the system trust store: a
-    host where HTTPS is tried before plain HTTP (loopback), whose certificates are checked.
-    Such a registry most often speaks plain HTTP, so the TLS handshake fails before any
-    certificate comes; only a certificate that this context cannot verify needs the store."""
-    return options.plain_http_allowed(host) and not options.insecure(host)
-
-
-def _context_without_cas() -> ssl.SSLContext:
-    """What ``ssl.create_default_context()`` makes, without loading the system trust store:
-    certificate and host name required, the same verification flags and key log."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
-    if sys.version_info >= (3, 13):  # as create_default_context sets them since 3.13
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
-    keylog = os.environ.get("SSLKEYLOGFILE")
-    if keylog and not sys.flags.ignore_environment:
-        context.keylog_filename = keylog
-    return context
-
-
-def _make_ssl_context(options: RegistryOptions, host: str, *, system_trust: bool) -> ssl.SSLContext:
+def _make_ssl_context(options: RegistryOptions, host: str) -> ssl.SSLContext:
     if options.insecure(host):
         # nothing is verified: the system trust store is not even loaded
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    elif system_trust:
-        context = ssl.create_default_context()
     else:
-        context = _context_without_cas()
+        context = ssl.create_default_context()
     cert_dir = options.cert_dir
     if cert_dir is None:
         return context
@@ -216,20 +188,21 @@ class RegistryClient:
         """``{base}/v2/{repository}/{path}`` (the reference's repository by default)."""
         return f"{self.base}/v2/{repository or self.ref.repository}/{path}"
 
-    def connect(self, *, trusted: Callable[[], httpx.Client] | None = None) -> None:
-        """Ping ``/v2/`` over HTTPS, or plain HTTP where that is allowed and HTTPS fails.
-
-        ``trusted`` is given when this client's TLS context lacks the system trust store
-        (:func:`_trust_on_demand`): if an HTTPS answer's certificate is not verified, the HTTPS
-        ping is tried again on the client ``trusted()`` makes, which has it (and this client
-        is closed), so that the outcome is the one the store gives."""
+    def connect(self) -> None:
+        """Ping ``/v2/`` over HTTPS, or plain HTTP where that is allowed and HTTPS fails."""
         host = self.registry
         schemes = ["https", "http"] if self.options.plain_http_allowed(host) else ["https"]
         first_error: RegistryError | None = None
         for scheme in schemes:
             last = scheme == schemes[-1]
             try:
-                response = self._ping(scheme, tries=None if last else 1, trusted=trusted)
+                response = self.request(
+                    "GET",
+                    f"{scheme}://{host}/v2/",
+                    what="registry ping",
+                    ok=(200, 401),
+                    tries=None if last else 1,
+                )
             except RegistryError as exc:
                 if isinstance(exc, RegistryAuthError) or last:
                     if first_error is not None and not isinstance(exc, RegistryAuthError):
@@ -242,23 +215,6 @@ class RegistryClient:
             response.close()
             self.base = f"{scheme}://{host}"
             return
-
-    def _ping(
-        self, scheme: str, *, tries: int | None, trusted: Callable[[], httpx.Client] | None
-    ) -> httpx.Response:
-        url = f"{scheme}://{self.registry}/v2/"
-        try:
-            return self.request("GET", url, what="registry ping", ok=(200, 401), tries=tries)
-        except TransientRegistryError as exc:
-            if trusted is None or scheme != "https" or not _certificate_unverified(exc):
-                raise
-        self._http.close()
-        self._http = trusted()
-        return self.request("GET", url, what="registry ping", ok=(200, 401), tries=tries)
-
-    def close(self) -> None:
-        """Close the connections."""
-        self._http.close()
 
     def request(
         self,
@@ -346,16 +302,6 @@ class RegistryClient:
         return TransientRegistryError(text) if retriable else RegistryError(text)
 
 
-def _certificate_unverified(exc: BaseException) -> bool:
-    """Whether ``exc`` was caused by a server certificate that was not verified."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
 def _describe(exc: httpx.TransportError) -> str:
     message = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {message}"[:_DETAIL_LIMIT]
@@ -396,30 +342,16 @@ def _retry_after(response: httpx.Response) -> float | None:
 def open_client(
     ref: RegistryRef, options: RegistryOptions, scopes: Sequence[str]
 ) -> Iterator[RegistryClient]:
-    """A connected :class:`RegistryClient` for ``ref`` (its ping done), closed afterwards.
-
-    A loopback registry is first tried without the system trust store (see
-    :func:`_trust_on_demand`): one that speaks plain HTTP never needs it, and loading it is a
-    tenth of a re-push."""
+    """A connected :class:`RegistryClient` for ``ref`` (its ping done), closed afterwards."""
     registry = ref.registry
-    on_demand = _trust_on_demand(options, registry)
-    context = ssl_context(options, registry, system_trust=not on_demand)
-    auth = _make_auth(ref, options, scopes)
-
-    def http_client(context: ssl.SSLContext) -> httpx.Client:
-        return httpx.Client(
-            verify=context,
-            auth=auth,
-            timeout=httpx.Timeout(options.timeout, connect=min(30.0, options.timeout)),
-            limits=httpx.Limits(max_connections=options.jobs + 2),
-            headers={"User-Agent": f"closurepack/{__version__}"},
-        )
-
-    client = RegistryClient(ref, options, http_client(context))
-    try:
-        client.connect(
-            trusted=(lambda: http_client(ssl_context(options, registry))) if on_demand else None
-        )
+    http = httpx.Client(
+        verify=ssl_context(options, registry),
+        auth=_make_auth(ref, options, scopes),
+        timeout=httpx.Timeout(options.timeout, connect=min(30.0, options.timeout)),
+        limits=httpx.Limits(max_connections=options.jobs + 2),
+        headers={"User-Agent": f"closurepack/{__version__}"},
+    )
+    with http:
+        client = RegistryClient(ref, options, http)
+        client.connect()
         yield client
-    finally:
-        client.close()
