@@ -69,7 +69,6 @@ def test_a_deleted_layer_blob_is_uploaded_again_and_the_tag_kept(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    require_tool("skopeo")
     dest = f"docker://{registry.host}/app:1"
     first = build_app(store, app_closure, dest, capsys, cache=tmp_path / "c")
     layers = inspect_image(dest)["layers"]
@@ -116,7 +115,6 @@ def test_a_deleted_config_blob_is_uploaded_again(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    require_tool("skopeo")
     dest = f"docker://{registry.host}/app:1"
     first = build_app(store, app_closure, dest, capsys, cache=tmp_path / "c")
     config = str(inspect_image(dest)["config_digest"])

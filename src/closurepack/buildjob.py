@@ -35,6 +35,7 @@ from closurepack.image import (
     assemble_image,
     layer_paths_from_config,
 )
+from closurepack.imageindex import ImageIndex
 from closurepack.jobsetup import (
     Delivery,
     ImageOptions,
@@ -339,8 +340,6 @@ def build_image(
             images.append(assemble_image(layers, config=config, base=base))
             published.extend(keyed)
         warn_if_no_command(images[0], dest)
-        if targets:
-            from closurepack.imageindex import ImageIndex  # noqa: PLC0415 - only for --platform
         result = write_or_push(
             ImageIndex.of(
                 [(t.platform, i) for t, i in zip(targets, images, strict=True)],

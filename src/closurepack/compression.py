@@ -33,7 +33,6 @@ import functools
 import hashlib
 import os
 import platform
-import sys
 import threading
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -272,7 +271,7 @@ class _Zstd:
 
     def close(self) -> None:
         out = self._obj.flush()
-        _zstd_done(*self._kind, self._cctx)  # (a frame that failed keeps its context)
+        _zstd_done(*self._kind, self._cctx)  # (a flush that raised gives no context back)
         if out:
             self._sink.write(out)
         flush = getattr(self._sink, "flush", None)
@@ -301,7 +300,5 @@ def open_compressor(
 
 def layer_annotations(compressor: Compressor) -> dict[str, str]:
     """The annotations a closed compressor's layer descriptor carries (zstd:chunked's TOC)."""
-    chunked = sys.modules.get("closurepack.chunked")  # (made one: it is imported)
-    if chunked is not None and isinstance(compressor, chunked.ChunkedCompressor):
-        return dict(compressor.annotations)
-    return {}
+    found = getattr(compressor, "annotations", None)  # (only ChunkedCompressor has them)
+    return dict(found) if found is not None else {}

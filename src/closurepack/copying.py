@@ -33,7 +33,7 @@ from closurepack.imageindex import ImageIndex
 from closurepack.mediatypes import MediaType
 from closurepack.platforms import Platform
 from closurepack.readback import image_from_raw
-from closurepack.referrers import carried_artifacts
+from closurepack.referrers import attached_artifacts, carried_artifacts
 from closurepack.registry import RegistryOptions, RegistryRef
 from closurepack.transports import (
     Destination,
@@ -163,9 +163,9 @@ def _artifacts(
     if not options.carry_artifacts:
         return {}
     subjects = {raw.manifest_digest: image for raw, image in copied if raw.manifest_digest}
-    found = carried_artifacts(source, list(subjects), registry=options.registry)
-    count = sum(len(v) for v in found.values())
     if not attaches_artifacts(dest):
+        # only listed, to be counted: their blobs are not read for a copy that drops them
+        count = sum(len(attached_artifacts(source, d, registry=options.registry)) for d in subjects)
         if count:
             _log.warning(
                 "%s: a docker-archive holds no artifacts: %d artifact(s) of %s not copied"
@@ -175,6 +175,7 @@ def _artifacts(
                 source,
             )
         return {}
+    found = carried_artifacts(source, list(subjects), registry=options.registry)
     return {subjects[d].manifest_digest: list(v) for d, v in found.items() if v}
 
 

@@ -18,16 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from closurepack.strategies._dag import Dag
+from closurepack.strategies.economy import union_of
 
-__all__ = ["ImageRepair", "union_of"]
-
-
-def union_of(downs: Sequence[int], members: Iterable[int]) -> int:
-    """The union of the bitsets ``downs[i]`` of ``members``."""
-    joined = 0
-    for i in members:
-        joined |= downs[i]
-    return joined
+__all__ = ["ImageRepair"]
 
 
 class ImageRepair:

@@ -50,9 +50,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from closurepack.fleetregions import mask_bits
-from closurepack.fleetrepair import ImageRepair, union_of
+from closurepack.fleetrepair import ImageRepair
 from closurepack.strategies._dag import Dag
-from closurepack.strategies.economy import bitset, stored_bytes
+from closurepack.strategies.economy import bitset, stored_bytes, union_of
 
 __all__ = ["MAX_UNITS", "PASSES", "RAISE", "REPAIR_STEPS", "REPAIR_WITHIN", "ROUNDS", "plan_across"]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
@@ -45,10 +45,10 @@ def auto(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     kept: dict[str, _Labelling] = closure.memoized("auto labelling", dict)
     known = kept.get("run")
     resumed = known is not None and known.budget <= budget
-    run = known.copy() if known is not None and resumed else _Labelling.start(dag)
-    run.advance(dag, budget)
+    run = known if known is not None and resumed else _Labelling.start(dag)
+    run.advance(dag, budget)  # (in place: only the labels it ends with are read below)
     if known is None or resumed:
-        kept["run"] = run  # not changed below; the next call continues from a copy
+        kept["run"] = run
     labels = run.labels
 
     groups: dict[int, list[int]] = {}
@@ -79,15 +79,6 @@ class _Labelling:
         n = len(dag)
         by_size = sorted(range(n), key=lambda i: (dag.sizes[i], dag.paths[i]), reverse=True)
         return cls(by_size, [0] * n, Counter({0: n}), [], [])
-
-    def copy(self) -> _Labelling:
-        return replace(
-            self,
-            labels=list(self.labels),
-            counts=self.counts.copy(),
-            primaries=list(self.primaries),
-            below=list(self.below),
-        )
 
     def advance(self, dag: Dag, budget: int) -> None:
         """Make primaries in size order while the labels fit in ``budget`` (docstring)."""

@@ -19,7 +19,15 @@ from itertools import repeat
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 
-__all__ = ["CHANGES", "MergeCosts", "bitset", "expected_shipped", "hit_table", "stored_bytes"]
+__all__ = [
+    "CHANGES",
+    "MergeCosts",
+    "bitset",
+    "expected_shipped",
+    "hit_table",
+    "stored_bytes",
+    "union_of",
+]
 
 #: How many items the model update changes at once (see ``strategies/stable.py``).
 CHANGES = 3
@@ -107,6 +115,14 @@ class MergeCosts:
         for mask, size in self.pieces[other].items():
             piece[mask] = piece.get(mask, 0) + size
         self.stored[into] = stored_bytes(piece)
+
+
+def union_of(sets: Sequence[int], members: Iterable[int]) -> int:
+    """The union of the bitsets ``sets[i]`` of ``members``."""
+    joined = 0
+    for i in members:
+        joined |= sets[i]
+    return joined
 
 
 def bitset(indices: Iterable[int], width: int) -> int:

@@ -28,7 +28,9 @@ bounded number of units ``stable`` hands here; the order is ``O(layers^2 * n / 6
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+
+from closurepack.strategies.economy import union_of
 
 __all__ = ["EPSILON", "PASSES", "chain_order", "refine"]
 
@@ -103,7 +105,7 @@ class _Search:
             self.where[u] = len(self.groups)
         self.groups.append(set(units))
         self.bytes_of.append(sum(self.sizes[u] for u in units))
-        self.down_of.append(_union(self.downs, units))
+        self.down_of.append(union_of(self.downs, units))
         self.count_of.append(self.down_of[-1].bit_count())
         self.images_of.append(self._images(self.groups[-1]))
         self.version.append(0)
@@ -130,7 +132,7 @@ class _Search:
         known = self.without.get(u)
         if known is not None and known[0] == a and known[1] == self.version[a]:
             return known[2], known[3]
-        rest_down = _union(self.downs, self.groups[a] - {u})
+        rest_down = union_of(self.downs, self.groups[a] - {u})
         rest_count = rest_down.bit_count()
         self.without[u] = (a, self.version[a], rest_down, rest_count)
         return rest_down, rest_count
@@ -193,13 +195,6 @@ class _Search:
 
 #: The images of a layer whose units do not all belong to the same images.
 _MIXED = object()
-
-
-def _union(downs: Sequence[int], units: Iterable[int]) -> int:
-    joined = 0
-    for u in units:
-        joined |= downs[u]
-    return joined
 
 
 def chain_order(

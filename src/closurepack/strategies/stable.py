@@ -65,12 +65,12 @@ step depends only on the graph, sizes and paths, so a shuffled input gives the s
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
-from closurepack.strategies.economy import CHANGES, MergeCosts, bitset, hit_table
+from closurepack.strategies.economy import CHANGES, MergeCosts, bitset, hit_table, union_of
 from closurepack.strategies.refine import chain_order, refine
 
 __all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
@@ -100,8 +100,12 @@ def stable(
         target = n
     else:
         target = max(budget, min(exact_limit, COARSE_LIMIT, 3 * budget))
+
+    def down_counts() -> list[int]:  # (the same for every target: kept too)
+        return closure.memoized("stable down counts", dag.closure_sums)
+
     clusters, sets = closure.memoized(
-        f"stable clusters {target}", lambda: _clusters(dag, rank, images, target)
+        f"stable clusters {target}", lambda: _clusters(dag, rank, images, target, down_counts)
     )
     log = closure.memoized(f"stable merges {target}", _MergeLog)
     layers = _merge_exactly(dag, rank, images, clusters, sets=sets, budget=budget, log=log)
@@ -120,13 +124,17 @@ def _name_ranks(dag: Dag) -> list[int]:
 
 
 def _clusters(
-    dag: Dag, rank: list[int], images: list[int], target: int
+    dag: Dag,
+    rank: list[int],
+    images: list[int],
+    target: int,
+    down_counts: Callable[[], list[int]],
 ) -> tuple[list[list[int]], list[int]]:
     """At most ``target`` clusters (every item alone when that is the item count, else step 1
     of the module docstring), and each one's down-set as a bitset."""
     if target >= len(dag):
         return [[i] for i in range(len(dag))], _down_sets(dag)
-    clusters = _coarsen(dag, rank, images, target)
+    clusters = _coarsen(dag, rank, images, target, down_counts())
     return clusters, [bitset(dag.reach(members), len(dag)) for members in clusters]
 
 
@@ -156,10 +164,12 @@ def _images(dag: Dag) -> list[int]:
     return masks
 
 
-def _coarsen(dag: Dag, rank: list[int], images: list[int], limit: int) -> list[list[int]]:
-    """Step 1 of the module docstring: at most ``limit`` clusters."""
+def _coarsen(
+    dag: Dag, rank: list[int], images: list[int], limit: int, down: Sequence[int]
+) -> list[list[int]]:
+    """Step 1 of the module docstring: at most ``limit`` clusters (``down``: each item's
+    down-set size, :meth:`Dag.closure_sums`)."""
     n = len(dag)
-    down = dag.closure_sums()
     parent = list(range(n))  # union-find over cluster ids (the top item of each cluster)
     weight = list(dag.sizes)  # bytes of the cluster a top item stands for
 
@@ -344,7 +354,7 @@ def _merge_exactly(
         budget=budget,
         visit=sorted(range(len(clusters)), key=lambda c: first[c]),
     )
-    downs = [_union(unit_sets, layer) for layer in layers]
+    downs = [union_of(unit_sets, layer) for layer in layers]
     weights = [sum(unit_sizes[c] for c in layer) for layer in layers]
     keys = [f"{min(first[c] for c in layer):012d}" for layer in layers]
     return [
@@ -364,10 +374,3 @@ class _MergeLog:
 #: A pair in the greedy's heap: cost (or a bound on it), both first names, both clusters, their
 #: versions, whether the cost is exact.
 _Entry = tuple[float, int, int, int, int, int, int, bool]
-
-
-def _union(sets: list[int], units: list[int]) -> int:
-    joined = 0
-    for c in units:
-        joined |= sets[c]
-    return joined
