@@ -305,3 +305,36 @@ def test_tls_contexts_are_made_once_per_setting(tmp_path: Path) -> None:
         ssl_context(options, "registry.example")
     (certs / "client.cert").unlink()
     assert ssl_context(options, "registry.example") is ssl_context(options, "elsewhere")
+
+
+def test_the_command_pushes_and_re_pushes_without_the_async_libraries(
+    registry: Registry, store: Store, app_closure: Path, tmp_path: Path
+) -> None:
+    """Run as the command (main() with the process's argv), closurepack keeps anyio and trio
+    out of httpcore (its async side only); a push and a recorded re-push work without them."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from closurepack.cli import main\n"
+        "status = main()\n"
+        "print(status, [sys.modules.get(m, 'absent') for m in ('anyio', 'trio')])\n"
+    )
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir",
+            tmp_path / "c", "--entrypoint", "/bin/app", "-q", "-o",
+            f"docker://{registry.host}/app:1"]  # fmt: skip
+    for _ in range(2):
+        mark = registry.mark()
+        done = subprocess.run(
+            [sys.executable, "-c", program, *map(str, argv)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "0 [None, None]"
+    # the re-push: the ping and the tag's manifest read, no blob asked about
+    asked = {(r.method, r.path.partition("?")[0]) for r in registry.requests(mark)}
+    assert asked == {("GET", "/v2/"), ("GET", "/v2/app/manifests/1")}

@@ -4,14 +4,20 @@ with --tls-verify=false / --no-tls-verify / --insecure-registry HOST."""
 
 from __future__ import annotations
 
+import http.server
 import ssl
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from clistore import APP, Store, run
+from closurepack.errors import RegistryError
+from closurepack.registry import RegistryOptions, parse_reference, tls
+from closurepack.registry.client import _http_client, get_if_there, open_client
 from registry_fixtures import Registry, start_registry
 from runtimes import require_tool
 
@@ -180,3 +186,148 @@ def test_cert_without_key_is_refused(
     assert (status, out) == (5, "")
     assert f"--cert-dir {certs}: client.cert has no client.key" in err
     assert err.count("\n") == 1
+
+
+# --- the system trust store, loaded only for HTTPS ----------------------------------------------
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """A registry's ``/v2/`` behind a Bearer token from an HTTPS realm, and that realm:
+    the server's ``answers`` by path, ``hits`` the paths asked."""
+
+    server: _Scripted
+
+    def log_message(self, format: str, *args: object) -> None:
+        del format, args
+
+    def do_GET(self) -> None:
+        path = self.path.partition("?")[0]
+        self.server.hits.append(path)
+        status, headers, body = self.server.answer(path, self.headers.get("Authorization", ""))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Scripted(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, realm: str = "") -> None:
+        super().__init__(("127.0.0.1", 0), _Answers)
+        self.realm = realm
+        self.hits: list[str] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def answer(self, path: str, authorization: str) -> tuple[int, dict[str, str], bytes]:
+        if path == "/token":
+            return 200, {"Content-Type": "application/json"}, b'{"token": "granted"}'
+        if authorization == "Bearer granted":
+            return 200, {}, b"{}"
+        challenge = f'Bearer realm="{self.realm}",service="test"'
+        return 401, {"WWW-Authenticate": challenge}, b""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        del request, client_address  # a client refusing the certificate: expected here
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+@pytest.fixture
+def realm_registry(
+    pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[_Scripted, _Scripted]]:
+    """A plain-HTTP loopback registry whose token realm is HTTPS, with a certificate of the
+    test's CA; each test starts without TLS contexts made."""
+    monkeypatch.setattr(tls, "_CONTEXTS", {})
+    realm = _Scripted()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki / "server.crt"), str(pki / "server.key"))
+    realm.socket = context.wrap_socket(realm.socket, server_side=True)
+    registry = _Scripted(f"https://{realm.host}/token")
+    yield registry, realm
+    registry.stop()
+    realm.stop()
+
+
+def _system_trust_loaded() -> list[bool]:
+    return [key[2] for key in tls._CONTEXTS]
+
+
+def test_an_https_realm_of_a_plain_http_registry_is_checked_with_the_system_trust_store(
+    realm_registry: tuple[_Scripted, _Scripted], pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The realm's certificate is verified with the system trust store (SSL_CERT_FILE makes the
+    test's CA part of it), loaded at the token request, not before."""
+    registry, realm = realm_registry
+    ref = parse_reference(f"docker://{registry.host}/app:1", for_push=True)
+    options = RegistryOptions(retries=0, creds="user:secret")
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki / "ca.crt"))
+    with open_client(ref, options, ["repository:app:pull"]) as client:
+        assert client.base == f"http://{registry.host}"
+        assert _system_trust_loaded() == [False, True]  # the probe's, then the realm's
+        client.request("GET", client.url("tags/list"), what="tags")
+    assert realm.hits == ["/token"]
+    assert registry.hits == ["/v2/", "/v2/", "/v2/app/tags/list"]
+
+
+def test_an_https_realm_with_a_certificate_the_store_does_not_trust_is_refused(
+    realm_registry: tuple[_Scripted, _Scripted],
+) -> None:
+    registry, realm = realm_registry
+    ref = parse_reference(f"docker://{registry.host}/app:1", for_push=True)
+    options = RegistryOptions(retries=0, creds="user:secret")
+    with (
+        pytest.raises(RegistryError, match="CERTIFICATE_VERIFY_FAILED"),
+        open_client(ref, options, ["repository:app:pull"]),
+    ):
+        pass
+    assert realm.hits == []
+
+
+def test_a_plain_http_loopback_registry_never_loads_the_system_trust_store(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS is tried first on loopback, but the handshake with a plain-HTTP registry fails
+    before any certificate: no context holding the system trust store is made."""
+    monkeypatch.setattr(tls, "_CONTEXTS", {})
+    ref = parse_reference(f"docker://{registry.host}/app:1", for_push=True)
+    with open_client(ref, RegistryOptions(), ["repository:app:pull"]) as client:
+        assert client.base == f"http://{registry.host}"
+        assert get_if_there(client, "manifests/1", "tag", limit=1 << 20, accept="*/*") is None
+    assert _system_trust_loaded() == [False]
+
+
+def test_the_lean_context_checks_as_the_default_one() -> None:
+    """The loopback probe's context is ssl.create_default_context's in every setting but the
+    CAs loaded."""
+    lean = tls.lean_ssl_context(RegistryOptions(), "127.0.0.1:5000")
+    reference = ssl.create_default_context()
+    settings = (
+        "verify_mode", "check_hostname", "verify_flags", "options", "minimum_version",
+        "maximum_version", "protocol", "post_handshake_auth", "keylog_filename",
+    )  # fmt: skip
+    assert {n: getattr(lean, n) for n in settings} == {n: getattr(reference, n) for n in settings}
+    assert lean.get_ciphers() == reference.get_ciphers()
+    assert lean.cert_store_stats()["x509_ca"] == 0 < reference.cert_store_stats()["x509_ca"]
+
+
+def test_with_proxies_in_the_environment_the_context_is_made_up_front(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx honours HTTPS_PROXY only with the transports it makes (and their TLS context)."""
+    monkeypatch.setattr(tls, "_CONTEXTS", {})
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
+    auth = httpx.Auth()
+    with _http_client("registry.example", RegistryOptions(), auth) as client:
+        proxied = [t for t in client._mounts.values() if t is not None]
+    assert proxied
+    assert _system_trust_loaded() == [True]

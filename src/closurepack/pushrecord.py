@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
+import importlib.machinery
 import json
 import logging
 import os
@@ -252,7 +252,8 @@ def _code_fingerprint() -> str:
     stamps: list[str] = []
     roots = [Path(__file__).parent]
     for name in _CODECS:
-        spec = importlib.util.find_spec(name)
+        # (the path finder alone: importlib.util is not loaded for this)
+        spec = importlib.machinery.PathFinder.find_spec(name)
         if spec is not None and spec.origin:
             origin = Path(spec.origin)
             roots.append(origin.parent if origin.name == "__init__.py" else origin)

@@ -26,6 +26,9 @@ __all__ = [
     "main",
 ]
 
+#: Modules httpcore imports only for its async side, which the command never uses.
+_ASYNC_ONLY = ("anyio", "trio")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="closurepack")
@@ -53,6 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # fifth of a registry push's start-up; closurepack never runs it, and without the module
     # httpx defines a stub (its documented fallback).
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    if argv is None:
+        # The process is this command (not a caller of main with its own modules): httpcore
+        # builds its async locks on anyio (and trio) when installed, a tenth of a re-push's
+        # imports; closurepack's client is synchronous, and without them httpcore keeps its
+        # documented fallbacks (stubs that say what is missing).
+        for name in _ASYNC_ONLY:
+            sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     show_warnings()
     try:
         status = cli.main(

@@ -12,12 +12,9 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
-from pathlib import Path
+from urllib.request import getproxies
 
 import httpx
 
@@ -27,6 +24,13 @@ from closurepack.registry.auth import RegistryAuth
 from closurepack.registry.credentials import lookup_credentials
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.reference import RegistryRef
+from closurepack.registry.tls import (
+    SchemeTransport,
+    certificate_unverified,
+    lean_ssl_context,
+    prepare_ssl_context,
+    ssl_context,
+)
 
 __all__ = [
     "Body",
@@ -50,72 +54,6 @@ _DETAIL_LIMIT = 300
 class TransientRegistryError(RegistryError):
     """The last try failed in a way that may pass (connection error, 5xx, 429): an upload that
     broke like this is started again."""
-
-
-#: The TLS contexts made so far, by (verification off, cert_dir): loading the system trust
-#: store takes tens of milliseconds, and every blob read opens a client of its own.
-_CONTEXTS: dict[tuple[bool, Path | None], Future[ssl.SSLContext]] = {}
-_CONTEXTS_LOCK = threading.Lock()
-
-
-def ssl_context(options: RegistryOptions, host: str) -> ssl.SSLContext:
-    """The TLS context for ``host``: the system trust store plus ``cert_dir``'s CAs and client
-    certificate; no verification at all for insecure hosts. Made once per process for each
-    such setting (``cert_dir`` is read then), and shared by the clients; a failure is not
-    kept (the next call tries again)."""
-    key = (options.insecure(host), options.cert_dir)
-    with _CONTEXTS_LOCK:
-        made = _CONTEXTS.get(key)
-        mine = made is None
-        if made is None:
-            made = _CONTEXTS[key] = Future()
-    if mine:
-        try:
-            made.set_result(_make_ssl_context(options, host))
-        except BaseException as exc:
-            with _CONTEXTS_LOCK:
-                del _CONTEXTS[key]
-            made.set_exception(exc)
-    return made.result()
-
-
-def prepare_ssl_context(options: RegistryOptions, host: str) -> None:
-    """Start making :func:`ssl_context`'s context for ``host`` in the background (while a build
-    plans), so that connecting later need not wait for it; a failure is left for the real
-    call to report."""
-
-    def make() -> None:
-        with contextlib.suppress(ClosurepackError, OSError, ssl.SSLError):
-            ssl_context(options, host)
-
-    threading.Thread(target=make, name="tls-context", daemon=True).start()
-
-
-def _make_ssl_context(options: RegistryOptions, host: str) -> ssl.SSLContext:
-    if options.insecure(host):
-        # nothing is verified: the system trust store is not even loaded
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context()
-    cert_dir = options.cert_dir
-    if cert_dir is None:
-        return context
-    try:
-        for ca in sorted(cert_dir.glob("*.crt")):
-            context.load_verify_locations(cafile=str(ca))
-        for cert in sorted(cert_dir.glob("*.cert")):
-            key = cert.with_suffix(".key")
-            if not key.is_file():
-                raise RegistryError(f"--cert-dir {cert_dir}: {cert.name} has no {key.name}")
-            context.load_cert_chain(str(cert), str(key))
-        for key in sorted(cert_dir.glob("*.key")):
-            if not key.with_suffix(".cert").is_file():
-                raise RegistryError(f"--cert-dir {cert_dir}: {key.name} has no {key.stem}.cert")
-    except (OSError, ssl.SSLError) as exc:
-        raise RegistryError(f"--cert-dir {cert_dir}: cannot load certificates: {exc}") from exc
-    return context
 
 
 def _make_auth(ref: RegistryRef, options: RegistryOptions, scopes: Sequence[str]) -> httpx.Auth:
@@ -189,20 +127,15 @@ class RegistryClient:
         return f"{self.base}/v2/{repository or self.ref.repository}/{path}"
 
     def connect(self) -> None:
-        """Ping ``/v2/`` over HTTPS, or plain HTTP where that is allowed and HTTPS fails."""
+        """Ping ``/v2/`` over HTTPS, or plain HTTP where that is allowed and HTTPS fails (on
+        loopback, HTTPS is first tried without the system trust store: :meth:`_probe_tls`)."""
         host = self.registry
         schemes = ["https", "http"] if self.options.plain_http_allowed(host) else ["https"]
         first_error: RegistryError | None = None
         for scheme in schemes:
             last = scheme == schemes[-1]
             try:
-                response = self.request(
-                    "GET",
-                    f"{scheme}://{host}/v2/",
-                    what="registry ping",
-                    ok=(200, 401),
-                    tries=None if last else 1,
-                )
+                response = self._ping(scheme, tries=None if last else 1)
             except RegistryError as exc:
                 if isinstance(exc, RegistryAuthError) or last:
                     if first_error is not None and not isinstance(exc, RegistryAuthError):
@@ -215,6 +148,30 @@ class RegistryClient:
             response.close()
             self.base = f"{scheme}://{host}"
             return
+
+    def _ping(self, scheme: str, *, tries: int | None) -> httpx.Response:
+        url = f"{scheme}://{self.registry}/v2/"
+        if scheme == "https" and self.options.plain_http_allowed(self.registry):
+            self._probe_tls(url)
+        return self.request("GET", url, what="registry ping", ok=(200, 401), tries=tries)
+
+    def _probe_tls(self, url: str) -> None:
+        """Raise the HTTPS ping's failure when a handshake with :func:`lean_ssl_context` fails
+        for any reason but the server's certificate (a plain-HTTP loopback registry): the
+        system trust store is not loaded for that. Nothing is sent unless the handshake
+        passes; a certificate it cannot verify leaves the verdict to the full context."""
+        if self.options.insecure(self.registry):
+            return  # its context loads no trust store anyway
+        lean = httpx.HTTPTransport(verify=lean_ssl_context(self.options, self.registry))
+        timeout = httpx.Timeout(self.options.timeout, connect=min(30.0, self.options.timeout))
+        try:
+            with httpx.Client(transport=lean, timeout=timeout) as probe:
+                probe.get(url).close()
+        except httpx.TransportError as exc:
+            if not certificate_unverified(exc):
+                raise TransientRegistryError(
+                    f"registry ping: {self.registry}: {_describe(exc)}"
+                ) from exc
 
     def request(
         self,
@@ -338,19 +295,28 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _http_client(registry: str, options: RegistryOptions, auth: httpx.Auth) -> httpx.Client:
+    timeout = httpx.Timeout(options.timeout, connect=min(30.0, options.timeout))
+    headers = {"User-Agent": f"closurepack/{__version__}"}
+    limits = httpx.Limits(max_connections=options.jobs + 2)
+    if getproxies():
+        # httpx sends through the environment's proxies only with the transports it makes
+        # itself, and it makes them now: the TLS context too
+        return httpx.Client(
+            verify=ssl_context(options, registry), limits=limits, auth=auth, timeout=timeout,
+            headers=headers,
+        )  # fmt: skip
+    # the TLS context (with the system trust store) only at the first https:// request
+    transport = SchemeTransport(lambda: ssl_context(options, registry), limits)
+    return httpx.Client(transport=transport, auth=auth, timeout=timeout, headers=headers)
+
+
 @contextlib.contextmanager
 def open_client(
     ref: RegistryRef, options: RegistryOptions, scopes: Sequence[str]
 ) -> Iterator[RegistryClient]:
     """A connected :class:`RegistryClient` for ``ref`` (its ping done), closed afterwards."""
-    registry = ref.registry
-    http = httpx.Client(
-        verify=ssl_context(options, registry),
-        auth=_make_auth(ref, options, scopes),
-        timeout=httpx.Timeout(options.timeout, connect=min(30.0, options.timeout)),
-        limits=httpx.Limits(max_connections=options.jobs + 2),
-        headers={"User-Agent": f"closurepack/{__version__}"},
-    )
+    http = _http_client(ref.registry, options, _make_auth(ref, options, scopes))
     with http:
         client = RegistryClient(ref, options, http)
         client.connect()
