@@ -107,22 +107,24 @@ def tar_header(
 ) -> bytes:
     """The header block(s) of one entry: a PAX header first when ustar cannot hold it."""
     if (
-        len(name) <= 100
-        and name.isascii()
+        name.isascii()
         and size <= _MAX_OCTAL_11
         and (not linkname or (len(linkname) <= 100 and linkname.isascii()))
     ):
-        # what nearly every entry is: one ustar block, no prefix, no PAX header
-        return _ustar_block(
-            name,
-            b"",
-            mode=mode,
-            size=size,
-            mtime=mtime,
-            typeflag=typeflag,
-            linkname=linkname,
-            owner=owner,
-        )
+        # what nearly every entry is: one ustar block, the name split into a prefix and a
+        # name when it is over 100 bytes, no PAX header
+        split = (b"", name) if len(name) <= 100 else _split_ustar_name(name)
+        if split is not None:
+            return _ustar_block(
+                split[1],
+                split[0],
+                mode=mode,
+                size=size,
+                mtime=mtime,
+                typeflag=typeflag,
+                linkname=linkname,
+                owner=owner,
+            )
     records: list[bytes] = []
     split = _split_ustar_name(name) if name.isascii() else None
     pax_link = bool(linkname) and (len(linkname) > 100 or not linkname.isascii())

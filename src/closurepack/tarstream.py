@@ -32,7 +32,6 @@ The format, fixed by :data:`TAR_FORMAT_VERSION` (bump it whenever the bytes coul
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -112,7 +111,7 @@ def _with_perms(entry: TarEntry, perms: Perms) -> TarEntry:
     mode, owner = perms.apply(path, entry.kind, entry.mode, entry.owner)
     if (mode, owner) == (entry.mode, entry.owner):
         return entry
-    return dataclasses.replace(entry, mode=mode, owner=owner)
+    return entry._replace(mode=mode, owner=owner)
 
 
 class _TarWriter:
