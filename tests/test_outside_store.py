@@ -18,7 +18,7 @@ from clistore import APP, GLIBC, Store, read_oci, run
 from closurepack.build import BuildOptions, build_layers
 from closurepack.errors import ClosureError, StoreError
 from closurepack.plan import ImagePlan, PlannedLayer
-from closurepack.tarstream import _check_entry_name, write_store_tar
+from closurepack.tarstream import _check_entry_name, _names_inside, write_store_tar
 
 PASSWD = Path("/etc/passwd")
 
@@ -153,6 +153,24 @@ def test_the_quick_name_check_agrees_with_the_definition(name: bytes) -> None:
             _check_entry_name(name)
     else:
         _check_entry_name(name)
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from([b"a", b".", b"/", b"\0", b".."]), max_size=6).map(b"".join),
+        max_size=5,
+    )
+)
+def test_the_check_of_all_names_at_once_agrees_with_the_one_by_one(names: list[bytes]) -> None:
+    def passes(name: bytes) -> bool:
+        try:
+            _check_entry_name(name)
+        except StoreError:
+            return False
+        return True
+
+    assert _names_inside(names) == all(passes(name) for name in names)
 
 
 def test_symlinks_out_of_the_store_are_stored_as_links(

@@ -10,11 +10,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from closurepack.errors import ClosureError, OptionError, StoreError
-from closurepack.tarentries import TreeEntry, scan_host_tree
-from closurepack.tarheader import tar_header
-from closurepack.tarstream import write_store_tar, write_tree_tar
+from closurepack.perms import MAX_ID
+from closurepack.tarentries import TarEntry, TreeEntry, scan_host_tree
+from closurepack.tarheader import REGTYPE, SYMTYPE, tar_header
+from closurepack.tarstream import _TarWriter, write_store_tar, write_tree_tar
 
 STORE = "/nix/store"
 APP = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-app-1.0"
@@ -350,3 +353,49 @@ def test_files_larger_than_a_read_are_whole_in_any_sink(tmp_path: Path) -> None:
         out.mkdir()
         subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
         assert (out / LIB[1:] / "lib" / "big.so").read_bytes() == big
+
+
+class ReadingSink(io.BytesIO):
+    """A sink that reads file contents itself, as the layer pipe does (``write_from``)."""
+
+    def write_from(self, fd: int, size: int) -> int:
+        data = b""
+        while len(data) < size and (more := os.read(fd, size - len(data))):
+            data += more
+        self.write(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("sink", [io.BytesIO, ReadingSink])
+@pytest.mark.parametrize("size", [1000, 300_000])  # read into the batch / on its own
+@pytest.mark.parametrize("change", [-1, 1])
+def test_a_file_whose_size_changed_since_it_was_listed_is_refused(
+    tmp_path: Path, sink: type[io.BytesIO], size: int, change: int
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(size + change))
+    entry = TarEntry(b"f", "file", 0o444, size, source=os.fsencode(path))
+    with pytest.raises(StoreError, match="changed size while being archived"):
+        _TarWriter(sink(), 1).write_all([entry])
+
+
+@settings(deadline=None)
+@given(
+    name=st.binary(min_size=1, max_size=300),
+    linkname=st.binary(max_size=200),
+    mode=st.integers(0, 0o7777),
+    size=st.integers(0, 1 << 40),
+    owner=st.tuples(st.integers(0, MAX_ID), st.integers(0, MAX_ID)),
+)
+def test_every_header_block_sums_to_its_checksum(
+    name: bytes, linkname: bytes, mode: int, size: int, owner: tuple[int, int]
+) -> None:
+    typeflag = SYMTYPE if linkname else REGTYPE
+    data = tar_header(
+        name, mode=mode, size=size, mtime=1, typeflag=typeflag, linkname=linkname, owner=owner
+    )
+    # the first block (a PAX header, when there is one) and the last (the entry's own)
+    for block in (data[:512], data[-512:]):
+        assert int(block[148:155].rstrip(b"\0 "), 8) == sum(block[:148]) + 8 * 32 + sum(block[156:])
+    info = tarfile.TarInfo.frombuf(data[-512:], "utf-8", "surrogateescape")
+    assert (info.mode, info.uid, info.gid) == (mode, *owner)

@@ -228,10 +228,14 @@ def _build(
     tar_hash = HashingWriter()
     # uncompressed, the blob is the tar: its digest is the diff_id, hashed once
     same = tar_hash if compression == "none" else None
+    # A buffer one byte short of a chunk: a whole chunk (each write of an uncompressed layer)
+    # goes to the file as it is, where a write that fits the buffer is first copied into it;
+    # the codecs' smaller outputs are still gathered.
+    buffering = _CHUNK - 1
     try:
         with (
             _counted(),
-            blob_writer(dest_dir, fsync=fsync, buffering=_CHUNK, digest_of=same) as blob,
+            blob_writer(dest_dir, fsync=fsync, buffering=buffering, digest_of=same) as blob,
         ):
             pipe = _Pipe(
                 lambda sink: open_compressor(

@@ -10,7 +10,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from closurepack.errors import OptionError, StoreError
 from closurepack.perms import MAX_ID
@@ -35,9 +35,11 @@ _KIND_NAMES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class TarEntry:
-    """One tar entry before writing: where its bytes come from and what its header says."""
+class TarEntry(NamedTuple):
+    """One tar entry before writing: where its bytes come from and what its header says.
+
+    (A named tuple: one is made for every file of a layer, three times faster than a frozen
+    dataclass.)"""
 
     name: bytes  # without trailing slash; sort key
     kind: Literal["dir", "file", "symlink"]

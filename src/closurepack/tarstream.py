@@ -32,7 +32,6 @@ The format, fixed by :data:`TAR_FORMAT_VERSION` (bump it whenever the bytes coul
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -63,6 +62,11 @@ __all__ = [
 TAR_FORMAT_VERSION = 2  # 2: GNU tar's depth-first order (1 sorted whole names: a, a-b, a/x)
 
 _READ_CHUNK = 1 << 20
+#: Files up to this size are read whole into the writer's batch (most files of a store: the
+#: copy costs less than a write of their own); larger ones go straight to the stream.
+_SMALL_FILE = 64 << 10
+#: Bytes of headers and small files gathered before they are written.
+_BATCH = 256 << 10
 
 
 def _check_entry_name(name: bytes) -> None:
@@ -86,15 +90,36 @@ def _check_entry_name(name: bytes) -> None:
         raise StoreError(f"{os.fsdecode(name)!r}: a tar entry must stay inside the image root")
 
 
+def _names_inside(names: list[bytes]) -> bool:
+    """True when no name in ``names`` would fail :func:`_check_entry_name`, found in one pass
+    over them all rather than a call each: joined by NUL (a byte no name may hold: one inside
+    a name shows as a NUL too many), each "/" also made a NUL, every part of every name lies
+    between two NULs, so an empty, ``.`` or ``..`` part is a NUL pair, NUL dot NUL or NUL dot
+    dot NUL. (``find``, not ``in``: ``in`` tries the needle as an int first, an exception
+    each time.)"""
+    if not names:
+        return True
+    joined = b"\0".join(names)
+    if joined.count(b"\0") != len(names) - 1:
+        return False
+    parts = b"\0" + joined.replace(b"/", b"\0") + b"\0"
+    return parts.find(b"\0\0") == parts.find(b"\0.\0") == parts.find(b"\0..\0") == -1
+
+
 def _with_perms(entry: TarEntry, perms: Perms) -> TarEntry:
     path = "/" + os.fsdecode(entry.name)
     mode, owner = perms.apply(path, entry.kind, entry.mode, entry.owner)
     if (mode, owner) == (entry.mode, entry.owner):
         return entry
-    return dataclasses.replace(entry, mode=mode, owner=owner)
+    return entry._replace(mode=mode, owner=owner)
 
 
 class _TarWriter:
+    """Writes sorted entries to ``out``. Headers, paddings and the contents of small files are
+    gathered in a batch and written together (one ``out.write`` for many entries: the layer
+    pipe's per-write work was much of the writer's time); a larger file's content goes on
+    its own, read straight into the stream's buffer when it has ``write_from``."""
+
     def __init__(self, out: Writable, mtime: int, perms: Perms | None = None) -> None:
         if not 0 <= mtime <= MAX_MTIME:
             raise OptionError(f"mtime {mtime} is out of range 0-{MAX_MTIME}")
@@ -103,10 +128,18 @@ class _TarWriter:
         self._write_from = getattr(out, "write_from", None)
         self._mtime = mtime
         self._perms = perms if perms is not None and not perms.is_empty else None
-        #: the read buffer of files over _READ_CHUNK, made when the first one comes (a stream
-        #: with ``write_from`` reads into its own: a layer build never needs this MiB)
+        #: the read buffer of large files, made when the first one comes (a stream with
+        #: ``write_from`` reads into its own: a layer build never needs this MiB)
         self._view: memoryview | None = None
         self._first_names: dict[tuple[int, int, int, tuple[int, int]], bytes] = {}
+        self._batch: list[bytes] = []
+        self._batched = 0  # bytes in the batch
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._out.write(b"".join(self._batch))
+            self._batch.clear()
+            self._batched = 0
 
     def write_all(self, entries: list[TarEntry]) -> None:
         if self._perms is not None:
@@ -115,19 +148,22 @@ class _TarWriter:
         # Component-wise order (GNU tar's): "/" sorts below every byte of a name. No name
         # holds a NUL, so replacing "/" by NUL gives that order as one bytes comparison.
         entries.sort(key=lambda e: e.name.replace(b"/", b"\0"))
+        inside = _names_inside([entry.name for entry in entries])
         previous: bytes | None = None
         for entry in entries:
             if entry.name == previous:
                 raise OptionError(f"{os.fsdecode(entry.name)}: given twice in one layer")
             previous = entry.name
-            _check_entry_name(entry.name)
+            if not inside:
+                _check_entry_name(entry.name)
             self._write(entry)
-        self._out.write(ZERO_BLOCK * 2)
+        self._batch.append(ZERO_BLOCK * 2)
+        self._flush()
 
     def _write(self, entry: TarEntry) -> None:
-        out = self._out
-        if entry.kind == "dir":
-            out.write(
+        kind = entry.kind
+        if kind == "dir":
+            self._add(
                 tar_header(
                     entry.name + b"/",
                     mode=entry.mode,
@@ -138,8 +174,8 @@ class _TarWriter:
                 )
             )
             return
-        if entry.kind == "symlink":
-            out.write(
+        if kind == "symlink":
+            self._add(
                 tar_header(
                     entry.name,
                     mode=0o777,
@@ -156,7 +192,7 @@ class _TarWriter:
             link_key = (*entry.inode, entry.mode, entry.owner)
             first = self._first_names.get(link_key)
             if first is not None:
-                out.write(
+                self._add(
                     tar_header(
                         entry.name,
                         mode=entry.mode,
@@ -170,24 +206,27 @@ class _TarWriter:
                 return
             self._first_names[link_key] = entry.name
         if entry.data is not None:
-            out.write(
-                tar_header(
-                    entry.name,
-                    mode=entry.mode,
-                    size=len(entry.data),
-                    mtime=self._mtime,
-                    typeflag=REGTYPE,
-                    owner=entry.owner,
-                )
+            header = tar_header(
+                entry.name,
+                mode=entry.mode,
+                size=len(entry.data),
+                mtime=self._mtime,
+                typeflag=REGTYPE,
+                owner=entry.owner,
             )
-            out.write(entry.data)
-            out.write(block_padding(len(entry.data)))
+            self._add(header + entry.data + block_padding(len(entry.data)))
             return
         assert entry.source is not None
         self._write_file(entry, entry.source)
 
+    def _add(self, data: bytes) -> None:
+        """Put ``data`` in the batch; write the batch when it has grown to _BATCH bytes."""
+        self._batch.append(data)
+        self._batched += len(data)
+        if self._batched >= _BATCH:
+            self._flush()
+
     def _write_file(self, entry: TarEntry, source: bytes) -> None:
-        where = os.fsdecode(source)
         size = entry.size
         header = tar_header(
             entry.name,
@@ -200,40 +239,48 @@ class _TarWriter:
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
-            raise StoreError(f"{where}: cannot open: {exc.strerror}") from exc
+            raise StoreError(f"{os.fsdecode(source)}: cannot open: {exc.strerror}") from exc
         try:
+            if size <= _SMALL_FILE:
+                # one read (one byte more to notice growth), into the batch
+                data = os.read(fd, size + 1)
+                if len(data) != size:
+                    raise _changed(source)
+                self._add(header + data + block_padding(size))
+                return
+            self._batch.append(header)
+            self._flush()
             write_from = self._write_from
             if write_from is not None:
                 # straight into the stream's buffer (see layerbuild._Pipe.write_from)
-                self._out.write(header)
                 if write_from(fd, size) != size or os.read(fd, 1):
-                    raise StoreError(f"{where}: changed size while being archived")
-            elif size <= _READ_CHUNK:
-                # small file: one read (one byte more to notice growth), one write
-                data = os.read(fd, size + 1)
-                if len(data) != size:
-                    raise StoreError(f"{where}: changed size while being archived")
-                self._out.write(header + data + block_padding(size))
-                return
+                    raise _changed(source)
             else:
-                self._out.write(header)
-                remaining = size
-                view = self._view
-                if view is None:
-                    view = self._view = memoryview(bytearray(_READ_CHUNK))
-                while remaining:
-                    n = os.readv(fd, [view[: min(remaining, _READ_CHUNK)]])
-                    if not n:
-                        raise StoreError(f"{where}: changed size while being archived")
-                    self._out.write(view[:n])
-                    remaining -= n
-                if os.read(fd, 1):
-                    raise StoreError(f"{where}: changed size while being archived")
+                self._copy(fd, size, source)
         except OSError as exc:
-            raise StoreError(f"{where}: cannot read: {exc.strerror}") from exc
+            raise StoreError(f"{os.fsdecode(source)}: cannot read: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        self._out.write(block_padding(size))
+        self._add(block_padding(size))
+
+    def _copy(self, fd: int, size: int, source: bytes) -> None:
+        """Copy ``size`` bytes of ``fd`` (all it has) to the stream through the read buffer."""
+        remaining = size
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(bytearray(_READ_CHUNK))
+        while remaining:
+            n = os.readv(fd, [view[: min(remaining, _READ_CHUNK)]])
+            if not n:
+                raise _changed(source)
+            self._out.write(view[:n])
+            remaining -= n
+        if os.read(fd, 1):
+            raise _changed(source)
+
+
+def _changed(source: bytes) -> StoreError:
+    return StoreError(f"{os.fsdecode(source)}: changed size while being archived")
 
 
 def write_store_tar(
