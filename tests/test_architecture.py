@@ -38,6 +38,8 @@ RANKS: dict[str, int] = {
     "chunkedtoc": 4,
     "chunked": 5,
     "chunkedcheck": 5,
+    "chunkedmeta": 5,
+    "chunkedsplit": 5,
     "compression": 5,
     "decompression": 5,
     "tarheader": 5,
