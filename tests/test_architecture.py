@@ -52,6 +52,7 @@ RANKS: dict[str, int] = {
     "cachedir": 1,
     "cachegc": 5,
     "cacheentry": 5,
+    "cachelocks": 5,
     "accounts": 5,
     "customisation": 5,
     "storedb": 5,
