@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ __all__ = [
     "read_docker_archive",
     "read_oci",
     "run",
+    "run_child",
+    "run_child_quietly",
     "store",
 ]
 
@@ -130,6 +134,37 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     status = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def run_child(
+    argv: Iterable[object],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a child process (``python -m closurepack.cli``); its output as text, any
+    exit status (``preexec_fn``: test_disk_full's file size limit)."""
+    return subprocess.run(
+        [sys.executable, "-m", "closurepack.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        check=False,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
+
+
+def run_child_quietly(argv: Iterable[object]) -> str:
+    """What the CLI run by :func:`run_child` prints, checked to succeed with nothing on
+    stderr."""
+    result = run_child(argv)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout.strip()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clistore import TOOL, Store, read_oci, run
+from clistore import TOOL, Store, read_oci, run, run_child
 from closurepack.cache import LayerCache
 
 CHILD_TIMEOUT = 120
@@ -29,15 +29,7 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _cli(*argv: object, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "closurepack.cli", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        check=False,
-        timeout=CHILD_TIMEOUT,
-    )
+    return run_child(argv, env=env, cwd=cwd, timeout=CHILD_TIMEOUT)
 
 
 # A real `closurepack build` whose layer build stops half way (some tar bytes written) and

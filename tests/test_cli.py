@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clistore import APP, GLIBC, GRAPH, LIBFOO, TOOL, ZLIB, Store, item, make_store, run
+from clistore import APP, GLIBC, GRAPH, LIBFOO, TOOL, ZLIB, Store, item, make_store, run, run_child
 
 COMMANDS = [
     "plan",
@@ -507,14 +507,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _subprocess(*argv: object, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "closurepack.cli", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        check=False,
-        timeout=60,
-    )
+    return run_child(argv, cwd=cwd, timeout=60)
 
 
 def test_subprocess_errors_never_show_a_traceback(store: Store, tmp_path: Path) -> None:

@@ -11,13 +11,12 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from clistore import APP, TOOL, Store
+from clistore import APP, TOOL, Store, run_child
 from closurepack.cache import LayerCache
 
 BIG = 3_000_000  # incompressible bytes in one store item: more than the small filesystem holds
@@ -39,16 +38,7 @@ def _cli(*argv: object, cwd: Path, limit: int | None = None) -> subprocess.Compl
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
-    return subprocess.run(
-        [sys.executable, "-m", "closurepack.cli", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        check=False,
-        timeout=120,
-        preexec_fn=set_limit,
-    )
+    return run_child(argv, cwd=cwd, env=env, timeout=120, preexec_fn=set_limit)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], status: int, *must: str) -> None:

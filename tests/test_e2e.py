@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from clistore import run_child_quietly
 from closurepack.cli import main
 from nixfixture import NixClosure
 from runtimes import DockerEngine, PodmanRunner, require_tool, run_tool
@@ -39,15 +40,7 @@ def _build(nix: NixClosure, dest: str, *extra: str, cache: Path) -> str:
         dest,
         *extra,
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "closurepack.cli", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return result.stdout.strip()
+    return run_child_quietly(argv)
 
 
 @pytest.fixture(scope="module")

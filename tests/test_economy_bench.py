@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from benchload import bench_module
 from closurepack.graph import Closure, StoreItem
 
 STORE = "/nix/store"
 
 
-def _load_bench() -> ModuleType:
-    path = Path(__file__).parent.parent / "bench" / "economy_bench.py"
-    spec = importlib.util.spec_from_file_location("economy_bench", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["economy_bench"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-eb = _load_bench()
+eb = bench_module("economy_bench")
 
 
 def p(number: int, name: str) -> str:

@@ -13,31 +13,8 @@ from closurepack.fleetregions import image_masks
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import LayerPlan
 from closurepack.planner import plan_closures, store_budget
+from fleetgen import fleets, path
 from slowcount import one_change_average
-
-STORE = "/nix/store"
-
-
-def path(k: int) -> str:
-    return f"{STORE}/{k:032d}-p{k}"
-
-
-@st.composite
-def fleets(draw: st.DrawFn, *, most: int = 26, images: int = 4) -> list[Closure]:
-    """2 to ``images`` images over one random DAG: each the closure of a few of its items."""
-    count = draw(st.integers(2, most))
-    paths = [path(k) for k in range(count)]
-    items = []
-    for k, name in enumerate(paths):
-        refs = draw(st.lists(st.sampled_from(paths[:k]), max_size=3, unique=True)) if k else []
-        size = draw(st.sampled_from([0, 10, 1000, 5 * 10**5, draw(st.integers(0, 10**7))]))
-        items.append(StoreItem(name, size, tuple(refs)))
-    whole = Closure.from_items(items, source="fleet")
-    chosen = []
-    for _ in range(draw(st.integers(2, images))):
-        tops = draw(st.lists(st.sampled_from(paths), min_size=1, max_size=3, unique=True))
-        chosen.append(whole.restrict(whole.requisites(tops), source="image"))
-    return chosen
 
 
 def stored(plan: LayerPlan, closures: Sequence[Closure]) -> int:

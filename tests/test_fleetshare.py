@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchload import bench_module
 from closurepack.fleetregions import image_masks
 from closurepack.fleetshare import plan_across
-from closurepack.graph import Closure, StoreItem
+from closurepack.graph import Closure
 from closurepack.planner import plan_closures, store_budget
 from closurepack.strategies._dag import Dag
+from fleetgen import fleets
 from slowcount import shipped_per_change
-
-STORE = "/nix/store"
-
-
-def path(k: int) -> str:
-    return f"{STORE}/{k:032d}-p{k}"
-
-
-@st.composite
-def fleets(draw: st.DrawFn) -> list[Closure]:
-    """2 to 4 images over one random DAG of up to 30 items, each the closure of a few."""
-    count = draw(st.integers(3, 30))
-    paths = [path(k) for k in range(count)]
-    items = []
-    for k, name in enumerate(paths):
-        refs = draw(st.lists(st.sampled_from(paths[:k]), max_size=3, unique=True)) if k else []
-        size = draw(st.sampled_from([0, 10, 1000, 5 * 10**5, draw(st.integers(0, 10**7))]))
-        items.append(StoreItem(name, size, tuple(refs)))
-    whole = Closure.from_items(items, source="fleet")
-    chosen = []
-    for _ in range(draw(st.integers(2, 4))):
-        tops = draw(st.lists(st.sampled_from(paths), min_size=1, max_size=3, unique=True))
-        chosen.append(whole.restrict(whole.requisites(tops), source="image"))
-    return chosen
 
 
 @settings(max_examples=60, deadline=None)
-@given(closures=fleets(), max_layers=st.integers(2, 9))
+@given(closures=fleets(least=3, most=30), max_layers=st.integers(2, 9))
 def test_every_image_is_within_its_budget_and_ships_no_more_than_alone(
     closures: list[Closure], max_layers: int
 ) -> None:
@@ -60,13 +34,17 @@ def test_every_image_is_within_its_budget_and_ships_no_more_than_alone(
         ]
         for c in closures
     ]
-    found = plan_across(
-        dag,
-        [masks[p] for p in dag.paths],
-        [[i] for i in range(len(dag))],
-        [[[index[p] for p in layer] for layer in own] for own in alone],
-        room,
-    )
+
+    def planned() -> list[list[list[int]]] | None:  # fresh inputs for each call
+        return plan_across(
+            dag,
+            [masks[p] for p in dag.paths],
+            [[i] for i in range(len(dag))],
+            [[[index[p] for p in layer] for layer in own] for own in alone],
+            room,
+        )
+
+    found = planned()
     assert found is not None
     for closure, own, layers in zip(closures, alone, found, strict=True):
         paths = [[dag.paths[i] for i in layer] for layer in layers]
@@ -74,26 +52,12 @@ def test_every_image_is_within_its_budget_and_ships_no_more_than_alone(
         assert all(paths)
         assert len(paths) <= room
         assert shipped_per_change(closure, paths) <= shipped_per_change(closure, own)
-    again = plan_across(
-        dag,
-        [masks[p] for p in dag.paths],
-        [[i] for i in range(len(dag))],
-        [[[index[p] for p in layer] for layer in own] for own in alone],
-        room,
-    )
-    assert again == found
+    assert planned() == found
 
 
 def _generated(count: int, seed: int) -> list[Closure]:
     """The base closures of ``bench/economy_bench.py``'s held-out apps."""
-    bench = Path(__file__).parent.parent / "bench" / "economy_bench.py"
-    spec = importlib.util.spec_from_file_location("economy_bench", bench)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["economy_bench"] = module
-    spec.loader.exec_module(module)
-    return [pair.base for pair in module.generated_pairs(count, seed)]
+    return [pair.base for pair in bench_module("economy_bench").generated_pairs(count, seed)]
 
 
 def test_stable_images_planned_together_store_each_item_nearly_once() -> None:

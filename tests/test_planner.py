@@ -14,6 +14,7 @@ from closurepack.graph import Closure, StoreItem
 from closurepack.plan import LayerPlan
 from closurepack.planner import format_plan_table, human_size, plan_closures, store_budget
 from closurepack.strategies import STRATEGIES
+from fleetgen import fleets
 from slowcount import one_change_average
 
 DATA = Path(__file__).parent / "data" / "strategies"
@@ -229,27 +230,9 @@ def test_table() -> None:
     ]
 
 
-@st.composite
-def fleets(draw: st.DrawFn) -> list[Closure]:
-    """2 to 4 images over one random DAG: each the closure of a few of its items."""
-    count = draw(st.integers(3, 26))
-    paths = [f"/nix/store/{k:032d}-p{k % 5}" for k in range(count)]
-    items = []
-    for k, path in enumerate(paths):
-        refs = draw(st.lists(st.sampled_from(paths[:k]), max_size=3, unique=True)) if k else []
-        size = draw(st.sampled_from([10, 1000, 5 * 10**5, 3 * 10**6, draw(st.integers(0, 10**7))]))
-        items.append(StoreItem(path, size, tuple(refs)))
-    whole = Closure.from_items(items, source="fleet")
-    images = []
-    for _ in range(draw(st.integers(2, 4))):
-        tops = draw(st.lists(st.sampled_from(paths), min_size=1, max_size=3, unique=True))
-        images.append(whole.restrict(whole.requisites(tops), source="image"))
-    return images
-
-
 @settings(max_examples=60, deadline=None)
 @given(
-    images=fleets(),
+    images=fleets(least=3, sizes=(10, 1000, 5 * 10**5, 3 * 10**6), names=5),
     strategy=st.sampled_from(["auto", "popularity", "size", "stable", "dominator"]),
     max_layers=st.integers(2, 8),
 )

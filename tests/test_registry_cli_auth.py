@@ -8,12 +8,11 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from clistore import Store
+from clistore import Store, run_child
 from registry_auth_fixtures import PASSWORD, USER, AuthRegistry, TokenServer
 
 pytestmark = pytest.mark.integration
@@ -26,15 +25,7 @@ def _auth_json(path: Path, host: str, user: str, password: str) -> Path:
 
 
 def _cli(*argv: object, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "closurepack.cli", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        check=False,
-        timeout=300,
-    )
+    return run_child(argv, env=env, cwd=cwd, timeout=300)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -5,12 +5,11 @@ containerd's ctr."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from clistore import run_child_quietly
 from nixfixture import NixClosure
 from registry_fixtures import Containerd, Registry
 from runtimes import DockerEngine, PodmanRunner
@@ -32,15 +31,7 @@ def _push(nix: NixClosure, dest: str, *extra: str, cache: Path) -> str:
         dest,
         *extra,
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "closurepack.cli", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return result.stdout.strip()
+    return run_child_quietly(argv)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,11 @@ gave; with --uid/--gid the store is the user's to write."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from clistore import run_child
 from nixfixture import NixClosure
 from runtimes import DockerEngine, PodmanRunner, require_tool
 
@@ -84,12 +83,7 @@ def _build(nix: NixClosure, dest: Path, tmp: Path, *extra: str) -> None:
         *extra,
         "-o", f"docker-archive:{dest}",
     ]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "closurepack.cli", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_child(argv)
     assert result.returncode == 0, result.stderr
 
 

@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
-import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -48,12 +45,19 @@ from closurepack._fs import (
     fs_now,
     locked_temp_dir,
     move_file,
-    sweep_stale_temp_dirs,
 )
 from closurepack.blobstamp import BlobStamps
 from closurepack.cachedir import default_cache_dir
 from closurepack.cacheentry import check_blob, entry_text, hash_file, read_entry
-from closurepack.cachegc import KEY, CacheUsage, blob_sizes, lock_file, remove_entries
+from closurepack.cachegc import (
+    KEY,
+    WORK_PREFIX,
+    CacheUsage,
+    blob_sizes,
+    remove_entries,
+    sweep_work_dirs,
+)
+from closurepack.cachelocks import KeyLocks
 from closurepack.digest import Digest
 from closurepack.errors import CacheError, StoreError
 from closurepack.layer import BuiltLayer
@@ -62,13 +66,8 @@ __all__ = ["DEFAULT_MAX_SIZE", "CacheUsage", "LayerCache", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
-#: A build directory of an older closurepack (not flock-held) this old belongs to a process
-#: that died.
-_STALE_TMP_AGE = 86400.0
 #: Why a write runs out of room: disk full, quota, file size limit.
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: The prefix of the work directories under tmp/ (see :func:`closurepack._fs.locked_temp_dir`).
-_WORK = "work-"
 #: The limit builds keep the cache under unless told otherwise (``--cache-max-size``).
 DEFAULT_MAX_SIZE = "20G"
 
@@ -93,8 +92,6 @@ class LayerCache:
         #: The start of the running command: temp directories changed since are never swept.
         self._started = fs_now()
         self._in_use: set[str] = set()
-        #: key -> fd holding a shared flock on locks/<key>.use, released by :meth:`close`.
-        self._held: dict[str, int] = {}
         self._mutex = threading.Lock()
         #: The blobs' total size as last counted, plus the blobs this object has put since
         #: (None: not counted yet). Other processes' puts are seen at the next count.
@@ -102,6 +99,7 @@ class LayerCache:
         self._blobs = root / "blobs" / "sha256"
         self._keys = root / "keys"
         self._locks = root / "locks"
+        self._key_locks = KeyLocks(self._locks)
         self._tmp = root / "tmp"
         for directory in (self._blobs, self._keys, self._locks, self._tmp):
             try:
@@ -135,13 +133,10 @@ class LayerCache:
 
     def close(self) -> None:
         """Let other processes evict the entries this object has handed out."""
-        with self._mutex:
-            held, self._held = list(self._held.values()), {}
-        for fd in held:
-            os.close(fd)
+        self._key_locks.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(AttributeError):  # __init__ may have failed before _held
+        with contextlib.suppress(AttributeError):  # __init__ may have failed before _key_locks
             self.close()
 
     def __enter__(self) -> LayerCache:
@@ -189,15 +184,15 @@ class LayerCache:
         (no process evicts it until :meth:`close`).
         """
         self._entry_path(key)  # a bad key fails before any lock file is made for it
-        held = self._hold(key)
+        held = self._key_locks.hold(key)
         try:
             layer = self._lookup(key)
         except BaseException:
             if not held:
-                self._release(key)
+                self._key_locks.release(key)
             raise
         if layer is None and not held:
-            self._release(key)
+            self._key_locks.release(key)
         return layer
 
     def _lookup(self, key: str) -> BuiltLayer | None:
@@ -233,7 +228,7 @@ class LayerCache:
         # Not fsynced, as the blob is not (build_store_layer's fsync=False): syncing the entry
         # alone never made the pair durable, and cost every layer two journal commits. After a
         # crash an entry is there whole, or missing, or unreadable (removed when read): a miss.
-        with locked_temp_dir(self._tmp, _WORK) as work:
+        with locked_temp_dir(self._tmp, WORK_PREFIX) as work:
             staged = work / "entry.json"
             with atomic_write(staged, fsync=False) as handle:
                 handle.write(text.encode())
@@ -262,37 +257,6 @@ class LayerCache:
         self._mark_used(key)
         return cached
 
-    # -- locks ---------------------------------------------------------------------------
-
-    def _hold(self, key: str) -> bool:
-        """Hold a shared lock on ``key``'s use lock (once per object); True if already held."""
-        with self._mutex:
-            if key in self._held:
-                return True
-        fd = lock_file(self._locks / f"{key}.use", fcntl.LOCK_SH)
-        assert fd is not None  # a waiting lock always returns an fd
-        with self._mutex:
-            if key in self._held:  # another thread of ours got there first
-                os.close(fd)
-                return True
-            self._held[key] = fd
-        return False
-
-    def _release(self, key: str) -> None:
-        with self._mutex:
-            fd = self._held.pop(key, None)
-        if fd is not None:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        fd = lock_file(self._locks / f"{key}.lock", fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fd is not None:
-                os.close(fd)  # closing releases the lock
-
     def get_or_build(self, key: str, build: Callable[[Path], BuiltLayer]) -> BuiltLayer:
         """The cached layer for ``key``, or ``build(tmp_dir)``'s result moved into the cache.
 
@@ -301,17 +265,17 @@ class LayerCache:
         blobs (as counted once, plus those put since) exceed it.
         """
         self._entry_path(key)
-        held = self._hold(key)
+        held = self._key_locks.hold(key)
         try:
             layer = self._lookup(key)
             if layer is None:
-                with self._locked(key):
+                with self._key_locks.building(key):
                     layer = self._lookup(key)
                     if layer is None:
                         layer = self._build_into_cache(key, build)
         except BaseException:
             if not held:
-                self._release(key)
+                self._key_locks.release(key)
             raise
         if self.max_bytes is not None and self._counted_bytes() > self.max_bytes:
             self.evict()
@@ -319,7 +283,7 @@ class LayerCache:
 
     def _build_into_cache(self, key: str, build: Callable[[Path], BuiltLayer]) -> BuiltLayer:
         try:
-            with locked_temp_dir(self._tmp, _WORK) as work:
+            with locked_temp_dir(self._tmp, WORK_PREFIX) as work:
                 return self.put(key, build(work))
         except StoreError as exc:
             cause = exc.__cause__
@@ -362,14 +326,7 @@ class LayerCache:
         """Remove the work directories of killed processes: flock-held ones whose lock is free
         and that are older than this object, and (from older closurepacks) any other entry
         of tmp/ older than a day."""
-        sweep_stale_temp_dirs(self._tmp, _WORK, before=self._started)
-        now = time.time()
-        for work in self._tmp.iterdir():
-            if work.name.startswith((_WORK, f".{_WORK}")):
-                continue
-            with contextlib.suppress(OSError):
-                if now - work.stat().st_mtime > _STALE_TMP_AGE:
-                    shutil.rmtree(work, ignore_errors=True)
+        sweep_work_dirs(self._tmp, before=self._started)
 
     # -- eviction ------------------------------------------------------------------------
 
@@ -395,8 +352,9 @@ class LayerCache:
         """Like :meth:`evict` down to ``max_bytes``, or every entry when None (clearing the
         cache); return the keys removed and how many entries stayed because they are in use."""
         self._sweep_tmp()
+        held = self._key_locks.held()
         with self._mutex:
-            in_use = self._in_use | set(self._held)
+            in_use = self._in_use | held
         removed, total, busy = remove_entries(self.root, limit=max_bytes, in_use=in_use)
         with self._mutex:
             self._blob_bytes = total

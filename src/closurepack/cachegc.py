@@ -1,6 +1,7 @@
 """What a layer cache directory holds, and removing entries from it safely: entry and blob
 listings, the flock helper every cache lock goes through, and LRU removal under use locks
-(eviction, ``closurepack cache prune`` and ``clear``). See :mod:`closurepack.cache`."""
+(eviction, ``closurepack cache prune`` and ``clear``), and the sweep of the work directories
+killed processes left. See :mod:`closurepack.cache`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,25 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 
+from closurepack._workdirs import sweep_stale_temp_dirs
 from closurepack.errors import CacheError
 
-__all__ = ["KEY", "CacheUsage", "blob_sizes", "list_entries", "lock_file", "remove_entries"]
+__all__ = [
+    "KEY",
+    "WORK_PREFIX",
+    "CacheUsage",
+    "blob_sizes",
+    "list_entries",
+    "lock_file",
+    "remove_entries",
+    "sweep_work_dirs",
+]
 
 #: A valid cache key (the file name of an entry without ``.json``).
 KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -24,6 +36,11 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 #: A blob no entry refers to is removed only when older than this (a concurrent ``put`` moves
 #: the blob in before it writes the entry).
 _ORPHAN_AGE = 3600.0
+#: The prefix of the work directories under tmp/ (see :func:`closurepack._fs.locked_temp_dir`).
+WORK_PREFIX = "work-"
+#: A build directory of an older closurepack (not flock-held) this old belongs to a process
+#: that died.
+_STALE_TMP_AGE = 86400.0
 
 
 @dataclass(frozen=True)
@@ -133,3 +150,17 @@ def remove_entries(
         finally:
             os.close(fd)
     return removed, total, busy
+
+
+def sweep_work_dirs(tmp: Path, *, before: float) -> None:
+    """Remove the work directories of killed processes from a cache's ``tmp``: flock-held ones
+    whose lock is free and that are older than ``before``, and (from older closurepacks) any
+    other entry older than a day."""
+    sweep_stale_temp_dirs(tmp, WORK_PREFIX, before=before)
+    now = time.time()
+    for work in tmp.iterdir():
+        if work.name.startswith((WORK_PREFIX, f".{WORK_PREFIX}")):
+            continue
+        with contextlib.suppress(OSError):
+            if now - work.stat().st_mtime > _STALE_TMP_AGE:
+                shutil.rmtree(work, ignore_errors=True)

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from closurepack._fs import hash_stream
-from closurepack.chunkedcheck import ChunkedCheck, Readable, chunked_check
+from closurepack.chunkedcheck import ChunkedCheck, chunked_check
+from closurepack.chunkedsplit import Readable
 from closurepack.chunkedtoc import is_chunked
 from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest
