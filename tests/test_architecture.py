@@ -34,6 +34,7 @@ RANKS: dict[str, int] = {
     "fleetfloor": 4,
     "fleet": 4,
     "fleetshare": 4,
+    "fleetadopt": 4,
     "fleetrepair": 4,
     "chunkedtoc": 4,
     "chunked": 5,

@@ -40,6 +40,11 @@ twice; (4) the least expected update bytes, summed over the images. How:
 5. Layers are ordered bottom first by how many images hold them (most first), then by their
    lowest item in the union's topological order (dependencies first), so shared and stable
    layers sit at the bottom, as Docker's ChainID reuse wants.
+6. When the candidate kept still stores some item twice (fleets of at most
+   :data:`ADOPT_ITEMS` items), it and the images' plans alone are each improved by adoption
+   (:func:`closurepack.fleetadopt.adopt_layers`: images take up the layers others store, each
+   refitted within its budget and its cost alone), small atoms folded as in step 4, and the
+   one storing the fewest bytes of the three is kept on the same terms.
 
 Complexity: with ``A_R`` atoms ever in region ``R`` (an image's own region also receives the
 copies of step 3), ``N`` items in the union and ``K`` images,
@@ -60,19 +65,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from closurepack.fleetadopt import adopt_layers
 from closurepack.fleetfloor import FleetFloor, fleet_floor
 from closurepack.fleetregions import JointState, image_masks, mask_bits
 from closurepack.fleetshare import plan_across
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
+from closurepack.strategies.economy import bitset
 
 # fleet_floor and FleetFloor are defined in fleetfloor and importable from here too (README.md
 # names closurepack.fleet.fleet_floor).
-__all__ = ["ACROSS_ABOVE", "FleetFloor", "fleet_floor", "plan_jointly"]
+__all__ = ["ACROSS_ABOVE", "ADOPT_ITEMS", "FleetFloor", "fleet_floor", "plan_jointly"]
 
 #: A fleet whose best plan of steps 1 to 4 stores more than this share of its items twice is
 #: also planned across regions (:mod:`closurepack.fleetshare`).
 ACROSS_ABOVE = 0.01
+#: Fleets of up to this many distinct items are improved by adoption (step 6).
+ADOPT_ITEMS = 3000
 
 
 def plan_jointly(
@@ -99,7 +108,44 @@ def plan_jointly(
         if across is not None:
             tries.append(across)
     best = min(tries, key=lambda joint: (joint.stored(), sum(joint.spent)))
+    if best.stored() > sum(dag.sizes) and len(dag) <= ADOPT_ITEMS:
+        starts = [best] if best is separate else [best, separate]
+        tries = [
+            _adopted(dag, closures, alone, room=room, min_size=min_size, start=start)
+            for start in starts
+        ]
+        best = min([best, *tries], key=lambda joint: (joint.stored(), sum(joint.spent)))
     return best.layers(len(closures))
+
+
+def _adopted(
+    dag: Dag,
+    closures: Sequence[Closure],
+    alone: Sequence[Sequence[tuple[str, ...]]],
+    *,
+    room: int,
+    min_size: int,
+    start: JointState,
+) -> JointState:
+    """Step 6 of the module docstring: ``start`` after adoption, as a :class:`JointState`."""
+    joint = JointState(dag, alone, room)
+    n = len(dag)
+    downs = [bitset(dag.reach([i]), n) for i in range(n)]
+    items = [frozenset(joint.index[p] for p in closure.items) for closure in closures]
+    held: list[list[frozenset[int]]] = [[] for _ in closures]
+    for atom in start.atoms.values():
+        for k in mask_bits(atom.owner):
+            held[k].append(frozenset(atom.members))
+    found = adopt_layers(dag, downs, items=items, start=held, limits=joint.limit, room=room)
+    owners: dict[frozenset[int], int] = {}
+    for k, layers in enumerate(found):
+        for layer in layers:
+            owners[layer] = owners.get(layer, 0) | 1 << k
+    for members in sorted(owners, key=sorted):
+        joint.add(owners[members], sorted(members), pair=False)
+    if min_size > 0:
+        joint.fold_small(min_size)
+    return joint
 
 
 def _across(
