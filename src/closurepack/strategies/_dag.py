@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+import gc
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
@@ -48,13 +50,14 @@ class Dag:
         index = dict(zip(order, range(len(order)), strict=True))
         position = index.__getitem__
         items = closure.items
-        refs = tuple([tuple(map(position, items[p].references)) for p in order])
-        referrers: list[list[int]] = [[] for _ in order]
-        for i, rs in enumerate(refs):
-            for r in rs:
-                referrers[r].append(i)  # i ascends: each list comes out sorted
-        sizes = tuple([items[p].nar_size for p in order])
-        dag = cls(tuple(order), refs, tuple(map(tuple, referrers)), sizes)
+        with _cyclic_gc_paused():  # 190k lists and tuples of ints: no cycle among them
+            refs = tuple([tuple(map(position, items[p].references)) for p in order])
+            referrers: list[list[int]] = [[] for _ in order]
+            for i, rs in enumerate(refs):
+                for r in rs:
+                    referrers[r].append(i)  # i ascends: each list comes out sorted
+            sizes = tuple([items[p].nar_size for p in order])
+            dag = cls(tuple(order), refs, tuple(map(tuple, referrers)), sizes)
         dag._index.update(index)
         return dag
 
@@ -113,42 +116,97 @@ class Dag:
         sums = [0] * n
         weigh = weights.__getitem__ if weights is not None else None
         largest = held.__getitem__
-        for i in range(n - 1, -1, -1) if up else range(n):
-            parts = parts_of[i]
-            current: set[int]
-            if not parts:
-                current, total = set(), 0
-            elif len(parts) == 1:
-                (only,) = parts
-                total = sums[only]
-                remaining[only] -= 1
-                if remaining[only]:
-                    current = set(sets[only])
+        with _cyclic_gc_paused():  # sets of ints hold no cycles: nothing for it to find
+            for i in range(n - 1, -1, -1) if up else range(n):
+                parts = parts_of[i]
+                if not parts:
+                    current: set[int] = set()
+                    total = 0
                 else:
-                    current = sets[only]
-                    sets[only] = gone
-            else:
-                biggest = max(parts, key=largest)
-                total = sums[biggest]
-                taken = sets[biggest]
-                current = taken if remaining[biggest] == 1 else set(taken)
-                for r in parts:
-                    remaining[r] -= 1
-                    # Every set here is closed (an item's holds all it reaches), so is their
-                    # union: one that holds r holds all of r's set already.
-                    if r not in current:
-                        new = sets[r] - current
-                        if new:
-                            current |= new
-                            total += sum(map(weigh, new)) if weigh else len(new)
-                    if not remaining[r]:
-                        sets[r] = gone
-            current.add(i)
-            sums[i] = total + (weigh(i) if weigh else 1)
-            if remaining[i]:
-                sets[i] = current
-                held[i] = len(current)
+                    biggest = max(parts, key=largest)
+                    total = sums[biggest]
+                    taken = sets[biggest]
+                    if remaining[i]:
+                        current = taken if remaining[biggest] == 1 else set(taken)
+                        total += _add_parts(
+                            parts, current, sets=sets, remaining=remaining, gone=gone, weigh=weigh
+                        )
+                    else:
+                        # Nothing needs this item's set (half the items of a closure are its
+                        # roots): count what the other parts add to the largest, uncopied.
+                        current = gone
+                        total += _count_beyond(
+                            taken, parts, sets=sets, remaining=remaining, gone=gone, weigh=weigh
+                        )
+                sums[i] = total + (weigh(i) if weigh else 1)
+                if remaining[i]:
+                    current.add(i)
+                    sets[i] = current
+                    held[i] = len(current)
         return sums
+
+
+def _add_parts(
+    parts: Iterable[int],
+    current: set[int],
+    *,
+    sets: list[set[int]],
+    remaining: list[int],
+    gone: set[int],
+    weigh: Callable[[int], int] | None,
+) -> int:
+    """Add the sets of ``parts`` to ``current`` (one of them already); the weight added."""
+    added = 0
+    for r in parts:
+        remaining[r] -= 1
+        # Every set here is closed (an item's holds all it reaches), so is their union: one
+        # that holds r holds all of r's set already.
+        if r not in current:
+            new = sets[r] - current
+            if new:
+                current |= new
+                added += sum(map(weigh, new)) if weigh else len(new)
+        if not remaining[r]:
+            sets[r] = gone
+    return added
+
+
+def _count_beyond(
+    base: set[int],
+    parts: Iterable[int],
+    *,
+    sets: list[set[int]],
+    remaining: list[int],
+    gone: set[int],
+    weigh: Callable[[int], int] | None,
+) -> int:
+    """The weight the sets of ``parts`` hold beyond ``base`` (one of them), ``base`` unchanged."""
+    added = 0
+    extra: set[int] = set()
+    for r in parts:
+        remaining[r] -= 1
+        if r not in base and r not in extra:
+            new = sets[r] - base
+            new -= extra
+            if new:
+                extra |= new
+                added += sum(map(weigh, new)) if weigh else len(new)
+        if not remaining[r]:
+            sets[r] = gone
+    return added
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: building many sets or tuples of ints otherwise
+    starts collections that walk every object alive (the closure's too) and find nothing."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def singles_then_rest(order: Sequence[str], budget: int) -> list[tuple[str, ...]]:
