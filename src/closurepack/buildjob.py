@@ -19,6 +19,7 @@ from closurepack.build import (
 )
 from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.cache import LayerCache
+from closurepack.cachedir import default_cache_dir
 from closurepack.customisation import (
     Customisation,
     customisation_entries,
@@ -51,7 +52,8 @@ from closurepack.jobsetup import (
 )
 from closurepack.layer import BuiltLayer, RemoteLayer
 from closurepack.options import parse_size
-from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan
+from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan, LayerPlan
+from closurepack.plancache import cached_plan, plan_key
 from closurepack.registry import (
     RegistryOptions,
     is_registry_reference,
@@ -229,15 +231,26 @@ def build_image(
         ]
         for layer in (layer for f in found for layer in f.foreign):
             reuse.setdefault(layer.paths, layer.materialize)  # other tools' blobs, as they are
-        plan = make_plan(
-            closures,
-            strategy=strategy,
-            max_layers=budget,
-            previous=[f.plan for f in found],
-            names=names,
-            registry=registry,
-            min_layer_size=min_layer_size,
-        )
+
+        def planned() -> LayerPlan:
+            return make_plan(
+                closures,
+                strategy=strategy,
+                max_layers=budget,
+                previous=[f.plan for f in found],
+                names=names,
+                registry=registry,
+                min_layer_size=min_layer_size,
+            )
+
+        if no_cache or previous or (strategy or "").lstrip().startswith("@"):
+            plan = planned()
+        else:  # an unchanged closure with the same options: the plan it had (plancache.py)
+            key = plan_key(
+                closures, strategy=strategy, budget=budget, min_layer_size=min_layer_size,
+                names=names,
+            )  # fmt: skip
+            plan = cached_plan(cache_dir or default_cache_dir(), key, closures, planned)
         source = "the plan"
     if targets:
         image_plans = list(plan.images)
