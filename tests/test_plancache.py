@@ -20,7 +20,7 @@ from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.graph import Closure, StoreItem
 from closurepack.jobsetup import ImageOptions
 from closurepack.plan import LayerPlan
-from closurepack.plancache import PLANS_DIR, cached_plan, plan_key
+from closurepack.plancache import PLANS_DIR, keep_plan, kept_plan, plan_key
 from closurepack.planner import plan_closures
 from closurepack.transports import oci_layout
 
@@ -45,19 +45,22 @@ def _key(closure: Closure, **options: object) -> str:
     )
 
 
-def _planner(closure: Closure, calls: list[int]) -> Callable[[], LayerPlan]:
-    def make() -> LayerPlan:
-        calls.append(1)
-        return plan_closures([closure], max_layers=10, names=["app"])
-
-    return make
+def cached_plan(cache: Path, key: str, closures: list[Closure], calls: list[int]) -> LayerPlan:
+    """As a build does: the kept plan, else one made (counted in ``calls``) and kept."""
+    kept = kept_plan(cache, key, closures)
+    if kept is not None:
+        return kept
+    calls.append(1)
+    plan = plan_closures(closures, max_layers=10, names=["app"])
+    keep_plan(cache, key, plan)
+    return plan
 
 
 def test_an_unchanged_closure_is_not_planned_again(tmp_path: Path) -> None:
     closure, calls = _closure(), []
     key = _key(closure)
-    first = cached_plan(tmp_path, key, [closure], _planner(closure, calls))
-    again = cached_plan(tmp_path, key, [_closure()], _planner(closure, calls))
+    first = cached_plan(tmp_path, key, [closure], calls)
+    again = cached_plan(tmp_path, key, [_closure()], calls)
     assert calls == [1]
     assert again == first
     assert again.to_json() == first.to_json()
@@ -106,21 +109,21 @@ def test_a_kept_plan_that_is_not_sound_is_made_again_and_replaced(
 ) -> None:
     closure, calls = _closure(), []
     key = _key(closure)
-    first = cached_plan(tmp_path, key, [closure], _planner(closure, calls))
+    first = cached_plan(tmp_path, key, [closure], calls)
     damage(_record(tmp_path, key))
-    assert cached_plan(tmp_path, key, [closure], _planner(closure, calls)) == first
+    assert cached_plan(tmp_path, key, [closure], calls) == first
     assert calls == [1, 1]
-    assert cached_plan(tmp_path, key, [closure], _planner(closure, calls)) == first
+    assert cached_plan(tmp_path, key, [closure], calls) == first
     assert calls == [1, 1]  # the made plan was kept over the damaged one
 
 
 def test_a_cache_directory_that_cannot_be_written_only_plans(tmp_path: Path) -> None:
     closure, calls = _closure(), []
-    (tmp_path / "file").write_text("")
-    unusable = tmp_path / "file" / "cache"
-    cached_plan(unusable, _key(closure), [closure], _planner(closure, calls))
-    cached_plan(unusable, _key(closure), [closure], _planner(closure, calls))
+    missing = tmp_path / "no" / "such" / "cache"
+    cached_plan(missing, _key(closure), [closure], calls)
+    cached_plan(missing, _key(closure), [closure], calls)
     assert calls == [1, 1]
+    assert not (tmp_path / "no").exists()  # (not made: that is the layer cache's to do)
 
 
 def _build(store: Store, closure: Path, layout: Path, cache: Path) -> str:

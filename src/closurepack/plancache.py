@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from closurepack._fs import atomic_write
@@ -34,7 +34,8 @@ from closurepack.plan import LayerPlan
 
 __all__ = [
     "PLANS_DIR",
-    "cached_plan",
+    "keep_plan",
+    "kept_plan",
     "plan_key",
 ]
 
@@ -64,24 +65,22 @@ def plan_key(
     return digest.hexdigest()
 
 
-def cached_plan(
-    cache_dir: Path, key: str, closures: Sequence[Closure], make: Callable[[], LayerPlan]
-) -> LayerPlan:
-    """The plan kept under ``cache_dir`` for ``key`` when it is sound, else ``make()``'s, kept
-    there for the next build."""
+def kept_plan(cache_dir: Path, key: str, closures: Sequence[Closure]) -> LayerPlan | None:
+    """The plan kept under ``cache_dir`` for ``key`` when it is sound, else None (nothing is
+    made: a cache directory that does not exist stays so)."""
+    return _read(cache_dir / PLANS_DIR / f"{key}.json", key, closures)
+
+
+def keep_plan(cache_dir: Path, key: str, plan: LayerPlan) -> None:
+    """Keep ``plan`` for ``key`` under ``cache_dir`` (a layer cache the build opened), over
+    whatever was kept there for it."""
     path = cache_dir / PLANS_DIR / f"{key}.json"
-    found = _read(path, key, closures)
-    if found is not None:
-        return found
-    plan = make()
     text = plan.to_json()
     record = {"key": key, "sha256": hashlib.sha256(text.encode()).hexdigest(), "plan": text}
     with contextlib.suppress(OSError, ClosurepackError):
-        # (the cache directory as the layer cache makes it; one that cannot be made: no plan kept)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)
         with atomic_write(path, fsync=False) as out:
             out.write(json.dumps(record).encode())
-    return plan
 
 
 def _read(path: Path, key: str, closures: Sequence[Closure]) -> LayerPlan | None:
