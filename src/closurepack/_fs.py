@@ -168,6 +168,7 @@ def blob_writer(
     directory: Path,
     *,
     fsync: bool = True,
+    sync_dir: bool = True,
     buffering: int = -1,
     digest_of: HashingWriter | None = None,
 ) -> Iterator[HashingWriter]:
@@ -180,7 +181,8 @@ def blob_writer(
 
     ``digest_of``: a writer that already hashes exactly the bytes written here (an
     uncompressed layer's tar hash is its blob's digest); the blob is then not hashed a second
-    time, and its digest is that writer's.
+    time, and its digest is that writer's. ``sync_dir=False`` (with ``fsync``) leaves the
+    rename's durability to the caller: one :func:`fsync_dir` after several blobs.
     """
     directory.mkdir(parents=True, exist_ok=True)
     with _locked_temp(directory, prefix=".blob.") as (fd, tmp):
@@ -196,7 +198,7 @@ def blob_writer(
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    if fsync:
+    if fsync and sync_dir:
         fsync_dir(directory)
 
 
@@ -221,14 +223,16 @@ def put_blob(
     *,
     expected: Digest | None = None,
     fsync: bool = True,
+    sync_dir: bool = True,
 ) -> tuple[Digest, int]:
     """Store the bytes of ``source`` as ``directory/<sha256 hex>``, hashing while copying.
 
     ``source`` is a readable binary stream or an iterable of byte chunks. When ``expected`` is
     given and the content does not match, nothing is stored and ValueError is raised. A blob that
-    is already there is success (its name is its content).
+    is already there is success (its name is its content). ``sync_dir``: as
+    :func:`blob_writer`'s.
     """
-    with blob_writer(directory, fsync=fsync) as writer:
+    with blob_writer(directory, fsync=fsync, sync_dir=sync_dir) as writer:
         if hasattr(source, "readinto"):
             copy_stream(cast(BinaryIO, source), writer)
         else:

@@ -19,6 +19,7 @@ from closurepack.build import (
 )
 from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.cache import LayerCache
+from closurepack.cachedir import default_cache_dir
 from closurepack.customisation import (
     Customisation,
     customisation_entries,
@@ -52,6 +53,7 @@ from closurepack.jobsetup import (
 from closurepack.layer import BuiltLayer, RemoteLayer
 from closurepack.options import parse_size
 from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan
+from closurepack.plancache import keep_plan, kept_plan, plan_key
 from closurepack.registry import (
     RegistryOptions,
     is_registry_reference,
@@ -160,6 +162,7 @@ def build_image(
     if targets and sbom.out is not None:
         raise OptionError("--sbom-out names one file per format: not with --platform")
     whole: list[Closure] = []  # the closures as given, before the --from image's items go
+    key, kept = None, None  # the plan's key in the plan cache, the plan it kept
     provided: list[set[str]] = []  # per closure: the items its --from image holds
 
     if plan_file is not None:
@@ -229,7 +232,15 @@ def build_image(
         ]
         for layer in (layer for f in found for layer in f.foreign):
             reuse.setdefault(layer.paths, layer.materialize)  # other tools' blobs, as they are
-        plan = make_plan(
+
+        if not (no_cache or previous or (strategy or "").lstrip().startswith("@")):
+            # an unchanged closure with the same options: the plan it had (plancache.py)
+            key = plan_key(
+                closures, strategy=strategy, budget=budget, min_layer_size=min_layer_size,
+                names=names,
+            )  # fmt: skip
+            kept = kept_plan(cache_dir or default_cache_dir(), key, closures)
+        plan = kept or make_plan(
             closures,
             strategy=strategy,
             max_layers=budget,
@@ -288,6 +299,8 @@ def build_image(
         jobs_of.append((image_plan, config, customisation, base))
 
     cache = None if no_cache else _open_cache(cache_dir, max_bytes=cache_limit, verify=cache_verify)
+    if cache is not None and key is not None and kept is None:
+        keep_plan(cache.root, key, plan)  # for the next build of this closure
     if cache is not None and registry.blob_record is None:
         # where pushed blobs were seen, for cross-repository mounts, lives beside the layers
         registry = dataclasses.replace(registry, blob_record=cache.root / RECORD_NAME)

@@ -11,6 +11,7 @@ Layout under the cache root::
                            wrote or hashed them (closurepack.blobstamp)
     pushes/<key>           the manifest digest a push of these inputs left in a registry
                            (closurepack.pushrecord)
+    plans/<key>.json       the plan made for these planning inputs (closurepack.plancache)
     tmp/work-<pid>-*       flock-held work directories (layer builds, entry writes); blobs and
                            entries are renamed out of them. Those of killed processes are swept
                            by later runs; they never count as cache content.

@@ -51,11 +51,11 @@ from closurepack.transports import (
     parse_repo_tag,
     write_image,
 )
-from closurepack.transports.stdout import LayerStreamer
 
 if TYPE_CHECKING:  # (imported where used: they load the HTTP stack)
     from closurepack.registry.layercache import SharedLayerCache
     from closurepack.registry.push import ImagePusher
+    from closurepack.transports.stdout import LayerStreamer
 
 __all__ = [
     "Delivery",
@@ -401,6 +401,8 @@ def image_streamer(dest: str, config: ImageConfig, base: BaseImage | None) -> La
     ``-``; else None."""
     if is_registry_reference(dest) or parse_destination(dest).kind != "stdout":
         return None
+    from closurepack.transports.stdout import LayerStreamer  # noqa: PLC0415 - -o - only
+
     return LayerStreamer(
         parse_destination(dest),
         created=rfc3339(config.created),

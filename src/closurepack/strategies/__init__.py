@@ -21,18 +21,23 @@ with ``[``, see :mod:`closurepack.strategies.pipeline`) or ``@FILE`` holding one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+import importlib
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from closurepack.errors import PlanError
 from closurepack.graph import Closure
-from closurepack.strategies.auto import auto
-from closurepack.strategies.dominator import dominator
-from closurepack.strategies.pipeline import load_pipeline, parse_pipeline
-from closurepack.strategies.popularity import popularity, popularity_order, popularity_scores
-from closurepack.strategies.simple import per_item, single
-from closurepack.strategies.size import size
-from closurepack.strategies.stable import stable
+
+if TYPE_CHECKING:  # (at run time each is imported on first use: a build needs one of them)
+    from closurepack.strategies.auto import auto
+    from closurepack.strategies.dominator import dominator
+    from closurepack.strategies.pipeline import load_pipeline, parse_pipeline
+    from closurepack.strategies.popularity import popularity, popularity_order, popularity_scores
+    from closurepack.strategies.simple import per_item, single
+    from closurepack.strategies.size import size
+    from closurepack.strategies.stable import stable
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -60,15 +65,76 @@ class Strategy(Protocol):
     def __call__(self, closure: Closure, *, budget: int) -> list[tuple[str, ...]]: ...
 
 
-STRATEGIES: Mapping[str, Strategy] = {
-    "auto": auto,
-    "dominator": dominator,
-    "per-item": per_item,
-    "popularity": popularity,
-    "single": single,
-    "size": size,
-    "stable": stable,
+#: Each exported function by the submodule that defines it. They are imported on first use
+#: (a build plans with one strategy; importing all of them cost its start-up ~10 ms, issue 11).
+_EXPORTS = {
+    "auto": "auto",
+    "dominator": "dominator",
+    "load_pipeline": "pipeline",
+    "parse_pipeline": "pipeline",
+    "per_item": "simple",
+    "popularity": "popularity",
+    "popularity_order": "popularity",
+    "popularity_scores": "popularity",
+    "single": "simple",
+    "size": "size",
+    "stable": "stable",
 }
+
+
+def __getattr__(name: str) -> Any:
+    """An exported function, its submodule imported on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """This package, whose strategy names stay the functions: importing a submodule sets the
+    package's attribute of its name (``strategies.stable``) to the module, which would hide
+    the function of that name; that attribute becomes the function instead, as it was when
+    the package imported every strategy itself (``from closurepack.strategies.stable import
+    ...`` still finds the module, in ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+#: Each strategy's function by the name ``--strategy`` gives it.
+_FUNCTIONS = {
+    "auto": "auto",
+    "dominator": "dominator",
+    "per-item": "per_item",
+    "popularity": "popularity",
+    "single": "single",
+    "size": "size",
+    "stable": "stable",
+}
+
+
+class _Strategies(Mapping[str, "Strategy"]):
+    """The strategies by name, each imported when it is first looked up."""
+
+    def __getitem__(self, name: str) -> Strategy:
+        function: Strategy = __getattr__(_FUNCTIONS[name])
+        return function
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FUNCTIONS)
+
+    def __len__(self) -> int:
+        return len(_FUNCTIONS)
+
+
+STRATEGIES: Mapping[str, Strategy] = _Strategies()
 
 DEFAULT_STRATEGY = "auto"
 
@@ -79,6 +145,8 @@ def get_strategy(spec: str) -> Strategy:
         raise PlanError(f"empty strategy; known: {', '.join(sorted(STRATEGIES))}")
     text = spec.strip()
     if text.startswith(("[", "@")):
+        from closurepack.strategies.pipeline import load_pipeline  # noqa: PLC0415 - when given
+
         return load_pipeline(text)
     try:
         return STRATEGIES[text]

@@ -29,7 +29,6 @@ from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
 from closurepack.registry import parse_reference as parse_registry_reference
-from closurepack.transports import docker_archive, stdout
 from closurepack.transports._files import probe_writable
 from closurepack.transports._raw import (
     RawBlob,
@@ -140,6 +139,8 @@ def check_destination(
             return _registry.check_destination(dest)
         dest = parse_destination(dest)
     if dest.kind == "stdout":
+        from closurepack.transports import stdout  # noqa: PLC0415 - -o - only
+
         stdout.check_destination(stream)
         return dest
     path = dest.path
@@ -150,6 +151,8 @@ def check_destination(
     else:
         _check_archive_path(path)
         if dest.kind == "docker-archive":
+            from closurepack.transports import docker_archive  # noqa: PLC0415 - docker-archive:
+
             docker_archive.check_existing(dest)  # an old image is replaced, nothing else
         else:
             from closurepack.transports import oci_archive  # noqa: PLC0415 - oci-archive: only
@@ -230,6 +233,8 @@ def write_image(
             )
         return str(image.digest)
     if dest.kind == "docker-archive":
+        from closurepack.transports import docker_archive  # noqa: PLC0415 - docker-archive: only
+
         docker_archive.write_image(image, dest, tags=tags, name=name, started=started)
     elif dest.kind == "oci":
         from closurepack.transports import oci_layout  # noqa: PLC0415 - oci: only
@@ -242,6 +247,8 @@ def write_image(
 
         oci_archive.write_image(image, dest, tags=tags, started=started, attachments=attachments)
     elif dest.kind == "stdout":
+        from closurepack.transports import stdout  # noqa: PLC0415 - -o - only
+
         stdout.write_image(image, dest, tags=tags, name=name, stream=stream)
     else:
         raise DestinationError(f"{dest}: unknown destination kind {dest.kind!r}")
@@ -295,6 +302,8 @@ def read_raw(
     where, path = _source_path(source)
     with as_source_error():
         if where.kind == "docker-archive":
+            from closurepack.transports import docker_archive  # noqa: PLC0415 - docker-archive:
+
             return docker_archive.read_image(where, path, source)
         from closurepack.transports import oci_archive, oci_layout  # noqa: PLC0415 - OCI only
 

@@ -158,16 +158,19 @@ def blob_is_good(path: Path, digest: Digest, size: int) -> bool:
         return False
 
 
-def put_blob(blobs: Path, digest: Digest, data: bytes | BinaryIO, *, size: int) -> bool:
+def put_blob(
+    blobs: Path, digest: Digest, data: bytes | BinaryIO, *, size: int, sync_dir: bool = True
+) -> bool:
     """Store a blob as ``blobs/<hex>`` atomically, checking its digest. A good blob already
     there (right size and digest, see :func:`blob_is_good`) is kept as it is; a bad one is
-    replaced. True when the blob was written."""
+    replaced. True when the blob was written (``sync_dir=False``: its rename made durable
+    by the caller's one ``fsync_dir`` after several)."""
     target = blobs / digest.hex
     if blob_is_good(target, digest, size):
         return False
     src: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        _fs.put_blob(blobs, src, expected=digest)
+        _fs.put_blob(blobs, src, expected=digest, sync_dir=sync_dir)
     except ValueError as exc:
         raise DestinationError(f"{target}: {exc}") from exc
     except OSError as exc:

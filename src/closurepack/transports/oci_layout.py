@@ -140,11 +140,12 @@ def attached_blobs(
     return merge_referrers(index, descriptors), blobs
 
 
-def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | None = None) -> None:
+def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | None = None) -> bool:
     """Store the layers, configs and manifests of ``image`` (and its index) under
     ``root/blobs/sha256``, a blob that several platforms share once. Each is a file of its
     own, never a hard link to the cache (a change to one would show in the other); a blob
-    already there is checked and replaced when it is not what its name says.
+    already there is checked and replaced when it is not what its name says. True when any
+    blob was written (else every one was there and good).
 
     ``stamps``: records of the layout blobs earlier builds wrote or hashed; a layer blob that
     still matches its record (same inode, size, mtime and ctime, see :mod:`closurepack.blobstamp`)
@@ -153,8 +154,10 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
     The layer blobs are placed by several threads at once (:data:`_PLACERS`): each is a
     kernel copy and an fsync, so one at a time a cold build ended in a serial tail of copies
     and disk waits (issue 11); their directory entries are synced once, after all of them. The
-    configs and manifests follow only when every layer is in place, so a write that fails
-    leaves nothing that names a missing layer."""
+    configs and manifests (and a multi-platform image's index) follow only when every layer is
+    in place, so a write that fails leaves nothing new, nothing that names a missing layer;
+    their entries are synced once too, and only what was written is synced (a warm rebuild:
+    7 fsyncs with ``index.json``, not 8)."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     layers, small = image_blobs(image)
@@ -166,12 +169,17 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
         wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
             future.cancel()  # after a failure, the ones not started never start
-        for future in futures:  # the first failure in layer order is the one reported
-            if not future.cancelled():
-                future.result()
-    fsync_dir(blobs)
-    for digest, data in small.items():
-        put_blob(blobs, digest, data, size=len(data))
+        # (the first failure in layer order is the one reported)
+        placed = [future.result() for future in futures if not future.cancelled()]
+    if any(placed):
+        fsync_dir(blobs)
+    written = [
+        put_blob(blobs, digest, data, size=len(data), sync_dir=False)
+        for digest, data in small.items()
+    ]
+    if any(written):
+        fsync_dir(blobs)
+    return any(placed) or any(written)
 
 
 #: Layer blobs placed at once by :func:`write_blobs`: copies are CPU in the kernel, fsyncs
@@ -179,13 +187,15 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
 _PLACERS = 8
 
 
-def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> None:
+def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> bool:
     """Make ``blobs/<hex>`` the layer's blob (kept when its stamp or its bytes say it already
-    is; else a kernel copy of a verified blob, or a checked copy) and record its stamp."""
+    is; else a kernel copy of a verified blob, or a checked copy) and record its stamp; True
+    when it was written."""
     target = blobs / layer.digest.hex
     if stamps is not None and stamps.matches(target, layer.digest, layer.size):
-        return
-    if not blob_is_good(target, layer.digest, layer.size):
+        return False
+    written = not blob_is_good(target, layer.digest, layer.size)
+    if written:
         try:
             cloned = _clone_verified(layer, blobs)
         except OSError as exc:  # a kernel copy: mostly the layout's disk being full
@@ -193,11 +203,12 @@ def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> N
         if not cloned:
             try:
                 with layer.open() as src:
-                    put_blob(blobs, layer.digest, src, size=layer.size)
+                    put_blob(blobs, layer.digest, src, size=layer.size, sync_dir=False)
             except OSError as exc:
                 raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
     if stamps is not None:
         stamps.record(target, layer.digest)
+    return written
 
 
 def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
@@ -250,6 +261,14 @@ def _read_index(root: Path) -> dict[str, Any] | None:
     if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
         raise DestinationError(f"{path}: not an OCI image index")
     return index
+
+
+def _same_file(path: Path, text: bytes) -> bool:
+    """True if ``path`` holds exactly ``text`` (False when it cannot be read)."""
+    try:
+        return path.read_bytes() == text
+    except OSError:
+        return False
 
 
 def _check_layout(root: Path) -> bool:
@@ -317,17 +336,26 @@ def write_image(
                 # write takes, rather than a directory of blobs it would refuse as foreign
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
-            write_blobs(image, root, stamps=stamps)
+            written = write_blobs(image, root, stamps=stamps)  # (their names synced)
             old = _read_index(root)
             blobs = root / "blobs" / "sha256"
             index = drop_replaced_referrers(
                 old, index_with(old, image, ref_names), functools.partial(_read_blob, blobs)
             )
             index, extra = attached_blobs(image, index, attachments)
+            attached = False
             for hex_digest, blob in sorted(extra.items()):
-                put_blob(blobs, Digest(hex_digest), blob, size=len(blob))
+                digest = Digest(hex_digest)
+                attached |= put_blob(blobs, digest, blob, size=len(blob), sync_dir=False)
+            text = canonical_json(index)
+            if not (written or attached) and _same_file(root / "index.json", text):
+                return  # a rebuild of what the layout holds already: nothing to write or sync
+            if attached or not written:
+                # the artifacts' names; or blobs found there, which may be those of a write
+                # that was interrupted before their names were durable
+                fsync_dir(blobs)
             with atomic_file(root / "index.json") as out:
-                out.write(canonical_json(index))
+                out.write(text)
     except OSError as exc:
         raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc
 
