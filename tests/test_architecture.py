@@ -16,6 +16,7 @@ SRC = Path(closurepack.__file__).parent
 # modules of its own rank or lower, never higher.
 RANKS: dict[str, int] = {
     "errors": 0,
+    "_lazy": 0,
     "jsontext": 1,
     "digest": 1,
     "mediatypes": 1,
@@ -52,6 +53,7 @@ RANKS: dict[str, int] = {
     "layerlist": 5,
     "cache": 5,
     "cachedir": 1,
+    "codestamps": 1,
     "cachegc": 5,
     "cacheentry": 5,
     "cachelocks": 5,

@@ -365,7 +365,7 @@ def test_the_code_stamps_list_every_regular_file_outside_bytecode(tmp_path: Path
     link."""
     import os
 
-    from closurepack.pushrecord import _file_stamps
+    from closurepack.codestamps import file_stamps as _file_stamps
 
     root = tmp_path / "pkg"
     (root / "sub" / "__pycache__").mkdir(parents=True)

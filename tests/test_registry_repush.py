@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,9 +264,6 @@ def test_the_command_line_loads_no_console_library_to_push(
 ) -> None:
     """httpx's own command line (rich's console, pygments) is not loaded by a quiet push: a
     fifth of a re-push's start-up."""
-    import subprocess
-    import sys
-
     program = (
         "import sys\n"
         "from closurepack.cli import main\n"
@@ -272,16 +271,7 @@ def test_the_command_line_loads_no_console_library_to_push(
         "print(status, 'httpx' in sys.modules,"
         " sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pygments')))\n"
     )
-    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir",
-            tmp_path / "c", "--entrypoint", "/bin/app", "-q", "-o",
-            f"docker://{registry.host}/app:1"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", program, *map(str, argv)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    done = _push_in_child(program, registry, store, app_closure, tmp_path / "c")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "0 True []"
 
@@ -312,29 +302,33 @@ def test_the_command_pushes_and_re_pushes_without_the_async_libraries(
 ) -> None:
     """Run as the command (main() with the process's argv), closurepack keeps anyio and trio
     out of httpcore (its async side only); a push and a recorded re-push work without them."""
-    import subprocess
-    import sys
-
     program = (
         "import sys\n"
         "from closurepack.cli import main\n"
         "status = main()\n"
         "print(status, [sys.modules.get(m, 'absent') for m in ('anyio', 'trio')])\n"
     )
-    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir",
-            tmp_path / "c", "--entrypoint", "/bin/app", "-q", "-o",
-            f"docker://{registry.host}/app:1"]  # fmt: skip
     for _ in range(2):
         mark = registry.mark()
-        done = subprocess.run(
-            [sys.executable, "-c", program, *map(str, argv)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
+        done = _push_in_child(program, registry, store, app_closure, tmp_path / "c")
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] == "0 [None, None]"
     # the re-push: the ping and the tag's manifest read, no blob asked about
     asked = {(r.method, r.path.partition("?")[0]) for r in registry.requests(mark)}
     assert asked == {("GET", "/v2/"), ("GET", "/v2/app/manifests/1")}
+
+
+def _push_in_child(
+    program: str, registry: Registry, store: Store, app_closure: Path, cache: Path
+) -> subprocess.CompletedProcess[str]:
+    """``program`` run by a fresh Python with, as its arguments, a quiet build of the app
+    pushed to ``registry`` as ``app:1`` through ``cache``."""
+    argv = ["build", "--closure", app_closure, "--store-root", store.root, "--cache-dir", cache,
+            "--entrypoint", "/bin/app", "-q", "-o", f"docker://{registry.host}/app:1"]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", program, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )

@@ -71,7 +71,6 @@ from closurepack.fleetregions import JointState, image_masks, mask_bits
 from closurepack.fleetshare import plan_across
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
-from closurepack.strategies.economy import bitset
 
 # fleet_floor and FleetFloor are defined in fleetfloor and importable from here too (README.md
 # names closurepack.fleet.fleet_floor).
@@ -129,8 +128,7 @@ def _adopted(
 ) -> JointState:
     """Step 6 of the module docstring: ``start`` after adoption, as a :class:`JointState`."""
     joint = JointState(dag, alone, room)
-    n = len(dag)
-    downs = [bitset(dag.reach([i]), n) for i in range(n)]
+    downs = dag.down_bitsets()
     items = [frozenset(joint.index[p] for p in closure.items) for closure in closures]
     held: list[list[frozenset[int]]] = [[] for _ in closures]
     for atom in start.atoms.values():

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from closurepack.fleetregions import mask_bits
 from closurepack.fleetrepair import ImageRepair
 from closurepack.strategies._dag import Dag
-from closurepack.strategies.economy import bitset, stored_bytes, union_of
+from closurepack.strategies.economy import stored_bytes, union_of
 
 __all__ = ["MAX_UNITS", "PASSES", "RAISE", "REPAIR_STEPS", "REPAIR_WITHIN", "ROUNDS", "plan_across"]
 
@@ -367,8 +367,7 @@ def plan_across(
     union); ``alone[k]``: image ``k``'s layers planned alone; ``room``: each image's budget."""
     if len(units) > MAX_UNITS:
         return None
-    n = len(dag)
-    downs = [bitset(dag.reach([i]), n) for i in range(n)]
+    downs = dag.down_bitsets()
     limits = [_cost(dag, downs, own) for own in alone]
     weights = [1.0 / max(sum(len(layer) for layer in own), 1) for own in alone]
     fleet = _Fleet(dag, masks, downs, units, alone, limits, room)

@@ -23,11 +23,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from closurepack._fs import atomic_write
+from closurepack.codestamps import package_stamps
 from closurepack.errors import ClosurepackError
 from closurepack.graph import Closure
 from closurepack.plan import LayerPlan
@@ -102,16 +102,5 @@ def _read(path: Path, key: str, closures: Sequence[Closure]) -> LayerPlan | None
 
 
 def _planning_code() -> str:
-    """Size and mtime (ns) of every module file of this package, as one sha256."""
-    stamps: list[str] = []
-    directories = [str(Path(__file__).parent)]
-    while directories:
-        with os.scandir(directories.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name != "__pycache__":
-                        directories.append(entry.path)
-                elif entry.name.endswith(".py"):
-                    st = entry.stat()
-                    stamps.append(f"{entry.path} {st.st_size} {st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(sorted(stamps)).encode()).hexdigest()
+    """Size and mtime (ns) of every file of this package, as one sha256."""
+    return hashlib.sha256("\n".join(package_stamps()).encode()).hexdigest()

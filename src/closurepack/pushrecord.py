@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from closurepack import __version__
 from closurepack.cachedir import default_cache_dir
+from closurepack.codestamps import file_stamps, package_stamps
 from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, RegistryAuthError, RegistryError
 from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference, push_tags
@@ -249,8 +250,8 @@ def _holds_every_blob(
 
 def _code_fingerprint() -> str:
     """Size and mtime (ns) of every file of this package and of the codec libraries."""
-    stamps: list[str] = []
-    roots = [Path(__file__).parent]
+    stamps = list(package_stamps())
+    roots: list[Path] = []
     for name in _CODECS:
         # (the path finder alone: importlib.util is not loaded for this)
         spec = importlib.machinery.PathFinder.find_spec(name)
@@ -259,29 +260,9 @@ def _code_fingerprint() -> str:
             roots.append(origin.parent if origin.name == "__init__.py" else origin)
     for root in roots:
         if root.is_dir():
-            stamps += _file_stamps(str(root))
+            stamps += file_stamps(str(root))
         else:
             st = root.stat()
             if stat.S_ISREG(st.st_mode):
                 stamps.append(f"{root} {st.st_size} {st.st_mtime_ns}")
     return hashlib.sha256("\n".join(stamps).encode()).hexdigest()
-
-
-def _file_stamps(root: str) -> list[str]:
-    """``PATH SIZE MTIME_NS`` of each regular file under ``root`` (symbolic links followed to
-    files, not to directories), sorted; ``__pycache__`` directories are not entered (their
-    directory's mtime moves when bytecode is first written, and the files are derived)."""
-    stamps: list[str] = []
-    directories = [root]
-    while directories:
-        with os.scandir(directories.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name != "__pycache__":
-                        directories.append(entry.path)
-                    continue
-                with contextlib.suppress(FileNotFoundError):  # (a dangling link)
-                    st = entry.stat()
-                    if stat.S_ISREG(st.st_mode):
-                        stamps.append(f"{entry.path} {st.st_size} {st.st_mtime_ns}")
-    return sorted(stamps)

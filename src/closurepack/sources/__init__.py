@@ -6,8 +6,9 @@ tools and scanner (:mod:`.query` and the modules it needs, ``subprocess`` among 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from closurepack._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from closurepack.sources.files import load_closure_file
@@ -26,9 +27,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """The exported ``name`` from its submodule, imported on first use."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+__getattr__ = lazy_exports(__name__, _HOMES)

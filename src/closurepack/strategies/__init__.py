@@ -21,12 +21,12 @@ with ``[``, see :mod:`closurepack.strategies.pipeline`) or ``@FILE`` holding one
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from closurepack._lazy import lazy_exports
 from closurepack.errors import PlanError
 from closurepack.graph import Closure
 
@@ -82,14 +82,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """An exported function, its submodule imported on first use."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):

@@ -38,6 +38,7 @@ class Dag:
     referrers: tuple[tuple[int, ...], ...]
     sizes: tuple[int, ...]
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _down_bitsets: list[int] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def from_closure(cls, closure: Closure) -> Dag:
@@ -70,6 +71,19 @@ class Dag:
         if not found:
             found.update((path, i) for i, path in enumerate(self.paths))
         return found
+
+    def down_bitsets(self) -> list[int]:
+        """Every item's down-set (it and all it reaches) as a bitset over the indices, built
+        once on first use in one pass up the order (for small closures: ``n`` sets of ``n``
+        bits; the caller must not change the list)."""
+        sets = self._down_bitsets
+        if not sets and self.paths:
+            for i, refs in enumerate(self.refs):
+                bits = 1 << i
+                for r in refs:
+                    bits |= sets[r]
+                sets.append(bits)
+        return sets
 
     def graph_roots(self) -> list[int]:
         """Items no other item refers to, in index order."""
@@ -128,16 +142,18 @@ class Dag:
                     taken = sets[biggest]
                     if remaining[i]:
                         current = taken if remaining[biggest] == 1 else set(taken)
-                        total += _add_parts(
-                            parts, current, sets=sets, remaining=remaining, gone=gone, weigh=weigh
-                        )
+                        total += _gather(
+                            parts, current, current, sets=sets, remaining=remaining, gone=gone,
+                            weigh=weigh,
+                        )  # fmt: skip
                     else:
                         # Nothing needs this item's set (half the items of a closure are its
                         # roots): count what the other parts add to the largest, uncopied.
                         current = gone
-                        total += _count_beyond(
-                            taken, parts, sets=sets, remaining=remaining, gone=gone, weigh=weigh
-                        )
+                        total += _gather(
+                            parts, taken, set(), sets=sets, remaining=remaining, gone=gone,
+                            weigh=weigh,
+                        )  # fmt: skip
                 sums[i] = total + (weigh(i) if weigh else 1)
                 if remaining[i]:
                     current.add(i)
@@ -146,50 +162,30 @@ class Dag:
         return sums
 
 
-def _add_parts(
+def _gather(
     parts: Iterable[int],
-    current: set[int],
+    base: set[int],
+    into: set[int],
     *,
     sets: list[set[int]],
     remaining: list[int],
     gone: set[int],
     weigh: Callable[[int], int] | None,
 ) -> int:
-    """Add the sets of ``parts`` to ``current`` (one of them already); the weight added."""
+    """Add to ``into`` what the sets of ``parts`` hold beyond ``base`` (one of them, unchanged
+    unless it is ``into`` itself) and ``into``; the weight added. Each part's set is dropped
+    once its last user is done."""
     added = 0
     for r in parts:
         remaining[r] -= 1
         # Every set here is closed (an item's holds all it reaches), so is their union: one
         # that holds r holds all of r's set already.
-        if r not in current:
-            new = sets[r] - current
-            if new:
-                current |= new
-                added += sum(map(weigh, new)) if weigh else len(new)
-        if not remaining[r]:
-            sets[r] = gone
-    return added
-
-
-def _count_beyond(
-    base: set[int],
-    parts: Iterable[int],
-    *,
-    sets: list[set[int]],
-    remaining: list[int],
-    gone: set[int],
-    weigh: Callable[[int], int] | None,
-) -> int:
-    """The weight the sets of ``parts`` hold beyond ``base`` (one of them), ``base`` unchanged."""
-    added = 0
-    extra: set[int] = set()
-    for r in parts:
-        remaining[r] -= 1
-        if r not in base and r not in extra:
+        if r not in base and r not in into:
             new = sets[r] - base
-            new -= extra
+            if into is not base:
+                new -= into
             if new:
-                extra |= new
+                into |= new
                 added += sum(map(weigh, new)) if weigh else len(new)
         if not remaining[r]:
             sets[r] = gone

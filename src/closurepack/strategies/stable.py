@@ -133,20 +133,9 @@ def _clusters(
     """At most ``target`` clusters (every item alone when that is the item count, else step 1
     of the module docstring), and each one's down-set as a bitset."""
     if target >= len(dag):
-        return [[i] for i in range(len(dag))], _down_sets(dag)
+        return [[i] for i in range(len(dag))], dag.down_bitsets()
     clusters = _coarsen(dag, rank, images, target, down_counts())
     return clusters, [bitset(dag.reach(members), len(dag)) for members in clusters]
-
-
-def _down_sets(dag: Dag) -> list[int]:
-    """Every item's down-set as a bitset (for small closures: ``n`` sets of ``n`` bits)."""
-    sets: list[int] = []
-    for i, refs in enumerate(dag.refs):
-        bits = 1 << i
-        for r in refs:
-            bits |= sets[r]
-        sets.append(bits)
-    return sets
 
 
 def _images(dag: Dag) -> list[int]:
