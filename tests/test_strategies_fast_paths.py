@@ -2,8 +2,8 @@
 
 Planning speed (issue 11: every strategy linear or n log n, 63k items under 1 s) is measured
 by ``bench/plan_bench.py``, never by timed tests; what is tested is that the fast code gives
-exactly what the obvious code gives: reachable-set sums, reach, bitsets, the small-layer
-merge (also when the planner asks again on the same closure) and the strategy check.
+exactly what the obvious code gives: reachable-set sums, reach, bitsets, down-set bitsets, the
+small-layer merge (also when the planner asks again on the same closure) and the strategy check.
 """
 
 from __future__ import annotations
@@ -59,6 +59,21 @@ def test_reach_is_the_union_of_the_reachable_sets(
         expected |= reference_reach(closure, path, up=up)
     got = dag.reach([dag.index()[p] for p in start], up=up)
     assert {dag.paths[i] for i in got} == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(closure=dag_closures(), data=st.data())
+def test_down_bitset_is_the_reachable_set_of_small_and_large_sets(
+    closure: Closure, data: st.DataObject
+) -> None:
+    dag = Dag.from_closure(closure)
+    # Any subset: those of more than half the items are found from the items outside them.
+    members = data.draw(st.sets(st.integers(0, len(dag) - 1)))
+    expected: set[str] = set()
+    for i in members:
+        expected |= reference_reach(closure, dag.paths[i], up=False)
+    got = dag.down_bitset(members)
+    assert got == sum(1 << dag.index()[p] for p in expected)
 
 
 @given(indices=st.sets(st.integers(0, 300)), extra=st.integers(1, 70))

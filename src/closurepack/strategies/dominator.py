@@ -88,6 +88,9 @@ def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
     layers: list[tuple[int, str, list[int]]] = []
     path, size = dag.paths.__getitem__, closure_size.__getitem__
     for top in children[root]:
+        if not children[top]:  # most subtrees are one item (48.5k of 54k on the Debian closure)
+            layers.append((popularity[top] * size(top), path(top), [top]))
+            continue
         members = [top]
         k = 0
         while k < len(members):

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
 
 from closurepack.graph import Closure
-from closurepack.strategies._dag import Dag
+from closurepack.strategies._dag import Dag, bitset
 
 __all__ = [
     "CHANGES",
@@ -123,19 +121,6 @@ def union_of(sets: Sequence[int], members: Iterable[int]) -> int:
     for i in members:
         joined |= sets[i]
     return joined
-
-
-def bitset(indices: Iterable[int], width: int) -> int:
-    """The set ``indices`` (each below ``width``) as an integer with those bits set.
-
-    Written as a string of binary digits that ``int`` parses, so the work per index is done in
-    C (a map over the indices), not by a Python step each."""
-    if not width:
-        return 0
-    digits = bytearray(b"0") * width
-    deque(map(digits.__setitem__, indices, repeat(ord("1"))), maxlen=0)
-    digits.reverse()  # bit i is the i-th digit from the right
-    return int(digits, 2)
 
 
 def expected_shipped(closure: Closure, layers: Iterable[Iterable[str]]) -> float:

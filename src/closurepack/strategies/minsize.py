@@ -29,7 +29,7 @@ from itertools import chain
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
-from closurepack.strategies.economy import MergeCosts, bitset, hit_table
+from closurepack.strategies.economy import MergeCosts, hit_table
 
 __all__ = ["merge_small_layers"]
 
@@ -60,7 +60,7 @@ def merge_small_layers(
     for group in groups:
         bits = known.get(group)
         if bits is None:
-            bits = known[group] = bitset(dag.reach(map(index.__getitem__, group)), n)
+            bits = known[group] = dag.down_bitset(list(map(index.__getitem__, group)))
         sets.append(bits)
     pieces: list[dict[int, int]] = []
     for number, group in enumerate(groups):

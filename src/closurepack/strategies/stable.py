@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
-from closurepack.strategies.economy import CHANGES, MergeCosts, bitset, hit_table, union_of
+from closurepack.strategies.economy import CHANGES, MergeCosts, hit_table, union_of
 from closurepack.strategies.refine import chain_order, refine
 
 __all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
@@ -135,7 +135,7 @@ def _clusters(
     if target >= len(dag):
         return [[i] for i in range(len(dag))], dag.down_bitsets()
     clusters = _coarsen(dag, rank, images, target, down_counts())
-    return clusters, [bitset(dag.reach(members), len(dag)) for members in clusters]
+    return clusters, [dag.down_bitset(members) for members in clusters]
 
 
 def _images(dag: Dag) -> list[int]:
