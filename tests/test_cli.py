@@ -643,8 +643,8 @@ def test_every_option_has_help_text() -> None:
 
     from closurepack.cli import cli
 
-    commands = dict(cli.commands)
-    for name, command in cli.commands.items():
+    commands = cli.all_commands()
+    for name, command in cli.all_commands().items():
         if isinstance(command, click.Group):
             commands.update({f"{name} {sub}": c for sub, c in command.commands.items()})
     missing = [
@@ -654,7 +654,7 @@ def test_every_option_has_help_text() -> None:
         if isinstance(param, click.Option) and not param.help
     ]
     assert missing == []
-    assert sorted(cli.commands) == sorted(COMMANDS)
+    assert sorted(cli.all_commands()) == sorted(COMMANDS)
 
 
 def test_the_installed_console_script(app_closure: Path, tmp_path: Path) -> None:
@@ -703,3 +703,21 @@ def test_absurdly_nested_image_json_is_one_line_of_bad_input(
     assert status == 2
     assert err.count("\n") == 1
     assert "nested too deeply" in err
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    # the lazy group: `build` loads closurepack.cli.build, not the other commands' modules
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from closurepack.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['build', '--help']) == 0\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('closurepack.cli.'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = json.loads(out)
+    assert "closurepack.cli.build" in loaded
+    for other in ("images", "layers", "plan", "cache"):
+        assert f"closurepack.cli.{other}" not in loaded

@@ -23,7 +23,7 @@ SNAPSHOT = Path(__file__).parent / "data" / "cli_help"
 def _commands() -> dict[str, list[str]]:
     """Every command and sub-command, by file name, with its words after ``closurepack``."""
     found: dict[str, list[str]] = {"closurepack": []}
-    for name, command in cli.commands.items():
+    for name, command in cli.all_commands().items():
         found[name] = [name]
         if isinstance(command, click.Group):
             found.update({f"{name}-{sub}": [name, sub] for sub in command.commands})

@@ -360,7 +360,7 @@ def test_every_option_of_every_command_is_in_the_readme() -> None:
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = []
-    for name, command in cli.commands.items():
+    for name, command in cli.all_commands().items():
         group = command.commands if isinstance(command, click.Group) else {name: command}
         for sub, leaf in group.items():
             for param in leaf.params:

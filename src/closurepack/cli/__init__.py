@@ -13,12 +13,8 @@ from collections.abc import Sequence
 import click
 
 from closurepack import __version__
-from closurepack.cli.build import build_command
-from closurepack.cli.cache import cache_group
 from closurepack.cli.errors import broken_pipe, one_line, show_warnings, single_line
-from closurepack.cli.images import copy_command, diff_command, inspect_command, verify_command
-from closurepack.cli.layers import assemble_command, build_layer_command
-from closurepack.cli.plan import plan_command
+from closurepack.cli.lazygroup import LazyGroup
 from closurepack.errors import ClosurepackError
 
 __all__ = [
@@ -30,24 +26,28 @@ __all__ = [
 _ASYNC_ONLY = ("anyio", "trio")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Each command's module and attribute: imported only when that command runs (or for --help).
+_COMMANDS = {
+    "plan": "closurepack.cli.plan:plan_command",
+    "build": "closurepack.cli.build:build_command",
+    "build-layer": "closurepack.cli.layers:build_layer_command",
+    "assemble": "closurepack.cli.layers:assemble_command",
+    "copy": "closurepack.cli.images:copy_command",
+    "verify": "closurepack.cli.images:verify_command",
+    "inspect": "closurepack.cli.images:inspect_command",
+    "diff": "closurepack.cli.images:diff_command",
+    "cache": "closurepack.cli.cache:cache_group",
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="closurepack")
 def cli() -> None:
     """Turn a Nix or Guix store closure into reproducible multi-layer container images."""
-
-
-for _command in (
-    plan_command,
-    build_command,
-    build_layer_command,
-    assemble_command,
-    copy_command,
-    verify_command,
-    inspect_command,
-    diff_command,
-    cache_group,
-):
-    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,8 +20,7 @@ import httpx
 
 from closurepack import __version__
 from closurepack.errors import ClosurepackError, ImageError, RegistryAuthError, RegistryError
-from closurepack.registry.auth import RegistryAuth
-from closurepack.registry.credentials import lookup_credentials
+from closurepack.registry.deferredauth import DeferredAuth
 from closurepack.registry.options import RegistryOptions
 from closurepack.registry.reference import RegistryRef
 from closurepack.registry.tls import (
@@ -59,11 +58,23 @@ class TransientRegistryError(RegistryError):
 def _make_auth(ref: RegistryRef, options: RegistryOptions, scopes: Sequence[str]) -> httpx.Auth:
     """The authentication of requests to ``ref``'s registry for ``scopes``: anonymous until the
     registry asks (a 401 challenge), then Basic or a Bearer token with the credentials found for
-    the registry and repository (``--creds``, ``--authfile``, the usual auth files)."""
-    credentials = lookup_credentials(
-        f"{ref.registry}/{ref.repository}", creds=options.creds, authfile=options.authfile
-    )
-    return RegistryAuth(credentials, scopes)
+    the registry and repository (``--creds``, ``--authfile``, the usual auth files).
+
+    Credentials the options name are read now (a bad one fails at once); the usual auth files
+    and the auth machinery only at the registry's first 401 (:class:`DeferredAuth`)."""
+
+    def make() -> httpx.Auth:
+        from closurepack.registry.auth import RegistryAuth  # noqa: PLC0415 - only once asked
+        from closurepack.registry.credentials import lookup_credentials  # noqa: PLC0415
+
+        credentials = lookup_credentials(
+            f"{ref.registry}/{ref.repository}", creds=options.creds, authfile=options.authfile
+        )
+        return RegistryAuth(credentials, scopes)
+
+    if options.creds is not None or options.authfile is not None:
+        return make()
+    return DeferredAuth(make)
 
 
 def read_limited(
