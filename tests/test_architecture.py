@@ -81,6 +81,7 @@ RANKS: dict[str, int] = {
     "previous": 9,
     "workflow": 9,
     "buildjob": 9,
+    "buildplan": 9,
     "buildoptions": 9,
     "layerjob": 9,
     "jobsetup": 9,

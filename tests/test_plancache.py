@@ -145,7 +145,7 @@ def test_a_build_with_a_kept_plan_writes_the_same_image(
     def no_planning(*args: object, **kwargs: object) -> LayerPlan:
         raise AssertionError("planned again")
 
-    monkeypatch.setattr("closurepack.buildjob.make_plan", no_planning)
+    monkeypatch.setattr("closurepack.buildplan.make_plan", no_planning)
     assert _build(store, app_closure, tmp_path / "two", cache) == first
     assert read_oci(tmp_path / "two").layer_digests == read_oci(tmp_path / "one").layer_digests
 

@@ -18,6 +18,7 @@ from closurepack.build import (
     scratch_dir,
 )
 from closurepack.buildoptions import BuildInput, LayerOptions
+from closurepack.buildplan import plan_build
 from closurepack.cache import LayerCache
 from closurepack.cachedir import default_cache_dir
 from closurepack.customisation import (
@@ -28,13 +29,12 @@ from closurepack.errors import (
     CacheError,
     OptionError,
 )
-from closurepack.graph import Closure, check_readable_store
+from closurepack.graph import Closure
 from closurepack.image import (
     BaseImage,
     Image,
     ImageConfig,
     assemble_image,
-    layer_paths_from_config,
 )
 from closurepack.imageindex import ImageIndex
 from closurepack.jobsetup import (
@@ -52,8 +52,8 @@ from closurepack.jobsetup import (
 )
 from closurepack.layer import BuiltLayer, RemoteLayer
 from closurepack.options import parse_size
-from closurepack.plan import MAX_LAYERS_LIMIT, ImagePlan
-from closurepack.plancache import keep_plan, kept_plan, plan_key
+from closurepack.plan import ImagePlan
+from closurepack.plancache import keep_plan
 from closurepack.registry import (
     RegistryOptions,
     is_registry_reference,
@@ -61,13 +61,7 @@ from closurepack.registry import (
 )
 from closurepack.registry.record import RECORD_NAME
 from closurepack.workflow import (
-    DEFAULT_MAX_LAYERS,
-    image_names,
-    load_closures,
-    make_plan,
-    read_plan_file,
     select_image,
-    source_name,
 )
 
 if TYPE_CHECKING:  # (imported where used: a plain build needs none of them)
@@ -78,7 +72,6 @@ if TYPE_CHECKING:  # (imported where used: a plain build needs none of them)
     from closurepack.tarentries import TreeEntry
 
 __all__ = [
-    "base_paths",
     "build_image",
 ]
 
@@ -108,8 +101,7 @@ def build_image(
     what, how = build_input, layer_options
     store_paths, closure_files, store_root = what.store_paths, what.closure_files, what.store_root
     plan_file, image_selector, platforms = what.plan_file, what.image_selector, what.platforms
-    strategy, max_layers, min_layer_size = what.strategy, what.max_layers, what.min_layer_size
-    previous, store_db, sbom = what.previous, what.store_db, what.sbom
+    store_db, sbom = what.store_db, what.sbom
     compression, level, jobs, no_cache = how.compression, how.level, how.jobs, how.no_cache
     cache_dir, cache_max_size, cache_verify = how.cache_dir, how.cache_max_size, how.cache_verify
     cache_from, cache_to = how.cache_from, how.cache_to
@@ -156,100 +148,22 @@ def build_image(
 
         prepare_ssl_context(registry, parse_reference(dest, for_push=True).registry)
     mtime = image.layer_mtime
-    from_image = image.from_image
-    base_count = max(len(base.layers) if base else 0 for _, _, base in prepared)
-    reuse: dict[tuple[str, ...], Callable[[Path], BuiltLayer]] = {}
     if targets and sbom.out is not None:
         raise OptionError("--sbom-out names one file per format: not with --platform")
-    whole: list[Closure] = []  # the closures as given, before the --from image's items go
-    key, kept = None, None  # the plan's key in the plan cache, the plan it kept
-    provided: list[set[str]] = []  # per closure: the items its --from image holds
-
-    if plan_file is not None:
-        if store_paths or closure_files:
-            raise OptionError("give either --plan or a closure, not both")
-        if sbom.enabled:
-            raise OptionError("--sbom is made from a closure's graph: give the closure, not --plan")
-        if strategy is not None or previous or min_layer_size is not None:
-            raise OptionError(
-                "--strategy, --previous and --min-layer-size make a plan: not with --plan"
-            )
-        plan = read_plan_file(plan_file)
-        source = source_name(plan_file)
-        check_readable_store(plan.store_dir, store_root=store_root, where=source)
-        if max_layers is not None:
-            limit = max_layers
-        elif 1 <= plan.max_layers <= MAX_LAYERS_LIMIT:
-            limit = plan.max_layers
-        else:
-            limit = MAX_LAYERS_LIMIT
-    else:
-        limit = DEFAULT_MAX_LAYERS if max_layers is None else max_layers
-        budget = limit - base_count
-        if budget < 1:
-            raise OptionError(
-                f"--max-layers {limit} leaves no room above the {base_count} layers of {from_image}"
-            )
-        if targets:
-            from closurepack.multiarch import load_platform_closures  # noqa: PLC0415 - --platform
-
-            closures = load_platform_closures(targets, store_root=store_root)
-        else:
-            closures = load_closures(
-                store_paths=store_paths, closure_files=closure_files, store_root=store_root
-            )
-        for closure in closures:
-            check_readable_store(closure.store_dir, store_root=store_root, where=closure.source)
-        whole = list(closures)
-        if len(closures) != 1 and image_selector is None and not targets:
-            raise OptionError("build makes one image: give one closure, or --image to choose")
-        bases = [base for _, _, base in prepared] * (1 if targets else len(closures))
-        # Store items the --from image already holds (as it records them) are not added
-        # again on top of it.
-        if any(bases):
-            from closurepack.multiarch import without_bases  # noqa: PLC0415 - only with --from
-
-            provided = [base_paths(base) if base else set() for base in bases]
-            closures = without_bases(closures, provided)
-        if targets:
-            names = [str(target.platform) for target in targets]
-        else:
-            names = image_names(
-                store_paths=store_paths, closure_files=closure_files, store_root=store_root
-            )
-        if previous:
-            from closurepack.previous import read_previous  # noqa: PLC0415 - reads images
-        found = [
-            read_previous(
-                p,
-                registry=registry,
-                store_dir=closures[0].store_dir,
-                platform=wanted_platforms[0] or requested_platform(prepared[0][0], image),
-                every_platform=bool(targets),
-                keep_blobs=True,  # other tools' registry blobs: kept from the listing's download
-            )
-            for p in previous
-        ]
-        for layer in (layer for f in found for layer in f.foreign):
-            reuse.setdefault(layer.paths, layer.materialize)  # other tools' blobs, as they are
-
-        if not (no_cache or previous or (strategy or "").lstrip().startswith("@")):
-            # an unchanged closure with the same options: the plan it had (plancache.py)
-            key = plan_key(
-                closures, strategy=strategy, budget=budget, min_layer_size=min_layer_size,
-                names=names,
-            )  # fmt: skip
-            kept = kept_plan(cache_dir or default_cache_dir(), key, closures)
-        plan = kept or make_plan(
-            closures,
-            strategy=strategy,
-            max_layers=budget,
-            previous=[f.plan for f in found],
-            names=names,
-            registry=registry,
-            min_layer_size=min_layer_size,
-        )
-        source = "the plan"
+    planned = plan_build(
+        what,
+        targets=targets,
+        bases=[base for _, _, base in prepared],
+        platform=wanted_platforms[0]
+        or (requested_platform(prepared[0][0], image) if what.previous else None),
+        from_image=image.from_image,
+        registry=registry,
+        plan_cache=None if no_cache else cache_dir or default_cache_dir(),
+    )
+    plan, source, limit, whole, provided = (
+        planned.plan, planned.source, planned.limit, planned.whole, planned.provided
+    )  # fmt: skip
+    reuse, key, kept = planned.reuse, planned.key, planned.kept
     if targets:
         image_plans = list(plan.images)
     else:
@@ -421,11 +335,6 @@ def _sbom_attacher(
 def _image_number(images: Sequence[ImagePlan], image_plan: ImagePlan) -> int:
     """Where ``image_plan`` (the object itself) is in the plan's images: its closure's index."""
     return next(i for i, planned in enumerate(images) if planned is image_plan)
-
-
-def base_paths(base: BaseImage) -> set[str]:
-    """The store items a ``--from`` image holds, as it records them."""
-    return {p for ps in layer_paths_from_config(base.config).values() for p in ps}
 
 
 def _open_cache(
