@@ -21,9 +21,10 @@ cores are the *CPU limit* of a zstd (gzip) build. ``C pipeline zstd/gzip``:
 ``tar | tee >(openssl dgst) | zstd -3 -T2 | openssl dgst`` (the whole job done by C tools). Size
 yardsticks ``tar|gzip -6`` and ``tar|pigz -6`` run in the first round only. closurepack rows:
 cold zstd and gzip builds, a cold and a warm uncompressed stream (``-o -``), a warm rebuild
-after one item changed, and a cold zstd build on one core (``taskset -c 0``). Every closurepack
-figure is a ratio to its limit, round by round (the limit measured in the same round). See
-bench/README.md.
+after an app-only change (the store's ``*-bench-app-1.0`` item on top of the closure, which
+make_debian_store.py writes; else the smallest item nothing refers to), and a cold zstd build on
+one core (``taskset -c 0``). Every closurepack figure is a ratio to its limit, round by round
+(the limit measured in the same round). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -410,21 +411,44 @@ def nixpkgs_config(layers: list[list[str]], custom: Path) -> dict[str, object]:
     }
 
 
+APP_SUFFIX = "-bench-app-1.0"  # make_debian_store.py's application item on top of the closure
+
+
+def is_app(obj: dict[str, object]) -> bool:
+    """Whether ``obj`` is the bench store's application item (the closure's root)."""
+    return str(obj["path"]).endswith(APP_SUFFIX)
+
+
 def make_changed_store(
-    root: Path, closure: list[dict[str, object]], dest: Path, pick: str | None
+    root: Path,
+    closure: list[dict[str, object]],
+    dest: Path,
+    pick: str | None,
+    *,
+    prefer_app: bool = False,
 ) -> tuple[Path, Path, str, str]:
-    """Copy the store to ``dest``, change one unreferenced item's content and store path.
+    """Copy the store to ``dest``, change one item's content and store path.
 
     Returns (new store root, new closure file, old path, new path). The item is the one whose
-    name contains ``pick``, else the smallest item nothing refers to (renaming it changes no
-    other item, as in Nix when only the application changes).
+    name contains ``pick``; else, with ``prefer_app``, the store's application item (the
+    closure's root, as in Nix when only the application changes) if it has one; else the
+    smallest item nothing but the application refers to (renaming it changes no other item's
+    content; the application's references are rewritten to the new path).
     """
-    referenced = {str(r) for o in closure for r in o["references"]}  # type: ignore[attr-defined]
-    tops = [o for o in closure if o["path"] not in referenced]
+    apps = [o for o in closure if is_app(o)]
+    referenced = {
+        str(r)
+        for o in closure
+        if not is_app(o)
+        for r in o["references"]  # type: ignore[attr-defined]
+    }
+    tops = [o for o in closure if o["path"] not in referenced and not is_app(o)]
     if pick:
         tops = [o for o in closure if pick in str(o["path"])]
         if not tops:
             raise SystemExit(f"build_bench: no item matches --change-item {pick!r}")
+    elif prefer_app and apps:
+        tops = apps
     victim = min(tops, key=lambda o: (int(str(o["narSize"])), str(o["path"])))
     old_path = str(victim["path"])
     old_name = old_path.rsplit("/", 1)[1]
@@ -447,6 +471,9 @@ def make_changed_store(
         if obj["path"] == old_path:
             nar_hash, nar_size = nar_hash_and_size(store / new_name)
             new_closure.append({**obj, "path": new_path, "narHash": nar_hash, "narSize": nar_size})
+        elif old_path in obj["references"]:  # type: ignore[operator]
+            refs = [new_path if r == old_path else r for r in obj["references"]]  # type: ignore[attr-defined]
+            new_closure.append({**obj, "references": refs})
         else:
             new_closure.append(obj)
     closure_file = dest / "closure.json"
@@ -1025,7 +1052,10 @@ def _closurepack_specs(
     if want(warm_name) and want("closurepack zstd"):
         closure = load_closure(closure_file)
         root2, closure2, old, new = make_changed_store(
-            root, closure, work / "store-changed", args.change_item
+            root, closure, work / "store-changed", args.change_item, prefer_app=True
+        )
+        changed_size = next(
+            int(str(o["narSize"])) for o in load_closure(closure2) if o["path"] == new
         )
 
         def warm(i: int) -> RunResult:
@@ -1047,8 +1077,8 @@ def _closurepack_specs(
                     r.output_bytes, r.layers = sum(sizes), len(sizes)
                     fresh_layers = set(oci_layer_digests(dest)) - cold_digests
                     r.note = (
-                        f"changed {old.rsplit('/', 1)[1][33:]} ->"
-                        f" {new.rsplit('/', 1)[1][:8]}...; {len(fresh_layers)} layer(s) new;"
+                        f"changed {old.rsplit('/', 1)[1][33:]} ({changed_size / 1024:.1f} KiB)"
+                        f" -> {new.rsplit('/', 1)[1][:8]}...; {len(fresh_layers)} layer(s) new;"
                         f" {_verify(cp, dest)}"
                     )
                 except (OSError, ValueError, KeyError, IndexError) as exc:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "APP_NAME",
     "DEFAULT_PACKAGES",
     "DebPackage",
     "StoreEntry",
@@ -48,6 +49,8 @@ __all__ = [
     "store_hash",
 ]
 
+APP_NAME = "bench-app"
+APP_VERSION = "1.0"
 DEFAULT_PACKAGES = ("git", "perl", "nodejs", "postgresql-15", "gcc-12", "cmake")
 NIX_BASE32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 STORE_DIR = "/nix/store"
@@ -352,6 +355,34 @@ def nar_hash_and_size(path: str | os.PathLike[str]) -> tuple[str, int]:
     return "sha256:" + nix_base32(h.digest()), size
 
 
+def _write_app(store: Path, references: Sequence[str]) -> str:
+    """Write the small application item on top of the closure; return its store path.
+
+    A few KiB (a launcher script and a data file) referring to ``references``, as a user's own
+    application sits above its dependencies; the item a warm rebuild after an app change
+    changes. Its hash follows from its references, like every other item's.
+    """
+    digest = store_hash(APP_NAME, APP_VERSION, (r.rsplit("/", 1)[1][:32] for r in references))
+    path = f"{STORE_DIR}/{digest}-{APP_NAME}-{APP_VERSION}"
+    dest = store / path.rsplit("/", 1)[1]
+    tmp = dest.with_name(dest.name + ".tmp")
+    for stale in (dest, tmp):
+        shutil.rmtree(stale, ignore_errors=True)
+    (tmp / "bin").mkdir(parents=True)
+    (tmp / "share" / APP_NAME).mkdir(parents=True)
+    launcher = tmp / "bin" / APP_NAME
+    uses = "".join(f"# uses {r}\n" for r in references)
+    launcher.write_text(f"#!/bin/sh\n{uses}exec cat {path}/share/{APP_NAME}/data.txt\n")
+    launcher.chmod(0o755)
+    lines = (f"{i:05d} closurepack bench application data line\n" for i in range(100))
+    (tmp / "share" / APP_NAME / "data.txt").write_text("".join(lines))
+    (tmp / "nix-support").mkdir()
+    _write_references(tmp, references)
+    _normalise_times(tmp)
+    tmp.rename(dest)
+    return path
+
+
 def make_store(
     outdir: Path,
     *,
@@ -359,8 +390,13 @@ def make_store(
     status_file: Path,
     log: bool = True,
     install: bool = False,
+    app: bool = True,
 ) -> list[dict[str, object]]:
-    """Write the store and closure.json under ``outdir``; return the closure.json entries."""
+    """Write the store and closure.json under ``outdir``; return the closure.json entries.
+
+    With ``app`` a small application item (``HASH-bench-app-1.0``) referring to the closure's
+    top items is added as its root.
+    """
     _NATIVE_ARCH[0] = subprocess.run(
         ["dpkg", "--print-architecture"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -375,6 +411,11 @@ def make_store(
     store = outdir / STORE_DIR.lstrip("/")
     store.mkdir(parents=True, exist_ok=True)
     wanted = {e.path.rsplit("/", 1)[1] for e in entries}
+    referenced = {r for e in entries for r in e.references}
+    tops = sorted(e.path for e in entries if e.path not in referenced)
+    app_path = _write_app(store, tops) if app else None
+    if app_path is not None:
+        wanted.add(app_path.rsplit("/", 1)[1])
     for stale in sorted(set(os.listdir(store)) - wanted):
         shutil.rmtree(store / stale, ignore_errors=True)
     closure: list[dict[str, object]] = []
@@ -399,6 +440,11 @@ def make_store(
         )
         if log:
             print(f"{nar_size / 2**20:9.1f} MiB  {entry.path}", file=sys.stderr)
+    if app_path is not None:
+        nar_hash, nar_size = nar_hash_and_size(store / app_path.rsplit("/", 1)[1])
+        closure.append(
+            {"path": app_path, "narHash": nar_hash, "narSize": nar_size, "references": tops}
+        )
     for directory in (store, store.parent):
         os.utime(directory, (1, 1))
     closure.sort(key=lambda obj: str(obj["path"]))
@@ -413,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--status-file", type=Path, default=Path("/var/lib/dpkg/status"))
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
+        "--no-app", action="store_true", help="leave out the small application item on top"
+    )
+    parser.add_argument(
         "--install", action="store_true", help="apt-get install the named packages if missing"
     )
     args = parser.parse_args(argv)
@@ -422,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status_file=args.status_file,
         log=not args.quiet,
         install=args.install,
+        app=not args.no_app,
     )
     total = sum(int(str(obj["narSize"])) for obj in closure)
     print(
