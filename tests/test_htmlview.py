@@ -11,7 +11,7 @@ import pytest
 from cdp import Page, chromium
 from clistore import APP, TOOL, make_store, read_oci, run
 from closurepack.htmlview import View, ViewLayer, ViewStack, render_html
-from closurepack.planner import human_size
+from closurepack.plantable import human_size
 from test_diff import APP2, NEWDEP, UPDATED
 
 pytestmark = pytest.mark.integration

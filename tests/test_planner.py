@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from closurepack.errors import PlanError
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import LayerPlan
-from closurepack.planner import format_plan_table, human_size, plan_closures, store_budget
+from closurepack.planner import plan_closures, store_budget
+from closurepack.plantable import format_plan_table, human_size
 from closurepack.strategies import STRATEGIES
 from fleetgen import fleets
 from slowcount import one_change_average

@@ -31,7 +31,7 @@ from typing import Any
 
 from closurepack.errors import SourceError
 from closurepack.plan import LayerPlan
-from closurepack.planner import human_size, plural
+from closurepack.plantable import human_size, plural
 from closurepack.platforms import Platform
 from closurepack.readback import read_image
 from closurepack.registry import RegistryOptions, is_registry_reference

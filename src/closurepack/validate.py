@@ -21,7 +21,7 @@ from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, ImageError, SourceError
 from closurepack.image import LAYERS_LABEL, Image, layer_paths_from_config
-from closurepack.planner import human_size, plural
+from closurepack.plantable import human_size, plural
 from closurepack.platforms import Platform, entry_platform
 from closurepack.readback import image_from_raw
 from closurepack.referrers import attached_artifacts

@@ -73,7 +73,7 @@ def copy_command(
 def verify_command(image: str, platform_text: str | None, **kwargs: Any) -> None:
     """Recompute every digest, diff_id and size of an image; list every mismatch."""
     from closurepack.errors import ImageError
-    from closurepack.planner import plural
+    from closurepack.plantable import plural
     from closurepack.validate import verify_image
 
     problems = verify_image(

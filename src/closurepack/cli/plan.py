@@ -44,7 +44,7 @@ def plan_command(
 ) -> None:
     """Compute a layer plan: which store items go in which layer."""
     from closurepack._fs import atomic_write
-    from closurepack.planner import format_plan_table
+    from closurepack.plantable import format_plan_table
     from closurepack.workflow import image_names, load_closures, make_plan
 
     closures = load_closures(

@@ -17,7 +17,7 @@ __all__ = [
 
 def layer_line(event: Any) -> str:
     """One layer's progress line: ``layer 2/5: 0123456789ab 1.2 MiB (cached) in 0.0s``."""
-    from closurepack.planner import human_size
+    from closurepack.plantable import human_size
 
     cached = " (cached)" if event.cached else ""
     return (
