@@ -31,6 +31,7 @@ RANKS: dict[str, int] = {
     "plan": 3,
     "strategies": 4,
     "planner": 4,
+    "plantable": 4,
     "plancache": 4,
     "fleetregions": 4,
     "fleetfloor": 4,

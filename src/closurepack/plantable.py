@@ -7,6 +7,12 @@ from collections.abc import Mapping, Sequence
 from closurepack.graph import Closure, StoreItem
 from closurepack.plan import LayerPlan
 
+__all__ = [
+    "format_plan_table",
+    "human_size",
+    "plural",
+]
+
 
 def human_size(size: int) -> str:
     """``1536`` -> ``1.5 KiB``; bytes below 1 KiB are shown as they are."""
