@@ -162,10 +162,16 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
     blobs.mkdir(parents=True, exist_ok=True)
     layers, small = image_blobs(image)
     unique = list({layer.digest: layer for layer in layers}.values())
+    # the blobs their stamps keep, sorted out here: a warm rebuild starts no threads for them
+    pending = [
+        layer
+        for layer in unique
+        if stamps is None or not stamps.matches(blobs / layer.digest.hex, layer.digest, layer.size)
+    ]
     with ThreadPoolExecutor(
-        max_workers=max(1, min(_PLACERS, len(unique))), thread_name_prefix="layout-blob"
+        max_workers=max(1, min(_PLACERS, len(pending))), thread_name_prefix="layout-blob"
     ) as pool:
-        futures = [pool.submit(_place_layer, layer, blobs, stamps) for layer in unique]
+        futures = [pool.submit(_place_layer, layer, blobs, stamps) for layer in pending]
         wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
             future.cancel()  # after a failure, the ones not started never start
