@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_debian_store import nar_hash_and_size
+from make_debian_store import APP_NAME, APP_VERSION, nar_hash_and_size
 
 __all__ = [
     "RunResult",
@@ -411,7 +411,7 @@ def nixpkgs_config(layers: list[list[str]], custom: Path) -> dict[str, object]:
     }
 
 
-APP_SUFFIX = "-bench-app-1.0"  # make_debian_store.py's application item on top of the closure
+APP_SUFFIX = f"-{APP_NAME}-{APP_VERSION}"  # make_debian_store.py's application item on top
 
 
 def is_app(obj: dict[str, object]) -> bool:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 __all__ = [
     "APP_NAME",
+    "APP_VERSION",
     "DEFAULT_PACKAGES",
     "DebPackage",
     "StoreEntry",

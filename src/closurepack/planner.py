@@ -48,7 +48,7 @@ from closurepack.errors import PlanError
 from closurepack.graph import Closure
 from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layers
 from closurepack.strategies import DEFAULT_STRATEGY, Strategy, check_groups, get_strategy
-from closurepack.strategies._dag import without_cyclic_gc
+from closurepack.strategies._dag import cyclic_gc_paused
 from closurepack.strategies.economy import expected_shipped
 from closurepack.strategies.minsize import merge_small_layers
 
@@ -73,7 +73,7 @@ def store_budget(max_layers: int) -> int:
     return max(1, check_max_layers(max_layers) - 1)
 
 
-@without_cyclic_gc
+@cyclic_gc_paused()
 def plan_closures(
     closures: Sequence[Closure],
     *,

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import ParamSpec, TypeVar
 
 from closurepack.graph import Closure
 
-__all__ = ["Dag", "bitset", "nixpkgs_name_key", "singles_then_rest", "without_cyclic_gc"]
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
+__all__ = ["Dag", "bitset", "cyclic_gc_paused", "nixpkgs_name_key", "singles_then_rest"]
 
 
 def nixpkgs_name_key(path: str) -> str:
@@ -58,7 +53,7 @@ class Dag:
         index = dict(zip(order, range(len(order)), strict=True))
         position = index.__getitem__
         items = closure.items
-        with _cyclic_gc_paused():  # 190k lists and tuples of ints: no cycle among them
+        with cyclic_gc_paused():  # 190k lists and tuples of ints: no cycle among them
             refs = tuple([tuple(map(position, items[p].references)) for p in order])
             referrers: list[list[int]] = [[] for _ in order]
             for i, rs in enumerate(refs):
@@ -158,7 +153,7 @@ class Dag:
         sums = [0] * n
         weigh = weights.__getitem__ if weights is not None else None
         largest = held.__getitem__
-        with _cyclic_gc_paused():  # sets of ints hold no cycles: nothing for it to find
+        with cyclic_gc_paused():  # sets of ints hold no cycles: nothing for it to find
             for i in range(n - 1, -1, -1) if up else range(n):
                 parts = parts_of[i]
                 if not parts:
@@ -220,24 +215,13 @@ def _gather(
     return added
 
 
-def without_cyclic_gc(function: Callable[_P, _R]) -> Callable[_P, _R]:
-    """``function`` run with cyclic garbage collection paused (as :func:`_cyclic_gc_paused`):
-    for the planner, whose strategies build hundreds of thousands of tuples, lists and sets
-    of ints, each 700 of which start a collection that walks the closure's objects too (63k
-    Debian items: 0.25 to 0.4 CPU s of each plan's 1 to 2.4 s, finding nothing)."""
-
-    @functools.wraps(function)
-    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with _cyclic_gc_paused():
-            return function(*args, **kwargs)
-
-    return paused
-
-
 @contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
+def cyclic_gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: building many sets or tuples of ints otherwise
-    starts collections that walk every object alive (the closure's too) and find nothing."""
+    starts collections that walk every object alive (the closure's too) and find nothing.
+    Also a decorator (``@cyclic_gc_paused()``), as every ``contextmanager`` is: the planner
+    runs so, its strategies building hundreds of thousands of tuples, lists and sets of ints
+    (63k Debian items: 0.25 to 0.4 CPU s of each plan's 1 to 2.4 s, finding nothing)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

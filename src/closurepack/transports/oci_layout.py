@@ -194,12 +194,10 @@ _PLACERS = 8
 
 
 def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> bool:
-    """Make ``blobs/<hex>`` the layer's blob (kept when its stamp or its bytes say it already
-    is; else a kernel copy of a verified blob, or a checked copy) and record its stamp; True
-    when it was written."""
+    """Make ``blobs/<hex>`` the layer's blob (kept when its bytes say it already is; else a
+    kernel copy of a verified blob, or a checked copy) and record its stamp; True when it was
+    written. Blobs whose stamps match were sorted out by :func:`write_blobs` before."""
     target = blobs / layer.digest.hex
-    if stamps is not None and stamps.matches(target, layer.digest, layer.size):
-        return False
     written = not blob_is_good(target, layer.digest, layer.size)
     if written:
         try:
