@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
-from closurepack.cli import main
+from closurepack.cli import run
 
 __all__: list[str] = []
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
