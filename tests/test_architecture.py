@@ -51,6 +51,7 @@ RANKS: dict[str, int] = {
     "tarstream": 5,
     "layer": 5,
     "layerbuild": 5,
+    "layerpool": 5,
     "layerlist": 5,
     "cache": 5,
     "cachedir": 1,

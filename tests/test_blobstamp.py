@@ -17,7 +17,7 @@ from closurepack.buildjob import build_image
 from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.digest import Digest
 from closurepack.jobsetup import ImageOptions
-from closurepack.transports import oci_layout
+from closurepack.transports import layoutblobs
 
 
 def _build(store: Store, closure: Path, layout: Path, cache: Path) -> None:
@@ -33,13 +33,13 @@ def _build(store: Store, closure: Path, layout: Path, cache: Path) -> None:
 def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the layout blobs the oci transport reads to check them."""
     seen: list[str] = []
-    real = oci_layout.blob_is_good
+    real = layoutblobs.blob_is_good
 
     def counting(path: Path, digest: Digest, size: int) -> bool:
         seen.append(path.name)
         return real(path, digest, size)
 
-    monkeypatch.setattr(oci_layout, "blob_is_good", counting)
+    monkeypatch.setattr(layoutblobs, "blob_is_good", counting)
     return seen
 
 

@@ -119,6 +119,30 @@ def test_copied_cache_is_rehashed_once(tmp_path: Path) -> None:
     assert stamp_after == [hit.size, hit.blob_path.stat().st_mtime_ns]
 
 
+def test_unread_hits_only_where_get_reads_nothing(tmp_path: Path) -> None:
+    """get_unread: what get hands out without hashing, else None with the entry left for
+    get (a copy's new mtimes: rehashed by get; "full": always get's)."""
+    store = tmp_path / "store"
+    path = make_item(store, 7)
+    layer = LayerCache(tmp_path / "cache").get_or_build(key_of(path), builder(store, path))
+    cache = LayerCache(tmp_path / "cache")
+    assert cache.get_unread(key_of(path)) == layer
+    assert cache.get_unread("0" * 64) is None
+    assert LayerCache(tmp_path / "cache", verify="full").get_unread(key_of(path)) is None
+    shutil.copytree(tmp_path / "cache", tmp_path / "copy", copy_function=shutil.copyfile)
+    copy = LayerCache(tmp_path / "copy")
+    assert copy.get_unread(key_of(path)) is None  # its mtime moved: get must hash it
+    assert copy.get(key_of(path)) is not None
+    assert copy.get_unread(key_of(path)) is not None  # re-stamped by that hash
+    assert LayerCache(tmp_path / "copy", verify="size").get_unread(key_of(path)) is not None
+    layer.blob_path.chmod(0o644)
+    with layer.blob_path.open("r+b") as handle:
+        handle.truncate(layer.size - 1)
+    assert cache.get_unread(key_of(path)) is None
+    assert (tmp_path / "cache" / "keys" / f"{key_of(path)}.json").exists()  # get's to remove
+    assert cache.get(key_of(path)) is None
+
+
 def test_truncated_blob_and_bad_entry_are_misses(tmp_path: Path) -> None:
     store = tmp_path / "store"
     path = make_item(store, 3)

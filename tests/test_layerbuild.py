@@ -203,6 +203,61 @@ def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str
     assert set(threading.enumerate()) <= threads_before
 
 
+def _compress_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads started from now on (the codecs' C threads are not seen)."""
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    return started
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "zstd:chunked", "none"])
+@pytest.mark.parametrize("size", [5_000, 3_500_000])
+def test_small_layer_built_without_a_compress_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str, size: int
+) -> None:
+    """A tar within one chunk is compressed on the calling thread, larger ones on the
+    compressing thread: the bytes are the two-step recipe's either way."""
+    root = tmp_path / "store"
+    (root / APP[1:]).mkdir(parents=True)
+    (root / APP[1:] / "data").write_bytes(os.urandom(size))
+    started = _compress_threads(monkeypatch)
+    layer = build_store_layer(
+        [APP], store_root=root, store_dir="/nix/store", compression=compression,
+        dest_dir=tmp_path / "out",
+    )  # fmt: skip
+    assert ("closurepack-compress" in started) == (size > 1 << 20)
+    tar = io.BytesIO()
+    write_store_tar(tar, [APP], store_root=root, mtime=1)
+    blob = io.BytesIO()
+    compressor = open_compressor(compression, blob, threads=1)
+    compressor.write(tar.getvalue())
+    compressor.close()
+    assert layer.blob_path.read_bytes() == blob.getvalue()
+    assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_failure_in_a_small_layer_leaves_nothing(tmp_path: Path, compression: str) -> None:
+    threads_before = set(threading.enumerate())
+    entries = [
+        TreeEntry("a-small", "file", data=b"x" * 1000),
+        TreeEntry("b-bad", "file", source=tmp_path),  # a directory: reading it fails
+    ]
+    with pytest.raises(StoreError, match="cannot read"):
+        build_tree_layer(entries, compression=compression, dest_dir=tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    assert set(threading.enumerate()) <= threads_before
+    # the codec is left fit for the next layer
+    again = build_tree_layer(entries[:1], compression=compression, dest_dir=tmp_path / "out")
+    assert again.size == again.blob_path.stat().st_size
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from closurepack.errors import ClosureError, ImageError, OptionError
 from closurepack.graph import check_readable_store, split_store_path
 from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer, layer_key
+from closurepack.layerpool import run_layers, stream_order
 from closurepack.perms import Perms
 from closurepack.plan import ImagePlan, PlannedLayer
 from closurepack.tarheader import MAX_MTIME
@@ -226,10 +226,15 @@ def build_keyed_layers(
     total = len(planned) + (1 if customisation and not customisation.is_empty else 0)
     total_size = sum(layer.size for layer in planned)
 
-    def one(index: int, layer: PlannedLayer) -> tuple[str, BuiltLayer | RemoteLayer]:
+    def report(index: int, built: BuiltLayer | RemoteLayer, cached: bool, started: float) -> None:
+        if progress is not None:
+            seconds = time.perf_counter() - started
+            size = planned[index].size
+            progress(LayerEvent(index, total, built, cached, seconds, size, total_size))
+
+    def one(index: int, key: str, perms: dict[str, object]) -> tuple[str, BuiltLayer | RemoteLayer]:
         started = time.perf_counter()
-        perms = _perms_part(layer, options)
-        key = _store_key(layer, options, perms)
+        layer = planned[index]
 
         def build(dest_dir: Path) -> BuiltLayer:
             return build_store_layer(
@@ -262,53 +267,35 @@ def build_keyed_layers(
             built = options.cache.get_or_build(key, build)
         # Built here, or checked by the cache before reuse: destinations may link the blob.
         built = dataclasses.replace(built, verified=True, comment=store_layer_comment(layer.paths))
-        if progress is not None:
-            progress(
-                LayerEvent(
-                    index,
-                    total,
-                    built,
-                    cached,
-                    time.perf_counter() - started,
-                    layer.size,
-                    total_size,
-                )
-            )
+        report(index, built, cached, started)
         return key, built
 
-    # The first failure stops the build: layers not started by then never start.
-    failed = threading.Event()
-
-    def guarded(index: int, layer: PlannedLayer) -> tuple[str, BuiltLayer | RemoteLayer]:
-        if failed.is_set():
-            raise CancelledError
-        try:
-            return one(index, layer)
-        except BaseException:
-            failed.set()
-            raise
-
-    jobs = max(1, min(options.jobs, len(planned) or 1))
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layer") as pool:
-        order = list(range(len(planned)))
-        if options.bottom_first:
-            order = stream_order([layer.size for layer in planned], jobs=jobs)
-        else:
-            order.sort(key=lambda i: -planned[i].size)  # (a stable sort: ties bottom first)
-        submitted = {i: pool.submit(guarded, i, planned[i]) for i in order}
-        futures = [submitted[i] for i in range(len(planned))]
-        try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                if future.done() and not future.cancelled():
-                    error = future.exception()
-                    if error is not None and not isinstance(error, CancelledError):
-                        raise error
-            layers = [future.result() for future in futures]
-        finally:
-            failed.set()
-            for future in futures:
-                future.cancel()
+    # Each layer's key, and the hits the cache hands out without reading a blob, on this
+    # thread: a warm rebuild finds its unchanged layers with a few system calls each and
+    # starts builder threads for the rest only (none for a single layer).
+    done: dict[int, tuple[str, BuiltLayer | RemoteLayer]] = {}
+    rest: dict[int, tuple[str, dict[str, object]]] = {}
+    for index, layer in enumerate(planned):
+        started = time.perf_counter()
+        perms = _perms_part(layer, options)
+        key = _store_key(layer, options, perms)
+        reusable = not perms and tuple(sorted(layer.paths)) in (reuse or {})
+        hit = None if reusable or options.cache is None else options.cache.get_unread(key)
+        if hit is None:
+            rest[index] = key, perms
+            continue
+        hit = dataclasses.replace(hit, verified=True, comment=store_layer_comment(layer.paths))
+        done[index] = key, hit
+        report(index, hit, True, started)
+    done.update(
+        run_layers(
+            {index: functools.partial(one, index, *rest[index]) for index in rest},
+            sizes=[layer.size for layer in planned],
+            jobs=options.jobs,
+            bottom_first=options.bottom_first,
+        )
+    )
+    layers = [done[index] for index in range(len(planned))]
     if options.cache is not None:
         # also after a build that was all hits: the limit may have shrunk, or others filled it
         options.cache.trim()
@@ -337,29 +324,6 @@ def build_keyed_layers(
                 )
             )
     return layers
-
-
-def stream_order(sizes: Sequence[int], *, jobs: int) -> list[int]:
-    """The order to start layers of these planned ``sizes`` (bottom first) in when they are
-    streamed: the bottom one first (the stream can start), then every layer that, started in
-    its turn, would still be building after the layers above it are done (larger than they
-    are together, shared among the other ``jobs - 1`` builders), largest first; then the
-    rest bottom first. Bottom first alone ends with the top layers (often the largest: an
-    application over its libraries) built one at a time while the other builders idle; one
-    builder takes them early instead, while the others feed the stream from the bottom. With
-    one job the order is bottom first."""
-    count = len(sizes)
-    if jobs < 2 or count < 3:
-        return list(range(count))
-    early: list[int] = []
-    above = 0
-    for index in range(count - 1, 0, -1):
-        if sizes[index] * (jobs - 1) > above:
-            early.append(index)
-        above += sizes[index]
-    early.sort(key=lambda i: -sizes[i])  # (stable: ties top first, as found)
-    chosen = set(early)
-    return [0, *early, *(i for i in range(1, count) if i not in chosen)]
 
 
 #: The name of scratch directories: ``$TMPDIR/closurepack-<pid>-<random>``.

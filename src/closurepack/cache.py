@@ -49,7 +49,13 @@ from closurepack._fs import (
 )
 from closurepack.blobstamp import BlobStamps
 from closurepack.cachedir import default_cache_dir
-from closurepack.cacheentry import check_blob, entry_text, hash_file, read_entry
+from closurepack.cacheentry import (
+    blob_unchanged,
+    check_blob,
+    entry_text,
+    hash_file,
+    read_entry,
+)
 from closurepack.cachegc import (
     KEY,
     WORK_PREFIX,
@@ -195,6 +201,31 @@ class LayerCache:
         if layer is None and not held:
             self._key_locks.release(key)
         return layer
+
+    def get_unread(self, key: str) -> BuiltLayer | None:
+        """The layer cached under ``key`` when :meth:`get` would hand it out without reading
+        its blob (see :func:`~closurepack.cacheentry.blob_unchanged`), else None: a miss, or
+        an entry whose blob :meth:`get` would hash first (never with ``verify="full"``).
+        No blob is read or removed here (an unreadable entry file is, as by :meth:`get`); a
+        hit is held and marked used as by :meth:`get`.
+        For a build's quick pass over its layers on one thread: whatever needs reading is
+        left to :meth:`get` or :meth:`get_or_build` on the builders' threads."""
+        if self.verify == "full":
+            return None
+        self._entry_path(key)
+        held = self._key_locks.hold(key)
+        try:
+            loaded = self._load(key)
+        except BaseException:
+            if not held:
+                self._key_locks.release(key)
+            raise
+        if loaded is None or not blob_unchanged(*loaded, verify=self.verify):
+            if not held:
+                self._key_locks.release(key)
+            return None
+        self._mark_used(key)
+        return loaded[0]
 
     def _lookup(self, key: str) -> BuiltLayer | None:
         loaded = self._load(key)

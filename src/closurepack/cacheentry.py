@@ -18,6 +18,7 @@ from closurepack.layer import BuiltLayer
 
 __all__ = [
     "blob_stamp",
+    "blob_unchanged",
     "check_blob",
     "entry_text",
     "hash_file",
@@ -79,6 +80,21 @@ def check_blob(
     if digest != layer.digest:
         return f"blob hashes to {digest}, entry says {layer.digest}", False
     return None, stamp != blob_stamp(st)
+
+
+def blob_unchanged(
+    layer: BuiltLayer, stamp: list[int] | None, *, verify: Literal["auto", "full", "size"]
+) -> bool:
+    """True when :func:`check_blob` would pass ``layer``'s blob without reading it: the blob
+    has the entry's size and, with ``verify="auto"``, the ``stamp`` it had when last hashed
+    (never with ``"full"``, which always reads). False says nothing about the blob."""
+    if verify == "full":
+        return False
+    try:
+        st = layer.blob_path.stat()
+    except OSError:
+        return False
+    return st.st_size == layer.size and (verify == "size" or stamp == blob_stamp(st))
 
 
 def entry_text(layer: BuiltLayer) -> str:

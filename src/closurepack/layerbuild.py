@@ -83,7 +83,12 @@ class _Pipe:
 
     File contents are read straight into the chunk being filled (:meth:`write_from`), and
     chunks come back to be filled again once the compressing thread is done with them (the
-    codecs copy what they keep), so each byte is copied once on its way to the codec."""
+    codecs copy what they keep), so each byte is copied once on its way to the codec.
+
+    That thread starts with the first full chunk: a tar that fits in one chunk (a small
+    layer, such as the one an application change rebuilds, or the customisation layer) is
+    hashed and compressed on the calling thread at :meth:`finish`, in the same chunks, so
+    with the same bytes, and no thread is started or waited for."""
 
     def __init__(
         self,
@@ -103,19 +108,31 @@ class _Pipe:
         self._view = memoryview(self._buf)
         self._fill = 0
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="closurepack-compress", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    def _consume(self, buf: bytearray, size: int) -> None:
+        """Hash and compress the first ``size`` bytes of ``buf``."""
+        with memoryview(buf) as whole, whole[:size] as chunk:
+            self.tar_hash.write(chunk)
+            self._compressor.write(chunk)
+
+    def _close_codec(self) -> None:
+        """End the compressed stream, keeping the first error. Always, even after an error:
+        the codecs' own threads must stop."""
+        try:
+            self._compressor.close()
+            self.annotations = layer_annotations(self._compressor)
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
 
     def _run(self) -> None:
         drained = False
         try:
             while (item := self._queue.get()) is not None:
                 if self._error is None:
-                    buf, size = item
-                    with memoryview(buf) as whole, whole[:size] as chunk:
-                        self.tar_hash.write(chunk)
-                        self._compressor.write(chunk)
-                    self._free.put(buf)
+                    self._consume(*item)
+                    self._free.put(item[0])
             drained = True
         except BaseException as exc:
             self._error = exc
@@ -123,13 +140,7 @@ class _Pipe:
             # keep draining so the producer never blocks on a full queue
             while self._queue.get() is not None:
                 pass
-        try:
-            # always, even after an error: the codecs' own threads must stop
-            self._compressor.close()
-            self.annotations = layer_annotations(self._compressor)
-        except BaseException as exc:
-            if self._error is None:
-                self._error = exc
+        self._close_codec()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         n = len(data)
@@ -164,6 +175,11 @@ class _Pipe:
         if self._fill:
             if self._error is not None:
                 self._fail()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="closurepack-compress", daemon=True
+                )
+                self._thread.start()
             self._queue.put((self._buf, self._fill))
             try:
                 self._buf = self._free.get_nowait()
@@ -173,14 +189,25 @@ class _Pipe:
             self._fill = 0
 
     def finish(self) -> None:
-        self._flush_buf()
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread is None:  # all of it in the one chunk: done here, no thread
+            try:
+                if self._fill:
+                    self._consume(self._buf, self._fill)
+            except BaseException as exc:
+                self._error = exc
+            self._close_codec()
+        else:
+            self._flush_buf()
+            self._queue.put(None)
+            self._thread.join()
         if self._error is not None:
             self._fail()
 
     def abort(self) -> None:
         self._error = self._error or RuntimeError("aborted")
+        if self._thread is None:
+            self._close_codec()
+            return
         self._queue.put(None)
         self._thread.join()
 
