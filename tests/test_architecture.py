@@ -69,6 +69,7 @@ RANKS: dict[str, int] = {
     "image": 7,
     "artifacts": 7,
     "sbom": 7,
+    "sbomoptions": 1,
     "platforms": 7,
     "imageindex": 7,
     "imageconfig": 7,

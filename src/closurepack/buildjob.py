@@ -36,7 +36,6 @@ from closurepack.image import (
     ImageConfig,
     assemble_image,
 )
-from closurepack.imageindex import ImageIndex
 from closurepack.jobsetup import (
     Delivery,
     ImageOptions,
@@ -66,6 +65,7 @@ from closurepack.workflow import (
 
 if TYPE_CHECKING:  # (imported where used: a plain build needs none of them)
     from closurepack.artifacts import Attachment
+    from closurepack.imageindex import ImageIndex
     from closurepack.platforms import Platform
     from closurepack.sbomjob import SbomJob
     from closurepack.sources.narhash import NarDigests
@@ -267,13 +267,16 @@ def build_image(
             images.append(assemble_image(layers, config=config, base=base))
             published.extend(keyed)
         warn_if_no_command(images[0], dest)
-        result = write_or_push(
-            ImageIndex.of(
+        built: Image | ImageIndex = images[0]
+        if targets:
+            from closurepack.imageindex import ImageIndex  # noqa: PLC0415 - only for --platform
+
+            built = ImageIndex.of(
                 [(t.platform, i) for t, i in zip(targets, images, strict=True)],
                 docker=image.manifest_format == "docker",
             )
-            if targets
-            else images[0],
+        result = write_or_push(
+            built,
             target=ImageTarget(
                 dest=dest,
                 tags=image.tags,

@@ -11,7 +11,7 @@ from typing import Literal
 
 from closurepack.errors import OptionError
 from closurepack.plan import check_max_layers
-from closurepack.sbom import SbomOptions
+from closurepack.sbomoptions import SbomOptions
 
 __all__ = [
     "BuildInput",

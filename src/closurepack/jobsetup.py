@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from closurepack.artifacts import Attachment
 from closurepack.blobstamp import BlobStamps
 from closurepack.build import (
     check_mtime,
@@ -34,9 +33,7 @@ from closurepack.image import (
     assemble_image,
     rfc3339,
 )
-from closurepack.imageindex import Attachments, ImageIndex
 from closurepack.perms import Perms
-from closurepack.platforms import Platform
 from closurepack.pushrecord import warn_no_command
 from closurepack.registry import (
     RegistryOptions,
@@ -53,6 +50,9 @@ from closurepack.transports import (
 )
 
 if TYPE_CHECKING:  # (imported where used: they load the HTTP stack)
+    from closurepack.artifacts import Attachment
+    from closurepack.imageindex import Attachments, ImageIndex
+    from closurepack.platforms import Platform
     from closurepack.registry.layercache import SharedLayerCache
     from closurepack.registry.push import ImagePusher
     from closurepack.transports.stdout import LayerStreamer
@@ -277,7 +277,11 @@ def prepare_image(
 def requested_platform(config: ImageConfig, image: ImageOptions) -> Platform | None:
     """The platform ``--arch`` asks for, of a multi-platform ``--from`` or ``--previous``
     image (None: the host's, by default)."""
-    return Platform(config.os, config.arch, config.variant) if image.arch else None
+    if not image.arch:
+        return None
+    from closurepack.platforms import Platform  # noqa: PLC0415 - only with --arch
+
+    return Platform(config.os, config.arch, config.variant)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -338,7 +342,7 @@ def write_or_push(
     pusher, streamer, attach = delivery.pusher, delivery.streamer, delivery.attach
     attachments: Attachments = ()
     if attach is not None:
-        if isinstance(image, ImageIndex):  # each platform's image its own
+        if not isinstance(image, Image):  # an ImageIndex: each platform's image its own
             attachments = {e.image.manifest_digest: attach(e.image) for e in image.images}
         else:
             attachments = attach(image)
@@ -348,7 +352,7 @@ def write_or_push(
             attach_pushed,
         )
 
-        if isinstance(image, ImageIndex):
+        if not isinstance(image, Image):  # an ImageIndex
             digest = pusher.push_index(image)
             attach_platforms(pusher, image, attachments)
             return f"{pusher.ref.name}@{digest}"
@@ -366,7 +370,7 @@ def write_or_push(
         attachments=attachments,
         options=WriteOptions(name=name, started=started, stamps=delivery.stamps),
     )
-    return str(image.digest if isinstance(image, ImageIndex) else image.manifest_digest)
+    return str(image.manifest_digest if isinstance(image, Image) else image.digest)
 
 
 def image_pusher(

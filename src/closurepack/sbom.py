@@ -27,9 +27,10 @@ from urllib.parse import quote
 from closurepack import __version__
 from closurepack._fs import atomic_write
 from closurepack.digest import Digest
-from closurepack.errors import DestinationError, OptionError, StoreError
+from closurepack.errors import DestinationError, StoreError
 from closurepack.graph import Closure, StoreItem
 from closurepack.image import rfc3339
+from closurepack.sbomoptions import FORMATS, SbomOptions
 
 if TYPE_CHECKING:  # (imported where used: --sbom's options are read by every build)
     from closurepack.artifacts import Attachment
@@ -47,44 +48,12 @@ __all__ = [
     "write_sbom_files",
 ]
 
-#: The formats of ``--sbom``, and the file-name part each gets when both are written.
-FORMATS = {"spdx": "spdx", "cyclonedx": "cdx"}
 #: The media type of each format: the artifact's ``artifactType`` and its layer's media type.
 MEDIA_TYPES = {"spdx": "application/spdx+json", "cyclonedx": "application/vnd.cyclonedx+json"}
 
 _TOOL = f"closurepack-{__version__}"
 _SPDX_ID = re.compile(r"[^A-Za-z0-9.-]+")
 _NAMESPACE = "https://closurepack.invalid/spdx/"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SbomOptions:
-    """``--sbom FORMAT`` (each once, in the order given) and ``--sbom-out FILE``."""
-
-    formats: tuple[str, ...] = ()
-    out: Path | None = None
-
-    def __post_init__(self) -> None:
-        for name in self.formats:
-            if name not in FORMATS:
-                raise OptionError(f"--sbom {name!r}: expected spdx or cyclonedx")
-        object.__setattr__(self, "formats", tuple(dict.fromkeys(self.formats)))
-        if self.out is not None and not self.formats:
-            raise OptionError("--sbom-out needs --sbom spdx or --sbom cyclonedx")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.formats)
-
-    def out_paths(self) -> dict[str, Path]:
-        """Where ``--sbom-out FILE`` puts each format: FILE itself for one format; for both,
-        FILE without a ``.json`` suffix, then ``.spdx.json`` and ``.cdx.json``."""
-        if self.out is None:
-            return {}
-        if len(self.formats) == 1:
-            return {self.formats[0]: self.out}
-        stem = self.out.name.removesuffix(".json")
-        return {f: self.out.with_name(f"{stem}.{FORMATS[f]}.json") for f in self.formats}
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def build_command(**kwargs: Any) -> None:
     from closurepack.buildjob import build_image
     from closurepack.buildoptions import BuildInput, LayerOptions
     from closurepack.errors import OptionError
-    from closurepack.sbom import SbomOptions
+    from closurepack.sbomoptions import SbomOptions
 
     nix_db, guix_db = kwargs.pop("nix_db"), kwargs.pop("guix_db")
     if nix_db and guix_db:

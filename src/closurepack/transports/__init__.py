@@ -19,14 +19,12 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from closurepack._fs import is_special_file
 from closurepack.blobstamp import BlobStamps
 from closurepack.errors import DestinationError, InputError, OptionError, SourceError
 from closurepack.image import Image
-from closurepack.imageindex import Attachments, ImageIndex
-from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
 from closurepack.registry import parse_reference as parse_registry_reference
 from closurepack.transports._files import probe_writable
@@ -45,6 +43,10 @@ from closurepack.transports.reference import (
     parse_destination,
     parse_repo_tag,
 )
+
+if TYPE_CHECKING:  # (a multi-platform image, or one platform asked for: imported where made)
+    from closurepack.imageindex import Attachments, ImageIndex
+    from closurepack.platforms import Platform
 
 __all__ = [
     "INDEX_KINDS",
@@ -221,7 +223,7 @@ def write_image(
         return f"{ref.name}@{pushed}"
     if isinstance(dest, str):
         dest = parse_destination(dest)
-    if isinstance(image, ImageIndex):
+    if not isinstance(image, Image):  # an ImageIndex
         check_index_destination(str(dest))
         from closurepack.transports import oci_archive, oci_layout  # noqa: PLC0415 - OCI only
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, SourceError
 from closurepack.jsontext import parse_json
 from closurepack.mediatypes import MediaType
-from closurepack.platforms import Platform, choose_entry, entry_platform
+
+if TYPE_CHECKING:  # (an index's platforms: imported when one is read)
+    from closurepack.platforms import Platform
 
 __all__ = [
     "RawBlob",
@@ -76,10 +78,14 @@ class RawIndex:
     def image(self, platform: Platform | None = None) -> RawImage:
         """The image for ``platform`` (default: the host's); see
         :func:`~closurepack.platforms.choose_entry`."""
+        from closurepack.platforms import choose_entry  # noqa: PLC0415 - indexes only
+
         return self.reader(choose_entry(self.entries, platform, where=self.source))
 
     def images(self) -> list[tuple[Platform, RawImage]]:
         """Every image of the index that names a platform, in order."""
+        from closurepack.platforms import entry_platform  # noqa: PLC0415 - indexes only
+
         return [(p, self.reader(e)) for e in self.entries if (p := entry_platform(e)) is not None]
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from closurepack._fs import clone_blob, fsync_dir
 from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError
 from closurepack.image import Image, ImageLayer
-from closurepack.imageindex import ImageIndex
 from closurepack.transports._files import blob_is_good, put_blob
+
+if TYPE_CHECKING:  # (only a multi-platform image is one: see closurepack.imageindex)
+    from closurepack.imageindex import ImageIndex
 
 __all__ = [
     "image_blobs",
@@ -27,7 +30,7 @@ __all__ = [
 def image_blobs(image: Image | ImageIndex) -> tuple[tuple[ImageLayer, ...], dict[Digest, bytes]]:
     """The layers of ``image`` (of every platform, each digest once) and its small blobs: the
     configs and manifests, and the index of a multi-platform image."""
-    if isinstance(image, ImageIndex):
+    if not isinstance(image, Image):  # an ImageIndex
         return image.layers, image.small_blobs
     small = {image.config_digest: image.config_bytes, image.manifest_digest: image.manifest_bytes}
     return image.layers, small

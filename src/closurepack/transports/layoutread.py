@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError
 from closurepack.mediatypes import INDEX_TYPES, MediaType
-from closurepack.platforms import Platform, choose_entry
 from closurepack.transports._raw import RawBlob, RawImage, RawIndex, missing_blob, parse_json
+
+if TYPE_CHECKING:  # (an index's platforms: imported when one is read)
+    from closurepack.platforms import Platform
 
 __all__ = [
     "INDEX_DEPTH",
@@ -138,6 +140,8 @@ def _through_indexes(
         if entry.get("mediaType") not in INDEX_TYPES:
             return entry
         _, entries = _index_entries(store, entry, where)
+        from closurepack.platforms import choose_entry  # noqa: PLC0415 - indexes only
+
         entry = choose_entry(entries, platform, where=where)
     raise ImageError(f"{where}: indexes nested more than {INDEX_DEPTH} deep")
 

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from closurepack._fs import TEMP_SUFFIX, fsync_dir, sweep_stale_temps
 from closurepack.artifacts import (
@@ -35,9 +35,7 @@ from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError
 from closurepack.image import Image, canonical_json
-from closurepack.imageindex import Attachments, ImageIndex, attachment_subjects
 from closurepack.mediatypes import MediaType
-from closurepack.platforms import Platform
 from closurepack.transports._files import atomic_file, probe_writable, put_blob
 from closurepack.transports._raw import RawImage, RawIndex
 from closurepack.transports.layoutblobs import image_blobs, write_blobs
@@ -50,6 +48,10 @@ from closurepack.transports.layoutread import (
     read_stored_index,
 )
 from closurepack.transports.reference import Destination, oci_ref_names
+
+if TYPE_CHECKING:  # (a multi-platform image or attachments: imported where they are made)
+    from closurepack.imageindex import Attachments, ImageIndex
+    from closurepack.platforms import Platform
 
 __all__ = [
     "INDEX_DEPTH",
@@ -76,7 +78,7 @@ LAYOUT_FILE = canonical_json({"imageLayoutVersion": "1.0.0"})
 def manifest_descriptor(image: Image | ImageIndex, ref_name: str) -> dict[str, Any]:
     """The index entry for ``image`` tagged ``ref_name``: a manifest with its platform, or
     an image index (whose entries name the platforms), as skopeo's ``copy --all`` makes it."""
-    if isinstance(image, ImageIndex):
+    if not isinstance(image, Image):  # an ImageIndex
         return {
             "mediaType": str(MediaType.OCI_INDEX),
             "digest": str(image.digest),
@@ -118,6 +120,10 @@ def attached_blobs(
     subject is ``image``'s manifest (of a multi-platform image: each platform image's; no
     ref name: an artifact is found by its subject), and the blobs those manifests need, by
     hex digest."""
+    if not attachments:
+        return index, {}
+    from closurepack.imageindex import attachment_subjects  # noqa: PLC0415 - with attachments
+
     blobs: dict[str, bytes] = {}
     descriptors = []
     subjects = attachment_subjects(image, attachments, media_type=str(MediaType.OCI_MANIFEST))
