@@ -212,10 +212,10 @@ class LayerCache:
         left to :meth:`get` or :meth:`get_or_build` on the builders' threads."""
         if self.verify == "full":
             return None
-        self._entry_path(key)
+        entry = self._entry_path(key)
         held = self._key_locks.hold(key)
         try:
-            loaded = self._load(key)
+            loaded = read_entry(entry, self.blob_path)
         except BaseException:
             if not held:
                 self._key_locks.release(key)
@@ -224,7 +224,7 @@ class LayerCache:
             if not held:
                 self._key_locks.release(key)
             return None
-        self._mark_used(key)
+        self._mark_used(key, entry)
         return loaded[0]
 
     def _lookup(self, key: str) -> BuiltLayer | None:
@@ -245,11 +245,11 @@ class LayerCache:
         self._mark_used(key)
         return layer
 
-    def _mark_used(self, key: str) -> None:
+    def _mark_used(self, key: str, entry: Path | None = None) -> None:
         with self._mutex:
             self._in_use.add(key)
         with contextlib.suppress(OSError):
-            os.utime(self._entry_path(key))
+            os.utime(entry or self._entry_path(key))
 
     # -- writing -------------------------------------------------------------------------
 
