@@ -25,12 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from closurepack._fs import TEMP_SUFFIX, fsync_dir, sweep_stale_temps
-from closurepack.artifacts import (
-    artifact_manifests,
-    drop_replaced_referrers,
-    merge_referrers,
-    referrer_descriptor,
-)
 from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError
@@ -122,7 +116,12 @@ def attached_blobs(
     hex digest."""
     if not attachments:
         return index, {}
-    from closurepack.imageindex import attachment_subjects  # noqa: PLC0415 - with attachments
+    from closurepack.artifacts import (  # noqa: PLC0415 - with attachments only
+        artifact_manifests,
+        merge_referrers,
+        referrer_descriptor,
+    )
+    from closurepack.imageindex import attachment_subjects  # noqa: PLC0415 - the same
 
     blobs: dict[str, bytes] = {}
     descriptors = []
@@ -151,6 +150,11 @@ def _locked(root: Path, *, wait: bool = True) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def _has_artifacts(index: dict[str, Any]) -> bool:
+    """Whether ``index`` has an artifact's entry (one with an ``artifactType``)."""
+    return any(isinstance(e, dict) and e.get("artifactType") for e in index["manifests"])
 
 
 def _read_blob(blobs: Path, digest: str) -> bytes | None:
@@ -253,9 +257,11 @@ def write_image(
             written = write_blobs(image, root, stamps=stamps)  # (their names synced)
             old = _read_index(root)
             blobs = root / "blobs" / "sha256"
-            index = drop_replaced_referrers(
-                old, index_with(old, image, ref_names), functools.partial(_read_blob, blobs)
-            )
+            index = index_with(old, image, ref_names)
+            if _has_artifacts(index):  # (only they can name a replaced image as their subject)
+                from closurepack.artifacts import drop_replaced_referrers  # noqa: PLC0415
+
+                index = drop_replaced_referrers(old, index, functools.partial(_read_blob, blobs))
             index, extra = attached_blobs(image, index, attachments)
             attached = False
             for hex_digest, blob in sorted(extra.items()):
