@@ -4,6 +4,8 @@ is left to build (none for a single layer), every layer's key and bytes as befor
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -127,3 +129,44 @@ def test_warm_rebuild_into_its_layout_starts_no_threads(
         *(f"blobs/sha256/{p.name}" for p in (fresh / "blobs/sha256").iterdir()),
     ):
         assert (fresh / name).read_bytes() == (tmp_path / "oci" / name).read_bytes()
+
+
+_PROGRAM = (
+    "import sys\n"
+    "from closurepack.cli import main\n"
+    "status = main(sys.argv[2:])\n"
+    "print(status, sorted(m for m in sys.modules if m in sys.argv[1].split(',')))\n"
+)
+
+#: Modules an oci: build of one platform, without --sbom, attachments or artifacts, never needs.
+_NOT_FOR_OCI = (
+    "closurepack.sbom,closurepack.imageindex,closurepack.platforms,closurepack.artifacts,"
+    "concurrent.futures.thread"
+)
+
+
+def test_a_plain_oci_rebuild_imports_no_index_sbom_or_thread_pool(tmp_path: Path) -> None:
+    """The start-up of a warm oci: rebuild (its unchanged layers hits, one new layer) loads
+    none of the multi-platform, SBOM and artifact modules, nor a thread pool; an --sbom
+    build does load what it needs."""
+    store = make_cli_store(tmp_path / "root")
+    closure = store.closure_file(tmp_path / "app.json", [APP])
+    argv = ["build", "-q", "--closure", closure, "--store-root", store.root, "--compression",
+            "zstd", "--cache-dir", tmp_path / "c", "-o", f"oci:{tmp_path / 'out'}"]  # fmt: skip
+
+    def loaded(extra: list[object]) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROGRAM, _NOT_FOR_OCI, *map(str, argv + extra)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()[-1]
+
+    loaded([])  # cold: the layers are built (by builder threads)
+    assert loaded([]) == "0 []"
+    with_sbom = loaded(["--sbom", "spdx"])
+    assert "'closurepack.sbom'" in with_sbom
+    assert "'closurepack.artifacts'" in with_sbom

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 __all__ = [
@@ -35,6 +34,13 @@ def run_layers(
         return {index: only()}
     if not work:
         return {}
+    from concurrent.futures import (  # noqa: PLC0415 - a pool only for several layers
+        FIRST_EXCEPTION,
+        CancelledError,
+        ThreadPoolExecutor,
+        wait,
+    )
+
     failed = threading.Event()
 
     def guarded(index: int) -> _T:

@@ -7,7 +7,6 @@ cache. :mod:`closurepack.transports.oci_layout` writes them before its ``index.j
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,6 +89,12 @@ def _place_layers(
 ) -> list[bool]:
     """:func:`_place_layer` of each of ``layers``, :data:`_PLACERS` at a time; the first
     failure in layer order is raised, and the ones not started by then never start."""
+    from concurrent.futures import (  # noqa: PLC0415 - a pool only for several blobs
+        FIRST_EXCEPTION,
+        ThreadPoolExecutor,
+        wait,
+    )
+
     with ThreadPoolExecutor(
         max_workers=min(_PLACERS, len(layers)), thread_name_prefix="layout-blob"
     ) as pool:
