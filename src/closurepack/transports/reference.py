@@ -29,9 +29,11 @@ DEFAULT_REPO_TAG = "closurepack:latest"
 # Docker reference grammar (distribution/reference), without digests.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"  # noqa: E501
-_NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_ALNUM = re.compile(r"[a-z0-9]+")
+# Patterns, not compiled regexes (as in closurepack.registry.reference): re compiles (and
+# caches) them when a name is first checked, not on import (~0.5 ms), which every build pays.
+_NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_ALNUM = r"[a-z0-9]+"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,9 +63,9 @@ def parse_repo_tag(text: str) -> tuple[str, str]:
         name, tag = text[:colon], text[colon + 1 :]
     else:
         name, tag = text, "latest"
-    if not _NAME.fullmatch(name) or len(name) > 255:
+    if not re.fullmatch(_NAME, name) or len(name) > 255:
         raise OptionError(f"image name {text!r}: expected lower-case NAME[:TAG]")
-    if not _TAG.fullmatch(tag):
+    if not re.fullmatch(_TAG, tag):
         raise OptionError(f"image tag {tag!r} in {text!r}: expected [A-Za-z0-9_.-], max 128")
     return name, tag
 
@@ -86,7 +88,7 @@ def parse_destination(text: str) -> Destination:
         if reference:
             name, tag = parse_repo_tag(reference)
             reference = f"{name}:{tag}"
-    elif reference and not _TAG.fullmatch(reference):
+    elif reference and not re.fullmatch(_TAG, reference):
         raise OptionError(f"destination {text!r}: invalid tag {reference!r}")
     return Destination(kind=kind, path=Path(path), reference=reference or None)
 
@@ -99,7 +101,7 @@ def image_repo_name(name: str | None) -> str | None:
         return None
     out = ""
     for part in re.findall(r"[a-z0-9]+|[._-]+|[^a-z0-9._-]+", name.lower()):
-        if _ALNUM.fullmatch(part):
+        if re.fullmatch(_ALNUM, part):
             out += part
         elif out:  # a separator the grammar allows between components, else one "-"
             out += part if part in (".", "_", "__") or set(part) == {"-"} else "-"
