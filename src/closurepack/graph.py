@@ -181,6 +181,12 @@ class Closure:
             self._memo[key] = compute()
         return self._memo[key]  # type: ignore[return-value]  # the same key, the same type
 
+    def nar_sizes(self) -> Mapping[str, int]:
+        """``path -> NAR size`` of every item, built once (the planner and its steps share
+        it; the caller must not change it)."""
+        items = self.items
+        return self.memoized("nar sizes", lambda: {p: item.nar_size for p, item in items.items()})
+
     def __iter__(self) -> Iterator[StoreItem]:
         return iter(self.items.values())
 

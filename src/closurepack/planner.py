@@ -97,7 +97,7 @@ def plan_closures(
         raise PlanError(f"{len(names)} image names given for {len(closures)} closures")
     chosen = get_strategy(strategy)
     union = closures[0] if len(closures) == 1 else Closure.union(closures)
-    sizes = {path: item.nar_size for path, item in union.items.items()}
+    sizes = union.nar_sizes()
 
     reused = _pick_previous(previous, sizes, budget)
     if len(closures) > 1 and not reused:
@@ -137,6 +137,13 @@ def plan_closures(
         groups = _plan_rest(rest, chosen, room=room, name=strategy, min_size=minimum, images=masks)
         layers.extend(_layer(group, sizes) for group in groups)
 
+    if len(closures) == 1:  # every layer is the image's own
+        return LayerPlan(
+            (ImagePlan(tuple(layers), names[0] if names is not None else None, union.roots),),
+            union.store_dir,
+            strategy,
+            max_layers,
+        )
     images = []
     for index, closure in enumerate(closures):
         own = []
@@ -307,7 +314,7 @@ def _most_layers(groups: Sequence[tuple[str, ...]], images: Mapping[str, int] | 
 
 def _layer(paths: Iterable[str], sizes: Mapping[str, int], origin: str = "") -> PlannedLayer:
     ordered = tuple(sorted(paths))
-    return PlannedLayer(ordered, sum(sizes[p] for p in ordered), origin)
+    return PlannedLayer(ordered, sum(map(sizes.__getitem__, ordered)), origin)
 
 
 def _pick_previous(

@@ -44,8 +44,7 @@ def merge_small_layers(
     """``groups`` (bottom first, a partition of ``closure``) with every layer below
     ``min_size`` bytes folded into another (module docstring); ``images`` maps a path to the
     bitmask of the images holding it, when several are planned together."""
-    items = closure.items
-    nar = closure.memoized("nar sizes", lambda: {p: item.nar_size for p, item in items.items()})
+    nar = closure.nar_sizes()
     sizes = _group_sizes(closure, groups, nar)
     if min_size <= 0 or len(groups) < 2 or min(sizes) >= min_size:
         return list(groups)
