@@ -97,11 +97,16 @@ class Dag:
         n = len(self.paths)
         if 2 * len(members) <= n:
             return bitset(self.reach(members), n)
-        inside = set(members)
-        outside = sorted(set(range(n)) - inside, reverse=True)  # referrers first
-        reached = inside
+        return self.down_bitset_outside(set(range(n)).difference(members))
+
+    def down_bitset_outside(self, outside: Collection[int]) -> int:
+        """The down-set of every item but those of ``outside`` (few, for this to be quick),
+        as :meth:`down_bitset` finds a large set's: one of them is reached exactly when a
+        referrer is in the set or is itself reached."""
+        n = len(self.paths)
+        reached = set(range(n)).difference(outside)
         missed = []
-        for i in outside:
+        for i in sorted(set(outside), reverse=True):  # referrers first
             if reached.isdisjoint(self.referrers[i]):
                 missed.append(i)
             else:

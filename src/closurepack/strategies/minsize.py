@@ -50,17 +50,8 @@ def merge_small_layers(
         return list(groups)
     dag = Dag.from_closure(closure)
     n = len(dag)
-    index = dag.index()
     hit = hit_table(n)
-    # A layer's down-set, kept per closure: the planner's refills ask again for the same
-    # closure, and most layers come back the same.
-    known: dict[tuple[str, ...], int] = closure.memoized("layer down-sets", dict)
-    sets = []
-    for group in groups:
-        bits = known.get(group)
-        if bits is None:
-            bits = known[group] = dag.down_bitset(list(map(index.__getitem__, group)))
-        sets.append(bits)
+    sets = _down_sets(closure, dag, groups)
     pieces: list[dict[int, int]] = []
     for number, group in enumerate(groups):
         if not images:
@@ -88,6 +79,31 @@ def merge_small_layers(
         layers.merge(high, low)
         alive.remove(low)
     return [tuple(sorted(chain.from_iterable(map(groups.__getitem__, joined[g])))) for g in alive]
+
+
+def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) -> list[int]:
+    """Each group's down-set as a bitset. A layer's is kept per closure (the planner's refills
+    ask again for the same closure, and most layers come back the same), but for a group of
+    more than half the items of a partition: that one is new at each budget (the rest of
+    the strategy's order), and it is found from the items of the others, few, without
+    looking up its own (on the 63k Debian closure, 60k paths looked up and the tuple hashed
+    for the memo at each of the planner's asks)."""
+    index = dag.index()
+    known: dict[tuple[str, ...], int] = closure.memoized("layer down-sets", dict)
+    longest = max(range(len(groups)), key=lambda g: len(groups[g]), default=-1)
+    if longest < 0 or 2 * len(groups[longest]) <= len(dag) or sum(map(len, groups)) != len(dag):
+        longest = -1
+    sets = []
+    for number, group in enumerate(groups):
+        if number == longest:
+            others = [index[p] for g in chain(groups[:number], groups[number + 1 :]) for p in g]
+            sets.append(dag.down_bitset_outside(others))
+            continue
+        bits = known.get(group)
+        if bits is None:
+            bits = known[group] = dag.down_bitset(list(map(index.__getitem__, group)))
+        sets.append(bits)
+    return sets
 
 
 def _group_sizes(
