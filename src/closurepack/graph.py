@@ -195,8 +195,8 @@ class Closure:
 
     @property
     def total_size(self) -> int:
-        """Sum of every item's NAR size."""
-        return sum(item.nar_size for item in self.items.values())
+        """Sum of every item's NAR size (kept, like :meth:`memoized`)."""
+        return self.memoized("total size", lambda: sum(self.nar_sizes().values()))
 
     def referrers(self, path: str) -> tuple[str, ...]:
         """The items that refer directly to ``path``, sorted."""

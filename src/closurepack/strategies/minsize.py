@@ -31,7 +31,7 @@ from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 from closurepack.strategies.economy import MergeCosts, hit_table
 
-__all__ = ["merge_small_layers"]
+__all__ = ["group_sizes", "merge_small_layers"]
 
 
 def merge_small_layers(
@@ -45,7 +45,7 @@ def merge_small_layers(
     ``min_size`` bytes folded into another (module docstring); ``images`` maps a path to the
     bitmask of the images holding it, when several are planned together."""
     nar = closure.nar_sizes()
-    sizes = _group_sizes(closure, groups, nar)
+    sizes = group_sizes(closure, groups, nar)
     if min_size <= 0 or len(groups) < 2 or min(sizes) >= min_size:
         return list(groups)
     dag = Dag.from_closure(closure)
@@ -106,7 +106,7 @@ def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) ->
     return sets
 
 
-def _group_sizes(
+def group_sizes(
     closure: Closure, groups: Sequence[tuple[str, ...]], nar: Mapping[str, int]
 ) -> list[int]:
     """The bytes of each group of a partition of ``closure``: the largest group's are the
@@ -117,7 +117,7 @@ def _group_sizes(
     sizes = [
         0 if g == longest else sum(map(nar.__getitem__, group)) for g, group in enumerate(groups)
     ]
-    sizes[longest] = closure.memoized("total size", lambda: sum(nar.values())) - sum(sizes)
+    sizes[longest] = closure.total_size - sum(sizes)
     return sizes
 
 
