@@ -78,7 +78,28 @@ def merge_small_layers(
         joined[high].extend(joined[low])
         layers.merge(high, low)
         alive.remove(low)
-    return [tuple(sorted(chain.from_iterable(map(groups.__getitem__, joined[g])))) for g in alive]
+    return _sorted_layers(
+        closure, [list(chain.from_iterable(map(groups.__getitem__, joined[g]))) for g in alive]
+    )
+
+
+def _sorted_layers(closure: Closure, layers: list[list[str]]) -> list[tuple[str, ...]]:
+    """Each of ``layers`` (a partition of ``closure``) in path order. One of more than half
+    the items is every path but the others' (:meth:`Closure.paths_without`), not sorted: the
+    strategies' rest layers come in their own order (popularity's: a sort of 60k paths at
+    each of the planner's asks, most of the merge's time)."""
+    longest = max(range(len(layers)), key=lambda g: len(layers[g]), default=-1)
+    if (
+        longest < 0
+        or 2 * len(layers[longest]) <= len(closure)
+        or sum(map(len, layers)) != len(closure)
+    ):
+        return [tuple(sorted(layer)) for layer in layers]
+    others = set(chain.from_iterable(layers[:longest] + layers[longest + 1 :]))
+    return [
+        closure.paths_without(others) if g == longest else tuple(sorted(layer))
+        for g, layer in enumerate(layers)
+    ]
 
 
 def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) -> list[int]:
