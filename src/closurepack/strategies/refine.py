@@ -27,10 +27,9 @@ bounded number of units ``stable`` hands here; the order is ``O(layers^2 * n / 6
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
-from closurepack.strategies.economy import union_of
+from closurepack.strategies.economy import hit_rises, union_of
 
 __all__ = ["EPSILON", "PASSES", "chain_order", "refine"]
 
@@ -98,7 +97,7 @@ class _Search:
         self.alone = [bits.bit_count() for bits in downs]
         # Lower bounds on a move's figure are used only if hit[] never falls (it rises with
         # the count in exact arithmetic; this checks the floating point table too).
-        self.bounded = all(map(operator.le, hit, hit[1:]))
+        self.bounded = hit_rises(hit)
 
     def add(self, units: Sequence[int]) -> None:
         for u in units:
