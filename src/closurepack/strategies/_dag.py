@@ -228,12 +228,13 @@ def cyclic_gc_paused() -> Iterator[None]:
     runs so, its strategies building hundreds of thousands of tuples, lists and sets of ints
     (63k Debian items: 0.25 to 0.4 CPU s of each plan's 1 to 2.4 s, finding nothing).
 
-    What was made inside is then moved to the oldest generation as it is (``gc.freeze``,
-    then ``gc.unfreeze``, both a splice of the generations' lists, when nothing else holds
-    objects frozen): else the first allocation after the pause starts a collection of the
-    youngest generation, which walks every object made inside (on the 63k Debian closure,
-    the Dag's 127k tuples among them: 50 to 90 ms at the end of each plan, finding nothing).
-    They are looked at again by the next full collection, as every object that lives on is.
+    At the end every object still young (what was made inside among them) is moved to the
+    oldest generation as it is (``gc.freeze``, then ``gc.unfreeze``, both a splice of the
+    generations' lists, when nothing else holds objects frozen): else the first allocation
+    after the pause starts a collection of the youngest generation, which walks every object
+    made inside (on the 63k Debian closure, the Dag's 127k tuples among them: 50 to 90 ms at
+    the end of each plan, finding nothing). The next full collection looks at them, as at
+    every object that lives on; young garbage cycles wait for it too.
     """
     was_enabled = gc.isenabled()
     gc.disable()
