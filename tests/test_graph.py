@@ -129,3 +129,18 @@ def test_topological_order_puts_references_first_whatever_the_input_order(
     shuffled = list(items)
     rng.shuffle(shuffled)
     assert _closure(*shuffled).topological_order() == order
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=_dags(), data=st.data())
+def test_paths_without_is_the_sorted_rest(items: list[StoreItem], data: st.DataObject) -> None:
+    closure = Closure.from_items(reversed(items), source="t")
+    excluded = data.draw(st.sets(st.sampled_from(sorted(closure.items))))
+    expected = tuple(sorted(set(closure.items) - excluded))
+    assert closure.paths_without(excluded) == expected
+    assert closure.paths_without(list(excluded)) == expected  # not a set: made one
+    assert closure.paths_without(()) == tuple(sorted(closure.items))
+    backwards = dict(reversed(list(closure.items.items())))  # a closure made directly
+    assert Closure(closure.store_dir, backwards, closure.roots).paths_without(excluded) == expected
+    assert closure.nar_sizes() == {p: item.nar_size for p, item in closure.items.items()}
+    assert closure.total_size == sum(item.nar_size for item in closure.items.values())

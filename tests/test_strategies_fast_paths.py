@@ -8,6 +8,8 @@ small-layer merge (also when the planner asks again on the same closure) and the
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from closurepack.errors import PlanError
 from closurepack.graph import Closure
 from closurepack.strategies import STRATEGIES, check_groups
-from closurepack.strategies._dag import Dag
+from closurepack.strategies._dag import Dag, cyclic_gc_paused
 from closurepack.strategies.economy import bitset, hit_table
 from closurepack.strategies.minsize import merge_small_layers
 from test_strategies import dag_closures
@@ -159,3 +161,45 @@ def test_check_groups_names_what_is_wrong_after_the_fast_check(
         bad, message = [tuple(paths), ()], "layer 2 is empty"
     with pytest.raises(PlanError, match=f"^strategy x: .*{message}"):
         check_groups(closure, bad, budget=2, name="x")
+
+
+def test_the_gc_pause_moves_what_it_made_to_the_oldest_generation() -> None:
+    """Objects made inside the pause leave it in the oldest generation (no collection of the
+    youngest at the next allocation), the collector's state is as it was, and objects
+    someone else froze stay frozen."""
+    gc.collect()
+    assert gc.isenabled()
+    collections: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    try:
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+            made = [[i] for i in range(5000)]
+            gc.callbacks.append(seen)
+        # Fewer allocations than start a collection, unless the 5000 were left young.
+        junk = [[i] for i in range(gc.get_threshold()[0] // 2)]
+        gc.callbacks.remove(seen)
+        assert gc.isenabled()
+        assert collections == []
+        assert any(o is made[-1] for o in gc.get_objects(generation=2))
+        assert gc.get_freeze_count() == 0
+        gc.disable()
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # left disabled, as it was
+        gc.enable()
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        with cyclic_gc_paused():
+            more = [[i] for i in range(100)]
+        assert gc.get_freeze_count() == frozen  # another's freeze is kept
+        assert gc.get_count()[0] >= 100  # and what was made is left where it was
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert len(made) + len(more) == 5100
+    assert junk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import filterfalse
 from typing import TypeVar
 
 from closurepack.errors import ClosureError
@@ -181,6 +182,21 @@ class Closure:
             self._memo[key] = compute()
         return self._memo[key]  # type: ignore[return-value]  # the same key, the same type
 
+    def nar_sizes(self) -> Mapping[str, int]:
+        """``path -> NAR size`` of every item, built once (the planner and its steps share
+        it; the caller must not change it)."""
+        items = self.items
+        return self.memoized("nar sizes", lambda: {p: item.nar_size for p, item in items.items()})
+
+    def paths_without(self, excluded: Collection[str]) -> tuple[str, ...]:
+        """Every path of this closure but those in ``excluded`` (a set, or few), in path
+        order; the sorted paths are kept, like :meth:`memoized`. For a set of most items
+        this is cheaper than sorting it (the 60k paths of a 63k-item closure: a pass with a
+        small set's lookups instead of a sort of the 60k paths in another order)."""
+        ordered = self.memoized("sorted paths", lambda: sorted(self.items))
+        skip = excluded if isinstance(excluded, (set, frozenset)) else set(excluded)
+        return tuple(filterfalse(skip.__contains__, ordered))
+
     def __iter__(self) -> Iterator[StoreItem]:
         return iter(self.items.values())
 
@@ -189,8 +205,8 @@ class Closure:
 
     @property
     def total_size(self) -> int:
-        """Sum of every item's NAR size."""
-        return sum(item.nar_size for item in self.items.values())
+        """Sum of every item's NAR size (kept, like :meth:`memoized`)."""
+        return self.memoized("total size", lambda: sum(self.nar_sizes().values()))
 
     def referrers(self, path: str) -> tuple[str, ...]:
         """The items that refer directly to ``path``, sorted."""

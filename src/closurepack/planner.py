@@ -42,7 +42,7 @@ How :func:`plan_closures` decides, step by step:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from closurepack.errors import PlanError
 from closurepack.graph import Closure
@@ -50,7 +50,7 @@ from closurepack.plan import ImagePlan, LayerPlan, PlannedLayer, check_max_layer
 from closurepack.strategies import DEFAULT_STRATEGY, Strategy, check_groups, get_strategy
 from closurepack.strategies._dag import cyclic_gc_paused
 from closurepack.strategies.economy import expected_shipped
-from closurepack.strategies.minsize import merge_small_layers
+from closurepack.strategies.minsize import group_sizes, merge_small_layers
 
 __all__ = [
     "DEFAULT_MIN_LAYER_SIZE",
@@ -97,7 +97,7 @@ def plan_closures(
         raise PlanError(f"{len(names)} image names given for {len(closures)} closures")
     chosen = get_strategy(strategy)
     union = closures[0] if len(closures) == 1 else Closure.union(closures)
-    sizes = {path: item.nar_size for path, item in union.items.items()}
+    sizes = union.nar_sizes()
 
     reused = _pick_previous(previous, sizes, budget)
     if len(closures) > 1 and not reused:
@@ -122,7 +122,9 @@ def plan_closures(
         )
     covered = {p for layer in reused for p in layer.paths}
     layers = list(reused)
-    remaining = [p for p in union.items if p not in covered]
+    remaining: Collection[str] = (
+        [p for p in union.items if p not in covered] if covered else union.items.keys()
+    )
     if remaining:
         rest = union if not covered else union.restrict(remaining)
         room = budget - len(reused)
@@ -131,12 +133,20 @@ def plan_closures(
             from closurepack.fleetregions import image_masks  # noqa: PLC0415 - several closures only
 
             masks = image_masks(closures)
-        minimum = min_size_for(sum(sizes.values()), budget, items=len(union))
+        minimum = min_size_for(union.total_size, budget, items=len(union))
         if min_layer_size is not None:
             minimum = min_layer_size
         groups = _plan_rest(rest, chosen, room=room, name=strategy, min_size=minimum, images=masks)
-        layers.extend(_layer(group, sizes) for group in groups)
+        weights = group_sizes(rest, groups, rest.nar_sizes())  # the largest's without a sum
+        layers.extend(map(PlannedLayer, map(tuple, map(sorted, groups)), weights))
 
+    if len(closures) == 1:  # every layer is the image's own
+        return LayerPlan(
+            (ImagePlan(tuple(layers), names[0] if names is not None else None, union.roots),),
+            union.store_dir,
+            strategy,
+            max_layers,
+        )
     images = []
     for index, closure in enumerate(closures):
         own = []
@@ -307,7 +317,7 @@ def _most_layers(groups: Sequence[tuple[str, ...]], images: Mapping[str, int] | 
 
 def _layer(paths: Iterable[str], sizes: Mapping[str, int], origin: str = "") -> PlannedLayer:
     ordered = tuple(sorted(paths))
-    return PlannedLayer(ordered, sum(sizes[p] for p in ordered), origin)
+    return PlannedLayer(ordered, sum(map(sizes.__getitem__, ordered)), origin)
 
 
 def _pick_previous(

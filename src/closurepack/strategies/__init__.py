@@ -161,7 +161,7 @@ def check_groups(
     if (
         all(groups)
         and len(placed) == sum(map(len, groups)) == len(closure)
-        and placed.issubset(closure.items.keys())
+        and closure.items.keys() >= placed  # (a set's issubset would copy the keys first)
     ):
         return groups
     seen: set[str] = set()

@@ -23,6 +23,8 @@ every predecessor of an item is final before the item is visited).
 
 from __future__ import annotations
 
+from itertools import compress
+
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 
@@ -37,15 +39,29 @@ POPULAR_PERCENTILE = 90
 def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     """Dominator-tree subtrees under a synthetic root, merged down to ``budget`` (docstring)."""
     dag = Dag.from_closure(closure)
-    layers = list(closure.memoized("dominator subtrees", lambda: _subtrees(closure, dag)))
-    if len(layers) > budget:
-        # Nixery merges the first layer into the second until the budget is met, without
-        # re-sorting: the lowest-rated ``len - budget + 1`` layers end up as one, at the bottom.
-        cut = len(layers) - max(budget, 1) + 1
-        merged = [m for layer in layers[:cut] for m in layer[2]]
-        layers[:cut] = [(sum([layer[0] for layer in layers[:cut]]), "", merged)]
+    layers = closure.memoized("dominator subtrees", lambda: _subtrees(closure, dag))
     path = dag.paths.__getitem__
-    return [tuple(sorted(map(path, members))) for _, _, members in layers]
+    if len(layers) <= budget:
+        return [tuple(sorted(map(path, members))) for _, _, members in layers]
+    # Nixery merges the first layer into the second until the budget is met, without
+    # re-sorting: the lowest-rated ``len - budget + 1`` layers end up as one, at the bottom.
+    # That one holds most items: it is picked out of every path in order, each with the
+    # place of its subtree (kept per closure: the planner asks again with larger budgets),
+    # rather than sorted anew.
+    cut = len(layers) - max(budget, 1) + 1
+    ordered, places = closure.memoized("dominator path places", lambda: _places(dag, layers))
+    bottom = tuple(compress(ordered, map(cut.__gt__, places)))
+    return [bottom, *(tuple(sorted(map(path, members))) for _, _, members in layers[cut:])]
+
+
+def _places(dag: Dag, layers: list[tuple[int, str, list[int]]]) -> tuple[list[str], list[int]]:
+    """Every path in order, and the place in ``layers`` of the subtree holding it."""
+    place = [0] * len(dag)
+    for number, (_, _, members) in enumerate(layers):
+        for i in members:
+            place[i] = number
+    by_path = sorted(range(len(dag)), key=dag.paths.__getitem__)
+    return list(map(dag.paths.__getitem__, by_path)), list(map(place.__getitem__, by_path))
 
 
 def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:

@@ -22,6 +22,7 @@ __all__ = [
     "MergeCosts",
     "bitset",
     "expected_shipped",
+    "hit_rises",
     "hit_table",
     "stored_bytes",
     "union_of",
@@ -38,6 +39,18 @@ def hit_table(n: int, changes: int = CHANGES) -> tuple[float, ...]:
     planner's refills ask again for the same ``n``)."""
     keep = 1 - min(changes, n) / n if n else 1.0
     return tuple([1 - keep**d for d in range(n + 1)])
+
+
+def hit_rises(hit: Sequence[float]) -> bool:
+    """Whether ``hit[]`` never falls in floating point too (it rises in exact arithmetic),
+    which lower bounds on merge costs need; kept for the tables :func:`hit_table` made (the
+    small-layer merge and the search ask at each run: a pass over 63k floats)."""
+    return _rises(hit) if isinstance(hit, tuple) else all(map(operator.le, hit, hit[1:]))
+
+
+@functools.lru_cache(maxsize=4)
+def _rises(hit: tuple[float, ...]) -> bool:
+    return all(map(operator.le, hit, hit[1:]))
 
 
 def stored_bytes(pieces: Mapping[int, int]) -> int:
@@ -76,9 +89,7 @@ class MergeCosts:
         self.counts = [bits.bit_count() for bits in sets]
         self.pieces = list(pieces)
         self.stored = [stored_bytes(piece) for piece in pieces]
-        # Whether hit[] never falls in floating point too (it rises in exact arithmetic),
-        # which :meth:`floor` needs to be a bound.
-        self.rising = all(map(operator.le, hit, hit[1:]))
+        self.rising = hit_rises(hit)  # which :meth:`floor` needs to be a bound
 
     def cost(self, a: int, b: int) -> float:
         """What merging layers ``a`` and ``b`` adds to the model's cost."""

@@ -31,7 +31,7 @@ from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 from closurepack.strategies.economy import MergeCosts, hit_table
 
-__all__ = ["merge_small_layers"]
+__all__ = ["group_sizes", "merge_small_layers"]
 
 
 def merge_small_layers(
@@ -44,24 +44,14 @@ def merge_small_layers(
     """``groups`` (bottom first, a partition of ``closure``) with every layer below
     ``min_size`` bytes folded into another (module docstring); ``images`` maps a path to the
     bitmask of the images holding it, when several are planned together."""
-    items = closure.items
-    nar = closure.memoized("nar sizes", lambda: {p: item.nar_size for p, item in items.items()})
-    sizes = _group_sizes(closure, groups, nar)
+    nar = closure.nar_sizes()
+    sizes = group_sizes(closure, groups, nar)
     if min_size <= 0 or len(groups) < 2 or min(sizes) >= min_size:
         return list(groups)
     dag = Dag.from_closure(closure)
     n = len(dag)
-    index = dag.index()
     hit = hit_table(n)
-    # A layer's down-set, kept per closure: the planner's refills ask again for the same
-    # closure, and most layers come back the same.
-    known: dict[tuple[str, ...], int] = closure.memoized("layer down-sets", dict)
-    sets = []
-    for group in groups:
-        bits = known.get(group)
-        if bits is None:
-            bits = known[group] = dag.down_bitset(list(map(index.__getitem__, group)))
-        sets.append(bits)
+    sets = _down_sets(closure, dag, groups)
     pieces: list[dict[int, int]] = []
     for number, group in enumerate(groups):
         if not images:
@@ -88,10 +78,56 @@ def merge_small_layers(
         joined[high].extend(joined[low])
         layers.merge(high, low)
         alive.remove(low)
-    return [tuple(sorted(chain.from_iterable(map(groups.__getitem__, joined[g])))) for g in alive]
+    return _sorted_layers(
+        closure, [list(chain.from_iterable(map(groups.__getitem__, joined[g]))) for g in alive]
+    )
 
 
-def _group_sizes(
+def _sorted_layers(closure: Closure, layers: list[list[str]]) -> list[tuple[str, ...]]:
+    """Each of ``layers`` (a partition of ``closure``) in path order. One of more than half
+    the items is every path but the others' (:meth:`Closure.paths_without`), not sorted: the
+    strategies' rest layers come in their own order (popularity's: a sort of 60k paths at
+    each of the planner's asks, most of the merge's time)."""
+    longest = max(range(len(layers)), key=lambda g: len(layers[g]), default=-1)
+    if (
+        longest < 0
+        or 2 * len(layers[longest]) <= len(closure)
+        or sum(map(len, layers)) != len(closure)
+    ):
+        return [tuple(sorted(layer)) for layer in layers]
+    others = set(chain.from_iterable(layers[:longest] + layers[longest + 1 :]))
+    return [
+        closure.paths_without(others) if g == longest else tuple(sorted(layer))
+        for g, layer in enumerate(layers)
+    ]
+
+
+def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) -> list[int]:
+    """Each group's down-set as a bitset. A layer's is kept per closure (the planner's refills
+    ask again for the same closure, and most layers come back the same), but for a group of
+    more than half the items of a partition: that one is new at each budget (the rest of
+    the strategy's order), and it is found from the items of the others, few, without
+    looking up its own (on the 63k Debian closure, 60k paths looked up and the tuple hashed
+    for the memo at each of the planner's asks)."""
+    index = dag.index()
+    known: dict[tuple[str, ...], int] = closure.memoized("layer down-sets", dict)
+    longest = max(range(len(groups)), key=lambda g: len(groups[g]), default=-1)
+    if longest < 0 or 2 * len(groups[longest]) <= len(dag) or sum(map(len, groups)) != len(dag):
+        longest = -1
+    sets = []
+    for number, group in enumerate(groups):
+        if number == longest:
+            others = [index[p] for g in chain(groups[:number], groups[number + 1 :]) for p in g]
+            sets.append(dag.down_bitset_outside(others))
+            continue
+        bits = known.get(group)
+        if bits is None:
+            bits = known[group] = dag.down_bitset(list(map(index.__getitem__, group)))
+        sets.append(bits)
+    return sets
+
+
+def group_sizes(
     closure: Closure, groups: Sequence[tuple[str, ...]], nar: Mapping[str, int]
 ) -> list[int]:
     """The bytes of each group of a partition of ``closure``: the largest group's are the
@@ -102,7 +138,7 @@ def _group_sizes(
     sizes = [
         0 if g == longest else sum(map(nar.__getitem__, group)) for g, group in enumerate(groups)
     ]
-    sizes[longest] = closure.memoized("total size", lambda: sum(nar.values())) - sum(sizes)
+    sizes[longest] = closure.total_size - sum(sizes)
     return sizes
 
 

@@ -27,10 +27,9 @@ bounded number of units ``stable`` hands here; the order is ``O(layers^2 * n / 6
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
-from closurepack.strategies.economy import union_of
+from closurepack.strategies.economy import hit_rises, union_of
 
 __all__ = ["EPSILON", "PASSES", "chain_order", "refine"]
 
@@ -98,7 +97,7 @@ class _Search:
         self.alone = [bits.bit_count() for bits in downs]
         # Lower bounds on a move's figure are used only if hit[] never falls (it rises with
         # the count in exact arithmetic; this checks the floating point table too).
-        self.bounded = all(map(operator.le, hit, hit[1:]))
+        self.bounded = hit_rises(hit)
 
     def add(self, units: Sequence[int]) -> None:
         for u in units:
@@ -201,13 +200,19 @@ def chain_order(
     downs: Sequence[int], sizes: Sequence[int], hit: Sequence[float], keys: Sequence[str]
 ) -> list[int]:
     """The layers (their down-sets, bytes and tie-break keys) in ChainID order, bottom first:
-    their indices (module docstring)."""
+    their indices (module docstring). Each layer's count, and the complement of what is
+    placed, are made once (per layer, per round), not once per layer weighed in each round."""
     left = list(range(len(downs)))
+    counts = [bits.bit_count() for bits in downs]
     below = 0
     order: list[int] = []
     while left:
+        free = ~below
         chosen = min(
-            left, key=lambda g: _rank(g, below, downs=downs, sizes=sizes, hit=hit, keys=keys)
+            left,
+            key=lambda g: _rank(
+                g, (downs[g] & free).bit_count(), counts=counts, sizes=sizes, hit=hit, keys=keys
+            ),
         )
         left.remove(chosen)
         order.append(chosen)
@@ -217,14 +222,15 @@ def chain_order(
 
 def _rank(
     g: int,
-    below: int,
+    fresh: int,
     *,
-    downs: Sequence[int],
+    counts: Sequence[int],
     sizes: Sequence[int],
     hit: Sequence[float],
     keys: Sequence[str],
 ) -> tuple[float, int, int, str]:
-    """Layer ``g``'s place in :func:`chain_order` when ``below`` is already placed."""
-    chance = hit[(downs[g] & ~below).bit_count()]
+    """Layer ``g``'s place in :func:`chain_order` when ``fresh`` items of its down-set are
+    outside those already placed."""
+    chance = hit[fresh]
     ratio = chance / ((1 - chance) * sizes[g]) if chance < 1 and sizes[g] else float("inf")
-    return ratio, downs[g].bit_count(), -sizes[g], keys[g]
+    return ratio, counts[g], -sizes[g], keys[g]

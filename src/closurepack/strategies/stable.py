@@ -188,6 +188,7 @@ def _coarsen(
     heap = [(weight[i] * (down[t] - down[i]), rank[i], t, i) for i, t in enumerate(via) if t >= 0]
     heapq.heapify(heap)
     count = n
+    grown = [False] * n  # whether a cluster holds more than its top
     pop, push = heapq.heappop, heapq.heappush
     while heap and count > limit:
         cost, order, _, top = pop(heap)
@@ -198,6 +199,7 @@ def _coarsen(
             continue
         parent[top] = target
         weight[target] += weight[top]
+        grown[target] = True
         count -= 1
 
     if count > limit:
@@ -210,7 +212,8 @@ def _coarsen(
         for _, _, top in tops:
             if count <= limit:
                 break
-            outside = _nearest_outside(dag, top, find)
+            # A cluster of its top alone (most of them) has all the top's references outside.
+            outside = dag.refs[top] if not grown[top] else _nearest_outside(dag, top, find)
             if outside:
                 target = find(max(outside, key=largest.__getitem__))
             elif alone is None:
@@ -221,6 +224,7 @@ def _coarsen(
             if target != top:
                 parent[top] = target
                 weight[target] += weight[top]
+                grown[target] = True
                 count -= 1
 
     members: dict[int, list[int]] = {}
