@@ -187,6 +187,27 @@ def test_pipeline_matches_plain_tar_then_compress(tmp_path: Path, compression: s
     assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_chunks_reused_across_layers_carry_nothing_over(tmp_path: Path, compression: str) -> None:
+    """Layers take the 1 MiB chunks earlier layers gave back, full of their bytes: a small
+    layer after a large one (and after a failed one) is still exactly its own tar."""
+    from closurepack import layerbuild
+
+    root = make_store(tmp_path / "store")
+    noise = [TreeEntry("noise", "file", data=os.urandom(9 << 20))]
+    build_tree_layer(noise, compression=compression, dest_dir=tmp_path / "noise")
+    bad = [*noise, TreeEntry("z-bad", "file", source=tmp_path)]  # fails after 9 MiB
+    with pytest.raises(StoreError, match="cannot read"):
+        build_tree_layer(bad, compression=compression, dest_dir=tmp_path / "bad")
+    assert layerbuild._spare_chunks  # what the next layer takes
+    layer = build(root, tmp_path / "out", compression)
+    tar = io.BytesIO()
+    write_store_tar(tar, [APP, LIB], store_root=root, mtime=1)
+    assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()  # type: ignore[attr-defined]
+    with layer.open() as blob, open_decompressed(compression, blob) as reader:  # type: ignore[attr-defined]
+        assert reader.read() == tar.getvalue()
+
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str) -> None:
     threads_before = set(threading.enumerate())

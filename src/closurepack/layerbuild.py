@@ -41,6 +41,30 @@ _QUEUE_DEPTH = 8  # chunks in flight: bounds memory to about _QUEUE_DEPTH MiB
 _active = 0  # layer builds running in this process (threads=0 shares the CPUs among them)
 _active_lock = threading.Lock()
 
+#: Chunks a finished layer gave back, for the next layers of the process: a new bytearray is
+#: zero-filled, its fresh pages faulted in, and a layer fills up to _QUEUE_DEPTH + 2 of them.
+#: At most _SPARE_CHUNKS are kept (a few layers' worth: 32 MiB).
+_spare_chunks: list[bytearray] = []
+_SPARE_CHUNKS = 4 * _QUEUE_DEPTH
+_spare_lock = threading.Lock()
+
+
+def _take_chunk() -> bytearray:
+    """A spare chunk, else a new one."""
+    with _spare_lock:
+        if _spare_chunks:
+            return _spare_chunks.pop()
+    return bytearray(_CHUNK)
+
+
+def _give_back(chunks: Iterable[bytearray]) -> None:
+    """Keep ``chunks`` (no longer used by anyone) for later layers, up to the limit."""
+    with _spare_lock:
+        for chunk in chunks:
+            if len(_spare_chunks) >= _SPARE_CHUNKS:
+                break
+            _spare_chunks.append(chunk)
+
 
 def layer_key(
     paths: Sequence[str],
@@ -99,7 +123,7 @@ class _Pipe:
         self.annotations: dict[str, str] = {}
         self._queue: queue.Queue[tuple[bytearray, int] | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._buf = bytearray(_CHUNK)
+        self._buf = _take_chunk()
         self._view = memoryview(self._buf)
         self._fill = 0
         self._error: BaseException | None = None
@@ -168,7 +192,7 @@ class _Pipe:
             try:
                 self._buf = self._free.get_nowait()
             except queue.Empty:
-                self._buf = bytearray(_CHUNK)
+                self._buf = _take_chunk()
             self._view = memoryview(self._buf)
             self._fill = 0
 
@@ -176,6 +200,7 @@ class _Pipe:
         self._flush_buf()
         self._queue.put(None)
         self._thread.join()
+        self._recycle()
         if self._error is not None:
             self._fail()
 
@@ -183,6 +208,19 @@ class _Pipe:
         self._error = self._error or RuntimeError("aborted")
         self._queue.put(None)
         self._thread.join()
+        self._recycle()
+
+    def _recycle(self) -> None:
+        """Give the chunks back for later layers (the compressing thread has ended: every
+        chunk it took is in the free queue, and none is still being read)."""
+        chunks = [self._buf]
+        while True:
+            try:
+                chunks.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        self._view.release()
+        _give_back(chunks)
 
     def _fail(self) -> None:
         error = self._error
