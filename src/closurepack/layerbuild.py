@@ -37,6 +37,7 @@ __all__ = ["build_store_layer", "build_tree_layer", "layer_key"]
 
 _CHUNK = 1 << 20  # bytes handed to the compressing thread at a time
 _QUEUE_DEPTH = 8  # chunks in flight: bounds memory to about _QUEUE_DEPTH MiB
+_BLOB_BUFFER = 128 << 10  # the blob file's buffer (see _build)
 
 _active = 0  # layer builds running in this process (threads=0 shares the CPUs among them)
 _active_lock = threading.Lock()
@@ -266,10 +267,11 @@ def _build(
     tar_hash = HashingWriter()
     # uncompressed, the blob is the tar: its digest is the diff_id, hashed once
     same = tar_hash if compression == "none" else None
-    # A buffer one byte short of a chunk: a whole chunk (each write of an uncompressed layer)
-    # goes to the file as it is, where a write that fits the buffer is first copied into it;
-    # the codecs' smaller outputs are still gathered.
-    buffering = _CHUNK - 1
+    # A write larger than the file's buffer goes to the file as it is, where one that fits is
+    # first copied into it: a buffer one byte short of the codecs' usual outputs (zstd's a
+    # job's output or a 128 KiB piece of it, ISA-L's a compressed 1 MiB block each) and of an
+    # uncompressed layer's chunks lets those through uncopied and still gathers small ones.
+    buffering = _BLOB_BUFFER - 1
     try:
         with (
             _counted(),
