@@ -16,6 +16,7 @@ import pytest
 from closurepack.build import BuildOptions
 from closurepack.compression import open_compressor
 from closurepack.decompression import open_decompressed
+from closurepack.digest import HashingWriter
 from closurepack.errors import OptionError, StoreError
 from closurepack.layerbuild import build_store_layer, build_tree_layer, layer_key
 from closurepack.mediatypes import MediaType
@@ -222,6 +223,34 @@ def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str
     # have been stopped explicitly, not by garbage collection
     assert failure.traceback
     assert set(threading.enumerate()) <= threads_before
+
+
+def test_codec_failure_seen_at_finish_still_ends_the_thread() -> None:
+    """A codec error the last chunk's flush finds makes finish raise, and the compressing
+    thread, which waits for the end of its queue, is still told to stop."""
+    from closurepack import layerbuild
+
+    class Failing:
+        def write(self, data: object, /) -> int:
+            raise OSError("disk full")
+
+        def close(self) -> None:
+            pass
+
+    pipe = layerbuild._Pipe(
+        lambda sink: Failing(), io.BytesIO(), where="test", tar_hash=HashingWriter()
+    )
+    pipe.write(bytes(1 << 20))  # one whole chunk: queued, and the codec fails on it
+    for _ in range(1000):
+        if pipe._error is not None:
+            break
+        threading.Event().wait(0.01)
+    assert pipe._error is not None
+    pipe.write(b"more")  # a chunk begun: finish has to flush it, and sees the error
+    with pytest.raises(StoreError, match="disk full"):
+        pipe.finish()
+    pipe._thread.join(timeout=10)
+    assert not pipe._thread.is_alive()
 
 
 @pytest.mark.parametrize(

@@ -198,7 +198,11 @@ class _Pipe:
             self._fill = 0
 
     def finish(self) -> None:
-        self._flush_buf()
+        try:
+            self._flush_buf()  # (raises when the compressing thread has failed meanwhile)
+        except BaseException:
+            self.abort()  # that thread still waits for the end of the queue: send it
+            raise
         self._queue.put(None)
         self._thread.join()
         self._recycle()
