@@ -44,6 +44,7 @@ RANKS: dict[str, int] = {
     "chunkedcheck": 5,
     "chunkedmeta": 5,
     "chunkedsplit": 5,
+    "gzipblocks": 4,
     "compression": 5,
     "decompression": 5,
     "tarheader": 5,

@@ -87,6 +87,32 @@ def test_output_independent_of_write_sizes(compression: str) -> None:
         assert compress(compression, DATA, chunk=chunk) == expected, chunk
 
 
+@pytest.mark.parametrize("level", [0, 1, 4, 6])
+def test_gzip_bytes_are_those_of_isal_threaded_writer(level: int) -> None:
+    # gzipblocks drives ISA-L's block compressor itself; the layer digests are pinned to the
+    # bytes of isal.igzip_threaded's writer, so both must agree for every size around a block
+    import isal.igzip_threaded
+
+    from closurepack.compression import resolve_level
+
+    class Kept(io.BytesIO):
+        def close(self) -> None:  # igzip_threaded closes the file it is given
+            pass
+
+    data = _many_jobs_data()[: (3 << 20) + 5000]
+    for size in (0, 1, 1000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 2 << 20, len(data)):
+        expected = Kept()
+        writer = isal.igzip_threaded.open(  # type: ignore[no-untyped-call]
+            expected, "wb", compresslevel=resolve_level("gzip", level), block_size=1 << 20
+        )
+        for start in range(0, size, 1 << 20):
+            writer.write(data[start : min(size, start + (1 << 20))])
+        writer.close()
+        for threads in (1, 2):
+            made = compress("gzip", data[:size], chunk=300_001, level=level, threads=threads)
+            assert made == expected.getvalue(), (size, threads)
+
+
 def test_gzip_header_has_no_name_and_mtime_zero() -> None:
     blob = compress("gzip", DATA)
     assert blob[:3] == b"\x1f\x8b\x08"

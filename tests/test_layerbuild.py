@@ -16,6 +16,7 @@ import pytest
 from closurepack.build import BuildOptions
 from closurepack.compression import open_compressor
 from closurepack.decompression import open_decompressed
+from closurepack.digest import HashingWriter
 from closurepack.errors import OptionError, StoreError
 from closurepack.layerbuild import build_store_layer, build_tree_layer, layer_key
 from closurepack.mediatypes import MediaType
@@ -187,6 +188,27 @@ def test_pipeline_matches_plain_tar_then_compress(tmp_path: Path, compression: s
     assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_chunks_reused_across_layers_carry_nothing_over(tmp_path: Path, compression: str) -> None:
+    """Layers take the 1 MiB chunks earlier layers gave back, full of their bytes: a small
+    layer after a large one (and after a failed one) is still exactly its own tar."""
+    from closurepack import layerbuild
+
+    root = make_store(tmp_path / "store")
+    noise = [TreeEntry("noise", "file", data=os.urandom(9 << 20))]
+    build_tree_layer(noise, compression=compression, dest_dir=tmp_path / "noise")
+    bad = [*noise, TreeEntry("z-bad", "file", source=tmp_path)]  # fails after 9 MiB
+    with pytest.raises(StoreError, match="cannot read"):
+        build_tree_layer(bad, compression=compression, dest_dir=tmp_path / "bad")
+    assert layerbuild._spare_chunks  # what the next layer takes
+    layer = build(root, tmp_path / "out", compression)
+    tar = io.BytesIO()
+    write_store_tar(tar, [APP, LIB], store_root=root, mtime=1)
+    assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()  # type: ignore[attr-defined]
+    with layer.open() as blob, open_decompressed(compression, blob) as reader:  # type: ignore[attr-defined]
+        assert reader.read() == tar.getvalue()
+
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str) -> None:
     threads_before = set(threading.enumerate())
@@ -256,6 +278,34 @@ def test_failure_in_a_small_layer_leaves_nothing(tmp_path: Path, compression: st
     # the codec is left fit for the next layer
     again = build_tree_layer(entries[:1], compression=compression, dest_dir=tmp_path / "out")
     assert again.size == again.blob_path.stat().st_size
+
+
+def test_codec_failure_seen_at_finish_still_ends_the_thread() -> None:
+    """A codec error the last chunk's flush finds makes finish raise, and the compressing
+    thread, which waits for the end of its queue, is still told to stop."""
+    from closurepack import layerbuild
+
+    class Failing:
+        def write(self, data: object, /) -> int:
+            raise OSError("disk full")
+
+        def close(self) -> None:
+            pass
+
+    pipe = layerbuild._Pipe(
+        lambda sink: Failing(), io.BytesIO(), where="test", tar_hash=HashingWriter()
+    )
+    pipe.write(bytes(1 << 20))  # one whole chunk: queued, and the codec fails on it
+    for _ in range(1000):
+        if pipe._error is not None:
+            break
+        threading.Event().wait(0.01)
+    assert pipe._error is not None
+    pipe.write(b"more")  # a chunk begun: finish has to flush it, and sees the error
+    with pytest.raises(StoreError, match="disk full"):
+        pipe.finish()
+    pipe._thread.join(timeout=10)
+    assert not pipe._thread.is_alive()
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,10 @@ Levels (``--level``) are given on each tool's own scale and mapped here:
 
 * ``gzip``: the usual 0-9 scale. ISA-L (``isal``) has only levels 0-3, so 0 -> 0, 1-3 -> 1,
   4-5 -> 2 and 6-9 -> 3; the default is 6 (ISA-L 3), the only ISA-L level whose output stays
-  within ~12% of ``gzip -6`` while compressing several times faster. Output comes from
-  ISA-L's block-parallel writer (1 MiB blocks, each primed with the previous 32 KiB), which
-  is byte-identical for any thread count >= 1 and any way the input is split into writes.
+  within ~12% of ``gzip -6`` while compressing several times faster. Output is the bytes of
+  ISA-L's block-parallel writer (1 MiB blocks, each primed with the previous 32 KiB), made by
+  :mod:`closurepack.gzipblocks` without its copies; byte-identical for any thread count >= 1
+  and any way the input is split into writes.
   The gzip header has no file name, mtime 0. ISA-L picks SIMD kernels at run time (by CPU:
   AVX-512, AVX2, SSE, or another architecture's), and they do not all give the same bytes: an
   AVX-512 host makes other, equally valid gzip bytes for the same tar than the hosts the pins
@@ -34,7 +35,7 @@ import hashlib
 import os
 import platform
 import threading
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from closurepack.digest import Writable
 from closurepack.errors import OptionError
@@ -59,8 +60,6 @@ COMPRESSIONS = ("gzip", "zstd", CHUNKED, "none")
 _GZIP_DEFAULT = 6
 _ZSTD_DEFAULT = 3
 _ZSTD_RANGE = (-7, 22)
-# ISA-L's block-parallel writer: the block size is part of the output format, keep it fixed.
-_GZIP_BLOCK = 1 << 20
 #: The words of :func:`_isal_probe`'s probe (about 7 bytes each with their space).
 _PROBE_WORDS = 1 << 16
 
@@ -112,9 +111,11 @@ def codec_identity(compression: str, level: int | None) -> str:
     if compression == "gzip":
         import isal  # noqa: PLC0415 - ISA-L: only for gzip
 
+        from closurepack.gzipblocks import BLOCK_SIZE  # noqa: PLC0415 - gzip only
+
         return (
             f"gzip/isal-{isal.__version__}/libisal-{isal.ISAL_VERSION}/level-{lvl}"
-            f"/blocks-{_GZIP_BLOCK}/{platform.machine() or 'unknown'}/probe-{_isal_probe(lvl)}"
+            f"/blocks-{BLOCK_SIZE}/{platform.machine() or 'unknown'}/probe-{_isal_probe(lvl)}"
         )
     if compression == "zstd":
         import zstandard  # noqa: PLC0415 - only for zstd
@@ -163,8 +164,8 @@ def _thread_count(threads: int) -> int:
 
 
 class _SinkFile:
-    """A bare ``Writable`` as a file object whose ``close`` only flushes it: what ISA-L's
-    threaded writer expects, and the whole of ``none`` compression."""
+    """A bare ``Writable`` as a file object whose ``close`` only flushes it: the whole of
+    ``none`` compression."""
 
     def __init__(self, sink: Writable) -> None:
         self._sink = sink
@@ -180,48 +181,6 @@ class _SinkFile:
 
     def close(self) -> None:
         self.flush()
-
-
-class _Gzip:
-    def __init__(self, sink: Writable, level: int, threads: int) -> None:
-        import isal.igzip_threaded  # noqa: PLC0415 - ISA-L: only for gzip
-
-        # igzip_threaded closes the file object it is given; _SinkFile keeps the sink open.
-        self._file: IO[bytes] = isal.igzip_threaded.open(  # type: ignore[no-untyped-call]
-            _SinkFile(sink),
-            "wb",
-            compresslevel=level,
-            threads=threads,
-            block_size=_GZIP_BLOCK,
-        )
-        self._buf = bytearray()
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        # ISA-L compresses each write as one block (cutting longer ones into blocks), so hand
-        # it whole blocks only: the output must depend on the bytes, not on how they arrived.
-        # Whole blocks of ``data`` go straight through; only the pieces between are buffered.
-        n = len(data)
-        buf = self._buf
-        with memoryview(data) as view:
-            start = 0
-            if buf:
-                start = min(n, _GZIP_BLOCK - len(buf))
-                buf += view[:start]
-                if len(buf) < _GZIP_BLOCK:
-                    return n
-                self._file.write(buf)
-                buf.clear()
-            end = start + (n - start) // _GZIP_BLOCK * _GZIP_BLOCK
-            if end > start:
-                self._file.write(view[start:end])
-            buf += view[end:]
-        return n
-
-    def close(self) -> None:
-        if self._buf:
-            self._file.write(self._buf)
-            self._buf.clear()
-        self._file.close()
 
 
 #: Idle zstd contexts of one (level, workers) kind, kept for the next layer: a context holds
@@ -288,7 +247,9 @@ def open_compressor(
     """
     lvl = resolve_level(compression, level)
     if compression == "gzip":
-        return _Gzip(sink, lvl, _thread_count(threads))
+        from closurepack.gzipblocks import BlockGzip  # noqa: PLC0415 - ISA-L: only for gzip
+
+        return BlockGzip(sink, lvl, _thread_count(threads))
     if compression == "zstd":
         return _Zstd(sink, lvl, _thread_count(threads))
     if compression == CHUNKED:

@@ -37,9 +37,34 @@ __all__ = ["build_store_layer", "build_tree_layer", "layer_key"]
 
 _CHUNK = 1 << 20  # bytes handed to the compressing thread at a time
 _QUEUE_DEPTH = 8  # chunks in flight: bounds memory to about _QUEUE_DEPTH MiB
+_BLOB_BUFFER = 128 << 10  # the blob file's buffer (see _build)
 
 _active = 0  # layer builds running in this process (threads=0 shares the CPUs among them)
 _active_lock = threading.Lock()
+
+#: Chunks a finished layer gave back, for the next layers of the process: a new bytearray is
+#: zero-filled, its fresh pages faulted in, and a layer fills up to _QUEUE_DEPTH + 2 of them.
+#: At most _SPARE_CHUNKS are kept (a few layers' worth: 32 MiB).
+_spare_chunks: list[bytearray] = []
+_SPARE_CHUNKS = 4 * _QUEUE_DEPTH
+_spare_lock = threading.Lock()
+
+
+def _take_chunk() -> bytearray:
+    """A spare chunk, else a new one."""
+    with _spare_lock:
+        if _spare_chunks:
+            return _spare_chunks.pop()
+    return bytearray(_CHUNK)
+
+
+def _give_back(chunks: Iterable[bytearray]) -> None:
+    """Keep ``chunks`` (no longer used by anyone) for later layers, up to the limit."""
+    with _spare_lock:
+        for chunk in chunks:
+            if len(_spare_chunks) >= _SPARE_CHUNKS:
+                break
+            _spare_chunks.append(chunk)
 
 
 def layer_key(
@@ -104,11 +129,12 @@ class _Pipe:
         self.annotations: dict[str, str] = {}
         self._queue: queue.Queue[tuple[bytearray, int] | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._buf = bytearray(_CHUNK)
+        self._buf = _take_chunk()
         self._view = memoryview(self._buf)
         self._fill = 0
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._recycled = False
 
     def _consume(self, buf: bytearray, size: int) -> None:
         """Hash and compress the first ``size`` bytes of ``buf``."""
@@ -184,7 +210,7 @@ class _Pipe:
             try:
                 self._buf = self._free.get_nowait()
             except queue.Empty:
-                self._buf = bytearray(_CHUNK)
+                self._buf = _take_chunk()
             self._view = memoryview(self._buf)
             self._fill = 0
 
@@ -197,9 +223,14 @@ class _Pipe:
                 self._error = exc
             self._close_codec()
         else:
-            self._flush_buf()
+            try:
+                self._flush_buf()  # (raises when the compressing thread has failed meanwhile)
+            except BaseException:
+                self.abort()  # that thread still waits for the end of the queue: send it
+                raise
             self._queue.put(None)
             self._thread.join()
+        self._recycle()
         if self._error is not None:
             self._fail()
 
@@ -207,9 +238,26 @@ class _Pipe:
         self._error = self._error or RuntimeError("aborted")
         if self._thread is None:
             self._close_codec()
+        else:
+            self._queue.put(None)
+            self._thread.join()
+        self._recycle()
+
+    def _recycle(self) -> None:
+        """Give the chunks back for later layers (the compressing thread has ended: every
+        chunk it took is in the free queue, and none is still being read). Once only: a chunk
+        given back twice would be filled by two pipes at once."""
+        if self._recycled:
             return
-        self._queue.put(None)
-        self._thread.join()
+        self._recycled = True
+        chunks = [self._buf]
+        while True:
+            try:
+                chunks.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        self._view.release()
+        _give_back(chunks)
 
     def _fail(self) -> None:
         error = self._error
@@ -255,10 +303,11 @@ def _build(
     tar_hash = HashingWriter()
     # uncompressed, the blob is the tar: its digest is the diff_id, hashed once
     same = tar_hash if compression == "none" else None
-    # A buffer one byte short of a chunk: a whole chunk (each write of an uncompressed layer)
-    # goes to the file as it is, where a write that fits the buffer is first copied into it;
-    # the codecs' smaller outputs are still gathered.
-    buffering = _CHUNK - 1
+    # A write larger than the file's buffer goes to the file as it is, where one that fits is
+    # first copied into it: a buffer one byte short of the codecs' usual outputs (zstd's a
+    # job's output or a 128 KiB piece of it, ISA-L's a compressed 1 MiB block each) and of an
+    # uncompressed layer's chunks lets those through uncopied and still gathers small ones.
+    buffering = _BLOB_BUFFER - 1
     try:
         with (
             _counted(),

@@ -214,7 +214,7 @@ class _TarWriter:
                 typeflag=REGTYPE,
                 owner=entry.owner,
             )
-            self._add(header + entry.data + block_padding(len(entry.data)))
+            self._add_file(header, entry.data)
             return
         assert entry.source is not None
         self._write_file(entry, entry.source)
@@ -223,6 +223,19 @@ class _TarWriter:
         """Put ``data`` in the batch; write the batch when it has grown to _BATCH bytes."""
         self._batch.append(data)
         self._batched += len(data)
+        if self._batched >= _BATCH:
+            self._flush()
+
+    def _add_file(self, header: bytes, data: bytes) -> None:
+        """Put a small file's header, content and padding in the batch, each as it is (no
+        concatenation: the batch's join is the one copy before the stream's)."""
+        batch = self._batch
+        batch.append(header)
+        batch.append(data)
+        size = len(data)
+        if size % 512:
+            batch.append(block_padding(size))
+        self._batched += len(header) + size
         if self._batched >= _BATCH:
             self._flush()
 
@@ -246,7 +259,7 @@ class _TarWriter:
                 data = os.read(fd, size + 1)
                 if len(data) != size:
                     raise _changed(source)
-                self._add(header + data + block_padding(size))
+                self._add_file(header, data)
                 return
             self._batch.append(header)
             self._flush()
