@@ -118,14 +118,14 @@ def test_a_stream_drops_the_pages_of_the_blobs_it_built_and_not_of_cache_hits(
     assert len(blobs) == 4  # four store items, one layer each
     for name in blobs:  # every cached blob still holds its bytes
         assert hashlib.sha256((cache / "blobs" / "sha256" / name).read_bytes()).hexdigest() == name
-    # each built blob (the store layers and the customisation layer) is written out once
-    # built and dropped once sent: the cache's four and the scratch customisation blob
+    # each built blob (the store layers and the customisation layer) has its writeback
+    # started once built and is dropped once sent: the cache's four and the scratch
+    # customisation blob (a layer may be sent before its writeback is started: the sender
+    # does not wait for that)
     started = sorted(name for what, name in cold_calls if what == "start")
     assert started == sorted(name for what, name in cold_calls if what == "drop")
     assert len(started) == 5
     assert set(blobs) < set(started)
-    for name in started:
-        assert cold_calls.index(("start", name)) < cold_calls.index(("drop", name))
     # warm: the store layers were cache hits and stay in the page cache; the customisation
     # layer is built again (it is not cached)
     assert [name for _, name in warm_calls if name in blobs] == []

@@ -141,20 +141,21 @@ class ArchiveStream:
         pages are written out from here on and dropped from the page cache once it is sent
         (:mod:`closurepack.pagecache`), so that the next layers' writes reuse them rather
         than take new ones; a stream right after reads that blob from the disk."""
-        if fresh:
-            _start_writeback(layer)
         with self._lock:
             self._ready[index] = layer
             if fresh:
                 self._fresh.add(index)
             self._raise_error()
-            if self._sender is not None:
-                return  # it takes this layer too when it is next
-            sender = threading.Thread(
-                target=self._send_ready, args=(total,), name="closurepack-stream", daemon=True
-            )
-            self._sender = sender
-        sender.start()
+            sender = None
+            if self._sender is None:  # (else it takes this layer too when it is next)
+                sender = threading.Thread(
+                    target=self._send_ready, args=(total,), name="closurepack-stream", daemon=True
+                )
+                self._sender = sender
+        if sender is not None:
+            sender.start()
+        if fresh:  # once the sender runs: the first layer's bytes do not wait for it
+            _start_writeback(layer)
 
     def _send_ready(self, total: int) -> None:
         """Write the next layers while they are ready (all but the top one), then stop."""
