@@ -130,3 +130,26 @@ def test_a_stream_drops_the_pages_of_the_blobs_it_built_and_not_of_cache_hits(
     # layer is built again (it is not cached)
     assert [name for _, name in warm_calls if name in blobs] == []
     assert len(warm_calls) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_pages_that_could_not_be_written_out_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _on_a_disk(tmp_path)
+    blob = tmp_path / "blob"
+    with blob.open("wb") as out:
+        out.write(os.urandom(1 << 20))
+        out.flush()
+        os.fsync(out.fileno())  # clean pages: a POSIX_FADV_DONTNEED would drop them
+
+    def write_error(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(pagecache, "_looked_up", True)
+    monkeypatch.setattr(pagecache, "_found", None)  # the fdatasync path, made to fail
+    monkeypatch.setattr(os, "fdatasync", write_error)
+    with blob.open("rb") as again:
+        again.read()
+        pagecache.drop_pages(again.fileno())
+    assert _resident_bytes(blob) == 1 << 20  # kept: they may be the only good copy

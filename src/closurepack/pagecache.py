@@ -76,13 +76,19 @@ def start_writeback(fd: int) -> None:
 def drop_pages(fd: int) -> None:
     """Wait until the file ``fd``'s pages are written out, then tell the kernel to drop them
     from the page cache (``POSIX_FADV_DONTNEED``). Its bytes stay what they are: read again,
-    they come from the disk. Nothing where the system has no ``posix_fadvise``."""
+    they come from the disk. Nothing where the system has no ``posix_fadvise``, and the pages
+    stay when writing them out failed."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return
     try:
         if not _sync_range(fd, _WAIT_BEFORE | _WRITE | _WAIT_AFTER):
             os.fdatasync(fd)  # clean pages, at the price of a journal commit
+    except OSError as exc:
+        # not written out (a write error, or no file): the pages stay, the only good copy
+        _log.debug("could not write out fd %d, its pages stay: %s", fd, exc)
+        return
+    try:
         advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     except OSError as exc:
         _log.debug("could not drop the cached pages of fd %d: %s", fd, exc)
