@@ -38,6 +38,13 @@ __all__ = ["build_store_layer", "build_tree_layer", "layer_key"]
 _CHUNK = 1 << 20  # bytes handed to the compressing thread at a time
 _QUEUE_DEPTH = 8  # chunks in flight: bounds memory to about _QUEUE_DEPTH MiB
 
+#: Chunks of the pipes of finished layers, for the next ones: a new ``bytearray(_CHUNK)`` is
+#: zeroed by CPython and lands in pages the kernel must fault in (a cold ``-o -`` of the
+#: bench store made 471 of them); at most this many are kept.
+_SPARE_MAX = 2 * (_QUEUE_DEPTH + 2)
+_spare: list[bytearray] = []
+_spare_lock = threading.Lock()
+
 _active = 0  # layer builds running in this process (threads=0 shares the CPUs among them)
 _active_lock = threading.Lock()
 
@@ -99,7 +106,7 @@ class _Pipe:
         self.annotations: dict[str, str] = {}
         self._queue: queue.Queue[tuple[bytearray, int] | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._buf = bytearray(_CHUNK)
+        self._buf = _new_chunk()
         self._view = memoryview(self._buf)
         self._fill = 0
         self._error: BaseException | None = None
@@ -168,7 +175,7 @@ class _Pipe:
             try:
                 self._buf = self._free.get_nowait()
             except queue.Empty:
-                self._buf = bytearray(_CHUNK)
+                self._buf = _new_chunk()
             self._view = memoryview(self._buf)
             self._fill = 0
 
@@ -176,6 +183,7 @@ class _Pipe:
         self._flush_buf()
         self._queue.put(None)
         self._thread.join()
+        self._give_back()
         if self._error is not None:
             self._fail()
 
@@ -183,12 +191,34 @@ class _Pipe:
         self._error = self._error or RuntimeError("aborted")
         self._queue.put(None)
         self._thread.join()
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Once the compressing thread (and the codec, closed by it) is done: this pipe's
+        chunks to the spares (the codecs keep no reference to a chunk, see the class)."""
+        chunks = [self._buf]
+        while True:
+            try:
+                chunks.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        with _spare_lock:
+            _spare.extend(chunks[: _SPARE_MAX - len(_spare)])
 
     def _fail(self) -> None:
         error = self._error
         if isinstance(error, OSError):
             raise StoreError(f"{self._where}: cannot write the layer: {error}") from error
         raise StoreError(f"{self._where}: compressing the layer failed: {error!r}") from error
+
+
+def _new_chunk() -> bytearray:
+    """A chunk for a pipe: a spare one (holding old bytes: only what is filled goes out), or
+    a new one."""
+    with _spare_lock:
+        if _spare:
+            return _spare.pop()
+    return bytearray(_CHUNK)
 
 
 @contextlib.contextmanager
