@@ -22,6 +22,7 @@ RANKS: dict[str, int] = {
     "mediatypes": 1,
     "options": 1,
     "_fs": 1,
+    "pagecache": 1,
     "readall": 1,
     "_workdirs": 1,
     "blobstamp": 1,

@@ -16,7 +16,9 @@ media types are judged by the blobs' first bytes, and the archive has no manifes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import posixpath
 import tarfile
 import threading
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from closurepack import pagecache
 from closurepack.digest import Digest, Writable
 from closurepack.errors import DestinationError, ImageError
 from closurepack.image import Image, ImageLayer, canonical_json, epoch_of
@@ -50,6 +53,26 @@ __all__ = [
 
 # Registries a short name may have been expanded with by docker save / podman save.
 _DEFAULT_DOMAINS = ("docker.io", "docker.io/library", "localhost")
+
+
+def _start_writeback(layer: ImageLayer) -> None:
+    """Start writing out the pages of ``layer``'s blob, when it is a file here."""
+    path = getattr(layer, "blob_path", None)
+    if path is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # the send says what is wrong with it
+    try:
+        pagecache.start_writeback(fd)
+    finally:
+        os.close(fd)
+
+
+def _drop_pages(blob: BinaryIO) -> None:
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # (not a file)
+        pagecache.drop_pages(blob.fileno())
 
 
 def _next_id(parent: str, layer: ImageLayer) -> str:
@@ -99,28 +122,40 @@ class ArchiveStream:
         self._ready: dict[int, ImageLayer] = dict(enumerate(base))
         self._ids: list[str] = []
         self._written: list[ImageLayer] = []
+        #: the indexes of the layers whose pages are dropped once they are sent
+        self._fresh: set[int] = set()
         self._lock = threading.Lock()
         #: the thread writing the layers that are ready, while it runs
         self._sender: threading.Thread | None = None
         self._error: BaseException | None = None  # a write failed: nothing more goes out
 
-    def add(self, index: int, layer: ImageLayer, *, total: int) -> None:
+    def add(self, index: int, layer: ImageLayer, *, total: int, fresh: bool = False) -> None:
         """``layer`` is the image's layer ``index`` (counting the base's) of ``total``.
 
         The layers that are ready go out on a thread of their own (started here when none
         is running), so the caller goes back to building at once instead of waiting for a
         slow reader of ``out``. A write error is raised by :meth:`finish`, and by the next
-        :meth:`add` (so the build stops)."""
+        :meth:`add` (so the build stops).
+
+        ``fresh``: the layer's blob was written just now (built, not a cache hit). Its
+        pages are written out from here on and dropped from the page cache once it is sent
+        (:mod:`closurepack.pagecache`), so that the next layers' writes reuse them rather
+        than take new ones; a stream right after reads that blob from the disk."""
         with self._lock:
             self._ready[index] = layer
+            if fresh:
+                self._fresh.add(index)
             self._raise_error()
-            if self._sender is not None:
-                return  # it takes this layer too when it is next
-            sender = threading.Thread(
-                target=self._send_ready, args=(total,), name="closurepack-stream", daemon=True
-            )
-            self._sender = sender
-        sender.start()
+            sender = None
+            if self._sender is None:  # (else it takes this layer too when it is next)
+                sender = threading.Thread(
+                    target=self._send_ready, args=(total,), name="closurepack-stream", daemon=True
+                )
+                self._sender = sender
+        if sender is not None:
+            sender.start()
+        if fresh:  # once the sender runs: the first layer's bytes do not wait for it
+            _start_writeback(layer)
 
     def _send_ready(self, total: int) -> None:
         """Write the next layers while they are ready (all but the top one), then stop."""
@@ -170,6 +205,8 @@ class ArchiveStream:
                 digest=layer.digest,
                 trusted=bool(getattr(layer, "verified", False)),
             )
+            if index in self._fresh:
+                _drop_pages(blob)
         self._written.append(layer)
 
     def finish(self, image: Image, *, repo_tags: Sequence[str]) -> None:

@@ -116,7 +116,8 @@ class LayerStreamer:
 
         def report(event: LayerEvent) -> None:
             index, total = self._base + event.index, self._base + event.total
-            _writing(lambda: self._archive.add(index, event.layer, total=total))
+            fresh = not event.cached  # written by this build: its pages are dropped once sent
+            _writing(lambda: self._archive.add(index, event.layer, total=total, fresh=fresh))
             if progress is not None:
                 progress(event)
 
