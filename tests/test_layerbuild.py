@@ -178,14 +178,7 @@ def test_pipeline_matches_plain_tar_then_compress(tmp_path: Path, compression: s
         [APP, LIB], store_root=root, store_dir="/nix/store", compression=compression,
         dest_dir=tmp_path / "out",
     )  # fmt: skip
-    tar = io.BytesIO()
-    write_store_tar(tar, [APP, LIB], store_root=root, mtime=1)
-    blob = io.BytesIO()
-    compressor = open_compressor(compression, blob, threads=1)
-    compressor.write(tar.getvalue())
-    compressor.close()
-    assert layer.blob_path.read_bytes() == blob.getvalue()
-    assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()
+    assert_two_step_bytes(layer, [APP, LIB], root, compression)
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
@@ -225,8 +218,9 @@ def test_failure_mid_stream_stops_codec_threads(tmp_path: Path, compression: str
     assert set(threading.enumerate()) <= threads_before
 
 
-def _compress_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the threads started from now on (the codecs' C threads are not seen)."""
+def started_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the Python threads started from now on (the codecs' C threads are not
+    seen)."""
     started: list[str] = []
     real_start = threading.Thread.start
 
@@ -236,6 +230,18 @@ def _compress_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(threading.Thread, "start", start)
     return started
+
+
+def assert_two_step_bytes(layer: Any, paths: list[str], root: Path, compression: str) -> None:
+    """``layer``'s blob and diff_id are those of the tar written alone, then compressed."""
+    tar = io.BytesIO()
+    write_store_tar(tar, paths, store_root=root, mtime=1)
+    blob = io.BytesIO()
+    compressor = open_compressor(compression, blob, threads=1)
+    compressor.write(tar.getvalue())
+    compressor.close()
+    assert layer.blob_path.read_bytes() == blob.getvalue()
+    assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "zstd:chunked", "none"])
@@ -248,20 +254,13 @@ def test_small_layer_built_without_a_compress_thread(
     root = tmp_path / "store"
     (root / APP[1:]).mkdir(parents=True)
     (root / APP[1:] / "data").write_bytes(os.urandom(size))
-    started = _compress_threads(monkeypatch)
+    started = started_threads(monkeypatch)
     layer = build_store_layer(
         [APP], store_root=root, store_dir="/nix/store", compression=compression,
         dest_dir=tmp_path / "out",
     )  # fmt: skip
     assert ("closurepack-compress" in started) == (size > 1 << 20)
-    tar = io.BytesIO()
-    write_store_tar(tar, [APP], store_root=root, mtime=1)
-    blob = io.BytesIO()
-    compressor = open_compressor(compression, blob, threads=1)
-    compressor.write(tar.getvalue())
-    compressor.close()
-    assert layer.blob_path.read_bytes() == blob.getvalue()
-    assert layer.diff_id.hex == hashlib.sha256(tar.getvalue()).hexdigest()
+    assert_two_step_bytes(layer, [APP], root, compression)
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from clistore import make_store as make_cli_store
 from closurepack.build import BuildOptions, LayerEvent, build_keyed_layers
 from closurepack.cache import LayerCache
 from closurepack.plan import ImagePlan, PlannedLayer
+from test_layerbuild import started_threads
 
 STORE_DIR = "/nix/store"
 
@@ -33,19 +33,6 @@ def make_store(root: Path, count: int) -> list[str]:
         (directory / "data").write_bytes(os.urandom(20_000 + 1000 * n))
         paths.append(item(n))
     return paths
-
-
-def started_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the Python threads started from now on."""
-    started: list[str] = []
-    real_start = threading.Thread.start
-
-    def start(self: threading.Thread) -> None:
-        started.append(self.name)
-        real_start(self)
-
-    monkeypatch.setattr(threading.Thread, "start", start)
-    return started
 
 
 def build(
