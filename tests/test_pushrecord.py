@@ -338,6 +338,9 @@ def test_an_unchanged_repush_loads_no_build_machinery(
     loaded = "'closurepack.buildjob', 'closurepack.compression', 'closurepack.planner', 'isal'"
     assert first == f"0 [{loaded}]"
     assert _modules_loaded(argv, watched) == "0 []"
+    # nor what only other paths use: concurrent.futures (the push's pool; the TLS contexts are
+    # waited for without it) and shlex (commands given as shell words)
+    assert _modules_loaded(argv, "concurrent.futures,shlex") == "0 []"
 
 
 def test_a_build_loads_no_zstd_chunked_library(

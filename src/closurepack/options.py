@@ -6,7 +6,6 @@ import datetime
 import json
 import math
 import re
-import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,8 @@ def parse_command(value: str | None, *, option: str) -> tuple[str, ...] | None:
         if not isinstance(parsed, list) or not all(isinstance(a, str) for a in parsed):
             raise OptionError(f"{option} {value!r}: expected a JSON array of strings")
         return tuple(parsed)
+    import shlex  # noqa: PLC0415 - a command given as shell words only; not on a re-push
+
     try:
         return tuple(shlex.split(text))
     except ValueError as exc:

@@ -15,7 +15,6 @@ import contextlib
 import ssl
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
@@ -31,9 +30,36 @@ __all__ = [
     "ssl_context",
 ]
 
+
+class _Making:
+    """A TLS context one thread makes and the others wait for: the part of a
+    ``concurrent.futures.Future`` used here, without importing that package for a re-push."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._context: ssl.SSLContext | None = None
+        self._error: BaseException | None = None
+
+    def set_result(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        self._done.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def result(self) -> ssl.SSLContext:
+        """The context once made; the maker's failure raised again."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._context is not None
+        return self._context
+
+
 #: The TLS contexts made so far, by (verification off, cert_dir, system trust store loaded):
 #: every blob read opens a client of its own.
-_CONTEXTS: dict[tuple[bool, Path | None, bool], Future[ssl.SSLContext]] = {}
+_CONTEXTS: dict[tuple[bool, Path | None, bool], _Making] = {}
 _CONTEXTS_LOCK = threading.Lock()
 
 
@@ -59,7 +85,7 @@ def _context(options: RegistryOptions, host: str, *, system_trust: bool) -> ssl.
         made = _CONTEXTS.get(key)
         mine = made is None
         if made is None:
-            made = _CONTEXTS[key] = Future()
+            made = _CONTEXTS[key] = _Making()
     if mine:
         try:
             made.set_result(_make_ssl_context(options, host, system_trust=key[2]))
