@@ -331,3 +331,56 @@ def test_with_proxies_in_the_environment_the_context_is_made_up_front(
         proxied = [t for t in client._mounts.values() if t is not None]
     assert proxied
     assert _system_trust_loaded() == [True]
+
+
+def test_threads_wait_for_the_context_one_makes_and_share_its_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One thread makes a setting's context; the others wait and get that context, or the
+    same failure; a failure is not kept (the next call makes it again)."""
+    monkeypatch.setattr(tls, "_CONTEXTS", {})
+    release = threading.Event()
+    calls: list[bool] = []
+    made = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+    def make(options: RegistryOptions, host: str, *, system_trust: bool) -> ssl.SSLContext:
+        calls.append(system_trust)
+        release.wait(10)
+        if len(calls) == 1:
+            raise RegistryError("no context this time")
+        return made
+
+    monkeypatch.setattr(tls, "_make_ssl_context", make)
+    options = RegistryOptions()
+    got: list[object] = []
+
+    def ask() -> None:
+        try:
+            got.append(tls.ssl_context(options, "registry.example"))
+        except RegistryError as exc:
+            got.append(exc)
+
+    waiting = threading.Semaphore(0)
+
+    class Making(tls._Making):
+        def result(self) -> ssl.SSLContext:
+            if not release.is_set():
+                waiting.release()  # a thread that did not make it waits now
+            return super().result()
+
+    monkeypatch.setattr(tls, "_Making", Making)
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    assert waiting.acquire(timeout=10)
+    assert waiting.acquire(timeout=10)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert calls == [True]
+    assert len(got) == 3
+    assert all(isinstance(g, RegistryError) for g in got)
+    assert len({id(g) for g in got}) == 1
+    assert tls.ssl_context(options, "registry.example") is made
+    assert tls.ssl_context(options, "registry.example") is made
+    assert calls == [True, True]
