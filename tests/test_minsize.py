@@ -87,6 +87,30 @@ def test_merged_plans_keep_every_item_once_and_no_small_layer(
     assert [g for g in merged if g in untouched] == untouched
 
 
+@given(
+    c=dag_closures(max_items=20),
+    min_size=st.sampled_from([1, 1000, 10**6, 10**7, 10**9]),
+    seed=st.integers(0, 10**6),
+)
+def test_one_image_merges_as_the_general_rule_does(c: Closure, min_size: int, seed: int) -> None:
+    # One image takes a written-out loop (no image masks); every item held by one image of a
+    # fleet goes the general way (partners by image, MergeCosts.cost): the same merges.
+    paths = sorted(c.items)
+    count = 1 + seed % len(paths)
+    groups = [tuple(paths[k::count]) for k in range(count)]
+    alone = merge_small_layers(c, groups, min_size=min_size)
+    assert alone == merge_small_layers(c, groups, min_size=min_size, images=dict.fromkeys(paths, 1))
+
+
+def test_equal_costs_go_to_the_nearer_layer_then_the_lower() -> None:
+    # Four unrelated items: merging the tiny one into any other costs the same, so it joins
+    # its nearer neighbour, of two as near the lower one.
+    c, p = closure({"a": (50 * KIB, []), "b": (50 * KIB, []), "t": (1, []), "d": (50 * KIB, [])})
+    groups = [(p["a"],), (p["b"],), (p["t"],), (p["d"],)]
+    merged = merge_small_layers(c, groups, min_size=2)
+    assert merged == [(p["a"],), tuple(sorted((p["b"], p["t"]))), (p["d"],)]
+
+
 def test_layers_reused_from_previous_are_never_merged() -> None:
     c, p = closure(
         {
