@@ -31,7 +31,11 @@ from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 from closurepack.strategies.economy import MergeCosts, hit_table
 
-__all__ = ["group_sizes", "merge_small_layers"]
+__all__ = ["SMALL_CLOSURE", "group_sizes", "merge_small_layers"]
+
+#: The most items for which every item's down-set is kept as a bitset (``n * n`` bits: 2 MiB
+#: at 4096 items) to make the layers' down-sets from.
+SMALL_CLOSURE = 4096
 
 
 def merge_small_layers(
@@ -138,6 +142,9 @@ def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) ->
     longest = max(range(len(groups)), key=lambda g: len(groups[g]), default=-1)
     if longest < 0 or 2 * len(groups[longest]) <= len(dag) or sum(map(len, groups)) != len(dag):
         longest = -1
+    # Up to SMALL_CLOSURE items, a group's down-set is the union of its items' (built once per
+    # Dag, n bitsets of n bits), not a walk and a bitset made from its indices.
+    items = dag.down_bitsets() if len(dag) <= SMALL_CLOSURE else None
     sets = []
     for number, group in enumerate(groups):
         if number == longest:
@@ -146,7 +153,14 @@ def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) ->
             continue
         bits = known.get(group)
         if bits is None:
-            bits = known[group] = dag.down_bitset(list(map(index.__getitem__, group)))
+            members = list(map(index.__getitem__, group))
+            if items is None:
+                bits = dag.down_bitset(members)
+            else:
+                bits = 0
+                for i in members:
+                    bits |= items[i]
+            known[group] = bits
         sets.append(bits)
     return sets
 
