@@ -71,7 +71,7 @@ def merge_small_layers(
     joined = [[g] for g in range(len(groups))]  # the strategy's groups each position holds
 
     while len(alive) > 1:
-        small = min(alive, key=lambda g: (layers.sizes[g], g))
+        small = min(alive, key=layers.sizes.__getitem__)  # ties: the lower (alive ascends)
         if layers.sizes[small] >= min_size:
             break
         if images:
