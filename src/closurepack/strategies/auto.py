@@ -57,9 +57,10 @@ def auto(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     closure_size = _closure_sizes_of_groups(
         dag, layers, closure.memoized("auto group closure sizes", dict)
     )
-    keys = [(closure_size[g], min(dag.paths[i] for i in layers[g])) for g in range(len(layers))]
+    path_of = dag.paths.__getitem__
+    keys = [(closure_size[g], min(map(path_of, layer))) for g, layer in enumerate(layers)]
     order = _dependencies_first(dag, labels, layers, keys)
-    return [tuple(sorted(dag.paths[i] for i in layers[g])) for g in order]
+    return [tuple(sorted(map(path_of, layers[g]))) for g in order]
 
 
 @dataclass
