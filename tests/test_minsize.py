@@ -15,7 +15,7 @@ from closurepack import planner
 from closurepack.fleetregions import image_masks
 from closurepack.graph import Closure, StoreItem
 from closurepack.planner import DEFAULT_MIN_LAYER_SIZE, min_size_for, plan_closures
-from closurepack.strategies import get_strategy
+from closurepack.strategies import get_strategy, minsize
 from closurepack.strategies.economy import MergeCosts, hit_table, stored_bytes
 from closurepack.strategies.minsize import merge_small_layers
 from test_strategies import dag_closures, store_path
@@ -85,6 +85,50 @@ def test_merged_plans_keep_every_item_once_and_no_small_layer(
     # The layers left untouched keep their order.
     untouched = [g for g in groups if g in merged]
     assert [g for g in merged if g in untouched] == untouched
+
+
+@given(
+    c=dag_closures(max_items=20),
+    min_size=st.sampled_from([1, 1000, 10**6, 10**7, 10**9]),
+    seed=st.integers(0, 10**6),
+)
+def test_one_image_merges_as_the_general_rule_does(c: Closure, min_size: int, seed: int) -> None:
+    # One image takes a written-out loop (no image masks); every item held by one image of a
+    # fleet goes the general way (partners by image, MergeCosts.cost): the same merges.
+    paths = sorted(c.items)
+    count = 1 + seed % len(paths)
+    groups = [tuple(paths[k::count]) for k in range(count)]
+    alone = merge_small_layers(c, groups, min_size=min_size)
+    assert alone == merge_small_layers(c, groups, min_size=min_size, images=dict.fromkeys(paths, 1))
+
+
+@given(
+    c=dag_closures(max_items=20),
+    min_size=st.sampled_from([1, 1000, 10**6, 10**7]),
+    seed=st.integers(0, 10**6),
+)
+def test_small_closures_find_the_layers_down_sets_as_large_ones_do(
+    c: Closure, min_size: int, seed: int
+) -> None:
+    # Up to SMALL_CLOSURE items a layer's down-set is the union of its items' bitsets; above
+    # it, a walk from the layer's items: the same sets, so the same merges.
+    paths = sorted(c.items)
+    count = 1 + seed % len(paths)
+    groups = [tuple(paths[k::count]) for k in range(count)]
+    small = merge_small_layers(c, groups, min_size=min_size)
+    fresh = Closure.from_items(list(c.items.values()), source="test")  # (no memo kept)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(minsize, "SMALL_CLOSURE", 0)
+        assert merge_small_layers(fresh, groups, min_size=min_size) == small
+
+
+def test_equal_costs_go_to_the_nearer_layer_then_the_lower() -> None:
+    # Four unrelated items: merging the tiny one into any other costs the same, so it joins
+    # its nearer neighbour, of two as near the lower one.
+    c, p = closure({"a": (50 * KIB, []), "b": (50 * KIB, []), "t": (1, []), "d": (50 * KIB, [])})
+    groups = [(p["a"],), (p["b"],), (p["t"],), (p["d"],)]
+    merged = merge_small_layers(c, groups, min_size=2)
+    assert merged == [(p["a"],), tuple(sorted((p["b"], p["t"]))), (p["d"],)]
 
 
 def test_layers_reused_from_previous_are_never_merged() -> None:

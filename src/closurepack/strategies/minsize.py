@@ -31,7 +31,11 @@ from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag
 from closurepack.strategies.economy import MergeCosts, hit_table
 
-__all__ = ["group_sizes", "merge_small_layers"]
+__all__ = ["SMALL_CLOSURE", "group_sizes", "merge_small_layers"]
+
+#: The most items for which every item's down-set is kept as a bitset (``n * n`` bits: 2 MiB
+#: at 4096 items) to make the layers' down-sets from.
+SMALL_CLOSURE = 4096
 
 
 def merge_small_layers(
@@ -67,13 +71,16 @@ def merge_small_layers(
     joined = [[g] for g in range(len(groups))]  # the strategy's groups each position holds
 
     while len(alive) > 1:
-        small = min(alive, key=lambda g: (layers.sizes[g], g))
+        small = min(alive, key=layers.sizes.__getitem__)  # ties: the lower (alive ascends)
         if layers.sizes[small] >= min_size:
             break
-        partner = min(
-            _partners(small, alive, layers.pieces),
-            key=lambda g: (layers.cost(small, g), abs(g - small), g),
-        )
+        if images:
+            partner = min(
+                _partners(small, alive, layers.pieces),
+                key=lambda g: (layers.cost(small, g), abs(g - small), g),
+            )
+        else:
+            partner = _cheapest_partner(layers, small, alive)
         low, high = sorted((small, partner))
         joined[high].extend(joined[low])
         layers.merge(high, low)
@@ -81,6 +88,27 @@ def merge_small_layers(
     return _sorted_layers(
         closure, [list(chain.from_iterable(map(groups.__getitem__, joined[g]))) for g in alive]
     )
+
+
+def _cheapest_partner(layers: MergeCosts, small: int, alive: list[int]) -> int:
+    """The partner of least cost for ``small`` (ties: the nearer, then the lower) among
+    ``alive`` (ascending), for one image: every layer may take it, and its cost is the
+    update part of :meth:`MergeCosts.cost` alone, the same expression written out (one
+    image's layers store nothing twice). Each merge weighs every layer left, so this loop
+    is most of a small closure's planning (145 items: ~6,000 costs over the planner's asks)."""
+    hit, sizes, sets, counts = layers.hit, layers.sizes, layers.sets, layers.counts
+    mine, size, own = sets[small], sizes[small], hit[counts[small]]
+    best = -1
+    least = 0.0
+    for g in alive:
+        if g == small:
+            continue
+        both = hit[(mine | sets[g]).bit_count()]
+        cost = size * (both - own) + sizes[g] * (both - hit[counts[g]])
+        # alive ascends: of equal costs and distances the first seen is the lower.
+        if best < 0 or cost < least or (cost == least and abs(g - small) < abs(best - small)):
+            best, least = g, cost
+    return best
 
 
 def _sorted_layers(closure: Closure, layers: list[list[str]]) -> list[tuple[str, ...]]:
@@ -114,6 +142,9 @@ def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) ->
     longest = max(range(len(groups)), key=lambda g: len(groups[g]), default=-1)
     if longest < 0 or 2 * len(groups[longest]) <= len(dag) or sum(map(len, groups)) != len(dag):
         longest = -1
+    # Up to SMALL_CLOSURE items, a group's down-set is the union of its items' (built once per
+    # Dag, n bitsets of n bits), not a walk and a bitset made from its indices.
+    items = dag.down_bitsets() if len(dag) <= SMALL_CLOSURE else None
     sets = []
     for number, group in enumerate(groups):
         if number == longest:
@@ -122,7 +153,14 @@ def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) ->
             continue
         bits = known.get(group)
         if bits is None:
-            bits = known[group] = dag.down_bitset(list(map(index.__getitem__, group)))
+            members = list(map(index.__getitem__, group))
+            if items is None:
+                bits = dag.down_bitset(members)
+            else:
+                bits = 0
+                for i in members:
+                    bits |= items[i]
+            known[group] = bits
         sets.append(bits)
     return sets
 
