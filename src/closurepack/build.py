@@ -232,6 +232,16 @@ def build_keyed_layers(
             size = planned[index].size
             progress(LayerEvent(index, total, built, cached, seconds, size, total_size))
 
+    def reused_for(
+        layer: PlannedLayer, perms: dict[str, object]
+    ) -> Callable[[Path], BuiltLayer] | None:
+        # a --previous image's blob has none of the modes and owners --perms gives
+        return None if perms else (reuse or {}).get(tuple(sorted(layer.paths)))
+
+    def finished(layer: PlannedLayer, built: BuiltLayer | RemoteLayer) -> BuiltLayer | RemoteLayer:
+        # Built here, or checked by the cache before reuse: destinations may link the blob.
+        return dataclasses.replace(built, verified=True, comment=store_layer_comment(layer.paths))
+
     def one(index: int, key: str, perms: dict[str, object]) -> tuple[str, BuiltLayer | RemoteLayer]:
         started = time.perf_counter()
         layer = planned[index]
@@ -249,8 +259,7 @@ def build_keyed_layers(
             )
 
         hit: BuiltLayer | RemoteLayer | None = None
-        # a --previous image's blob has none of the modes and owners --perms gives
-        reused = None if perms else (reuse or {}).get(tuple(sorted(layer.paths)))
+        reused = reused_for(layer, perms)
         if reused is not None:
             hit = reused(work_dir)
         if hit is None and options.cache is not None:
@@ -265,8 +274,7 @@ def build_keyed_layers(
             built = build(work_dir)
         else:
             built = options.cache.get_or_build(key, build)
-        # Built here, or checked by the cache before reuse: destinations may link the blob.
-        built = dataclasses.replace(built, verified=True, comment=store_layer_comment(layer.paths))
+        built = finished(layer, built)
         report(index, built, cached, started)
         return key, built
 
@@ -279,14 +287,13 @@ def build_keyed_layers(
         started = time.perf_counter()
         perms = _perms_part(layer, options)
         key = _store_key(layer, options, perms)
-        reusable = not perms and tuple(sorted(layer.paths)) in (reuse or {})
+        reusable = reused_for(layer, perms) is not None
         hit = None if reusable or options.cache is None else options.cache.get_unread(key)
         if hit is None:
             rest[index] = key, perms
             continue
-        hit = dataclasses.replace(hit, verified=True, comment=store_layer_comment(layer.paths))
-        done[index] = key, hit
-        report(index, hit, True, started)
+        done[index] = key, finished(layer, hit)
+        report(index, done[index][1], True, started)
     done.update(
         run_layers(
             {index: functools.partial(one, index, *rest[index]) for index in rest},

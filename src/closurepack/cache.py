@@ -191,9 +191,16 @@ class LayerCache:
         (no process evicts it until :meth:`close`).
         """
         self._entry_path(key)  # a bad key fails before any lock file is made for it
+        return self._held_lookup(key, self._lookup)
+
+    def _held_lookup(
+        self, key: str, lookup: Callable[[str], BuiltLayer | None]
+    ) -> BuiltLayer | None:
+        """``lookup(key)`` with ``key`` held against eviction: kept held on a hit, let go
+        again on a miss or a failure (unless this object held it already)."""
         held = self._key_locks.hold(key)
         try:
-            layer = self._lookup(key)
+            layer = lookup(key)
         except BaseException:
             if not held:
                 self._key_locks.release(key)
@@ -213,19 +220,15 @@ class LayerCache:
         if self.verify == "full":
             return None
         entry = self._entry_path(key)
-        held = self._key_locks.hold(key)
-        try:
+
+        def unread(key: str) -> BuiltLayer | None:
             loaded = read_entry(entry, self.blob_path)
-        except BaseException:
-            if not held:
-                self._key_locks.release(key)
-            raise
-        if loaded is None or not blob_unchanged(*loaded, verify=self.verify):
-            if not held:
-                self._key_locks.release(key)
-            return None
-        self._mark_used(key, entry)
-        return loaded[0]
+            if loaded is None or not blob_unchanged(*loaded, verify=self.verify):
+                return None
+            self._mark_used(key, entry)
+            return loaded[0]
+
+        return self._held_lookup(key, unread)
 
     def _lookup(self, key: str) -> BuiltLayer | None:
         loaded = self._load(key)
