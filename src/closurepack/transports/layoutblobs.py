@@ -6,7 +6,7 @@ cache. :mod:`closurepack.transports.oci_layout` writes them before its ``index.j
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError
 from closurepack.image import Image, ImageLayer
+from closurepack.layerpool import run_layers
 from closurepack.transports._files import blob_is_good, put_blob
 
 if TYPE_CHECKING:  # (only a multi-platform image is one: see closurepack.imageindex)
@@ -46,7 +47,8 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
     still matches its record (same inode, size, mtime and ctime, see :mod:`closurepack.blobstamp`)
     is kept without being read; every layer blob written or hashed here is recorded.
 
-    The layer blobs are placed by several threads at once (:data:`_PLACERS`): each is a
+    The layer blobs are placed by several threads at once (:data:`_PLACERS`, through
+    :func:`closurepack.layerpool.run_layers`, largest first): each is a
     kernel copy and an fsync, so one at a time a cold build ended in a serial tail of copies
     and disk waits (issue 11); a single one (a warm rebuild's new layer) is placed on the
     calling thread. Their directory entries are synced once, after all of them. The
@@ -64,10 +66,16 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
         for layer in unique
         if stamps is None or not stamps.matches(blobs / layer.digest.hex, layer.digest, layer.size)
     ]
-    if len(pending) <= 1:  # (a warm rebuild's one new layer: no thread to start and wait for)
-        placed = [_place_layer(layer, blobs, stamps) for layer in pending]
-    else:
-        placed = _place_layers(pending, blobs, stamps)
+    # several at a time, the first failure stopping the rest; one (a warm rebuild's new
+    # layer) on this thread, with no pool
+    placed = run_layers(
+        {
+            i: functools.partial(_place_layer, layer, blobs, stamps)
+            for i, layer in enumerate(pending)
+        },
+        sizes=[layer.size for layer in pending],
+        jobs=_PLACERS,
+    ).values()
     if any(placed):
         fsync_dir(blobs)
     written = [
@@ -82,27 +90,6 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
 #: Layer blobs placed at once by :func:`write_blobs`: copies are CPU in the kernel, fsyncs
 #: are disk waits that the filesystem's journal can commit together.
 _PLACERS = 8
-
-
-def _place_layers(
-    layers: Sequence[ImageLayer], blobs: Path, stamps: BlobStamps | None
-) -> list[bool]:
-    """:func:`_place_layer` of each of ``layers``, :data:`_PLACERS` at a time; the first
-    failure in layer order is raised, and the ones not started by then never start."""
-    from concurrent.futures import (  # noqa: PLC0415 - a pool only for several blobs
-        FIRST_EXCEPTION,
-        ThreadPoolExecutor,
-        wait,
-    )
-
-    with ThreadPoolExecutor(
-        max_workers=min(_PLACERS, len(layers)), thread_name_prefix="layout-blob"
-    ) as pool:
-        futures = [pool.submit(_place_layer, layer, blobs, stamps) for layer in layers]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            future.cancel()  # after a failure, the ones not started never start
-        return [future.result() for future in futures if not future.cancelled()]
 
 
 def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> bool:
