@@ -116,18 +116,23 @@ def _sorted_layers(closure: Closure, layers: list[list[str]]) -> list[tuple[str,
     the items is every path but the others' (:meth:`Closure.paths_without`), not sorted: the
     strategies' rest layers come in their own order (popularity's: a sort of 60k paths at
     each of the planner's asks, most of the merge's time)."""
-    longest = max(range(len(layers)), key=lambda g: len(layers[g]), default=-1)
-    if (
-        longest < 0
-        or 2 * len(layers[longest]) <= len(closure)
-        or sum(map(len, layers)) != len(closure)
-    ):
+    longest = _majority(layers, len(closure))
+    if longest < 0:
         return [tuple(sorted(layer)) for layer in layers]
     others = set(chain.from_iterable(layers[:longest] + layers[longest + 1 :]))
     return [
         closure.paths_without(others) if g == longest else tuple(sorted(layer))
         for g, layer in enumerate(layers)
     ]
+
+
+def _majority(groups: Sequence[Sequence[str]], n: int) -> int:
+    """The index of the group holding more than half of the ``n`` items that ``groups``
+    partition, or -1 (none does, or ``groups`` do not cover the ``n`` items)."""
+    longest = max(range(len(groups)), key=lambda g: len(groups[g]), default=-1)
+    if longest < 0 or 2 * len(groups[longest]) <= n or sum(map(len, groups)) != n:
+        return -1
+    return longest
 
 
 def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) -> list[int]:
@@ -139,9 +144,7 @@ def _down_sets(closure: Closure, dag: Dag, groups: Sequence[tuple[str, ...]]) ->
     for the memo at each of the planner's asks)."""
     index = dag.index()
     known: dict[tuple[str, ...], int] = closure.memoized("layer down-sets", dict)
-    longest = max(range(len(groups)), key=lambda g: len(groups[g]), default=-1)
-    if longest < 0 or 2 * len(groups[longest]) <= len(dag) or sum(map(len, groups)) != len(dag):
-        longest = -1
+    longest = _majority(groups, len(dag))
     # Up to SMALL_CLOSURE items, a group's down-set is the union of its items' (built once per
     # Dag, n bitsets of n bits), not a walk and a bitset made from its indices.
     items = dag.down_bitsets() if len(dag) <= SMALL_CLOSURE else None
