@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import reduce
 from itertools import repeat
-from operator import or_
+from operator import attrgetter, or_
 
 from closurepack.graph import Closure
 
@@ -65,14 +65,14 @@ class Dag:
         order = closure.topological_order()
         index = dict(zip(order, range(len(order)), strict=True))
         position = index.__getitem__
-        items = closure.items
+        items = list(map(closure.items.__getitem__, order))  # each looked up once
         with cyclic_gc_paused():  # 190k lists and tuples of ints: no cycle among them
-            refs = tuple([tuple(map(position, items[p].references)) for p in order])
+            refs = tuple([tuple(map(position, item.references)) for item in items])
             referrers: list[list[int]] = [[] for _ in order]
             for i, rs in enumerate(refs):
                 for r in rs:
                     referrers[r].append(i)  # i ascends: each list comes out sorted
-            sizes = tuple([items[p].nar_size for p in order])
+            sizes = tuple(map(attrgetter("nar_size"), items))
             dag = cls(tuple(order), refs, tuple(map(tuple, referrers)), sizes)
         dag._index.update(index)
         return dag
