@@ -62,10 +62,13 @@ class Dag:
 
     @classmethod
     def _build(cls, closure: Closure) -> Dag:
-        order = closure.topological_order()
+        items = list(map(closure.items.__getitem__, closure.topological_order()))
+        # The items' own path objects (the order holds reference strings too, other objects
+        # of the same text): the groups made of them are then looked up in the closure's
+        # dicts and sets by identity, without comparing the text (check_groups, sizes).
+        order = tuple(map(attrgetter("path"), items))
         index = dict(zip(order, range(len(order)), strict=True))
         position = index.__getitem__
-        items = list(map(closure.items.__getitem__, order))  # each looked up once
         with cyclic_gc_paused():  # 190k lists and tuples of ints: no cycle among them
             refs = tuple([tuple(map(position, item.references)) for item in items])
             referrers: list[list[int]] = [[] for _ in order]
@@ -73,7 +76,7 @@ class Dag:
                 for r in rs:
                     referrers[r].append(i)  # i ascends: each list comes out sorted
             sizes = tuple(map(attrgetter("nar_size"), items))
-            dag = cls(tuple(order), refs, tuple(map(tuple, referrers)), sizes)
+            dag = cls(order, refs, tuple(map(tuple, referrers)), sizes)
         dag._index.update(index)
         return dag
 
