@@ -188,12 +188,16 @@ class Closure:
         items = self.items
         return self.memoized("nar sizes", lambda: {p: item.nar_size for p, item in items.items()})
 
+    def sorted_paths(self) -> Sequence[str]:
+        """Every path in order, kept like :meth:`memoized` (the caller must not change it)."""
+        return self.memoized("sorted paths", lambda: sorted(self.items))
+
     def paths_without(self, excluded: Collection[str]) -> tuple[str, ...]:
         """Every path of this closure but those in ``excluded`` (a set, or few), in path
         order; the sorted paths are kept, like :meth:`memoized`. For a set of most items
         this is cheaper than sorting it (the 60k paths of a 63k-item closure: a pass with a
         small set's lookups instead of a sort of the 60k paths in another order)."""
-        ordered = self.memoized("sorted paths", lambda: sorted(self.items))
+        ordered = self.sorted_paths()
         skip = excluded if isinstance(excluded, (set, frozenset)) else set(excluded)
         return tuple(filterfalse(skip.__contains__, ordered))
 

@@ -5,13 +5,26 @@ from __future__ import annotations
 import gc
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import reduce
 from itertools import repeat
+from operator import attrgetter, or_
 
 from closurepack.graph import Closure
 
-__all__ = ["Dag", "bitset", "cyclic_gc_paused", "nixpkgs_name_key", "singles_then_rest"]
+__all__ = [
+    "CORE_SIZE",
+    "Dag",
+    "bitset",
+    "cyclic_gc_paused",
+    "nixpkgs_name_key",
+    "singles_then_rest",
+]
+
+#: How many items :meth:`Dag.closure_sums`' down counts keep as bits (the rest as sets).
+CORE_SIZE = 4096
 
 
 def nixpkgs_name_key(path: str) -> str:
@@ -49,18 +62,21 @@ class Dag:
 
     @classmethod
     def _build(cls, closure: Closure) -> Dag:
-        order = closure.topological_order()
+        items = list(map(closure.items.__getitem__, closure.topological_order()))
+        # The items' own path objects (the order holds reference strings too, other objects
+        # of the same text): the groups made of them are then looked up in the closure's
+        # dicts and sets by identity, without comparing the text (check_groups, sizes).
+        order = tuple(map(attrgetter("path"), items))
         index = dict(zip(order, range(len(order)), strict=True))
         position = index.__getitem__
-        items = closure.items
         with cyclic_gc_paused():  # 190k lists and tuples of ints: no cycle among them
-            refs = tuple([tuple(map(position, items[p].references)) for p in order])
+            refs = tuple([tuple(map(position, item.references)) for item in items])
             referrers: list[list[int]] = [[] for _ in order]
             for i, rs in enumerate(refs):
                 for r in rs:
                     referrers[r].append(i)  # i ascends: each list comes out sorted
-            sizes = tuple([items[p].nar_size for p in order])
-            dag = cls(tuple(order), refs, tuple(map(tuple, referrers)), sizes)
+            sizes = tuple(map(attrgetter("nar_size"), items))
+            dag = cls(order, refs, tuple(map(tuple, referrers)), sizes)
         dag._index.update(index)
         return dag
 
@@ -146,8 +162,11 @@ class Dag:
         adds nothing (every set is closed under reaching, so their union is) and is skipped
         (on the Debian closure, half the items the differences walked); only the items the
         other sets add are looked at, in C set operations, and only they are added to the
-        sum. A set is dropped once its last user is built.
+        sum. A set is dropped once its last user is built. The plain down counts are found
+        another way (:meth:`_down_counts`).
         """
+        if weights is None and not up:
+            return self._down_counts()
         n = len(self.paths)
         parts_of = self.referrers if up else self.refs
         users = self.refs if up else self.referrers
@@ -188,6 +207,46 @@ class Dag:
                     sets[i] = current
                     held[i] = len(current)
         return sums
+
+    def _down_counts(self, core_size: int = CORE_SIZE) -> list[int]:
+        """How many items every item reaches, itself included: :meth:`closure_sums` with
+        neither ``weights`` nor ``up``.
+
+        Each down-set is kept in two parts: its *core* items, as a bitset over the
+        ``core_size`` items most likely to lie in many down-sets (by the number of paths
+        from the roots to them, a cheap stand-in for the size of their up-sets), and the
+        rest as a set. An item's parts are its references' parts joined in C (an OR of the
+        bitsets, a union of the sets), with no Python step per reference; its count is the
+        bitset's popcount plus the set's size. On the 63k Debian closure the core takes
+        most of the 4 million pairs: the sets the unions copy hold 0.3 million elements
+        between them. The result does not depend on which items make the core."""
+        n = len(self.paths)
+        referrers = self.referrers
+        paths_to = [0] * n
+        count = paths_to.__getitem__
+        for i in range(n - 1, -1, -1):
+            above = referrers[i]
+            paths_to[i] = sum(map(count, above)) if above else 1
+        bit = [0] * n
+        for b, i in enumerate(sorted(range(n), key=count, reverse=True)[:core_size]):
+            bit[i] = 1 << b
+        cores = [0] * n
+        empty: frozenset[int] = frozenset()
+        rests: list[AbstractSet[int]] = [empty] * n
+        core_of, rest_of = cores.__getitem__, rests.__getitem__
+        counts = [0] * n
+        with cyclic_gc_paused():  # sets of ints hold no cycles: nothing for it to find
+            for i, parts in enumerate(self.refs):
+                own = bit[i]
+                core = reduce(or_, map(core_of, parts), own)
+                rest = set().union(*map(rest_of, parts))
+                if not own:
+                    rest.add(i)
+                counts[i] = core.bit_count() + len(rest)
+                if referrers[i]:  # else nothing needs them (half the items are roots)
+                    cores[i] = core
+                    rests[i] = rest
+        return counts
 
 
 def _gather(

@@ -23,6 +23,7 @@ every predecessor of an item is final before the item is visited).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import compress
 
 from closurepack.graph import Closure
@@ -49,19 +50,26 @@ def dominator(closure: Closure, *, budget: int) -> list[tuple[str, ...]]:
     # place of its subtree (kept per closure: the planner asks again with larger budgets),
     # rather than sorted anew.
     cut = len(layers) - max(budget, 1) + 1
-    ordered, places = closure.memoized("dominator path places", lambda: _places(dag, layers))
+    ordered, places = closure.memoized(
+        "dominator path places", lambda: _places(closure, dag, layers)
+    )
     bottom = tuple(compress(ordered, map(cut.__gt__, places)))
     return [bottom, *(tuple(sorted(map(path, members))) for _, _, members in layers[cut:])]
 
 
-def _places(dag: Dag, layers: list[tuple[int, str, list[int]]]) -> tuple[list[str], list[int]]:
-    """Every path in order, and the place in ``layers`` of the subtree holding it."""
+def _places(
+    closure: Closure, dag: Dag, layers: list[tuple[int, str, list[int]]]
+) -> tuple[Sequence[str], list[int]]:
+    """Every path in order, and the place in ``layers`` of the subtree holding it. The paths
+    in order are the closure's own (:meth:`Closure.sorted_paths`, shared with the small-layer
+    merge; sorting its items, already in path order, is one pass), their indices looked up:
+    no sort of 63k indices by path."""
     place = [0] * len(dag)
     for number, (_, _, members) in enumerate(layers):
         for i in members:
             place[i] = number
-    by_path = sorted(range(len(dag)), key=dag.paths.__getitem__)
-    return list(map(dag.paths.__getitem__, by_path)), list(map(place.__getitem__, by_path))
+    ordered = closure.sorted_paths()
+    return ordered, list(map(place.__getitem__, map(dag.index().__getitem__, ordered)))
 
 
 def _subtrees(closure: Closure, dag: Dag) -> list[tuple[int, str, list[int]]]:
