@@ -402,8 +402,8 @@ def test_every_header_block_sums_to_its_checksum(
 
 
 def test_headers_of_one_directory_share_its_prefix_tail() -> None:
-    """The tail kept from the last prefix is that prefix's: alternating directories, a link
-    name beside a prefix, each header as it would be made first (and as tarfile reads it)."""
+    """The tail kept for a prefix is that prefix's: alternating directories, a link name
+    beside a prefix, each header as it would be made first (and as tarfile reads it)."""
     from closurepack import tarheader
 
     one = b"nix/store/" + b"a" * 100
@@ -415,7 +415,7 @@ def test_headers_of_one_directory_share_its_prefix_tail() -> None:
         kind = SYMTYPE if link else REGTYPE
         header = tar_header(name, mode=0o644, size=3, mtime=1, typeflag=kind, linkname=link)
         made.append(header)
-        tarheader._last_prefix = (b"", b"", 0)  # forget it: the header made from scratch
+        tarheader._prefix_tails.clear()  # forget them: the header made from scratch
         assert header == tar_header(name, mode=0o644, size=3, mtime=1, typeflag=kind, linkname=link)
     for header, name, link in zip(made, names, links, strict=True):
         info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
