@@ -399,3 +399,24 @@ def test_every_header_block_sums_to_its_checksum(
         assert int(block[148:155].rstrip(b"\0 "), 8) == sum(block[:148]) + 8 * 32 + sum(block[156:])
     info = tarfile.TarInfo.frombuf(data[-512:], "utf-8", "surrogateescape")
     assert (info.mode, info.uid, info.gid) == (mode, *owner)
+
+
+def test_headers_of_one_directory_share_its_prefix_tail() -> None:
+    """The tail kept for a prefix is that prefix's: alternating directories, a link name
+    beside a prefix, each header as it would be made first (and as tarfile reads it)."""
+    from closurepack import tarheader
+
+    one = b"nix/store/" + b"a" * 100
+    two = b"nix/store/" + b"b" * 100
+    names = [one + b"/x", one + b"/y", two + b"/x", one + b"/z", one + b"/l", one + b"/w"]
+    links = [b"", b"", b"", b"", b"target", b""]
+    made = []
+    for name, link in zip(names, links, strict=True):
+        kind = SYMTYPE if link else REGTYPE
+        header = tar_header(name, mode=0o644, size=3, mtime=1, typeflag=kind, linkname=link)
+        made.append(header)
+        tarheader._prefix_tails.clear()  # forget them: the header made from scratch
+        assert header == tar_header(name, mode=0o644, size=3, mtime=1, typeflag=kind, linkname=link)
+    for header, name, link in zip(made, names, links, strict=True):
+        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        assert (info.name, info.linkname) == (name.decode(), link.decode())

@@ -157,3 +157,32 @@ def test_a_plain_oci_rebuild_imports_no_index_sbom_or_thread_pool(tmp_path: Path
     with_sbom = loaded(["--sbom", "spdx"])
     assert "'closurepack.sbom'" in with_sbom
     assert "'closurepack.artifacts'" in with_sbom
+
+
+def test_builders_share_the_cpus_from_the_first_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every layer of a build with two builders gets half the CPUs, the first one (started
+    before the other builder) too; a layer built alone gets them all."""
+    from closurepack import layerbuild
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    threads: list[int] = []
+    real = layerbuild.open_compressor
+
+    def spy(compression: str, sink: object, **kwargs: int) -> object:
+        threads.append(kwargs["threads"])
+        return real(compression, sink, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(layerbuild, "open_compressor", spy)
+    paths = make_store(tmp_path / "store", 6)
+    cold, _ = build(tmp_path, paths)
+    assert threads == [2] * 6
+    with layerbuild.sharing_cpus(2), layerbuild.sharing_cpus(2):
+        assert layerbuild._fair_share() == 1
+    del threads[:]
+    for layer in (tmp_path / "cache" / "keys").iterdir():
+        layer.unlink()
+    again, _ = build(tmp_path, paths[:1])
+    assert threads == [4]
+    assert again == cold[:1]

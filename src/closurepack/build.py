@@ -24,7 +24,7 @@ from closurepack.customisation import (
 from closurepack.errors import ClosureError, ImageError, OptionError
 from closurepack.graph import check_readable_store, split_store_path
 from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
-from closurepack.layerbuild import build_store_layer, layer_key
+from closurepack.layerbuild import build_store_layer, layer_key, sharing_cpus
 from closurepack.layerpool import run_layers, stream_order
 from closurepack.perms import Perms
 from closurepack.plan import ImagePlan, PlannedLayer
@@ -294,14 +294,16 @@ def build_keyed_layers(
             continue
         done[index] = key, finished(layer, hit)
         report(index, done[index][1], True, started)
-    done.update(
-        run_layers(
-            {index: functools.partial(one, index, *rest[index]) for index in rest},
-            sizes=[layer.size for layer in planned],
-            jobs=options.jobs,
-            bottom_first=options.bottom_first,
+    # the CPUs shared among the builders from the start (see layerbuild.sharing_cpus)
+    with sharing_cpus(min(options.jobs, len(rest))):
+        done.update(
+            run_layers(
+                {index: functools.partial(one, index, *rest[index]) for index in rest},
+                sizes=[layer.size for layer in planned],
+                jobs=options.jobs,
+                bottom_first=options.bottom_first,
+            )
         )
-    )
     layers = [done[index] for index in range(len(planned))]
     if options.cache is not None:
         # also after a build that was all hits: the limit may have shrunk, or others filled it

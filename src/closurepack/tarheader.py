@@ -1,7 +1,8 @@
 """Tar header blocks: one entry's ustar header, with a PAX extended header before it only when
 ustar cannot hold the entry (the rules are in :mod:`closurepack.tarstream`'s docstring).
 
-Pure encoding of bytes given to it: no file system, no writer state."""
+Pure encoding of bytes given to it: no file system, no writer state (the prefix fields
+already made are kept, only to make them once)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ _MAGIC_TO_DEV = b"ustar\x0000" + bytes(64) + b"0000000\0" * 2
 _PLAIN_TAIL = bytes(100) + _MAGIC_TO_DEV + bytes(155 + 12)
 # Their checksum contribution, plus the checksum field itself counted as eight spaces.
 _CONST_SUM = sum(_MAGIC_TO_DEV) + 8 * 0x20
+#: The tails (what follows the type flag) of headers with a prefix and no link name, with
+#: their checksum part, by prefix: names over 100 bytes mostly split at their last "/", so
+#: the files of a directory share one. A dict, not the last one alone: two builder threads
+#: make headers of other directories in turn. Emptied when it holds _TAILS_KEPT.
+_prefix_tails: dict[bytes, tuple[bytes, int]] = {}
+_TAILS_KEPT = 1024
 
 
 def _byte_sum(data: bytes) -> int:
@@ -86,9 +93,19 @@ def _ustar_block(
     ids = _UID_GID if owner == (0, 0) else b"%07o\0%07o\0" % owner
     # name, mode, uid, gid, size and mtime: the 148 bytes before the checksum field
     head = b"%s%07o\0%s%011o\0%011o\0" % (name.ljust(100, b"\0"), mode, ids, size, mtime)
-    if linkname or prefix:
+    if linkname:
         tail = linkname.ljust(100, b"\0") + _MAGIC_TO_DEV + prefix.ljust(155, b"\0") + bytes(12)
         tail_sum = _CONST_SUM + _byte_sum(linkname) + _byte_sum(prefix)
+    elif prefix:
+        known = _prefix_tails.get(prefix)
+        if known is None:
+            tail = bytes(100) + _MAGIC_TO_DEV + prefix.ljust(155, b"\0") + bytes(12)
+            tail_sum = _CONST_SUM + _byte_sum(prefix)
+            if len(_prefix_tails) >= _TAILS_KEPT:
+                _prefix_tails.clear()
+            _prefix_tails[prefix] = (tail, tail_sum)
+        else:
+            tail, tail_sum = known
     else:
         tail, tail_sum = _PLAIN_TAIL, _CONST_SUM
     checksum = _byte_sum(head) + tail_sum + typeflag[0]
