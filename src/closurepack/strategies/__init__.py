@@ -5,15 +5,16 @@ bottom layer first: every item of the closure in exactly one group, no empty gro
 ``budget`` groups. ``budget`` counts the layers available for store items only (the planner keeps
 one more for the image's customisation layer).
 
-==============  =========================================================================
-``auto``        nixpkgs' auto-layer (default): largest items anchor layers
-``popularity``  nixpkgs' ``referencesByPopularity``: most depended-upon items alone
-``size``        Guix ``--max-layers``: largest items alone
-``stable``      planned for change: least expected bytes shipped per update
-``dominator``   Nixery: dominator-tree subtrees merged by popularity times size
-``single``      everything in one layer
-``per-item``    one layer per item (fails if the budget is too small)
-==============  =========================================================================
+======================  =========================================================================
+``auto``                nixpkgs' auto-layer (default): largest items anchor layers
+``popularity``          nixpkgs' ``referencesByPopularity``: most depended-upon items alone
+``size``                Guix ``--max-layers``: largest items alone
+``stable``              planned for change: least expected bytes shipped per update
+``stable-canonical``    ``stable`` after merges every image makes alike (fleets; issue 8)
+``dominator``           Nixery: dominator-tree subtrees merged by popularity times size
+``single``              everything in one layer
+``per-item``            one layer per item (fails if the budget is too small)
+======================  =========================================================================
 
 A strategy *spec* (``--strategy``) is one of those names, a JSON layering pipeline (text starting
 with ``[``, see :mod:`closurepack.strategies.pipeline`) or ``@FILE`` holding one.
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # (at run time each is imported on first use: a build needs o
     from closurepack.strategies.simple import per_item, single
     from closurepack.strategies.size import size
     from closurepack.strategies.stable import stable
+    from closurepack.strategies.stablecanonical import stable_canonical
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -56,6 +58,7 @@ __all__ = [
     "single",
     "size",
     "stable",
+    "stable_canonical",
 ]
 
 
@@ -79,6 +82,7 @@ _EXPORTS = {
     "single": "simple",
     "size": "size",
     "stable": "stable",
+    "stable_canonical": "stablecanonical",
 }
 
 
@@ -110,6 +114,7 @@ _FUNCTIONS = {
     "single": "single",
     "size": "size",
     "stable": "stable",
+    "stable-canonical": "stable_canonical",
 }
 
 

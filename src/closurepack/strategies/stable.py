@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
+from closurepack.strategies.canonical import canonical_merges
 from closurepack.strategies.economy import CHANGES, MergeCosts, hit_table, union_of
 from closurepack.strategies.refine import chain_order, refine
 
@@ -85,11 +86,14 @@ MAX_IMAGES = 64
 
 
 def stable(
-    closure: Closure, *, budget: int, exact_limit: int = EXACT_LIMIT
+    closure: Closure, *, budget: int, exact_limit: int = EXACT_LIMIT, canonical: int = 0
 ) -> list[tuple[str, ...]]:
     """Layers minimising ``sum of s(L) * hit(L)``, the expected bytes of an update (docstring).
 
-    ``exact_limit`` is :data:`EXACT_LIMIT` (given by tests, to coarsen small closures too)."""
+    ``exact_limit`` is :data:`EXACT_LIMIT` (given by tests, to coarsen small closures too);
+    ``canonical`` above 0, the clusters are first merged by
+    :func:`~closurepack.strategies.canonical.canonical_merges` below that cost
+    (``stable-canonical``; 0, the default, keeps today's plans)."""
     dag = Dag.from_closure(closure)
     n = len(dag)
     budget = max(budget, 1)
@@ -104,10 +108,23 @@ def stable(
     def down_counts() -> list[int]:  # (the same for every target: kept too)
         return closure.memoized("stable down counts", dag.closure_sums)
 
-    clusters, sets = closure.memoized(
-        f"stable clusters {target}", lambda: _clusters(dag, rank, images, target, down_counts)
-    )
-    log = closure.memoized(f"stable merges {target}", _MergeLog)
+    def clustered() -> tuple[list[list[int]], list[int]]:
+        clusters, sets = _clusters(dag, rank, images, target, down_counts)
+        if not canonical:
+            return clusters, sets
+        return canonical_merges(
+            clusters,
+            sets,
+            sizes=dag.sizes,
+            refs=dag.refs,
+            images=images,
+            rank=rank,
+            below=canonical,
+        )
+
+    key = f"{target} canonical {canonical}" if canonical else f"{target}"
+    clusters, sets = closure.memoized(f"stable clusters {key}", clustered)
+    log = closure.memoized(f"stable merges {key}", _MergeLog)
     layers = _merge_exactly(dag, rank, images, clusters, sets=sets, budget=budget, log=log)
     path = dag.paths.__getitem__
     return [tuple(sorted(map(path, members))) for members in layers]
