@@ -7,7 +7,6 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -52,15 +51,17 @@ def read_entry(
     except OSError as exc:
         raise CacheError(f"{entry}: cannot read cache entry: {exc.strerror}") from exc
     try:
-        layer = BuiltLayer.from_json(text, source=entry)
-        stamp = json.loads(text).get("blob_stamp")
+        # one parse: the descriptor and the stamp; the blob is where the cache keeps it
+        obj = json.loads(text)
+        layer = BuiltLayer.from_json_obj(obj, source=entry, blob_at=blob_path)
+        stamp = obj.get("blob_stamp")
     except (ImageError, ValueError, AttributeError) as exc:
         log.warning("%s: bad cache entry (%s); removing it", entry, exc)
         entry.unlink(missing_ok=True)
         return None
     if not (isinstance(stamp, list) and all(isinstance(v, int) for v in stamp)):
         stamp = None
-    return replace(layer, blob_path=blob_path(layer.digest)), stamp
+    return layer, stamp
 
 
 def check_blob(

@@ -88,13 +88,29 @@ class BuiltLayer:
         to the descriptor's directory."""
         try:
             obj = json.loads(text)
-            if obj.get("format") != DESCRIPTOR_FORMAT:
+        except ValueError as exc:
+            raise ImageError(f"{source}: invalid layer descriptor: {exc}") from exc
+        return cls.from_json_obj(obj, source=source)
+
+    @classmethod
+    def from_json_obj(
+        cls, obj: object, *, source: Path, blob_at: Callable[[Digest], Path] | None = None
+    ) -> BuiltLayer:
+        """:meth:`from_json` of the parsed descriptor ``obj``; with ``blob_at``, the blob is
+        ``blob_at(digest)`` whatever the descriptor names (a cache entry's blob is found by
+        its digest)."""
+        try:
+            if not isinstance(obj, dict) or obj.get("format") != DESCRIPTOR_FORMAT:
                 raise ValueError("not a closurepack layer descriptor")
-            blob = Path(obj["blob"])
-            if not blob.is_absolute():
-                blob = source.parent / blob
+            digest = Digest.parse(obj["digest"])
+            if blob_at is not None:
+                blob = blob_at(digest)
+            else:
+                blob = Path(obj["blob"])
+                if not blob.is_absolute():
+                    blob = source.parent / blob
             return cls(
-                digest=Digest.parse(obj["digest"]),
+                digest=digest,
                 diff_id=Digest.parse(obj["diff_id"]),
                 size=int(obj["size"]),
                 media_type=MediaType(obj["mediaType"]),
