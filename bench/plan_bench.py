@@ -9,7 +9,10 @@ The default closure is /work/shared/data/closures/debian-all.json.zst (63,436 De
 ``nix path-info --json``). Each strategy runs in a fresh process so its peak memory
 (``ru_maxrss``, which includes loading the closure) is its own. Planning is
 :func:`closurepack.planner.plan_closures` with its defaults, as ``closurepack plan`` plans (so
-the default ``--min-layer-size`` merge and its refills are included).
+the default ``--min-layer-size`` merge and its refills are included). With ``--repeat R`` the
+whole closure is planned R times, each on a fresh ``Closure`` of the loaded items (nothing
+memoised carries over), and the fastest run's wall and CPU seconds are printed: this machine's
+single runs swing by +-0.3 s.
 
 ``--scale N`` (repeatable, e.g. ``--scale 1000 --scale 4000 --scale 16000``) also plans
 sub-closures of about N items cut from the closure: the first N items of its topological
@@ -51,6 +54,14 @@ def run_one(
     plan = plan_closures([closure], strategy=strategy, max_layers=max_layers)
     planned = time.perf_counter()
     cpu = time.process_time() - cpu
+    wall = planned - loaded
+    for _ in range(repeat - 1):
+        # again on a fresh Closure (nothing derived from the last run kept); the best is kept
+        fresh = Closure(closure.store_dir, closure.items, closure.roots, closure.source)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        plan_closures([fresh], strategy=strategy, max_layers=max_layers)
+        cpu = min(cpu, time.process_time() - start_cpu)
+        wall = min(wall, time.perf_counter() - start)
     layers = plan.images[0].layers
     sizes: list[dict[str, float]] = []
     if scale:
@@ -72,7 +83,7 @@ def run_one(
         "layers": len(layers),
         "largest_layer_items": max(len(layer.paths) for layer in layers),
         "load_s": round(loaded - started, 3),
-        "plan_s": round(planned - loaded, 3),
+        "plan_s": round(wall, 3),
         "plan_cpu_s": round(cpu, 3),
         "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "scale": sizes,
