@@ -209,7 +209,9 @@ def _coarsen(
     pop, push = heapq.heappop, heapq.heappush
     while heap and count > limit:
         cost, order, _, top = pop(heap)
-        target = find(via[top])
+        target = via[top]
+        if parent[target] != target:  # (most targets are still their own cluster)
+            target = find(target)
         fresh = weight[top] * (down[target] - down[top])
         if fresh > cost or (heap and (fresh, order, target, top) > heap[0]):
             push(heap, (fresh, order, target, top))
@@ -246,7 +248,10 @@ def _coarsen(
 
     members: dict[int, list[int]] = {}
     for i in range(n):
-        members.setdefault(find(i), []).append(i)
+        c = parent[i]
+        if parent[c] != c:
+            c = find(i)
+        members.setdefault(c, []).append(i)
     return [members[c] for c in sorted(members)]
 
 
