@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -398,6 +399,50 @@ def test_failed_oci_write_leaves_index_unchanged(tmp_path: Path, image: Image) -
     assert (root / "index.json").read_bytes() == before
     assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
     assert verify_image(f"oci:{root}:good") == []
+
+
+def test_oci_index_is_replaced_after_every_blob_it_names_is_durable(
+    tmp_path: Path, image: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each blob is fsynced before its rename, the layers are in place before the config and
+    manifest are written (those two at once, a thread each), ``index.json`` is renamed into
+    place only after the blobs' directory was fsynced, and its own directory after that."""
+    root = tmp_path / "layout"
+    events: list[tuple[str, str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        name = threading.current_thread().name
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), name))
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("replace", f"{src} {dst}", threading.current_thread().name))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_image(image, f"oci:{root}:t")
+    blobs = root / "blobs" / "sha256"
+    renamed = {e[1].split()[1]: e for e in events if e[0] == "replace"}
+    index_at = events.index(renamed[str(root / "index.json")])
+    placed = {Path(t).name: e for t, e in renamed.items() if t.startswith(f"{blobs}/")}
+    small = {image.config_digest.hex, image.manifest_digest.hex}
+    assert set(placed) == {p.name for p in blobs.iterdir()}
+    assert set(placed) == {layer.digest.hex for layer in image.layers} | small
+    synced_at, synced_on = {}, {}
+    for name, rename in placed.items():
+        temp = rename[1].split()[0]
+        synced = next(e for e in events if e[:2] == ("fsync", temp))
+        synced_at[name], synced_on[name] = events.index(synced), synced[2]
+        assert synced_at[name] < events.index(rename) < index_at
+    layers_placed = max(events.index(e) for name, e in placed.items() if name not in small)
+    assert layers_placed < min(synced_at[name] for name in small)
+    assert len({synced_on[name] for name in small}) == 2  # (a thread each)
+    dir_synced = events.index(next(e for e in events if e[:2] == ("fsync", str(blobs))))
+    assert max(events.index(e) for e in placed.values()) < dir_synced < index_at
+    assert [e[1] for e in events[index_at + 1 :]] == [str(root)]
+    assert verify_image(f"oci:{root}:t") == []
 
 
 def test_oci_refuses_a_foreign_directory(tmp_path: Path, image: Image) -> None:

@@ -91,12 +91,13 @@ def test_hits_that_need_hashing_go_to_the_builders(
     assert sum(name.startswith("layer") for name in started) == 2
 
 
-def test_warm_rebuild_into_its_layout_starts_no_threads(
+def test_warm_rebuild_into_its_layout_starts_no_builder_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`closurepack build -o oci:DIR` again after the application changed (a new store path):
     the unchanged layers are hits, the new one and its layout blob are made on the main
-    thread (zstd's workers are threads of libzstd); the layout is a no-cache build's."""
+    thread (zstd's workers are threads of libzstd), the new config and manifest are placed
+    at once, a thread each (their fsyncs together); the layout is a no-cache build's."""
     new_app = item_named("6", "app-1.1")
     graph = {**GRAPH, new_app: GRAPH[APP]}
     store = make_cli_store(tmp_path / "root", graph)
@@ -108,7 +109,7 @@ def test_warm_rebuild_into_its_layout_starts_no_threads(
     started = started_threads(monkeypatch)
     code, out, err = run([*common, *new, *cache], capsys)
     assert code == 0, err
-    assert started == []
+    assert started == ["blob_0", "blob_1"]
     fresh = tmp_path / "fresh"
     assert run([*common, *new, "--no-cache", "-o", f"oci:{fresh}"], capsys)[1] == out
     for name in (

@@ -48,14 +48,18 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
     is kept without being read; every layer blob written or hashed here is recorded.
 
     The layer blobs are placed by several threads at once (:data:`_PLACERS`, through
-    :func:`closurepack.layerpool.run_layers`, largest first): each is a
-    kernel copy and an fsync, so one at a time a cold build ended in a serial tail of copies
-    and disk waits (issue 11); a single one (a warm rebuild's new layer) is placed on the
-    calling thread. Their directory entries are synced once, after all of them. The
-    configs and manifests (and a multi-platform image's index) follow only when every layer is
-    in place, so a write that fails leaves nothing new, nothing that names a missing layer;
-    their entries are synced once too, and only what was written is synced (a warm rebuild:
-    7 fsyncs with ``index.json``, not 8)."""
+    :func:`closurepack.layerpool.run_layers`, largest first): each is a kernel copy and an
+    fsync, so one at a time a cold build ended in a serial tail of copies and disk waits
+    (issue 11); a single one (a warm rebuild's new layer) is placed on the calling thread.
+    The configs and manifests (and a multi-platform image's index) follow only when every
+    layer is in place, so a write that fails leaves nothing new, nothing that names a
+    missing layer; they too are placed at once, a thread each (a warm rebuild's config and
+    manifest: the filesystem's journal commits the two fsyncs together, where one after the
+    other each waited for its own commit). The directory entries of all the blobs written
+    are synced once, at the end, and ``index.json``, which alone names them, follows it (a
+    crash before that sync leaves the old ``index.json``, naming only blobs that were
+    durable already). A warm rebuild: 5 fsyncs one after another with ``index.json``, not
+    7."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     layers, small = image_blobs(image)
@@ -66,8 +70,7 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
         for layer in unique
         if stamps is None or not stamps.matches(blobs / layer.digest.hex, layer.digest, layer.size)
     ]
-    # several at a time, the first failure stopping the rest; one (a warm rebuild's new
-    # layer) on this thread, with no pool
+    # several at a time, the first failure stopping the rest; one on this thread, with no pool
     placed = run_layers(
         {
             i: functools.partial(_place_layer, layer, blobs, stamps)
@@ -75,20 +78,24 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
         },
         sizes=[layer.size for layer in pending],
         jobs=_PLACERS,
+        thread_name="blob",
     ).values()
-    if any(placed):
-        fsync_dir(blobs)
-    written = [
-        put_blob(blobs, digest, data, size=len(data), sync_dir=False)
-        for digest, data in small.items()
-    ]
-    if any(written):
+    written = run_layers(
+        {
+            i: functools.partial(put_blob, blobs, digest, data, size=len(data), sync_dir=False)
+            for i, (digest, data) in enumerate(small.items())
+        },
+        sizes=[len(data) for data in small.values()],
+        jobs=_PLACERS,
+        thread_name="blob",
+    ).values()
+    if any(placed) or any(written):
         fsync_dir(blobs)
     return any(placed) or any(written)
 
 
-#: Layer blobs placed at once by :func:`write_blobs`: copies are CPU in the kernel, fsyncs
-#: are disk waits that the filesystem's journal can commit together.
+#: Blobs placed at once by :func:`write_blobs`: copies are CPU in the kernel, fsyncs are
+#: disk waits that the filesystem's journal can commit together.
 _PLACERS = 8
 
 
