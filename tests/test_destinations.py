@@ -406,7 +406,8 @@ def test_oci_index_is_replaced_after_every_blob_it_names_is_durable(
 ) -> None:
     """Each blob is fsynced before its rename, the layers are in place before the config and
     manifest are written (those two at once, a thread each), ``index.json`` is renamed into
-    place only after the blobs' directory was fsynced, and its own directory after that."""
+    place only after the blobs' directory and its own temp file were fsynced (the two at
+    once), and its own directory after that."""
     root = tmp_path / "layout"
     events: list[tuple[str, str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -439,8 +440,12 @@ def test_oci_index_is_replaced_after_every_blob_it_names_is_durable(
     layers_placed = max(events.index(e) for name, e in placed.items() if name not in small)
     assert layers_placed < min(synced_at[name] for name in small)
     assert len({synced_on[name] for name in small}) == 2  # (a thread each)
-    dir_synced = events.index(next(e for e in events if e[:2] == ("fsync", str(blobs))))
-    assert max(events.index(e) for e in placed.values()) < dir_synced < index_at
+    dir_synced = next(e for e in events if e[:2] == ("fsync", str(blobs)))
+    assert max(events.index(e) for e in placed.values()) < events.index(dir_synced) < index_at
+    assert dir_synced[2] == "fsync-dir"  # (while index.json's temp file is, on this thread)
+    temp = renamed[str(root / "index.json")][1].split()[0]
+    index_synced = next(e for e in events if e[:2] == ("fsync", temp))
+    assert max(events.index(e) for e in placed.values()) < events.index(index_synced) < index_at
     assert [e[1] for e in events[index_at + 1 :]] == [str(root)]
     assert verify_image(f"oci:{root}:t") == []
 

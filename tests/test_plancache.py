@@ -22,7 +22,7 @@ from closurepack.jobsetup import ImageOptions
 from closurepack.plan import LayerPlan
 from closurepack.plancache import PLANS_DIR, keep_plan, kept_plan, plan_key
 from closurepack.planner import plan_closures
-from closurepack.transports import layoutblobs, oci_layout
+from closurepack.transports import layoutblobs
 
 STORE = "/nix/store"
 
@@ -159,7 +159,7 @@ def test_a_rebuild_of_what_the_layout_holds_writes_and_syncs_nothing(
     before = os.stat(index)
     synced: list[str] = []
     real_sync = _fs.fsync_dir
-    for module in (oci_layout, layoutblobs):
+    for module in (_fs, layoutblobs):
         monkeypatch.setattr(module, "fsync_dir", lambda d: synced.append(str(d)) or real_sync(d))
     monkeypatch.setattr(_fs.os, "fsync", lambda fd: synced.append(f"fd {fd}"))
     assert _build(store, app_closure, layout, cache) == first

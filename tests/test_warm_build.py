@@ -97,7 +97,8 @@ def test_warm_rebuild_into_its_layout_starts_no_builder_threads(
     """`closurepack build -o oci:DIR` again after the application changed (a new store path):
     the unchanged layers are hits, the new one and its layout blob are made on the main
     thread (zstd's workers are threads of libzstd), the new config and manifest are placed
-    at once, a thread each (their fsyncs together); the layout is a no-cache build's."""
+    at once, a thread each (their fsyncs together), and the blobs' directory is fsynced on a
+    thread while index.json is; the layout is a no-cache build's."""
     new_app = item_named("6", "app-1.1")
     graph = {**GRAPH, new_app: GRAPH[APP]}
     store = make_cli_store(tmp_path / "root", graph)
@@ -109,7 +110,7 @@ def test_warm_rebuild_into_its_layout_starts_no_builder_threads(
     started = started_threads(monkeypatch)
     code, out, err = run([*common, *new, *cache], capsys)
     assert code == 0, err
-    assert started == ["blob_0", "blob_1"]
+    assert started == ["blob_0", "blob_1", "fsync-dir"]
     fresh = tmp_path / "fresh"
     assert run([*common, *new, "--no-cache", "-o", f"oci:{fresh}"], capsys)[1] == out
     for name in (

@@ -11,6 +11,7 @@ import fcntl
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -135,13 +136,20 @@ def _write_in_place(path: Path) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterator[BinaryIO]:
+def atomic_write(
+    dest: Path, *, mode: int = 0o644, fsync: bool = True, sync_also: Path | None = None
+) -> Iterator[BinaryIO]:
     """Open a temp file beside ``dest``; on success flush, fsync and rename it to ``dest``.
 
     On any exception the temp file is removed and ``dest`` is left as it was. An existing
     ``dest`` is replaced (callers that write content-addressed names treat that as success),
     unless it is a device, a fifo or a socket (:func:`is_special_file`): that is opened and
     written to directly, never renamed over (``-o /dev/null``, ``-o >(gzip > x)``).
+
+    ``sync_also``: a directory whose entries must be durable before ``dest`` is replaced
+    (those of the files ``dest`` names): it is fsynced on a thread of its own while the temp
+    file is, and the rename waits for both (one disk wait where one after the other were
+    two; the journal commits them together).
     """
     if is_special_file(dest):
         with _write_in_place(dest) as handle:
@@ -153,7 +161,9 @@ def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterat
                 yield handle
                 handle.flush()
                 if fsync:
-                    os.fsync(handle.fileno())
+                    _fsync_with(handle.fileno(), sync_also)
+                elif sync_also is not None:
+                    fsync_dir(sync_also)
             os.chmod(tmp, mode)
             os.replace(tmp, dest)
         except BaseException:
@@ -161,6 +171,19 @@ def atomic_write(dest: Path, *, mode: int = 0o644, fsync: bool = True) -> Iterat
             raise
     if fsync:
         fsync_dir(dest.parent)
+
+
+def _fsync_with(fd: int, directory: Path | None) -> None:
+    """fsync ``fd``, and ``directory`` at the same time on another thread (when given)."""
+    if directory is None:
+        os.fsync(fd)
+        return
+    syncing = threading.Thread(target=fsync_dir, args=(directory,), name="fsync-dir")
+    syncing.start()
+    try:
+        os.fsync(fd)
+    finally:
+        syncing.join()
 
 
 @contextlib.contextmanager

@@ -39,13 +39,16 @@ CHUNK = _fs.COPY_CHUNK
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a temp file beside ``path``; on success it replaces ``path`` (fsync + rename).
+def atomic_file(
+    path: Path, *, mode: int = 0o644, sync_also: Path | None = None
+) -> Iterator[BinaryIO]:
+    """Yield a temp file beside ``path``; on success it replaces ``path`` (fsync + rename;
+    ``sync_also``: a directory made durable first, see :func:`closurepack._fs.atomic_write`).
 
     On any exception (or interrupt) the temp file is removed and ``path`` is left as it was.
     """
     try:
-        with _fs.atomic_write(path, mode=mode) as out:
+        with _fs.atomic_write(path, mode=mode, sync_also=sync_also) as out:
             yield out
     except OSError as exc:
         raise DestinationError(f"{path}: cannot write: {exc.strerror or exc}") from exc

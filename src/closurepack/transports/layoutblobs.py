@@ -36,7 +36,13 @@ def image_blobs(image: Image | ImageIndex) -> tuple[tuple[ImageLayer, ...], dict
     return image.layers, small
 
 
-def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | None = None) -> bool:
+def write_blobs(
+    image: Image | ImageIndex,
+    root: Path,
+    *,
+    stamps: BlobStamps | None = None,
+    sync_dir: bool = True,
+) -> bool:
     """Store the layers, configs and manifests of ``image`` (and its index) under
     ``root/blobs/sha256``, a blob that several platforms share once. Each is a file of its
     own, never a hard link to the cache (a change to one would show in the other); a blob
@@ -56,10 +62,13 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
     missing layer; they too are placed at once, a thread each (a warm rebuild's config and
     manifest: the filesystem's journal commits the two fsyncs together, where one after the
     other each waited for its own commit). The directory entries of all the blobs written
-    are synced once, at the end, and ``index.json``, which alone names them, follows it (a
-    crash before that sync leaves the old ``index.json``, naming only blobs that were
-    durable already). A warm rebuild: 5 fsyncs one after another with ``index.json``, not
-    7."""
+    are synced once, at the end (``sync_dir`` False: by the caller, which
+    :func:`~closurepack.transports.oci_layout.write_image` does while ``index.json``, which
+    alone names them, is fsynced, before it is renamed into place; a crash before that sync
+    leaves the old ``index.json``, naming only blobs that were durable already). A warm
+    rebuild waits for 4 fsyncs one after another with ``index.json``, not 7: the new layer,
+    its config and manifest, the blobs' directory with ``index.json``, and the layout's
+    directory."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     layers, small = image_blobs(image)
@@ -89,9 +98,10 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
         jobs=_PLACERS,
         thread_name="blob",
     ).values()
-    if any(placed) or any(written):
+    changed = any(placed) or any(written)
+    if changed and sync_dir:
         fsync_dir(blobs)
-    return any(placed) or any(written)
+    return changed
 
 
 #: Blobs placed at once by :func:`write_blobs`: copies are CPU in the kernel, fsyncs are

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from closurepack._fs import TEMP_SUFFIX, fsync_dir, sweep_stale_temps
+from closurepack._fs import TEMP_SUFFIX, sweep_stale_temps
 from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError
@@ -254,7 +254,8 @@ def write_image(
                 # write takes, rather than a directory of blobs it would refuse as foreign
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
-            written = write_blobs(image, root, stamps=stamps)  # (their names synced)
+            # (their names synced with index.json's fsync, below)
+            written = write_blobs(image, root, stamps=stamps, sync_dir=False)
             old = _read_index(root)
             blobs = root / "blobs" / "sha256"
             index = index_with(old, image, ref_names)
@@ -270,11 +271,10 @@ def write_image(
             text = canonical_json(index)
             if not (written or attached) and _same_file(root / "index.json", text):
                 return  # a rebuild of what the layout holds already: nothing to write or sync
-            if attached or not written:
-                # the artifacts' names; or blobs found there, which may be those of a write
-                # that was interrupted before their names were durable
-                fsync_dir(blobs)
-            with atomic_file(root / "index.json") as out:
+            # The blobs' names durable before index.json names them: those written here, the
+            # artifacts', or blobs found there, which may be those of a write that was
+            # interrupted before their names were durable; synced while index.json is.
+            with atomic_file(root / "index.json", sync_also=blobs) as out:
                 out.write(text)
     except OSError as exc:
         raise DestinationError(f"{root}: cannot write OCI layout: {exc.strerror or exc}") from exc
