@@ -137,5 +137,12 @@ def test_stamps_match_only_the_recorded_digest_size_and_file(tmp_path: Path) -> 
     assert not stamps.matches(blob, digest, 8)
     assert not stamps.matches(blob, Digest.of_bytes(b"other"), 7)
     assert not stamps.matches(tmp_path / "absent", digest, 7)
+    (record,) = (tmp_path / "stamps").iterdir()
+    text = record.read_bytes()
+    for other in (text + b"x", text[:-1], text.replace(b"\n", b" \n")):
+        record.write_bytes(other)  # (the blob's inode is untouched)
+        assert not stamps.matches(blob, digest, 7)
+    record.write_bytes(text)
+    assert stamps.matches(blob, digest, 7)
     os.chmod(blob, 0o600)  # any change of the inode moves its ctime on
     assert not stamps.matches(blob, digest, 7)
