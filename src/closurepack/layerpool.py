@@ -85,8 +85,8 @@ def run_layers(
 def _all_at_once(work: Mapping[int, Callable[[], _T]], thread_name: str) -> dict[int, _T]:
     """Every one of ``work``'s functions started at once, each on a thread of its own (the
     pool's module and its queue cost more than these few threads: a warm rebuild's layout
-    places its new layer, config and manifest so); their results by index, the first
-    failure in layer order raised once all have ended."""
+    places its new config and manifest so); their results by index, the first failure in
+    layer order raised once all have ended."""
     results: dict[int, _T] = {}
     errors: dict[int, BaseException] = {}
 
