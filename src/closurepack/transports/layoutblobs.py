@@ -2,11 +2,16 @@
 ``blobs/sha256``, each written atomically, a good one already there kept (without a read
 when its stamp says so, see :mod:`closurepack.blobstamp`), a bad one replaced; layer blobs
 this process built or verified reflinked or copied in the kernel, never hard-linked to the
-cache. :mod:`closurepack.transports.oci_layout` writes them before its ``index.json``."""
+cache (or staged by :mod:`closurepack.transports.layoutstaging` while the build went on, then
+renamed into place). :mod:`closurepack.transports.oci_layout` writes them before its
+``index.json``."""
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +27,7 @@ if TYPE_CHECKING:  # (only a multi-platform image is one: see closurepack.imagei
     from closurepack.imageindex import ImageIndex
 
 __all__ = [
+    "copy_layer",
     "image_blobs",
     "write_blobs",
 ]
@@ -36,7 +42,13 @@ def image_blobs(image: Image | ImageIndex) -> tuple[tuple[ImageLayer, ...], dict
     return image.layers, small
 
 
-def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | None = None) -> bool:
+def write_blobs(
+    image: Image | ImageIndex,
+    root: Path,
+    *,
+    stamps: BlobStamps | None = None,
+    staged: Mapping[Digest, Path] | None = None,
+) -> bool:
     """Store the layers, configs and manifests of ``image`` (and its index) under
     ``root/blobs/sha256``, a blob that several platforms share once. Each is a file of its
     own, never a hard link to the cache (a change to one would show in the other); a blob
@@ -46,6 +58,11 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
     ``stamps``: records of the layout blobs earlier builds wrote or hashed; a layer blob that
     still matches its record (same inode, size, mtime and ctime, see :mod:`closurepack.blobstamp`)
     is kept without being read; every layer blob written or hashed here is recorded.
+
+    ``staged``: layer blobs already copied and fsynced into the layout's staging directory
+    while the build went on (see :mod:`closurepack.transports.layoutstaging`), by digest:
+    each is renamed into place here (unless its stamp says the blob there is good), which
+    needs neither a copy nor a wait on the disk.
 
     The layer blobs are placed by several threads at once (:data:`_PLACERS`, through
     :func:`closurepack.layerpool.run_layers`, largest first): each is a
@@ -66,6 +83,8 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
         for layer in unique
         if stamps is None or not stamps.matches(blobs / layer.digest.hex, layer.digest, layer.size)
     ]
+    moved = _move_staged(pending, blobs, staged or {}, stamps)
+    pending = [layer for layer in pending if layer.digest not in moved]
     # several at a time, the first failure stopping the rest; one (a warm rebuild's new
     # layer) on this thread, with no pool
     placed = run_layers(
@@ -76,7 +95,7 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
         sizes=[layer.size for layer in pending],
         jobs=_PLACERS,
     ).values()
-    if any(placed):
+    if moved or any(placed):
         fsync_dir(blobs)
     written = [
         put_blob(blobs, digest, data, size=len(data), sync_dir=False)
@@ -84,7 +103,7 @@ def write_blobs(image: Image | ImageIndex, root: Path, *, stamps: BlobStamps | N
     ]
     if any(written):
         fsync_dir(blobs)
-    return any(placed) or any(written)
+    return bool(moved) or any(placed) or any(written)
 
 
 #: Layer blobs placed at once by :func:`write_blobs`: copies are CPU in the kernel, fsyncs
@@ -99,19 +118,55 @@ def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> b
     target = blobs / layer.digest.hex
     written = not blob_is_good(target, layer.digest, layer.size)
     if written:
-        try:
-            cloned = _clone_verified(layer, blobs)
-        except OSError as exc:  # a kernel copy: mostly the layout's disk being full
-            raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
-        if not cloned:
-            try:
-                with layer.open() as src:
-                    put_blob(blobs, layer.digest, src, size=layer.size, sync_dir=False)
-            except OSError as exc:
-                raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        copy_layer(layer, blobs)
     if stamps is not None:
         stamps.record(target, layer.digest)
     return written
+
+
+def copy_layer(layer: ImageLayer, directory: Path) -> None:
+    """Write ``layer``'s blob as ``directory/<hex>``, fsynced (its name not: the caller syncs
+    the directory, or renames the file on): a kernel copy of a blob this process built or
+    verified, else a copy checked against its digest. A DestinationError when it cannot."""
+    target = directory / layer.digest.hex
+    try:
+        cloned = _clone_verified(layer, directory)
+    except OSError as exc:  # a kernel copy: mostly the layout's disk being full
+        raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
+    if not cloned:
+        try:
+            with layer.open() as src:
+                put_blob(directory, layer.digest, src, size=layer.size, sync_dir=False)
+        except OSError as exc:
+            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+
+
+def _move_staged(
+    layers: list[ImageLayer],
+    blobs: Path,
+    staged: Mapping[Digest, Path],
+    stamps: BlobStamps | None,
+) -> set[Digest]:
+    """Rename the staged blobs of ``layers`` into ``blobs`` (replacing what is there: a blob
+    whose stamp matched was sorted out before) and record their stamps after the rename (it
+    moves a file's ctime on); the digests moved. A staged blob on another filesystem than
+    ``blobs`` (a mount inside the layout) is left to the copy that follows."""
+    moved: set[Digest] = set()
+    for layer in layers:
+        source = staged.get(layer.digest)
+        if source is None:
+            continue
+        target = blobs / layer.digest.hex
+        try:
+            os.replace(source, target)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                continue
+            raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
+        if stamps is not None:
+            stamps.record(target, layer.digest)
+        moved.add(layer.digest)
+    return moved
 
 
 def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
