@@ -83,19 +83,19 @@ def write_blobs(
         for layer in unique
         if stamps is None or not stamps.matches(blobs / layer.digest.hex, layer.digest, layer.size)
     ]
-    moved = _move_staged(pending, blobs, staged or {}, stamps)
-    pending = [layer for layer in pending if layer.digest not in moved]
+    staged = staged or {}
     # several at a time, the first failure stopping the rest; one (a warm rebuild's new
-    # layer) on this thread, with no pool
+    # layer) on this thread, with no pool. A staged blob is renamed and its stamp recorded
+    # (new files, each a wait on the filesystem's journal when it is busy: so in parallel too)
     placed = run_layers(
         {
-            i: functools.partial(_place_layer, layer, blobs, stamps)
+            i: functools.partial(_place_layer, layer, blobs, stamps, staged.get(layer.digest))
             for i, layer in enumerate(pending)
         },
         sizes=[layer.size for layer in pending],
         jobs=_PLACERS,
     ).values()
-    if moved or any(placed):
+    if any(placed):
         fsync_dir(blobs)
     written = [
         put_blob(blobs, digest, data, size=len(data), sync_dir=False)
@@ -103,7 +103,7 @@ def write_blobs(
     ]
     if any(written):
         fsync_dir(blobs)
-    return bool(moved) or any(placed) or any(written)
+    return any(placed) or any(written)
 
 
 #: Layer blobs placed at once by :func:`write_blobs`: copies are CPU in the kernel, fsyncs
@@ -111,11 +111,18 @@ def write_blobs(
 _PLACERS = 8
 
 
-def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> bool:
-    """Make ``blobs/<hex>`` the layer's blob (kept when its bytes say it already is; else a
-    kernel copy of a verified blob, or a checked copy) and record its stamp; True when it was
-    written. Blobs whose stamps match were sorted out by :func:`write_blobs` before."""
+def _place_layer(
+    layer: ImageLayer, blobs: Path, stamps: BlobStamps | None, staged: Path | None
+) -> bool:
+    """Make ``blobs/<hex>`` the layer's blob (``staged``, that blob staged in the layout,
+    renamed there; else kept when its bytes say it already is, else a kernel copy of a
+    verified blob, or a checked copy) and record its stamp; True when it was written. Blobs
+    whose stamps match were sorted out by :func:`write_blobs` before."""
     target = blobs / layer.digest.hex
+    if staged is not None and _move_staged(staged, target):
+        if stamps is not None:  # (after the rename, which moves the file's ctime on)
+            stamps.record(target, layer.digest)
+        return True
     written = not blob_is_good(target, layer.digest, layer.size)
     if written:
         copy_layer(layer, blobs)
@@ -141,32 +148,17 @@ def copy_layer(layer: ImageLayer, directory: Path) -> None:
             raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
 
 
-def _move_staged(
-    layers: list[ImageLayer],
-    blobs: Path,
-    staged: Mapping[Digest, Path],
-    stamps: BlobStamps | None,
-) -> set[Digest]:
-    """Rename the staged blobs of ``layers`` into ``blobs`` (replacing what is there: a blob
-    whose stamp matched was sorted out before) and record their stamps after the rename (it
-    moves a file's ctime on); the digests moved. A staged blob on another filesystem than
-    ``blobs`` (a mount inside the layout) is left to the copy that follows."""
-    moved: set[Digest] = set()
-    for layer in layers:
-        source = staged.get(layer.digest)
-        if source is None:
-            continue
-        target = blobs / layer.digest.hex
-        try:
-            os.replace(source, target)
-        except OSError as exc:
-            if exc.errno == errno.EXDEV:
-                continue
-            raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
-        if stamps is not None:
-            stamps.record(target, layer.digest)
-        moved.add(layer.digest)
-    return moved
+def _move_staged(staged: Path, target: Path) -> bool:
+    """Rename the staged blob ``staged`` to ``target``, replacing what is there (a blob whose
+    stamp matched was sorted out before); False when the two are on different filesystems (a
+    mount inside the layout), which leaves the blob to a copy."""
+    try:
+        os.replace(staged, target)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
+    return True
 
 
 def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:
