@@ -1,7 +1,9 @@
-"""A build into an ``oci:`` layout places each layer's blob while the other layers are built
-(issue 11): copied into a staging directory of the layout as its layer is done, renamed into
-``blobs/sha256`` only when the image is written, so a build that fails leaves the layout as
-it was, staging directory and all gone; a blob already there and good is not copied again."""
+"""A cold build's tail (issue 11). A build into an ``oci:`` layout places each layer's blob
+while the other layers are built: copied into a staging directory of the layout as its layer
+is done, renamed into ``blobs/sha256`` only when the image is written, so a build that fails
+leaves the layout as it was, staging directory and all gone; a blob already there and good is
+not copied again. The customisation layer is built beside the last store layers, unless a
+single store layer is built (it then has every CPU)."""
 
 from __future__ import annotations
 
@@ -185,3 +187,51 @@ def test_a_killed_builds_staging_directory_is_swept(
     assert not stale.exists()
     assert sorted(p.name for p in layout.iterdir()) == ["blobs", "index.json", "oci-layout"]
     assert verify_image(f"oci:{layout}") == []
+
+
+def _top_timing(monkeypatch: pytest.MonkeyPatch, *, wait: float) -> list[str]:
+    """The order in which the store layers ("app", "tool", "other") are built and the
+    customisation layer ("top") starts; the APP layer's build (the smallest store layer,
+    started last) first waits up to ``wait`` seconds for the customisation layer to start."""
+    top_started = threading.Event()
+    ended: list[str] = []
+    real_store, real_top = build_module.build_store_layer, build_module.build_customisation_layer
+
+    def store(paths: tuple[str, ...], **kwargs: object) -> object:
+        if APP in paths and wait:
+            top_started.wait(wait)
+        built = real_store(paths, **kwargs)  # type: ignore[arg-type]
+        ended.append("app" if APP in paths else "tool" if TOOL in paths else "other")
+        return built
+
+    def top(*args: object, **kwargs: object) -> object:
+        ended.append("top")  # (when it starts)
+        top_started.set()
+        return real_top(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module, "build_store_layer", store)
+    monkeypatch.setattr(build_module, "build_customisation_layer", top)
+    return ended
+
+
+def test_the_customisation_layer_is_built_beside_the_last_store_layers(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ended = _top_timing(monkeypatch, wait=5)
+    _build(store, app_closure, tmp_path / "layout", tmp_path / "cache", jobs=2)
+    assert sorted(ended) == ["app", "other", "other", "other", "top"]
+    assert ended.index("top") < ended.index("app")  # it did not wait for the last store layer
+    assert verify_image(f"oci:{tmp_path / 'layout'}") == []
+
+
+def test_a_single_new_layer_is_built_before_the_customisation_layer(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    _build(store, app_closure, tmp_path / "first", cache)
+    ended = _top_timing(monkeypatch, wait=0)
+    both = store.closure_file(tmp_path / "both.json", [APP, TOOL])  # one layer more: TOOL's
+    _build(store, both, tmp_path / "second", cache, jobs=2)
+    # alone, the new layer gets every CPU: the customisation layer follows it
+    assert ended == ["tool", "top"]
+    assert verify_image(f"oci:{tmp_path / 'second'}") == []
