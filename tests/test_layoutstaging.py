@@ -235,3 +235,24 @@ def test_a_single_new_layer_is_built_before_the_customisation_layer(
     # alone, the new layer gets every CPU: the customisation layer follows it
     assert ended == ["tool", "top"]
     assert verify_image(f"oci:{tmp_path / 'second'}") == []
+
+
+def test_a_rebuild_of_what_the_layout_holds_stages_nothing(
+    store: Store, app_closure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout, cache = tmp_path / "layout", tmp_path / "cache"
+    _build(store, app_closure, layout, cache)
+    before = _tree(layout)
+    opened: list[Path] = []
+    real = layoutstaging.LayoutStaging._open_dir
+
+    def watched(self: layoutstaging.LayoutStaging) -> Path:
+        opened.append(self.root)
+        return real(self)
+
+    monkeypatch.setattr(layoutstaging.LayoutStaging, "_open_dir", watched)
+    # the store layers are cache hits (never offered), the customisation layer is built again
+    # and offered, but its stamp says the layout holds it: no staging directory, no thread
+    _build(store, app_closure, layout, cache)
+    assert opened == []
+    assert _tree(layout) == before

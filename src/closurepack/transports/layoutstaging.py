@@ -82,7 +82,12 @@ class LayoutStaging:
 
     def offer(self, layer: ImageLayer) -> None:
         """Have ``layer``'s blob placed in the staging directory on a placer thread (once per
-        digest). The first placement that failed is raised here, stopping the build."""
+        digest), unless its stamp says the layout holds it already (a warm rebuild's
+        customisation layer: then no thread and no staging directory are made). The first
+        placement that failed is raised here, stopping the build."""
+        stamps = self._stamps
+        if stamps is not None and stamps.matches(self._target(layer), layer.digest, layer.size):
+            return
         with self._lock:
             if self._closed:
                 raise DestinationError(f"{self.root}: layout staging is closed")
@@ -120,6 +125,9 @@ class LayoutStaging:
             with contextlib.suppress(OSError):
                 self.root.rmdir()
 
+    def _target(self, layer: ImageLayer) -> Path:
+        return self.root / "blobs" / "sha256" / layer.digest.hex
+
     def _open_dir(self) -> Path:
         try:
             if not self.root.exists():
@@ -134,13 +142,10 @@ class LayoutStaging:
     def _place(self, layer: ImageLayer, directory: Path) -> Path | None:
         """Copy ``layer``'s blob into ``directory`` (fsynced, its name not: it is renamed
         into ``blobs/sha256`` later); None when the layout holds it already, good."""
-        target = self.root / "blobs" / "sha256" / layer.digest.hex
-        stamps = self._stamps
-        if stamps is not None and stamps.matches(target, layer.digest, layer.size):
-            return None
-        if blob_is_good(target, layer.digest, layer.size):
-            if stamps is not None:
-                stamps.record(target, layer.digest)
+        target = self._target(layer)
+        if blob_is_good(target, layer.digest, layer.size):  # (its stamp did not match)
+            if self._stamps is not None:
+                self._stamps.record(target, layer.digest)
             return None
         copy_layer(layer, directory)
         return directory / layer.digest.hex
