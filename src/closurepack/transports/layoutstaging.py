@@ -61,6 +61,7 @@ class LayoutStaging:
         self._started = started
         self._lock = threading.Lock()
         self._futures: dict[Digest, Future[Path | None]] = {}
+        self._first: ImageLayer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._dir: Path | None = None
         self._dir_stack = contextlib.ExitStack()
@@ -83,8 +84,10 @@ class LayoutStaging:
     def offer(self, layer: ImageLayer) -> None:
         """Have ``layer``'s blob placed in the staging directory on a placer thread (once per
         digest), unless its stamp says the layout holds it already (a warm rebuild's
-        customisation layer: then no thread and no staging directory are made). The first
-        placement that failed is raised here, stopping the build."""
+        customisation layer). The first layer offered waits for a second: a build that makes
+        only one (a warm rebuild's changed layer) leaves it to ``write_blobs``, and starts
+        no thread and no staging directory. The first placement that failed is raised here,
+        stopping the build."""
         stamps = self._stamps
         if stamps is not None and stamps.matches(self._target(layer), layer.digest, layer.size):
             return
@@ -94,18 +97,26 @@ class LayoutStaging:
             for future in self._futures.values():
                 if future.done() and future.exception() is not None:
                     future.result()  # (raises it)
-            if layer.digest in self._futures:
+            first = self._first
+            if layer.digest in self._futures or (
+                first is not None and first.digest == layer.digest
+            ):
                 return
             if self._pool is None or self._dir is None:
+                if first is None:
+                    self._first = layer
+                    return
                 from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - when used
 
                 self._dir = self._open_dir()
                 self._pool = ThreadPoolExecutor(_PLACERS, thread_name_prefix="place")
+                self._futures[first.digest] = self._pool.submit(self._place, first, self._dir)
             self._futures[layer.digest] = self._pool.submit(self._place, layer, self._dir)
 
     def staged(self) -> dict[Digest, Path]:
         """Once every placement offered is done: the staged blobs by digest (a layer whose
-        blob was good in the layout already has none). The first failure is raised."""
+        blob was good in the layout already has none, nor a single layer offered). The
+        first failure is raised."""
         with self._lock:
             futures = dict(self._futures)
         found = {digest: future.result() for digest, future in futures.items()}
