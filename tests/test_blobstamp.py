@@ -17,7 +17,7 @@ from closurepack.buildjob import build_image
 from closurepack.buildoptions import BuildInput, LayerOptions
 from closurepack.digest import Digest
 from closurepack.jobsetup import ImageOptions
-from closurepack.transports import layoutblobs
+from closurepack.transports import layoutblobs, layoutstaging
 
 
 def _build(store: Store, closure: Path, layout: Path, cache: Path) -> None:
@@ -31,7 +31,8 @@ def _build(store: Store, closure: Path, layout: Path, cache: Path) -> None:
 
 @pytest.fixture
 def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the layout blobs the oci transport reads to check them."""
+    """The names of the layout blobs the oci transport reads to check them (when it writes
+    them, or while the build goes on: the layers built are staged then)."""
     seen: list[str] = []
     real = layoutblobs.blob_is_good
 
@@ -40,6 +41,7 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return real(path, digest, size)
 
     monkeypatch.setattr(layoutblobs, "blob_is_good", counting)
+    monkeypatch.setattr(layoutstaging, "blob_is_good", counting)
     return seen
 
 

@@ -128,6 +128,9 @@ def test_unread_hits_only_where_get_reads_nothing(tmp_path: Path) -> None:
     cache = LayerCache(tmp_path / "cache")
     assert cache.get_unread(key_of(path)) == layer
     assert cache.get_unread("0" * 64) is None
+    # a miss makes no use lock file (a cold build asks for every layer on one thread first)
+    assert not (tmp_path / "cache" / "locks" / f"{'0' * 64}.use").exists()
+    assert (tmp_path / "cache" / "locks" / f"{key_of(path)}.use").exists()
     assert LayerCache(tmp_path / "cache", verify="full").get_unread(key_of(path)) is None
     shutil.copytree(tmp_path / "cache", tmp_path / "copy", copy_function=shutil.copyfile)
     copy = LayerCache(tmp_path / "copy")

@@ -372,13 +372,19 @@ def test_temp_files_of_a_killed_build_are_swept_by_the_next(
             timeout=120,
         )
         assert killed.returncode == -9, killed.stderr
-        left.append(_temps(where))
+        # an oci: layout's layer blobs are copied while the build goes on, in the staging
+        # directory the build holds in the layout; a layer the killed run before had cached
+        # is not staged but copied into blobs/ at the end, so a run may die there
+        left.append(_temps(where) if kind != "oci" else _staged_temps(target) + _temps_in(where))
     # each killed write leaves its temp files (an oci: layout places its layer blobs several
     # at a time, so there may be more than one); the second run swept the first one's
     assert all(left), left
     assert not set(left[0]) & set(left[1]), left
     if kind != "oci":
         assert [len(names) for names in left] == [1, 1], left
+    if kind == "oci":  # (killed before the layout was written: a write that began makes it)
+        (target / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        where.mkdir(parents=True, exist_ok=True)
 
     # a temp file a live writer holds (locked), and one newer than the next build: both stay
     live = where / ".live.12345678.tmp"
@@ -392,7 +398,23 @@ def test_temp_files_of_a_killed_build_are_swept_by_the_next(
         status, _, err = run([*argv, "--tag", "img:ok"], capsys)
         assert status == 0, err
     assert _temps(where) == sorted([live.name, newer.name])
+    if kind == "oci":
+        assert _staged_temps(target) == []
+        assert sorted(p.name for p in target.iterdir()) == ["blobs", "index.json", "oci-layout"]
     assert run(["verify", f"{kind}:{target}"], capsys)[0] == 0
+
+
+def _temps_in(directory: Path) -> list[str]:
+    return _temps(directory) if directory.is_dir() else []
+
+
+def _staged_temps(layout: Path) -> list[str]:
+    """The temp files in the staging directories of ``layout`` (``.closurepack-staging-*``)."""
+    return sorted(
+        f"{staging.name}/{name}"
+        for staging in layout.glob(".closurepack-staging-*")
+        for name in _temps(staging)
+    )
 
 
 def test_sweep_stale_temps_takes_only_old_unlocked_temp_files(tmp_path: Path) -> None:

@@ -294,12 +294,40 @@ def build_keyed_layers(
             continue
         done[index] = key, finished(layer, hit)
         report(index, done[index][1], True, started)
+    top = customisation if customisation is not None and not customisation.is_empty else None
+
+    def build_top() -> tuple[str, BuiltLayer | RemoteLayer]:
+        assert top is not None  # (only called with a customisation layer to make)
+        started = time.perf_counter()
+        key, layer, reused = customisation_layer(
+            top,
+            compression=options.compression,
+            level=options.level,
+            mtime=options.mtime,
+            work_dir=work_dir,
+            source=options.source,
+        )
+        if progress is not None:
+            seconds = time.perf_counter() - started
+            size = layer.size
+            progress(LayerEvent(total - 1, total, layer, reused, seconds, size, total_size + size))
+        return key, layer
+
+    work: dict[int, Callable[[], tuple[str, BuiltLayer | RemoteLayer]]] = {
+        index: functools.partial(one, index, *rest[index]) for index in rest
+    }
+    # With several store layers to build, the customisation layer is built by the pool too,
+    # last (size 0), beside the last store layers rather than after them (issue 11: a cold
+    # build's tail); else after them, so that a single changed layer has every CPU.
+    top_index = len(planned)
+    if top is not None and len(rest) > 1:
+        work[top_index] = build_top
     # the CPUs shared among the builders from the start (see layerbuild.sharing_cpus)
     with sharing_cpus(min(options.jobs, len(rest))):
         done.update(
             run_layers(
-                {index: functools.partial(one, index, *rest[index]) for index in rest},
-                sizes=[layer.size for layer in planned],
+                work,
+                sizes=[*(layer.size for layer in planned), 0],
                 jobs=options.jobs,
                 bottom_first=options.bottom_first,
             )
@@ -308,30 +336,8 @@ def build_keyed_layers(
     if options.cache is not None:
         # also after a build that was all hits: the limit may have shrunk, or others filled it
         options.cache.trim()
-
-    if customisation is not None and not customisation.is_empty:
-        started = time.perf_counter()
-        key, top, reused = customisation_layer(
-            customisation,
-            compression=options.compression,
-            level=options.level,
-            mtime=options.mtime,
-            work_dir=work_dir,
-            source=options.source,
-        )
-        layers.append((key, top))
-        if progress is not None:
-            progress(
-                LayerEvent(
-                    total - 1,
-                    total,
-                    top,
-                    reused,
-                    time.perf_counter() - started,
-                    top.size,
-                    total_size + top.size,
-                )
-            )
+    if top is not None:
+        layers.append(done[top_index] if top_index in done else build_top())
     return layers
 
 

@@ -43,6 +43,7 @@ from closurepack.jobsetup import (
     drop_repeated_customisation,
     fit_customisation,
     image_pusher,
+    image_staging,
     image_streamer,
     prepare_image,
     requested_platform,
@@ -236,12 +237,15 @@ def build_image(
         perms=image.perms,
     )
     all_bases = [base for _, _, _, base in jobs_of if base is not None]
+    stamps = cache.stamps if cache is not None else None
     # The cache is closed after the destination is written: until then no other process
-    # evicts the layers it is linking or copying.
+    # evicts the layers it is linking or copying. An oci: layout's blobs are staged there
+    # as their layers are built (removed again if the build fails).
     with (
         cache or contextlib.nullcontext(),
         scratch_dir() as work,
         image_pusher(dest, image, registry, all_bases, shared) as pusher,
+        image_staging(dest, stamps, started=started) as staging,
     ):
         if shared is not None:
             layer_source = shared.source(compression=compression, cache=cache, pusher=pusher)
@@ -252,6 +256,8 @@ def build_image(
         if streamer is not None:
             options = dataclasses.replace(options, bottom_first=True)
             hook = streamer.progress_hook(hook)
+        if staging is not None:
+            hook = staging.progress_hook(hook)
         images = []
         published: list[tuple[str, BuiltLayer | RemoteLayer]] = []
         for image_plan, config, customisation, base in jobs_of:
@@ -286,7 +292,8 @@ def build_image(
             delivery=Delivery(
                 pusher=pusher,
                 streamer=streamer,
-                stamps=cache.stamps if cache is not None else None,
+                stamps=stamps,
+                staging=staging,
                 attach=_sbom_attacher(images, sbom_jobs) if sbom_jobs else None,
             ),
         )

@@ -220,6 +220,10 @@ class LayerCache:
         if self.verify == "full":
             return None
         entry = self._entry_path(key)
+        if not os.path.lexists(entry):
+            # a miss (a cold build's every layer): no use lock is made for it, a new file in
+            # locks/ on this thread before any builder starts (issue 11); the build takes it
+            return None
 
         def unread(key: str) -> BuiltLayer | None:
             loaded = read_entry(entry, self.blob_path)

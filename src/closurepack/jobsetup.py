@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # (imported where used: they load the HTTP stack)
     from closurepack.platforms import Platform
     from closurepack.registry.layercache import SharedLayerCache
     from closurepack.registry.push import ImagePusher
+    from closurepack.transports.layoutstaging import LayoutStaging
     from closurepack.transports.stdout import LayerStreamer
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "finish_image",
     "fit_customisation",
     "image_pusher",
+    "image_staging",
     "image_streamer",
     "prepare_image",
     "requested_platform",
@@ -300,11 +302,13 @@ class ImageTarget:
 class Delivery:
     """How a finished image leaves, beside writing it to its destination: ``pusher`` (an
     open registry push), ``streamer`` (the stream its layers went to), ``stamps`` (the
-    ``oci:`` layout blobs known good) and ``attach`` (its artifacts, an SBOM)."""
+    ``oci:`` layout blobs known good), ``staging`` (the layer blobs placed in that layout
+    while they were built) and ``attach`` (its artifacts, an SBOM)."""
 
     pusher: ImagePusher | None = None
     streamer: LayerStreamer | None = None
     stamps: BlobStamps | None = None
+    staging: LayoutStaging | None = None
     attach: Callable[[Image], Sequence[Attachment]] | None = None
 
 
@@ -368,7 +372,9 @@ def write_or_push(
         parse_destination(dest),
         tags=tags,
         attachments=attachments,
-        options=WriteOptions(name=name, started=started, stamps=delivery.stamps),
+        options=WriteOptions(
+            name=name, started=started, stamps=delivery.stamps, staging=delivery.staging
+        ),
     )
     return str(image.manifest_digest if isinstance(image, Image) else image.digest)
 
@@ -398,6 +404,21 @@ def image_pusher(
         base_layers=[layer for b in bases for layer in b.layers],
         readable=shared.mount_sources(ref) if shared is not None else (),
     )
+
+
+def image_staging(
+    dest: str, stamps: BlobStamps | None, *, started: float
+) -> contextlib.AbstractContextManager[LayoutStaging | None]:
+    """When ``dest`` is an ``oci:`` layout, the staging of its layer blobs while they are
+    built (removed, with what it staged, when the block fails; ``started``: the job's start,
+    before which killed builds' staging directories are swept); else None."""
+    if is_registry_reference(dest) or parse_destination(dest).kind != "oci":
+        return contextlib.nullcontext()
+    from closurepack.transports.layoutstaging import layout_staging  # noqa: PLC0415 - oci: only
+
+    root = parse_destination(dest).path
+    assert root is not None  # (an oci: destination is a directory)
+    return layout_staging(root, stamps=stamps, started=started)
 
 
 def image_streamer(dest: str, config: ImageConfig, base: BaseImage | None) -> LayerStreamer | None:

@@ -47,6 +47,7 @@ from closurepack.transports.reference import (
 if TYPE_CHECKING:  # (a multi-platform image, or one platform asked for: imported where made)
     from closurepack.imageindex import Attachments, ImageIndex
     from closurepack.platforms import Platform
+    from closurepack.transports.layoutstaging import LayoutStaging
 
 __all__ = [
     "INDEX_KINDS",
@@ -171,7 +172,9 @@ class WriteOptions:
     job's start; default: now) left at the destination are removed; a registry is reached with
     ``registry``, gets the Docker schema 2 manifest with ``docker`` and has the blobs of its
     repositories ``mount_from`` mounted rather than uploaded; ``stamps`` spare rewriting or
-    rehashing unchanged blobs of an ``oci:`` layout (see :func:`oci_layout.write_blobs`)."""
+    rehashing unchanged blobs of an ``oci:`` layout (see :func:`oci_layout.write_blobs`);
+    ``staging`` holds the layer blobs a build placed in that layout while it ran (see
+    :mod:`closurepack.transports.layoutstaging`), moved into place."""
 
     name: str | None = None
     stream: BinaryIO | None = None
@@ -180,6 +183,7 @@ class WriteOptions:
     docker: bool = False
     mount_from: Sequence[str] = ()
     stamps: BlobStamps | None = None
+    staging: LayoutStaging | None = None
 
 
 def write_image(
@@ -228,7 +232,14 @@ def write_image(
         from closurepack.transports import oci_archive, oci_layout  # noqa: PLC0415 - OCI only
 
         if dest.kind == "oci":
-            oci_layout.write_image(image, dest, tags=tags, started=started, attachments=attachments)
+            oci_layout.write_image(
+                image,
+                dest,
+                tags=tags,
+                started=started,
+                attachments=attachments,
+                staging=opts.staging,
+            )
         else:
             oci_archive.write_image(
                 image, dest, tags=tags, started=started, attachments=attachments
@@ -242,7 +253,13 @@ def write_image(
         from closurepack.transports import oci_layout  # noqa: PLC0415 - oci: only
 
         oci_layout.write_image(
-            image, dest, tags=tags, started=started, attachments=attachments, stamps=opts.stamps
+            image,
+            dest,
+            tags=tags,
+            started=started,
+            attachments=attachments,
+            stamps=opts.stamps,
+            staging=opts.staging,
         )
     elif dest.kind == "oci-archive":
         from closurepack.transports import oci_archive  # noqa: PLC0415 - oci-archive: only

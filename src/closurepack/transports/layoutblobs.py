@@ -2,11 +2,16 @@
 ``blobs/sha256``, each written atomically, a good one already there kept (without a read
 when its stamp says so, see :mod:`closurepack.blobstamp`), a bad one replaced; layer blobs
 this process built or verified reflinked or copied in the kernel, never hard-linked to the
-cache. :mod:`closurepack.transports.oci_layout` writes them before its ``index.json``."""
+cache (or staged by :mod:`closurepack.transports.layoutstaging` while the build went on, then
+renamed into place). :mod:`closurepack.transports.oci_layout` writes them before its
+``index.json``."""
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +27,7 @@ if TYPE_CHECKING:  # (only a multi-platform image is one: see closurepack.imagei
     from closurepack.imageindex import ImageIndex
 
 __all__ = [
+    "copy_layer",
     "image_blobs",
     "write_blobs",
 ]
@@ -42,6 +48,7 @@ def write_blobs(
     *,
     stamps: BlobStamps | None = None,
     sync_dir: bool = True,
+    staged: Mapping[Digest, Path] | None = None,
 ) -> bool:
     """Store the layers, configs and manifests of ``image`` (and its index) under
     ``root/blobs/sha256``, a blob that several platforms share once. Each is a file of its
@@ -52,6 +59,11 @@ def write_blobs(
     ``stamps``: records of the layout blobs earlier builds wrote or hashed; a layer blob that
     still matches its record (same inode, size, mtime and ctime, see :mod:`closurepack.blobstamp`)
     is kept without being read; every layer blob written or hashed here is recorded.
+
+    ``staged``: layer blobs already copied and fsynced into the layout's staging directory
+    while the build went on (see :mod:`closurepack.transports.layoutstaging`), by digest:
+    each is renamed into place here (unless its stamp says the blob there is good), which
+    needs neither a copy nor a wait on the disk.
 
     The layer blobs are placed by several threads at once (:data:`_PLACERS`, through
     :func:`closurepack.layerpool.run_layers`, largest first): each is a kernel copy and an
@@ -79,10 +91,13 @@ def write_blobs(
         for layer in unique
         if stamps is None or not stamps.matches(blobs / layer.digest.hex, layer.digest, layer.size)
     ]
-    # several at a time, the first failure stopping the rest; one on this thread, with no pool
+    staged = staged or {}
+    # several at a time, the first failure stopping the rest; one on this thread, with no
+    # pool. A staged blob is renamed and its stamp recorded (new files, each a wait on the
+    # filesystem's journal when it is busy: so in parallel too)
     placed = run_layers(
         {
-            i: functools.partial(_place_layer, layer, blobs, stamps)
+            i: functools.partial(_place_layer, layer, blobs, stamps, staged.get(layer.digest))
             for i, layer in enumerate(pending)
         },
         sizes=[layer.size for layer in pending],
@@ -109,26 +124,54 @@ def write_blobs(
 _PLACERS = 8
 
 
-def _place_layer(layer: ImageLayer, blobs: Path, stamps: BlobStamps | None) -> bool:
-    """Make ``blobs/<hex>`` the layer's blob (kept when its bytes say it already is; else a
-    kernel copy of a verified blob, or a checked copy) and record its stamp; True when it was
-    written. Blobs whose stamps match were sorted out by :func:`write_blobs` before."""
+def _place_layer(
+    layer: ImageLayer, blobs: Path, stamps: BlobStamps | None, staged: Path | None
+) -> bool:
+    """Make ``blobs/<hex>`` the layer's blob (``staged``, that blob staged in the layout,
+    renamed there; else kept when its bytes say it already is, else a kernel copy of a
+    verified blob, or a checked copy) and record its stamp; True when it was written. Blobs
+    whose stamps match were sorted out by :func:`write_blobs` before."""
     target = blobs / layer.digest.hex
+    if staged is not None and _move_staged(staged, target):
+        if stamps is not None:  # (after the rename, which moves the file's ctime on)
+            stamps.record(target, layer.digest)
+        return True
     written = not blob_is_good(target, layer.digest, layer.size)
     if written:
-        try:
-            cloned = _clone_verified(layer, blobs)
-        except OSError as exc:  # a kernel copy: mostly the layout's disk being full
-            raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
-        if not cloned:
-            try:
-                with layer.open() as src:
-                    put_blob(blobs, layer.digest, src, size=layer.size, sync_dir=False)
-            except OSError as exc:
-                raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+        copy_layer(layer, blobs)
     if stamps is not None:
         stamps.record(target, layer.digest)
     return written
+
+
+def copy_layer(layer: ImageLayer, directory: Path) -> None:
+    """Write ``layer``'s blob as ``directory/<hex>``, fsynced (its name not: the caller syncs
+    the directory, or renames the file on): a kernel copy of a blob this process built or
+    verified, else a copy checked against its digest. A DestinationError when it cannot."""
+    target = directory / layer.digest.hex
+    try:
+        cloned = _clone_verified(layer, directory)
+    except OSError as exc:  # a kernel copy: mostly the layout's disk being full
+        raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
+    if not cloned:
+        try:
+            with layer.open() as src:
+                put_blob(directory, layer.digest, src, size=layer.size, sync_dir=False)
+        except OSError as exc:
+            raise DestinationError(f"layer {layer.digest}: cannot read blob: {exc}") from exc
+
+
+def _move_staged(staged: Path, target: Path) -> bool:
+    """Rename the staged blob ``staged`` to ``target``, replacing what is there (a blob whose
+    stamp matched was sorted out before); False when the two are on different filesystems (a
+    mount inside the layout), which leaves the blob to a copy."""
+    try:
+        os.replace(staged, target)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise DestinationError(f"{target}: cannot write blob: {exc.strerror or exc}") from exc
+    return True
 
 
 def _clone_verified(layer: ImageLayer, blobs: Path) -> bool:

@@ -4,12 +4,15 @@ Blobs go in first (each written atomically; good ones already there kept, bad on
 reflinks or kernel copies of blobs this process built or verified, else checked copies; never hard
 links to the cache), ``index.json`` is replaced atomically last,
 under an exclusive lock on the directory, so a failed or interrupted write leaves the previous
-tags as they were (at most some unreferenced blobs). A multi-platform image is an index blob
-that ``index.json`` names by its tag (as ``skopeo copy --all`` writes one), its images' blobs
-stored once each. Reading follows ``index.json`` to the manifest a tag names (through nested
-indexes, for the platform asked for, by default this host's), or gives the index itself
-(:func:`read_index`); oci-archive reads the same structure from a tar (both through
-:mod:`closurepack.transports.layoutread`, whose names are imported from here too).
+tags as they were (at most some unreferenced blobs). A build may have staged its layer blobs
+in the layout while its layers were built (:mod:`closurepack.transports.layoutstaging`):
+they are renamed into ``blobs/`` here, under the lock, and a build that fails removes them.
+A multi-platform image is an index blob that ``index.json`` names by its tag (as ``skopeo
+copy --all`` writes one), its images' blobs stored once each. Reading follows ``index.json``
+to the manifest a tag names (through nested indexes, for the platform asked for, by default
+this host's), or gives the index itself (:func:`read_index`); oci-archive reads the same
+structure from a tar (both through :mod:`closurepack.transports.layoutread`, whose names are
+imported from here too).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from closurepack._fs import TEMP_SUFFIX, sweep_stale_temps
+from closurepack._fs import TEMP_SUFFIX, sweep_stale_temp_dirs, sweep_stale_temps
 from closurepack.blobstamp import BlobStamps
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError
@@ -41,11 +44,13 @@ from closurepack.transports.layoutread import (
     read_stored_image,
     read_stored_index,
 )
+from closurepack.transports.layoutstaging import STAGING_PREFIX
 from closurepack.transports.reference import Destination, oci_ref_names
 
 if TYPE_CHECKING:  # (a multi-platform image or attachments: imported where they are made)
     from closurepack.imageindex import Attachments, ImageIndex
     from closurepack.platforms import Platform
+    from closurepack.transports.layoutstaging import LayoutStaging
 
 __all__ = [
     "INDEX_DEPTH",
@@ -200,10 +205,19 @@ def _check_layout(root: Path) -> bool:
         if version != "1.0.0":
             raise DestinationError(f"{layout}: unsupported imageLayoutVersion {version!r}")
         return True
-    # (temp files of a killed write of ours do not make it foreign: the write sweeps them)
-    if any(not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)) for p in root.iterdir()):
+    # (temp files of a killed write of ours, or the staging directory of a build, do not
+    # make it foreign: the write sweeps those of killed ones)
+    if any(not _is_ours(p.name) for p in root.iterdir()):
         raise DestinationError(f"{root}: directory is not empty and not an OCI layout")
     return False
+
+
+def _is_ours(name: str) -> bool:
+    """Whether ``name`` in a directory that is no layout yet is a temp file of a write of
+    ours, or a build's staging directory (hidden while made, then hidden by its prefix)."""
+    if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+        return True
+    return name.startswith((STAGING_PREFIX, "." + STAGING_PREFIX))
 
 
 def check_existing(dest: Destination) -> None:
@@ -234,28 +248,32 @@ def write_image(
     started: float | None = None,
     attachments: Attachments = (),
     stamps: BlobStamps | None = None,
+    staging: LayoutStaging | None = None,
 ) -> None:
     """Add ``image`` (or a multi-platform image's index) to the OCI layout at ``dest.path``
     under each of its tags (see :func:`oci_ref_names`), keeping other tags, with
-    ``attachments`` as artifacts whose subject is its manifest; temp files of writes killed
-    before ``started`` (default: now) are removed first."""
+    ``attachments`` as artifacts whose subject is its manifest; temp files (and staging
+    directories) of writes killed before ``started`` (default: now) are removed first.
+    ``staging``: the build's blobs placed in the layout while it ran, moved into place."""
     root = dest.path
     if root is None:
         raise DestinationError(f"{dest}: oci needs a directory")
     ref_names = oci_ref_names(dest, tags)
+    staged = staging.staged() if staging is not None else None  # (each placement done)
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
             when = time.time() if started is None else started
             for directory in (root, root / "blobs" / "sha256"):
                 sweep_stale_temps(directory, started=when)
+            sweep_stale_temp_dirs(root, STAGING_PREFIX, before=when)
             if not _check_layout(root):
                 # first, so that a write that fails leaves an (empty) layout, which the next
                 # write takes, rather than a directory of blobs it would refuse as foreign
                 with atomic_file(root / "oci-layout") as out:
                     out.write(LAYOUT_FILE)
             # (their names synced with index.json's fsync, below)
-            written = write_blobs(image, root, stamps=stamps, sync_dir=False)
+            written = write_blobs(image, root, stamps=stamps, sync_dir=False, staged=staged)
             old = _read_index(root)
             blobs = root / "blobs" / "sha256"
             index = index_with(old, image, ref_names)
