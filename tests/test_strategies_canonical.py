@@ -41,9 +41,19 @@ def test_a_merge_at_the_threshold_is_made_and_one_above_it_is_not() -> None:
     # a refers to b: merging them costs (s_a + s_b) * 2 - s_a * 2 - s_b * 1 = s_b = 1000.
     args = {"sizes": [1000, 50_000], "refs": [[], [0]], "images": [0, 0], "rank": [0, 1]}
     sets = [0b01, 0b11]
-    merged, downs = canonical_merges([[0], [1]], sets, below=1000, **args)
-    assert (merged, downs) == ([[0, 1]], [0b11])
-    assert canonical_merges([[0], [1]], sets, below=999, **args) == ([[0], [1]], sets)
+    merged, downs, own = canonical_merges([[0], [1]], sets, below=1000, **args)
+    assert (merged, downs, own) == ([[0, 1]], [0b11], [0])
+    assert canonical_merges([[0], [1]], sets, below=999, **args) == ([[0], [1]], sets, [0, 0])
+
+
+def test_own_counts_weigh_as_the_bits_they_stand_for() -> None:
+    # The same two clusters with item 1 (below b alone) counted instead of kept as a bit:
+    # the same merges at the same thresholds, the counts summed.
+    args = {"sizes": [1000, 50_000], "refs": [[], [0]], "images": [0, 0], "rank": [0, 1]}
+    merged = canonical_merges([[0], [1]], [0b1, 0b1], own=[0, 1], below=1000, **args)
+    assert merged == ([[0, 1]], [0b1], [1])
+    kept = canonical_merges([[0], [1]], [0b1, 0b1], own=[0, 1], below=999, **args)
+    assert kept == ([[0], [1]], [0b1, 0b1], [0, 1])
 
 
 def test_clusters_of_different_images_never_merge() -> None:
@@ -99,7 +109,7 @@ def test_plans_keep_the_contract_and_every_canonical_cluster_whole(
     rank = [0] * len(dag)
     for place, i in enumerate(by_name):
         rank[i] = place
-    clusters, _ = canonical_merges(
+    clusters, _, _ = canonical_merges(
         [[i] for i in range(len(dag))],
         dag.down_bitsets(),
         sizes=dag.sizes,

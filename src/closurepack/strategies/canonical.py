@@ -34,19 +34,22 @@ def canonical_merges(
     clusters: Sequence[Sequence[int]],
     sets: Sequence[int],
     *,
+    own: Sequence[int] | None = None,
     sizes: Sequence[int],
     refs: Sequence[Sequence[int]],
     images: Sequence[int],
     rank: Sequence[int],
     below: int,
-) -> tuple[list[list[int]], list[int]]:
-    """``clusters`` (item indices) and their down-sets ``sets`` (bitsets) after the canonical
-    merges (module docstring): each merged cluster's items sorted, the clusters in the order of
-    their first item's place in ``clusters``. ``sizes``, ``refs``, ``images`` and ``rank`` are
-    per item: bytes, references, image mask (clusters of different masks never merge) and
-    place in name order."""
+) -> tuple[list[list[int]], list[int], list[int]]:
+    """``clusters`` (item indices) and their down-sets, ``sets`` (bitsets) with ``own`` counts
+    (:func:`~closurepack.strategies.economy.shared_bitsets`; none when not given), after the
+    canonical merges (module docstring): each merged cluster's items sorted, the clusters in
+    the order of their first item's place in ``clusters``. ``sizes``, ``refs``, ``images``
+    and ``rank`` are per item: bytes, references, image mask (clusters of different masks
+    never merge) and place in name order."""
     members = [list(c) for c in clusters]
     downs = list(sets)
+    extra = list(own) if own is not None else [0] * len(sets)
     owner = [0] * len(sizes)
     for k, cluster in enumerate(members):
         for i in cluster:
@@ -63,11 +66,11 @@ def canonical_merges(
             for j in sorted({owner[r] for i in cluster for r in refs[i]} - {k}):
                 if mask[j] != mask[k]:
                     continue
-                together = (downs[k] | downs[j]).bit_count()
+                together = (downs[k] | downs[j]).bit_count() + extra[k] + extra[j]
                 cost = (
                     (weight[k] + weight[j]) * together
-                    - weight[k] * downs[k].bit_count()
-                    - weight[j] * downs[j].bit_count()
+                    - weight[k] * (downs[k].bit_count() + extra[k])
+                    - weight[j] * (downs[j].bit_count() + extra[j])
                 )
                 if cost > below:
                     continue
@@ -80,6 +83,7 @@ def canonical_merges(
         _, _, _, kept, gone = best
         members[kept].extend(members[gone])
         downs[kept] |= downs[gone]
+        extra[kept] += extra[gone]
         weight[kept] += weight[gone]
         first[kept] = min(first[kept], first[gone])
         for i in members[gone]:
@@ -87,4 +91,8 @@ def canonical_merges(
         members[gone] = []
         alive[gone] = False
     order = sorted((k for k in range(len(members)) if alive[k]), key=lambda k: min(members[k]))
-    return [sorted(members[k]) for k in order], [downs[k] for k in order]
+    return (
+        [sorted(members[k]) for k in order],
+        [downs[k] for k in order],
+        [extra[k] for k in order],
+    )

@@ -42,7 +42,10 @@ Algorithm.
    their own cluster with the largest down-set (items with no reference at all join each
    other).
 2. Exact greedy: with the down-sets as bitsets, the pair of clusters whose merge costs least is
-   merged (ties: by the clusters' first names) until the budget is met.
+   merged (ties: by the clusters' first names) until the budget is met. A cluster's bitset
+   holds only the items that another cluster's down-set holds too, its other items are
+   counted (:func:`~closurepack.strategies.economy.shared_bitsets`: the same union sizes,
+   and on a large closure most items lie below one cluster only).
 3. Local search (:func:`~closurepack.strategies.refine.refine`): the greedy never undoes a
    merge, so each cluster, in name order, moves to the layer (or a layer of its own while the
    budget has room) where the plan's cost is least, while a move lowers it, at most
@@ -75,7 +78,13 @@ from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
 from closurepack.strategies.canonical import canonical_merges
 from closurepack.strategies.coarsen import coarsen
-from closurepack.strategies.economy import CHANGES, MergeCosts, hit_table, union_of
+from closurepack.strategies.economy import (
+    CHANGES,
+    MergeCosts,
+    hit_table,
+    shared_bitsets,
+    union_of,
+)
 from closurepack.strategies.refine import chain_order, refine
 
 __all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
@@ -112,13 +121,14 @@ def stable(
     def down_counts() -> list[int]:  # (the same for every target: kept too)
         return closure.memoized("stable down counts", dag.closure_sums)
 
-    def clustered() -> tuple[list[list[int]], list[int]]:
-        clusters, sets = _clusters(dag, rank, images, target, down_counts)
+    def clustered() -> tuple[list[list[int]], list[int], list[int]]:
+        clusters, sets, own = _clusters(dag, rank, images, target, down_counts)
         if not canonical:
-            return clusters, sets
+            return clusters, sets, own
         return canonical_merges(
             clusters,
             sets,
+            own=own,
             sizes=dag.sizes,
             refs=dag.refs,
             images=images,
@@ -127,9 +137,9 @@ def stable(
         )
 
     key = f"{target} canonical {canonical}" if canonical else f"{target}"
-    clusters, sets = closure.memoized(f"stable clusters {key}", clustered)
+    clusters, sets, own = closure.memoized(f"stable clusters {key}", clustered)
     log = closure.memoized(f"stable merges {key}", _MergeLog)
-    layers = _merge_exactly(dag, rank, images, clusters, sets=sets, budget=budget, log=log)
+    layers = _merge_exactly(dag, rank, images, clusters, sets=sets, own=own, budget=budget, log=log)
     path = dag.paths.__getitem__
     return [tuple(sorted(map(path, members))) for members in layers]
 
@@ -150,13 +160,16 @@ def _clusters(
     images: list[int],
     target: int,
     down_counts: Callable[[], list[int]],
-) -> tuple[list[list[int]], list[int]]:
+) -> tuple[list[list[int]], list[int], list[int]]:
     """At most ``target`` clusters (every item alone when that is the item count, else step 1
-    of the module docstring), and each one's down-set as a bitset."""
+    of the module docstring), and each one's down-set: a bitset, and a count of the items no
+    other cluster's down-set holds that are left out of it (none for items alone; for
+    clusters, :func:`~closurepack.strategies.economy.shared_bitsets`)."""
     if target >= len(dag):
-        return [[i] for i in range(len(dag))], dag.down_bitsets()
+        return [[i] for i in range(len(dag))], dag.down_bitsets(), [0] * len(dag)
     clusters = coarsen(dag, rank, images, target, down_counts())
-    return clusters, [dag.down_bitset(members) for members in clusters]
+    sets, own = shared_bitsets([dag.reach(members) for members in clusters])
+    return clusters, sets, own
 
 
 def _images(dag: Dag) -> list[int]:
@@ -181,6 +194,7 @@ def _merge_exactly(
     clusters: list[list[int]],
     *,
     sets: list[int],
+    own: list[int],
     budget: int,
     log: _MergeLog,
 ) -> list[list[int]]:
@@ -208,7 +222,7 @@ def _merge_exactly(
     first = [min(map(rank.__getitem__, members)) for members in clusters]  # ties by name
 
     hit = hit_table(n)  # chance that one of CHANGES changes lies in d items
-    merging = MergeCosts(hit, sizes, sets, pieces)
+    merging = MergeCosts(hit, sizes, sets, pieces, own=own)
 
     def entry(a: int, b: int) -> _Entry:
         """The heap entry of merging ``a`` and ``b``: its cost, or a lower bound on it (last
@@ -269,13 +283,15 @@ def _merge_exactly(
         hit=hit,
         budget=budget,
         visit=sorted(range(len(clusters)), key=lambda c: first[c]),
+        own=own,
     )
     downs = [union_of(unit_sets, layer) for layer in layers]
+    owns = [sum(own[c] for c in layer) for layer in layers]
     weights = [sum(unit_sizes[c] for c in layer) for layer in layers]
     keys = [f"{min(first[c] for c in layer):012d}" for layer in layers]
     return [
         sorted(i for c in layers[g] for i in clusters[c])
-        for g in chain_order(downs, weights, hit, keys)
+        for g in chain_order(downs, weights, hit, keys, own=owns)
     ]
 
 
