@@ -13,14 +13,16 @@ the same in every closure that holds them, and no budget is read, so images hold
 items make the same merges there: their plans alone, and with them the fleet's layers, then
 coincide on those items. Ties go by the clusters' first names, as everywhere in ``stable``.
 
-Complexity: ``O(m * e)`` popcounts of ``n``-bit sets for ``m`` merges and ``e`` references
-between clusters (every candidate costed again after each merge); the clusters are at most
+Complexity: one pass over the references to find the clusters each one refers to, then
+``O(m * p)`` popcounts of ``n``-bit sets for ``m`` merges and ``p`` pairs of clusters joined
+by a reference (every candidate costed again after each merge); the clusters are at most
 ``max(EXACT_LIMIT, COARSE_LIMIT)`` of ``stable``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 __all__ = ["CANONICAL_BELOW", "canonical_merges"]
 
@@ -54,16 +56,22 @@ def canonical_merges(
     for k, cluster in enumerate(members):
         for i in cluster:
             owner[i] = k
+    # The clusters each one's items refer to (the candidates it is weighed with), found in one
+    # pass over the references and kept up to date as clusters merge.
+    neighbours = [
+        set(map(owner.__getitem__, chain.from_iterable(map(refs.__getitem__, cluster)))) - {k}
+        for k, cluster in enumerate(members)
+    ]
     weight = [sum(sizes[i] for i in cluster) for cluster in members]
     first = [min(rank[i] for i in cluster) for cluster in members]
     mask = [images[cluster[0]] for cluster in members]
     alive = [bool(cluster) for cluster in members]
     while True:
         best: tuple[int, int, int, int, int] | None = None
-        for k, cluster in enumerate(members):
+        for k in range(len(members)):
             if not alive[k]:
                 continue
-            for j in sorted({owner[r] for i in cluster for r in refs[i]} - {k}):
+            for j in neighbours[k]:  # (any order: the best is the least tuple)
                 if mask[j] != mask[k]:
                     continue
                 together = (downs[k] | downs[j]).bit_count() + extra[k] + extra[j]
@@ -86,10 +94,15 @@ def canonical_merges(
         extra[kept] += extra[gone]
         weight[kept] += weight[gone]
         first[kept] = min(first[kept], first[gone])
-        for i in members[gone]:
-            owner[i] = kept
         members[gone] = []
         alive[gone] = False
+        neighbours[kept] |= neighbours[gone]
+        neighbours[kept] -= {kept, gone}
+        neighbours[gone] = set()
+        for others in neighbours:  # what referred to gone's items now refers to kept's
+            if gone in others:
+                others.discard(gone)
+                others.add(kept)
     order = sorted((k for k in range(len(members)) if alive[k]), key=lambda k: min(members[k]))
     return (
         [sorted(members[k]) for k in order],
