@@ -74,7 +74,9 @@ class _Forest:
         parent, find = self.parent, self.find
         members: dict[int, list[int]] = {}
         for i in range(len(parent)):
-            c = parent[i]
+            # Two steps up reach the top unless i's cluster joined one that joined another:
+            # then find() it, which also points every item on the way at the top.
+            c = parent[parent[i]]
             if parent[c] != c:
                 c = find(i)
             members.setdefault(c, []).append(i)
@@ -158,7 +160,9 @@ def _join_least_valuable(
         # A cluster of its top alone (most of them) has all the top's references outside.
         outside = dag.refs[top] if not grown[top] else _nearest_outside(dag, top, find)
         if outside:
-            target = find(max(outside, key=largest.__getitem__))
+            target = parent[parent[nearest := max(outside, key=largest.__getitem__)]]
+            if parent[target] != target:  # (most clusters are still where phase 1 left them)
+                target = find(nearest)
         elif alone is None:
             alone = top
             continue
