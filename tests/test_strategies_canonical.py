@@ -4,6 +4,7 @@ contract, and a fleet that stores the merged items once where ``stable`` stores 
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from hypothesis import given, settings
@@ -41,9 +42,19 @@ def test_a_merge_at_the_threshold_is_made_and_one_above_it_is_not() -> None:
     # a refers to b: merging them costs (s_a + s_b) * 2 - s_a * 2 - s_b * 1 = s_b = 1000.
     args = {"sizes": [1000, 50_000], "refs": [[], [0]], "images": [0, 0], "rank": [0, 1]}
     sets = [0b01, 0b11]
-    merged, downs = canonical_merges([[0], [1]], sets, below=1000, **args)
-    assert (merged, downs) == ([[0, 1]], [0b11])
-    assert canonical_merges([[0], [1]], sets, below=999, **args) == ([[0], [1]], sets)
+    merged, downs, own = canonical_merges([[0], [1]], sets, below=1000, **args)
+    assert (merged, downs, own) == ([[0, 1]], [0b11], [0])
+    assert canonical_merges([[0], [1]], sets, below=999, **args) == ([[0], [1]], sets, [0, 0])
+
+
+def test_own_counts_weigh_as_the_bits_they_stand_for() -> None:
+    # The same two clusters with item 1 (below b alone) counted instead of kept as a bit:
+    # the same merges at the same thresholds, the counts summed.
+    args = {"sizes": [1000, 50_000], "refs": [[], [0]], "images": [0, 0], "rank": [0, 1]}
+    merged = canonical_merges([[0], [1]], [0b1, 0b1], own=[0, 1], below=1000, **args)
+    assert merged == ([[0, 1]], [0b1], [1])
+    kept = canonical_merges([[0], [1]], [0b1, 0b1], own=[0, 1], below=999, **args)
+    assert kept == ([[0], [1]], [0b1, 0b1], [0, 1])
 
 
 def test_clusters_of_different_images_never_merge() -> None:
@@ -99,7 +110,7 @@ def test_plans_keep_the_contract_and_every_canonical_cluster_whole(
     rank = [0] * len(dag)
     for place, i in enumerate(by_name):
         rank[i] = place
-    clusters, _ = canonical_merges(
+    clusters, _, _ = canonical_merges(
         [[i] for i in range(len(dag))],
         dag.down_bitsets(),
         sizes=dag.sizes,
@@ -116,3 +127,56 @@ def test_plans_keep_the_contract_and_every_canonical_cluster_whole(
     shuffled = Closure.from_items(items, source="shuffled")
     assert stable(shuffled, budget=budget, canonical=below, exact_limit=8) == groups
     assert CANONICAL_BELOW > 0
+
+
+def rescanned_merges(
+    clusters: list[list[int]], sets: list[int], dag: Dag, rank: list[int], below: int
+) -> list[list[int]]:
+    """The canonical merges spelled out plainly: every round weighs every pair of clusters
+    joined by a reference, found again from the references, and merges the least tuple."""
+    members = [list(c) for c in clusters]
+    downs = list(sets)
+    while True:
+        owner = {i: k for k, cluster in enumerate(members) for i in cluster}
+        best = None
+        for k, cluster in enumerate(members):
+            for j in {owner[r] for i in cluster for r in dag.refs[i]} - {k}:
+                wk = sum(dag.sizes[i] for i in cluster)
+                wj = sum(dag.sizes[i] for i in members[j])
+                cost = (
+                    (wk + wj) * (downs[k] | downs[j]).bit_count()
+                    - wk * downs[k].bit_count()
+                    - wj * downs[j].bit_count()
+                )
+                fk, fj = min(rank[i] for i in cluster), min(rank[i] for i in members[j])
+                low, high = (k, j) if fk < fj else (j, k)
+                candidate = (cost, min(fk, fj), max(fk, fj), low, high)
+                if cost <= below and (best is None or candidate < best):
+                    best = candidate
+        if best is None:
+            return sorted(sorted(c) for c in members if c)
+        kept, gone = best[3], best[4]
+        members[kept] += members[gone]
+        downs[kept] |= downs[gone]
+        members[gone] = []
+
+
+@settings(max_examples=300, deadline=None)
+@given(closure=dag_closures(max_items=24), below=st.integers(0, 10**9), data=st.data())
+def test_the_merges_are_those_of_a_rescan_every_round(
+    closure: Closure, below: int, data: st.DataObject
+) -> None:
+    # Clusters of one or more items (consecutive indices), one image: the kept neighbour sets
+    # must give the merges that finding every pair again from the references gives.
+    dag = Dag.from_closure(closure)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(dag) - 1))) if len(dag) > 1 else set())
+    bounds = [0, *cuts, len(dag)]
+    clusters = [list(range(a, b)) for a, b in itertools.pairwise(bounds)]
+    sets = [dag.down_bitset(c) for c in clusters]
+    rank = list(range(len(dag)))
+    data.draw(st.randoms()).shuffle(rank)
+    merged, _, _ = canonical_merges(
+        clusters, sets, sizes=dag.sizes, refs=dag.refs, images=[0] * len(dag), rank=rank,
+        below=below,
+    )  # fmt: skip
+    assert sorted(merged) == rescanned_merges(clusters, sets, dag, rank, below)

@@ -14,7 +14,7 @@ from closurepack.graph import Closure, StoreItem
 from closurepack.planner import plan_closures
 from closurepack.strategies import refine as refine_module
 from closurepack.strategies import stable
-from closurepack.strategies.economy import hit_table
+from closurepack.strategies.economy import MergeCosts, hit_table, shared_bitsets, union_of
 from closurepack.strategies.refine import chain_order, refine
 from test_strategies import check_contract, dag_closures, make_closure, store_path
 
@@ -102,6 +102,59 @@ def test_refine_ends_where_no_single_move_helps(
             if len(layer) > 1 and len(result) < budget:
                 alone = [x for x in rest if x] + [[u]]
                 assert cost(alone, sizes, downs, hit) >= found - slack
+
+
+def indices(bits: int) -> set[int]:
+    return {i for i in range(bits.bit_length()) if bits >> i & 1}
+
+
+@settings(max_examples=150, deadline=None)
+@given(problem=unit_problems(), data=st.data())
+def test_shared_bitsets_keep_every_union_size(
+    problem: tuple[list[list[int]], list[int], list[int], list[float]], data: st.DataObject
+) -> None:
+    _, _, downs, _ = problem
+    bits, own = shared_bitsets([indices(down) for down in downs])
+    for _ in range(5):
+        units = data.draw(st.sets(st.integers(0, len(downs) - 1)))
+        whole = union_of(downs, units).bit_count()
+        assert union_of(bits, units).bit_count() + sum(own[u] for u in units) == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(problem=unit_problems(), extra=st.integers(0, 3), seed=st.integers(0, 2**32))
+def test_the_search_merges_and_order_weigh_shared_bitsets_as_whole_ones(
+    problem: tuple[list[list[int]], list[int], list[int], list[float]], extra: int, seed: int
+) -> None:
+    # The narrow form (bits for the items two units' down-sets hold, the rest counted) must
+    # give every figure the whole down-sets give: the same moves, costs and order.
+    layers, sizes, downs, hit = problem
+    bits, own = shared_bitsets([indices(down) for down in downs])
+    order = list(range(len(sizes)))
+    random.Random(seed).shuffle(order)
+    common = {"sizes": sizes, "images": [0] * len(sizes), "hit": hit, "visit": order}
+    result = refine(layers, downs=downs, budget=len(layers) + extra, **common)
+    assert refine(layers, downs=bits, own=own, budget=len(layers) + extra, **common) == result
+    pieces = [{0: size} for size in sizes]
+    whole, narrow = (
+        MergeCosts(hit, sizes, downs, pieces),
+        MergeCosts(hit, sizes, bits, pieces, own=own),
+    )
+    for a in range(len(sizes)):
+        for b in range(a + 1, len(sizes)):
+            assert narrow.cost(a, b) == whole.cost(a, b)
+    if len(sizes) > 1:
+        whole.merge(0, 1)
+        narrow.merge(0, 1)
+        assert narrow.counts == whole.counts
+    keys = [f"{g:03d}" for g in range(len(result))]
+    weights = [sum(sizes[u] for u in layer) for layer in result]
+    layer_downs = [union_of(downs, layer) for layer in result]
+    layer_bits = [union_of(bits, layer) for layer in result]
+    layer_own = [sum(own[u] for u in layer) for layer in result]
+    assert chain_order(layer_bits, weights, hit, keys, own=layer_own) == chain_order(
+        layer_downs, weights, hit, keys
+    )
 
 
 def test_a_misplaced_unit_moves_to_the_layer_that_already_changes_with_it() -> None:

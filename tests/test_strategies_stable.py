@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from closurepack.graph import Closure, StoreItem
 from closurepack.planner import plan_closures
 from closurepack.strategies import STRATEGIES, get_strategy, stable
-from closurepack.strategies.stable import CHANGES
+from closurepack.strategies._dag import Dag
+from closurepack.strategies.coarsen import (
+    _absorb_cheapest,
+    _Forest,
+    _join_via_trees,
+    _nearest_referrers,
+)
+from closurepack.strategies.stable import CHANGES, _images, _name_ranks
 from test_strategies import check_contract, dag_closures, make_closure, store_path
 
 
@@ -49,6 +56,31 @@ def test_coarsened_plans_keep_the_contract(
     random.Random(seed).shuffle(items)
     shuffled = Closure.from_items(items, source="shuffled")
     assert stable(shuffled, budget=budget, exact_limit=limit) == groups
+
+
+@settings(max_examples=150, deadline=None)
+@given(closure=dag_closures(max_items=40), data=st.data())
+def test_coarsening_without_the_heap_ends_where_the_heap_does(
+    closure: Closure, data: st.DataObject
+) -> None:
+    # With at least `limit` items that have no referrer to join, the heap of absorptions runs
+    # dry before the cluster count comes down to `limit`: the one pass over the `via` trees
+    # must leave the same clusters, weights and "grown" marks as the heap run to its end.
+    dag = Dag.from_closure(closure)
+    rank, images, down = _name_ranks(dag), _images(dag), dag.closure_sums()
+    via = _nearest_referrers(dag, rank, images, down)
+    limit = data.draw(st.integers(0, via.count(-1)))
+    by_heap, by_trees = _Forest.of_items(dag.sizes), _Forest.of_items(dag.sizes)
+    _absorb_cheapest(by_heap, via, rank=rank, down=down, limit=limit)
+    _join_via_trees(by_trees, via)
+    clusters = by_heap.clusters()
+    assert by_trees.clusters() == clusters
+    assert by_trees.count == by_heap.count == len(clusters) == via.count(-1)
+    tops = [by_heap.find(c[0]) for c in clusters]
+    assert [by_trees.weight[t] for t in tops] == [by_heap.weight[t] for t in tops]
+    assert [sum(dag.sizes[i] for i in c) for c in clusters] == [by_heap.weight[t] for t in tops]
+    assert [by_trees.grown[t] for t in tops] == [by_heap.grown[t] for t in tops]
+    assert [by_heap.grown[t] for t in tops] == [len(c) > 1 for c in clusters]
 
 
 @settings(max_examples=60, deadline=None)

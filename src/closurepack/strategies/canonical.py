@@ -13,14 +13,16 @@ the same in every closure that holds them, and no budget is read, so images hold
 items make the same merges there: their plans alone, and with them the fleet's layers, then
 coincide on those items. Ties go by the clusters' first names, as everywhere in ``stable``.
 
-Complexity: ``O(m * e)`` popcounts of ``n``-bit sets for ``m`` merges and ``e`` references
-between clusters (every candidate costed again after each merge); the clusters are at most
+Complexity: one pass over the references to find the clusters each one refers to, then
+``O(m * p)`` popcounts of ``n``-bit sets for ``m`` merges and ``p`` pairs of clusters joined
+by a reference (every candidate costed again after each merge); the clusters are at most
 ``max(EXACT_LIMIT, COARSE_LIMIT)`` of ``stable``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 __all__ = ["CANONICAL_BELOW", "canonical_merges"]
 
@@ -34,40 +36,49 @@ def canonical_merges(
     clusters: Sequence[Sequence[int]],
     sets: Sequence[int],
     *,
+    own: Sequence[int] | None = None,
     sizes: Sequence[int],
     refs: Sequence[Sequence[int]],
     images: Sequence[int],
     rank: Sequence[int],
     below: int,
-) -> tuple[list[list[int]], list[int]]:
-    """``clusters`` (item indices) and their down-sets ``sets`` (bitsets) after the canonical
-    merges (module docstring): each merged cluster's items sorted, the clusters in the order of
-    their first item's place in ``clusters``. ``sizes``, ``refs``, ``images`` and ``rank`` are
-    per item: bytes, references, image mask (clusters of different masks never merge) and
-    place in name order."""
+) -> tuple[list[list[int]], list[int], list[int]]:
+    """``clusters`` (item indices) and their down-sets, ``sets`` (bitsets) with ``own`` counts
+    (:func:`~closurepack.strategies.economy.shared_bitsets`; none when not given), after the
+    canonical merges (module docstring): each merged cluster's items sorted, the clusters in
+    the order of their first item's place in ``clusters``. ``sizes``, ``refs``, ``images``
+    and ``rank`` are per item: bytes, references, image mask (clusters of different masks
+    never merge) and place in name order."""
     members = [list(c) for c in clusters]
     downs = list(sets)
+    extra = list(own) if own is not None else [0] * len(sets)
     owner = [0] * len(sizes)
     for k, cluster in enumerate(members):
         for i in cluster:
             owner[i] = k
+    # The clusters each one's items refer to (the candidates it is weighed with), found in one
+    # pass over the references and kept up to date as clusters merge.
+    neighbours = [
+        set(map(owner.__getitem__, chain.from_iterable(map(refs.__getitem__, cluster)))) - {k}
+        for k, cluster in enumerate(members)
+    ]
     weight = [sum(sizes[i] for i in cluster) for cluster in members]
     first = [min(rank[i] for i in cluster) for cluster in members]
     mask = [images[cluster[0]] for cluster in members]
     alive = [bool(cluster) for cluster in members]
     while True:
         best: tuple[int, int, int, int, int] | None = None
-        for k, cluster in enumerate(members):
+        for k in range(len(members)):
             if not alive[k]:
                 continue
-            for j in sorted({owner[r] for i in cluster for r in refs[i]} - {k}):
+            for j in neighbours[k]:  # (any order: the best is the least tuple)
                 if mask[j] != mask[k]:
                     continue
-                together = (downs[k] | downs[j]).bit_count()
+                together = (downs[k] | downs[j]).bit_count() + extra[k] + extra[j]
                 cost = (
                     (weight[k] + weight[j]) * together
-                    - weight[k] * downs[k].bit_count()
-                    - weight[j] * downs[j].bit_count()
+                    - weight[k] * (downs[k].bit_count() + extra[k])
+                    - weight[j] * (downs[j].bit_count() + extra[j])
                 )
                 if cost > below:
                     continue
@@ -80,11 +91,21 @@ def canonical_merges(
         _, _, _, kept, gone = best
         members[kept].extend(members[gone])
         downs[kept] |= downs[gone]
+        extra[kept] += extra[gone]
         weight[kept] += weight[gone]
         first[kept] = min(first[kept], first[gone])
-        for i in members[gone]:
-            owner[i] = kept
         members[gone] = []
         alive[gone] = False
+        neighbours[kept] |= neighbours[gone]
+        neighbours[kept] -= {kept, gone}
+        neighbours[gone] = set()
+        for others in neighbours:  # what referred to gone's items now refers to kept's
+            if gone in others:
+                others.discard(gone)
+                others.add(kept)
     order = sorted((k for k in range(len(members)) if alive[k]), key=lambda k: min(members[k]))
-    return [sorted(members[k]) for k in order], [downs[k] for k in order]
+    return (
+        [sorted(members[k]) for k in order],
+        [downs[k] for k in order],
+        [extra[k] for k in order],
+    )

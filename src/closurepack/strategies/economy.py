@@ -6,6 +6,10 @@ when a changed item lies in its down-set ``D(L)`` (its items and all they reach)
 layer of ``s`` bytes costs ``s * hit(|D(L)|)`` expected bytes per update, ``hit(d) = 1 - (1 -
 q) ** d``. When several images are planned together, each image gets every layer restricted to
 its own items and every distinct restriction is stored: :func:`stored_bytes` counts them.
+
+Down-sets are bitsets over the item indices, or, for units whose down-sets are weighed against
+each other many times (``stable``'s clusters), in the narrower form :func:`shared_bitsets`
+makes: bits for the items two or more of them hold, and a count of each one's *own* items.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, bitset
@@ -24,6 +29,7 @@ __all__ = [
     "expected_shipped",
     "hit_rises",
     "hit_table",
+    "shared_bitsets",
     "stored_bytes",
     "union_of",
 ]
@@ -71,10 +77,35 @@ def stored_bytes(pieces: Mapping[int, int]) -> int:
     return sum(restrictions.values())
 
 
+def shared_bitsets(downs: Sequence[AbstractSet[int]]) -> tuple[list[int], list[int]]:
+    """The down-sets ``downs`` (sets of item indices) in a narrower form with the same union
+    sizes: each as a bitset over only the items that two or more of them hold, and a count of
+    its *own* items, those no other one holds. The size of the union of some of them is the
+    popcount of their bitsets' OR plus the sum of their own counts (two down-sets' own items
+    are distinct items). On the 63k-item Debian closure's 200 ``stable`` clusters, 51.5k items
+    lie in one down-set only: bitsets of 11.9k bits instead of 63k, and every OR and popcount
+    of the merges and the search that weigh them as much cheaper."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for down in downs:
+        shared |= seen.intersection(down)
+        seen |= down
+    position = dict(zip(sorted(shared), range(len(shared)), strict=True))
+    width = len(position)
+    bits, own = [], []
+    for down in downs:
+        held = shared.intersection(down)
+        bits.append(bitset(map(position.__getitem__, held), width))
+        own.append(len(down) - len(held))
+    return bits, own
+
+
 class MergeCosts:
     """Layers being merged pairwise (``stable``'s greedy, the small-layer merge): each one's
-    bytes, down-set (a bitset) and bytes per image mask, and what merging two of them costs in
-    the model: the expected update bytes it adds plus the bytes it stores twice."""
+    bytes, down-set (a bitset, and a count of ``own`` items left out of it: see
+    :func:`shared_bitsets`; none when not given) and bytes per image mask, and what merging
+    two of them costs in the model: the expected update bytes it adds plus the bytes it
+    stores twice."""
 
     def __init__(
         self,
@@ -82,11 +113,14 @@ class MergeCosts:
         sizes: Sequence[int],
         sets: Sequence[int],
         pieces: Sequence[dict[int, int]],
+        *,
+        own: Sequence[int] | None = None,
     ) -> None:
         self.hit = hit
         self.sizes = list(sizes)
         self.sets = list(sets)
-        self.counts = [bits.bit_count() for bits in sets]
+        self.own = list(own) if own is not None else [0] * len(sets)
+        self.counts = [bits.bit_count() + extra for bits, extra in zip(sets, self.own, strict=True)]
         self.pieces = list(pieces)
         self.stored = [stored_bytes(piece) for piece in pieces]
         self.rising = hit_rises(hit)  # which :meth:`floor` needs to be a bound
@@ -94,7 +128,7 @@ class MergeCosts:
     def cost(self, a: int, b: int) -> float:
         """What merging layers ``a`` and ``b`` adds to the model's cost."""
         hit, sizes, counts = self.hit, self.sizes, self.counts
-        both = hit[(self.sets[a] | self.sets[b]).bit_count()]
+        both = hit[(self.sets[a] | self.sets[b]).bit_count() + self.own[a] + self.own[b]]
         update = sizes[a] * (both - hit[counts[a]]) + sizes[b] * (both - hit[counts[b]])
         pa, pb = self.pieces[a], self.pieces[b]
         if len(pa) == 1 and pa.keys() == pb.keys():
@@ -118,7 +152,8 @@ class MergeCosts:
     def merge(self, into: int, other: int) -> None:
         """Layer ``other`` joins layer ``into`` (whose figures change; ``other``'s are stale)."""
         self.sets[into] |= self.sets[other]
-        self.counts[into] = self.sets[into].bit_count()
+        self.own[into] += self.own[other]
+        self.counts[into] = self.sets[into].bit_count() + self.own[into]
         self.sizes[into] += self.sizes[other]
         piece = self.pieces[into]
         for mask, size in self.pieces[other].items():

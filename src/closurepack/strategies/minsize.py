@@ -94,7 +94,8 @@ def _cheapest_partner(layers: MergeCosts, small: int, alive: list[int]) -> int:
     """The partner of least cost for ``small`` (ties: the nearer, then the lower) among
     ``alive`` (ascending), for one image: every layer may take it, and its cost is the
     update part of :meth:`MergeCosts.cost` alone, the same expression written out (one
-    image's layers store nothing twice). Each merge weighs every layer left, so this loop
+    image's layers store nothing twice, and the small-layer merge gives it no ``own``
+    counts, so the OR's popcount is the count). Each merge weighs every layer left, so this loop
     is most of a small closure's planning (145 items: ~6,000 costs over the planner's asks)."""
     hit, sizes, sets, counts = layers.hit, layers.sizes, layers.sets, layers.counts
     mine, size, own = sets[small], sizes[small], hit[counts[small]]

@@ -48,15 +48,20 @@ def refine(
     hit: Sequence[float],
     budget: int,
     visit: Sequence[int],
+    own: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """``layers`` (lists of unit ids) after moving units while the model cost falls.
 
-    ``sizes[u]``, ``downs[u]`` (the down-set of unit ``u`` as a bitset) and ``images[u]`` (the
-    images of its items) describe the units; ``visit`` lists every unit in the order they are
-    visited (by name, so that an update's renames do not change the search); ``hit[d]`` is the
-    chance that an update breaks a layer whose down-set has ``d`` items. The result keeps every
+    ``sizes[u]``, ``downs[u]`` (the down-set of unit ``u`` as a bitset, less its ``own[u]``
+    items that no other unit's holds, counted instead: see
+    :func:`~closurepack.strategies.economy.shared_bitsets`; none when not given) and
+    ``images[u]`` (the images of its items) describe the units; ``visit`` lists every unit in
+    the order they are visited (by name, so that an update's renames do not change the
+    search); ``hit[d]`` is the chance that an update breaks a layer whose down-set has ``d``
+    items. The result keeps every
     unit in exactly one layer, at most ``max(budget, len(layers))`` layers, none empty."""
-    search = _Search(sizes, downs, images, hit, max(budget, len(layers)))
+    own = own if own is not None else [0] * len(sizes)
+    search = _Search(sizes, downs, images, hit, max(budget, len(layers)), own=own)
     for layer in layers:
         search.add(layer)
     for _ in range(PASSES):
@@ -73,7 +78,8 @@ class _Search:
     figures after it: for each layer and unit, the size of their joined down-sets (an OR and a
     popcount of ``n``-bit sets, the search's main cost), and for each unit the down-set of its
     layer without it; both are keyed by the layer's version, bumped when its units change. Each
-    layer's images are kept too (those of all its units, or :data:`_MIXED`)."""
+    layer's images are kept too (those of all its units, or :data:`_MIXED`). A layer's count
+    is its bitset's popcount plus its units' ``own`` counts (kept per layer)."""
 
     def __init__(
         self,
@@ -82,19 +88,23 @@ class _Search:
         images: Sequence[object],
         hit: Sequence[float],
         limit: int,
+        *,
+        own: Sequence[int],
     ) -> None:
-        self.sizes, self.downs, self.images, self.hit, self.limit = sizes, downs, images, hit, limit
+        self.sizes, self.downs, self.own = sizes, downs, own
+        self.images, self.hit, self.limit = images, hit, limit
         self.groups: list[set[int]] = []
         self.bytes_of: list[int] = []
         self.down_of: list[int] = []
-        self.count_of: list[int] = []  # |down_of[g]|, kept to spare a popcount per move weighed
+        self.own_of: list[int] = []  # the own counts of g's units, summed
+        self.count_of: list[int] = []  # |D(g)|, kept to spare a popcount per move weighed
         self.images_of: list[object] = []  # the images of every unit of g, or _MIXED
         self.version: list[int] = []  # bumped whenever g's units change
         self.where: dict[int, int] = {}
         self.filled = 0  # layers that hold a unit
         self.joined: dict[tuple[int, int], tuple[int, int]] = {}  # (g, u) -> (version, count)
         self.without: dict[int, tuple[int, int, int, int]] = {}  # u -> (g, version, down, count)
-        self.alone = [bits.bit_count() for bits in downs]
+        self.alone = [bits.bit_count() + extra for bits, extra in zip(downs, own, strict=True)]
         # Lower bounds on a move's figure are used only if hit[] never falls (it rises with
         # the count in exact arithmetic; this checks the floating point table too).
         self.bounded = hit_rises(hit)
@@ -105,7 +115,8 @@ class _Search:
         self.groups.append(set(units))
         self.bytes_of.append(sum(self.sizes[u] for u in units))
         self.down_of.append(union_of(self.downs, units))
-        self.count_of.append(self.down_of[-1].bit_count())
+        self.own_of.append(sum(self.own[u] for u in units))
+        self.count_of.append(self.down_of[-1].bit_count() + self.own_of[-1])
         self.images_of.append(self._images(self.groups[-1]))
         self.version.append(0)
         self.filled += bool(units)
@@ -118,11 +129,11 @@ class _Search:
         return size * self.hit[count]
 
     def _joined_count(self, b: int, u: int) -> int:
-        """``|down_of[b] | downs[u]|``, computed once per version of layer ``b``."""
+        """The count of layer ``b`` and unit ``u`` joined, computed once per version of ``b``."""
         known = self.joined.get((b, u))
         if known is not None and known[0] == self.version[b]:
             return known[1]
-        count = (self.down_of[b] | self.downs[u]).bit_count()
+        count = (self.down_of[b] | self.downs[u]).bit_count() + self.own_of[b] + self.own[u]
         self.joined[b, u] = (self.version[b], count)
         return count
 
@@ -132,7 +143,7 @@ class _Search:
         if known is not None and known[0] == a and known[1] == self.version[a]:
             return known[2], known[3]
         rest_down = union_of(self.downs, self.groups[a] - {u})
-        rest_count = rest_down.bit_count()
+        rest_count = rest_down.bit_count() + self.own_of[a] - self.own[u]
         self.without[u] = (a, self.version[a], rest_down, rest_count)
         return rest_down, rest_count
 
@@ -179,13 +190,15 @@ class _Search:
         if not here:
             self.filled -= 1
         self.bytes_of[a] -= size
+        self.own_of[a] -= self.own[u]
         self.down_of[a], self.count_of[a] = rest_down, rest_count
         self.images_of[a] = self._images(here)
         self.version[a] += 1
         self.groups[target].add(u)
         self.bytes_of[target] += size
         self.down_of[target] |= self.downs[u]
-        self.count_of[target] = self.down_of[target].bit_count()
+        self.own_of[target] += self.own[u]
+        self.count_of[target] = self.down_of[target].bit_count() + self.own_of[target]
         self.images_of[target] = self._images(self.groups[target])
         self.version[target] += 1
         self.where[u] = target
@@ -197,13 +210,22 @@ _MIXED = object()
 
 
 def chain_order(
-    downs: Sequence[int], sizes: Sequence[int], hit: Sequence[float], keys: Sequence[str]
+    downs: Sequence[int],
+    sizes: Sequence[int],
+    hit: Sequence[float],
+    keys: Sequence[str],
+    *,
+    own: Sequence[int] | None = None,
 ) -> list[int]:
     """The layers (their down-sets, bytes and tie-break keys) in ChainID order, bottom first:
     their indices (module docstring). Each layer's count, and the complement of what is
-    placed, are made once (per layer, per round), not once per layer weighed in each round."""
+    placed, are made once (per layer, per round), not once per layer weighed in each round.
+    ``own[g]`` counts items of layer ``g``'s down-set left out of its bitset that no other
+    layer's holds (:func:`~closurepack.strategies.economy.shared_bitsets`): never among
+    those placed, so always fresh."""
+    own = own if own is not None else [0] * len(downs)
     left = list(range(len(downs)))
-    counts = [bits.bit_count() for bits in downs]
+    counts = [bits.bit_count() + extra for bits, extra in zip(downs, own, strict=True)]
     below = 0
     order: list[int] = []
     while left:
@@ -211,7 +233,12 @@ def chain_order(
         chosen = min(
             left,
             key=lambda g: _rank(
-                g, (downs[g] & free).bit_count(), counts=counts, sizes=sizes, hit=hit, keys=keys
+                g,
+                (downs[g] & free).bit_count() + own[g],
+                counts=counts,
+                sizes=sizes,
+                hit=hit,
+                keys=keys,
             ),
         )
         left.remove(chosen)

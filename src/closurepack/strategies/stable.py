@@ -34,12 +34,18 @@ Algorithm.
    images; repeatedly the cluster whose absorption into the cluster that referrer is now in
    costs least in the one-change form of the cost, ``s(X) * (|down(top(C))| -
    |down(top(X))|)``, is absorbed (lazy heap: costs only grow), until ``min(COARSE_LIMIT,
-   3 * budget)`` clusters remain or none can be absorbed so. Then the least valuable clusters
+   3 * budget)`` clusters remain or none can be absorbed so (when at least that many items
+   have no referrer to join, as the graph roots of a large closure, every other item is
+   absorbed whatever the order: each joins the cluster at the end of its chain of nearest
+   referrers, found in one pass without the heap). Then the least valuable clusters
    left (by ``s * |down(top)|``) join the cluster of the nearest item below their top outside
    their own cluster with the largest down-set (items with no reference at all join each
    other).
 2. Exact greedy: with the down-sets as bitsets, the pair of clusters whose merge costs least is
-   merged (ties: by the clusters' first names) until the budget is met.
+   merged (ties: by the clusters' first names) until the budget is met. A cluster's bitset
+   holds only the items that another cluster's down-set holds too, its other items are
+   counted (:func:`~closurepack.strategies.economy.shared_bitsets`: the same union sizes,
+   and on a large closure most items lie below one cluster only).
 3. Local search (:func:`~closurepack.strategies.refine.refine`): the greedy never undoes a
    merge, so each cluster, in name order, moves to the layer (or a layer of its own while the
    budget has room) where the plan's cost is least, while a move lowers it, at most
@@ -51,10 +57,10 @@ Algorithm.
    so the large layers that few changes reach are at the bottom and a layer that changes
    only with the ones below it goes right above them.
 
-Complexity: coarsening is ``O((n + edges) log n)`` plus the down-set walk; every later step
-works on at most ``max(EXACT_LIMIT, COARSE_LIMIT)`` clusters with ``n``-bit sets, so it is
-linear in ``n`` (the exact greedy's pairs, the search's moves and the order are bounded by the
-cluster count, not by ``n``).
+Complexity: coarsening is ``O((n + edges) log n)`` (``O(n + edges)`` without the heap) plus
+the down-set walk; every later step works on at most ``max(EXACT_LIMIT, COARSE_LIMIT)``
+clusters with ``n``-bit sets, so it is linear in ``n`` (the exact greedy's pairs, the
+search's moves and the order are bounded by the cluster count, not by ``n``).
 
 Ties. Every tie is broken by names (:func:`nixpkgs_name_key`: the package name, then the hash),
 never by hashes first: an update renames the items above a change, and the plan of the new
@@ -65,13 +71,20 @@ step depends only on the graph, sizes and paths, so a shuffled input gives the s
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
 from closurepack.strategies.canonical import canonical_merges
-from closurepack.strategies.economy import CHANGES, MergeCosts, hit_table, union_of
+from closurepack.strategies.coarsen import coarsen
+from closurepack.strategies.economy import (
+    CHANGES,
+    MergeCosts,
+    hit_table,
+    shared_bitsets,
+    union_of,
+)
 from closurepack.strategies.refine import chain_order, refine
 
 __all__ = ["CHANGES", "COARSE_LIMIT", "EXACT_LIMIT", "MAX_IMAGES", "stable"]
@@ -108,13 +121,14 @@ def stable(
     def down_counts() -> list[int]:  # (the same for every target: kept too)
         return closure.memoized("stable down counts", dag.closure_sums)
 
-    def clustered() -> tuple[list[list[int]], list[int]]:
-        clusters, sets = _clusters(dag, rank, images, target, down_counts)
+    def clustered() -> tuple[list[list[int]], list[int], list[int]]:
+        clusters, sets, own = _clusters(dag, rank, images, target, down_counts)
         if not canonical:
-            return clusters, sets
+            return clusters, sets, own
         return canonical_merges(
             clusters,
             sets,
+            own=own,
             sizes=dag.sizes,
             refs=dag.refs,
             images=images,
@@ -123,9 +137,9 @@ def stable(
         )
 
     key = f"{target} canonical {canonical}" if canonical else f"{target}"
-    clusters, sets = closure.memoized(f"stable clusters {key}", clustered)
+    clusters, sets, own = closure.memoized(f"stable clusters {key}", clustered)
     log = closure.memoized(f"stable merges {key}", _MergeLog)
-    layers = _merge_exactly(dag, rank, images, clusters, sets=sets, budget=budget, log=log)
+    layers = _merge_exactly(dag, rank, images, clusters, sets=sets, own=own, budget=budget, log=log)
     path = dag.paths.__getitem__
     return [tuple(sorted(map(path, members))) for members in layers]
 
@@ -146,13 +160,16 @@ def _clusters(
     images: list[int],
     target: int,
     down_counts: Callable[[], list[int]],
-) -> tuple[list[list[int]], list[int]]:
+) -> tuple[list[list[int]], list[int], list[int]]:
     """At most ``target`` clusters (every item alone when that is the item count, else step 1
-    of the module docstring), and each one's down-set as a bitset."""
+    of the module docstring), and each one's down-set: a bitset, and a count of the items no
+    other cluster's down-set holds that are left out of it (none for items alone; for
+    clusters, :func:`~closurepack.strategies.economy.shared_bitsets`)."""
     if target >= len(dag):
-        return [[i] for i in range(len(dag))], dag.down_bitsets()
-    clusters = _coarsen(dag, rank, images, target, down_counts())
-    return clusters, [dag.down_bitset(members) for members in clusters]
+        return [[i] for i in range(len(dag))], dag.down_bitsets(), [0] * len(dag)
+    clusters = coarsen(dag, rank, images, target, down_counts())
+    sets, own = shared_bitsets([dag.reach(members) for members in clusters])
+    return clusters, sets, own
 
 
 def _images(dag: Dag) -> list[int]:
@@ -170,109 +187,6 @@ def _images(dag: Dag) -> list[int]:
     return masks
 
 
-def _coarsen(
-    dag: Dag, rank: list[int], images: list[int], limit: int, down: Sequence[int]
-) -> list[list[int]]:
-    """Step 1 of the module docstring: at most ``limit`` clusters (``down``: each item's
-    down-set size, :meth:`Dag.closure_sums`)."""
-    n = len(dag)
-    parent = list(range(n))  # union-find over cluster ids (the top item of each cluster)
-    weight = list(dag.sizes)  # bytes of the cluster a top item stands for
-
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    # Each item joins the cluster of its referrer (of the same images) with the smallest
-    # down-set, wherever that referrer's cluster has gone: a cluster of the same images, so a
-    # layer of items of different images (stored once per distinct part) is not made here.
-    order_key = [d * n + r for d, r in zip(down, rank, strict=True)]  # (down, rank) in one int
-    nearest = order_key.__getitem__
-    if not any(images):  # one image: every referrer is of the same images
-        via = [min(rs, key=nearest) if rs else -1 for rs in dag.referrers]
-    else:
-        via = [
-            min((r for r in rs if images[r] == images[i]), key=nearest, default=-1)
-            for i, rs in enumerate(dag.referrers)
-        ]
-
-    # (cost of absorbing top's cluster into target's, rank[top], target, top); parents are
-    # all still themselves here, so every target is its own cluster.
-    heap = [(weight[i] * (down[t] - down[i]), rank[i], t, i) for i, t in enumerate(via) if t >= 0]
-    heapq.heapify(heap)
-    count = n
-    grown = [False] * n  # whether a cluster holds more than its top
-    pop, push = heapq.heappop, heapq.heappush
-    while heap and count > limit:
-        cost, order, _, top = pop(heap)
-        target = via[top]
-        if parent[target] != target:  # (most targets are still their own cluster)
-            target = find(target)
-        fresh = weight[top] * (down[target] - down[top])
-        if fresh > cost or (heap and (fresh, order, target, top) > heap[0]):
-            push(heap, (fresh, order, target, top))
-            continue
-        parent[top] = target
-        weight[target] += weight[top]
-        grown[target] = True
-        count -= 1
-
-    if count > limit:
-        # Only root-topped clusters are left to merge: the least valuable join the cluster of
-        # their top's largest reference (isolated items, with no reference, join each other).
-        # By (weight * down, rank): ranks differ, so the tops themselves are never compared.
-        tops = sorted([(weight[c] * down[c], rank[c], c) for c in range(n) if parent[c] == c])
-        largest = [d * n + (n - 1 - r) for d, r in zip(down, rank, strict=True)]  # (down, -rank)
-        alone: int | None = None
-        for _, _, top in tops:
-            if count <= limit:
-                break
-            # A cluster of its top alone (most of them) has all the top's references outside.
-            outside = dag.refs[top] if not grown[top] else _nearest_outside(dag, top, find)
-            if outside:
-                target = find(max(outside, key=largest.__getitem__))
-            elif alone is None:
-                alone = top
-                continue
-            else:
-                target = find(alone)
-            if target != top:
-                parent[top] = target
-                weight[target] += weight[top]
-                grown[target] = True
-                count -= 1
-
-    members: dict[int, list[int]] = {}
-    for i in range(n):
-        c = parent[i]
-        if parent[c] != c:
-            c = find(i)
-        members.setdefault(c, []).append(i)
-    return [members[c] for c in sorted(members)]
-
-
-def _nearest_outside(dag: Dag, top: int, find: Callable[[int], int]) -> list[int]:
-    """The first items below ``top`` (breadth first) that lie outside its own cluster."""
-    level = list(dag.refs[top])
-    seen = set(level)
-    while level:
-        outside = [r for r in level if find(r) != top]
-        if outside:
-            return outside
-        following = []
-        for r in level:
-            for d in dag.refs[r]:
-                if d not in seen:
-                    seen.add(d)
-                    following.append(d)
-        level = following
-    return []
-
-
 def _merge_exactly(
     dag: Dag,
     rank: list[int],
@@ -280,6 +194,7 @@ def _merge_exactly(
     clusters: list[list[int]],
     *,
     sets: list[int],
+    own: list[int],
     budget: int,
     log: _MergeLog,
 ) -> list[list[int]]:
@@ -307,7 +222,7 @@ def _merge_exactly(
     first = [min(map(rank.__getitem__, members)) for members in clusters]  # ties by name
 
     hit = hit_table(n)  # chance that one of CHANGES changes lies in d items
-    merging = MergeCosts(hit, sizes, sets, pieces)
+    merging = MergeCosts(hit, sizes, sets, pieces, own=own)
 
     def entry(a: int, b: int) -> _Entry:
         """The heap entry of merging ``a`` and ``b``: its cost, or a lower bound on it (last
@@ -368,13 +283,15 @@ def _merge_exactly(
         hit=hit,
         budget=budget,
         visit=sorted(range(len(clusters)), key=lambda c: first[c]),
+        own=own,
     )
     downs = [union_of(unit_sets, layer) for layer in layers]
+    owns = [sum(own[c] for c in layer) for layer in layers]
     weights = [sum(unit_sizes[c] for c in layer) for layer in layers]
     keys = [f"{min(first[c] for c in layer):012d}" for layer in layers]
     return [
         sorted(i for c in layers[g] for i in clusters[c])
-        for g in chain_order(downs, weights, hit, keys)
+        for g in chain_order(downs, weights, hit, keys, own=owns)
     ]
 
 
