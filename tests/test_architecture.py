@@ -90,6 +90,7 @@ RANKS: dict[str, int] = {
     "buildoptions": 9,
     "layerjob": 9,
     "jobsetup": 9,
+    "delivery": 9,
     "sbomjob": 9,
     "multiarch": 9,
     "copying": 9,

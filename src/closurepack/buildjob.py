@@ -25,6 +25,15 @@ from closurepack.customisation import (
     Customisation,
     customisation_entries,
 )
+from closurepack.delivery import (
+    Delivery,
+    ImageTarget,
+    image_pusher,
+    image_staging,
+    image_streamer,
+    warn_if_no_command,
+    write_or_push,
+)
 from closurepack.errors import (
     CacheError,
     OptionError,
@@ -37,18 +46,11 @@ from closurepack.image import (
     assemble_image,
 )
 from closurepack.jobsetup import (
-    Delivery,
     ImageOptions,
-    ImageTarget,
     drop_repeated_customisation,
     fit_customisation,
-    image_pusher,
-    image_staging,
-    image_streamer,
     prepare_image,
     requested_platform,
-    warn_if_no_command,
-    write_or_push,
 )
 from closurepack.layer import BuiltLayer, RemoteLayer
 from closurepack.options import parse_size

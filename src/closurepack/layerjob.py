@@ -25,6 +25,12 @@ from closurepack.chunkedtoc import is_chunked
 from closurepack.customisation import (
     customisation_entries,
 )
+from closurepack.delivery import (
+    Delivery,
+    ImageTarget,
+    finish_image,
+    image_pusher,
+)
 from closurepack.errors import (
     ClosureError,
     DestinationError,
@@ -34,14 +40,10 @@ from closurepack.errors import (
 from closurepack.fakeroot import run_fakeroot_script
 from closurepack.graph import check_readable_store, split_store_path
 from closurepack.jobsetup import (
-    Delivery,
     ImageOptions,
-    ImageTarget,
     check_chunked_destination,
     check_level,
     drop_repeated_customisation,
-    finish_image,
-    image_pusher,
     prepare_image,
 )
 from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
