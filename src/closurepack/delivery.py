@@ -179,11 +179,14 @@ def image_staging(
     """When ``dest`` is an ``oci:`` layout, the staging of its layer blobs while they are
     built (removed, with what it staged, when the block fails; ``started``: the job's start,
     before which killed builds' staging directories are swept); else None."""
-    if is_registry_reference(dest) or parse_destination(dest).kind != "oci":
+    if is_registry_reference(dest):
+        return contextlib.nullcontext()
+    layout = parse_destination(dest)
+    if layout.kind != "oci":
         return contextlib.nullcontext()
     from closurepack.transports.layoutstaging import layout_staging  # noqa: PLC0415 - oci: only
 
-    root = parse_destination(dest).path
+    root = layout.path
     assert root is not None  # (an oci: destination is a directory)
     return layout_staging(root, stamps=stamps, started=started)
 
@@ -191,12 +194,15 @@ def image_staging(
 def image_streamer(dest: str, config: ImageConfig, base: BaseImage | None) -> LayerStreamer | None:
     """A streamer writing the layers to standard output as they are built when ``dest`` is
     ``-``; else None."""
-    if is_registry_reference(dest) or parse_destination(dest).kind != "stdout":
+    if is_registry_reference(dest):
+        return None
+    stdout = parse_destination(dest)
+    if stdout.kind != "stdout":
         return None
     from closurepack.transports.stdout import LayerStreamer  # noqa: PLC0415 - -o - only
 
     return LayerStreamer(
-        parse_destination(dest),
+        stdout,
         created=rfc3339(config.created),
         base=base.layers if base is not None else (),
     )
