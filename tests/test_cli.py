@@ -80,7 +80,7 @@ def test_plan_json_contract(app_closure: Path, capsys: pytest.CaptureFixture[str
     assert plan["format"] == "closurepack-plan"
     assert plan["version"] == 1
     assert plan["store_dir"] == "/nix/store"
-    assert plan["strategy"] == "auto"
+    assert plan["strategy"] == "stable"
     assert plan["max_layers"] == 10
     images = plan["images"]
     assert isinstance(images, list)

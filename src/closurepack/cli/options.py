@@ -55,7 +55,7 @@ def plan_options(func: F) -> F:
     func = click.option(
         "--strategy",
         default=None,
-        help="Layering strategy name, a JSON pipeline, or @FILE holding one (default: auto).",
+        help="Layering strategy name, a JSON pipeline, or @FILE holding one (default: stable).",
     )(func)
     func = click.option(
         "--max-layers",

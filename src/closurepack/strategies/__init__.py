@@ -6,10 +6,10 @@ bottom layer first: every item of the closure in exactly one group, no empty gro
 one more for the image's customisation layer).
 
 ======================  =========================================================================
-``auto``                nixpkgs' auto-layer (default): largest items anchor layers
+``auto``                nixpkgs' auto-layer: largest items anchor layers
 ``popularity``          nixpkgs' ``referencesByPopularity``: most depended-upon items alone
 ``size``                Guix ``--max-layers``: largest items alone
-``stable``              planned for change: least expected bytes shipped per update
+``stable``              planned for change: least expected bytes shipped per update (default)
 ``stable-canonical``    ``stable`` after merges every image makes alike (fleets; issue 8)
 ``dominator``           Nixery: dominator-tree subtrees merged by popularity times size
 ``single``              everything in one layer
@@ -134,7 +134,7 @@ class _Strategies(Mapping[str, "Strategy"]):
 
 STRATEGIES: Mapping[str, Strategy] = _Strategies()
 
-DEFAULT_STRATEGY = "auto"
+DEFAULT_STRATEGY = "stable"
 
 
 def get_strategy(spec: str) -> Strategy:
