@@ -83,7 +83,7 @@ from closurepack.options import parse_size
 from closurepack.plan import ImagePlan, LayerPlan
 from closurepack.planner import plan_closures, store_budget
 from closurepack.sources import load_closure_file
-from closurepack.strategies import STRATEGIES
+from closurepack.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 DEFAULT_DATA = Path("/work/shared/data/closures")
 #: Every strategy that plans any closure (per-item fails above its budget, single is a yardstick
@@ -91,6 +91,11 @@ DEFAULT_DATA = Path("/work/shared/data/closures")
 DEFAULT_STRATEGIES = tuple(s for s in sorted(STRATEGIES) if s not in ("per-item", "single"))
 DEFAULT_BUDGETS = (100, 30)
 FIGURES = ("update", "+prev", "chain", "chain+prev", "random", "fleet", "fleet1", "floor")
+#: Issue 8's goals: the most each figure may be at 100 and at 30 layers (other budgets have none).
+GOALS: dict[int, dict[str, float]] = {
+    100: {"update": 1.02, "+prev": 1.01, "random": 1.02, "fleet": 1.01},
+    30: {"update": 1.10, "+prev": 1.05, "random": 1.15, "fleet": 1.05},
+}
 
 LayerId = frozenset[str]
 
@@ -499,6 +504,23 @@ def format_table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def verdicts(row: Row) -> str:
+    """One line: each of issue 8's goals for ``row``'s budget (:data:`GOALS`), PASS or FAIL, as
+    ``update 1.014 <= 1.02 PASS``; empty for a budget without goals. The figure itself is
+    compared, unrounded."""
+    goals = GOALS.get(row.max_layers, {})
+    cells = [
+        f"{figure} {row.totals[figure].overhead:.3f} <= {goal:.2f}"
+        f" {'PASS' if row.totals[figure].overhead <= goal else 'FAIL'}"
+        for figure, goal in goals.items()
+        if figure in row.totals
+    ]
+    if not cells:
+        return ""
+    name = f"{row.strategy}{' (default)' if row.strategy == DEFAULT_STRATEGY else ''}"
+    return f"goals, {name} at {row.max_layers} layers: " + "; ".join(cells)
+
+
 def human(size: int | None) -> str:
     """``0``, ``64K``, ``1M``: a --min-layer-size as it is written (``dflt``: the default)."""
     if size is None:
@@ -587,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  not measured: {line}")
         for line in format_table(rows):
             print(line)
+        for row in rows:
+            if verdict := verdicts(row):
+                print(verdict)
         if args.verbose:
             for line in format_per_app(rows):
                 print(line)

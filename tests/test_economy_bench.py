@@ -199,3 +199,25 @@ def test_generated_pairs_are_updates_of_one_distribution_and_repeatable() -> Non
     shared = set(pairs[0].base.items) & set(pairs[1].base.items)
     assert shared  # apps of one distribution share items, as the fleet figure needs
     assert any(set(p.updated.items) != set(p.base.items) for p in pairs)
+
+
+def test_verdicts_compare_each_figure_with_its_goal_unrounded() -> None:
+    totals = {
+        "update": eb.Tally(1014, 1000),
+        "+prev": eb.Tally(10101, 10000),  # 1.0101: printed as 1.010, still over 1.01
+        "random": eb.Tally(1020, 1000),
+        "fleet": eb.Tally(1500, 1000),
+        "chain": eb.Tally(9000, 1000),  # no goal
+    }
+    row = eb.Row("stable", 100, totals, {}, 0.0)
+    line = eb.verdicts(row)
+    assert line.startswith("goals, stable (default) at 100 layers: ")
+    assert "update 1.014 <= 1.02 PASS" in line
+    assert "+prev 1.010 <= 1.01 FAIL" in line
+    assert "random 1.020 <= 1.02 PASS" in line
+    assert "fleet 1.500 <= 1.01 FAIL" in line
+    assert "chain" not in line
+    assert eb.verdicts(eb.Row("auto", 30, {"update": eb.Tally(1105, 1000)}, {}, 0.0)) == (
+        "goals, auto at 30 layers: update 1.105 <= 1.10 FAIL"
+    )
+    assert eb.verdicts(eb.Row("auto", 50, totals, {}, 0.0)) == ""
