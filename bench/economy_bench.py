@@ -491,14 +491,15 @@ def load() -> str:
 
 
 def format_table(rows: Sequence[Row]) -> list[str]:
-    head = f"{'strategy':<12}{'layers':>7}{'min':>6}" + "".join(f"{f:>11}" for f in FIGURES)
+    width = max([12, *(len(row.strategy) + 1 for row in rows)])
+    head = f"{'strategy':<{width}}{'layers':>7}{'min':>6}" + "".join(f"{f:>11}" for f in FIGURES)
     lines = [head + f"{'n':>7}{'tiny':>6}    sec"]
     for row in rows:
         cells = "".join(
             f"{row.totals[f].overhead:>11.3f}" if f in row.totals else f"{'-':>11}" for f in FIGURES
         )
         lines.append(
-            f"{row.strategy:<12}{row.max_layers:>7}{human(row.min_size):>6}{cells}"
+            f"{row.strategy:<{width}}{row.max_layers:>7}{human(row.min_size):>6}{cells}"
             f"{row.layers:>7.1f}{row.tiny:>6.0%}{row.seconds:>7.1f}"
         )
     return lines
