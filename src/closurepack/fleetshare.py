@@ -105,10 +105,16 @@ class _Union:
         self.stored.append(0)
         self.held.append(0)
         for i in members:
-            self.put(i, g)
+            self._add(i, g)
+        self.stored[g] = stored_bytes(self.pieces[g]) if self.pieces[g] else 0
         return g
 
     def put(self, i: int, g: int) -> None:
+        self._add(i, g)
+        self.stored[g] = stored_bytes(self.pieces[g])
+
+    def _add(self, i: int, g: int) -> None:
+        """Item ``i`` into layer ``g``, all but its stored bytes (the caller counts them)."""
         size, mask = self.dag.sizes[i], self.masks[i]
         self.groups[g].add(i)
         self.where[i] = g
@@ -120,7 +126,6 @@ class _Union:
                 self.count[k] += 1
                 self.held[g] |= 1 << k
             parts[k] = (part_size + size, down | self.downs[i], held + 1)
-        self.stored[g] = stored_bytes(pieces)
 
     def take(self, i: int) -> None:
         size, mask = self.dag.sizes[i], self.masks[i]
@@ -143,9 +148,27 @@ class _Union:
         self.stored[g] = stored_bytes(pieces) if pieces else 0
 
     def merge(self, a: int, b: int) -> None:
-        for i in sorted(self.groups[b]):
-            self.take(i)
-            self.put(i, a)
+        """Layer ``b``'s items into layer ``a``, as moving them one by one would leave both
+        (``b`` empty), summed at once."""
+        for k in mask_bits(self.held[b]):
+            self.count[k] -= 1
+        pieces, parts = self.pieces[a], self.parts[a]
+        for mask, size in self.pieces[b].items():
+            pieces[mask] = pieces.get(mask, 0) + size
+        for k, (size, down, held) in self.parts[b].items():
+            part = parts.get(k)
+            if part is None:
+                self.count[k] += 1
+                self.held[a] |= 1 << k
+                parts[k] = (size, down, held)
+            else:
+                parts[k] = (part[0] + size, part[1] | down, part[2] + held)
+        for i in self.groups[b]:
+            self.where[i] = a
+        self.groups[a] |= self.groups[b]
+        self.groups[b], self.pieces[b], self.parts[b] = set(), {}, {}
+        self.stored[b], self.held[b] = 0, 0
+        self.stored[a] = stored_bytes(pieces)
 
     def delta(self, a: int, b: int) -> float:
         """What merging layers ``a`` and ``b`` adds to the objective."""
