@@ -70,6 +70,16 @@ REPAIR_WITHIN = 0.05
 MAX_UNITS = 1500
 
 
+@dataclass(frozen=True)
+class _Merge:
+    """What merging two layers adds, but for the weights: the bytes stored of the merged layer
+    and of the two apart, and per image holding both, the cost it adds."""
+
+    together: int
+    apart: int
+    added: tuple[tuple[int, int], ...]
+
+
 class _Union:
     """The union's layers: per layer its items, its bytes per image mask (``pieces``, for the
     stored bytes) and, per image holding part of it, that part's bytes, down-set and items."""
@@ -81,6 +91,8 @@ class _Union:
         downs: Sequence[int],
         weights: Sequence[float],
         room: int,
+        *,
+        known: dict[tuple[frozenset[int], frozenset[int]], _Merge],
     ) -> None:
         self.dag, self.masks, self.downs, self.weights, self.room = (
             dag,
@@ -89,6 +101,13 @@ class _Union:
             weights,
             room,
         )
+        #: What merging two layers (by their items) adds before the weights, kept over the
+        #: rounds: every round starts from the same atoms and makes many of the same merges.
+        self.known = known
+        self.keys: list[frozenset[int] | None] = []  # each layer's items, frozen when asked
+        #: Per layer and image mask: what more bytes of that mask add to its stored bytes
+        #: (:meth:`grown`), until the layer changes.
+        self.shares: list[dict[int, tuple[int, int]]] = []
         self.groups: list[set[int]] = []
         self.pieces: list[dict[int, int]] = []
         self.parts: list[dict[int, tuple[int, int, int]]] = []
@@ -104,6 +123,8 @@ class _Union:
         self.parts.append({})
         self.stored.append(0)
         self.held.append(0)
+        self.keys.append(None)
+        self.shares.append({})
         for i in members:
             self._add(i, g)
         self.stored[g] = stored_bytes(self.pieces[g]) if self.pieces[g] else 0
@@ -118,6 +139,7 @@ class _Union:
         size, mask = self.dag.sizes[i], self.masks[i]
         self.groups[g].add(i)
         self.where[i] = g
+        self._changed(g)
         pieces, parts = self.pieces[g], self.parts[g]
         pieces[mask] = pieces.get(mask, 0) + size
         for k in mask_bits(mask):
@@ -132,6 +154,7 @@ class _Union:
         g = self.where.pop(i)
         group = self.groups[g]
         group.discard(i)
+        self._changed(g)
         pieces, parts = self.pieces[g], self.parts[g]
         pieces[mask] -= size
         if not any(self.masks[v] == mask for v in group):
@@ -169,17 +192,51 @@ class _Union:
         self.groups[b], self.pieces[b], self.parts[b] = set(), {}, {}
         self.stored[b], self.held[b] = 0, 0
         self.stored[a] = stored_bytes(pieces)
+        self._changed(a)
+        self._changed(b)
+
+    def _changed(self, g: int) -> None:
+        self.keys[g] = None
+        if self.shares[g]:
+            self.shares[g] = {}
+
+    def _key(self, g: int) -> frozenset[int]:
+        key = self.keys[g]
+        if key is None:
+            key = self.keys[g] = frozenset(self.groups[g])
+        return key
+
+    def grown(self, g: int, mask: int, size: int) -> int:
+        """What ``size`` more bytes of image mask ``mask`` add to layer ``g``'s stored bytes:
+        ``constant + size * count``, both kept per layer and mask (:func:`_growth`)."""
+        shares = self.shares[g]
+        found = shares.get(mask)
+        if found is None:
+            found = shares[mask] = _growth(self.pieces[g], mask, self.stored[g])
+        return found[0] + size * found[1]
 
     def delta(self, a: int, b: int) -> float:
         """What merging layers ``a`` and ``b`` adds to the objective."""
-        total = float(_stored_together(self.pieces[a], self.pieces[b]))
-        total -= self.stored[a] + self.stored[b]
-        first, second = self.parts[a], self.parts[b]
-        for k in mask_bits(self.held[a] & self.held[b]):
-            sa, da, _ = first[k]
-            sb, db, _ = second[k]
-            added = (sa + sb) * (da | db).bit_count() - sa * da.bit_count() - sb * db.bit_count()
-            total += self.weights[k] * added
+        key = (self._key(a), self._key(b))
+        merge = self.known.get(key)
+        if merge is None:
+            first, second = self.parts[a], self.parts[b]
+            added = []
+            for k in mask_bits(self.held[a] & self.held[b]):
+                sa, da, _ = first[k]
+                sb, db, _ = second[k]
+                joined = (sa + sb) * (da | db).bit_count()
+                added.append((k, joined - sa * da.bit_count() - sb * db.bit_count()))
+            merge = _Merge(
+                _stored_together(self.pieces[a], self.pieces[b]),
+                self.stored[a] + self.stored[b],
+                tuple(added),
+            )
+            self.known[key] = merge
+        total = float(merge.together)
+        total -= merge.apart
+        for k, added_k in merge.added:
+            total += self.weights[k] * added_k
         return total
 
     def over(self) -> int:
@@ -236,7 +293,7 @@ class _Union:
             else:
                 if delta >= best:
                     continue
-                delta += _stored_together(self.pieces[b], {mask: size}) - self.stored[b]
+                delta += self.grown(b, mask, size)
                 if delta < best:
                     best, target = delta, b
         if len(group) > 1 and not full:
@@ -262,6 +319,37 @@ class _Union:
             for k in mask_bits(held):
                 planned[k].append({i for i in group if self.masks[i] >> k & 1})
         return planned
+
+
+def _growth(pieces: dict[int, int], mask: int, stored: int) -> tuple[int, int]:
+    """For a layer of ``pieces`` (image mask -> bytes; ``stored`` bytes stored) and ``s`` more
+    bytes of image mask ``mask``: ``(c, n)`` such that its stored bytes grow by ``c + n s``.
+
+    Each image's restriction is named by its *signature*, the pieces holding it (as
+    :func:`~closurepack.strategies.economy.stored_bytes` counts them). The images of ``mask``
+    get the new bytes: each of their distinct restrictions grows by ``s`` (those holding no
+    piece yet share one new restriction), and a restriction that images outside ``mask``
+    share with images in it is split off for them, its bytes stored once more."""
+    signatures: dict[int, int] = {}
+    totals: dict[int, int] = {}
+    flag = 1
+    for held, size in pieces.items():
+        rest = held
+        while rest:
+            bit = rest & -rest
+            rest ^= bit
+            signatures[bit] = signatures.get(bit, 0) | flag
+            totals[bit] = totals.get(bit, 0) + size
+        flag <<= 1
+    inside: dict[int, int] = {}
+    outside: dict[int, int] = {}
+    present = 0
+    for bit, signature in signatures.items():
+        present |= bit
+        (inside if bit & mask else outside)[signature] = totals[bit]
+    if mask & ~present:
+        inside[0] = 0
+    return sum(outside.values()) + sum(inside.values()) - stored, len(inside)
 
 
 def _stored_together(first: dict[int, int], second: dict[int, int]) -> int:
@@ -338,13 +426,14 @@ class _Fleet:
     alone: Sequence[Sequence[list[int]]]
     limits: Sequence[int]
     room: int
+    known: dict[tuple[frozenset[int], frozenset[int]], _Merge]
 
 
 def _round(fleet: _Fleet, weights: Sequence[float]) -> tuple[list[list[set[int]]], list[int]]:
     """Steps 2 to 4 of the module docstring: each image's layers, and the images that were
     above their limit before step 4."""
     dag, downs, limits, room = fleet.dag, fleet.downs, fleet.limits, fleet.room
-    layers = _Union(dag, fleet.masks, downs, weights, room)
+    layers = _Union(dag, fleet.masks, downs, weights, room, known=fleet.known)
     for members in fleet.units:
         layers.new(members)
     _greedy(layers)
@@ -393,7 +482,7 @@ def plan_across(
     downs = dag.down_bitsets()
     limits = [_cost(dag, downs, own) for own in alone]
     weights = [1.0 / max(sum(len(layer) for layer in own), 1) for own in alone]
-    fleet = _Fleet(dag, masks, downs, units, alone, limits, room)
+    fleet = _Fleet(dag, masks, downs, units, alone, limits, room, {})
     best: tuple[int, int, list[list[set[int]]]] | None = None
     for _ in range(ROUNDS):
         planned, failing = _round(fleet, weights)
