@@ -29,7 +29,8 @@ So the result stores no more than the plan it started from, and every image keep
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import bisect
+from collections.abc import Sequence
 
 from closurepack.strategies._dag import Dag
 from closurepack.strategies.economy import union_of
@@ -252,6 +253,7 @@ def _search(
     # stayed: only the layers changed since can take it now, unless its own changed.
     changes: list[int] = []
     seen: dict[int, int] = {}
+    by_reach = sorted((r, g) for g, r in enumerate(reach) if groups[g])
     for _ in range(PASSES):
         moved = False
         for i in sorted(where):
@@ -266,22 +268,28 @@ def _search(
             if out + single >= -1:
                 continue  # no layer takes it for less than a layer of its own (or not at all)
             best_delta, target = -1, -2
-            candidates: Iterable[int] = range(len(groups))
             since = seen.get(i)
-            if since is not None and len(changes) - since < len(groups):
-                touched = set(changes[since:])
-                if a not in touched:  # the others did not take it for less than the bar then
-                    candidates = sorted(touched)
-            for b in candidates:
-                group = groups[b]
-                if b == a or not group:
-                    continue
-                if out + size * reach[b] >= best_delta:
-                    continue
-                grown = (weight[b] + size) * (down[b] | mine).bit_count()
-                delta = out + grown - cost[b]
-                if delta < best_delta:
-                    best_delta, target = delta, b
+            recent = since is not None and len(changes) - since < len(groups)
+            touched = set(changes[since:]) if recent else {a}
+            if a not in touched:
+                # The others did not take it for less than the bar then, nor do they now.
+                for b in sorted(touched):
+                    if b == a or not groups[b] or out + size * reach[b] >= best_delta:
+                        continue
+                    delta = out + (weight[b] + size) * (down[b] | mine).bit_count() - cost[b]
+                    if delta < best_delta:
+                        best_delta, target = delta, b
+            else:
+                # Layers by their down-sets' sizes, smallest first, until the bound passes the
+                # best: the lowest layer among those of the least cost, as a scan in order.
+                for r, b in by_reach:
+                    if out + size * r > best_delta:
+                        break
+                    if b == a:
+                        continue
+                    delta = out + (weight[b] + size) * (down[b] | mine).bit_count() - cost[b]
+                    if delta < best_delta or (delta == best_delta and b < target):
+                        best_delta, target = delta, b
             if len(groups[a]) > 1 and filled < room and out + single < best_delta:
                 target = -1
             if target == -2:
@@ -289,6 +297,9 @@ def _search(
                 continue
             moved = True
             changes.append(a)
+            del by_reach[bisect.bisect_left(by_reach, (reach[a], a))]
+            if target >= 0:
+                del by_reach[bisect.bisect_left(by_reach, (reach[target], target))]
             groups[a].discard(i)
             weight[a] -= size
             down[a] = rest_down
@@ -312,6 +323,9 @@ def _search(
             cost[target] = weight[target] * reach[target]
             without.pop(target, None)
             changes.append(target)
+            if groups[a]:
+                bisect.insort(by_reach, (reach[a], a))
+            bisect.insort(by_reach, (reach[target], target))
             where[i] = target
         if not moved:
             break
