@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from benchload import bench_module
 from closurepack.fleetregions import image_masks
-from closurepack.fleetshare import _growth, plan_across
+from closurepack.fleetshare import plan_across
+from closurepack.fleetunion import growth
 from closurepack.graph import Closure
 from closurepack.planner import plan_closures, store_budget
 from closurepack.strategies._dag import Dag
@@ -91,5 +92,5 @@ def test_a_layers_growth_is_what_its_stored_bytes_gain(
     # count of restrictions in tests/test_fleetrepair.py).
     joined = dict(pieces)
     joined[mask] = joined.get(mask, 0) + size
-    constant, count = _growth(pieces, mask, stored_bytes(pieces))
+    constant, count = growth(pieces, mask, stored_bytes(pieces))
     assert constant + count * size == stored_bytes(joined) - stored_bytes(pieces)
