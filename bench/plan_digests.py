@@ -3,6 +3,7 @@
 Usage::
 
     PYTHONPATH=src python bench/plan_digests.py [--only small|big] [--strategy NAME ...] > new.json
+    PYTHONPATH=src python bench/plan_digests.py --fleets [--strategy NAME ...] > new.json
     PYTHONPATH=/path/to/main/src python bench/plan_digests.py ... > old.json
     python bench/plan_digests.py --compare old.json new.json
 
@@ -12,6 +13,11 @@ Plans, with :func:`closurepack.planner.plan_closures` as ``closurepack plan`` do
 fleet at 30 layers, and the 63k-item ``debian-all.json.zst`` at 100; prints the sha256 (16 hex
 digits) of each plan's JSON, keyed by closure, strategy and layer count. ``--compare`` names
 every key whose digest differs or is missing, and exits 1 if any does.
+
+``--fleets`` instead plans only the large fleets, the ones the fleet planner spends its time
+on: every ``*.base.json`` of the directory together (the 8 tuned bases), and the bases of
+``bench/economy_bench.py``'s held-out apps (``generated_pairs(8, 1)``), each at 100 and 30
+layers, with ``auto``, ``stable`` and ``stable-canonical`` unless ``--strategy`` says otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DIR = Path("/work/shared/data/closures")
 STRATEGIES = ["auto", "popularity", "size", "dominator", "stable", "single"]
+FLEET_STRATEGIES = ["auto", "stable", "stable-canonical"]
 BIG = "debian-all.json.zst"
 
 
@@ -58,6 +65,28 @@ def digests(directory: Path, strategies: list[str], only: str | None) -> dict[st
     return found
 
 
+def fleet_digests(directory: Path, strategies: list[str]) -> dict[str, str]:
+    """``"fleet NAME strategy layers" -> digest`` of the large fleets (module docstring)."""
+    from closurepack.planner import plan_closures
+    from closurepack.sources import load_closure_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from economy_bench import generated_pairs
+
+    fleets = {
+        "tuned-bases": [load_closure_file(p) for p in sorted(directory.glob("*.base.json"))],
+        "held-out-1": [pair.base for pair in generated_pairs(8, 1)],
+    }
+    found: dict[str, str] = {}
+    for name, closures in fleets.items():
+        for strategy in strategies:
+            for layers in [100, 30]:
+                plan = plan_closures(closures, strategy=strategy, max_layers=layers)
+                digest = hashlib.sha256(plan.to_json().encode()).hexdigest()[:16]
+                found[f"fleet {name} {strategy} {layers}"] = digest
+    return found
+
+
 def compare(old: dict[str, str], new: dict[str, str]) -> list[str]:
     """The keys of either whose digests differ (or that only one has)."""
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
@@ -68,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--only", choices=["small", "big"])
     parser.add_argument("--strategy", action="append", dest="strategies")
+    parser.add_argument("--fleets", action="store_true", help="only the large fleets")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
     args = parser.parse_args(argv)
     if args.compare:
@@ -75,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         differ = compare(old, new)
         print(f"{len(new)} plans; {len(differ)} differ" + "".join(f"\n  {k}" for k in differ))
         return 1 if differ else 0
-    found = digests(args.dir, args.strategies or STRATEGIES, args.only)
+    if args.fleets:
+        found = fleet_digests(args.dir, args.strategies or FLEET_STRATEGIES)
+    else:
+        found = digests(args.dir, args.strategies or STRATEGIES, args.only)
     json.dump(found, sys.stdout, indent=0, sort_keys=True)
     print()
     return 0

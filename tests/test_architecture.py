@@ -40,6 +40,7 @@ RANKS: dict[str, int] = {
     "fleetshare": 4,
     "fleetadopt": 4,
     "fleetrepair": 4,
+    "fleetunion": 4,
     "chunkedtoc": 4,
     "chunked": 5,
     "chunkedcheck": 5,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closurepack.fleetadopt import adopt_layers
+from closurepack.fleetadopt import PASSES, _Refits, adopt_layers
 from closurepack.graph import Closure, StoreItem
 from closurepack.strategies._dag import Dag
 from closurepack.strategies.economy import bitset, union_of
@@ -95,3 +95,77 @@ def test_adoption_keeps_each_image_whole_within_budget_and_cost_and_stores_no_mo
         assert len(layers) <= room
         assert cost(dag, downs, layers) <= limit
     assert stored(dag, found) <= stored(dag, start)
+
+
+def reference_refit(
+    dag: Dag,
+    downs: Sequence[int],
+    fixed: list[frozenset[int]],
+    free: list[frozenset[int]],
+    *,
+    room: int,
+    limit: int,
+) -> set[frozenset[int]] | None:
+    """Step 2 of the module docstring by a full scan of every free item against every layer."""
+    sizes = dag.sizes
+
+    def cost(group: set[int]) -> int:
+        return sum(sizes[i] for i in group) * union_of(downs, group).bit_count()
+
+    groups = [set(layer) for layer in sorted(free, key=min)]
+    while len(fixed) + len(groups) > room:
+        if len(groups) < 2:
+            return None
+        pairs = [(a, b) for a in range(len(groups)) for b in range(a + 1, len(groups))]
+        a, b = min(
+            pairs,
+            key=lambda p: (
+                cost(groups[p[0]] | groups[p[1]]) - cost(groups[p[0]]) - cost(groups[p[1]])
+            ),
+        )
+        groups[a] |= groups.pop(b)
+    where = {i: g for g, group in enumerate(groups) for i in group}
+    for _ in range(PASSES):
+        moved = False
+        for i in sorted(where):
+            a = where[i]
+            rest = groups[a] - {i}
+            out = cost(rest) - cost(groups[a])
+            best, target = -1, -2
+            for b, group in enumerate(groups):
+                if b != a and group and out + cost(group | {i}) - cost(group) < best:
+                    best, target = out + cost(group | {i}) - cost(group), b
+            filled = len(fixed) + sum(1 for group in groups if group)
+            if rest and filled < room and out + cost({i}) < best:
+                target = -1
+            if target == -2:
+                continue
+            moved = True
+            groups[a] = rest
+            if target == -1:
+                groups.append(set())
+                target = len(groups) - 1
+            groups[target].add(i)
+            where[i] = target
+        if not moved:
+            break
+    found = [*fixed, *(frozenset(group) for group in groups if group)]
+    return set(found) if sum(cost(set(layer)) for layer in found) <= limit else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(fleets(), st.data())
+def test_a_refit_is_the_full_scans_refit(
+    case: tuple[Closure, list[list[list[str]]], int], data: st.DataObject
+) -> None:
+    whole, images, room = case
+    dag, downs, index = setup(whole)
+    layers = [frozenset(index[p] for p in layer) for layer in images[0]]
+    fixed = [layer for layer in layers if data.draw(st.booleans())]
+    free = [layer for layer in layers if layer not in fixed]
+    limit = data.draw(st.sampled_from([cost(dag, downs, layers), 10**18, 0]))
+    refits = _Refits(dag, downs, room)
+    for _ in range(2):  # the second time from what the first remembered
+        found = refits.refit(fixed, free, limit)
+        expected = reference_refit(dag, downs, fixed, free, room=room, limit=limit)
+        assert (None if found is None else set(found)) == expected

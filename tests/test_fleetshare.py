@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 from benchload import bench_module
 from closurepack.fleetregions import image_masks
 from closurepack.fleetshare import plan_across
+from closurepack.fleetunion import growth
 from closurepack.graph import Closure
 from closurepack.planner import plan_closures, store_budget
 from closurepack.strategies._dag import Dag
+from closurepack.strategies.economy import stored_bytes
 from fleetgen import fleets
 from slowcount import shipped_per_change
 
@@ -75,3 +77,20 @@ def test_stable_images_planned_together_store_each_item_nearly_once() -> None:
         assert shipped_per_change(closure, [layer.paths for layer in image.layers]) <= (
             shipped_per_change(closure, [layer.paths for layer in alone.layers])
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.integers(1, 63), st.integers(0, 10**6), min_size=1, max_size=6),
+    st.integers(1, 63),
+    st.integers(0, 10**6),
+)
+def test_a_layers_growth_is_what_its_stored_bytes_gain(
+    pieces: dict[int, int], mask: int, size: int
+) -> None:
+    # Checked against the stored bytes counted afresh (themselves checked against a brute
+    # count of restrictions in tests/test_fleetrepair.py).
+    joined = dict(pieces)
+    joined[mask] = joined.get(mask, 0) + size
+    constant, count = growth(pieces, mask, stored_bytes(pieces))
+    assert constant + count * size == stored_bytes(joined) - stored_bytes(pieces)

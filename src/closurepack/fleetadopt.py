@@ -20,13 +20,16 @@ descent over the images, never breaking either rule:
 3. The candidate is taken when the bytes of the distinct layers fall (counted exactly); then
    ``k``'s candidates are listed again. Rounds over every image go on while one took a
    candidate, at most :data:`ROUNDS`, and at most :data:`TRIALS` candidates are weighed in all
-   (a refit is ``O(layers^2 + PASSES * items * layers)`` ORs and popcounts of ``N``-bit sets).
+   (a refit is ``O(layers^2 + PASSES * items * layers)`` ORs and popcounts of ``N``-bit sets;
+   the free layers' search is remembered, as the same image is often refitted with the same
+   candidate again after one was taken elsewhere).
 
 So the result stores no more than the plan it started from, and every image keeps both rules.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from closurepack.strategies._dag import Dag
@@ -89,6 +92,7 @@ class _Fleet:
                 self.holders.setdefault(layer, set()).add(k)
         self.failed: set[tuple[Layer, int]] = set()
         self.trials = 0
+        self.refits = _Refits(dag, downs, room)
 
     def size(self, layer: Layer) -> int:
         sizes = self.dag.sizes
@@ -132,7 +136,7 @@ class _Fleet:
                 rest = layer - part
                 if layer != part and rest:
                     (fixed if len(self.holders[layer]) > 1 else free).append(rest)
-            found = _refit(self.dag, self.downs, fixed, free, room=self.room, limit=self.limits[a])
+            found = self.refits.refit(fixed, free, self.limits[a])
             if found is None:
                 return False
             refitted[a] = set(found)
@@ -170,29 +174,69 @@ class _Fleet:
         return adopters
 
 
-def _refit(
-    dag: Dag,
-    downs: Sequence[int],
-    fixed: list[Layer],
-    free: list[Layer],
-    *,
-    room: int,
-    limit: int,
-) -> list[Layer] | None:
-    """Step 2: ``fixed`` and ``free`` within ``room`` layers and ``limit``, or None."""
+class _Refits:
+    """Step 2, remembered: a refit depends on the fixed layers only through their number and
+    their cost, so the free layers' search is kept by ``(number fixed, free layers)`` and
+    only the limit is checked anew (adoption tries the same image with the same candidate
+    again after every candidate taken elsewhere)."""
+
+    def __init__(self, dag: Dag, downs: Sequence[int], room: int) -> None:
+        self.dag, self.downs, self.room = dag, downs, room
+        self.searched: dict[tuple[int, frozenset[Layer]], tuple[list[Layer], int] | None] = {}
+        self.costs: dict[Layer, int] = {}
+
+    def refit(self, fixed: list[Layer], free: list[Layer], limit: int) -> list[Layer] | None:
+        """``fixed`` and ``free`` within the budget and ``limit``, or None."""
+        key = (len(fixed), frozenset(free))
+        if key not in self.searched:
+            self.searched[key] = _search(self.dag, self.downs, len(fixed), free, room=self.room)
+        found = self.searched[key]
+        if found is None:
+            return None
+        groups, total = found
+        for layer in fixed:
+            total += self.cost(layer)
+        if total > limit:
+            return None
+        return [*fixed, *groups]
+
+    def cost(self, layer: Layer) -> int:
+        cost = self.costs.get(layer)
+        if cost is None:
+            sizes = self.dag.sizes
+            cost = sum(sizes[i] for i in layer) * union_of(self.downs, layer).bit_count()
+            self.costs[layer] = cost
+        return cost
+
+
+def _search(
+    dag: Dag, downs: Sequence[int], fixed: int, free: list[Layer], *, room: int
+) -> tuple[list[Layer], int] | None:
+    """Step 2 for the ``free`` layers beside ``fixed`` fixed ones: the free layers found and
+    their cost, or None when they cannot be merged into the room left.
+
+    The local search skips what cannot win, exactly: moving item ``i`` (bytes ``s``, down-set
+    ``d``) out of its layer changes the cost by ``out``, and into layer ``b`` (bytes ``W``,
+    down-set ``D``) by ``(W + s) |D | d| - W |D|``, at least ``s max(|D|, |d|)``; so an item
+    with ``out + s |d|`` not below the first bar moves nowhere (a layer of its own costs that
+    much), and a layer whose bound is not below the best so far is passed over. The down-set
+    of a layer without one of its items comes from the ORs of the items before and after it,
+    kept until the layer changes."""
     sizes = dag.sizes
     groups = [set(layer) for layer in sorted(free, key=min)]
     weight = [sum(sizes[i] for i in group) for group in groups]
     down = [union_of(downs, group) for group in groups]
-    while len(fixed) + len(groups) > room:
+    while fixed + len(groups) > room:
         if len(groups) < 2:
             return None
+        reach = [d.bit_count() for d in down]
         best: tuple[int, int, int] | None = None
         for a in range(len(groups)):
-            alone_a = weight[a] * down[a].bit_count()
+            weight_a, down_a = weight[a], down[a]
+            alone_a = weight_a * reach[a]
             for b in range(a + 1, len(groups)):
-                joined = (weight[a] + weight[b]) * (down[a] | down[b]).bit_count()
-                added = joined - alone_a - weight[b] * down[b].bit_count()
+                joined = (weight_a + weight[b]) * (down_a | down[b]).bit_count()
+                added = joined - alone_a - weight[b] * reach[b]
                 if best is None or added < best[0]:
                     best = (added, a, b)
         assert best is not None
@@ -200,42 +244,104 @@ def _refit(
         groups[a] |= groups.pop(b)
         weight[a] += weight.pop(b)
         down[a] |= down.pop(b)
+    reach = [d.bit_count() for d in down]
+    cost = [w * r for w, r in zip(weight, reach, strict=True)]
+    filled = fixed + sum(1 for group in groups if group)
+    without: dict[int, dict[int, int]] = {}  # per layer: item -> the layer's down-set without it
     where = {i: g for g, group in enumerate(groups) for i in group}
+    # Every layer a move changed, in order, and per item how many there were when it last
+    # stayed: only the layers changed since can take it now, unless its own changed.
+    changes: list[int] = []
+    seen: dict[int, int] = {}
+    by_reach = sorted((r, g) for g, r in enumerate(reach) if groups[g])
     for _ in range(PASSES):
         moved = False
         for i in sorted(where):
             a = where[i]
-            rest = groups[a] - {i}
-            rest_down = union_of(downs, rest)
-            out = (weight[a] - sizes[i]) * rest_down.bit_count() - weight[a] * down[a].bit_count()
+            size, mine = sizes[i], downs[i]
+            rests = without.get(a)
+            if rests is None:
+                rests = without[a] = _without_each(downs, groups[a])
+            rest_down = rests[i]
+            out = (weight[a] - size) * rest_down.bit_count() - cost[a]
+            single = size * mine.bit_count()
+            if out + single >= -1:
+                continue  # no layer takes it for less than a layer of its own (or not at all)
             best_delta, target = -1, -2
-            for b, group in enumerate(groups):
-                if b == a or not group:
-                    continue
-                grown = (weight[b] + sizes[i]) * (down[b] | downs[i]).bit_count()
-                delta = out + grown - weight[b] * down[b].bit_count()
-                if delta < best_delta:
-                    best_delta, target = delta, b
-            filled = len(fixed) + sum(1 for group in groups if group)
-            if rest and filled < room and out + sizes[i] * downs[i].bit_count() < best_delta:
+            since = seen.get(i)
+            recent = since is not None and len(changes) - since < len(groups)
+            touched = set(changes[since:]) if recent else {a}
+            if a not in touched:
+                # The others did not take it for less than the bar then, nor do they now.
+                for b in sorted(touched):
+                    if b == a or not groups[b] or out + size * reach[b] >= best_delta:
+                        continue
+                    delta = out + (weight[b] + size) * (down[b] | mine).bit_count() - cost[b]
+                    if delta < best_delta:
+                        best_delta, target = delta, b
+            else:
+                # Layers by their down-sets' sizes, smallest first, until the bound passes the
+                # best: the lowest layer among those of the least cost, as a scan in order.
+                for r, b in by_reach:
+                    if out + size * r > best_delta:
+                        break
+                    if b == a:
+                        continue
+                    delta = out + (weight[b] + size) * (down[b] | mine).bit_count() - cost[b]
+                    if delta < best_delta or (delta == best_delta and b < target):
+                        best_delta, target = delta, b
+            if len(groups[a]) > 1 and filled < room and out + single < best_delta:
                 target = -1
             if target == -2:
+                seen[i] = len(changes)
                 continue
             moved = True
-            groups[a], weight[a], down[a] = rest, weight[a] - sizes[i], rest_down
+            changes.append(a)
+            del by_reach[bisect.bisect_left(by_reach, (reach[a], a))]
+            if target >= 0:
+                del by_reach[bisect.bisect_left(by_reach, (reach[target], target))]
+            groups[a].discard(i)
+            weight[a] -= size
+            down[a] = rest_down
+            reach[a] = rest_down.bit_count()
+            cost[a] = weight[a] * reach[a]
+            without.pop(a, None)
             if target == -1:
                 groups.append(set())
                 weight.append(0)
                 down.append(0)
+                reach.append(0)
+                cost.append(0)
+                target = len(groups) - 1
+                filled += 1
+            elif not groups[a]:
+                filled -= 1
             groups[target].add(i)
-            weight[target] += sizes[i]
-            down[target] |= downs[i]
-            where[i] = target if target >= 0 else len(groups) - 1
+            weight[target] += size
+            down[target] |= mine
+            reach[target] = down[target].bit_count()
+            cost[target] = weight[target] * reach[target]
+            without.pop(target, None)
+            changes.append(target)
+            if groups[a]:
+                bisect.insort(by_reach, (reach[a], a))
+            bisect.insort(by_reach, (reach[target], target))
+            where[i] = target
         if not moved:
             break
-    total = sum(weight[g] * down[g].bit_count() for g, group in enumerate(groups) if group)
-    for layer in fixed:
-        total += sum(sizes[i] for i in layer) * union_of(downs, layer).bit_count()
-    if total > limit:
-        return None
-    return [*fixed, *(frozenset(group) for group in groups if group)]
+    total = sum(c for c, group in zip(cost, groups, strict=True) if group)
+    return [frozenset(group) for group in groups if group], total
+
+
+def _without_each(downs: Sequence[int], group: set[int]) -> dict[int, int]:
+    """For each member of ``group``: the union of the others' down-sets."""
+    order = sorted(group)
+    after = [0] * (len(order) + 1)
+    for j in range(len(order) - 1, -1, -1):
+        after[j] = after[j + 1] | downs[order[j]]
+    found: dict[int, int] = {}
+    before = 0
+    for j, i in enumerate(order):
+        found[i] = before | after[j + 1]
+        before |= downs[i]
+    return found

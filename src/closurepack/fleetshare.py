@@ -49,10 +49,10 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from closurepack.fleetregions import mask_bits
 from closurepack.fleetrepair import ImageRepair
+from closurepack.fleetunion import Merge, UnionLayers
 from closurepack.strategies._dag import Dag
-from closurepack.strategies.economy import stored_bytes, union_of
+from closurepack.strategies.economy import union_of
 
 __all__ = ["MAX_UNITS", "PASSES", "RAISE", "REPAIR_STEPS", "REPAIR_WITHIN", "ROUNDS", "plan_across"]
 
@@ -70,189 +70,7 @@ REPAIR_WITHIN = 0.05
 MAX_UNITS = 1500
 
 
-class _Union:
-    """The union's layers: per layer its items, its bytes per image mask (``pieces``, for the
-    stored bytes) and, per image holding part of it, that part's bytes, down-set and items."""
-
-    def __init__(
-        self,
-        dag: Dag,
-        masks: Sequence[int],
-        downs: Sequence[int],
-        weights: Sequence[float],
-        room: int,
-    ) -> None:
-        self.dag, self.masks, self.downs, self.weights, self.room = (
-            dag,
-            masks,
-            downs,
-            weights,
-            room,
-        )
-        self.groups: list[set[int]] = []
-        self.pieces: list[dict[int, int]] = []
-        self.parts: list[dict[int, tuple[int, int, int]]] = []
-        self.stored: list[int] = []
-        self.held: list[int] = []
-        self.where: dict[int, int] = {}
-        self.count = [0] * len(weights)
-
-    def new(self, members: Iterable[int]) -> int:
-        g = len(self.groups)
-        self.groups.append(set())
-        self.pieces.append({})
-        self.parts.append({})
-        self.stored.append(0)
-        self.held.append(0)
-        for i in members:
-            self.put(i, g)
-        return g
-
-    def put(self, i: int, g: int) -> None:
-        size, mask = self.dag.sizes[i], self.masks[i]
-        self.groups[g].add(i)
-        self.where[i] = g
-        pieces, parts = self.pieces[g], self.parts[g]
-        pieces[mask] = pieces.get(mask, 0) + size
-        for k in mask_bits(mask):
-            part_size, down, held = parts.get(k, (0, 0, 0))
-            if not held:
-                self.count[k] += 1
-                self.held[g] |= 1 << k
-            parts[k] = (part_size + size, down | self.downs[i], held + 1)
-        self.stored[g] = stored_bytes(pieces)
-
-    def take(self, i: int) -> None:
-        size, mask = self.dag.sizes[i], self.masks[i]
-        g = self.where.pop(i)
-        group = self.groups[g]
-        group.discard(i)
-        pieces, parts = self.pieces[g], self.parts[g]
-        pieces[mask] -= size
-        if not any(self.masks[v] == mask for v in group):
-            del pieces[mask]
-        for k in mask_bits(mask):
-            part_size, _, held = parts[k]
-            if held == 1:
-                del parts[k]
-                self.count[k] -= 1
-                self.held[g] &= ~(1 << k)
-                continue
-            down = union_of(self.downs, (v for v in group if self.masks[v] >> k & 1))
-            parts[k] = (part_size - size, down, held - 1)
-        self.stored[g] = stored_bytes(pieces) if pieces else 0
-
-    def merge(self, a: int, b: int) -> None:
-        for i in sorted(self.groups[b]):
-            self.take(i)
-            self.put(i, a)
-
-    def delta(self, a: int, b: int) -> float:
-        """What merging layers ``a`` and ``b`` adds to the objective."""
-        total = float(_stored_together(self.pieces[a], self.pieces[b]))
-        total -= self.stored[a] + self.stored[b]
-        first, second = self.parts[a], self.parts[b]
-        for k in mask_bits(self.held[a] & self.held[b]):
-            sa, da, _ = first[k]
-            sb, db, _ = second[k]
-            added = (sa + sb) * (da | db).bit_count() - sa * da.bit_count() - sb * db.bit_count()
-            total += self.weights[k] * added
-        return total
-
-    def over(self) -> int:
-        mask = 0
-        for k, count in enumerate(self.count):
-            if count > self.room:
-                mask |= 1 << k
-        return mask
-
-    def move(self, i: int) -> bool:
-        """Step 3 for item ``i``: move it where the objective is least, if that lowers it."""
-        dag, masks, weights = self.dag, self.masks, self.weights
-        a, size, mask, mine = self.where[i], dag.sizes[i], masks[i], self.downs[i]
-        bits = mask_bits(mask)
-        group = self.groups[a]
-        pieces = dict(self.pieces[a])
-        pieces[mask] -= size
-        if not any(masks[v] == mask for v in group if v != i):
-            del pieces[mask]
-        out = float((stored_bytes(pieces) if pieces else 0) - self.stored[a])
-        leaving = 0
-        removed: dict[int, int] = {}
-        for k in bits:
-            old_size, old_down, held = self.parts[a][k]
-            if held == 1:
-                leaving |= 1 << k
-                removed[k] = -old_size * old_down.bit_count()
-                continue
-            down = union_of(self.downs, (v for v in group if v != i and masks[v] >> k & 1))
-            removed[k] = (old_size - size) * down.bit_count() - old_size * old_down.bit_count()
-        full = 0
-        for k in bits:
-            if self.count[k] >= self.room and not leaving >> k & 1:
-                full |= 1 << k
-        single = mine.bit_count()
-        best, target = -1e-9 * max(size, 1) - 1e-6, -2
-        for b, there in enumerate(self.parts):
-            if b == a or not self.held[b] & mask:
-                continue
-            delta = out
-            for k in bits:
-                part = there.get(k)
-                if part is None:
-                    if full >> k & 1:
-                        break
-                    added = removed[k] + size * single
-                else:
-                    old_size, old_down, _ = part
-                    added = removed[k] + (
-                        (old_size + size) * (old_down | mine).bit_count()
-                        - old_size * old_down.bit_count()
-                    )
-                delta += weights[k] * added
-            else:
-                if delta >= best:
-                    continue
-                delta += _stored_together(self.pieces[b], {mask: size}) - self.stored[b]
-                if delta < best:
-                    best, target = delta, b
-        if len(group) > 1 and not full:
-            delta = out + size
-            for k in bits:
-                added = removed[k] + size * single
-                delta += weights[k] * added
-            if delta < best:
-                target = -1
-        if target == -2:
-            return False
-        self.take(i)
-        if target == -1:
-            self.new([i])
-        else:
-            self.put(i, target)
-        return True
-
-    def images(self) -> list[list[set[int]]]:
-        """Each image's layers: every layer restricted to its items."""
-        planned: list[list[set[int]]] = [[] for _ in self.count]
-        for group, held in zip(self.groups, self.held, strict=True):
-            for k in mask_bits(held):
-                planned[k].append({i for i in group if self.masks[i] >> k & 1})
-        return planned
-
-
-def _stored_together(first: dict[int, int], second: dict[int, int]) -> int:
-    """Stored bytes of one layer of both ``first``'s and ``second``'s items (image mask ->
-    bytes): their sum when all are of one image mask (nothing is stored twice)."""
-    if len(first) == 1 and first.keys() == second.keys():
-        return sum(first.values()) + sum(second.values())
-    joined = dict(first)
-    for mask, size in second.items():
-        joined[mask] = joined.get(mask, 0) + size
-    return stored_bytes(joined)
-
-
-def _greedy(layers: _Union) -> None:
+def _greedy(layers: UnionLayers) -> None:
     """Step 2 of the module docstring."""
     over = layers.over()
     heap: list[tuple[float, int, int]] = []
@@ -315,13 +133,14 @@ class _Fleet:
     alone: Sequence[Sequence[list[int]]]
     limits: Sequence[int]
     room: int
+    known: dict[tuple[frozenset[int], frozenset[int]], Merge]
 
 
 def _round(fleet: _Fleet, weights: Sequence[float]) -> tuple[list[list[set[int]]], list[int]]:
     """Steps 2 to 4 of the module docstring: each image's layers, and the images that were
     above their limit before step 4."""
     dag, downs, limits, room = fleet.dag, fleet.downs, fleet.limits, fleet.room
-    layers = _Union(dag, fleet.masks, downs, weights, room)
+    layers = UnionLayers(dag, fleet.masks, downs, weights, room, known=fleet.known)
     for members in fleet.units:
         layers.new(members)
     _greedy(layers)
@@ -370,7 +189,7 @@ def plan_across(
     downs = dag.down_bitsets()
     limits = [_cost(dag, downs, own) for own in alone]
     weights = [1.0 / max(sum(len(layer) for layer in own), 1) for own in alone]
-    fleet = _Fleet(dag, masks, downs, units, alone, limits, room)
+    fleet = _Fleet(dag, masks, downs, units, alone, limits, room, {})
     best: tuple[int, int, list[list[set[int]]]] | None = None
     for _ in range(ROUNDS):
         planned, failing = _round(fleet, weights)

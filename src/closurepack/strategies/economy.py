@@ -61,19 +61,24 @@ def _rises(hit: tuple[float, ...]) -> bool:
 
 def stored_bytes(pieces: Mapping[int, int]) -> int:
     """Bytes stored for a layer whose items lie in images ``pieces`` (image mask -> bytes):
-    each image gets the layer restricted to its own items, every distinct restriction a layer."""
+    each image gets the layer restricted to its own items, every distinct restriction a layer.
+
+    Two images get the same restriction exactly when the same pieces hold them both: each
+    image's *signature* (a bit per piece holding it) names its restriction, counted once."""
     if len(pieces) == 1:
         return next(iter(pieces.values()))
-    restrictions: dict[tuple[int, ...], int] = {}
-    union = 0
-    for mask in pieces:
-        union |= mask
-    while union:
-        bit = union & -union
-        union ^= bit
-        key = tuple(sorted(m for m in pieces if m & bit))
-        if key not in restrictions:
-            restrictions[key] = sum(pieces[m] for m in key)
+    signatures: dict[int, int] = {}
+    totals: dict[int, int] = {}
+    flag = 1
+    for mask, size in pieces.items():
+        rest = mask
+        while rest:
+            bit = rest & -rest
+            rest ^= bit
+            signatures[bit] = signatures.get(bit, 0) | flag
+            totals[bit] = totals.get(bit, 0) + size
+        flag <<= 1
+    restrictions = {signature: totals[bit] for bit, signature in signatures.items()}
     return sum(restrictions.values())
 
 
