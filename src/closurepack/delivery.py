@@ -19,7 +19,7 @@ from closurepack.image import (
     assemble_image,
     rfc3339,
 )
-from closurepack.pushrecord import warn_no_command
+from closurepack.options import warn_no_command
 from closurepack.registry import (
     RegistryOptions,
     is_registry_reference,

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError
@@ -92,8 +92,7 @@ class BlobLayer:
         return self.opener()
 
 
-@dataclass(frozen=True)
-class BaseImage:
+class BaseImage(NamedTuple):
     """An image to build on: its parsed config and its layers (bottom first)."""
 
     config: Mapping[str, Any]
