@@ -52,7 +52,7 @@ from closurepack.jobsetup import (
     prepare_image,
     requested_platform,
 )
-from closurepack.layer import BuiltLayer, RemoteLayer
+from closurepack.layer import BuiltLayer
 from closurepack.options import parse_size
 from closurepack.plan import ImagePlan
 from closurepack.plancache import keep_plan
@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # (imported where used: a plain build needs none of them)
     from closurepack.artifacts import Attachment
     from closurepack.imageindex import ImageIndex
     from closurepack.platforms import Platform
+    from closurepack.remotelayer import RemoteLayer
     from closurepack.sbomjob import SbomJob
     from closurepack.sources.narhash import NarDigests
     from closurepack.tarentries import TreeEntry

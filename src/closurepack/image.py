@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, NamedTuple, Protocol
@@ -19,7 +19,6 @@ from closurepack.mediatypes import MediaType
 __all__ = [
     "LAYERS_LABEL",
     "BaseImage",
-    "BlobLayer",
     "Image",
     "ImageConfig",
     "ImageLayer",
@@ -73,23 +72,6 @@ class ImageLayer(Protocol):
     @property
     def annotations(self) -> Mapping[str, str]: ...
     def open(self) -> BinaryIO: ...
-
-
-@dataclass(frozen=True)
-class BlobLayer:
-    """A layer whose blob lives elsewhere (an image read back, a base image): opened on demand."""
-
-    digest: Digest
-    diff_id: Digest
-    size: int
-    media_type: MediaType
-    opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
-    paths: tuple[str, ...] = ()
-    comment: str = ""
-    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-    def open(self) -> BinaryIO:
-        return self.opener()
 
 
 class BaseImage(NamedTuple):
