@@ -130,7 +130,7 @@ _PROGRAM = (
 #: Modules an oci: build of one platform, without --sbom, attachments or artifacts, never needs.
 _NOT_FOR_OCI = (
     "closurepack.sbom,closurepack.imageindex,closurepack.platforms,closurepack.artifacts,"
-    "closurepack.pushrecord,concurrent.futures.thread"
+    "closurepack.pushrecord,closurepack.registry.reference,concurrent.futures.thread"
 )
 
 

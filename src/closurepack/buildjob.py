@@ -56,11 +56,7 @@ from closurepack.layer import BuiltLayer
 from closurepack.options import parse_size
 from closurepack.plan import ImagePlan
 from closurepack.plancache import keep_plan
-from closurepack.registry import (
-    RegistryOptions,
-    is_registry_reference,
-    parse_reference,
-)
+from closurepack.registry import RegistryOptions, is_registry_reference
 from closurepack.registry.record import RECORD_NAME
 from closurepack.workflow import (
     select_image,
@@ -148,6 +144,7 @@ def build_image(
 
             warn_foreign_base(target.platform, base.config, image.from_image)
     if is_registry_reference(dest):  # made while the build plans (the push needs it later)
+        from closurepack.registry import parse_reference  # noqa: PLC0415 - docker:// only (RegistryRef)
         from closurepack.registry.client import prepare_ssl_context  # noqa: PLC0415 - HTTP stack
 
         prepare_ssl_context(registry, parse_reference(dest, for_push=True).registry)

@@ -19,12 +19,7 @@ from closurepack.image import (
     rfc3339,
 )
 from closurepack.options import warn_no_command
-from closurepack.registry import (
-    RegistryOptions,
-    is_registry_reference,
-    parse_reference,
-    push_tags,
-)
+from closurepack.registry import RegistryOptions, is_registry_reference
 from closurepack.transports import (
     WriteOptions,
     parse_destination,
@@ -159,6 +154,7 @@ def image_pusher(
     registry readable, to mount cached layers); else None."""
     if not is_registry_reference(dest):
         return contextlib.nullcontext()
+    from closurepack.registry import parse_reference, push_tags  # noqa: PLC0415 - docker:// only (RegistryRef)
     from closurepack.registry.push import open_pusher  # noqa: PLC0415 - the HTTP stack
 
     ref = parse_reference(dest, for_push=True)
