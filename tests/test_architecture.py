@@ -53,6 +53,7 @@ RANKS: dict[str, int] = {
     "tarentries": 5,
     "tarstream": 5,
     "layer": 5,
+    "remotelayer": 5,
     "layerbuild": 5,
     "layerpool": 5,
     "layerlist": 5,

@@ -17,10 +17,10 @@ import pytest
 
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, OptionError
-from closurepack.image import BlobLayer, Image, ImageConfig, ImageLayer, assemble_image
+from closurepack.image import Image, ImageConfig, ImageLayer, assemble_image
 from closurepack.layer import BuiltLayer
 from closurepack.mediatypes import MediaType
-from closurepack.readback import read_image
+from closurepack.readback import BlobLayer, read_image
 from closurepack.transports import (
     WriteOptions,
     image_repo_name,

@@ -130,14 +130,14 @@ _PROGRAM = (
 #: Modules an oci: build of one platform, without --sbom, attachments or artifacts, never needs.
 _NOT_FOR_OCI = (
     "closurepack.sbom,closurepack.imageindex,closurepack.platforms,closurepack.artifacts,"
-    "concurrent.futures.thread"
+    "closurepack.pushrecord,closurepack.registry.reference,concurrent.futures.thread"
 )
 
 
 def test_a_plain_oci_rebuild_imports_no_index_sbom_or_thread_pool(tmp_path: Path) -> None:
     """The start-up of a warm oci: rebuild (its unchanged layers hits, one new layer) loads
-    none of the multi-platform, SBOM and artifact modules, nor a thread pool; an --sbom
-    build does load what it needs."""
+    none of the multi-platform, SBOM and artifact modules, nor the push records (a registry
+    push's) or a thread pool; an --sbom build does load what it needs."""
     store = make_cli_store(tmp_path / "root")
     closure = store.closure_file(tmp_path / "app.json", [APP])
     argv = ["build", "-q", "--closure", closure, "--store-root", store.root, "--compression",

@@ -3,7 +3,7 @@ image's files or in the standard ones closurepack writes, and added when missing
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from closurepack.errors import OptionError
 from closurepack.perms import MAX_ID
@@ -44,8 +44,7 @@ def split_user(user: str | None) -> tuple[str | None, str | None, int | None, in
     return (name if uid is None else None), (group if gid is None and group else None), uid, gid
 
 
-@dataclass(frozen=True)
-class _Table:
+class _Table(NamedTuple):
     """One of the files as lines, and the name -> fields of its well-formed entries."""
 
     lines: list[str]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from closurepack._fs import fs_now, hash_stream, locked_temp_dir, sweep_stale_temp_dirs
 from closurepack.cache import LayerCache
@@ -23,12 +24,15 @@ from closurepack.customisation import (
 )
 from closurepack.errors import ClosureError, ImageError, OptionError
 from closurepack.graph import check_readable_store, split_store_path
-from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
+from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer, layer_key, sharing_cpus
 from closurepack.layerpool import run_layers, stream_order
 from closurepack.perms import Perms
 from closurepack.plan import ImagePlan, PlannedLayer
 from closurepack.tarheader import MAX_MTIME
+
+if TYPE_CHECKING:  # (made by registry.layercache: only --cache-from builds have one)
+    from closurepack.remotelayer import RemoteLayer
 
 __all__ = [
     "BuildOptions",

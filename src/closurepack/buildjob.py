@@ -52,15 +52,11 @@ from closurepack.jobsetup import (
     prepare_image,
     requested_platform,
 )
-from closurepack.layer import BuiltLayer, RemoteLayer
+from closurepack.layer import BuiltLayer
 from closurepack.options import parse_size
 from closurepack.plan import ImagePlan
 from closurepack.plancache import keep_plan
-from closurepack.registry import (
-    RegistryOptions,
-    is_registry_reference,
-    parse_reference,
-)
+from closurepack.registry import RegistryOptions, is_registry_reference
 from closurepack.registry.record import RECORD_NAME
 from closurepack.workflow import (
     select_image,
@@ -70,6 +66,7 @@ if TYPE_CHECKING:  # (imported where used: a plain build needs none of them)
     from closurepack.artifacts import Attachment
     from closurepack.imageindex import ImageIndex
     from closurepack.platforms import Platform
+    from closurepack.remotelayer import RemoteLayer
     from closurepack.sbomjob import SbomJob
     from closurepack.sources.narhash import NarDigests
     from closurepack.tarentries import TreeEntry
@@ -147,6 +144,7 @@ def build_image(
 
             warn_foreign_base(target.platform, base.config, image.from_image)
     if is_registry_reference(dest):  # made while the build plans (the push needs it later)
+        from closurepack.registry import parse_reference  # noqa: PLC0415 - docker:// only (RegistryRef)
         from closurepack.registry.client import prepare_ssl_context  # noqa: PLC0415 - HTTP stack
 
         prepare_ssl_context(registry, parse_reference(dest, for_push=True).registry)

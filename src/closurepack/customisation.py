@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from closurepack.accounts import account_entries, split_user
 from closurepack.compression import codec_identity
@@ -39,8 +40,7 @@ _log = logging.getLogger(__name__)
 #: known yet (checked again with the plan's own store directory before the layer is built).
 
 
-@dataclass(frozen=True)
-class ExtraTree:
+class ExtraTree(NamedTuple):
     """``--extra DIR[:UID:GID]``: a host tree copied into the image root, every entry owned
     by ``uid``:``gid`` (default root), modes kept."""
 

@@ -6,9 +6,8 @@ pusher, the ``oci:`` layout's staging, the standard-output streamer)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from closurepack.blobstamp import BlobStamps
 from closurepack.image import (
@@ -19,13 +18,8 @@ from closurepack.image import (
     assemble_image,
     rfc3339,
 )
-from closurepack.pushrecord import warn_no_command
-from closurepack.registry import (
-    RegistryOptions,
-    is_registry_reference,
-    parse_reference,
-    push_tags,
-)
+from closurepack.options import warn_no_command
+from closurepack.registry import RegistryOptions, is_registry_reference
 from closurepack.transports import (
     WriteOptions,
     parse_destination,
@@ -53,8 +47,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ImageTarget:
+class ImageTarget(NamedTuple):
     """Where a finished image goes: the destination string, the tags to give it, the name
     (docker-archive's repository) and when the job started (temporary files older than
     that, left by killed writes, are removed)."""
@@ -65,8 +58,7 @@ class ImageTarget:
     started: float
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Delivery:
+class Delivery(NamedTuple):
     """How a finished image leaves, beside writing it to its destination: ``pusher`` (an
     open registry push), ``streamer`` (the stream its layers went to), ``stamps`` (the
     ``oci:`` layout blobs known good), ``staging`` (the layer blobs placed in that layout
@@ -79,13 +71,17 @@ class Delivery:
     attach: Callable[[Image], Sequence[Attachment]] | None = None
 
 
+#: The delivery of an image that is only written to its destination.
+_WRITE_ONLY = Delivery()
+
+
 def finish_image(
     layers: Sequence[ImageLayer],
     *,
     base: BaseImage | None,
     config: ImageConfig,
     target: ImageTarget,
-    delivery: Delivery = Delivery(),
+    delivery: Delivery = _WRITE_ONLY,
 ) -> str:
     """Assemble the image and write or push it as ``delivery`` says, with what its
     ``attach`` gives for it (an SBOM) as artifacts whose subject is its manifest."""
@@ -101,7 +97,7 @@ def warn_if_no_command(image: Image, dest: str) -> None:
 
 
 def write_or_push(
-    image: Image | ImageIndex, *, target: ImageTarget, delivery: Delivery = Delivery()
+    image: Image | ImageIndex, *, target: ImageTarget, delivery: Delivery = _WRITE_ONLY
 ) -> str:
     """Write ``image`` (or a multi-platform image) to ``target``, or push it with the
     delivery's ``pusher``, or finish the stream its ``streamer`` sent its layers to, with what
@@ -158,6 +154,7 @@ def image_pusher(
     registry readable, to mount cached layers); else None."""
     if not is_registry_reference(dest):
         return contextlib.nullcontext()
+    from closurepack.registry import parse_reference, push_tags  # noqa: PLC0415 - docker:// only (RegistryRef)
     from closurepack.registry.push import open_pusher  # noqa: PLC0415 - the HTTP stack
 
     ref = parse_reference(dest, for_push=True)

@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError
@@ -19,7 +19,6 @@ from closurepack.mediatypes import MediaType
 __all__ = [
     "LAYERS_LABEL",
     "BaseImage",
-    "BlobLayer",
     "Image",
     "ImageConfig",
     "ImageLayer",
@@ -75,25 +74,7 @@ class ImageLayer(Protocol):
     def open(self) -> BinaryIO: ...
 
 
-@dataclass(frozen=True)
-class BlobLayer:
-    """A layer whose blob lives elsewhere (an image read back, a base image): opened on demand."""
-
-    digest: Digest
-    diff_id: Digest
-    size: int
-    media_type: MediaType
-    opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
-    paths: tuple[str, ...] = ()
-    comment: str = ""
-    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-    def open(self) -> BinaryIO:
-        return self.opener()
-
-
-@dataclass(frozen=True)
-class BaseImage:
+class BaseImage(NamedTuple):
     """An image to build on: its parsed config and its layers (bottom first)."""
 
     config: Mapping[str, Any]

@@ -29,12 +29,7 @@ from closurepack.image import (
     ImageConfig,
 )
 from closurepack.perms import Perms
-from closurepack.registry import (
-    RegistryOptions,
-    is_registry_reference,
-    parse_reference,
-    push_tags,
-)
+from closurepack.registry import RegistryOptions, is_registry_reference
 from closurepack.transports import (
     check_destination,
     parse_destination,
@@ -135,6 +130,8 @@ def _check_destination(dest: str, tags: Sequence[str]) -> None:
     destination fails at once rather than after a long build (see :func:`check_destination`;
     a registry reference is parsed here and its registry asked in the build)."""
     if is_registry_reference(dest):
+        from closurepack.registry import parse_reference, push_tags  # noqa: PLC0415 - docker:// only (RegistryRef)
+
         push_tags(parse_reference(dest, for_push=True), tags)  # a --tag is TAG or REPO:TAG
         return
     for tag in tags:

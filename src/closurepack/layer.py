@@ -17,7 +17,7 @@ from closurepack.digest import Digest
 from closurepack.errors import ImageError
 from closurepack.mediatypes import MediaType
 
-__all__ = ["DESCRIPTOR_FORMAT", "BuiltLayer", "RemoteLayer", "store_layer_comment"]
+__all__ = ["DESCRIPTOR_FORMAT", "BuiltLayer", "store_layer_comment"]
 
 DESCRIPTOR_FORMAT = "closurepack-layer"
 
@@ -121,26 +121,6 @@ class BuiltLayer:
             )
         except (ValueError, KeyError, TypeError, AttributeError, ImageError) as exc:
             raise ImageError(f"{source}: invalid layer descriptor: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class RemoteLayer:
-    """A layer whose blob is already in the registry the image is pushed to (found through a
-    shared layer cache): nothing of it is on disk; :meth:`open` streams it from the registry,
-    digest-checked, should anything need its bytes."""
-
-    digest: Digest
-    diff_id: Digest
-    size: int
-    media_type: MediaType
-    opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
-    paths: tuple[str, ...] = ()
-    comment: str = ""
-    verified: bool = field(default=False, compare=False)
-    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-    def open(self) -> BinaryIO:
-        return self.opener()
 
 
 def store_layer_comment(paths: tuple[str, ...] | list[str], *, limit: int = 200) -> str:

@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from closurepack._fs import atomic_write
 from closurepack.build import (
@@ -46,7 +47,7 @@ from closurepack.jobsetup import (
     drop_repeated_customisation,
     prepare_image,
 )
-from closurepack.layer import BuiltLayer, RemoteLayer, store_layer_comment
+from closurepack.layer import BuiltLayer, store_layer_comment
 from closurepack.layerbuild import build_store_layer
 from closurepack.perms import Perms
 from closurepack.plan import MAX_LAYERS_LIMIT, PlannedLayer
@@ -56,6 +57,9 @@ from closurepack.registry import (
 from closurepack.registry.layercache import SharedLayerCache
 from closurepack.sources.query import store_item_path
 from closurepack.workflow import read_plan_file, select_image, source_name
+
+if TYPE_CHECKING:  # (made by registry.layercache: only --cache-from builds have one)
+    from closurepack.remotelayer import RemoteLayer
 
 __all__ = [
     "LayerChoice",

@@ -1,9 +1,11 @@
-"""Parsing of command-line option values (K=V pairs, commands, times) into typed values."""
+"""Parsing of command-line option values (K=V pairs, commands, times) into typed values, and
+the warning for an image that --entrypoint and --cmd leave without a command."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
 import re
 import time
@@ -12,7 +14,16 @@ from pathlib import Path
 
 from closurepack.errors import OptionError
 
-__all__ = ["parse_command", "parse_created", "parse_extra", "parse_key_values", "parse_size"]
+__all__ = [
+    "parse_command",
+    "parse_created",
+    "parse_extra",
+    "parse_key_values",
+    "parse_size",
+    "warn_no_command",
+]
+
+_log = logging.getLogger(__name__)
 
 
 def parse_key_values(values: Sequence[str], *, option: str) -> tuple[tuple[str, str], ...]:
@@ -24,6 +35,16 @@ def parse_key_values(values: Sequence[str], *, option: str) -> tuple[tuple[str, 
             raise OptionError(f"{option} {value!r}: expected KEY=VALUE")
         pairs.append((key, rest))
     return tuple(pairs)
+
+
+def warn_no_command(dest: str) -> None:
+    """The warning for an image with neither Entrypoint nor Cmd (given for a recorded re-push
+    as for the build)."""
+    _log.warning(
+        "%s: the image has no Entrypoint and no Cmd: it runs only when given a command"
+        " (--entrypoint or --cmd set one)",
+        dest,
+    )
 
 
 def parse_command(value: str | None, *, option: str) -> tuple[str, ...] | None:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from closurepack.errors import OptionError, StoreError
 
@@ -27,8 +28,7 @@ _MODE = re.compile(r"0?o?([0-7]{1,4})")
 _NUMBER = re.compile(r"[0-9]+")
 
 
-@dataclass(frozen=True)
-class PermRule:
+class PermRule(NamedTuple):
     """One ``--perms`` value: entries whose absolute image path ``regex`` matches whole get
     ``mode`` (permission bits, up to 0o7777) and, when given, ``owner`` (uid, gid)."""
 

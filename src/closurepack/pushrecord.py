@@ -45,12 +45,13 @@ from closurepack.cachedir import default_cache_dir
 from closurepack.codestamps import file_stamps, package_stamps
 from closurepack.digest import Digest
 from closurepack.errors import ClosurepackError, RegistryAuthError, RegistryError
+from closurepack.options import warn_no_command
 from closurepack.registry import RegistryOptions, is_registry_reference, parse_reference, push_tags
 
 if TYPE_CHECKING:
     from closurepack.registry.client import RegistryClient
 
-__all__ = ["RECORDS_DIR", "PushRecord", "warn_no_command"]
+__all__ = ["RECORDS_DIR", "PushRecord"]
 
 _log = logging.getLogger(__name__)
 
@@ -73,16 +74,6 @@ _INPUT_FILES = ("closure_files", "plan_file")
 #: Libraries that make the layers' bytes (their files, not imported, are fingerprinted).
 _CODECS = ("zstandard", "isal", "pyfastcdc", "fastcrc")
 _STDIN = Path("-")
-
-
-def warn_no_command(dest: str) -> None:
-    """The warning for an image with neither Entrypoint nor Cmd (given for a recorded re-push
-    as for the build)."""
-    _log.warning(
-        "%s: the image has no Entrypoint and no Cmd: it runs only when given a command"
-        " (--entrypoint or --cmd set one)",
-        dest,
-    )
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,37 @@ verified) into an :class:`~closurepack.image.Image` whose layers open their stor
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from closurepack._fs import hash_stream
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, ImageError, SourceError
-from closurepack.image import BaseImage, BlobLayer, Image, layer_paths_from_config, manifest_for
+from closurepack.image import BaseImage, Image, layer_paths_from_config, manifest_for
+from closurepack.mediatypes import MediaType
 from closurepack.platforms import Platform
 from closurepack.registry import RegistryOptions
 from closurepack.transports import RawImage, as_source_error, read_raw
 
-__all__ = ["image_from_raw", "read_base_image", "read_image"]
+__all__ = ["BlobLayer", "image_from_raw", "read_base_image", "read_image"]
+
+
+@dataclass(frozen=True)
+class BlobLayer:
+    """A layer whose blob lives elsewhere (an image read back, a base image): opened on demand."""
+
+    digest: Digest
+    diff_id: Digest
+    size: int
+    media_type: MediaType
+    opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
+    paths: tuple[str, ...] = ()
+    comment: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def open(self) -> BinaryIO:
+        return self.opener()
 
 
 def _json(data: bytes, what: str) -> Any:

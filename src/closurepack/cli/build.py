@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -20,6 +20,9 @@ from closurepack.cli.options import (
 )
 from closurepack.cli.parsing import LAYER_OPTIONS, split_image_options, split_registry_options
 from closurepack.cli.progress import progress_reporter
+
+if TYPE_CHECKING:
+    from closurepack.pushrecord import PushRecord
 
 __all__ = [
     "build_command",
@@ -86,9 +89,13 @@ __all__ = [
 @registry_options
 def build_command(**kwargs: Any) -> None:
     """Build an image from a closure (or a plan) and write it to a destination."""
-    from closurepack.pushrecord import PushRecord
+    from closurepack.registry import is_registry_reference
 
-    record = PushRecord.for_build(kwargs)  # before anything heavy is imported
+    record: PushRecord | None = None
+    if is_registry_reference(str(kwargs.get("dest"))):  # only a push can have a record
+        from closurepack.pushrecord import PushRecord
+
+        record = PushRecord.for_build(kwargs)  # before anything heavy is imported
     registry = split_registry_options(kwargs)
     if record is not None and (pushed := record.unchanged(registry)) is not None:
         click.echo(pushed)  # the tags hold this build's image already: nothing to do

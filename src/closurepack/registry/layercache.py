@@ -35,7 +35,7 @@ from closurepack.cache import LayerCache
 from closurepack.decompression import open_decompressed
 from closurepack.digest import Digest, HashingWriter
 from closurepack.errors import CacheError, ImageError, OptionError, RegistryError
-from closurepack.layer import BuiltLayer, RemoteLayer
+from closurepack.layer import BuiltLayer
 from closurepack.mediatypes import MediaType, layer_media_type
 from closurepack.plan import PlannedLayer
 from closurepack.registry.cachemapping import (
@@ -52,6 +52,7 @@ from closurepack.registry.options import RegistryOptions
 from closurepack.registry.pull import blob_opener
 from closurepack.registry.push import ImagePusher
 from closurepack.registry.reference import RegistryRef, is_registry_reference, parse_reference
+from closurepack.remotelayer import RemoteLayer
 
 __all__ = ["SharedLayerCache"]
 

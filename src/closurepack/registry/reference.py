@@ -15,11 +15,9 @@ from dataclasses import dataclass
 
 from closurepack.digest import Digest
 from closurepack.errors import ImageError, OptionError
+from closurepack.registry import PREFIX, is_registry_reference
 
 __all__ = ["PREFIX", "RegistryRef", "is_registry_reference", "parse_reference", "push_tags"]
-
-#: The transport prefix of registry references.
-PREFIX = "docker://"
 
 # OCI distribution spec, "Pulling manifests": <name> and <reference> grammars.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -34,11 +32,6 @@ _DOCKER_HUB = ("docker.io", "index.docker.io")
 _DOCKER_HUB_API = "registry-1.docker.io"
 #: Names longer than this are refused by registries (distribution/reference's limit).
 _MAX_NAME = 255
-
-
-def is_registry_reference(text: str) -> bool:
-    """Whether ``text`` names a registry image (starts with ``docker://``)."""
-    return text.startswith(PREFIX)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,7 @@ from closurepack._fs import is_special_file
 from closurepack.blobstamp import BlobStamps
 from closurepack.errors import DestinationError, InputError, OptionError, SourceError
 from closurepack.image import Image
-from closurepack.registry import RegistryOptions, RegistryRef, is_registry_reference
-from closurepack.registry import parse_reference as parse_registry_reference
+from closurepack.registry import RegistryOptions, is_registry_reference
 from closurepack.transports._files import probe_writable
 from closurepack.transports._raw import (
     RawBlob,
@@ -47,6 +46,7 @@ from closurepack.transports.reference import (
 if TYPE_CHECKING:  # (a multi-platform image, or one platform asked for: imported where made)
     from closurepack.imageindex import Attachments, ImageIndex
     from closurepack.platforms import Platform
+    from closurepack.registry import RegistryRef
     from closurepack.transports.layoutstaging import LayoutStaging
 
 __all__ = [
@@ -81,7 +81,9 @@ def parse_reference(text: str, *, for_push: bool = False) -> Destination | Regis
     ``docker://`` (a tag, not a digest, with ``for_push``), else a :class:`Destination`; an
     OptionError naming ``text`` when it is neither."""
     if is_registry_reference(text):
-        return parse_registry_reference(text, for_push=for_push)
+        from closurepack.registry import parse_reference as parse_registry  # noqa: PLC0415 - docker:// only (RegistryRef)
+
+        return parse_registry(text, for_push=for_push)
     return parse_destination(text)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from closurepack.digest import Digest
 from closurepack.errors import DestinationError, SourceError
@@ -27,8 +27,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RawBlob:
+class RawBlob(NamedTuple):
     """A layer as stored: its declared digest and size (``None`` when the format has none,
     as in docker-archive), its media type, and an opener for its bytes."""
 
@@ -39,8 +38,7 @@ class RawBlob:
     size: int | None = None
 
 
-@dataclass(frozen=True)
-class RawImage:
+class RawImage(NamedTuple):
     """An image as stored, nothing verified. ``manifest_bytes`` is ``None`` for docker-archive
     (which has no manifest); declared values come from index descriptors or file names."""
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from closurepack.errors import OptionError
 
@@ -36,8 +36,7 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _ALNUM = r"[a-z0-9]+"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Destination:
+class Destination(NamedTuple):
     """Where an image goes (or comes from).
 
     ``reference`` is what followed the path: ``name:tag`` for docker-archive, the tag
