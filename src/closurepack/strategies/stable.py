@@ -71,8 +71,9 @@ step depends only on the graph, sizes and paths, so a shuffled input gives the s
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
@@ -235,6 +236,26 @@ def _merge_exactly(
         value = merging.cost(a, b) if floor is None else floor
         return (value, first[low], first[high], low, high, version[low], version[high], exact)
 
+    # One image and a rising hit[]: every pair has :meth:`MergeCosts.floor`, written out here
+    # (the first heap holds every pair's: two calls each were most of a small closure's
+    # greedy). Its value exactly: ``s(b) * (hit[c(a)] - hit[c(b)])`` for ``c(a) >= c(b)``.
+    floors = one_image and merging.rising
+    counts, weights = merging.counts, merging.sizes
+
+    def floor_entries(a: int, others: Iterable[int]) -> list[_Entry]:
+        """:func:`entry` of ``a`` with each of ``others`` (all bounds: ``floors`` holds)."""
+        fa, va, ca, sa = first[a], version[a], counts[a], weights[a]
+        ha = hit[ca]
+        made: list[_Entry] = []
+        for b in others:
+            cb = counts[b]
+            value = weights[b] * (ha - hit[cb]) if ca >= cb else sa * (hit[cb] - ha)
+            if fa < first[b]:
+                made.append((value, fa, first[b], a, b, va, version[b], False))
+            else:
+                made.append((value, first[b], fa, b, a, version[b], va, False))
+        return made
+
     if log.budget is not None and log.budget <= budget:
         for a, b in log.merges[: max(0, alive - budget)]:
             kept, gone = groups[a], groups[b]
@@ -244,7 +265,12 @@ def _merge_exactly(
         alive = budget  # not used again: the greedy below does not run
     merges: list[tuple[int, int]] = []
     heap: list[_Entry] = []
-    if alive > budget:
+    if alive > budget and floors:
+        by_name = sorted(range(len(clusters)), key=first.__getitem__)
+        for x, a in enumerate(by_name):
+            heap += floor_entries(a, by_name[x + 1 :])
+        heapq.heapify(heap)
+    elif alive > budget:
         heap = [entry(a, b) for a in range(len(clusters)) for b in range(a + 1, len(clusters))]
         heapq.heapify(heap)
     while alive > budget and heap:
@@ -264,9 +290,9 @@ def _merge_exactly(
         version[a] += 1
         alive -= 1
         if alive > budget:
-            for other, group in enumerate(groups):
-                if group is not None and other != a:
-                    heapq.heappush(heap, entry(a, other))
+            others = [c for c, group in enumerate(groups) if group is not None and c != a]
+            for made in floor_entries(a, others) if floors else map(entry, repeat(a), others):
+                heapq.heappush(heap, made)
 
     if log.budget is None or log.budget > budget:
         log.budget, log.merges = budget, merges
