@@ -73,7 +73,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
@@ -142,7 +142,14 @@ def stable(
     log = closure.memoized(f"stable merges {key}", _MergeLog)
     layers = _merge_exactly(dag, rank, images, clusters, sets=sets, own=own, budget=budget, log=log)
     path = dag.paths.__getitem__
-    return [tuple(sorted(map(path, members))) for members in layers]
+    most = max(range(len(layers)), key=lambda g: len(layers[g]), default=-1)
+    if most < 0 or 2 * len(layers[most]) <= n:
+        return [tuple(sorted(map(path, members))) for members in layers]
+    # A layer of most items (a large closure's bottom) is every path but the others', in the
+    # order the closure keeps (the small-layer merge sorts them anyway): no sort of its paths.
+    others = [tuple(sorted(map(path, members))) for g, members in enumerate(layers) if g != most]
+    whole = closure.paths_without(set(chain.from_iterable(others)))
+    return [*others[:most], whole, *others[most:]]
 
 
 def _name_ranks(dag: Dag) -> list[int]:
@@ -199,7 +206,8 @@ def _merge_exactly(
     budget: int,
     log: _MergeLog,
 ) -> list[list[int]]:
-    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered.
+    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered
+    (each layer's items in no particular order).
 
     The greedy's merges are the same whatever the budget, which only says when they stop: a
     ``log`` of a run down to a budget no larger than this one is replayed instead."""
@@ -316,7 +324,7 @@ def _merge_exactly(
     weights = [sum(unit_sizes[c] for c in layer) for layer in layers]
     keys = [f"{min(first[c] for c in layer):012d}" for layer in layers]
     return [
-        sorted(i for c in layers[g] for i in clusters[c])
+        list(chain.from_iterable(map(clusters.__getitem__, layers[g])))
         for g in chain_order(downs, weights, hit, keys, own=owns)
     ]
 
