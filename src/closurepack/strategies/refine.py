@@ -27,6 +27,8 @@ bounded number of units ``stable`` hands here; the order is ``O(layers^2 * n / 6
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections.abc import Sequence
 
 from closurepack.strategies.economy import hit_rises, union_of
@@ -108,6 +110,9 @@ class _Search:
         # Lower bounds on a move's figure are used only if hit[] never falls (it rises with
         # the count in exact arithmetic; this checks the floating point table too).
         self.bounded = hit_rises(hit)
+        self.changed: list[int] = []  # the layers each move changed, in order (two a move)
+        # u -> (its layer, that layer's version, len(changed)) when u last found no move.
+        self.settled: dict[int, tuple[int, int, int]] = {}
 
     def add(self, units: Sequence[int]) -> None:
         for u in units:
@@ -148,8 +153,26 @@ class _Search:
         return rest_down, rest_count
 
     def move(self, u: int) -> bool:
-        """Move unit ``u`` where the plan costs least, if that saves more than EPSILON."""
+        """Move unit ``u`` where the plan costs least, if that saves more than EPSILON.
+
+        The layer found is the one of least figure, ties to the lowest index, as a scan of
+        every layer finds it; three shortcuts leave out layers that cannot be it, none of
+        them changing a figure that is weighed. If ``u`` found no move when last weighed and
+        its layer is as it was, every layer unchanged since has the figure it had then, not
+        below the threshold: only the layers changed since are weighed (none when no unit
+        has moved since). Else joining a layer of ``c`` items costs at least ``out + s(u) *
+        hit[max(c, alone)]`` (the joined down-set holds both, and the layer's bytes break at
+        least as often as before), the figure of ``u`` alone for ``c <= alone``: only layers
+        of fewer items than :func:`_hopeless_count` are weighed, none when that count is
+        ``u``'s own (a unit alone in its layer, most of them, never moves). And in the scan,
+        a layer whose figure is bounded below by the best so far is not weighed exactly."""
         a, size = self.where[u], self.sizes[u]
+        settled = self.settled.get(u)
+        if settled is not None and settled[0] == a and settled[1] == self.version[a]:
+            if settled[2] == len(self.changed):  # no move since: nothing to weigh again
+                return False
+        else:
+            settled = None
         here = self.groups[a]
         rest_down, rest_count = self._rest(a, u)
         out = self.cost(self.bytes_of[a] - size, rest_count) - self.cost(
@@ -158,7 +181,21 @@ class _Search:
         best, target = -EPSILON * max(size, 1), -2
         mine, alone, bounded = self.images[u], self.alone[u], self.bounded
         hit, bytes_of, count_of, images_of = self.hit, self.bytes_of, self.count_of, self.images_of
-        for b, there in enumerate(self.groups):
+        if settled is not None:
+            candidates: Sequence[int] = sorted(set(self.changed[settled[2] :]))
+        elif bounded:
+            hopeless = _hopeless_count(
+                out, size, hit=hit, most_bytes=max(bytes_of), best=best, alone=alone
+            )
+            if hopeless <= alone:
+                self.settled[u] = (a, self.version[a], len(self.changed))
+                return False
+            candidates = [b for b, count in enumerate(count_of) if count < hopeless]
+        else:
+            candidates = range(len(self.groups))
+        groups = self.groups
+        for b in candidates:
+            there = groups[b]
             if b == a or not there or images_of[b] != mine:
                 continue
             # The figures of self.cost, written out (this loop is the search's inner one).
@@ -178,6 +215,7 @@ class _Search:
             if delta < best:
                 target = -1
         if target == -2:
+            self.settled[u] = (a, self.version[a], len(self.changed))
             return False
         if target == -1:
             target = next((g for g, layer in enumerate(self.groups) if not layer), -1)
@@ -202,7 +240,29 @@ class _Search:
         self.images_of[target] = self._images(self.groups[target])
         self.version[target] += 1
         self.where[u] = target
+        self.changed += (a, target)
         return True
+
+
+def _hopeless_count(
+    out: float, size: int, *, hit: Sequence[float], most_bytes: int, best: float, alone: int
+) -> int:
+    """The least count ``c >= alone`` at which ``out + size * hit[c]``, less a bound on the
+    rounding of any layer's figure, is not below ``best`` (``len(hit)`` if none is): no layer
+    of ``c`` items or more has a figure below ``best`` (:meth:`_Search.move`). A layer of ``H
+    <= most_bytes`` bytes and ``c`` items has the figure ``out + (H + size) * hit[j] - H *
+    hit[c]`` with ``j >= max(c, alone)``: in exact arithmetic at least ``out + size *
+    hit[max(c, alone)]`` (``hit[]`` never falls), computed with four roundings of at most
+    2**-53 of terms no larger than ``|out| + 2 * (H + size)``, and the test's own sum with
+    two: the figures computed are above ``out + size * hit[c] - 3e-15 * (|out| + most_bytes
+    + size)``, and 4e-15 leaves room for the rounding of the test itself. The test rises
+    with ``c`` in floating point too, so the count is found by bisection."""
+    slack = 4e-15 * (abs(out) + most_bytes + size)
+
+    def hopeless(count: int) -> bool:
+        return out + size * hit[count] - slack >= best
+
+    return bisect.bisect_left(range(len(hit)), True, lo=alone, key=hopeless)
 
 
 #: The images of a layer whose units do not all belong to the same images.
@@ -218,32 +278,39 @@ def chain_order(
     own: Sequence[int] | None = None,
 ) -> list[int]:
     """The layers (their down-sets, bytes and tie-break keys) in ChainID order, bottom first:
-    their indices (module docstring). Each layer's count, and the complement of what is
-    placed, are made once (per layer, per round), not once per layer weighed in each round.
-    ``own[g]`` counts items of layer ``g``'s down-set left out of its bitset that no other
-    layer's holds (:func:`~closurepack.strategies.economy.shared_bitsets`): never among
-    those placed, so always fresh."""
+    their indices (module docstring). Each layer's place (:func:`_rank`) is kept in a heap and
+    made again only when the layer placed last held items of its down-set not placed before
+    (else its count outside those placed is as it was): a lazy heap, a layer's older places
+    left in it are skipped (a place only falls as more is placed). ``own[g]`` counts items of
+    layer ``g``'s down-set left out of its bitset that no other layer's holds
+    (:func:`~closurepack.strategies.economy.shared_bitsets`): never among those placed, so
+    always fresh."""
     own = own if own is not None else [0] * len(downs)
-    left = list(range(len(downs)))
     counts = [bits.bit_count() + extra for bits, extra in zip(downs, own, strict=True)]
+    place = [
+        _rank(g, counts[g], counts=counts, sizes=sizes, hit=hit, keys=keys)
+        for g in range(len(downs))
+    ]
+    heap = [(rank, g) for g, rank in enumerate(place)]
+    heapq.heapify(heap)
+    left = set(range(len(downs)))
     below = 0
     order: list[int] = []
-    while left:
-        free = ~below
-        chosen = min(
-            left,
-            key=lambda g: _rank(
-                g,
-                (downs[g] & free).bit_count() + own[g],
-                counts=counts,
-                sizes=sizes,
-                hit=hit,
-                keys=keys,
-            ),
-        )
-        left.remove(chosen)
+    while heap:
+        rank, chosen = heapq.heappop(heap)
+        if chosen not in left or place[chosen] is not rank:
+            continue  # placed already, or an older place of a layer
+        left.discard(chosen)
         order.append(chosen)
-        below |= downs[chosen]
+        placed = downs[chosen] & ~below
+        if not placed:
+            continue
+        below |= placed
+        free = ~below
+        for g in [g for g in left if downs[g] & placed]:
+            fresh = (downs[g] & free).bit_count() + own[g]
+            place[g] = _rank(g, fresh, counts=counts, sizes=sizes, hit=hit, keys=keys)
+            heapq.heappush(heap, (place[g], g))
     return order
 
 

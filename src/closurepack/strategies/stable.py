@@ -71,8 +71,9 @@ step depends only on the graph, sizes and paths, so a shuffled input gives the s
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 
 from closurepack.graph import Closure
 from closurepack.strategies._dag import Dag, nixpkgs_name_key
@@ -141,7 +142,14 @@ def stable(
     log = closure.memoized(f"stable merges {key}", _MergeLog)
     layers = _merge_exactly(dag, rank, images, clusters, sets=sets, own=own, budget=budget, log=log)
     path = dag.paths.__getitem__
-    return [tuple(sorted(map(path, members))) for members in layers]
+    most = max(range(len(layers)), key=lambda g: len(layers[g]), default=-1)
+    if most < 0 or 2 * len(layers[most]) <= n:
+        return [tuple(sorted(map(path, members))) for members in layers]
+    # A layer of most items (a large closure's bottom) is every path but the others', in the
+    # order the closure keeps (the small-layer merge sorts them anyway): no sort of its paths.
+    others = [tuple(sorted(map(path, members))) for g, members in enumerate(layers) if g != most]
+    whole = closure.paths_without(set(chain.from_iterable(others)))
+    return [*others[:most], whole, *others[most:]]
 
 
 def _name_ranks(dag: Dag) -> list[int]:
@@ -198,7 +206,8 @@ def _merge_exactly(
     budget: int,
     log: _MergeLog,
 ) -> list[list[int]]:
-    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered.
+    """Step 2 then 3: greedy merges by exact cost down to ``budget`` clusters, then ordered
+    (each layer's items in no particular order).
 
     The greedy's merges are the same whatever the budget, which only says when they stop: a
     ``log`` of a run down to a budget no larger than this one is replayed instead."""
@@ -235,6 +244,26 @@ def _merge_exactly(
         value = merging.cost(a, b) if floor is None else floor
         return (value, first[low], first[high], low, high, version[low], version[high], exact)
 
+    # One image and a rising hit[]: every pair has :meth:`MergeCosts.floor`, written out here
+    # (the first heap holds every pair's: two calls each were most of a small closure's
+    # greedy). Its value exactly: ``s(b) * (hit[c(a)] - hit[c(b)])`` for ``c(a) >= c(b)``.
+    floors = one_image and merging.rising
+    counts, weights = merging.counts, merging.sizes
+
+    def floor_entries(a: int, others: Iterable[int]) -> list[_Entry]:
+        """:func:`entry` of ``a`` with each of ``others`` (all bounds: ``floors`` holds)."""
+        fa, va, ca, sa = first[a], version[a], counts[a], weights[a]
+        ha = hit[ca]
+        made: list[_Entry] = []
+        for b in others:
+            cb = counts[b]
+            value = weights[b] * (ha - hit[cb]) if ca >= cb else sa * (hit[cb] - ha)
+            if fa < first[b]:
+                made.append((value, fa, first[b], a, b, va, version[b], False))
+            else:
+                made.append((value, first[b], fa, b, a, version[b], va, False))
+        return made
+
     if log.budget is not None and log.budget <= budget:
         for a, b in log.merges[: max(0, alive - budget)]:
             kept, gone = groups[a], groups[b]
@@ -244,7 +273,12 @@ def _merge_exactly(
         alive = budget  # not used again: the greedy below does not run
     merges: list[tuple[int, int]] = []
     heap: list[_Entry] = []
-    if alive > budget:
+    if alive > budget and floors:
+        by_name = sorted(range(len(clusters)), key=first.__getitem__)
+        for x, a in enumerate(by_name):
+            heap += floor_entries(a, by_name[x + 1 :])
+        heapq.heapify(heap)
+    elif alive > budget:
         heap = [entry(a, b) for a in range(len(clusters)) for b in range(a + 1, len(clusters))]
         heapq.heapify(heap)
     while alive > budget and heap:
@@ -264,9 +298,9 @@ def _merge_exactly(
         version[a] += 1
         alive -= 1
         if alive > budget:
-            for other, group in enumerate(groups):
-                if group is not None and other != a:
-                    heapq.heappush(heap, entry(a, other))
+            others = [c for c, group in enumerate(groups) if group is not None and c != a]
+            for made in floor_entries(a, others) if floors else map(entry, repeat(a), others):
+                heapq.heappush(heap, made)
 
     if log.budget is None or log.budget > budget:
         log.budget, log.merges = budget, merges
@@ -290,7 +324,7 @@ def _merge_exactly(
     weights = [sum(unit_sizes[c] for c in layer) for layer in layers]
     keys = [f"{min(first[c] for c in layer):012d}" for layer in layers]
     return [
-        sorted(i for c in layers[g] for i in clusters[c])
+        list(chain.from_iterable(map(clusters.__getitem__, layers[g])))
         for g in chain_order(downs, weights, hit, keys, own=owns)
     ]
 
