@@ -52,9 +52,9 @@ copies of step 3), ``N`` items in the union and ``K`` images,
 a merge costs the new atom against its region's others; the per-item attempt has ``A_R`` the
 region's items. Quadratic in the largest region's items, then: real fleets (8 images, 500
 items, 42 regions, the largest of 150 items) take about half a second beyond their plans alone,
-and the across-regions candidate, when it runs (:data:`ACROSS_ABOVE`), seconds more (on the
-bench's held-out fleet with ``stable`` at 100 layers, 2.4 s against 0.5 s without it); a
-single image never comes here.
+and the across-regions candidate, when it runs (:data:`ACROSS_ABOVE`), seconds more (the
+bench's 8 tuned base closures with ``stable`` at 100 layers: about 7 CPU s in all, 2.6 s of
+them their plans alone, measured in session 17 at load 1.1); a single image never comes here.
 
 :func:`fleet_floor` (:mod:`closurepack.fleetfloor`, importable from here) is the lower bound on
 the bytes any plan of the images within the budget stores: see its docstring. The atoms and the
