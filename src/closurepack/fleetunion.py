@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from closurepack.fleetregions import mask_bits
 from closurepack.strategies._dag import Dag
-from closurepack.strategies.economy import stored_bytes, union_of
+from closurepack.strategies.economy import image_signatures, stored_bytes, union_of
 
 __all__ = ["Merge", "UnionLayers", "growth", "stored_together"]
 
@@ -276,17 +276,7 @@ def growth(pieces: dict[int, int], mask: int, stored: int) -> tuple[int, int]:
     get the new bytes: each of their distinct restrictions grows by ``s`` (those holding no
     piece yet share one new restriction), and a restriction that images outside ``mask``
     share with images in it is split off for them, its bytes stored once more."""
-    signatures: dict[int, int] = {}
-    totals: dict[int, int] = {}
-    flag = 1
-    for held, size in pieces.items():
-        rest = held
-        while rest:
-            bit = rest & -rest
-            rest ^= bit
-            signatures[bit] = signatures.get(bit, 0) | flag
-            totals[bit] = totals.get(bit, 0) + size
-        flag <<= 1
+    signatures, totals = image_signatures(pieces)
     inside: dict[int, int] = {}
     outside: dict[int, int] = {}
     present = 0

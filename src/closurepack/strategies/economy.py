@@ -29,6 +29,7 @@ __all__ = [
     "expected_shipped",
     "hit_rises",
     "hit_table",
+    "image_signatures",
     "shared_bitsets",
     "stored_bytes",
     "union_of",
@@ -67,6 +68,15 @@ def stored_bytes(pieces: Mapping[int, int]) -> int:
     image's *signature* (a bit per piece holding it) names its restriction, counted once."""
     if len(pieces) == 1:
         return next(iter(pieces.values()))
+    signatures, totals = image_signatures(pieces)
+    restrictions = {signature: totals[bit] for bit, signature in signatures.items()}
+    return sum(restrictions.values())
+
+
+def image_signatures(pieces: Mapping[int, int]) -> tuple[dict[int, int], dict[int, int]]:
+    """For a layer of ``pieces`` (image mask -> bytes), per image bit that holds any of it: its
+    *signature* (a bit per piece holding it, in ``pieces``' order) and the bytes of its
+    restriction. Images of one signature get the same restriction (:func:`stored_bytes`)."""
     signatures: dict[int, int] = {}
     totals: dict[int, int] = {}
     flag = 1
@@ -78,8 +88,7 @@ def stored_bytes(pieces: Mapping[int, int]) -> int:
             signatures[bit] = signatures.get(bit, 0) | flag
             totals[bit] = totals.get(bit, 0) + size
         flag <<= 1
-    restrictions = {signature: totals[bit] for bit, signature in signatures.items()}
-    return sum(restrictions.values())
+    return signatures, totals
 
 
 def shared_bitsets(downs: Sequence[AbstractSet[int]]) -> tuple[list[int], list[int]]:
